@@ -1,0 +1,96 @@
+"""Operand checks shared by every backend, so all of them accept and refuse exactly the same inputs.
+
+Rules: dense operands are 2-D float32 (another dtype is refused, never cast silently); a
+non-contiguous operand is copied to C order (correct, just slower); ``out=`` must be a C-contiguous
+float32 array of exactly the result's shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DTypeError, FormatTypeError, ShapeError
+from ..formats import SparseFormat
+
+
+def check_format(W) -> None:
+    if not isinstance(W, SparseFormat):
+        raise FormatTypeError(
+            f"W must be a purerigl Condensed, Diagonal or CSR matrix, got {type(W).__name__}"
+        )
+
+
+def check_dense(name: str, A, width: int | None = None, width_name: str = "") -> np.ndarray:
+    """Return ``A`` as a C-contiguous float32 2-D array whose second dimension is ``width``."""
+    if not isinstance(A, np.ndarray):
+        raise DTypeError(f"{name} must be a numpy float32 array, got {type(A).__name__}")
+    if A.dtype != np.float32:
+        raise DTypeError(f"{name} must be float32, got {A.dtype}; convert with .astype(np.float32)")
+    if A.ndim != 2:
+        raise ShapeError(f"{name} must be 2-D (batch, features), got shape {A.shape}")
+    if width is not None and A.shape[1] != width:
+        raise ShapeError(f"{name} has {A.shape[1]} columns, expected {width_name} = {width}")
+    return np.ascontiguousarray(A)
+
+
+def check_same_batch(a_name: str, A: np.ndarray, b_name: str, B: np.ndarray) -> None:
+    if A.shape[0] != B.shape[0]:
+        raise ShapeError(f"{a_name} has batch {A.shape[0]} but {b_name} has batch {B.shape[0]}")
+
+
+def check_out(out, shape: tuple[int, ...]) -> np.ndarray:
+    """Return ``out`` zeroed if given (after checking it), else a new zeroed float32 array."""
+    if out is None:
+        return np.zeros(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise DTypeError(f"out must be a float32 numpy array, got {getattr(out, 'dtype', type(out).__name__)}")
+    if out.shape != tuple(shape):
+        raise ShapeError(f"out has shape {out.shape}, expected {tuple(shape)}")
+    if not out.flags.c_contiguous:
+        raise ShapeError("out must be C-contiguous")
+    out[...] = 0.0
+    return out
+
+
+def check_pairs(rows, cols, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (row, col) candidate pairs for grad_at; returns them as contiguous int64 arrays."""
+    for name, a in (("rows", rows), ("cols", cols)):
+        if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.integer):
+            raise DTypeError(f"{name} must be an integer numpy array, got {getattr(a, 'dtype', type(a).__name__)}")
+        if a.ndim != 1:
+            raise ShapeError(f"{name} must be 1-D, got shape {a.shape}")
+    if rows.shape != cols.shape:
+        raise ShapeError(f"rows has {rows.shape[0]} entries but cols has {cols.shape[0]}")
+    for name, a, upper in (("rows", rows, n_out), ("cols", cols, n_in)):
+        if a.size and (a.min() < 0 or a.max() >= upper):
+            bad = int(a.min()) if a.min() < 0 else int(a.max())
+            raise ShapeError(f"{name} holds {bad}, outside [0, {upper})")
+    return np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(cols, dtype=np.int64)
+
+
+def matmul_operands(W, X, out):
+    check_format(W)
+    X = check_dense("X", X, W.n_in, "n_in")
+    return X, check_out(out, (X.shape[0], W.n_out))
+
+
+def matmul_t_operands(W, dY, out):
+    check_format(W)
+    dY = check_dense("dY", dY, W.n_out, "n_out")
+    return dY, check_out(out, (dY.shape[0], W.n_in))
+
+
+def sddmm_operands(W, X, dY, out):
+    check_format(W)
+    X = check_dense("X", X, W.n_in, "n_in")
+    dY = check_dense("dY", dY, W.n_out, "n_out")
+    check_same_batch("X", X, "dY", dY)
+    return X, dY, check_out(out, W.values.shape)
+
+
+def grad_at_operands(X, dY, rows, cols, out):
+    X = check_dense("X", X)
+    dY = check_dense("dY", dY)
+    check_same_batch("X", X, "dY", dY)
+    rows, cols = check_pairs(rows, cols, dY.shape[1], X.shape[1])
+    return X, dY, rows, cols, check_out(out, rows.shape)

@@ -1,0 +1,144 @@
+"""The reference backend: the readable specification of every sparse operation, in plain NumPy.
+
+Never compiled, never fast. Every other backend has the same functions with the same signatures and is
+tested against an oracle computed by a different route (SciPy CSR products, masked dense products).
+
+One idea carries the whole file: any stored matrix is a list of triples ``(row[e], col[e], value[e])``
+laid out in the order of ``W.values.ravel()`` (:func:`triples`). With that list, for a weight matrix W
+of shape (n_out, n_in), an input X of shape (B, n_in) and an output gradient dY of shape (B, n_out):
+
+.. math::
+
+    Y[b, i]   &= \\sum_j W[i, j] X[b, j]                 &\\text{matmul (forward, } Y = X W^T)\\\\
+    dX[b, j]  &= \\sum_i dY[b, i] W[i, j]                &\\text{matmul\\_t (input gradient, } dX = dY W)\\\\
+    dW[e]     &= \\sum_b dY[b, row_e] X[b, col_e]        &\\text{sddmm (value gradient at stored entries)}
+
+Sums are accumulated in float64 and returned as float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..formats import CSR, Condensed, Diagonal
+from . import _checks
+
+NAME = "reference"
+
+
+def triples(W) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, values) of every stored entry, flat, in the order of ``W.values.ravel()``.
+
+    - Condensed: entry (r, t) sits at (rows[r], indices[r, t]).
+    - Diagonal: entry (k, t) sits at ((t + d_k) mod n_out, t) if tall or square, (t, (t + d_k) mod n_in) if wide.
+    - CSR: entry e of row i (indptr[i] <= e < indptr[i+1]) sits at (i, indices[e]).
+    """
+    if isinstance(W, Condensed):
+        rows = np.repeat(W.rows.astype(np.int64), W.k)  # (n_active * k,)
+        cols = W.indices.astype(np.int64).ravel()
+    elif isinstance(W, Diagonal):
+        rows, cols = W.positions()  # each (K, L)
+        rows, cols = rows.ravel(), cols.ravel()
+    elif isinstance(W, CSR):
+        rows = np.repeat(np.arange(W.n_out, dtype=np.int64), np.diff(W.indptr))  # (nnz,)
+        cols = W.indices.astype(np.int64)
+    else:
+        _checks.check_format(W)
+        raise AssertionError("unreachable")
+    return rows, cols, W.values.ravel()
+
+
+def matmul(W, X, out=None):
+    """Forward product ``Y = X W^T``.
+
+    .. math:: Y[b, i] = \\sum_{(i, j, w) \\in W} w \\, X[b, j]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+    X : float32 ndarray, shape (B, n_in)
+    out : float32 ndarray, shape (B, n_out), optional
+
+    Returns
+    -------
+    Y : float32 ndarray, shape (B, n_out). Rows of W that store nothing give 0.
+    """
+    X, out = _checks.matmul_operands(W, X, out)
+    rows, cols, vals = triples(W)
+    Y = np.zeros(out.shape, dtype=np.float64)
+    contrib = X[:, cols].astype(np.float64) * vals  # (B, nnz)
+    np.add.at(Y, (slice(None), rows), contrib)
+    out[...] = Y
+    return out
+
+
+def matmul_t(W, dY, out=None):
+    """Input gradient ``dX = dY W``.
+
+    .. math:: dX[b, j] = \\sum_{(i, j, w) \\in W} w \\, dY[b, i]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    out : float32 ndarray, shape (B, n_in), optional
+
+    Returns
+    -------
+    dX : float32 ndarray, shape (B, n_in)
+    """
+    dY, out = _checks.matmul_t_operands(W, dY, out)
+    rows, cols, vals = triples(W)
+    dX = np.zeros(out.shape, dtype=np.float64)
+    contrib = dY[:, rows].astype(np.float64) * vals  # (B, nnz)
+    np.add.at(dX, (slice(None), cols), contrib)
+    out[...] = dX
+    return out
+
+
+def sddmm(W, X, dY, out=None):
+    """Gradient of the loss with respect to each stored value (sampled dense-dense product).
+
+    .. math:: dW[e] = \\sum_b dY[b, \\mathrm{row}_e] \\, X[b, \\mathrm{col}_e]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in); only its structure is read
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    out : float32 ndarray shaped like ``W.values``, optional
+
+    Returns
+    -------
+    dW : float32 ndarray shaped like ``W.values``
+    """
+    X, dY, out = _checks.sddmm_operands(W, X, dY, out)
+    rows, cols, _ = triples(W)
+    out[...] = _dot_columns(dY, rows, X, cols).reshape(out.shape)
+    return out
+
+
+def grad_at(X, dY, rows, cols, out=None):
+    """The dense gradient ``G = dY^T X`` at arbitrary positions, without forming G.
+
+    .. math:: g[m] = \\sum_b dY[b, \\mathrm{rows}[m]] \\, X[b, \\mathrm{cols}[m]]
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    rows, cols : integer ndarrays, shape (m,), in [0, n_out) and [0, n_in)
+    out : float32 ndarray, shape (m,), optional
+
+    Returns
+    -------
+    g : float32 ndarray, shape (m,)
+    """
+    X, dY, rows, cols, out = _checks.grad_at_operands(X, dY, rows, cols, out)
+    out[...] = _dot_columns(dY, rows, X, cols)
+    return out
+
+
+def _dot_columns(A, a_cols, B, b_cols):
+    """g[m] = sum_b A[b, a_cols[m]] * B[b, b_cols[m]], in float64; the core of sddmm and grad_at."""
+    return np.einsum("bm,bm->m", A[:, a_cols].astype(np.float64), B[:, b_cols].astype(np.float64))

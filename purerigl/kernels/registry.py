@@ -1,0 +1,83 @@
+"""Backend registry: pick the implementation of the sparse operations by name.
+
+The backend is chosen by the argument, else the environment variable ``PURERIGL_BACKEND``, else
+``"cpu"``. Every backend exposes the functions listed in :data:`OPS` with the signatures of the
+reference backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+from ..errors import BackendError
+
+#: The operations every backend must provide, with the reference backend's signatures.
+OPS = ("matmul", "matmul_t", "sddmm", "grad_at")
+
+#: Known backends and the module that implements each.
+BACKENDS = {
+    "reference": "purerigl.kernels.reference",
+    "cpu": "purerigl.kernels.cpu",
+}
+
+#: Backends that are planned but not part of this version, with the reason given to the user.
+UNAVAILABLE = {
+    "cuda": "the cuda backend is not implemented in this version of purerigl; use 'cpu' or 'reference'",
+}
+
+DEFAULT_BACKEND = "cpu"
+ENV_VAR = "PURERIGL_BACKEND"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named set of sparse operations; attribute access forwards to the implementing module."""
+
+    name: str
+    module: ModuleType
+
+    def __getattr__(self, op):
+        if op in OPS:
+            return getattr(self.module, op)
+        raise AttributeError(f"backend {self.name!r} has no attribute {op!r}")
+
+    def synchronize(self) -> None:
+        """Wait until queued work has finished (a no-op on the CPU backends); call before reading a clock."""
+        sync = getattr(self.module, "synchronize", None)
+        if sync is not None:
+            sync()
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+
+def available_backends() -> list[str]:
+    """Names that :func:`get_backend` accepts, whether or not they can run here."""
+    return sorted(BACKENDS) + sorted(UNAVAILABLE)
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """Return the backend named ``name`` (or by ``PURERIGL_BACKEND``, or ``"cpu"``).
+
+    Raises
+    ------
+    BackendError
+        For an unknown name (the message lists the valid ones) or a backend this machine cannot run.
+    """
+    if isinstance(name, Backend):
+        return name
+    source = "argument"
+    if name is None:
+        name, source = os.environ.get(ENV_VAR) or DEFAULT_BACKEND, ENV_VAR
+    key = str(name).strip().lower()
+    if key in UNAVAILABLE:
+        raise BackendError(f"backend {name!r}: {UNAVAILABLE[key]}")
+    if key not in BACKENDS:
+        where = f" (from {ENV_VAR})" if source == ENV_VAR else ""
+        raise BackendError(
+            f"unknown backend {name!r}{where}; choose one of: {', '.join(available_backends())}"
+        )
+    return Backend(key, importlib.import_module(BACKENDS[key]))
