@@ -110,14 +110,18 @@ class Condensed(SparseFormat):
         )
 
     @classmethod
-    def random(cls, shape, density: float, rng=None) -> "Condensed":
+    def random(cls, shape, density: float | None, rng=None, *, k: int | None = None) -> "Condensed":
         """All rows active, each with a uniformly random k-subset of inputs, k = max(1, floor(density * n_in)).
 
-        Values are Kaiming normal with the row's fan-in: N(0, 2 / k).
+        ``k`` given explicitly (``density=None``) overrides the density rule. Values are Kaiming normal
+        with the row's fan-in: N(0, 2 / k).
         """
         n_out, n_in = check_shape(shape)
         rng = as_generator(rng)
-        k = max(1, math.floor(check_density(density) * n_in))
+        if k is None:
+            k = max(1, math.floor(check_density(density) * n_in))
+        elif not 1 <= k <= n_in:
+            raise FormatError(f"fan-in k={k} must be in [1, n_in={n_in}]")
         indices = np.empty((n_out, k), dtype=np.int32)
         for r in range(n_out):
             chosen = rng.choice(n_in, size=k, replace=False)

@@ -124,14 +124,18 @@ class CSR(SparseFormat):
         return cls(m.indptr.astype(np.int64), m.indices, m.data.astype(np.float32), m.shape)
 
     @classmethod
-    def random(cls, shape, density: float, rng=None) -> "CSR":
+    def random(cls, shape, density: float | None, rng=None, *, nnz: int | None = None) -> "CSR":
         """Exactly floor(density * n_out * n_in) entries at uniformly random distinct positions.
 
-        Values are Kaiming normal with each row's actual fan-in, N(0, 2 / nnz_row).
+        ``nnz`` given explicitly (``density=None``) overrides the density rule. Values are Kaiming
+        normal with each row's actual fan-in, N(0, 2 / nnz_row).
         """
         n_out, n_in = check_shape(shape)
         rng = as_generator(rng)
-        nnz = math.floor(check_density(density) * n_out * n_in)
+        if nnz is None:
+            nnz = math.floor(check_density(density) * n_out * n_in)
+        elif not 1 <= nnz <= n_out * n_in:
+            raise FormatError(f"nnz={nnz} must be in [1, n_out * n_in = {n_out * n_in}]")
         if nnz < 1:
             raise FormatError(
                 f"density {density} of a {n_out} x {n_in} matrix gives nnz = 0; raise the density"

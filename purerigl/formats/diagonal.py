@@ -159,15 +159,19 @@ class Diagonal(SparseFormat):
         return max(1, math.ceil(check_density(density) * max(n_out, n_in)))
 
     @classmethod
-    def random(cls, shape, density: float, rng=None) -> "Diagonal":
+    def random(cls, shape, density: float | None, rng=None, *, K: int | None = None) -> "Diagonal":
         """K = max(1, ceil(density * P)) uniformly random distinct diagonals.
 
-        Values are Kaiming normal with the fan-in of the row each value sits in, N(0, 2 / fan_in).
+        ``K`` given explicitly (``density=None``) overrides the density rule. Values are Kaiming normal
+        with the fan-in of the row each value sits in, N(0, 2 / fan_in).
         """
         n_out, n_in = check_shape(shape)
         rng = as_generator(rng)
-        K = cls.count_for_density((n_out, n_in), density)
         P, L = max(n_out, n_in), min(n_out, n_in)
+        if K is None:
+            K = cls.count_for_density((n_out, n_in), density)
+        elif not 1 <= K <= P:
+            raise FormatError(f"K={K} diagonals must be in [1, P={P}]")
         offsets = np.sort(rng.choice(P, size=K, replace=False)).astype(np.int32)
         layout = cls(offsets, np.zeros((K, L), dtype=np.float32), (n_out, n_in))
         rows, _ = layout.positions()

@@ -1,0 +1,1 @@
+"""Command-line interface of purerigl (installed as purerigl.cli)."""

@@ -1,0 +1,43 @@
+"""``purerigl evaluate MODEL.npz``: loss and accuracy of a saved model on a dataset split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from purerigl.checkpoint import load_model
+from purerigl.data import DATASETS, load_dataset
+from purerigl.train import evaluate as evaluate_model
+
+from ._options import backend_option
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL.npz", type=click.Path(path_type=Path))
+@click.option("--dataset", type=click.Choice(DATASETS), default=None, help="Dataset  [default: the one the model was trained on]")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PURERIGL_DATA", show_envvar=True)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@backend_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with accuracy (a fraction) and loss.")
+def evaluate(model_path, dataset, data_dir, split, backend, as_json):
+    """Evaluate a saved model (model.npz or checkpoint.npz) with its stored input normalisation."""
+    model, meta = load_model(model_path, backend=backend)
+    dataset = dataset or meta.get("dataset")
+    if dataset not in DATASETS:
+        raise click.UsageError(f"the model does not name its dataset; pass --dataset ({', '.join(DATASETS)})")
+    norm = meta.get("normalisation") or {}
+    normalisation = (norm["mean"], norm["std"]) if "mean" in norm and "std" in norm else None
+    data = load_dataset(dataset, data_dir, normalisation=normalisation)
+    if data.n_features != model.n_features:
+        raise click.UsageError(
+            f"the model takes {model.n_features} inputs but {dataset} has {data.n_features} features"
+        )
+    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+    result = evaluate_model(model, x, y)
+    record = {"dataset": dataset, "split": split, "samples": int(x.shape[0]), **result}
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        click.echo(f"{dataset} {split}: {x.shape[0]} samples, loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f}")

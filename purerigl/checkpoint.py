@@ -1,0 +1,214 @@
+"""Saving and loading models and training state as ``.npz`` files (schema version 1).
+
+A **model file** (``model.npz``) holds plain arrays that any NumPy code can read
+(``np.load(path, allow_pickle=False)``):
+
+- ``meta``: a JSON string (0-d unicode array) with ``schema`` = "purerigl.model", ``schema_version``,
+  ``layers`` (one entry per linear layer: ``kind`` "sparse"|"dense", ``format`` "condensed"|"diagonal"|
+  "csr"|"dense", ``shape`` [n_out, n_in], ``activation`` "relu"|"none"), ``dataset``,
+  ``normalisation`` {"mean", "std"} (a model computes ``(x - mean) / std`` on raw pixels first),
+  ``method``, ``sparsity`` and optionally ``hidden``, ``config``.
+- per linear layer ``i``: ``layer{i}.bias`` (n_out,) and
+  condensed: ``layer{i}.rows`` int32 (n_active,), ``layer{i}.indices`` int32 (n_active, k),
+  ``layer{i}.values`` float32 (n_active, k);
+  diagonal: ``layer{i}.offsets`` int32 (K,), ``layer{i}.values`` float32 (K, L);
+  csr: ``layer{i}.indptr`` int64, ``layer{i}.indices`` int32, ``layer{i}.values`` float32;
+  dense: ``layer{i}.weight`` float32 (n_out, n_in).
+
+A **training checkpoint** (``checkpoint.npz``) is a model file plus ``optim.<key>`` arrays (the
+optimizer's ``state_dict``) and a ``train`` entry in ``meta`` with ``epoch``, ``step``, the shuffling
+RNG's state and the topology method's state, which is all :func:`load_training_state` needs to
+continue a run exactly.
+
+Files are written atomically: to a temporary file in the same directory, flushed and fsynced, then
+renamed over the target, so a crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PureriglError
+from .formats import CSR, Condensed, Diagonal
+from .nn import MLP, Dense, SparseLinear
+
+SCHEMA = "purerigl.model"
+SCHEMA_VERSION = 1
+
+
+class CheckpointError(PureriglError, ValueError):
+    """A checkpoint file is missing, truncated, of another schema, or holds invalid arrays."""
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def model_arrays(model: MLP) -> dict[str, np.ndarray]:
+    """The per-layer arrays of a model, keyed as in the schema."""
+    arrays = {}
+    for i, lin in enumerate(model.linears):
+        arrays[f"layer{i}.bias"] = lin.bias.value
+        if isinstance(lin, Dense):
+            arrays[f"layer{i}.weight"] = lin.weight.value
+            continue
+        W = lin.W
+        if isinstance(W, Condensed):
+            arrays.update({f"layer{i}.rows": W.rows, f"layer{i}.indices": W.indices})
+        elif isinstance(W, Diagonal):
+            arrays[f"layer{i}.offsets"] = W.offsets
+        else:
+            arrays.update({f"layer{i}.indptr": W.indptr, f"layer{i}.indices": W.indices})
+        arrays[f"layer{i}.values"] = W.values
+    return arrays
+
+
+def model_meta(model: MLP, **extra) -> dict:
+    layers = [
+        {k: row[k] for k in ("kind", "format", "shape", "activation")} for row in model.describe()
+    ]
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "layers": layers, **extra}
+
+
+def save_model(path, model: MLP, **meta) -> None:
+    """Write ``model`` to ``path`` (atomically). Extra keyword arguments go into ``meta``."""
+    arrays = model_arrays(model)
+    arrays["meta"] = np.array(json.dumps(model_meta(model, **meta)))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def save_training_checkpoint(path, trainer, **meta) -> None:
+    """Write the model, the optimizer state and the loop's counters and RNG state (atomically)."""
+    arrays = model_arrays(trainer.model)
+    for key, value in trainer.optimizer.state_dict().items():
+        arrays[f"optim.{key}"] = np.asarray(value)
+    train = {
+        "epoch": trainer.epoch,
+        "step": trainer.step,
+        "rng_state": trainer.rng.bit_generator.state,
+        "topology": trainer.topology.state_dict(),
+        "history": trainer.history,
+    }
+    arrays["meta"] = np.array(json.dumps(model_meta(trainer.model, train=train, **meta)))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _open(path) -> tuple[dict, dict[str, np.ndarray]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or not an .npz file ({e})") from None
+    if "meta" not in arrays:
+        raise CheckpointError(f"checkpoint {path} has no 'meta' entry; it is not a purerigl model")
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path}: meta is not valid JSON ({e})") from None
+    if meta.get("schema") != SCHEMA:
+        raise CheckpointError(f"checkpoint {path} has schema {meta.get('schema')!r}, expected {SCHEMA!r}")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has schema version {meta.get('schema_version')}, "
+            f"this purerigl reads version {SCHEMA_VERSION}"
+        )
+    return meta, arrays
+
+
+def _layer(i: int, spec: dict, arrays: dict, backend) -> SparseLinear | Dense:
+    def get(name):
+        key = f"layer{i}.{name}"
+        if key not in arrays:
+            raise CheckpointError(f"checkpoint lacks array {key!r} of a {spec.get('format')} layer")
+        return arrays[key]
+
+    shape = tuple(spec["shape"])
+    fmt = spec.get("format")
+    bias = get("bias")
+    if bias.shape != (shape[0],) or bias.dtype != np.float32:
+        raise CheckpointError(f"layer{i}.bias has shape {bias.shape} {bias.dtype}, expected ({shape[0]},) float32")
+    try:
+        if fmt == "dense":
+            weight = get("weight")
+            if weight.shape != shape or weight.dtype != np.float32:
+                raise CheckpointError(f"layer{i}.weight has shape {weight.shape} {weight.dtype}, expected {shape} float32")
+            return Dense(weight, bias, name=f"layer{i}")
+        if fmt == "condensed":
+            W = Condensed(get("rows"), get("indices"), get("values"), shape)
+        elif fmt == "diagonal":
+            W = Diagonal(get("offsets"), get("values"), shape)
+        elif fmt == "csr":
+            W = CSR(get("indptr"), get("indices"), get("values"), shape)
+        else:
+            raise CheckpointError(f"layer {i} has unknown format {fmt!r}")
+        W.validate(full=True)
+    except CheckpointError:
+        raise
+    except PureriglError as e:
+        raise CheckpointError(f"layer{i} ({fmt}) breaks its format's invariants: {e}") from None
+    return SparseLinear(W, bias, backend=backend, name=f"layer{i}")
+
+
+def load_model(path, backend=None) -> tuple[MLP, dict]:
+    """Read a model file (or training checkpoint); returns ``(model, meta)``. Arrays are fully validated."""
+    meta, arrays = _open(path)
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise CheckpointError(f"checkpoint {path}: meta has no layer list")
+    try:
+        model = MLP([_layer(i, spec, arrays, backend) for i, spec in enumerate(layers)])
+    except CheckpointError:
+        raise
+    except PureriglError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+    return model, meta
+
+
+def load_training_state(path, trainer) -> None:
+    """Restore a :class:`~purerigl.train.Trainer` (built with the same config) from a training checkpoint."""
+    meta, arrays = _open(path)
+    train = meta.get("train")
+    if train is None:
+        raise CheckpointError(f"{path} is a model file, not a training checkpoint (no 'train' entry)")
+    sparse = trainer.model.sparse_layers()
+    model, _ = load_model(path, backend=sparse[0].backend if sparse else None)
+    if len(model.linears) != len(trainer.model.linears):
+        raise CheckpointError(f"{path} holds {len(model.linears)} layers, the run has {len(trainer.model.linears)}")
+    for mine, saved in zip(trainer.model.linears, model.linears):
+        if type(mine) is not type(saved) or mine.shape != saved.shape:
+            raise CheckpointError(f"{path}: layer {mine.name} is {saved!r}, the run has {mine!r}")
+        if isinstance(mine, SparseLinear):
+            mine.set_structure(saved.W)
+        else:
+            mine.weight.value[...] = saved.weight.value
+        mine.bias.value[...] = saved.bias.value
+    optim = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
+    try:
+        trainer.optimizer.load_state_dict(optim)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: optimizer state does not fit the run: {e}") from None
+    trainer.epoch, trainer.step = int(train["epoch"]), int(train["step"])
+    trainer.rng.bit_generator.state = train["rng_state"]
+    trainer.topology.load_state_dict(train.get("topology", {}))
+    trainer.history = list(train.get("history", []))

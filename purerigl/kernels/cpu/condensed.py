@@ -1,0 +1,250 @@
+"""Numba kernels of the four operations on Condensed (constant fan-in) matrices.
+
+A Condensed matrix stores, for every active row ``rows[r]``, exactly ``k`` entries at columns
+``indices[r, :]`` with weights ``values[r, :]`` (see :mod:`purerigl.formats.condensed`). This module
+holds the private ``@njit`` kernels and three thin drivers (:func:`matmul`, :func:`matmul_t`,
+:func:`sddmm`) that pick a kernel by batch size and lay the dense operands out for it. The drivers
+receive operands already checked by :mod:`purerigl.kernels._checks` and a zeroed ``out``.
+
+Layouts. With a small batch a row's dot product gathers straight from ``X[b]``. With a larger batch the
+kernels work on transposed copies ``XT = X^T`` of shape (n_in, B): one stored entry then touches one
+contiguous row of ``XT``, so the innermost loop runs over the batch and is SIMD-friendly.
+
+Determinism. Every parallel loop writes disjoint outputs and sums in a fixed order; the partitions
+depend only on the shapes, never on the thread count or on timing. Results are therefore
+bit-identical from run to run, and also across thread counts.
+
+Numba's on-disk cache only watches the file a function is defined in, so the small helpers the
+kernels inline are defined here rather than shared with the other formats' modules.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._layout import transpose
+
+#: Batches at least this large use the transposed-operand kernels (see the module docstring).
+TRANSPOSED_MIN_BATCH = 4
+
+#: Largest batch block of the transposed kernels (a block of XT's columns is walked as one unit).
+BATCH_BLOCK = 256
+
+#: Upper bound on the number of row chunks (private dX buffers) of the small-batch matmul_t.
+MAX_CHUNKS = 8
+
+#: Target number of multiply-adds per row chunk of the small-batch matmul_t.
+CHUNK_WORK = 1 << 15
+
+
+@njit(cache=True, inline="always")
+def _gather_dot(v, idx, x):
+    """sum_t v[t] * x[idx[t]] in float32, with four interleaved partial sums (fixed order)."""
+    n = v.shape[0]
+    n4 = n - n % 4
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a3 = np.float32(0.0)
+    for t in range(0, n4, 4):
+        a0 += v[t] * x[idx[t]]
+        a1 += v[t + 1] * x[idx[t + 1]]
+        a2 += v[t + 2] * x[idx[t + 2]]
+        a3 += v[t + 3] * x[idx[t + 3]]
+    for t in range(n4, n):
+        a0 += v[t] * x[idx[t]]
+    return (a0 + a1) + (a2 + a3)
+
+
+@njit(cache=True, inline="always")
+def _tree_dot(a, b, tmp):
+    """sum_i a[i] b[i] in float32 for contiguous a, b of length n <= len(tmp), a power of two.
+
+    Up to 8 terms: a running sum. Longer: the products go into the scratch ``tmp`` (zero-padded),
+    which is then summed by pairwise halving. Either way the order is fixed by n alone; the halving is
+    more accurate than a running sum and every step of it is a loop LLVM vectorises (a running sum is
+    a serial chain that it may not reorder without fastmath).
+    """
+    n = a.shape[0]
+    m = tmp.shape[0]
+    if m <= 8:
+        s = np.float32(0.0)
+        for i in range(n):
+            s += a[i] * b[i]
+        return s
+    for i in range(n):
+        tmp[i] = a[i] * b[i]
+    for i in range(n, m):
+        tmp[i] = 0.0
+    h = m
+    while h > 1:
+        h //= 2
+        lo = tmp[:h]
+        hi = tmp[h : 2 * h]
+        for i in range(h):
+            lo[i] += hi[i]
+    return tmp[0]
+
+
+@njit(parallel=True, cache=True)
+def _matmul_rowdot(rows, indices, values, X, Y):
+    """Y[b, rows[r]] = sum_t values[r, t] X[b, indices[r, t]]; parallel over active rows r.
+
+    Small batch: one gathered dot product per (row, batch item). Y (B, n_out) arrives zeroed.
+    """
+    n_active = indices.shape[0]
+    B = X.shape[0]
+    for r in prange(n_active):
+        i = rows[r]
+        for b in range(B):
+            Y[b, i] = _gather_dot(values[r], indices[r], X[b])
+
+
+@njit(parallel=True, cache=True)
+def _matmul_transposed(rows, indices, values, XT, YT, block):
+    """YT[rows[r], b] = sum_t values[r, t] XT[indices[r, t], b]; parallel over (batch block, row).
+
+    XT is (n_in, B), YT is (n_out, B) and arrives zeroed; the row of YT is the accumulator, and the
+    innermost loop is a contiguous axpy over the batch block. Tasks run block-major, so a thread works
+    on one block of XT's columns at a time (a smaller working set).
+    """
+    n_active, k = indices.shape
+    B = XT.shape[1]
+    n_blocks = (B + block - 1) // block
+    for task in prange(n_blocks * n_active):
+        r = task % n_active
+        b0 = (task // n_active) * block
+        b1 = min(B, b0 + block)
+        acc = YT[rows[r], b0:b1]  # (b1 - b0,) view
+        for t in range(k):
+            v = values[r, t]
+            x = XT[indices[r, t], b0:b1]  # (b1 - b0,) view
+            for b in range(acc.shape[0]):
+                acc[b] += v * x[b]
+
+
+@njit(parallel=True, cache=True)
+def _matmul_t_chunks(rows, indices, values, dY, n_chunks, dX):
+    """dX[b, j] = sum over entries (r, t) with indices[r, t] == j of values[r, t] dY[b, rows[r]].
+
+    Small batch. The scatter into dX would race between rows, so the active rows are cut into
+    ``n_chunks`` fixed, contiguous chunks, each scattering into its own private (B, n_in) buffer; the
+    buffers are then added in chunk order, in parallel over columns. dX (B, n_in) arrives zeroed.
+    """
+    n_active, k = indices.shape
+    B, n_in = dX.shape
+    partial = np.zeros((n_chunks, B, n_in), dtype=np.float32)
+    for c in prange(n_chunks):
+        r0 = c * n_active // n_chunks
+        r1 = (c + 1) * n_active // n_chunks
+        for r in range(r0, r1):
+            i = rows[r]
+            for b in range(B):
+                y = dY[b, i]
+                dst = partial[c, b]  # (n_in,) view
+                for t in range(k):
+                    dst[indices[r, t]] += values[r, t] * y
+    col_block = 256
+    n_col_blocks = (n_in + col_block - 1) // col_block
+    for task in prange(B * n_col_blocks):
+        b = task // n_col_blocks
+        j0 = (task % n_col_blocks) * col_block
+        j1 = min(n_in, j0 + col_block)
+        dst = dX[b, j0:j1]  # (j1 - j0,) view
+        for c in range(n_chunks):
+            src = partial[c, b, j0:j1]  # (j1 - j0,) view
+            for j in range(dst.shape[0]):
+                dst[j] += src[j]
+
+
+@njit(parallel=True, cache=True)
+def _matmul_t_transposed(rows, indices, values, dYT, dXT, block):
+    """dXT[indices[r, t], b] += values[r, t] dYT[rows[r], b]; parallel over disjoint batch blocks.
+
+    Larger batch. Every task owns the columns [b0, b1) of dXT (n_in, B) and walks all stored entries
+    in order, so no two tasks write the same element and each element sums its terms in entry order.
+    dYT is (n_out, B); dXT arrives zeroed.
+    """
+    n_active, k = indices.shape
+    B = dYT.shape[1]
+    n_blocks = (B + block - 1) // block
+    for task in prange(n_blocks):
+        b0 = task * block
+        b1 = min(B, b0 + block)
+        for r in range(n_active):
+            y = dYT[rows[r], b0:b1]  # (b1 - b0,) view
+            for t in range(k):
+                v = values[r, t]
+                dst = dXT[indices[r, t], b0:b1]  # (b1 - b0,) view
+                for b in range(dst.shape[0]):
+                    dst[b] += v * y[b]
+
+
+@njit(parallel=True, cache=True)
+def _sddmm_transposed(rows, indices, XT, dYT, dW):
+    """dW[r, t] = sum_b dYT[rows[r], b] XT[indices[r, t], b]; parallel over active rows r.
+
+    XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch.
+    """
+    n_active, k = indices.shape
+    m = 1
+    while m < XT.shape[1]:
+        m *= 2
+    for r in prange(n_active):
+        tmp = np.empty(m, dtype=np.float32)  # scratch of _tree_dot, one per row
+        g = dYT[rows[r]]  # (B,) view
+        for t in range(k):
+            dW[r, t] = _tree_dot(g, XT[indices[r, t]], tmp)
+
+
+def _batch_block(B: int, parallel: bool) -> int:
+    """Batch block of the transposed kernels: BATCH_BLOCK, or smaller so that every thread gets a block
+    when the blocks are the only parallel axis. Results do not depend on it (each element sums its terms
+    in entry order whatever the blocking)."""
+    if parallel:
+        return max(1, min(BATCH_BLOCK, -(-B // numba.get_num_threads())))
+    return BATCH_BLOCK
+
+
+def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Y = X W^T into the zeroed ``out`` (B, n_out); rows of W that are ablated stay 0."""
+    B = X.shape[0]
+    if B < TRANSPOSED_MIN_BATCH:
+        _matmul_rowdot(W.rows, W.indices, W.values, X, out)
+        return out
+    YT = np.zeros((W.n_out, B), dtype=np.float32)  # (n_out, B)
+    _matmul_transposed(W.rows, W.indices, W.values, transpose(X), YT, _batch_block(B, False))
+    transpose(YT, out)  # (n_out, B) -> (B, n_out)
+    return out
+
+
+def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dX = dY W into the zeroed ``out`` (B, n_in).
+
+    Row-major storage makes this a scatter, ``dX[b, j] += w dY[b, i]``, which would race between
+    rows. Why two strategies, and no atomics:
+
+    - small batch: fixed row chunks with private dX buffers added in chunk order. Batch blocks give
+      no parallelism at B = 1, and building a column-major (transposed) copy of the structure is a
+      serial O(nnz) pass as costly as the product itself.
+    - larger batch: disjoint batch blocks, each walking the whole structure; the structure is read
+      once per block, which is cheap next to the B-wide work per entry, and no extra buffer is needed.
+    """
+    B = dY.shape[0]
+    if B < TRANSPOSED_MIN_BATCH:
+        work = W.nnz * max(B, 1)
+        n_chunks = max(1, min(MAX_CHUNKS, W.n_active, work // CHUNK_WORK))
+        _matmul_t_chunks(W.rows, W.indices, W.values, dY, n_chunks, out)
+        return out
+    dXT = np.zeros((W.n_in, B), dtype=np.float32)  # (n_in, B)
+    _matmul_t_transposed(W.rows, W.indices, W.values, transpose(dY), dXT, _batch_block(B, True))
+    transpose(dXT, out)  # (n_in, B) -> (B, n_in)
+    return out
+
+
+def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dW[r, t] = sum_b dY[b, rows[r]] X[b, indices[r, t]] into ``out`` (n_active, k)."""
+    _sddmm_transposed(W.rows, W.indices, transpose(X), transpose(dY), out)
+    return out

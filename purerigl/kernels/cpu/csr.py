@@ -1,0 +1,256 @@
+"""Numba kernels of the four operations on CSR (unstructured) matrices.
+
+Row ``i`` of a CSR matrix stores its entries at columns ``indices[indptr[i]:indptr[i+1]]`` with
+weights ``values[indptr[i]:indptr[i+1]]`` (see :mod:`purerigl.formats.csr`). This module holds the
+private ``@njit`` kernels and three thin drivers (:func:`matmul`, :func:`matmul_t`, :func:`sddmm`)
+that pick a kernel by batch size and lay the dense operands out for it. The drivers receive operands
+already checked by :mod:`purerigl.kernels._checks` and a zeroed ``out``.
+
+The kernels mirror :mod:`purerigl.kernels.cpu.condensed` (same strategies, same layouts) with
+variable-length rows: with a small batch a row's dot product gathers straight from ``X[b]``; with a
+larger batch the kernels work on ``XT = X^T`` (n_in, B) so the innermost loop runs over the batch.
+
+Determinism. Every parallel loop writes disjoint outputs and sums in a fixed order; the partitions
+depend only on the shapes and the structure, never on the thread count or on timing.
+
+Numba's on-disk cache only watches the file a function is defined in, so the small helpers the
+kernels inline are defined here rather than shared with the other formats' modules.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._layout import transpose
+
+#: Batches at least this large use the transposed-operand kernels (see the module docstring).
+TRANSPOSED_MIN_BATCH = 4
+
+#: Largest batch block of the transposed kernels (a block of XT's columns is walked as one unit).
+BATCH_BLOCK = 256
+
+#: Upper bound on the number of row chunks (private dX buffers) of the small-batch matmul_t.
+MAX_CHUNKS = 8
+
+#: Target number of multiply-adds per row chunk of the small-batch matmul_t.
+CHUNK_WORK = 1 << 15
+
+
+@njit(cache=True, inline="always")
+def _gather_dot(v, idx, x):
+    """sum_t v[t] * x[idx[t]] in float32, with four interleaved partial sums (fixed order)."""
+    n = v.shape[0]
+    n4 = n - n % 4
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a3 = np.float32(0.0)
+    for t in range(0, n4, 4):
+        a0 += v[t] * x[idx[t]]
+        a1 += v[t + 1] * x[idx[t + 1]]
+        a2 += v[t + 2] * x[idx[t + 2]]
+        a3 += v[t + 3] * x[idx[t + 3]]
+    for t in range(n4, n):
+        a0 += v[t] * x[idx[t]]
+    return (a0 + a1) + (a2 + a3)
+
+
+@njit(cache=True, inline="always")
+def _tree_dot(a, b, tmp):
+    """sum_i a[i] b[i] in float32 for contiguous a, b of length n <= len(tmp), a power of two.
+
+    Up to 8 terms: a running sum. Longer: the products go into the scratch ``tmp`` (zero-padded),
+    which is then summed by pairwise halving. Either way the order is fixed by n alone; the halving is
+    more accurate than a running sum and every step of it is a loop LLVM vectorises (a running sum is
+    a serial chain that it may not reorder without fastmath).
+    """
+    n = a.shape[0]
+    m = tmp.shape[0]
+    if m <= 8:
+        s = np.float32(0.0)
+        for i in range(n):
+            s += a[i] * b[i]
+        return s
+    for i in range(n):
+        tmp[i] = a[i] * b[i]
+    for i in range(n, m):
+        tmp[i] = 0.0
+    h = m
+    while h > 1:
+        h //= 2
+        lo = tmp[:h]
+        hi = tmp[h : 2 * h]
+        for i in range(h):
+            lo[i] += hi[i]
+    return tmp[0]
+
+
+@njit(parallel=True, cache=True)
+def _matmul_rowdot(indptr, indices, values, X, Y):
+    """Y[b, i] = sum_{e in row i} values[e] X[b, indices[e]]; parallel over rows i.
+
+    Small batch: one gathered dot product per (row, batch item). Y (B, n_out) arrives zeroed.
+    """
+    n_out = indptr.shape[0] - 1
+    B = X.shape[0]
+    for i in prange(n_out):
+        e0 = indptr[i]
+        e1 = indptr[i + 1]
+        for b in range(B):
+            Y[b, i] = _gather_dot(values[e0:e1], indices[e0:e1], X[b])
+
+
+@njit(parallel=True, cache=True)
+def _matmul_transposed(indptr, indices, values, XT, YT, block):
+    """YT[i, b] = sum_{e in row i} values[e] XT[indices[e], b]; parallel over (batch block, row).
+
+    XT is (n_in, B), YT is (n_out, B) and arrives zeroed; the row of YT is the accumulator and the
+    innermost loop is a contiguous axpy over the batch block. Tasks run block-major.
+    """
+    n_out = indptr.shape[0] - 1
+    B = XT.shape[1]
+    n_blocks = (B + block - 1) // block
+    for task in prange(n_blocks * n_out):
+        i = task % n_out
+        b0 = (task // n_out) * block
+        b1 = min(B, b0 + block)
+        acc = YT[i, b0:b1]  # (b1 - b0,) view
+        for e in range(indptr[i], indptr[i + 1]):
+            v = values[e]
+            x = XT[indices[e], b0:b1]  # (b1 - b0,) view
+            for b in range(acc.shape[0]):
+                acc[b] += v * x[b]
+
+
+@njit(parallel=True, cache=True)
+def _matmul_t_chunks(indptr, indices, values, dY, chunk_rows, dX):
+    """dX[b, j] = sum over entries e with indices[e] == j of values[e] dY[b, row(e)].
+
+    Small batch. The scatter into dX would race between rows, so the rows are cut into fixed chunks
+    ``chunk_rows[c]:chunk_rows[c+1]`` (balanced by nnz), each scattering into its own private
+    (B, n_in) buffer; the buffers are then added in chunk order, in parallel over columns.
+    dX (B, n_in) arrives zeroed.
+    """
+    n_chunks = chunk_rows.shape[0] - 1
+    B, n_in = dX.shape
+    partial = np.zeros((n_chunks, B, n_in), dtype=np.float32)
+    for c in prange(n_chunks):
+        for i in range(chunk_rows[c], chunk_rows[c + 1]):
+            for b in range(B):
+                y = dY[b, i]
+                dst = partial[c, b]  # (n_in,) view
+                for e in range(indptr[i], indptr[i + 1]):
+                    dst[indices[e]] += values[e] * y
+    col_block = 256
+    n_col_blocks = (n_in + col_block - 1) // col_block
+    for task in prange(B * n_col_blocks):
+        b = task // n_col_blocks
+        j0 = (task % n_col_blocks) * col_block
+        j1 = min(n_in, j0 + col_block)
+        dst = dX[b, j0:j1]  # (j1 - j0,) view
+        for c in range(n_chunks):
+            src = partial[c, b, j0:j1]  # (j1 - j0,) view
+            for j in range(dst.shape[0]):
+                dst[j] += src[j]
+
+
+@njit(parallel=True, cache=True)
+def _matmul_t_transposed(indptr, indices, values, dYT, dXT, block):
+    """dXT[indices[e], b] += values[e] dYT[row(e), b]; parallel over disjoint batch blocks.
+
+    Larger batch. Every task owns the columns [b0, b1) of dXT (n_in, B) and walks all stored entries
+    in order, so no two tasks write the same element and each element sums its terms in entry order.
+    dYT is (n_out, B); dXT arrives zeroed.
+    """
+    n_out = indptr.shape[0] - 1
+    B = dYT.shape[1]
+    n_blocks = (B + block - 1) // block
+    for task in prange(n_blocks):
+        b0 = task * block
+        b1 = min(B, b0 + block)
+        for i in range(n_out):
+            y = dYT[i, b0:b1]  # (b1 - b0,) view
+            for e in range(indptr[i], indptr[i + 1]):
+                v = values[e]
+                dst = dXT[indices[e], b0:b1]  # (b1 - b0,) view
+                for b in range(dst.shape[0]):
+                    dst[b] += v * y[b]
+
+
+@njit(parallel=True, cache=True)
+def _sddmm_transposed(indptr, indices, XT, dYT, dW):
+    """dW[e] = sum_b dYT[row(e), b] XT[indices[e], b]; parallel over rows.
+
+    XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch.
+    """
+    n_out = indptr.shape[0] - 1
+    m = 1
+    while m < XT.shape[1]:
+        m *= 2
+    for i in prange(n_out):
+        tmp = np.empty(m, dtype=np.float32)  # scratch of _tree_dot, one per row
+        g = dYT[i]  # (B,) view
+        for e in range(indptr[i], indptr[i + 1]):
+            dW[e] = _tree_dot(g, XT[indices[e]], tmp)
+
+
+def _batch_block(B: int, parallel: bool) -> int:
+    """Batch block of the transposed kernels: BATCH_BLOCK, or smaller so that every thread gets a block
+    when the blocks are the only parallel axis. Results do not depend on it (each element sums its
+    terms in entry order whatever the blocking)."""
+    if parallel:
+        return max(1, min(BATCH_BLOCK, -(-B // numba.get_num_threads())))
+    return BATCH_BLOCK
+
+
+def _chunk_rows(indptr: np.ndarray, n_chunks: int) -> np.ndarray:
+    """int64 (n_chunks + 1,): row boundaries cutting the entries into n_chunks runs of about equal nnz."""
+    nnz = int(indptr[-1])
+    targets = (np.arange(n_chunks + 1, dtype=np.int64) * nnz) // n_chunks  # (n_chunks + 1,)
+    bounds = np.searchsorted(indptr, targets, side="left").astype(np.int64)
+    bounds[0], bounds[-1] = 0, indptr.shape[0] - 1
+    return bounds
+
+
+def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Y = X W^T into the zeroed ``out`` (B, n_out); empty rows stay 0."""
+    B = X.shape[0]
+    if B < TRANSPOSED_MIN_BATCH:
+        _matmul_rowdot(W.indptr, W.indices, W.values, X, out)
+        return out
+    YT = np.zeros((W.n_out, B), dtype=np.float32)  # (n_out, B)
+    _matmul_transposed(W.indptr, W.indices, W.values, transpose(X), YT, _batch_block(B, False))
+    transpose(YT, out)  # (n_out, B) -> (B, n_out)
+    return out
+
+
+def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dX = dY W into the zeroed ``out`` (B, n_in).
+
+    Row-major storage makes this a scatter, ``dX[b, j] += w dY[b, i]``, which would race between
+    rows. Why two strategies, and no atomics:
+
+    - small batch: fixed row chunks with private dX buffers added in chunk order. Batch blocks give
+      no parallelism at B = 1, and building a column-major (transposed) copy of the structure is a
+      serial O(nnz) pass as costly as the product itself.
+    - larger batch: disjoint batch blocks, each walking the whole structure; the structure is read
+      once per block, which is cheap next to the B-wide work per entry, and no extra buffer is needed.
+    """
+    B = dY.shape[0]
+    if B < TRANSPOSED_MIN_BATCH:
+        work = W.nnz * max(B, 1)
+        n_chunks = max(1, min(MAX_CHUNKS, W.n_out, work // CHUNK_WORK))
+        _matmul_t_chunks(W.indptr, W.indices, W.values, dY, _chunk_rows(W.indptr, n_chunks), out)
+        return out
+    dXT = np.zeros((W.n_in, B), dtype=np.float32)  # (n_in, B)
+    _matmul_t_transposed(W.indptr, W.indices, W.values, transpose(dY), dXT, _batch_block(B, True))
+    transpose(dXT, out)  # (n_in, B) -> (B, n_in)
+    return out
+
+
+def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dW[e] = sum_b dY[b, row(e)] X[b, indices[e]] into ``out`` (nnz,)."""
+    _sddmm_transposed(W.indptr, W.indices, transpose(X), transpose(dY), out)
+    return out

@@ -1,0 +1,159 @@
+"""The multilayer perceptron: linear layers (sparse or dense) with ReLU between them.
+
+Linear layer ``i`` (0-based) is named ``layer{i}``; its parameters are ``layer{i}.values`` (sparse) or
+``layer{i}.weight`` (dense) and ``layer{i}.bias``, the names used by optimizers and checkpoints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import PureriglError
+from ..formats import SparseFormat
+from ..kernels import get_backend
+from ..sparsity import FORMAT_NAMES, check_sparsity, random_layer
+from .layers import Dense, ReLU, SparseLinear
+from .parameter import Parameter
+
+
+class ModelError(PureriglError, ValueError):
+    """A model description is invalid (widths, formats)."""
+
+
+def parse_hidden(hidden) -> tuple[int, ...]:
+    """'300,100' or [300, 100] -> (300, 100); '' or () -> no hidden layer. Widths must be >= 1."""
+    if isinstance(hidden, str):
+        parts = [p.strip() for p in hidden.split(",") if p.strip()]
+        try:
+            widths = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ModelError(
+                f"hidden widths must be comma-separated positive integers like '300,100', got {hidden!r}"
+            ) from None
+    else:
+        widths = tuple(int(w) for w in hidden)
+    bad = [w for w in widths if w < 1]
+    if bad:
+        raise ModelError(f"hidden widths must be >= 1, got {bad[0]} in {widths}")
+    return widths
+
+
+class MLP:
+    """Linear layers with ReLU between them (none after the last); outputs logits.
+
+    Parameters
+    ----------
+    linears : list of SparseLinear | Dense
+        Consecutive shapes must chain: ``linears[i].shape[0] == linears[i + 1].shape[1]``.
+    """
+
+    def __init__(self, linears: list):
+        if not linears:
+            raise ModelError("an MLP needs at least one linear layer")
+        for a, b in zip(linears, linears[1:]):
+            if a.shape[0] != b.shape[1]:
+                raise ModelError(f"layer shapes do not chain: {a.shape} then {b.shape}")
+        self.linears = list(linears)
+        self.linears[0].needs_input_grad = False
+        self.layers = []
+        for i, lin in enumerate(self.linears):
+            self.layers.append(lin)
+            if i < len(self.linears) - 1:
+                self.layers.append(ReLU())
+
+    @property
+    def n_features(self) -> int:
+        return self.linears[0].shape[1]
+
+    @property
+    def n_classes(self) -> int:
+        return self.linears[-1].shape[0]
+
+    def parameters(self) -> list[Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def sparse_layers(self) -> list[SparseLinear]:
+        return [lin for lin in self.linears if isinstance(lin, SparseLinear)]
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """X (B, n_features) -> logits (B, n_classes)."""
+        for layer in self.layers:
+            X = layer.forward(X)
+        return X
+
+    def backward(self, dlogits: np.ndarray) -> None:
+        """Backpropagate dL/dlogits (B, n_classes), filling every parameter's ``grad``."""
+        d = dlogits
+        for layer in reversed(self.layers):
+            d = layer.backward(d)
+
+    def predict(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Logits for X in batches (no state kept for a backward)."""
+        out = np.empty((X.shape[0], self.n_classes), dtype=np.float32)
+        for start in range(0, X.shape[0], batch_size):
+            out[start : start + batch_size] = self.forward(np.ascontiguousarray(X[start : start + batch_size]))
+        return out
+
+    def set_backend(self, backend) -> None:
+        b = get_backend(backend)
+        for lin in self.sparse_layers():
+            lin.backend = b
+
+    def describe(self) -> list[dict]:
+        """One dict per linear layer: kind, format, shape, activation, nnz, density."""
+        rows = []
+        for i, lin in enumerate(self.linears):
+            sparse = isinstance(lin, SparseLinear)
+            nnz = lin.W.nnz if sparse else int(np.prod(lin.shape))
+            rows.append(
+                {
+                    "index": i,
+                    "kind": "sparse" if sparse else "dense",
+                    "format": _format_name(lin.W) if sparse else "dense",
+                    "shape": list(lin.shape),
+                    "activation": "relu" if i < len(self.linears) - 1 else "none",
+                    "nnz": int(nnz),
+                    "density": nnz / (lin.shape[0] * lin.shape[1]),
+                }
+            )
+        return rows
+
+
+def _format_name(W: SparseFormat) -> str:
+    return type(W).__name__.lower()
+
+
+def build_mlp(
+    n_features: int,
+    hidden,
+    n_classes: int,
+    *,
+    fmt: str = "condensed",
+    sparsity: float = 0.9,
+    backend=None,
+    rng=None,
+    dense_layers=(),
+) -> MLP:
+    """An MLP n_features -> hidden... -> n_classes, every linear layer sparse at ``sparsity``.
+
+    ``sparsity == 0`` builds every layer as :class:`Dense` (NumPy BLAS), the dense baseline trained by
+    the same code. Layers whose index is in ``dense_layers`` are dense too. Initialisation: Kaiming
+    normal with each neuron's actual fan-in, std = sqrt(2 / fan_in); biases 0.
+    """
+    if fmt not in FORMAT_NAMES:
+        raise ModelError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMAT_NAMES)}")
+    s = check_sparsity(sparsity)
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    widths = (int(n_features), *parse_hidden(hidden), int(n_classes))
+    if min(widths) < 1:
+        raise ModelError(f"layer widths must be >= 1, got {widths}")
+    backend = get_backend(backend)
+    linears = []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        name = f"layer{i}"
+        if s == 0.0 or i in dense_layers:
+            linears.append(Dense.kaiming((n_out, n_in), rng, name=name))
+        else:
+            W = random_layer(fmt, (n_out, n_in), s, rng)
+            linears.append(SparseLinear(W, backend=backend, name=name))
+    return MLP(linears)

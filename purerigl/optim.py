@@ -1,0 +1,582 @@
+"""Optimizers over :class:`~purerigl.nn.Parameter` lists, with state laid out like the values.
+
+Every optimizer updates ``param.value`` **in place**: a sparse layer's stored ``values`` array is the
+same object as its weight parameter's ``value``, so rebinding would silently detach the layer. All
+arithmetic is float32 and every state array (momentum, Adam's first and second moments) has exactly
+the shape of the value array it belongs to, so a topology change can carry it across with one gather.
+
+Topology changes (PAPERS.md section 1.2)
+----------------------------------------
+After a layer installs new value arrays (``param.replace(new_values)``) it calls
+:meth:`Optimizer.remap_state` with ``source``, an int64 array shaped like the new value:
+``source.flat[e]`` is the flat index of the same connection in the old value array, or ``-1`` for a
+new connection. Kept connections keep their state exactly; new connections start with zero state;
+dropped connections carry nothing on. The optimizer's step count is *not* reset (as in the PyTorch
+DST ports), so Adam's bias correction for a newly grown entry uses the global step count.
+
+Optimizers: :class:`SGD` (momentum, Nesterov, L2 weight decay), :class:`Adam` (L2 weight decay) and
+:class:`AdamW` (decoupled weight decay), all with PyTorch's update equations. :func:`make_optimizer`
+builds one by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from .errors import DTypeError, PureriglError
+from .nn.parameter import Parameter
+
+__all__ = [
+    "OPTIMIZERS",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "OptimizerError",
+    "make_optimizer",
+]
+
+#: Names accepted by :func:`make_optimizer`.
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+
+#: Key of the optimizer step count in :meth:`Optimizer.state_dict` (scalar keys contain no dot, so
+#: they can never collide with the per-parameter keys ``f"{param.name}.{state_name}"``).
+STEP_KEY = "step"
+
+
+class OptimizerError(PureriglError, ValueError):
+    """Bad optimizer hyperparameters, parameters, remap sources or state dicts."""
+
+
+# --------------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OptimizerError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise OptimizerError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def _check_lr(lr, what: str = "lr") -> float:
+    lr = _check_real(what, lr)
+    if lr < 0.0:
+        raise OptimizerError(f"{what} must be >= 0, got {lr!r}")
+    return lr
+
+
+def _check_unit_interval(name: str, value) -> float:
+    value = _check_real(name, value)
+    if not 0.0 <= value < 1.0:
+        raise OptimizerError(f"{name} must be in [0, 1), got {value!r}")
+    return value
+
+
+def _check_weight_decay(value) -> float:
+    value = _check_real("weight_decay", value)
+    if value < 0.0:
+        raise OptimizerError(f"weight_decay must be >= 0, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# base class
+
+
+class Optimizer:
+    """Base class: parameter bookkeeping, state layout, topology remap and (de)serialisation.
+
+    Subclasses declare :attr:`state_names` (one float32 array per parameter and name, laid out like
+    ``param.value``, allocated as zeros) and implement :meth:`_update`, the update of one parameter.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        Parameters with unique names and float32 values.
+    lr : float
+        Learning rate, ``>= 0`` (0 is allowed so that a warm-up or cosine schedule may reach it).
+
+    Attributes
+    ----------
+    params : list of Parameter
+    lr : float
+        The stored learning rate, used by :meth:`step` unless overridden.
+    steps : int
+        Number of :meth:`step` calls completed (Adam's bias correction uses it).
+    """
+
+    #: Names of the per-parameter state arrays (e.g. ``("exp_avg", "exp_avg_sq")``).
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Parameter], lr: float):
+        self.params: list[Parameter] = list(params)
+        names: dict[str, int] = {}
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"params[{i}] is a {type(p).__name__}, expected a Parameter")
+            if p.name in names:
+                raise OptimizerError(
+                    f"parameter name {p.name!r} appears twice (params[{names[p.name]}] and "
+                    f"params[{i}]); names must be unique"
+                )
+            names[p.name] = i
+            _check_value(p)
+        self.lr = _check_lr(lr)
+        self.steps = 0
+        self._index = {id(p): i for i, p in enumerate(self.params)}
+        # Shape the state of each parameter is laid out for (tracked even without state arrays, so
+        # remap_state can validate ``source`` against the old size).
+        self._shapes: list[tuple[int, ...]] = [p.value.shape for p in self.params]
+        self._state: list[dict[str, np.ndarray]] = [
+            {s: np.zeros(p.value.shape, dtype=np.float32) for s in self.state_names}
+            for p in self.params
+        ]
+
+    # ---------------------------------------------------------------------------------------------
+    # stepping
+
+    def step(self, lr: float | None = None) -> None:
+        """Apply one update to every parameter, in place, from ``param.grad``.
+
+        Parameters
+        ----------
+        lr : float, optional
+            Learning rate for this step only (a schedule drives it this way); the stored
+            :attr:`lr` is used when omitted and is not changed.
+        """
+        lr = self.lr if lr is None else _check_lr(lr)
+        for i, p in enumerate(self.params):
+            self._check_layout(i, p)
+        self.steps += 1
+        for i, p in enumerate(self.params):
+            self._update(p, self._state[i], lr)
+
+    def zero_grad(self) -> None:
+        """Set every parameter's gradient to zero, in place."""
+        for p in self.params:
+            p.grad[...] = 0.0
+
+    def _update(self, param: Parameter, state: dict[str, np.ndarray], lr: float) -> None:
+        raise NotImplementedError
+
+    def _check_layout(self, i: int, p: Parameter) -> None:
+        if p.value.shape != self._shapes[i]:
+            raise OptimizerError(
+                f"parameter {p.name!r} has shape {p.value.shape} but its optimizer state is laid "
+                f"out for {self._shapes[i]}; call remap_state(param, source) after param.replace()"
+            )
+        _check_value(p)
+        if p.grad.shape != p.value.shape:
+            raise OptimizerError(
+                f"parameter {p.name!r}: grad shape {p.grad.shape} differs from value shape "
+                f"{p.value.shape}"
+            )
+        if p.grad.dtype != np.float32:
+            raise DTypeError(f"parameter {p.name!r}: grad dtype is {p.grad.dtype}, expected float32")
+
+    # ---------------------------------------------------------------------------------------------
+    # state access and topology changes
+
+    def _position(self, param: Parameter) -> int:
+        i = self._index.get(id(param))
+        if i is None:
+            raise OptimizerError(f"parameter {getattr(param, 'name', param)!r} is not in this optimizer")
+        return i
+
+    def state_arrays(self, param: Parameter) -> dict[str, np.ndarray]:
+        """The live state arrays of ``param``, each shaped like ``param.value`` (empty if none).
+
+        Returns
+        -------
+        dict of str to float32 ndarray
+            The optimizer's own arrays (not copies): writing into them changes the state.
+        """
+        return dict(self._state[self._position(param)])
+
+    def remap_state(self, param: Parameter, source: np.ndarray) -> None:
+        """Carry ``param``'s state across a topology change (after ``param.replace(new_values)``).
+
+        Parameters
+        ----------
+        param : Parameter
+            A parameter of this optimizer whose ``value`` has just been replaced.
+        source : int ndarray, shape ``param.value.shape``
+            ``source.flat[e]`` is the flat index of connection ``e`` in the *old* value array, or
+            ``-1`` for a new connection. Each old index may appear at most once.
+
+        Notes
+        -----
+        For every state array ``S`` (momentum, Adam moments):
+
+        .. math:: S'_e = S_{\\mathrm{source}_e} \\text{ if } \\mathrm{source}_e \\ge 0 \\text{ else } 0
+
+        The state is laid out for the new shape afterwards (the size may change, as when SRigL
+        changes the fan-in k). The step count is unchanged.
+        """
+        i = self._position(param)
+        _check_value(param)
+        new_shape = param.value.shape
+        old_size = math.prod(self._shapes[i])
+        src = _check_source(param.name, source, new_shape, old_size)
+        flat_src = src.reshape(-1)
+        kept = flat_src >= 0
+        kept_src = flat_src[kept]
+        for name, old in self._state[i].items():
+            new = np.zeros(new_shape, dtype=np.float32)
+            new.reshape(-1)[kept] = old.reshape(-1)[kept_src]
+            self._state[i][name] = new
+        self._shapes[i] = new_shape
+
+    # ---------------------------------------------------------------------------------------------
+    # serialisation
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """All state as copies: ``f"{param.name}.{state_name}"`` arrays plus the 0-d int64 ``"step"``.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Safe to keep: later steps do not change it.
+        """
+        d: dict[str, np.ndarray] = {STEP_KEY: np.array(self.steps, dtype=np.int64)}
+        for p, state in zip(self.params, self._state):
+            for name, arr in state.items():
+                d[f"{p.name}.{name}"] = arr.copy()
+        return d
+
+    def load_state_dict(self, d: Mapping[str, np.ndarray]) -> None:
+        """Restore state saved by :meth:`state_dict` (for an exact resume).
+
+        The keys must be exactly those this optimizer would save, and every array must have the
+        shape of its parameter's current value (so load the model first). Nothing is changed unless
+        everything checks out.
+
+        Raises
+        ------
+        OptimizerError
+            On missing or unexpected keys, wrong shapes, a non-float state array or a bad step.
+        """
+        expected: dict[str, tuple[int, ...]] = {STEP_KEY: ()}
+        for p in self.params:
+            for name in self.state_names:
+                expected[f"{p.name}.{name}"] = p.value.shape
+        missing = sorted(set(expected) - set(d))
+        unexpected = sorted(set(d) - set(expected))
+        if missing or unexpected:
+            raise OptimizerError(
+                f"{type(self).__name__} state dict keys do not match: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
+        for key, shape in expected.items():
+            arr = np.asarray(d[key])
+            if arr.shape != shape:
+                raise OptimizerError(
+                    f"state dict entry {key!r} has shape {arr.shape}, expected {shape}"
+                )
+            if key == STEP_KEY:
+                if arr.dtype.kind not in "iu" or int(arr) < 0:
+                    raise OptimizerError(
+                        f"state dict entry {key!r} must be a non-negative integer, got {arr!r}"
+                    )
+            elif arr.dtype.kind != "f":
+                raise OptimizerError(
+                    f"state dict entry {key!r} has dtype {arr.dtype}, expected a float array"
+                )
+        for i, p in enumerate(self.params):
+            for name in self.state_names:
+                self._state[i][name] = np.array(d[f"{p.name}.{name}"], dtype=np.float32, copy=True)
+            self._shapes[i] = p.value.shape
+        self.steps = int(np.asarray(d[STEP_KEY]))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_params={len(self.params)}, lr={self.lr}, steps={self.steps})"
+
+
+def _check_value(p: Parameter) -> None:
+    if not isinstance(p.value, np.ndarray):
+        raise TypeError(f"parameter {p.name!r}: value is a {type(p.value).__name__}, expected ndarray")
+    if p.value.dtype != np.float32:
+        raise DTypeError(f"parameter {p.name!r}: value dtype is {p.value.dtype}, expected float32")
+
+
+def _check_source(name: str, source, new_shape: tuple[int, ...], old_size: int) -> np.ndarray:
+    if not isinstance(source, np.ndarray) or source.dtype.kind not in "iu":
+        what = source.dtype if isinstance(source, np.ndarray) else type(source).__name__
+        raise OptimizerError(f"remap source for {name!r} must be an integer ndarray, got {what}")
+    if source.shape != new_shape:
+        raise OptimizerError(
+            f"remap source for {name!r} has shape {source.shape}, expected the new value shape "
+            f"{new_shape}"
+        )
+    if source.size == 0:
+        return source.astype(np.int64)
+    lo, hi = int(source.min()), int(source.max())
+    if lo < -1 or hi >= old_size:
+        bad = lo if lo < -1 else hi
+        raise OptimizerError(
+            f"remap source for {name!r} holds {bad}, outside [-1, {old_size}) (old value size "
+            f"{old_size})"
+        )
+    src = source.astype(np.int64, copy=False)
+    kept = src[src >= 0]
+    if kept.size:
+        counts = np.bincount(kept, minlength=old_size)
+        dup = int(np.argmax(counts))
+        if counts[dup] > 1:
+            raise OptimizerError(
+                f"remap source for {name!r} maps {int(counts[dup])} new entries to old index {dup}; "
+                "each old connection may be kept at most once"
+            )
+    return src
+
+
+# --------------------------------------------------------------------------------------------------
+# SGD
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay.
+
+    PyTorch's ``torch.optim.SGD`` without dampening, step by step:
+
+    .. math::
+
+        g_t &= \nabla_w L + \lambda w_{t-1} \quad (\lambda \text{ only for params with } decay)
+
+        b_t &= \mu b_{t-1} + g_t
+
+        u_t &= g_t + \mu b_t \text{ (Nesterov)} \quad\text{or}\quad u_t = b_t
+
+        w_t &= w_{t-1} - \eta u_t
+
+    With ``momentum == 0`` there is no buffer and :math:`u_t = g_t`.
+
+    First-step convention: the buffer starts at **zero**, so :math:`b_1 = \mu \cdot 0 + g_1 = g_1`,
+    bit for bit what PyTorch does by initialising the buffer to a copy of the first gradient. A
+    connection grown by a topology change gets a zero buffer, so its first update is likewise
+    :math:`b = g`, as if it were fresh.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float
+        :math:`\eta \ge 0`.
+    momentum : float
+        :math:`\mu \in [0, 1)`.
+    nesterov : bool
+        Nesterov momentum; requires ``momentum > 0``.
+    weight_decay : float
+        :math:`\lambda \ge 0`, added to the gradient (L2), skipped for ``decay=False`` params.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ):
+        momentum = _check_unit_interval("momentum", momentum)
+        weight_decay = _check_weight_decay(weight_decay)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise OptimizerError(f"nesterov must be a bool, got {nesterov!r}")
+        if nesterov and momentum == 0.0:
+            raise OptimizerError("nesterov=True requires momentum > 0, got momentum=0")
+        self.momentum = momentum
+        self.nesterov = bool(nesterov)
+        self.weight_decay = weight_decay
+        self.state_names = ("momentum_buffer",) if momentum > 0.0 else ()
+        super().__init__(params, lr)
+
+    def _update(self, param: Parameter, state: dict[str, np.ndarray], lr: float) -> None:
+        w = param.value
+        g = param.grad
+        if self.weight_decay and param.decay:
+            g = g + np.float32(self.weight_decay) * w  # new array: param.grad is left untouched
+        if self.momentum:
+            mu = np.float32(self.momentum)
+            buf = state["momentum_buffer"]
+            buf *= mu
+            buf += g
+            update = g + mu * buf if self.nesterov else buf
+        else:
+            update = g
+        w -= np.float32(lr) * update
+
+
+# --------------------------------------------------------------------------------------------------
+# Adam / AdamW
+
+
+class Adam(Optimizer):
+    r"""Adam with L2 weight decay added to the gradient (PyTorch ``torch.optim.Adam``).
+
+    With the optimizer step count :math:`t` (1 on the first step):
+
+    .. math::
+
+        g_t &= \nabla_w L + \lambda w_{t-1} \quad (\lambda \text{ only for params with } decay)
+
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t
+
+        v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2
+
+        w_t &= w_{t-1} - \frac{\eta}{1 - \beta_1^t} \,
+               \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+    :math:`m_0 = v_0 = 0`. The bias corrections use one step count per optimizer, which a topology
+    change does not reset (grown entries start at :math:`m = v = 0`).
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float
+        :math:`\eta \ge 0`.
+    betas : (float, float)
+        :math:`(\beta_1, \beta_2)`, each in [0, 1).
+    eps : float
+        :math:`\epsilon > 0`.
+    weight_decay : float
+        :math:`\lambda \ge 0`.
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq")
+    _decoupled = False
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise OptimizerError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.betas = (_check_unit_interval("betas[0]", b1), _check_unit_interval("betas[1]", b2))
+        self.eps = _check_real("eps", eps)
+        if self.eps <= 0.0:
+            raise OptimizerError(f"eps must be > 0, got {eps!r}")
+        self.weight_decay = _check_weight_decay(weight_decay)
+        super().__init__(params, lr)
+
+    def _update(self, param: Parameter, state: dict[str, np.ndarray], lr: float) -> None:
+        w = param.value
+        g = param.grad
+        wd = self.weight_decay if param.decay else 0.0
+        if wd and self._decoupled:
+            w *= np.float32(1.0 - lr * wd)
+        elif wd:
+            g = g + np.float32(wd) * w  # new array: param.grad is left untouched
+        b1, b2 = self.betas
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= np.float32(b1)
+        m += np.float32(1.0 - b1) * g
+        v *= np.float32(b2)
+        v += np.float32(1.0 - b2) * (g * g)
+        t = self.steps
+        step_size = np.float32(lr / (1.0 - b1**t))
+        sqrt_bc2 = np.float32(math.sqrt(1.0 - b2**t))
+        scratch = np.sqrt(v)  # one float32 temporary, reused for the whole update
+        scratch /= sqrt_bc2
+        scratch += np.float32(self.eps)
+        np.divide(m, scratch, out=scratch)
+        scratch *= step_size
+        w -= scratch
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (PyTorch ``torch.optim.AdamW``).
+
+    The decay shrinks the weights before the Adam update (which then sees the raw gradient):
+
+    .. math::
+
+        w' &= w_{t-1} (1 - \eta \lambda) \quad (\lambda \text{ only for params with } decay)
+
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \quad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2
+
+        w_t &= w' - \frac{\eta}{1 - \beta_1^t} \,
+               \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+    Parameters are those of :class:`Adam`; ``weight_decay`` defaults to 0.01.
+    """
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ):
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+# --------------------------------------------------------------------------------------------------
+# factory
+
+
+def make_optimizer(
+    name: str,
+    params: Iterable[Parameter],
+    lr: float,
+    *,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    nesterov: bool = False,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> Optimizer:
+    """Build an optimizer by name.
+
+    Parameters
+    ----------
+    name : {"sgd", "adam", "adamw"}
+        Case-insensitive; see :data:`OPTIMIZERS`.
+    params : iterable of Parameter
+    lr : float
+    momentum : float, optional
+        SGD only (default 0). Ignored by Adam/AdamW, whose momentum is ``betas[0]``, so that a
+        caller (the training loop, the CLI) may pass one set of options to every name.
+    weight_decay : float, optional
+        Default 0 for SGD and Adam, 0.01 for AdamW.
+    nesterov : bool
+        SGD only; ``True`` with Adam/AdamW raises (Nesterov-accelerated Adam is not provided).
+    betas, eps
+        Adam and AdamW only.
+
+    Raises
+    ------
+    OptimizerError
+        For an unknown name (the valid ones are listed), ``nesterov=True`` with Adam/AdamW, or a
+        hyperparameter out of range.
+    """
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in OPTIMIZERS:
+        raise OptimizerError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+    if key == "sgd":
+        return SGD(
+            params,
+            lr,
+            momentum=0.0 if momentum is None else momentum,
+            nesterov=nesterov,
+            weight_decay=0.0 if weight_decay is None else weight_decay,
+        )
+    if nesterov:
+        raise OptimizerError(f"nesterov applies to 'sgd' only, not {key!r}")
+    cls = Adam if key == "adam" else AdamW
+    kwargs = {} if weight_decay is None else {"weight_decay": weight_decay}
+    return cls(params, lr, betas=betas, eps=eps, **kwargs)

@@ -1,0 +1,69 @@
+"""How many connections a sparse layer stores, from a sparsity and a storage format.
+
+For a layer of shape (n_out, n_in), N = n_out * n_in, at sparsity s the connection budget is
+
+.. math:: C = N - \\lfloor s N \\rfloor
+
+(the uniform count of PAPERS.md 1.3). Each format rounds the budget to what it can hold:
+
+- CSR stores exactly C entries;
+- Condensed stores k = max(1, floor(C / n_out)) per row (k * n_out <= C unless C < n_out);
+- Diagonal stores K = max(1, ceil(C / L)) whole diagonals of length L = min(n_out, n_in) (K * L >= C).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import FormatError
+from .formats import CSR, Condensed, Diagonal
+
+FORMAT_NAMES = ("condensed", "diagonal", "csr")
+
+
+def check_sparsity(sparsity) -> float:
+    """Return ``sparsity`` as a float in [0, 1), or raise FormatError naming the allowed range."""
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise FormatError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if not (0.0 <= s < 1.0):
+        raise FormatError(f"sparsity must be in [0, 1), got {sparsity}")
+    return s
+
+
+def floor_product(s: float, n: int) -> int:
+    """floor(s * n), robust to binary rounding: 0.9 * 300 counts as 270, not 269."""
+    x = s * n
+    nearest = round(x)
+    return nearest if abs(x - nearest) < 1e-6 * max(1.0, abs(x)) else math.floor(x)
+
+
+def layer_budget(shape, sparsity: float) -> int:
+    """C = N - floor(s * N): the number of connections a layer of this shape may hold."""
+    n_out, n_in = shape
+    total = n_out * n_in
+    return total - floor_product(check_sparsity(sparsity), total)
+
+
+def structure_count(fmt: str, shape, budget: int) -> int:
+    """The structural count a format uses for a budget: nnz (csr), k (condensed), K (diagonal)."""
+    n_out, n_in = shape
+    if fmt == "csr":
+        return budget
+    if fmt == "condensed":
+        return max(1, budget // n_out)
+    if fmt == "diagonal":
+        L = min(n_out, n_in)
+        return max(1, -(-budget // L))
+    raise FormatError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMAT_NAMES)}")
+
+
+def random_layer(fmt: str, shape, sparsity: float, rng):
+    """A randomly connected, Kaiming-initialised sparse matrix of the format at this sparsity."""
+    count = structure_count(fmt, shape, layer_budget(shape, sparsity))
+    if fmt == "csr":
+        return CSR.random(shape, None, rng, nnz=count)
+    if fmt == "condensed":
+        return Condensed.random(shape, None, rng, k=count)
+    return Diagonal.random(shape, None, rng, K=count)

@@ -1,0 +1,31 @@
+"""Shared test configuration: hypothesis profiles and the backend fixture.
+
+Profiles (pick with the environment variable ``HYPOTHESIS_PROFILE``, default ``ci``):
+
+- ``ci``: few examples per property, no deadline (the numba backend compiles on first use), random
+  seeds, and a reproduction blob printed on failure.
+- ``dev``: many more examples, for a thorough local run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=False, print_blob=True)
+settings.register_profile("dev", max_examples=300, deadline=None, derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: Every backend the operation tests run against. A backend listed here but missing an op fails the
+#: tests that use it (and tests/test_registry.py's completeness test) instead of being skipped.
+BACKEND_NAMES = ["reference", "cpu"]
+
+
+@pytest.fixture(scope="session", params=BACKEND_NAMES)
+def backend(request):
+    """The purerigl backend under test, one per name in BACKEND_NAMES (session-scoped: hypothesis-safe)."""
+    from purerigl.kernels import get_backend
+
+    return get_backend(request.param)

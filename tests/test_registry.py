@@ -1,0 +1,188 @@
+"""The backend registry: how a backend is chosen, how a bad choice fails, and that backends are complete.
+
+Pins down (DESIGN.md section 3 "Dispatch"):
+
+- ``get_backend`` picks by argument, else ``PURERIGL_BACKEND``, else ``"cpu"``; the argument wins;
+- an unknown name raises BackendError (a ValueError) listing every valid name, and says so when the
+  name came from the environment variable; ``"cuda"`` raises a BackendError that names the fixes;
+- completeness: every backend in ``registry.BACKENDS`` defines every op in ``OPS``, each with the
+  reference's signature (parameter names, order, kinds, defaults). The check itself is shown to fail
+  on a backend that lacks an op or has a different signature.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+
+import pytest
+
+from purerigl.errors import BackendError
+from purerigl.kernels import registry
+from purerigl.kernels import reference
+from purerigl.kernels.registry import OPS, Backend, available_backends, get_backend
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    """Run without PURERIGL_BACKEND set, whatever the caller's environment holds."""
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+
+
+def test_env_var_name():
+    assert registry.ENV_VAR == "PURERIGL_BACKEND"
+
+
+@pytest.mark.parametrize("name", sorted(registry.BACKENDS))
+def test_get_backend_by_argument(no_env, name):
+    """get_backend(name) returns that backend, wrapping the module the registry names."""
+    b = get_backend(name)
+    assert isinstance(b, Backend)
+    assert b.name == name
+    assert b.module is importlib.import_module(registry.BACKENDS[name])
+
+
+def test_get_backend_passes_a_backend_through(no_env):
+    b = get_backend("reference")
+    assert get_backend(b) is b
+
+
+def test_reference_ops_forward_to_the_module(no_env):
+    """Attribute access on a Backend returns the module's op; a non-op name is an AttributeError."""
+    b = get_backend("reference")
+    for op in OPS:
+        assert getattr(b, op) is getattr(reference, op)
+    with pytest.raises(AttributeError):
+        b.triples  # a helper of the module, not an op  # noqa: B018
+    b.synchronize()  # a no-op on the CPU backends, but it must exist
+
+
+def test_default_is_cpu(no_env):
+    """With no argument and no environment variable the backend is "cpu"."""
+    assert registry.DEFAULT_BACKEND == "cpu"
+    assert get_backend().name == "cpu"
+
+
+def test_environment_variable_selects(monkeypatch):
+    """PURERIGL_BACKEND picks the backend when no argument is given."""
+    monkeypatch.setenv("PURERIGL_BACKEND", "reference")
+    assert get_backend().name == "reference"
+    assert get_backend(None).name == "reference"
+
+
+def test_argument_beats_environment_variable(monkeypatch):
+    monkeypatch.setenv("PURERIGL_BACKEND", "reference")
+    assert get_backend("cpu").name == "cpu"
+    monkeypatch.setenv("PURERIGL_BACKEND", "no-such-backend")
+    assert get_backend("reference").name == "reference"  # a bad variable is not even read
+
+
+def test_unknown_name_lists_valid_names(no_env):
+    """An unknown name raises BackendError (a ValueError) that quotes it and lists every valid name."""
+    assert issubclass(BackendError, ValueError)
+    with pytest.raises(BackendError, match="'numpy-fast'") as info:
+        get_backend("numpy-fast")
+    for valid in available_backends():
+        assert valid in str(info.value)
+
+
+def test_unknown_name_from_environment_says_so(monkeypatch):
+    """A bad PURERIGL_BACKEND is named in the error, so the user knows where the name came from."""
+    monkeypatch.setenv("PURERIGL_BACKEND", "gpu-please")
+    with pytest.raises(BackendError, match=r"'gpu-please'.*PURERIGL_BACKEND") as info:
+        get_backend()
+    for valid in available_backends():
+        assert valid in str(info.value)
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_cuda_raises_a_clear_backend_error(monkeypatch, how):
+    """Asking for cuda (not in this version) raises BackendError naming cuda and the usable backends."""
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    if how == "environment":
+        monkeypatch.setenv("PURERIGL_BACKEND", "cuda")
+    with pytest.raises(BackendError, match="cuda") as info:
+        get_backend("cuda" if how == "argument" else None)
+    message = str(info.value)
+    assert "'cpu'" in message and "'reference'" in message
+
+
+def test_available_backends_lists_all_names():
+    assert set(available_backends()) == set(registry.BACKENDS) | set(registry.UNAVAILABLE)
+    assert {"reference", "cpu", "cuda"} <= set(available_backends())
+
+
+# --------------------------------------------------------------------------------------------------
+# Completeness: every op, with the reference's signature
+# --------------------------------------------------------------------------------------------------
+
+
+def signature_shape(fn) -> list[tuple[str, str, object]]:
+    """(name, kind, default) of every parameter, in order; annotations are ignored."""
+    return [(p.name, p.kind.name, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+def completeness_problems(module) -> list[str]:
+    """Every way ``module`` falls short of the reference: a missing op, a non-callable one, or a
+    signature that differs from the reference's (names, order, kinds, defaults)."""
+    problems = []
+    for op in OPS:
+        fn = getattr(module, op, None)
+        if fn is None:
+            problems.append(f"{op}: missing")
+            continue
+        if not callable(fn):
+            problems.append(f"{op}: not callable")
+            continue
+        want, got = signature_shape(getattr(reference, op)), signature_shape(fn)
+        if got != want:
+            problems.append(f"{op}: signature {got} != reference {want}")
+    return problems
+
+
+def test_ops_are_the_reference_functions():
+    """OPS names exactly the four operations, all defined by the reference with an ``out=None`` last."""
+    assert OPS == ("matmul", "matmul_t", "sddmm", "grad_at")
+    for op in OPS:
+        params = list(inspect.signature(getattr(reference, op)).parameters.values())
+        assert params[-1].name == "out" and params[-1].default is None
+
+
+@pytest.mark.parametrize("name", sorted(registry.BACKENDS))
+def test_backend_is_complete(name):
+    """Every registered backend module defines every op with the reference's signature."""
+    module = importlib.import_module(registry.BACKENDS[name])
+    assert completeness_problems(module) == []
+
+
+def _fake_backend(**overrides) -> types.ModuleType:
+    """A module holding the reference's ops, with some replaced (or removed when set to None)."""
+    fake = types.ModuleType("fake_backend")
+    for op in OPS:
+        setattr(fake, op, getattr(reference, op))
+    for op, fn in overrides.items():
+        if fn is None:
+            delattr(fake, op)
+        else:
+            setattr(fake, op, fn)
+    return fake
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (dict(sddmm=None), "sddmm: missing"),
+        (dict(matmul=lambda W, X: None), "matmul: signature"),  # no out
+        (dict(matmul_t=lambda dY, W, out=None: None), "matmul_t: signature"),  # order
+        (dict(grad_at=lambda X, dY, rows, cols, out=0: None), "grad_at: signature"),  # default
+        (dict(sddmm=lambda W, X, dY, *, out=None: None), "sddmm: signature"),  # kind
+        (dict(matmul="not a function"), "matmul: not callable"),
+    ],
+    ids=["missing", "no-out", "order", "default", "keyword-only", "not-callable"],
+)
+def test_completeness_check_can_fail(overrides, expected):
+    """The completeness check reports a missing op and every kind of signature difference."""
+    assert completeness_problems(_fake_backend()) == []
+    problems = completeness_problems(_fake_backend(**overrides))
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
