@@ -10,6 +10,7 @@ from .errors import (
     DTypeError,
     FormatError,
     FormatTypeError,
+    OperandError,
     PureriglError,
     ShapeError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Diagonal",
     "FormatError",
     "FormatTypeError",
+    "OperandError",
     "PureriglError",
     "ShapeError",
     "SparseFormat",

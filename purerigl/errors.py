@@ -26,6 +26,10 @@ class DTypeError(PureriglError, TypeError):
     """An operand's dtype is not the one the operation computes in (float32)."""
 
 
+class OperandError(PureriglError, ValueError):
+    """An operand is unusable for another reason than its shape or dtype (e.g. ``out`` overlaps an input)."""
+
+
 class DensifyError(PureriglError, ValueError):
     """A conversion to dense was asked for a matrix larger than the allowed size."""
 

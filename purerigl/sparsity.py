@@ -13,10 +13,9 @@ For a layer of shape (n_out, n_in), N = n_out * n_in, at sparsity s the connecti
 
 from __future__ import annotations
 
-import math
-
 from .errors import FormatError
 from .formats import CSR, Condensed, Diagonal
+from .formats._base import floor_count
 
 FORMAT_NAMES = ("condensed", "diagonal", "csr")
 
@@ -32,18 +31,11 @@ def check_sparsity(sparsity) -> float:
     return s
 
 
-def floor_product(s: float, n: int) -> int:
-    """floor(s * n), robust to binary rounding: 0.9 * 300 counts as 270, not 269."""
-    x = s * n
-    nearest = round(x)
-    return nearest if abs(x - nearest) < 1e-6 * max(1.0, abs(x)) else math.floor(x)
-
-
 def layer_budget(shape, sparsity: float) -> int:
     """C = N - floor(s * N): the number of connections a layer of this shape may hold."""
     n_out, n_in = shape
     total = n_out * n_in
-    return total - floor_product(check_sparsity(sparsity), total)
+    return total - floor_count(check_sparsity(sparsity) * total)
 
 
 def structure_count(fmt: str, shape, budget: int) -> int:

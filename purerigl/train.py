@@ -203,8 +203,24 @@ class Trainer:
         self.history.append(metrics)
         return metrics
 
-    def fit(self, on_epoch=None, on_batch=None) -> list[dict]:
-        """Run the remaining epochs (all of them for a fresh trainer); returns the whole history."""
+    def warm_up(self) -> None:
+        """One forward and backward pass on a first batch, discarded: compiles the kernels (Numba)
+        so that the first epoch's timings measure training, not compilation. Changes no state."""
+        n = min(self.config.batch_size, self.data.x_train.shape[0])
+        xb = np.ascontiguousarray(self.data.x_train[:n])
+        _, dlogits = softmax_cross_entropy(self.model.forward(xb), self.data.y_train[:n])
+        self.model.backward(dlogits)
+        for p in self.model.parameters():
+            p.grad[...] = 0.0
+        self._sync()
+
+    def fit(self, on_epoch=None, on_batch=None, warm_up: bool = True) -> list[dict]:
+        """Run the remaining epochs (all of them for a fresh trainer); returns the whole history.
+
+        With ``warm_up`` (default) the kernels are compiled before the first timed step.
+        """
+        if warm_up and self.epoch < self.config.epochs:
+            self.warm_up()
         while self.epoch < self.config.epochs:
             metrics = self.run_epoch(on_batch=on_batch)
             if on_epoch is not None:

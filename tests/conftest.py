@@ -14,7 +14,7 @@ import os
 import pytest
 from hypothesis import settings
 
-settings.register_profile("ci", max_examples=25, deadline=None, derandomize=False, print_blob=True)
+settings.register_profile("ci", max_examples=50, deadline=None, derandomize=False, print_blob=True)
 settings.register_profile("dev", max_examples=300, deadline=None, derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

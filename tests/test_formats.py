@@ -473,3 +473,28 @@ def test_to_condensed_refuses_tall(W):
 def test_count_for_density(shape, density, K):
     """K = max(1, ceil(density * P)), P = max(n_out, n_in) (hand-computed)."""
     assert Diagonal.count_for_density(shape, density) == K
+
+
+def test_counts_survive_binary_rounding():
+    """Counts from densities that are exact fractions are not off by one (15/22 * 22 < 15 in floats)."""
+    assert Condensed.random((3, 22), 15 / 22, rng=0).k == 15
+    assert Condensed.random((3, 47), 3 / 47, rng=0).k == 3
+    assert CSR.random((1, 22), 15 / 22, rng=0).nnz == 15
+    assert Diagonal.count_for_density((25, 1), 7 / 25) == 7
+
+
+def test_from_scipy_leaves_the_callers_matrix_alone():
+    """CSR.from_scipy sorts a copy: the caller's unsorted SciPy matrix keeps its index order."""
+    S_ = scipy.sparse.csr_array(
+        (np.ones(3, np.float32), np.array([2, 0, 1]), np.array([0, 2, 3])), shape=(2, 3)
+    )
+    W = CSR.from_scipy(S_)
+    assert S_.indices.tolist() == [2, 0, 1]
+    assert W.indices.tolist() == [0, 2, 1]
+
+
+def test_empty_diagonal_converts_to_all_ablated_condensed():
+    """A Diagonal with K = 0 stores nothing; as Condensed every row is ablated."""
+    D = Diagonal(np.zeros(0, np.int32), np.zeros((0, 3), np.float32), (3, 5))
+    C = D.to_condensed()
+    assert C.n_active == 0 and C.nnz == 0 and C.shape == (3, 5)

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import strategies as S
 from oracles import (
     assert_close,
-    dense_of,
     grad_at_oracle,
     mask_of,
     matmul_oracle,
@@ -38,7 +37,7 @@ from oracles import (
     positions_of,
     sddmm_oracle,
 )
-from purerigl.errors import DTypeError, FormatTypeError, ShapeError
+from purerigl.errors import DTypeError, FormatTypeError, OperandError, ShapeError
 from purerigl.formats import CSR, Condensed, Diagonal
 
 FORMATS = S.FORMAT_NAMES
@@ -497,3 +496,19 @@ def test_results_do_not_depend_on_the_thread_count(backend, W):
         numba.set_num_threads(default)
     for name in ops:
         assert np.array_equal(one[name], many[name]), f"{name} changes with the thread count"
+
+
+@pytest.mark.parametrize("op", ["matmul", "matmul_t", "sddmm"])
+def test_out_overlapping_an_input_is_refused(backend, op):
+    """An out= buffer that shares memory with an input would be zeroed before it is read: refused."""
+    W = Condensed.random((4, 4), 0.5, rng=0)
+    X = np.ones((2, 4), np.float32)
+    be = backend
+    with pytest.raises(OperandError, match="shares memory"):
+        if op == "matmul":
+            be.matmul(W, X, out=X)
+        elif op == "matmul_t":
+            be.matmul_t(W, X, out=X)
+        else:
+            be.sddmm(W, X, X, out=W.values)
+

@@ -7,6 +7,8 @@ stores only its active entries; structure is always read from the stored indices
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse
 
@@ -14,6 +16,28 @@ from ..errors import DensifyError, FormatError, FormatTypeError
 
 #: Default size limit of :meth:`SparseFormat.to_dense`: 2**24 elements (64 MiB of float32).
 DEFAULT_MAX_DENSE_ELEMENTS = 1 << 24
+
+
+def _snap(x: float) -> int | None:
+    """The integer nearest to x if x is within binary rounding of it, else None."""
+    nearest = round(x)
+    return int(nearest) if abs(x - nearest) <= 1e-9 * max(1.0, abs(x)) else None
+
+
+def floor_count(x: float) -> int:
+    """floor(x) for a count computed in floating point: 15/22 * 22 gives 15, not 14.
+
+    A product like ``density * n`` that is mathematically an integer can land just below it in
+    binary floating point; values within 1e-9 (relative) of an integer are taken as that integer.
+    """
+    snapped = _snap(x)
+    return snapped if snapped is not None else math.floor(x)
+
+
+def ceil_count(x: float) -> int:
+    """ceil(x) for a count computed in floating point: 7/25 * 25 gives 7, not 8 (see floor_count)."""
+    snapped = _snap(x)
+    return snapped if snapped is not None else math.ceil(x)
 
 
 def check_shape(shape) -> tuple[int, int]:

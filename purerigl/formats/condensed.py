@@ -10,8 +10,6 @@ Rows not listed in ``rows`` are ablated: they hold no weights and a layer output
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import scipy.sparse
 
@@ -25,6 +23,7 @@ from ._base import (
     check_density,
     check_shape,
     check_strictly_increasing_rows,
+    floor_count,
     kaiming_values,
 )
 
@@ -119,7 +118,7 @@ class Condensed(SparseFormat):
         n_out, n_in = check_shape(shape)
         rng = as_generator(rng)
         if k is None:
-            k = max(1, math.floor(check_density(density) * n_in))
+            k = max(1, floor_count(check_density(density) * n_in))
         elif not 1 <= k <= n_in:
             raise FormatError(f"fan-in k={k} must be in [1, n_in={n_in}]")
         indices = np.empty((n_out, k), dtype=np.int32)

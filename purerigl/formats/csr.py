@@ -7,8 +7,6 @@ Same meaning as ``scipy.sparse.csr_array((values, indices, indptr), shape)``: th
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import scipy.sparse
 
@@ -21,6 +19,7 @@ from ._base import (
     check_bounds,
     check_density,
     check_shape,
+    floor_count,
     kaiming_values,
 )
 
@@ -118,7 +117,7 @@ class CSR(SparseFormat):
     @classmethod
     def from_scipy(cls, m) -> "CSR":
         """Build from any SciPy sparse matrix or array; entries (zeros included) are kept as stored."""
-        m = scipy.sparse.csr_array(m)
+        m = scipy.sparse.csr_array(m, copy=True)  # a copy: sorting must not reorder the caller's arrays
         m.sum_duplicates()
         m.sort_indices()
         return cls(m.indptr.astype(np.int64), m.indices, m.data.astype(np.float32), m.shape)
@@ -133,7 +132,7 @@ class CSR(SparseFormat):
         n_out, n_in = check_shape(shape)
         rng = as_generator(rng)
         if nnz is None:
-            nnz = math.floor(check_density(density) * n_out * n_in)
+            nnz = floor_count(check_density(density) * n_out * n_in)
         elif not 1 <= nnz <= n_out * n_in:
             raise FormatError(f"nnz={nnz} must be in [1, n_out * n_in = {n_out * n_in}]")
         if nnz < 1:

@@ -18,8 +18,6 @@ a tall one has constant fan-out K and a varying fan-in (a row may have none).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import scipy.sparse
 
@@ -29,6 +27,7 @@ from ._base import (
     as_generator,
     as_index_array,
     as_value_array,
+    ceil_count,
     check_bounds,
     check_density,
     check_shape,
@@ -135,6 +134,9 @@ class Diagonal(SparseFormat):
                 f"a tall {self.n_out} x {self.n_in} diagonal matrix has no constant fan-in; "
                 "only wide or square ones convert to Condensed"
             )
+        if self.K == 0:  # nothing stored: every row ablated
+            empty = np.zeros((0, 0), dtype=np.int32)
+            return Condensed(np.zeros(0, np.int32), empty, empty.astype(np.float32), self.shape)
         r = np.arange(self.n_out, dtype=np.int64)[:, None]  # (n_out, 1)
         cols = (r + self.offsets.astype(np.int64)[None, :]) % self.n_in  # (n_out, K)
         if self.is_wide:
@@ -156,7 +158,7 @@ class Diagonal(SparseFormat):
     def count_for_density(shape, density: float) -> int:
         """K = max(1, ceil(density * max(n_out, n_in))): diagonals stored at this density."""
         n_out, n_in = check_shape(shape)
-        return max(1, math.ceil(check_density(density) * max(n_out, n_in)))
+        return max(1, ceil_count(check_density(density) * max(n_out, n_in)))
 
     @classmethod
     def random(cls, shape, density: float | None, rng=None, *, K: int | None = None) -> "Diagonal":

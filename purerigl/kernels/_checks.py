@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DTypeError, FormatTypeError, ShapeError
+from ..errors import DTypeError, FormatTypeError, OperandError, ShapeError
 from ..formats import SparseFormat
 
 
@@ -38,8 +38,11 @@ def check_same_batch(a_name: str, A: np.ndarray, b_name: str, B: np.ndarray) -> 
         raise ShapeError(f"{a_name} has batch {A.shape[0]} but {b_name} has batch {B.shape[0]}")
 
 
-def check_out(out, shape: tuple[int, ...]) -> np.ndarray:
-    """Return ``out`` zeroed if given (after checking it), else a new zeroed float32 array."""
+def check_out(out, shape: tuple[int, ...], inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Return ``out`` zeroed if given (after checking it), else a new zeroed float32 array.
+
+    ``out`` may not share memory with any of ``inputs``: it is zeroed before the inputs are read.
+    """
     if out is None:
         return np.zeros(shape, dtype=np.float32)
     if not isinstance(out, np.ndarray) or out.dtype != np.float32:
@@ -48,6 +51,9 @@ def check_out(out, shape: tuple[int, ...]) -> np.ndarray:
         raise ShapeError(f"out has shape {out.shape}, expected {tuple(shape)}")
     if not out.flags.c_contiguous:
         raise ShapeError("out must be C-contiguous")
+    for name, a in (inputs or {}).items():
+        if np.shares_memory(out, a):
+            raise OperandError(f"out shares memory with {name}; pass a separate output buffer")
     out[...] = 0.0
     return out
 
@@ -71,13 +77,13 @@ def check_pairs(rows, cols, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarr
 def matmul_operands(W, X, out):
     check_format(W)
     X = check_dense("X", X, W.n_in, "n_in")
-    return X, check_out(out, (X.shape[0], W.n_out))
+    return X, check_out(out, (X.shape[0], W.n_out), {"X": X, "W.values": W.values})
 
 
 def matmul_t_operands(W, dY, out):
     check_format(W)
     dY = check_dense("dY", dY, W.n_out, "n_out")
-    return dY, check_out(out, (dY.shape[0], W.n_in))
+    return dY, check_out(out, (dY.shape[0], W.n_in), {"dY": dY, "W.values": W.values})
 
 
 def sddmm_operands(W, X, dY, out):
@@ -85,7 +91,7 @@ def sddmm_operands(W, X, dY, out):
     X = check_dense("X", X, W.n_in, "n_in")
     dY = check_dense("dY", dY, W.n_out, "n_out")
     check_same_batch("X", X, "dY", dY)
-    return X, dY, check_out(out, W.values.shape)
+    return X, dY, check_out(out, W.values.shape, {"X": X, "dY": dY, "W.values": W.values})
 
 
 def grad_at_operands(X, dY, rows, cols, out):
@@ -93,4 +99,4 @@ def grad_at_operands(X, dY, rows, cols, out):
     dY = check_dense("dY", dY)
     check_same_batch("X", X, "dY", dY)
     rows, cols = check_pairs(rows, cols, dY.shape[1], X.shape[1])
-    return X, dY, rows, cols, check_out(out, rows.shape)
+    return X, dY, rows, cols, check_out(out, rows.shape, {"X": X, "dY": dY})
