@@ -118,14 +118,17 @@ def _open(path) -> tuple[dict, dict[str, np.ndarray]]:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or not an .npz file ({e})") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
+        # NotImplementedError / RuntimeError: zipfile's answer to a corrupted directory entry
+        raise CheckpointError(f"checkpoint {path} is truncated, corrupted or not an .npz file ({e})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"checkpoint {path} has no 'meta' entry; it is not a purerigl model")
     try:
         meta = json.loads(str(arrays.pop("meta")))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint {path}: meta is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: meta must be a JSON object, got {type(meta).__name__}")
     if meta.get("schema") != SCHEMA:
         raise CheckpointError(f"checkpoint {path} has schema {meta.get('schema')!r}, expected {SCHEMA!r}")
     if meta.get("schema_version") != SCHEMA_VERSION:
@@ -182,6 +185,9 @@ def load_model(path, backend=None) -> tuple[MLP, dict]:
         raise
     except PureriglError as e:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        # a layer entry without "shape", a shape that is not a pair, a layer that is not an object...
+        raise CheckpointError(f"checkpoint {path}: malformed layer list in meta ({type(e).__name__}: {e})") from None
     return model, meta
 
 

@@ -25,6 +25,11 @@ MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 #: Never inherit a backend or data directory from the environment of the person running the tests.
 CLEAN_ENV = {"PURERIGL_BACKEND": None, "PURERIGL_DATA": None}
 PHASE_KEYS = ("forward_seconds", "backward_seconds", "optimizer_seconds", "topology_seconds")
+#: The keys docs/checkpoints.md lists for every line of metrics.jsonl (no validation split here).
+DOCUMENTED_METRICS = {
+    "epoch", "step", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+    "eval_seconds", "samples_per_second", *PHASE_KEYS,
+}
 
 
 def invoke(args):
@@ -80,10 +85,14 @@ def test_train_writes_the_run_directory(run, runs):
     assert [layer["shape"] for layer in config["layers"]] == [[32, 64], [10, 32]]
     assert {layer["format"] for layer in config["layers"]} == {fmt}
     assert config["config"]["epochs"] == 2 and config["dataset"] == "digits"
+    assert all({"nnz", "density"} <= layer.keys() for layer in config["layers"])
+    assert config["data"]["n_train"] == 1438 and config["data"]["n_test"] == 359
+    assert "command" in config
 
     metrics = _metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2]
     for m in metrics:
+        assert DOCUMENTED_METRICS <= m.keys(), DOCUMENTED_METRICS - m.keys()
         for key in ("train_loss", "test_loss", "test_accuracy", "seconds", *PHASE_KEYS):
             assert isinstance(m[key], float), (key, m)
         assert 0.0 <= m["test_accuracy"] <= 1.0
@@ -141,23 +150,25 @@ def test_rerun_into_the_same_directory_needs_overwrite(tmp_path):
 # bad input
 
 
+BAD_TRAIN_OPTIONS = [
+    # (extra arguments, words the one error line must contain)
+    (["--sparsity", "1.0"], ["--sparsity"]),
+    (["--sparsity", "-0.1"], ["--sparsity"]),
+    (["--hidden", "a,b"], ["'a,b'"]),
+    (["--hidden", "0"], ["hidden", "0"]),
+    (["--epochs", "0"], ["--epochs"]),
+    (["--batch-size", "0"], ["--batch-size"]),
+    (["--batch-size", "1439"], ["1439", "1438"]),  # digits has 1438 training samples
+    (["--format", "nope"], ["--format", "nope"]),
+    (["--dataset", "nope"], ["--dataset", "nope"]),
+    (["--optimizer", "nope"], ["--optimizer", "nope"]),
+    (["--backend", "nope"], ["--backend", "nope"]),
+    (["--lr", "0"], ["--lr"]),
+]
+
+
 @pytest.mark.parametrize(
-    "extra, words",
-    [
-        (["--sparsity", "1.0"], ["--sparsity"]),
-        (["--sparsity", "-0.1"], ["--sparsity"]),
-        (["--hidden", "a,b"], ["'a,b'"]),
-        (["--hidden", "0"], ["hidden", "0"]),
-        (["--epochs", "0"], ["--epochs"]),
-        (["--batch-size", "0"], ["--batch-size"]),
-        (["--batch-size", "1439"], ["1439", "1438"]),
-        (["--format", "nope"], ["--format", "nope"]),
-        (["--dataset", "nope"], ["--dataset", "nope"]),
-        (["--optimizer", "nope"], ["--optimizer", "nope"]),
-        (["--backend", "nope"], ["--backend", "nope"]),
-        (["--lr", "0"], ["--lr"]),
-    ],
-    ids=lambda v: "=".join(v) if v and v[0].startswith("--") else "",
+    "extra, words", [pytest.param(e, w, id=" ".join(e)) for e, w in BAD_TRAIN_OPTIONS]
 )
 def test_bad_train_options_exit_2_with_one_line(extra, words, tmp_path):
     """Bad options exit with code 2 and one 'Error:' line naming the problem, no traceback, and no

@@ -31,7 +31,7 @@ from purerigl.checkpoint import (
 )
 from purerigl.data import from_arrays
 from purerigl.formats import CSR, Condensed, Diagonal
-from purerigl.nn import Dense, SparseLinear, build_mlp, softmax_cross_entropy
+from purerigl.nn import build_mlp, softmax_cross_entropy
 from purerigl.train import (
     PHASES,
     TopologyUpdater,
@@ -431,17 +431,13 @@ def test_missing_and_truncated_files_raise_checkpoint_error(saved, tmp_path):
             load_model(cut)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG checkpoint._open/_layer/load_model: malformed meta (a layer without 'shape', a "
-    "non-object meta, a non-dict layer entry) escapes as KeyError/AttributeError/TypeError, not "
-    "CheckpointError",
-)
 @pytest.mark.parametrize(
     "mutate",
     [
         pytest.param(lambda a, m: m["layers"][0].pop("shape"), id="layer-without-shape"),
         pytest.param(lambda a, m: m.update(layers=[1, 2]), id="layer-not-an-object"),
+        pytest.param(lambda a, m: m["layers"][1].update(shape=None), id="shape-null"),
+        pytest.param(lambda a, m: m["layers"].__setitem__(0, "layer"), id="layer-a-string"),
     ],
 )
 def test_malformed_meta_raises_checkpoint_error(mutate, saved, tmp_path):
@@ -451,16 +447,13 @@ def test_malformed_meta_raises_checkpoint_error(mutate, saved, tmp_path):
         load_model(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG checkpoint._open: a corrupted zip header (e.g. one flipped byte of the compression "
-    "method field) raises NotImplementedError from zipfile, which _open does not catch",
-)
-def test_corrupted_zip_header_raises_checkpoint_error(saved, tmp_path):
-    """A model.npz with a corrupted local-file header (compression method 0xFFFF) raises CheckpointError."""
+def test_corrupted_zip_directory_raises_checkpoint_error(saved, tmp_path):
+    """A model.npz whose central directory names an unknown compression method (0xFFFF) for its
+    first member raises CheckpointError."""
     raw = bytearray(saved["csr"].read_bytes())
-    assert raw[:4] == b"PK\x03\x04"
-    raw[8:10] = b"\xff\xff"  # compression method of the first member
+    central = raw.find(b"PK\x01\x02")  # first central-directory file header
+    assert central > 0
+    raw[central + 10 : central + 12] = b"\xff\xff"  # its compression method
     bad = tmp_path / "corrupt.npz"
     bad.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError):
