@@ -13,8 +13,12 @@ import numpy as np
 
 from purerigl.checkpoint import save_model, save_training_checkpoint
 from purerigl.data import DATASETS, load_dataset
+from purerigl.dst import METHODS, UpdateSchedule, make_method, resolve_format
+from purerigl.dst.distribution import DISTRIBUTIONS, layer_budgets
+from purerigl.dst.samplers import SAMPLERS
+from purerigl.dst.updater import DSTUpdater
 from purerigl.lr_schedule import SCHEDULES
-from purerigl.nn import build_mlp
+from purerigl.nn import build_mlp, parse_hidden
 from purerigl.optim import OPTIMIZERS
 from purerigl.sparsity import FORMAT_NAMES
 from purerigl.train import TrainConfig, Trainer
@@ -60,7 +64,8 @@ def _append_line(path: Path, record: dict) -> None:
     help="Directory holding the dataset files (downloaded to a cache if absent).",
 )
 @click.option("--hidden", default="300,100", show_default=True, help="Hidden widths, comma-separated ('' for none).")
-@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default="condensed", show_default=True, help="Sparse storage format.")
+@click.option("--method", type=click.Choice(METHODS), default="static", show_default=True, help="DST method (static: fixed random topology).")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default=None, help="Sparse storage format  [default: the method's own: condensed for static/srigl, csr for rigl/set/gse, diagonal for dynadiag]")
 @click.option(
     "--sparsity",
     type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -68,6 +73,15 @@ def _append_line(path: Path, record: dict) -> None:
     show_default=True,
     help="Fraction of zero weights per layer; 0 trains dense layers (NumPy BLAS).",
 )
+@click.option("--distribution", type=click.Choice(DISTRIBUTIONS), default="uniform", show_default=True, help="How the global sparsity is spread over layers.")
+@click.option("--dense-first/--sparse-first", default=False, show_default=True, help="Keep the first layer dense.")
+@click.option("--dense-last/--sparse-last", default=False, show_default=True, help="Keep the last layer dense.")
+@click.option("--delta-t", type=click.IntRange(min=1), default=100, show_default=True, help="Optimizer steps between topology updates.")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=None, help="Initial drop fraction  [default: 0.3; 0.2 for gse]")
+@click.option("--t-end", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.75, show_default=True, help="Fraction of all steps after which the topology is frozen.")
+@click.option("--gamma-sal", type=click.FloatRange(min=0.0), default=0.3, show_default=True, help="SRigL: salient fraction below which a neuron is ablated (0: no ablation).")
+@click.option("--gse-gamma", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True, help="GSE: candidates sampled per active connection.")
+@click.option("--gse-sampler", type=click.Choice(SAMPLERS), default="uniform", show_default=True, help="GSE: candidate sampler.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=0.05, show_default=True, help="Base learning rate.")
@@ -83,33 +97,54 @@ def _append_line(path: Path, record: dict) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory  [default: runs/<time>-<dataset>-<format>-s<sparsity>]")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar  [default: on a terminal]")
-def train(dataset, data_dir, hidden, fmt, sparsity, epochs, batch_size, lr, optimizer, momentum, nesterov,
+def train(dataset, data_dir, hidden, method, fmt, sparsity, distribution, dense_first, dense_last, delta_t, alpha,
+          t_end, gamma_sal, gse_gamma, gse_sampler, epochs, batch_size, lr, optimizer, momentum, nesterov,
           weight_decay, schedule, warmup_steps, val_fraction, seed, backend, out, overwrite, progress):
-    """Train a sparse MLP with a fixed random topology (static sparse training).
+    """Train a sparse MLP with a DST method (or a fixed random topology: --method static).
 
     Weights live only in the chosen sparse format from the first step to the last.
     """
+    fmt = resolve_format(method, fmt)
     data = load_dataset(dataset, data_dir, seed=seed, val_fraction=val_fraction)
+    widths = (data.n_features, *parse_hidden(hidden), data.n_classes)
+    shapes = [(n_out, n_in) for n_in, n_out in zip(widths, widths[1:])]
+    budgets = (
+        [n_out * n_in for n_out, n_in in shapes]
+        if sparsity == 0
+        else layer_budgets(shapes, sparsity, distribution, dense_first=dense_first, dense_last=dense_last)
+    )
     model = build_mlp(
         data.n_features, hidden, data.n_classes, fmt=fmt, sparsity=sparsity, backend=backend,
-        rng=np.random.default_rng(seed),
+        rng=np.random.default_rng(seed), budgets=budgets,
     )
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, seed=seed,
     )
-    trainer = Trainer(model, data, config)
-    out = _prepare_out_dir(out, overwrite, f"{dataset}-{fmt if sparsity > 0 else 'dense'}-s{sparsity:g}")
+    if alpha is None:
+        alpha = 0.2 if method == "gse" else 0.3
+    steps = config.epochs * -(-data.x_train.shape[0] // config.batch_size)
+    updater = DSTUpdater(
+        make_method(method, fmt, gamma_sal=gamma_sal, gse_gamma=gse_gamma, gse_sampler=gse_sampler),
+        UpdateSchedule.from_fraction(steps, delta_t=delta_t, alpha=alpha, t_end=t_end),
+        {f"layer{i}": b for i, b in enumerate(budgets)},
+        seed=seed,
+    )
+    trainer = Trainer(model, data, config, topology=updater)
+    out = _prepare_out_dir(out, overwrite, f"{dataset}-{method}-{fmt if sparsity > 0 else 'dense'}-s{sparsity:g}")
     meta = {
         "dataset": dataset,
         "normalisation": {"mean": data.mean, "std": data.std},
-        "method": "static" if sparsity > 0 else "dense",
+        "method": method if sparsity > 0 else "dense",
         "sparsity": sparsity,
         "hidden": list(model.describe()[i]["shape"][0] for i in range(len(model.linears) - 1)),
         "config": config.to_dict(),
     }
     run_config = {
         **meta, "format": fmt if sparsity > 0 else "dense", "backend": backend.name,
+        "dst": {"distribution": distribution, "dense_first": dense_first, "dense_last": dense_last,
+                "delta_t": delta_t, "alpha": alpha, "t_end": t_end, "gamma_sal": gamma_sal,
+                "gse_gamma": gse_gamma, "gse_sampler": gse_sampler},
         "data": data.describe(), "layers": model.describe(), "command": " ".join(sys.argv),
     }
     (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")

@@ -53,7 +53,15 @@ def structure_count(fmt: str, shape, budget: int) -> int:
 
 def random_layer(fmt: str, shape, sparsity: float, rng):
     """A randomly connected, Kaiming-initialised sparse matrix of the format at this sparsity."""
-    count = structure_count(fmt, shape, layer_budget(shape, sparsity))
+    return random_layer_with_budget(fmt, shape, layer_budget(shape, sparsity), rng)
+
+
+def random_layer_with_budget(fmt: str, shape, budget: int, rng):
+    """A randomly connected, Kaiming-initialised sparse matrix of the format holding ``budget``
+    connections (rounded by the format: nnz = budget, k = floor(budget / n_out), K = ceil(budget / L))."""
+    if budget < 1:
+        raise FormatError(f"a {shape[0]} x {shape[1]} layer needs a budget of at least 1 connection, got {budget}")
+    count = structure_count(fmt, shape, budget)
     if fmt == "csr":
         return CSR.random(shape, None, rng, nnz=count)
     if fmt == "condensed":

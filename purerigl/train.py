@@ -77,7 +77,14 @@ class TopologyUpdater:
 
     name = "static"
 
+    def begin(self, model: MLP) -> None:
+        """Called once before the first (or first resumed) epoch."""
+
     def after_step(self, step: int, model: MLP, optimizer) -> dict:
+        return {}
+
+    def epoch_stats(self, model: MLP) -> dict:
+        """Topology statistics merged into each epoch's metrics."""
         return {}
 
     def state_dict(self) -> dict:
@@ -199,6 +206,7 @@ class Trainer:
             **{f"{phase}_seconds": t for phase, t in times.items()},
         )
         metrics.update(topo_stats)
+        metrics.update(self.topology.epoch_stats(self.model))
         self.epoch += 1
         self.history.append(metrics)
         return metrics
@@ -221,6 +229,7 @@ class Trainer:
         """
         if warm_up and self.epoch < self.config.epochs:
             self.warm_up()
+        self.topology.begin(self.model)
         while self.epoch < self.config.epochs:
             metrics = self.run_epoch(on_batch=on_batch)
             if on_epoch is not None:

@@ -15,7 +15,9 @@ from types import ModuleType
 from ..errors import BackendError
 
 #: The operations every backend must provide, with the reference backend's signatures.
-OPS = ("matmul", "matmul_t", "sddmm", "grad_at")
+#: The first four are the products; the last three are the growth selections of DST (they read the
+#: dense gradient G = dY^T X in tiles and never store it).
+OPS = ("matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "diag_grad_norms")
 
 #: Known backends and the module that implements each.
 BACKENDS = {

@@ -48,10 +48,21 @@ class SparseLinear:
         self.weight = Parameter(f"{name}.values", W.values)
         self.bias = Parameter(f"{name}.bias", b)
         self._X = None
+        self._dY = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.W.shape
+
+    @property
+    def last_input(self) -> np.ndarray | None:
+        """X (B, n_in) of the last forward: DST growth scores read G = dY^T X from it, never storing G."""
+        return self._X
+
+    @property
+    def last_output_grad(self) -> np.ndarray | None:
+        """dY (B, n_out) of the last backward."""
+        return self._dY
 
     def parameters(self) -> list[Parameter]:
         return [self.weight, self.bias]
@@ -65,6 +76,7 @@ class SparseLinear:
 
     def backward(self, dY: np.ndarray) -> np.ndarray | None:
         """dY (B, n_out) -> dX (B, n_in); fills ``weight.grad`` (shaped like W.values) and ``bias.grad``."""
+        self._dY = dY
         self.backend.sddmm(self.W, self._X, dY, out=self.weight.grad)
         np.sum(dY, axis=0, out=self.bias.grad)
         if not self.needs_input_grad:

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import PureriglError
 from ..formats import SparseFormat
 from ..kernels import get_backend
-from ..sparsity import FORMAT_NAMES, check_sparsity, random_layer
+from ..sparsity import FORMAT_NAMES, check_sparsity, layer_budget, random_layer_with_budget
 from .layers import Dense, ReLU, SparseLinear
 from .parameter import Parameter
 
@@ -133,12 +133,15 @@ def build_mlp(
     backend=None,
     rng=None,
     dense_layers=(),
+    budgets=None,
 ) -> MLP:
     """An MLP n_features -> hidden... -> n_classes, every linear layer sparse at ``sparsity``.
 
     ``sparsity == 0`` builds every layer as :class:`Dense` (NumPy BLAS), the dense baseline trained by
-    the same code. Layers whose index is in ``dense_layers`` are dense too. Initialisation: Kaiming
-    normal with each neuron's actual fan-in, std = sqrt(2 / fan_in); biases 0.
+    the same code. Layers whose index is in ``dense_layers`` are dense too. ``budgets`` (one
+    connection count per linear layer, e.g. from :func:`purerigl.dst.distribution.layer_budgets`)
+    replaces the uniform ``sparsity``; a layer whose budget is n_out * n_in is dense. Initialisation:
+    Kaiming normal with each neuron's actual fan-in, std = sqrt(2 / fan_in); biases 0.
     """
     if fmt not in FORMAT_NAMES:
         raise ModelError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMAT_NAMES)}")
@@ -147,13 +150,18 @@ def build_mlp(
     widths = (int(n_features), *parse_hidden(hidden), int(n_classes))
     if min(widths) < 1:
         raise ModelError(f"layer widths must be >= 1, got {widths}")
+    shapes = [(n_out, n_in) for n_in, n_out in zip(widths, widths[1:])]
+    if budgets is None:
+        budgets = [shape[0] * shape[1] if s == 0.0 else layer_budget(shape, s) for shape in shapes]
+    if len(budgets) != len(shapes):
+        raise ModelError(f"{len(budgets)} budgets for {len(shapes)} layers")
     backend = get_backend(backend)
     linears = []
-    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+    for i, (shape, budget) in enumerate(zip(shapes, budgets)):
         name = f"layer{i}"
-        if s == 0.0 or i in dense_layers:
-            linears.append(Dense.kaiming((n_out, n_in), rng, name=name))
+        if budget >= shape[0] * shape[1] or i in dense_layers:
+            linears.append(Dense.kaiming(shape, rng, name=name))
         else:
-            W = random_layer(fmt, (n_out, n_in), s, rng)
+            W = random_layer_with_budget(fmt, shape, int(budget), rng)
             linears.append(SparseLinear(W, backend=backend, name=name))
     return MLP(linears)

@@ -27,19 +27,23 @@ sddmm          A = dY, S = X                A = X, S = dY
 
 Determinism. The kernels run in parallel over tiles of the outputs; each output sums its terms over
 k (or b) in ascending order whatever the tiling, so results do not depend on the thread count or on
-timing, and the tile sizes may be chosen freely.
+timing, and the tile sizes may be chosen freely (the gathers size them by batch and thread count).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-#: Output positions per tile of the gathers (and of sddmm).
-P_BLOCK = 128
-
 #: Batch items per tile of the gathers: a tile of V is reused across this many rows of S.
-B_BLOCK = 16
+B_BLOCK = 4
+
+#: Largest run of output positions per tile of the gathers (long runs stream fastest).
+MAX_P_BLOCK = 1024
+
+#: Output positions per tile of sddmm.
+T_BLOCK = 384
 
 #: Diagonals per tile of sddmm: a row segment of A is reused across this many diagonals.
 K_BLOCK = 8
@@ -53,19 +57,20 @@ def _fma_into(o, v, s):
 
 
 @njit(parallel=True, cache=True)
-def _gather_plus(offsets, V, S, out):
+def _gather_plus(offsets, V, S, out, p_block):
     """out[b, p] = sum_k V[k, p] S[b, (p + d_k) mod M] for p < L; parallel over (batch, p) tiles.
 
-    V is (K, L), S is (B, M) with M >= L, out is (B, L) and arrives zeroed. For a tile [p0, p1) and
+    V is (K, L), S is (B, M) with M >= L, out is (B, L) and arrives zeroed. Tiles are ``p_block``
+    positions by B_BLOCK batch items. For a tile [p0, p1) and
     diagonal d the source index p + d runs contiguously up to the wrap point ``split = M - d``.
     """
     K, L = V.shape
     B, M = S.shape
-    n_p = (L + P_BLOCK - 1) // P_BLOCK
+    n_p = (L + p_block - 1) // p_block
     n_b = (B + B_BLOCK - 1) // B_BLOCK
     for task in prange(n_b * n_p):
-        p0 = (task % n_p) * P_BLOCK
-        p1 = min(L, p0 + P_BLOCK)
+        p0 = (task % n_p) * p_block
+        p1 = min(L, p0 + p_block)
         b0 = (task // n_p) * B_BLOCK
         b1 = min(B, b0 + B_BLOCK)
         for k in range(K):
@@ -79,19 +84,20 @@ def _gather_plus(offsets, V, S, out):
 
 
 @njit(parallel=True, cache=True)
-def _gather_minus(offsets, V, S, out):
+def _gather_minus(offsets, V, S, out, p_block):
     """out[b, p] = sum_k [u < L] V[k, u] S[b, u], u = (p - d_k) mod M, p < M; parallel over tiles.
 
-    V is (K, L), S is (B, L), out is (B, M) with M >= L and arrives zeroed. For a tile [p0, p1) and
+    V is (K, L), S is (B, L), out is (B, M) with M >= L and arrives zeroed. Tiles are ``p_block``
+    positions by B_BLOCK batch items. For a tile [p0, p1) and
     diagonal d, u = p - d on [d, d + L) and u = p - d + M on [0, d + L - M); elsewhere u >= L.
     """
     K, L = V.shape
     B, M = out.shape
-    n_p = (M + P_BLOCK - 1) // P_BLOCK
+    n_p = (M + p_block - 1) // p_block
     n_b = (B + B_BLOCK - 1) // B_BLOCK
     for task in prange(n_b * n_p):
-        p0 = (task % n_p) * P_BLOCK
-        p1 = min(M, p0 + P_BLOCK)
+        p0 = (task % n_p) * p_block
+        p1 = min(M, p0 + p_block)
         b0 = (task // n_p) * B_BLOCK
         b1 = min(B, b0 + B_BLOCK)
         for k in range(K):
@@ -117,11 +123,11 @@ def _sddmm_diagonals(offsets, A, S, dV):
     """
     K, L = dV.shape
     B, M = S.shape
-    n_t = (L + P_BLOCK - 1) // P_BLOCK
+    n_t = (L + T_BLOCK - 1) // T_BLOCK
     n_k = (K + K_BLOCK - 1) // K_BLOCK
     for task in prange(n_k * n_t):
-        t0 = (task % n_t) * P_BLOCK
-        t1 = min(L, t0 + P_BLOCK)
+        t0 = (task % n_t) * T_BLOCK
+        t1 = min(L, t0 + T_BLOCK)
         k0 = (task // n_t) * K_BLOCK
         k1 = min(K, k0 + K_BLOCK)
         for b in range(B):
@@ -134,21 +140,32 @@ def _sddmm_diagonals(offsets, A, S, dV):
                     _fma_into(dV[k, split:t1], A[b, split:t1], S[b, split + d - M : t1 + d - M])
 
 
+def _p_block(n_positions: int, B: int) -> int:
+    """Tile length of the gathers: as long as possible (at most MAX_P_BLOCK), but short enough that
+    there are about four tiles per thread. Results do not depend on it (see the module docstring)."""
+    n_b = max(1, -(-B // B_BLOCK))
+    n_p = max(1, -(-4 * numba.get_num_threads() // n_b))
+    block = -(-n_positions // n_p)
+    return max(64, min(MAX_P_BLOCK, -(-block // 16) * 16))
+
+
 def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Y = X W^T into the zeroed ``out`` (B, n_out)."""
+    block = _p_block(W.n_out, X.shape[0])
     if W.is_wide:
-        _gather_plus(W.offsets, W.values, X, out)  # out (B, L = n_out), S = X (B, M = n_in)
+        _gather_plus(W.offsets, W.values, X, out, block)  # out (B, L = n_out), S = X (B, M = n_in)
     else:
-        _gather_minus(W.offsets, W.values, X, out)  # out (B, M = n_out), S = X (B, L = n_in)
+        _gather_minus(W.offsets, W.values, X, out, block)  # out (B, M = n_out), S = X (B, L = n_in)
     return out
 
 
 def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dX = dY W into the zeroed ``out`` (B, n_in)."""
+    block = _p_block(W.n_in, dY.shape[0])
     if W.is_wide:
-        _gather_minus(W.offsets, W.values, dY, out)  # out (B, M = n_in), S = dY (B, L = n_out)
+        _gather_minus(W.offsets, W.values, dY, out, block)  # out (B, M = n_in), S = dY (B, L = n_out)
     else:
-        _gather_plus(W.offsets, W.values, dY, out)  # out (B, L = n_in), S = dY (B, M = n_out)
+        _gather_plus(W.offsets, W.values, dY, out, block)  # out (B, L = n_in), S = dY (B, M = n_out)
     return out
 
 

@@ -1,0 +1,86 @@
+"""Dynamic sparse training: each method in its own module, one shared topology step, one schedule.
+
+A DST method is storage x drop rule x grow rule x schedule (DESIGN.md 1):
+
+| method | module | formats (default first) | drop | grow |
+| --- | --- | --- | --- | --- |
+| static | :mod:`.base` | condensed, diagonal, csr | none | none |
+| set | :mod:`.set_method`, :mod:`.srigl` | csr, condensed | smallest abs(w) | uniformly random |
+| rigl | :mod:`.rigl` | csr | smallest abs(w), layer-wide | largest abs(G), layer-wide |
+| srigl | :mod:`.srigl` | condensed | smallest abs(w), layer-wide, then per-row trim; neuron ablation | largest abs(G) per row |
+| gse | :mod:`.gse` | csr, condensed | smallest abs(w) | largest abs(G) over a sampled candidate set |
+| dynadiag | :mod:`.dynadiag` | diagonal | whole diagonals, smallest norm | whole diagonals, largest gradient norm |
+
+When: :mod:`.schedule`. How much per layer: :mod:`.distribution`. The step that rewrites a layer:
+:func:`.topology.apply_structure`.
+"""
+
+from __future__ import annotations
+
+from .base import LayerUpdate, Method, MethodError
+from .schedule import UpdateSchedule
+
+#: Method names, and the storage formats each can use (its default first).
+METHOD_FORMATS = {
+    "static": ("condensed", "diagonal", "csr"),
+    "set": ("csr", "condensed"),
+    "rigl": ("csr",),
+    "srigl": ("condensed",),
+    "gse": ("csr", "condensed"),
+    "dynadiag": ("diagonal",),
+}
+METHODS = tuple(METHOD_FORMATS)
+
+
+def resolve_format(method: str, fmt: str | None) -> str:
+    """The storage format for ``method``: ``fmt`` if it fits, its default if None; else MethodError."""
+    if method not in METHOD_FORMATS:
+        raise MethodError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    allowed = METHOD_FORMATS[method]
+    if fmt is None:
+        return allowed[0]
+    if fmt not in allowed:
+        raise MethodError(f"method {method!r} cannot use format {fmt!r}; it works on: {', '.join(allowed)}")
+    return fmt
+
+
+def make_method(name: str, fmt: str, *, gamma_sal: float = 0.3, gse_gamma: float = 1.0, gse_sampler: str = "uniform") -> Method:
+    """The method object for ``name`` on storage ``fmt`` (checked with :func:`resolve_format`)."""
+    fmt = resolve_format(name, fmt)
+    if name == "static":
+        return Method()
+    if name == "rigl":
+        from .rigl import RigL
+
+        return RigL()
+    if name == "set":
+        if fmt == "csr":
+            from .set_method import SET
+
+            return SET()
+        from .srigl import SETCondensed
+
+        return SETCondensed()
+    if name == "srigl":
+        from .srigl import SRigL
+
+        return SRigL(gamma_sal=gamma_sal)
+    if name == "gse":
+        from .gse import GSE
+
+        return GSE(gamma=gse_gamma, sampler=gse_sampler)
+    from .dynadiag import DynaDiag
+
+    return DynaDiag()
+
+
+__all__ = [
+    "METHODS",
+    "METHOD_FORMATS",
+    "LayerUpdate",
+    "Method",
+    "MethodError",
+    "UpdateSchedule",
+    "make_method",
+    "resolve_format",
+]

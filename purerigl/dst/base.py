@@ -1,0 +1,64 @@
+"""What a DST method is: a rule that, given one layer and the drop fraction, chooses its new structure.
+
+A method only computes scores and choices. It hands the chosen structure to
+:func:`purerigl.dst.topology.apply_structure`, which rewrites indices and values and remaps the
+optimizer state; :class:`purerigl.dst.updater.DSTUpdater` decides when updates happen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import PureriglError
+
+
+class MethodError(PureriglError, ValueError):
+    """A method was asked for something it cannot do (wrong format, bad option)."""
+
+
+@dataclass
+class LayerUpdate:
+    """Everything a method may read when it updates one layer.
+
+    Attributes
+    ----------
+    layer : SparseLinear
+        Its ``W`` (current structure and post-step weights), ``backend`` (growth kernels),
+        ``last_input`` X (B, n_in) and ``last_output_grad`` dY (B, n_out) of the batch just trained on.
+    optimizer : Optimizer
+        Passed on to ``apply_structure`` to remap the state.
+    alpha : float
+        Drop fraction of this update (already decayed by the schedule).
+    rng : numpy Generator
+        The updater's own generator (random growth, samplers).
+    budget : int
+        The layer's connection budget C_l (SRigL re-derives its fan-in from it).
+    is_output : bool
+        True for the network's last layer (never ablated).
+    """
+
+    layer: object
+    optimizer: object
+    alpha: float
+    rng: np.random.Generator
+    budget: int
+    is_output: bool = False
+
+
+class Method:
+    """Base class. ``formats`` lists the storage formats the method works on; the first is its default."""
+
+    name = "static"
+    formats: tuple[str, ...] = ("condensed", "diagonal", "csr")
+
+    def update(self, u: LayerUpdate) -> dict:
+        """Change ``u.layer``'s structure; return statistics (kept, grown, dropped, ...). Static: nothing."""
+        return {"kept": u.layer.W.nnz, "grown": 0, "dropped": 0}
+
+    def check_format(self, fmt: str) -> None:
+        if fmt not in self.formats:
+            raise MethodError(
+                f"method {self.name!r} cannot use format {fmt!r}; it works on: {', '.join(self.formats)}"
+            )

@@ -1,0 +1,96 @@
+"""The DST driver plugged into the training loop: when to update, which method, per-epoch statistics.
+
+:class:`DSTUpdater` implements the loop's topology hook. After every optimizer step it asks the
+schedule whether this step updates; if so, every sparse layer is handed to the method with the decayed
+drop fraction alpha_t. Once per epoch it reports the topology: nnz, density, fan-in range, ablated
+neurons and the fraction of connections changed since the previous epoch, per layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..train import TopologyUpdater
+from .base import LayerUpdate, Method
+from .schedule import UpdateSchedule
+from .topology import flat_positions
+
+
+class DSTUpdater(TopologyUpdater):
+    """Runs ``method`` on every sparse layer at the steps ``schedule`` names.
+
+    Parameters
+    ----------
+    method : Method
+    schedule : UpdateSchedule
+    budgets : dict[str, int]
+        Connection budget C_l of each sparse layer, by layer name.
+    seed : int
+        Seeds the updater's own generator (random growth, candidate samplers).
+    """
+
+    def __init__(self, method: Method, schedule: UpdateSchedule, budgets: dict, seed: int = 0):
+        self.method = method
+        self.name = method.name
+        self.schedule = schedule
+        self.budgets = dict(budgets)
+        self.rng = np.random.default_rng([seed, 0x5D57])  # independent of the shuffling generator
+        self.n_updates = 0
+        self._previous: dict[str, np.ndarray] = {}
+
+    def begin(self, model) -> None:
+        """Remember the structure at the start (or resumption) of training, for the 'changed' statistic."""
+        self._previous = {layer.name: np.sort(flat_positions(layer.W)) for layer in model.sparse_layers()}
+
+    def after_step(self, step: int, model, optimizer) -> dict:
+        if not self.schedule.is_update_step(step):
+            return {}
+        alpha = self.schedule.drop_fraction(step)
+        last = model.linears[-1]
+        for layer in model.sparse_layers():
+            self.method.update(
+                LayerUpdate(
+                    layer=layer,
+                    optimizer=optimizer,
+                    alpha=alpha,
+                    rng=self.rng,
+                    budget=self.budgets[layer.name],
+                    is_output=layer is last,
+                )
+            )
+        self.n_updates += 1
+        return {}
+
+    def epoch_stats(self, model) -> dict:
+        """Per-layer topology of the model now, and the fraction changed since the last call."""
+        layers = []
+        for layer in model.sparse_layers():
+            W = layer.W
+            fan_in = W.row_fan_in()
+            now = np.sort(flat_positions(W))
+            before = self._previous.get(layer.name, now)
+            changed = np.setdiff1d(now, before, assume_unique=True).size / max(now.size, 1)
+            self._previous[layer.name] = now
+            layers.append(
+                {
+                    "layer": layer.name,
+                    "nnz": int(W.nnz),
+                    "density": W.density,
+                    "fan_in_min": int(fan_in.min()),
+                    "fan_in_max": int(fan_in.max()),
+                    "ablated": int(W.n_out - getattr(W, "n_active", W.n_out)),
+                    "changed": changed,
+                }
+            )
+        return {"topology_updates": self.n_updates, "layers": layers}
+
+    def state_dict(self) -> dict:
+        return {"method": self.name, "rng_state": self.rng.bit_generator.state, "n_updates": self.n_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if state.get("method") != self.name:
+            raise ValueError(f"checkpoint was trained with method {state.get('method')!r}, not {self.name!r}")
+        self.rng.bit_generator.state = state["rng_state"]
+        self.n_updates = int(state["n_updates"])
