@@ -6,7 +6,6 @@ route independent of the streamed kernels the methods call.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 from purerigl import CSR, Condensed, Diagonal
 from purerigl.dst import METHODS, LayerUpdate, MethodError, UpdateSchedule, make_method, resolve_format
 from purerigl.dst.rigl import RigL
+from purerigl.formats._base import floor_count
 from purerigl.dst.schedule import ScheduleError, drop_fraction, is_update_step
 from purerigl.dst.set_method import SET, random_free_positions
 from purerigl.dst.topology import apply_structure, csr_from_flat, flat_positions, rank_order, source_of, top_mask
@@ -147,7 +147,7 @@ def _trained_csr_layer(backend, shape=(7, 11), density=0.35, batch=5, seed=0, ti
 def _brute_force_rigl(W, X, dY, alpha):
     """Kept and grown flat position sets by the rule, on dense arrays (float64)."""
     n = W.nnz
-    n_prune = math.floor(alpha * n)
+    n_prune = floor_count(alpha * n)
     flat = flat_positions(W)
     order = np.argsort(flat)
     flat, mag = flat[order], np.abs(W.values.astype(np.float64)[order])
@@ -183,7 +183,7 @@ def test_rigl_update_matches_brute_force(backend, ties, alpha):
 def test_set_update_drops_by_magnitude_and_grows_at_free_positions(backend):
     layer, opt, X, dY = _trained_csr_layer(backend, shape=(9, 13), density=0.3)
     old = layer.W.copy()
-    n_prune = math.floor(0.4 * old.nnz)
+    n_prune = floor_count(0.4 * old.nnz)
     kept, _ = _brute_force_rigl(old, X, dY, 0.4)
     SET().update(LayerUpdate(layer, opt, 0.4, np.random.default_rng(7), old.nnz))
     now = np.sort(flat_positions(layer.W.validate(full=True)))

@@ -142,11 +142,14 @@ def completeness_problems(module) -> list[str]:
 
 
 def test_ops_are_the_reference_functions():
-    """OPS names exactly the four operations, all defined by the reference with an ``out=None`` last."""
-    assert OPS == ("matmul", "matmul_t", "sddmm", "grad_at")
-    for op in OPS:
+    """OPS names the four products (each with an ``out=None`` last) and the three growth selections,
+    all defined by the reference."""
+    assert OPS == ("matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "diag_grad_norms")
+    for op in OPS[:4]:
         params = list(inspect.signature(getattr(reference, op)).parameters.values())
         assert params[-1].name == "out" and params[-1].default is None
+    for op in OPS[4:]:
+        assert callable(getattr(reference, op))
 
 
 @pytest.mark.parametrize("name", sorted(registry.BACKENDS))

@@ -25,10 +25,9 @@ position not kept and not grown.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from ..formats._base import floor_count
 from .base import LayerUpdate, Method
 from .topology import apply_structure, csr_from_flat, exclusion_of, flat_positions, top_mask
 
@@ -53,7 +52,7 @@ class RigL(Method):
     def update(self, u: LayerUpdate) -> dict:
         W = u.layer.W
         n = W.nnz
-        n_prune = math.floor(u.alpha * n)
+        n_prune = floor_count(u.alpha * n)
         if n_prune == 0:
             return {"kept": n, "grown": 0, "dropped": 0}
         kept = keep_by_magnitude(W, n - n_prune)

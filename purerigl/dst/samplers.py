@@ -239,7 +239,9 @@ def grabo_draws(rng, n_out, n_in, n_samples, X, dY) -> tuple[np.ndarray, np.ndar
 
 
 def grabo(rng, n_out, n_in, n_samples, X, dY) -> tuple[np.ndarray, np.ndarray]:
-    r"""GraBo candidates: :math:`f_{out}(i) \propto \sum_b |dY_{bi}|`, :math:`f_{in}(j) \propto \sum_b |X_{bj}|`.
+    r"""GraBo candidates: rows and columns drawn by the magnitudes of dY and X.
+
+    .. math:: f_{out}(i) \propto \sum_b |dY_{bi}|, \qquad f_{in}(j) \propto \sum_b |X_{bj}|
 
     See :func:`grabo_weights` for the bound the joint distribution follows. A marginal that is all
     zero falls back to uniform. Cost O(B (n_in + n_out) + n_samples log(n_in + n_out + n_samples)).
@@ -280,7 +282,9 @@ def rademacher(rng: np.random.Generator, size: int) -> np.ndarray:
 def graest_weights(X: np.ndarray, dY: np.ndarray, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r"""The unnormalised GraEst marginals for given signs, in float64.
 
-    .. math:: w_{out}(i) = \Big|\sum_b \sigma_b dY_{bi}\Big|, \qquad w_{in}(j) = \Big|\sum_b \sigma_b X_{bj}\Big|
+    .. math::
+
+        w_{out}(i) = \Big|\sum_b \sigma_b dY_{bi}\Big|, \qquad w_{in}(j) = \Big|\sum_b \sigma_b X_{bj}\Big|
 
     Before the absolute values their product is an unbiased sketch of the gradient: with
     independent signs, :math:`E[\sigma_b \sigma_c] = \delta_{bc}`, so
@@ -321,7 +325,12 @@ def graest_draws(rng, n_out, n_in, n_samples, X, dY) -> tuple[np.ndarray, np.nda
 
 
 def graest(rng, n_out, n_in, n_samples, X, dY) -> tuple[np.ndarray, np.ndarray]:
-    r"""GraEst candidates: :math:`f_{out}(i) \propto |\sum_b \sigma_b dY_{bi}|`, :math:`f_{in}(j) \propto |\sum_b \sigma_b X_{bj}|`.
+    r"""GraEst candidates: rows and columns drawn by the magnitudes of a random-sign sketch.
+
+    .. math::
+
+        f_{out}(i) \propto \Big|\sum_b \sigma_b dY_{bi}\Big|, \qquad
+        f_{in}(j) \propto \Big|\sum_b \sigma_b X_{bj}\Big|
 
     One sign vector :math:`\sigma` (B,) is drawn per call; see :func:`graest_weights` for the
     unbiasedness of the sketch. A marginal that is all zero falls back to uniform. Cost

@@ -22,10 +22,9 @@ condensed-format SET is :class:`purerigl.dst.srigl.SETCondensed`.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from ..formats._base import floor_count
 from .base import LayerUpdate, Method
 from .rigl import keep_by_magnitude
 from .topology import apply_structure, csr_from_flat
@@ -58,7 +57,7 @@ class SET(Method):
     def update(self, u: LayerUpdate) -> dict:
         W = u.layer.W
         n = W.nnz
-        n_prune = math.floor(u.alpha * n)
+        n_prune = floor_count(u.alpha * n)
         if n_prune == 0:
             return {"kept": n, "grown": 0, "dropped": 0}
         kept = keep_by_magnitude(W, n - n_prune)

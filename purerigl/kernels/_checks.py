@@ -100,3 +100,108 @@ def grad_at_operands(X, dY, rows, cols, out):
     check_same_batch("X", X, "dY", dY)
     rows, cols = check_pairs(rows, cols, dY.shape[1], X.shape[1])
     return X, dY, rows, cols, check_out(out, rows.shape, {"X": X, "dY": dY})
+
+
+# --------------------------------------------------------------------------------------------------
+# Growth selections (topk_grad, topk_grad_rows, diag_grad_norms)
+# --------------------------------------------------------------------------------------------------
+
+#: topk_grad ranks positions by one int64 key per position holding the flat index in 32 bits, so a
+#: layer may have at most this many positions (n_out * n_in); a dense G of that size is 16 GiB.
+MAX_GROWTH_POSITIONS = 1 << 32
+
+
+def growth_operands(X, dY) -> tuple[np.ndarray, np.ndarray]:
+    """X (B, n_in) and dY (B, n_out): float32, 2-D, the same batch, and finite.
+
+    Non-finite values are refused (OperandError): a NaN score has no place in the ranking, and every
+    backend must return the same sets.
+    """
+    X = check_dense("X", X)
+    dY = check_dense("dY", dY)
+    check_same_batch("X", X, "dY", dY)
+    for name, A in (("X", X), ("dY", dY)):
+        if not np.isfinite(A).all():
+            raise OperandError(f"{name} holds non-finite values (NaN or inf); growth scores need finite inputs")
+    return X, dY
+
+
+def check_count(m, name: str = "m") -> int:
+    """A non-negative integer (Python or NumPy; not bool), returned as int."""
+    if isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)):
+        raise DTypeError(f"{name} must be a non-negative integer, got {m!r} ({type(m).__name__})")
+    if m < 0:
+        raise OperandError(f"{name} must be non-negative, got {m}")
+    return int(m)
+
+
+def check_counts(counts, n_out: int) -> np.ndarray:
+    """Per-row counts: an integer array of shape (n_out,), all >= 0; returned as contiguous int64."""
+    if not isinstance(counts, np.ndarray) or not np.issubdtype(counts.dtype, np.integer):
+        raise DTypeError(
+            f"counts must be an integer numpy array, got {getattr(counts, 'dtype', type(counts).__name__)}"
+        )
+    if counts.shape != (n_out,):
+        raise ShapeError(f"counts has shape {counts.shape}, expected (n_out,) = ({n_out},)")
+    if n_out and counts.min() < 0:
+        row = int(np.argmin(counts))
+        raise OperandError(f"counts must be non-negative; row {row} asks for {int(counts[row])}")
+    return np.ascontiguousarray(counts, dtype=np.int64)
+
+
+def check_exclusion(indptr, indices, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a CSR-like set of excluded positions; returns (indptr int64, indices int32), contiguous.
+
+    Row i excludes the columns ``indices[indptr[i]:indptr[i+1]]``, strictly increasing, in [0, n_in).
+    Integer arrays of any width are accepted. Wrong dtype: DTypeError; wrong length or a column
+    outside [0, n_in): ShapeError; ``indptr`` not starting at 0, decreasing, or not ending at
+    ``len(indices)``, or a row not strictly increasing: OperandError. Cost O(n_out + nnz).
+    """
+    for name, a in (("exclude_indptr", indptr), ("exclude_indices", indices)):
+        if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.integer):
+            raise DTypeError(f"{name} must be an integer numpy array, got {getattr(a, 'dtype', type(a).__name__)}")
+        if a.ndim != 1:
+            raise ShapeError(f"{name} must be 1-D, got shape {a.shape}")
+    if indptr.shape[0] != n_out + 1:
+        raise ShapeError(f"exclude_indptr has {indptr.shape[0]} entries, expected n_out + 1 = {n_out + 1}")
+    nnz = indices.shape[0]
+    if indptr[0] != 0 or indptr[-1] != nnz:
+        raise OperandError(
+            f"exclude_indptr must run from 0 to len(exclude_indices) = {nnz}, got {int(indptr[0])} .. {int(indptr[-1])}"
+        )
+    steps = np.diff(indptr)  # (n_out,)
+    if n_out and steps.min() < 0:
+        row = int(np.argmin(steps))
+        raise OperandError(f"exclude_indptr decreases at row {row}: {int(indptr[row])} > {int(indptr[row + 1])}")
+    if nnz:
+        if indices.min() < 0 or indices.max() >= n_in:
+            bad = int(indices.min()) if indices.min() < 0 else int(indices.max())
+            raise ShapeError(f"exclude_indices holds {bad}, outside [0, n_in) = [0, {n_in})")
+        ok = indices[1:] > indices[:-1]  # (nnz - 1,): strictly increasing ...
+        starts = indptr[1:-1]
+        ok[starts[(starts > 0) & (starts < nnz)] - 1] = True  # ... except across a row boundary
+        if not ok.all():
+            e = int(np.argmin(ok)) + 1
+            row = int(np.searchsorted(indptr, e, side="right")) - 1
+            raise OperandError(f"exclude_indices of row {row} are not strictly increasing (entry {e})")
+    return np.ascontiguousarray(indptr, dtype=np.int64), np.ascontiguousarray(indices, dtype=np.int32)
+
+
+def topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices):
+    X, dY = growth_operands(X, dY)
+    n_out, n_in = dY.shape[1], X.shape[1]
+    if n_out * n_in > MAX_GROWTH_POSITIONS:
+        raise ShapeError(
+            f"topk_grad supports at most 2**32 positions, the layer has {n_out} x {n_in} = {n_out * n_in}"
+        )
+    m = check_count(m, "m")
+    indptr, indices = check_exclusion(exclude_indptr, exclude_indices, n_out, n_in)
+    return X, dY, m, indptr, indices
+
+
+def topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices):
+    X, dY = growth_operands(X, dY)
+    n_out, n_in = dY.shape[1], X.shape[1]
+    counts = check_counts(counts, n_out)
+    indptr, indices = check_exclusion(exclude_indptr, exclude_indices, n_out, n_in)
+    return X, dY, counts, indptr, indices

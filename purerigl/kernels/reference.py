@@ -14,6 +14,10 @@ of shape (n_out, n_in), an input X of shape (B, n_in) and an output gradient dY 
     dW[e]     &= \\sum_b dY[b, row_e] X[b, col_e]        &\\text{sddmm (value gradient at stored entries)}
 
 Sums are accumulated in float64 and returned as float32.
+
+The growth selections of DST (``topk_grad``, ``topk_grad_rows``, ``diag_grad_norms``: rankings of the
+dense gradient G = dY^T X, streamed in tiles and never stored) are specified in
+:mod:`purerigl.kernels.reference_growth` and re-exported here, so this module is the whole spec.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ import numpy as np
 
 from ..formats import CSR, Condensed, Diagonal
 from . import _checks
+from .reference_growth import diag_grad_norms, topk_grad, topk_grad_rows
+
+__all__ = [
+    "NAME", "triples", "matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "diag_grad_norms",
+]
 
 NAME = "reference"
 

@@ -3,7 +3,8 @@
 Same functions, signatures and semantics as :mod:`purerigl.kernels.reference`; operands are checked
 by the same :mod:`purerigl.kernels._checks` functions, so both backends accept and refuse exactly the
 same inputs. This file only checks and dispatches on the format; the kernels live one module per
-format (:mod:`.condensed`, :mod:`.diagonal`, :mod:`.csr`) plus :mod:`.pairs` for ``grad_at``.
+format (:mod:`.condensed`, :mod:`.diagonal`, :mod:`.csr`) plus :mod:`.pairs` for ``grad_at`` and
+:mod:`.growth` for the growth selections (``topk_grad``, ``topk_grad_rows``, ``diag_grad_norms``).
 
 Sums are accumulated in float32 (the reference uses float64), so results agree with the reference to
 float32 rounding, not bit for bit. Parallel loops run over independent outputs with private
@@ -18,11 +19,13 @@ import numpy as np
 from ...errors import FormatTypeError
 from ...formats import CSR, Condensed, Diagonal
 from .. import _checks
-from . import condensed, csr, diagonal, pairs
+from . import condensed, csr, diagonal, growth, pairs
 
 NAME = "cpu"
 
-__all__ = ["NAME", "grad_at", "matmul", "matmul_t", "sddmm"]
+__all__ = [
+    "NAME", "diag_grad_norms", "grad_at", "matmul", "matmul_t", "sddmm", "topk_grad", "topk_grad_rows",
+]
 
 
 def _module_for(W):
@@ -126,3 +129,77 @@ def grad_at(
     """
     X, dY, rows, cols, out = _checks.grad_at_operands(X, dY, rows, cols, out)
     return pairs.grad_at(X, dY, rows, cols, out)
+
+
+def topk_grad(X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray, exclude_indices: np.ndarray):
+    """The m positions of largest gradient magnitude over the whole layer, excluded positions aside (RigL).
+
+    Implements :func:`purerigl.kernels.reference.topk_grad`; G = dY^T X is streamed in tiles of rows
+    and never stored (extra memory O(m + tile)).
+
+    .. math:: \\mathrm{top}_m \\{ (i, j) \\notin E : |G[i, j]| \\}, \\qquad G[i, j] = \\sum_b dY[b, i] X[b, j]
+
+    Ranked by the float32 score |G[i, j]| (summed in float32), larger first; equal scores: lower flat
+    index ``i * n_in + j`` first.
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    m : int >= 0
+    exclude_indptr : integer ndarray, shape (n_out + 1,)
+    exclude_indices : integer ndarray, shape (nnz,)
+        The excluded set, CSR-like, strictly increasing within each row.
+
+    Returns
+    -------
+    rows, cols : int64 ndarrays, shape (min(m, n_out * n_in - nnz),), sorted by ``rows * n_in + cols``.
+    """
+    X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
+    return growth.topk_grad(X, dY, m, indptr, indices)
+
+
+def topk_grad_rows(
+    X: np.ndarray, dY: np.ndarray, counts: np.ndarray, exclude_indptr: np.ndarray, exclude_indices: np.ndarray
+):
+    """Per row i, the counts[i] columns of largest gradient magnitude among those not excluded (SRigL).
+
+    Implements :func:`purerigl.kernels.reference.topk_grad_rows`; rows run in parallel, G is streamed.
+
+    .. math:: C_i = \\mathrm{top}_{c_i} \\{ j : (i, j) \\notin E, \\text{ by } |G[i, j]| \\},
+              \\qquad c_i = \\min(\\mathrm{counts}[i], n_{in} - |E_i|)
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    counts : integer ndarray, shape (n_out,), >= 0
+    exclude_indptr, exclude_indices : the excluded set, as in :func:`topk_grad`
+
+    Returns
+    -------
+    indptr : int64 ndarray, shape (n_out + 1,)
+    cols : int64 ndarray, shape (sum c_i,), ascending within each row; equal scores: lower column first
+    """
+    X, dY, counts, indptr, indices = _checks.topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices)
+    return growth.topk_grad_rows(X, dY, counts, indptr, indices)
+
+
+def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
+    """The L2 norm of the gradient along each of the P wrap-around diagonals (DynaDiag growth scores).
+
+    Implements :func:`purerigl.kernels.reference.diag_grad_norms`; G is streamed (memory O(P + tile)).
+
+    .. math:: S[d] = \\Big( \\sum_{t=0}^{L-1} G[\\mathrm{row}(d, t), \\mathrm{col}(d, t)]^2 \\Big)^{1/2}
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+
+    Returns
+    -------
+    S : float32 ndarray, shape (P,), P = max(n_out, n_in)
+    """
+    X, dY = _checks.growth_operands(X, dY)
+    return growth.diag_grad_norms(X, dY)

@@ -142,9 +142,9 @@ def _sddmm_diagonals(offsets, A, S, dV):
 
 def _p_block(n_positions: int, B: int) -> int:
     """Tile length of the gathers: as long as possible (at most MAX_P_BLOCK), but short enough that
-    there are about four tiles per thread. Results do not depend on it (see the module docstring)."""
+    every thread gets a tile. Results do not depend on it (see the module docstring)."""
     n_b = max(1, -(-B // B_BLOCK))
-    n_p = max(1, -(-4 * numba.get_num_threads() // n_b))
+    n_p = max(1, -(-numba.get_num_threads() // n_b))
     block = -(-n_positions // n_p)
     return max(64, min(MAX_P_BLOCK, -(-block // 16) * 16))
 

@@ -1,0 +1,144 @@
+"""DynaDiag, always sparse: drop and grow whole wrap-around diagonals (diagonal storage).
+
+Paper: Tyagi, Iyer, Renninger, Kanan, Zhu, "Dynamic Sparse Training of Diagonally Sparse
+Networks", ICML 2025, arXiv 2506.11449. Official code: horizon-research/DynaDiag (MNIST MLP
+only). The rule below is purerigl's always-sparse variant (PAPERS.md 4.4), close to the paper's
+"DiagHeur" baseline.
+
+A layer W (n_out, n_in) stores K of its :math:`P = \\max(n_{out}, n_{in})` diagonals, each of length
+:math:`L = \\min(n_{out}, n_{in})` (:class:`~purerigl.formats.Diagonal`). One update of one layer with
+drop fraction :math:`\\alpha_t`, :math:`q = \\lfloor \\alpha_t K \\rfloor`:
+
+1. **Drop**: score every active diagonal k by the L2 norm of its values,
+   :math:`\\lVert V_k \\rVert_2 = \\sqrt{\\sum_t V_{k,t}^2}`; keep the K - q highest.
+2. **Grow**: score every offset d in [0, P) by the L2 norm of the dense gradient along it,
+
+   .. math:: S_d = \\sqrt{\\sum_{t=0}^{L-1} G_{\\mathrm{row}(d,t),\\,\\mathrm{col}(d,t)}^2},
+             \\qquad G = dY^T X,
+
+   computed by the backend's ``diag_grad_norms(X, dY)`` from the batch just trained on (streamed:
+   O(B N) work, O(P) memory, G never stored). Among the offsets **not kept** (the just-dropped ones
+   are eligible) take the q with the largest :math:`S_d`.
+3. **Apply** (:func:`purerigl.dst.topology.apply_structure`, PAPERS.md 1.2): the new offsets are
+   kept ∪ grown, sorted ascending; a kept diagonal keeps its values and optimizer state, a newly
+   grown one starts at exactly 0 with zero state, and a diagonal dropped and regrown in the same
+   update is not new: it keeps its old values and state.
+
+Ties (equal norms in step 1 or equal :math:`S_d` in step 2): the lower offset ranks higher, on every
+backend (the shared rule of :func:`purerigl.dst.topology.rank_order`).
+
+Invariants after every update: K unchanged (so nnz = K L and density K / P); offsets strictly
+increasing in [0, P); the q dropped diagonals have the smallest norms, the q grown the largest
+:math:`S_d` among the offsets inactive after the drop; new diagonals hold exact zeros with zero
+optimizer state; :math:`\\alpha_t = 0` (q = 0) leaves the layer untouched.
+
+Deliberate difference from the official code: the official layer stores **all** P diagonals densely
+(``V`` of shape (P, L), dense-equivalent memory) and gates them with a soft top-K,
+:math:`\\tilde\\alpha = \\min(1, K \\operatorname{softmax}(\\alpha / T))` with a temperature annealed per
+epoch, freezing a hard top-K later; every diagonal is computed throughout training. purerigl keeps
+only the K active diagonals, has no gate parameters or temperature, and changes the set by this
+drop/grow rule every :math:`\\Delta T` steps (PAPERS.md 4.3, 4.4).
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from ..formats import Diagonal
+from ..formats._base import floor_count
+from .base import LayerUpdate, Method, MethodError
+from .topology import apply_structure, rank_order
+
+__all__ = ["DynaDiag", "diagonal_norms"]
+
+
+def diagonal_norms(W: Diagonal) -> np.ndarray:
+    """float64 (K,): the L2 norm of every stored diagonal.
+
+    .. math:: \\lVert V_k \\rVert_2 = \\sqrt{\\sum_{t=0}^{L-1} V_{k,t}^2}
+    """
+    v = W.values.astype(np.float64)
+    return np.sqrt(np.einsum("kl,kl->k", v, v))
+
+
+class DynaDiag(Method):
+    """Always-sparse DynaDiag on diagonal storage: whole diagonals dropped by value norm, grown by
+    gradient norm (see the module docstring for the rule and its invariants)."""
+
+    name = "dynadiag"
+    formats = ("diagonal",)
+
+    def update(self, u: LayerUpdate) -> dict:
+        """Drop the ``q = floor(alpha K)`` weakest diagonals of ``u.layer`` and grow as many.
+
+        .. math::
+
+            \\mathcal{K} = \\operatorname{top}_{K-q}\\big(\\lVert V_k \\rVert_2\\big), \\qquad
+            \\mathcal{G} = \\operatorname{top}_{q,\\ d \\notin \\mathcal{K}}(S_d), \\qquad
+            \\text{offsets}' = \\operatorname{sort}(\\mathcal{K} \\cup \\mathcal{G})
+
+        Parameters
+        ----------
+        u : LayerUpdate
+            ``u.layer`` a SparseLinear over a :class:`~purerigl.formats.Diagonal`, with the input and
+            output gradient of the batch just trained on; ``u.optimizer`` (or None) carries the
+            state; ``u.alpha`` in [0, 1].
+
+        Returns
+        -------
+        dict
+            ``kept``, ``grown``, ``dropped``: positions (entries) as counted by
+            :func:`~purerigl.dst.topology.apply_structure`; ``diagonals``: K.
+
+        Raises
+        ------
+        MethodError
+            If the layer is not diagonal, ``alpha`` is outside [0, 1], the layer has no stored batch
+            to score growth with, or the backend returns scores of the wrong shape.
+        """
+        layer = u.layer
+        W = layer.W
+        if not isinstance(W, Diagonal):
+            raise MethodError(
+                f"method 'dynadiag' needs a Diagonal weight, layer {getattr(layer, 'name', '?')!r} "
+                f"stores a {type(W).__name__}"
+            )
+        alpha = float(u.alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise MethodError(f"drop fraction alpha must be in [0, 1], got {u.alpha!r}")
+        K, P = W.K, W.P
+        q = floor_count(alpha * K)  # the same rounding as RigL's n_prune
+        if q == 0:
+            return {"kept": W.nnz, "grown": 0, "dropped": 0, "diagonals": K}
+
+        X, dY = layer.last_input, layer.last_output_grad
+        if X is None or dY is None:
+            raise MethodError(
+                f"layer {getattr(layer, 'name', '?')!r} has no stored batch (forward and backward must "
+                "run before a topology update): growth needs X and dY"
+            )
+
+        # 1. Drop: keep the K - q diagonals with the largest norms. Offsets are sorted ascending, so
+        #    rank_order's lower-index tie rule is the lower-offset rule.
+        keep = rank_order(diagonal_norms(W))[: K - q]
+        kept_offsets = W.offsets[keep].astype(np.int64)
+
+        # 2. Grow: the q largest gradient norms among the offsets not kept (just-dropped included).
+        S = np.asarray(layer.backend.diag_grad_norms(X, dY))
+        if S.shape != (P,):
+            raise MethodError(
+                f"backend {layer.backend.name!r} diag_grad_norms returned shape {S.shape}, "
+                f"expected (P,) = ({P},)"
+            )
+        eligible = np.ones(P, dtype=bool)
+        eligible[kept_offsets] = False
+        candidates = np.flatnonzero(eligible)  # ascending: index ties are offset ties
+        grown_offsets = candidates[rank_order(S[candidates])[:q]]
+
+        # 3. Apply: values and optimizer state follow the positions (PAPERS.md 1.2).
+        offsets = np.sort(np.concatenate([kept_offsets, grown_offsets])).astype(np.int32)
+        new = Diagonal(offsets, np.zeros((K, W.L), dtype=np.float32), W.shape)
+        stats = apply_structure(layer, u.optimizer, new)
+        stats["diagonals"] = K
+        return stats

@@ -1,0 +1,478 @@
+"""SRigL: RigL with a constant fan-in per output neuron, and neuron ablation (condensed storage).
+
+Paper: Lasby, Golubeva, Evci, Nica, Ioannou, "Dynamic Sparse Training with Structured Sparsity",
+ICLR 2024, arXiv 2305.02299. Official code: calgaryml/condensed-sparsity
+(``src/rigl_torch/rigl_constant_fan.py``); PAPERS.md section 3.
+
+The layer is a :class:`~purerigl.formats.Condensed` W of shape (n_out, n_in) whose ``n_active`` active
+rows each hold exactly k connections; the other rows are ablated and output only their bias. With the
+layer's connection budget C, the drop fraction alpha_t, n = nnz, and the batch just trained on
+(X (B, n_in), dY (B, n_out), whose dense weight gradient is :math:`G = dY^T X`, never stored), one
+update is:
+
+1. **Counts.** :math:`n_{prune} = \\lfloor \\alpha_t n \\rfloor`, :math:`n_{keep} = n - n_{prune}`.
+2. **Neuron ablation** (``gamma_sal > 0``, never on the output layer; :func:`salient_counts`,
+   :func:`neurons_to_ablate`). The salient set is the union of the top n_keep |w| over the active
+   entries and the top n_prune |G| over **all** n_out * n_in positions; count_r is its size in row r.
+   Threshold :math:`\\tau = \\max(1, \\lfloor \\gamma_{sal} K_{ref} \\rfloor)`,
+   :math:`K_{ref} = \\lfloor C / n_{out} \\rfloor` (``gamma_sal >= 1``: the absolute count
+   :math:`\\lceil \\gamma_{sal} \\rceil`). Floor: with :math:`m = \\lfloor C / n_{in} \\rfloor`, if the
+   m-th largest count (0-based) is below tau, tau is lowered to it. Ablated = rows with count < tau;
+   the set is recomputed from scratch every update, so an ablated row revives when the gradient half
+   of the salient set gives it enough entries. With ablation off, every row is active.
+3. **Fan-in** :math:`k = \\lfloor C / n_{active} \\rfloor` (:func:`constant_fan_in`), so
+   :math:`nnz = k \\, n_{active} \\le C` with a shortfall below n_active.
+4. **Drop, layer-wide**: keep the top n_keep |w| among the active entries of rows that stay active
+   (every entry of a newly ablated row is removed).
+5. **Trim**: a row holding more than k kept entries keeps only its k largest |w|.
+6. **Grow, per row**: an active row with c_r < k kept entries grows the top :math:`k - c_r` of
+   :math:`|G_{rj}|` over the columns j it does not keep (just-dropped columns are eligible), via the
+   backend's streamed ``topk_grad_rows``. The SET variant (``grow="random"``) draws the columns
+   uniformly at random instead.
+7. **Apply** (:func:`~purerigl.dst.topology.apply_structure`): kept and dropped-and-regrown
+   connections keep value and optimizer state; new ones start at exactly 0 with zero state; every
+   active row is checked to hold exactly k strictly increasing columns.
+
+Ties: equal |w| keep the lower flat position ``row * n_in + col`` (layer-wide) or the lower column
+(within a row); equal |G| grow the lower flat position / column. Every backend returns the same sets.
+
+Invariants after every update: every active row holds exactly k strictly increasing columns in
+[0, n_in); :math:`k \\, n_{active} \\le C < (k + 1) \\, n_{active}`; at least
+:math:`\\lfloor C / n_{in} \\rfloor + 1` rows are active (when n_out allows) and :math:`k \\le n_{in}`;
+no output-layer row is ablated; with the ablated set and k unchanged, exactly n_prune connections are
+dropped (net of regrowth, as many grown as dropped) and nnz is constant; alpha_t = 0 changes nothing
+when the active rows and k stay the same.
+
+purerigl fixes these behaviours of the official code on purpose (PAPERS.md 3.3):
+
+- over-full rows are trimmed **by magnitude** (the official code sorts the boolean row mask, which
+  keeps an arbitrary k);
+- the **output layer is never ablated** (the official exemption is dead code);
+- **structure comes from storage, never values**: active rows and positions are read from
+  ``rows`` / ``indices`` (the official code infers them from ``W != 0``, so a zero-sum row or a
+  still-zero grown weight vanishes);
+- a **broken constant fan-in raises** :class:`~purerigl.dst.base.MethodError` (the official code
+  logs a warning);
+- **deterministic ties** (above) instead of ``torch.topk``'s unspecified order;
+- **streamed growth**: the gradient half of the salient set and the per-row growth read G in tiles
+  through the backend (``topk_grad``, ``topk_grad_rows``) and never store it.
+
+One detail follows PAPERS.md rather than the last official code: the floor uses
+:math:`\\lfloor C / n_{in} \\rfloor` rows (the official code rounds up).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..formats import Condensed
+from ..formats._base import floor_count
+from .base import LayerUpdate, Method, MethodError
+from .topology import apply_structure, exclusion_of
+
+GROW_RULES = ("gradient", "random")
+
+
+# --------------------------------------------------------------------------------------------------
+# pure decisions
+
+
+def ablation_threshold(gamma_sal: float, k_ref: int) -> int:
+    """The salient-count threshold tau below which a neuron is ablated (before the floor).
+
+    .. math::
+
+        \\tau = \\begin{cases} \\lceil \\gamma_{sal} \\rceil & \\gamma_{sal} \\ge 1 \\\\
+                \\max(1, \\lfloor \\gamma_{sal} K_{ref} \\rfloor) & 0 < \\gamma_{sal} < 1 \\\\
+                0 & \\gamma_{sal} = 0 \\text{ (nothing ablated)} \\end{cases}
+
+    Parameters
+    ----------
+    gamma_sal : float
+        ``>= 0``; below 1 a fraction of ``k_ref``, from 1 on an absolute count.
+    k_ref : int
+        Reference fan-in :math:`K_{ref} = \\lfloor C / n_{out} \\rfloor`.
+    """
+    if gamma_sal == 0:
+        return 0
+    if gamma_sal >= 1:
+        return int(math.ceil(gamma_sal))
+    return max(1, floor_count(gamma_sal * k_ref))
+
+
+def neurons_to_ablate(counts, k_ref_budget: int, n_in: int, gamma_sal: float) -> np.ndarray:
+    """Which output neurons to ablate, from their salient counts (PAPERS.md 3.3 steps 2-4).
+
+    With :math:`K_{ref} = \\lfloor C / n_{out} \\rfloor`, tau from :func:`ablation_threshold` and
+    :math:`m = \\lfloor C / n_{in} \\rfloor` (the fewest rows that hold the budget at dense fan-in):
+
+    .. math::
+
+        c_{(0)} \\ge c_{(1)} \\ge \\dots \\text{ (counts sorted descending)}, \\qquad
+        \\tau' = \\min(\\tau, c_{(m)}), \\qquad
+        \\mathcal{A} = \\{ r : \\mathrm{count}_r < \\tau' \\}
+
+    so the m + 1 rows with the largest counts always survive and the new fan-in
+    :math:`\\lfloor C / (n_{out} - |\\mathcal{A}|) \\rfloor` never exceeds n_in. If m >= n_out every
+    row is needed to hold the budget and none is ablated.
+
+    Parameters
+    ----------
+    counts : int array-like, shape (n_out,)
+        Salient entries per output neuron (:func:`salient_counts`).
+    k_ref_budget : int
+        The layer's connection budget C.
+    n_in : int
+        Dense fan-in F.
+    gamma_sal : float
+        ``>= 0``; 0 disables ablation.
+
+    Returns
+    -------
+    bool ndarray, shape (n_out,)
+        True for the neurons to ablate.
+
+    Examples
+    --------
+    PAPERS.md invariant 21: counts {10, 10, 2}, C = 30, F = 20, gamma 0.3 -> tau = 3, the third row
+    is ablated; with F = 15 the floor lowers tau to 2 and nothing is.
+
+    >>> neurons_to_ablate([10, 10, 2], 30, 20, 0.3).tolist()
+    [False, False, True]
+    >>> neurons_to_ablate([10, 10, 2], 30, 15, 0.3).tolist()
+    [False, False, False]
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 1:
+        raise MethodError(f"counts must be 1-D (one per output neuron), got shape {counts.shape}")
+    if gamma_sal < 0:
+        raise MethodError(f"gamma_sal must be >= 0, got {gamma_sal!r}")
+    n_out = counts.size
+    none = np.zeros(n_out, dtype=bool)
+    if gamma_sal == 0 or n_out == 0:
+        return none
+    tau = ablation_threshold(gamma_sal, int(k_ref_budget) // n_out)
+    min_neurons = int(k_ref_budget) // int(n_in)
+    if min_neurons >= n_out:
+        return none
+    floor_count_at = int(np.sort(counts)[::-1][min_neurons])
+    tau = min(tau, floor_count_at)
+    return counts < tau
+
+
+def constant_fan_in(budget: int, n_active: int, n_in: int) -> int:
+    """The fan-in every active row holds: :math:`k = \\lfloor C / n_{active} \\rfloor`.
+
+    Raises
+    ------
+    MethodError
+        If no row is active, if k would be 0 (budget below the number of active rows) or if k would
+        exceed n_in (budget above a dense layer's).
+    """
+    if n_active <= 0:
+        raise MethodError(f"no active rows left to hold the budget of {budget} connections")
+    k = int(budget) // int(n_active)
+    if k == 0:
+        raise MethodError(
+            f"budget {budget} is smaller than the {n_active} active rows: fan-in k would be 0"
+        )
+    if k > n_in:
+        raise MethodError(
+            f"budget {budget} over {n_active} active rows gives fan-in k={k} > n_in={n_in}"
+        )
+    return k
+
+
+# --------------------------------------------------------------------------------------------------
+# selections (entry arrays in any order; ties by flat position / column)
+
+
+def _entries(W: Condensed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, |w|) of every stored entry, flat, in the order of ``W.values.ravel()``."""
+    rows = np.repeat(W.rows.astype(np.int64), W.k)  # (nnz,)
+    cols = W.indices.astype(np.int64).ravel()  # (nnz,)
+    return rows, cols, np.abs(W.values.ravel())  # float32 |w|: exact
+
+
+def top_entries(mags: np.ndarray, flat: np.ndarray, eligible: np.ndarray, n: int) -> np.ndarray:
+    """bool mask of the ``n`` eligible entries with the largest ``mags`` (ties: lower ``flat``).
+
+    All eligible entries are chosen when fewer than ``n`` are eligible.
+    """
+    chosen = np.zeros(mags.size, dtype=bool)
+    idx = np.flatnonzero(eligible)
+    if n <= 0 or idx.size == 0:
+        return chosen
+    order = np.lexsort((flat[idx], -mags[idx]))  # best first
+    chosen[idx[order[:n]]] = True
+    return chosen
+
+
+def trim_rows(rows: np.ndarray, cols: np.ndarray, mags: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+    """``keep`` with every row cut back to its ``k`` largest ``mags`` (ties: lower column kept).
+
+    .. math:: \\mathrm{keep}'_{rj} = \\mathrm{keep}_{rj} \\wedge
+              \\mathrm{rank}_r(|w_{rj}|) < k
+    """
+    idx = np.flatnonzero(keep)
+    if idx.size == 0:
+        return keep.copy()
+    order = idx[np.lexsort((cols[idx], -mags[idx], rows[idx]))]  # by row, then best first
+    r_sorted = rows[order]
+    starts = np.flatnonzero(np.r_[True, r_sorted[1:] != r_sorted[:-1]])  # first entry of each row
+    run_start = np.repeat(starts, np.diff(np.r_[starts, r_sorted.size]))
+    rank = np.arange(r_sorted.size) - run_start  # 0 = the row's largest |w|
+    trimmed = np.zeros_like(keep)
+    trimmed[order[rank < k]] = True
+    return trimmed
+
+
+def salient_counts(
+    W: Condensed, X: np.ndarray, dY: np.ndarray, n_keep: int, n_prune: int, backend
+) -> np.ndarray:
+    """Salient entries per output neuron (PAPERS.md 3.3 step 1).
+
+    .. math::
+
+        S = \\operatorname{top}_{n_{keep}} |w| \\text{ (active entries)} \\;\\cup\\;
+            \\operatorname{top}_{n_{prune}} |G| \\text{ (all positions)}, \\qquad
+        \\mathrm{count}_r = |\\{ (r, j) \\in S \\}|
+
+    The gradient half comes from ``backend.topk_grad`` with an empty exclusion (G is streamed).
+
+    Returns
+    -------
+    int64 ndarray, shape (n_out,)
+    """
+    n_out, n_in = W.shape
+    rows, cols, mags = _entries(W)
+    flat = rows * n_in + cols
+    mag_flat = flat[top_entries(mags, flat, np.ones(flat.size, dtype=bool), n_keep)]
+    if n_prune > 0:
+        g_rows, g_cols = backend.topk_grad(
+            X, dY, int(n_prune), np.zeros(n_out + 1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        )
+        grad_flat = np.asarray(g_rows, dtype=np.int64) * n_in + np.asarray(g_cols, dtype=np.int64)
+    else:
+        grad_flat = np.zeros(0, dtype=np.int64)
+    salient = np.union1d(mag_flat, grad_flat)
+    return np.bincount(salient // n_in, minlength=n_out).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# the method
+
+
+class SRigL(Method):
+    """SRigL on condensed storage: layer-wide magnitude drop, per-row trim, per-row gradient growth,
+    neuron ablation (see the module docstring for the rule).
+
+    Parameters
+    ----------
+    gamma_sal : float
+        Minimum salient fraction of the reference fan-in a neuron needs to stay active (0.3 in the
+        paper's CNN runs, 0.95 for ViT); ``>= 1`` is an absolute count; 0 disables ablation.
+    grow : {"gradient", "random"}
+        "gradient" is SRigL; "random" grows uniformly random columns (SET on condensed storage).
+    """
+
+    name = "srigl"
+    formats = ("condensed",)
+
+    def __init__(self, gamma_sal: float = 0.3, grow: str = "gradient"):
+        if isinstance(gamma_sal, bool) or not isinstance(gamma_sal, (int, float, np.integer, np.floating)):
+            raise MethodError(f"gamma_sal must be a real number >= 0, got {gamma_sal!r}")
+        if not math.isfinite(gamma_sal) or gamma_sal < 0:
+            raise MethodError(f"gamma_sal must be a finite number >= 0, got {gamma_sal!r}")
+        if grow not in GROW_RULES:
+            raise MethodError(f"grow must be one of {', '.join(GROW_RULES)}, got {grow!r}")
+        self.gamma_sal = float(gamma_sal)
+        self.grow = grow
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(gamma_sal={self.gamma_sal}, grow={self.grow!r})"
+
+    # ----------------------------------------------------------------------------------------------
+
+    def update(self, u: LayerUpdate) -> dict:
+        """One SRigL update of ``u.layer`` (module docstring, steps 1-7).
+
+        Nothing changes (the layer keeps its very arrays) when n_prune = 0, the active rows are the
+        same and the budget gives the current k; with n_prune = 0 but a new active set or k (a row
+        ablated or revived, a budget that no longer fits), rows are trimmed or refilled as usual.
+
+        Returns
+        -------
+        dict
+            ``kept`` / ``grown`` / ``dropped`` (net, from ``apply_structure``: a dropped-and-regrown
+            connection counts as kept), ``regrown`` (of those, how many were dropped and regrown),
+            ``n_prune``, ``k``, ``active_rows`` and ``ablated`` (n_out - active rows).
+
+        Raises
+        ------
+        MethodError
+            If W is not Condensed, alpha is outside [0, 1], the batch is missing when the gradient is
+            needed, the budget gives k = 0 or k > n_in, or a backend breaks the constant fan-in.
+        """
+        W = u.layer.W
+        if not isinstance(W, Condensed):
+            raise MethodError(f"{self.name} works on Condensed storage, the layer holds {type(W).__name__}")
+        alpha = float(u.alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise MethodError(f"drop fraction alpha must be in [0, 1], got {u.alpha!r}")
+        n_out, n_in = W.shape
+        budget = int(u.budget)
+        backend = u.layer.backend
+
+        # 1. counts
+        n = W.nnz
+        n_prune = floor_count(alpha * n)
+        n_keep = n - n_prune
+
+        # 2. ablation (recomputed from scratch), 3. fan-in
+        was_active = np.zeros(n_out, dtype=bool)
+        was_active[W.rows] = True
+        if self.gamma_sal > 0 and not u.is_output:
+            X, dY = self._batch(u)
+            counts = salient_counts(W, X, dY, n_keep, n_prune, backend)
+            active = ~neurons_to_ablate(counts, budget, n_in, self.gamma_sal)
+        else:
+            active = np.ones(n_out, dtype=bool)
+        n_active = int(active.sum())
+        k = constant_fan_in(budget, n_active, n_in)
+        stats_tail = {"n_prune": int(n_prune), "k": k, "active_rows": n_active, "ablated": n_out - n_active}
+        if n_prune == 0 and k == W.k and np.array_equal(active, was_active):
+            return {"kept": n, "grown": 0, "dropped": 0, "regrown": 0, **stats_tail}
+
+        # 4.-6. drop, trim, grow; 7. apply (the helper's O(nnz) temporaries are freed first)
+        new, regrown = self._new_structure(u, active, k, n_keep)
+        stats = apply_structure(u.layer, u.optimizer, new)
+        return {**stats, "regrown": regrown, **stats_tail}
+
+    def _new_structure(
+        self, u: LayerUpdate, active: np.ndarray, k: int, n_keep: int
+    ) -> tuple[Condensed, int]:
+        """Steps 4-6: the new structure (values zero) and how many dropped entries were regrown."""
+        W = u.layer.W
+        n_out, n_in = W.shape
+        # 4. drop layer-wide, 5. trim
+        rows, cols, mags = _entries(W)
+        flat = rows * n_in + cols
+        keep = top_entries(mags, flat, active[rows], n_keep)
+        keep = trim_rows(rows, cols, mags, keep, k)
+        kept_rows, kept_cols = rows[keep], cols[keep]
+        dropped_flat = flat[~keep]
+        del rows, cols, mags, flat, keep
+
+        # 6. grow per row
+        need = np.where(active, k - np.bincount(kept_rows, minlength=n_out), 0).astype(np.int64)
+        if self.grow == "gradient":
+            grown_rows, grown_cols = self._grow_gradient(u, kept_rows * n_in + kept_cols, need, W.shape)
+        else:
+            grown_rows, grown_cols = self._grow_random(u.rng, kept_rows, kept_cols, need, n_in)
+        regrown = int(np.isin(grown_rows * n_in + grown_cols, dropped_flat).sum())
+        return _assemble(kept_rows, kept_cols, grown_rows, grown_cols, active, k, W.shape), regrown
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _batch(self, u: LayerUpdate) -> tuple[np.ndarray, np.ndarray]:
+        X, dY = u.layer.last_input, u.layer.last_output_grad
+        if X is None or dY is None:
+            raise MethodError(
+                f"{self.name} needs the layer's last batch (X and dY) to score growth and saliency: "
+                "run a forward and a backward pass before the update"
+            )
+        return X, dY
+
+    def _grow_gradient(self, u: LayerUpdate, kept_flat: np.ndarray, need: np.ndarray, shape):
+        """Per row r, the top need[r] columns of |G[r, :]| outside the kept set (streamed)."""
+        if not need.any():
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        X, dY = self._batch(u)
+        ex_indptr, ex_cols = exclusion_of(kept_flat, shape)
+        indptr, cols = u.layer.backend.topk_grad_rows(X, dY, need, ex_indptr, ex_cols)
+        got = np.diff(np.asarray(indptr, dtype=np.int64))
+        if got.shape != need.shape:
+            raise MethodError(f"topk_grad_rows returned {got.size} rows, the layer has {need.size}")
+        if np.any(got != need):
+            bad = int(np.flatnonzero(got != need)[0])
+            raise MethodError(
+                f"topk_grad_rows of backend {u.layer.backend!r} returned {got[bad]} columns for row "
+                f"{bad}, expected {need[bad]}: the constant fan-in would break"
+            )
+        rows = np.repeat(np.arange(need.size, dtype=np.int64), got)
+        return rows, np.asarray(cols, dtype=np.int64)
+
+    @staticmethod
+    def _grow_random(rng: np.random.Generator, kept_rows, kept_cols, need: np.ndarray, n_in: int):
+        """Per row r (ascending), need[r] distinct columns drawn uniformly among those not kept."""
+        order = np.lexsort((kept_cols, kept_rows))
+        kr, kc = kept_rows[order], kept_cols[order]
+        bounds = np.searchsorted(kr, np.arange(need.size + 1))
+        all_cols = np.arange(n_in, dtype=np.int64)
+        out_rows, out_cols = [], []
+        for r in np.flatnonzero(need):
+            free = np.setdiff1d(all_cols, kc[bounds[r]:bounds[r + 1]], assume_unique=True)
+            chosen = np.sort(rng.choice(free, size=int(need[r]), replace=False))
+            out_rows.append(np.full(chosen.size, r, dtype=np.int64))
+            out_cols.append(chosen.astype(np.int64))
+        if not out_rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(out_rows), np.concatenate(out_cols)
+
+
+def _assemble(kept_rows, kept_cols, grown_rows, grown_cols, active: np.ndarray, k: int, shape) -> Condensed:
+    """The new Condensed structure (values zero): rows = active rows ascending, columns sorted.
+
+    Raises MethodError unless every active row holds exactly k distinct columns and no ablated row
+    holds any.
+    """
+    n_out, n_in = shape
+    rows = np.concatenate([kept_rows, grown_rows]).astype(np.int64)
+    cols = np.concatenate([kept_cols, grown_cols]).astype(np.int64)
+    fan = np.bincount(rows, minlength=n_out)
+    want = np.where(active, k, 0)
+    if fan.size != n_out or np.any(fan != want):
+        bad = int(np.flatnonzero(fan != want)[0])
+        raise MethodError(
+            f"constant fan-in broken: row {bad} would hold {fan[bad]} connections, expected {want[bad]}"
+        )
+    order = np.lexsort((cols, rows))
+    n_active = int(active.sum())
+    indices = cols[order].reshape(n_active, k)
+    if k > 1 and np.any(np.diff(indices, axis=1) <= 0):
+        bad = int(np.flatnonzero(np.any(np.diff(indices, axis=1) <= 0, axis=1))[0])
+        row = int(np.flatnonzero(active)[bad])
+        raise MethodError(f"row {row} would hold a column twice: {indices[bad].tolist()}")
+    if indices.size and (indices.min() < 0 or indices.max() >= n_in):
+        raise MethodError(f"a grown column is outside [0, {n_in})")
+    new = Condensed(
+        np.flatnonzero(active).astype(np.int32),
+        indices.astype(np.int32),
+        np.zeros((n_active, k), dtype=np.float32),
+        shape,
+    )
+    return new
+
+
+class SETCondensed(SRigL):
+    """SET on condensed storage: SRigL's drop and per-row refill with **random** growth, no ablation.
+
+    Every row keeps exactly k: the layer-wide magnitude drop removes n_prune entries (ties: lower
+    flat position kept), and each row regrows as many uniformly random columns, among those it does
+    not keep (just-dropped ones eligible), as it lost, drawn from the updater's generator, rows in
+    ascending order. No gradient is read. Unlike the paper's SET (PAPERS.md 6) the drop is one
+    magnitude ranking rather than separate fractions of the positive and negative weights, and new
+    weights start at 0 (the shared step); the CSR variant is :class:`purerigl.dst.set_method.SET`.
+    """
+
+    name = "set"
+    formats = ("condensed",)
+
+    def __init__(self):
+        super().__init__(gamma_sal=0.0, grow="random")
+
+    def __repr__(self) -> str:
+        return "SETCondensed()"

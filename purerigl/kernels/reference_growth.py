@@ -1,0 +1,158 @@
+"""The growth selections of DST, specified in plain NumPy: top-m of the dense gradient, never stored.
+
+Every DST grow rule reads the dense weight gradient of a layer, for X (B, n_in) and dY (B, n_out):
+
+.. math:: G[i, j] = \\sum_b dY[b, i] \\, X[b, j], \\qquad G = dY^T X \\quad (n_{out} \\times n_{in})
+
+but a sparse layer must never hold G whole. Here G is produced in **tiles of rows**,
+``G[r0:r1, :] = dY[:, r0:r1]^T X`` (at most :data:`TILE_ELEMS` entries each), and each tile is folded
+into a small running result before the next one is computed: a running top-m (RigL), the per-row
+top-c_i of the rows of the tile (SRigL), or per-diagonal sums of squares (DynaDiag). Extra memory is
+O(m + tile) or O(nnz_out + tile) or O(P + tile), never O(n_out * n_in).
+
+Scores and ties (shared by every backend, see :mod:`purerigl.dst.topology`): a position's score is
+``|G[i, j]|`` **as a float32**. The reference sums in float64 and rounds the scores to float32 before
+ranking, the cpu backend sums in float32; where both float32 sums agree (always, for small dyadic
+inputs) the two rank the very same numbers. Larger score ranks higher; among equal scores the lower
+flat index ``i * n_in + j`` ranks higher (within one row: the lower column).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+
+#: Entries of G per tile (1 MiB as float32; the reference holds its tiles in float64).
+TILE_ELEMS = 1 << 18
+
+#: Score given to excluded positions: below every real score |g| >= 0.
+EXCLUDED = np.float32(-1.0)
+
+
+def _tiles(X, dY):
+    """Yield ``(r0, r1, G[r0:r1, :])`` in float64, tiles of at most TILE_ELEMS entries, rows ascending."""
+    n_out, n_in = dY.shape[1], X.shape[1]
+    X64, dY64 = X.astype(np.float64), dY.astype(np.float64)  # (B, n_in), (B, n_out)
+    step = max(1, TILE_ELEMS // max(n_in, 1))
+    for r0 in range(0, n_out, step):
+        r1 = min(n_out, r0 + step)
+        yield r0, r1, dY64[:, r0:r1].T @ X64  # (r1 - r0, n_in)
+
+
+def _score_tiles(X, dY, exclude_indptr, exclude_indices):
+    """Yield ``(r0, r1, scores)``: float32 |G[r0:r1, :]|, excluded positions set to EXCLUDED."""
+    for r0, r1, G in _tiles(X, dY):
+        scores = np.abs(G).astype(np.float32)  # (r1 - r0, n_in)
+        lo, hi = exclude_indptr[r0], exclude_indptr[r1]
+        local_rows = np.repeat(np.arange(r1 - r0), np.diff(exclude_indptr[r0 : r1 + 1]))  # (hi - lo,)
+        scores[local_rows, exclude_indices[lo:hi]] = EXCLUDED
+        yield r0, r1, scores
+
+
+def topk_grad(X, dY, m, exclude_indptr, exclude_indices):
+    """The m positions of largest gradient magnitude over the whole layer, excluded positions aside (RigL).
+
+    .. math:: \\mathrm{top}_m \\{ (i, j) \\notin E : |G[i, j]| \\}, \\qquad G[i, j] = \\sum_b dY[b, i] X[b, j]
+
+    Ranked by the float32 score |G[i, j]|, larger first; equal scores: lower ``i * n_in + j`` first.
+    G is streamed in tiles of rows; a running list of the best (at most m) positions so far is merged
+    with each tile. A tile's positions all come after the running ones in flat order, so one of them
+    can only displace a running position by a strictly larger score.
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    m : int >= 0
+    exclude_indptr : integer ndarray, shape (n_out + 1,)
+    exclude_indices : integer ndarray, shape (nnz,)
+        The excluded set E, CSR-like: row i excludes ``exclude_indices[exclude_indptr[i]:exclude_indptr[i+1]]``
+        (strictly increasing within the row).
+
+    Returns
+    -------
+    rows, cols : int64 ndarrays, shape (min(m, n_out * n_in - nnz),), sorted by ``rows * n_in + cols``.
+    """
+    X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
+    n_in = X.shape[1]
+    best_flat = np.empty(0, dtype=np.int64)  # running top, best first
+    best_score = np.empty(0, dtype=np.float32)
+    if m > 0:
+        for r0, r1, scores in _score_tiles(X, dY, indptr, indices):
+            scores = scores.ravel()  # (tile,): flat index r0 * n_in + position
+            threshold = best_score[-1] if best_flat.size == m else EXCLUDED
+            new = np.flatnonzero(scores > threshold)
+            flat = np.concatenate([best_flat, r0 * n_in + new])
+            score = np.concatenate([best_score, scores[new]])
+            order = np.lexsort((flat, -score))[:m]  # score descending, then flat ascending
+            best_flat, best_score = flat[order], score[order]
+    flat = np.sort(best_flat)
+    return flat // max(n_in, 1), flat % max(n_in, 1)
+
+
+def topk_grad_rows(X, dY, counts, exclude_indptr, exclude_indices):
+    """Per row i, the counts[i] columns of largest gradient magnitude among those not excluded (SRigL).
+
+    .. math:: C_i = \\mathrm{top}_{c_i} \\{ j : (i, j) \\notin E, \\text{ by } |G[i, j]| \\},
+              \\qquad c_i = \\min(\\mathrm{counts}[i], n_{in} - |E_i|)
+
+    Equal scores: the lower column first. A row with fewer than counts[i] available columns returns
+    all of them.
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    counts : integer ndarray, shape (n_out,), >= 0
+    exclude_indptr, exclude_indices : the excluded set, as in :func:`topk_grad`
+
+    Returns
+    -------
+    indptr : int64 ndarray, shape (n_out + 1,); row i's columns are ``cols[indptr[i]:indptr[i+1]]``
+    cols : int64 ndarray, shape (sum c_i,), ascending within each row
+    """
+    X, dY, counts, ex_indptr, ex_indices = _checks.topk_grad_rows_operands(
+        X, dY, counts, exclude_indptr, exclude_indices
+    )
+    n_out, n_in = dY.shape[1], X.shape[1]
+    take = np.minimum(counts, n_in - np.diff(ex_indptr))  # c_i, (n_out,)
+    indptr = np.zeros(n_out + 1, dtype=np.int64)
+    np.cumsum(take, out=indptr[1:])
+    cols = np.empty(indptr[-1], dtype=np.int64)
+    for r0, r1, scores in _score_tiles(X, dY, ex_indptr, ex_indices):
+        order = np.argsort(-scores, axis=1, kind="stable")  # (r1 - r0, n_in): best first, ties by column
+        for i in range(r0, r1):
+            cols[indptr[i] : indptr[i + 1]] = np.sort(order[i - r0, : take[i]])
+    return indptr, cols
+
+
+def diag_grad_norms(X, dY):
+    """The L2 norm of the gradient along each of the P wrap-around diagonals (DynaDiag growth scores).
+
+    .. math:: S[d] = \\Big( \\sum_{t=0}^{L-1} G[\\mathrm{row}(d, t), \\mathrm{col}(d, t)]^2 \\Big)^{1/2}
+
+    with P = max(n_out, n_in), L = min(n_out, n_in) and (row, col) = ((t + d) mod n_out, t) when
+    n_out >= n_in, else (t, (t + d) mod n_in) (DESIGN.md section 2). Every position lies on exactly one
+    diagonal: d = (i - j) mod n_out (tall or square) or d = (j - i) mod n_in (wide), so each tile of G
+    adds its squares into S^2 by diagonal.
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+
+    Returns
+    -------
+    S : float32 ndarray, shape (P,)
+    """
+    X, dY = _checks.growth_operands(X, dY)
+    n_out, n_in = dY.shape[1], X.shape[1]
+    P = max(n_out, n_in)
+    sum_sq = np.zeros(P, dtype=np.float64)
+    for r0, r1, G in _tiles(X, dY):
+        i = np.arange(r0, r1)[:, None]  # (r1 - r0, 1)
+        j = np.arange(n_in)[None, :]  # (1, n_in)
+        d = (i - j) % n_out if n_out >= n_in else (j - i) % n_in  # (r1 - r0, n_in)
+        sum_sq += np.bincount(d.ravel(), weights=(G * G).ravel(), minlength=P)
+    return np.sqrt(sum_sq).astype(np.float32)
