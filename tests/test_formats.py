@@ -73,6 +73,9 @@ CONDENSED_ERRORS = [
      FormatError, r"k=6.*n_in=5"),
     ("active rows with k = 0", dict(indices=np.zeros((2, 0), i32), values=np.ones((2, 0), f32)),
      FormatError, r"2 active rows.*k=0"),
+    # rows are checked on construction (O(n_active)): duplicates would make kernels write a row twice
+    ("rows repeated", dict(rows=arr([1, 1], i32)), FormatError, r"rows\[0\]=1, rows\[1\]=1"),
+    ("rows decreasing", dict(rows=arr([2, 0], i32)), FormatError, r"rows\[0\]=2, rows\[1\]=0"),
     ("row out of range", dict(rows=arr([0, 3], i32)), FormatError, r"rows holds 3, outside \[0, 3\)"),
     ("negative row", dict(rows=arr([-1, 2], i32)), FormatError, r"rows holds -1"),
     ("column out of range", dict(indices=arr([[0, 5], [1, 4]], i32)), FormatError,
@@ -135,10 +138,6 @@ def test_csr_construction_errors(case, override, error, message):
 # --------------------------------------------------------------------------------------------------
 
 ORDER_ERRORS = [
-    ("condensed rows repeated",
-     lambda: Condensed(arr([1, 1], i32), C_IDX, C_VAL, (3, 5)), r"rows\[0\]=1, rows\[1\]=1"),
-    ("condensed rows decreasing",
-     lambda: Condensed(arr([2, 0], i32), C_IDX, C_VAL, (3, 5)), r"rows\[0\]=2, rows\[1\]=0"),
     ("condensed row not increasing",
      lambda: Condensed(C_ROWS, arr([[0, 3], [4, 1]], i32), C_VAL, (3, 5)), r"row 1 .*\[4, 1\]"),
     ("condensed duplicate index",

@@ -64,6 +64,14 @@ class Condensed(SparseFormat):
             raise FormatError(f"{n_active} active rows with fan-in k=0; an active row needs k >= 1")
         check_bounds("rows", self.rows, n_out)
         check_bounds("indices", self.indices, n_in)
+        # O(n_active), cheap: duplicate rows would make the kernels write one output row twice.
+        steps = np.diff(self.rows.astype(np.int64))
+        if np.any(steps <= 0):
+            bad = int(np.flatnonzero(steps <= 0)[0])
+            raise FormatError(
+                f"rows must be strictly increasing: rows[{bad}]={self.rows[bad]}, "
+                f"rows[{bad + 1}]={self.rows[bad + 1]}"
+            )
 
     @property
     def k(self) -> int:
@@ -79,15 +87,9 @@ class Condensed(SparseFormat):
         return self.n_active * self.k
 
     def validate(self, full: bool = True) -> "Condensed":
-        """Check the invariants; ``full`` adds the O(nnz) order checks. Returns ``self``."""
+        """Check the invariants; ``full`` adds the O(nnz) order check of the indices. Returns ``self``."""
         Condensed(self.rows, self.indices, self.values, self.shape)
         if full:
-            if self.n_active > 1 and np.any(np.diff(self.rows.astype(np.int64)) <= 0):
-                bad = int(np.flatnonzero(np.diff(self.rows.astype(np.int64)) <= 0)[0])
-                raise FormatError(
-                    f"rows must be strictly increasing: rows[{bad}]={self.rows[bad]}, "
-                    f"rows[{bad + 1}]={self.rows[bad + 1]}"
-                )
             check_strictly_increasing_rows("indices", self.indices)
         return self
 

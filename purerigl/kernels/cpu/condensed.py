@@ -10,9 +10,10 @@ Layouts. With a small batch a row's dot product gathers straight from ``X[b]``. 
 kernels work on transposed copies ``XT = X^T`` of shape (n_in, B): one stored entry then touches one
 contiguous row of ``XT``, so the innermost loop runs over the batch and is SIMD-friendly.
 
-Determinism. Every parallel loop writes disjoint outputs and sums in a fixed order; the partitions
-depend only on the shapes, never on the thread count or on timing. Results are therefore
-bit-identical from run to run, and also across thread counts.
+Determinism. Every parallel loop writes disjoint outputs and sums in a fixed order. Partitions that
+change a summation order (the row chunks of the small-batch matmul_t) depend only on the shapes;
+the others (batch blocks) may follow the thread count but leave every sum's order unchanged. Results
+are therefore bit-identical from run to run, and also across thread counts.
 
 Numba's on-disk cache only watches the file a function is defined in, so the small helpers the
 kernels inline are defined here rather than shared with the other formats' modules.
@@ -92,7 +93,8 @@ def _tree_dot(a, b, tmp):
 def _matmul_rowdot(rows, indices, values, X, Y):
     """Y[b, rows[r]] = sum_t values[r, t] X[b, indices[r, t]]; parallel over active rows r.
 
-    Small batch: one gathered dot product per (row, batch item). Y (B, n_out) arrives zeroed.
+    Small batch: one gathered dot product per (row, batch item). Y (B, n_out) arrives zeroed; the
+    active rows are distinct (a Condensed invariant), so no two tasks write the same element.
     """
     n_active = indices.shape[0]
     B = X.shape[0]

@@ -10,8 +10,10 @@ The kernels mirror :mod:`purerigl.kernels.cpu.condensed` (same strategies, same 
 variable-length rows: with a small batch a row's dot product gathers straight from ``X[b]``; with a
 larger batch the kernels work on ``XT = X^T`` (n_in, B) so the innermost loop runs over the batch.
 
-Determinism. Every parallel loop writes disjoint outputs and sums in a fixed order; the partitions
-depend only on the shapes and the structure, never on the thread count or on timing.
+Determinism. Every parallel loop writes disjoint outputs and sums in a fixed order. Partitions that
+change a summation order (the row chunks of the small-batch matmul_t) depend only on the shapes and
+the structure; the others (batch blocks) may follow the thread count but leave every sum's order
+unchanged. Results are bit-identical from run to run, and also across thread counts.
 
 Numba's on-disk cache only watches the file a function is defined in, so the small helpers the
 kernels inline are defined here rather than shared with the other formats' modules.

@@ -1,109 +1,157 @@
 """Numba kernels of the growth selections: top-m of |G|, per-row top-c of |G|, diagonal norms of G.
 
-G = dY^T X (n_out, n_in) is never stored. The drivers walk it in tiles of whole rows,
-``G[r0:r1, :] = dY^T[r0:r1, :] @ X`` (at most :data:`TILE_ELEMS` float32 entries, computed by BLAS
-sgemm into one reused buffer: float32 accumulation), and after each tile a parallel Numba kernel folds
-the tile into a small running result:
+G = dY^T X (n_out, n_in) is never stored. Each kernel is one parallel region whose tasks walk G in
+**tiles of whole rows** (at most :data:`TILE_ELEMS` entries, one private float32 buffer per task) and
+fold every tile into a small result before computing the next:
 
 - ``topk_grad``: every position gets an int64 **rank key** ``bits(|g|) << 32 | (2^32 - 1 - flat)``.
   For non-negative float32 the bit pattern orders like the value, so a larger key is exactly "larger
-  score, or equal score and lower flat index": the shared tie rule, with no two keys equal. A buffer
-  of capacity m + tile collects the keys of tile positions scoring above a threshold; when it would
-  overflow it is cut back to its m largest keys by an in-place introselect, and the threshold becomes
-  the m-th score (a later tile's position, having a higher flat index, must score strictly more).
-  Extra memory O(m + tile).
+  score, or equal score and lower flat index": the shared tie rule, with no two keys equal. Each
+  worker takes every n_workers-th tile and keeps a buffer of at most m + max(m, 4096) keys; when the
+  buffer is full it is cut back to its m largest keys (in-place introselect) and the m-th score becomes
+  the worker's threshold: a later position (higher flat index) must score strictly more. The workers'
+  m survivors are merged by one more selection. The top m of distinct keys does not depend on how the
+  positions were split, so neither does the result. Extra memory O(workers * (m + tile)).
 - ``topk_grad_rows``: the output layout is known in advance (c_i = min(counts[i], available_i)), so
-  rows run in parallel, each selecting its top c_i keys ``bits << 32 | (2^32 - 1 - col)`` and writing
-  them, sorted, to its own slice. Rows that take nothing or everything need no gradient; a tile holding
-  only such rows is not computed at all.
+  tiles of the rows that need ranking run in parallel, each row selecting its top c_i keys
+  ``bits << 32 | (2^32 - 1 - col)`` and writing them, sorted, to its own slice. Rows that take nothing
+  or everything need no gradient at all.
 - ``diag_grad_norms``: position (i, j) lies on diagonal (i - j) mod n_out (tall, square) or
-  (j - i) mod n_in (wide). The tile's rows are split into :data:`DIAG_TASKS` fixed parts, each adding
-  its squares (in float64) into a private (P,) accumulator; the parts are summed at the end in a fixed
-  order.
+  (j - i) mod n_in (wide). The tiles are split into at most :data:`DIAG_CHUNKS` fixed groups (by shape
+  only), each adding its squares in float64 into a private (P,) accumulator; the groups are summed in
+  a fixed order at the end.
 
-Determinism. Partitions depend only on the shapes (never on the thread count), every parallel task
-writes its own outputs, and the keys make every selection a strict total order: the same inputs give
-the same result on every run. Scores are float32 sums from sgemm; the reference rounds float64 sums to
-float32, so the two backends pick identical sets except, rarely, where two positions' scores agree to
-float32 rounding.
+The gradient tile (:func:`_gradient_tile`) is a register-blocked product: 2 rows x 4 columns of G at
+a time, each entry a float32 dot product of a row of ``dY^T`` (n_out, B) with a row of ``X^T``
+(n_in, B), both contiguous. The batch loop is compiled with ``fastmath={'reassoc', 'contract'}`` so
+that LLVM vectorises the eight running sums (the summation order is then the compiler's, fixed for a
+given build). The last row or column group of a tile is computed by the same code with a repeated
+row or column, so every entry of G comes from the same instructions wherever it sits: G, and hence
+every selection, does not depend on the tiling, on the thread count or on timing.
+
+Scores are these float32 sums; the reference rounds float64 sums to float32. The two backends pick
+identical sets except, rarely, where two positions' scores agree to float32 rounding.
 
 Numba's on-disk cache only watches the file a function is defined in, so the helpers the kernels
-inline are defined here.
+call are defined here.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ._layout import transpose
 
-#: Entries of G per tile (1 MiB of float32).
-TILE_ELEMS = 1 << 18
+#: Entries of G per tile (512 KiB of float32, one tile per task).
+TILE_ELEMS = 1 << 17
 
-#: Fixed number of row parts (private accumulators) per tile in diag_grad_norms.
-DIAG_TASKS = 8
+#: Bytes of X^T's rows that one column block of the gradient tile keeps hot in cache.
+COL_BLOCK_BYTES = 1 << 17
+
+#: Most row groups (private accumulators) of diag_grad_norms; the grouping depends on shapes only.
+DIAG_CHUNKS = 16
+
+#: Keys a topk_grad worker may buffer beyond its m best before cutting back (at least).
+MIN_SLACK = 4096
+
+#: Keys a topk_grad_rows row may buffer beyond 2 * its count before cutting back.
+MIN_ROW_SLACK = 64
 
 #: Low 32 bits of a rank key: 2^32 - 1 - index, so a lower index gives a larger key.
 INDEX_MASK = np.int64(0xFFFFFFFF)
 
-#: Score marking an excluded position in a tile: below every real score |g| >= 0.
-EXCLUDED = np.float32(-1.0)
 
 
 # --------------------------------------------------------------------------------------------------
-# Helpers inlined into the kernels
+# The gradient tile and the helpers of the selections
 # --------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
-def _score_row(row, ex_cols):
-    """row[:] = |row[:]| in place, then EXCLUDED at the columns ``ex_cols``."""
-    for j in range(row.shape[0]):
-        row[j] = abs(row[j])
-    for e in range(ex_cols.shape[0]):
-        row[ex_cols[e]] = -1.0
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _gradient_tile(dYT, XT, rows, G):
+    """G[t, j] = sum_b dYT[rows[t], b] XT[j, b] for t < len(rows) and every j < n_in.
+
+    dYT is (n_out, B), XT is (n_in, B), G is (>= len(rows), n_in). Blocks of 2 rows x 4 columns hold
+    their 8 sums in registers over the batch; a column block of XT (COL_BLOCK_BYTES) is reused by all
+    the rows. At the edges the block repeats its last row / column and writes only the real entries.
+    """
+    n_rows = rows.shape[0]
+    n_in, B = XT.shape
+    width = max(4, (COL_BLOCK_BYTES // (4 * max(B, 1))) // 4 * 4)
+    for j0 in range(0, n_in, width):
+        j1 = min(n_in, j0 + width)
+        for t in range(0, n_rows, 2):
+            u = min(t + 1, n_rows - 1)
+            a0 = dYT[rows[t]]
+            a1 = dYT[rows[u]]
+            g0 = G[t]
+            g1 = G[u]
+            for j in range(j0, j1, 4):
+                c0 = XT[j]
+                c1 = XT[min(j + 1, n_in - 1)]
+                c2 = XT[min(j + 2, n_in - 1)]
+                c3 = XT[min(j + 3, n_in - 1)]
+                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
+                for b in range(B):
+                    s00 += a0[b] * c0[b]
+                    s01 += a0[b] * c1[b]
+                    s02 += a0[b] * c2[b]
+                    s03 += a0[b] * c3[b]
+                    s10 += a1[b] * c0[b]
+                    s11 += a1[b] * c1[b]
+                    s12 += a1[b] * c2[b]
+                    s13 += a1[b] * c3[b]
+                g1[j] = s10
+                g0[j] = s00
+                if j + 1 < j1:
+                    g1[j + 1] = s11
+                    g0[j + 1] = s01
+                if j + 2 < j1:
+                    g1[j + 2] = s12
+                    g0[j + 2] = s02
+                if j + 3 < j1:
+                    g1[j + 3] = s13
+                    g0[j + 3] = s03
 
 
 @njit(cache=True, inline="always")
 def _key(score_bits, index):
-    """The rank key of a score (its float32 bits, >= 0) at ``index`` < 2^32: larger key = ranks higher."""
+    """Rank key of a score (its float32 bits as a non-negative int) at ``index`` < 2^32: larger key =
+    ranks higher."""
     return (np.int64(score_bits) << 32) | (INDEX_MASK - np.int64(index))
 
 
 @njit(cache=True)
 def _nth_element(a, lo, hi, kth):
     """Rearrange the distinct values a[lo:hi] so that a[kth] holds what sorting would put there, with
-    only smaller values before it and larger after (introselect: median-of-three Hoare partitions,
-    falling back to a sort of the remaining range after too many rounds)."""
+    only smaller values before it and larger after.
+
+    Quickselect with a median-of-three pivot and a branch-free Lomuto partition (no mispredicted
+    branches on random keys), then a sort of what remains once the range is small or after too many
+    rounds (so the worst case stays O(n log n)).
+    """
     rounds = 0
     limit = 8
     size = hi - lo
     while size > 1:
         limit += 2
         size //= 2
-    while hi - lo > 16:
-        if rounds > limit:
-            break
+    while hi - lo > 16 and rounds <= limit:
         rounds += 1
         x, y, z = a[lo], a[(lo + hi - 1) // 2], a[hi - 1]
-        pivot = max(min(x, y), min(max(x, y), z))  # median of three: not the range's maximum
-        i = lo - 1
-        j = hi
-        while True:
-            i += 1
-            while a[i] < pivot:
-                i += 1
-            j -= 1
-            while a[j] > pivot:
-                j -= 1
-            if i >= j:
-                break
-            a[i], a[j] = a[j], a[i]
-        if kth <= j:  # a[lo:j+1] <= pivot <= a[j+1:hi], both parts non-empty
-            hi = j + 1
+        pivot = max(min(x, y), min(max(x, y), z))  # median of three: some sampled value is smaller
+        store = lo
+        for i in range(lo, hi):  # a[lo:store] < pivot <= a[store:i]
+            v = a[i]
+            a[i] = a[store]
+            a[store] = v
+            store += v < pivot
+        if kth < store:  # lo < store < hi: the pivot itself lies in a[store:hi]
+            hi = store
         else:
-            lo = j + 1
+            lo = store
     a[lo:hi].sort()
 
 
@@ -121,81 +169,101 @@ def _keep_largest(keys, n, k):
     return smallest
 
 
-# --------------------------------------------------------------------------------------------------
-# Kernels, one call per tile
-# --------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _scan_row(g_bits, ex_cols, base, keys, n, k, threshold):
+    """Fold one row of G into a running top k: return the new (n, threshold).
 
-
-@njit(parallel=True, cache=True)
-def _score_and_count(tile, r0, ex_indptr, ex_indices, threshold, counts):
-    """Tile rows r = 0.. (global row r0 + r): scores in place (|g|, EXCLUDED where excluded), then
-    counts[r] = #{j : tile[r, j] > threshold}."""
-    for r in prange(tile.shape[0]):
-        row = tile[r]
-        _score_row(row, ex_indices[ex_indptr[r0 + r] : ex_indptr[r0 + r + 1]])
-        c = 0
-        for j in range(row.shape[0]):
-            c += row[j] > threshold
-        counts[r] = c
-
-
-@njit(parallel=True, cache=True)
-def _count_above(tile, threshold, counts):
-    """counts[r] = #{j : tile[r, j] > threshold} (after the threshold was raised)."""
-    for r in prange(tile.shape[0]):
-        row = tile[r]
-        c = 0
-        for j in range(row.shape[0]):
-            c += row[j] > threshold
-        counts[r] = c
-
-
-@njit(parallel=True, cache=True)
-def _append_keys(tile, tile_bits, flat0, threshold, starts, keys):
-    """For every tile entry above ``threshold``, row by row, the key of its flat index
-    ``flat0 + r * n_in + j``; row r writes keys[starts[r]:starts[r + 1]]."""
-    n_in = tile.shape[1]
-    for r in prange(tile.shape[0]):
-        row = tile[r]
-        bits = tile_bits[r]
-        pos = starts[r]
-        base = flat0 + r * n_in
-        for j in range(n_in):
-            if row[j] > threshold:
-                keys[pos] = _key(bits[j], base + j)
-                pos += 1
-
-
-@njit(parallel=True, cache=True)
-def _select_rows(tile, tile_bits, r0, ex_indptr, ex_indices, take, ranked, out_indptr, out_cols):
-    """Each ranked row i = r0 + r of the tile: the take[i] best columns, ascending, into its slice."""
-    n_in = tile.shape[1]
-    for r in prange(tile.shape[0]):
-        i = r0 + r
-        if not ranked[i]:
-            continue
-        row = tile[r]
-        _score_row(row, ex_indices[ex_indptr[i] : ex_indptr[i + 1]])
-        keys = np.empty(n_in - (ex_indptr[i + 1] - ex_indptr[i]), dtype=np.int64)  # available columns
-        n = 0
-        for j in range(n_in):
-            if row[j] >= 0.0:
-                keys[n] = _key(tile_bits[r, j], j)
+    ``g_bits`` is the row as int32 bit patterns (``& 0x7FFFFFFF`` gives |g|'s bits), ``ex_cols`` its
+    excluded columns (sorted), ``base`` the index of column 0. Every available column whose score bits
+    exceed ``threshold`` appends its key (index ``base + j``) to keys[n:]. When the buffer is full it
+    is cut back to its k largest keys and the threshold becomes the k-th score: later columns have
+    higher indices, so they must score strictly more to rank above it.
+    """
+    capacity = keys.shape[0]
+    n_in = g_bits.shape[0]
+    start = 0
+    for e in range(ex_cols.shape[0] + 1):
+        stop = ex_cols[e] if e < ex_cols.shape[0] else n_in
+        for j in range(start, stop):  # the available run between two excluded columns
+            s = g_bits[j] & 0x7FFFFFFF
+            if s > threshold:
+                if n == capacity:
+                    threshold = _keep_largest(keys, n, k) >> 32
+                    n = k
+                    if s <= threshold:
+                        continue
+                keys[n] = _key(s, base + j)
                 n += 1
-        c = take[i]
-        _nth_element(keys, 0, n, n - c)
-        out = out_cols[out_indptr[i] : out_indptr[i + 1]]
-        for t in range(c):
-            out[t] = INDEX_MASK - (keys[n - c + t] & INDEX_MASK)
-        out.sort()
+        start = stop + 1
+    return n, threshold
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernels: one parallel region each
+# --------------------------------------------------------------------------------------------------
 
 
 @njit(parallel=True, cache=True)
-def _complete_rows(n_in, ex_indptr, ex_indices, take, ranked, out_indptr, out_cols):
-    """Every row that takes all its available columns (and is not ranked): the complement of its
-    excluded columns, ascending."""
+def _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, capacity, best, n_best):
+    """Worker w (of best.shape[0]) scans tiles w, w + n_workers, ... and leaves its top k keys in
+    best[w, :n_best[w]]."""
+    n_out = dYT.shape[0]
+    n_in = XT.shape[0]
+    n_workers = best.shape[0]
+    n_tiles = (n_out + tile_rows - 1) // tile_rows
+    for w in prange(n_workers):
+        G = np.empty((tile_rows, n_in), dtype=np.float32)
+        G_bits = G.view(np.int32)
+        rows = np.empty(tile_rows, dtype=np.int64)
+        keys = np.empty(capacity, dtype=np.int64)
+        n = 0
+        threshold = np.int64(-1)  # score bits to exceed: at first, every available position
+        for tile in range(w, n_tiles, n_workers):
+            r0 = tile * tile_rows
+            r1 = min(n_out, r0 + tile_rows)
+            for t in range(r1 - r0):
+                rows[t] = r0 + t
+            _gradient_tile(dYT, XT, rows[: r1 - r0], G)
+            for t in range(r1 - r0):
+                i = r0 + t
+                ex_cols = ex_indices[ex_indptr[i] : ex_indptr[i + 1]]
+                n, threshold = _scan_row(G_bits[t], ex_cols, i * n_in, keys, n, k, threshold)
+        if n > k:
+            _keep_largest(keys, n, k)
+            n = k
+        best[w, :n] = keys[:n]
+        n_best[w] = n
+
+
+@njit(parallel=True, cache=True)
+def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, take, out_indptr, out_cols):
+    """Every row i in ``ranked``: its take[i] best columns, ascending, into out_cols's slice of row i."""
+    n_in = XT.shape[0]
+    n_tiles = (ranked.shape[0] + tile_rows - 1) // tile_rows
+    for tile in prange(n_tiles):
+        rows = ranked[tile * tile_rows : (tile + 1) * tile_rows]
+        G = np.empty((rows.shape[0], n_in), dtype=np.float32)
+        G_bits = G.view(np.int32)
+        scratch = np.empty(2 * n_in + MIN_ROW_SLACK, dtype=np.int64)
+        _gradient_tile(dYT, XT, rows, G)
+        for t in range(rows.shape[0]):
+            i = rows[t]
+            c = take[i]
+            keys = scratch[: 2 * c + MIN_ROW_SLACK]
+            ex_cols = ex_indices[ex_indptr[i] : ex_indptr[i + 1]]
+            n, _ = _scan_row(G_bits[t], ex_cols, 0, keys, 0, c, np.int64(-1))
+            _keep_largest(keys, n, c)
+            out = out_cols[out_indptr[i] : out_indptr[i + 1]]
+            for q in range(c):
+                out[q] = INDEX_MASK - (keys[q] & INDEX_MASK)
+            out.sort()
+
+
+@njit(parallel=True, cache=True)
+def _complete_rows(n_in, ex_indptr, ex_indices, take, ranked_mask, out_indptr, out_cols):
+    """Every row taking all its available columns: the complement of its excluded columns, ascending."""
     for i in prange(take.shape[0]):
-        if ranked[i] or take[i] == 0:
+        if ranked_mask[i] or take[i] == 0:
             continue
         pos = out_indptr[i]
         e = ex_indptr[i]
@@ -209,27 +277,37 @@ def _complete_rows(n_in, ex_indptr, ex_indices, take, ranked, out_indptr, out_co
 
 
 @njit(parallel=True, cache=True)
-def _add_diagonal_squares(tile, r0, n_out, partial):
-    """partial[t, d] += G[i, j]^2 over the tile rows of part t, for d the diagonal of (i, j):
-    (i - j) mod n_out if n_out >= n_in, else (j - i) mod n_in. Parts are fixed slices of the rows."""
-    rows, n_in = tile.shape
-    n_tasks = partial.shape[0]
-    per = (rows + n_tasks - 1) // n_tasks
-    for t in prange(n_tasks):
-        acc = partial[t]
-        for r in range(t * per, min(rows, (t + 1) * per)):
-            i = r0 + r
-            g = tile[r]
-            if n_out >= n_in:
-                for j in range(min(i + 1, n_in)):  # d = i - j
-                    acc[i - j] += np.float64(g[j]) * np.float64(g[j])
-                for j in range(i + 1, n_in):  # d = i - j + n_out
-                    acc[i - j + n_out] += np.float64(g[j]) * np.float64(g[j])
-            else:
-                for j in range(i, n_in):  # d = j - i
-                    acc[j - i] += np.float64(g[j]) * np.float64(g[j])
-                for j in range(i):  # d = j - i + n_in
-                    acc[j - i + n_in] += np.float64(g[j]) * np.float64(g[j])
+def _diagonal_squares(dYT, XT, tile_rows, partial):
+    """partial[c, d] = sum of G[i, j]^2 over the positions (i, j) of diagonal d in the rows of group
+    c: d = (i - j) mod n_out if n_out >= n_in, else (j - i) mod n_in. Group c holds a fixed run of tiles."""
+    n_out = dYT.shape[0]
+    n_in = XT.shape[0]
+    n_groups = partial.shape[0]
+    n_tiles = (n_out + tile_rows - 1) // tile_rows
+    per = (n_tiles + n_groups - 1) // n_groups
+    for c in prange(n_groups):
+        G = np.empty((tile_rows, n_in), dtype=np.float32)
+        rows = np.empty(tile_rows, dtype=np.int64)
+        acc = partial[c]
+        for tile in range(c * per, min(n_tiles, (c + 1) * per)):
+            r0 = tile * tile_rows
+            r1 = min(n_out, r0 + tile_rows)
+            for t in range(r1 - r0):
+                rows[t] = r0 + t
+            _gradient_tile(dYT, XT, rows[: r1 - r0], G)
+            for t in range(r1 - r0):
+                i = r0 + t
+                g = G[t]
+                if n_out >= n_in:
+                    for j in range(min(i + 1, n_in)):  # d = i - j
+                        acc[i - j] += np.float64(g[j]) * np.float64(g[j])
+                    for j in range(i + 1, n_in):  # d = i - j + n_out
+                        acc[i - j + n_out] += np.float64(g[j]) * np.float64(g[j])
+                else:
+                    for j in range(i, n_in):  # d = j - i
+                        acc[j - i] += np.float64(g[j]) * np.float64(g[j])
+                    for j in range(i):  # d = j - i + n_in
+                        acc[j - i + n_in] += np.float64(g[j]) * np.float64(g[j])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,28 +316,8 @@ def _add_diagonal_squares(tile, r0, n_out, partial):
 
 
 def _tile_rows(n_in: int) -> int:
+    """Rows per tile: TILE_ELEMS entries (at least one row). Depends on the shape only."""
     return max(1, TILE_ELEMS // max(n_in, 1))
-
-
-def _gradient_tiles(X: np.ndarray, dY: np.ndarray, wanted: np.ndarray | None = None):
-    """Yield ``(r0, r1, tile)`` with tile = G[r0:r1, :] (float32, one reused buffer, overwritten by the
-    next step). With ``wanted`` (bool, (n_out,)), tiles holding no wanted row are skipped."""
-    n_out, n_in = dY.shape[1], X.shape[1]
-    step = _tile_rows(n_in)
-    dYT = transpose(dY)  # (n_out, B)
-    buffer = np.empty((min(step, n_out), n_in), dtype=np.float32)
-    for r0 in range(0, n_out, step):
-        r1 = min(n_out, r0 + step)
-        if wanted is not None and not wanted[r0:r1].any():
-            continue
-        tile = buffer[: r1 - r0]
-        np.matmul(dYT[r0:r1], X, out=tile)  # (r1 - r0, B) @ (B, n_in), sgemm
-        yield r0, r1, tile
-
-
-def _score_of(key: int) -> np.float32:
-    """The float32 score held in the high 32 bits of a rank key."""
-    return np.array([key >> 32], dtype=np.uint32).view(np.float32)[0]
 
 
 def topk_grad(X, dY, m, ex_indptr, ex_indices):
@@ -268,24 +326,16 @@ def topk_grad(X, dY, m, ex_indptr, ex_indices):
     k = min(m, n_out * n_in - ex_indices.shape[0])
     if k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    step = _tile_rows(n_in)
-    keys = np.empty(k + min(step, n_out) * n_in, dtype=np.int64)  # capacity: k kept + one whole tile
-    counts = np.empty(min(step, n_out), dtype=np.int64)
-    n = 0
-    threshold = EXCLUDED  # nothing kept yet: every available position qualifies
-    for r0, r1, tile in _gradient_tiles(X, dY):
-        rows = r1 - r0
-        _score_and_count(tile, r0, ex_indptr, ex_indices, threshold, counts[:rows])
-        if n + counts[:rows].sum() > keys.shape[0]:
-            threshold = _score_of(int(_keep_largest(keys, n, k)))
-            n = k
-            _count_above(tile, threshold, counts[:rows])
-        starts = n + np.concatenate(([0], np.cumsum(counts[:rows])))  # (rows + 1,)
-        _append_keys(tile, tile.view(np.uint32), r0 * n_in, threshold, starts, keys)
-        n = int(starts[-1])
-    if n > k:
-        _keep_largest(keys, n, k)
-    flat = np.sort(INDEX_MASK - (keys[:k] & INDEX_MASK))
+    tile_rows = min(_tile_rows(n_in), n_out)
+    n_workers = max(1, min(numba.get_num_threads(), -(-n_out // tile_rows)))
+    best = np.empty((n_workers, k), dtype=np.int64)  # each worker's top k keys
+    n_best = np.zeros(n_workers, dtype=np.int64)
+    capacity = k + max(k, MIN_SLACK)
+    _topk_workers(transpose(dY), transpose(X), ex_indptr, ex_indices, k, tile_rows, capacity, best, n_best)
+    merged = np.concatenate([best[w, : n_best[w]] for w in range(n_workers)]) if n_workers > 1 else best[0]
+    merged = merged[: int(n_best.sum())]
+    _keep_largest(merged, merged.shape[0], k)
+    flat = np.sort(INDEX_MASK - (merged[:k] & INDEX_MASK))
     return flat // n_in, flat % n_in
 
 
@@ -294,23 +344,29 @@ def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices):
     n_out, n_in = dY.shape[1], X.shape[1]
     available = n_in - np.diff(ex_indptr)  # (n_out,)
     take = np.minimum(counts, available)
-    ranked = (take > 0) & (take < available)  # rows that need their gradient
+    ranked_mask = (take > 0) & (take < available)  # rows that need their gradient
     indptr = np.zeros(n_out + 1, dtype=np.int64)
     np.cumsum(take, out=indptr[1:])
     cols = np.empty(indptr[-1], dtype=np.int64)
-    _complete_rows(n_in, ex_indptr, ex_indices, take, ranked, indptr, cols)
-    for r0, _, tile in _gradient_tiles(X, dY, wanted=ranked):
-        _select_rows(tile, tile.view(np.uint32), r0, ex_indptr, ex_indices, take, ranked, indptr, cols)
+    _complete_rows(n_in, ex_indptr, ex_indices, take, ranked_mask, indptr, cols)
+    ranked = np.flatnonzero(ranked_mask).astype(np.int64)
+    if ranked.size:
+        tile_rows = _tile_rows(n_in)
+        _rows_select(transpose(dY), transpose(X), ranked, tile_rows, ex_indptr, ex_indices, take, indptr, cols)
     return indptr, cols
 
 
 def diag_grad_norms(X, dY):
     """float32 (P,): the L2 norm of G along each wrap-around diagonal."""
     n_out, n_in = dY.shape[1], X.shape[1]
-    partial = np.zeros((DIAG_TASKS, max(n_out, n_in)), dtype=np.float64)
-    for r0, _, tile in _gradient_tiles(X, dY):
-        _add_diagonal_squares(tile, r0, n_out, partial)
+    P = max(n_out, n_in)
+    if n_out == 0 or n_in == 0:
+        return np.zeros(P, dtype=np.float32)
+    tile_rows = min(_tile_rows(n_in), n_out)
+    n_groups = min(DIAG_CHUNKS, -(-n_out // tile_rows))
+    partial = np.zeros((n_groups, P), dtype=np.float64)
+    _diagonal_squares(transpose(dY), transpose(X), tile_rows, partial)
     sum_sq = partial[0].copy()
-    for t in range(1, DIAG_TASKS):  # fixed order
-        sum_sq += partial[t]
+    for c in range(1, n_groups):  # fixed order
+        sum_sq += partial[c]
     return np.sqrt(sum_sq).astype(np.float32)
