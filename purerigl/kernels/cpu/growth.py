@@ -279,17 +279,17 @@ def _complete_rows(n_in, ex_indptr, ex_indices, take, ranked_mask, out_indptr, o
 @njit(parallel=True, cache=True)
 def _diagonal_squares(dYT, XT, tile_rows, partial):
     """partial[c, d] = sum of G[i, j]^2 over the positions (i, j) of diagonal d in the rows of group
-    c: d = (i - j) mod n_out if n_out >= n_in, else (j - i) mod n_in. Group c holds a fixed run of tiles."""
+    c: d = (i - j) mod n_out if n_out >= n_in, else (j - i) mod n_in. Group c holds the run of tiles
+    [c * n_tiles // n_groups, (c + 1) * n_tiles // n_groups): fixed by the shapes."""
     n_out = dYT.shape[0]
     n_in = XT.shape[0]
     n_groups = partial.shape[0]
     n_tiles = (n_out + tile_rows - 1) // tile_rows
-    per = (n_tiles + n_groups - 1) // n_groups
     for c in prange(n_groups):
         G = np.empty((tile_rows, n_in), dtype=np.float32)
         rows = np.empty(tile_rows, dtype=np.int64)
         acc = partial[c]
-        for tile in range(c * per, min(n_tiles, (c + 1) * per)):
+        for tile in range(c * n_tiles // n_groups, (c + 1) * n_tiles // n_groups):
             r0 = tile * tile_rows
             r1 = min(n_out, r0 + tile_rows)
             for t in range(r1 - r0):
