@@ -23,8 +23,8 @@ import numpy as np
 
 from . import _checks
 
-#: Entries of G per tile (1 MiB as float32; the reference holds its tiles in float64).
-TILE_ELEMS = 1 << 18
+#: Entries of G per tile (256 KiB in float64).
+TILE_ELEMS = 1 << 15
 
 #: Score given to excluded positions: below every real score |g| >= 0.
 EXCLUDED = np.float32(-1.0)
@@ -33,17 +33,18 @@ EXCLUDED = np.float32(-1.0)
 def _tiles(X, dY):
     """Yield ``(r0, r1, G[r0:r1, :])`` in float64, tiles of at most TILE_ELEMS entries, rows ascending."""
     n_out, n_in = dY.shape[1], X.shape[1]
-    X64, dY64 = X.astype(np.float64), dY.astype(np.float64)  # (B, n_in), (B, n_out)
+    X64 = X.astype(np.float64)  # (B, n_in)
+    dYT64 = np.ascontiguousarray(dY.T, dtype=np.float64)  # (n_out, B)
     step = max(1, TILE_ELEMS // max(n_in, 1))
     for r0 in range(0, n_out, step):
         r1 = min(n_out, r0 + step)
-        yield r0, r1, dY64[:, r0:r1].T @ X64  # (r1 - r0, n_in)
+        yield r0, r1, dYT64[r0:r1] @ X64  # (r1 - r0, n_in)
 
 
 def _score_tiles(X, dY, exclude_indptr, exclude_indices):
     """Yield ``(r0, r1, scores)``: float32 |G[r0:r1, :]|, excluded positions set to EXCLUDED."""
     for r0, r1, G in _tiles(X, dY):
-        scores = np.abs(G).astype(np.float32)  # (r1 - r0, n_in)
+        scores = np.abs(G, out=G).astype(np.float32)  # (r1 - r0, n_in)
         lo, hi = exclude_indptr[r0], exclude_indptr[r1]
         local_rows = np.repeat(np.arange(r1 - r0), np.diff(exclude_indptr[r0 : r1 + 1]))  # (hi - lo,)
         scores[local_rows, exclude_indices[lo:hi]] = EXCLUDED
@@ -56,9 +57,10 @@ def topk_grad(X, dY, m, exclude_indptr, exclude_indices):
     .. math:: \\mathrm{top}_m \\{ (i, j) \\notin E : |G[i, j]| \\}, \\qquad G[i, j] = \\sum_b dY[b, i] X[b, j]
 
     Ranked by the float32 score |G[i, j]|, larger first; equal scores: lower ``i * n_in + j`` first.
-    G is streamed in tiles of rows; a running list of the best (at most m) positions so far is merged
-    with each tile. A tile's positions all come after the running ones in flat order, so one of them
-    can only displace a running position by a strictly larger score.
+    G is streamed in tiles of rows. A running list holds the best m positions seen so far; the m-th
+    of their scores is a threshold that a later position (higher flat index) must exceed strictly.
+    The positions of each tile above the threshold wait in a pending pool, merged into the running
+    list (and the threshold raised) whenever the pool reaches m / 4 positions, and at the end.
 
     Parameters
     ----------
@@ -76,19 +78,31 @@ def topk_grad(X, dY, m, exclude_indptr, exclude_indices):
     """
     X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
     n_in = X.shape[1]
-    best_flat = np.empty(0, dtype=np.int64)  # running top, best first
+    best_flat = np.empty(0, dtype=np.int64)  # running top m, best first
     best_score = np.empty(0, dtype=np.float32)
+    pending_flat, pending_score = [best_flat], [best_score]  # the running list, then new candidates
+    n_pending = 0
     if m > 0:
         for r0, r1, scores in _score_tiles(X, dY, indptr, indices):
             scores = scores.ravel()  # (tile,): flat index r0 * n_in + position
             threshold = best_score[-1] if best_flat.size == m else EXCLUDED
             new = np.flatnonzero(scores > threshold)
-            flat = np.concatenate([best_flat, r0 * n_in + new])
-            score = np.concatenate([best_score, scores[new]])
-            order = np.lexsort((flat, -score))[:m]  # score descending, then flat ascending
-            best_flat, best_score = flat[order], score[order]
+            pending_flat.append(r0 * n_in + new)
+            pending_score.append(scores[new])
+            n_pending += new.size
+            if n_pending >= -(-m // 4):
+                best_flat, best_score = _best(pending_flat, pending_score, m)
+                pending_flat, pending_score, n_pending = [best_flat], [best_score], 0
+        best_flat, _ = _best(pending_flat, pending_score, m)
     flat = np.sort(best_flat)
     return flat // max(n_in, 1), flat % max(n_in, 1)
+
+
+def _best(flats, scores, m):
+    """The m best of the concatenated candidates, best first: score descending, then flat ascending."""
+    flat, score = np.concatenate(flats), np.concatenate(scores)
+    order = np.lexsort((flat, -score))[:m]
+    return flat[order], score[order]
 
 
 def topk_grad_rows(X, dY, counts, exclude_indptr, exclude_indices):
