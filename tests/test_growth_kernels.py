@@ -1,0 +1,514 @@
+"""The growth selections of every backend against a brute force on the dense gradient.
+
+Pins down (DESIGN.md section 3, PAPERS.md invariants 10 and 11):
+
+- ``topk_grad`` returns the layer-wide top-m of |G| (G = dY^T X) among the non-excluded positions,
+  sorted by flat index, with the shared tie rule (larger |g| first, then lower flat index); m = 0 and
+  m larger than what is available work;
+- ``topk_grad_rows`` returns, per row, the top counts[i] non-excluded columns (all of them if fewer),
+  ascending, with ties to the lower column; counts 0 and counts larger than available work;
+- ``diag_grad_norms`` equals the L2 norm of G along each wrap-around diagonal (tall, wide, square,
+  P = 1);
+- the reference and cpu backends return identical index sets on the same inputs;
+- results do not depend on the cpu backend's tiling or thread count, and inputs are left untouched;
+- bad operands raise the documented errors, identically in both backends.
+
+The brute force builds the whole G in float64 right here and ranks it with ``np.lexsort``. With small
+dyadic operands (the tie values {-1, -0.5, 0, 0.5, 1}, batch <= 6) every sum is exact in float32 as
+in float64, so backends and brute force must agree exactly, ties included. With general float32
+operands the backends' float32 scores may differ from the float64 ones in the last bit, so there the
+checks are "is a valid top-m up to rounding": every chosen score >= every unchosen available score,
+within ``TOL``. Reference vs cpu on general data (e.g. 200 x 300, batch 32) must give identical sets
+except where two positions' scores agree to float32 rounding: any differing position must score
+within 1e-6 (relative) of the selection's boundary.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import strategies as S
+from purerigl.errors import DTypeError, OperandError, PureriglError, ShapeError
+from purerigl.kernels import get_backend
+from purerigl.kernels.cpu import growth as cpu_growth
+from purerigl.kernels import reference_growth
+
+#: Score tolerance for general float32 data, relative to the largest |G| entry's term sum.
+TOL = 1e-5
+
+
+# --------------------------------------------------------------------------------------------------
+# Brute force and drawing
+# --------------------------------------------------------------------------------------------------
+
+
+def dense_grad(X, dY) -> np.ndarray:
+    """G = dY^T X in float64, (n_out, n_in)."""
+    return dY.astype(np.float64).T @ X.astype(np.float64)
+
+
+def grad_scale(X, dY) -> float:
+    """Largest sum of |terms| of any G entry: float32 rounding of G is below ~B * 2^-24 of it."""
+    return float((np.abs(dY).astype(np.float64).T @ np.abs(X).astype(np.float64)).max(initial=0.0))
+
+
+def exclusion_csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr int64, indices int32) of the True positions of a bool (n_out, n_in) mask."""
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int64)
+    return indptr, np.nonzero(mask)[1].astype(np.int32)  # row-major: sorted within each row
+
+
+def brute_topk(G, excluded, m) -> np.ndarray:
+    """Flat indices of the top m of |G| among non-excluded positions (tie: lower flat), ascending."""
+    scores = np.abs(G).ravel()
+    flat = np.flatnonzero(~excluded.ravel())
+    order = np.lexsort((flat, -scores[flat]))
+    return np.sort(flat[order[:m]])
+
+
+def brute_rows(G, excluded, counts) -> list[np.ndarray]:
+    """Per row, the top counts[i] non-excluded columns (tie: lower column), ascending."""
+    out = []
+    for i in range(G.shape[0]):
+        cols = np.flatnonzero(~excluded[i])
+        order = np.lexsort((cols, -np.abs(G[i, cols])))
+        out.append(np.sort(cols[order[: counts[i]]]))
+    return out
+
+
+def brute_diag(G) -> np.ndarray:
+    """S[d] = ||G along wrap-around diagonal d||_2, straight from the definition (DESIGN.md 2)."""
+    n_out, n_in = G.shape
+    P, L = max(n_out, n_in), min(n_out, n_in)
+    S = np.zeros(P)
+    for d in range(P):
+        for t in range(L):
+            i, j = ((t + d) % n_out, t) if n_out >= n_in else (t, (t + d) % n_in)
+            S[d] += G[i, j] ** 2
+    return np.sqrt(S)
+
+
+@st.composite
+def growth_problems(draw, shape=None):
+    """(X, dY, excluded mask, exact): dims 1..24 tall/wide/square, batch 1..6, ties or mixed floats;
+    the exclusion set empty, everything, or a random subset."""
+    n_out, n_in = shape if shape is not None else draw(S.shapes())
+    exact = draw(st.booleans())
+    B = draw(st.one_of(st.just(1), st.integers(1, S.MAX_BATCH)))
+    X = draw(S.float32_arrays((B, n_in), ties=exact))
+    dY = draw(S.float32_arrays((B, n_out), ties=exact))
+    kind = draw(st.sampled_from(["empty", "all", "random"]))
+    if kind == "empty":
+        excluded = np.zeros((n_out, n_in), dtype=bool)
+    elif kind == "all":
+        excluded = np.ones((n_out, n_in), dtype=bool)
+    else:
+        excluded = draw(hnp.arrays(bool, (n_out, n_in)))
+    return X, dY, excluded, exact
+
+
+def assert_valid_topk(flat, G, excluded, m, tol):
+    """``flat`` (ascending, unique, available) holds min(m, available) positions, and none of them
+    scores below an unchosen available position by more than ``tol``."""
+    available = np.flatnonzero(~excluded.ravel())
+    assert flat.size == min(m, available.size)
+    assert np.all(np.diff(flat) > 0), "not strictly ascending"
+    assert np.isin(flat, available).all(), "an excluded position was returned"
+    scores = np.abs(G).ravel()
+    rest = np.setdiff1d(available, flat)
+    if flat.size and rest.size:
+        assert scores[flat].min() >= scores[rest].max() - tol
+
+
+# --------------------------------------------------------------------------------------------------
+# topk_grad
+# --------------------------------------------------------------------------------------------------
+
+
+@given(problem=growth_problems(), data=st.data())
+def test_topk_grad_matches_brute_force(backend, problem, data):
+    """Layer-wide top-m of |G| over the non-excluded positions; exact (ties included) on dyadic data."""
+    X, dY, excluded, exact = problem
+    n_out, n_in = dY.shape[1], X.shape[1]
+    N = n_out * n_in
+    m = data.draw(st.one_of(st.just(0), st.just(1), st.integers(0, N), st.integers(N, 2 * N + 3)), label="m")
+    indptr, indices = exclusion_csr(excluded)
+    rows, cols = backend.topk_grad(X, dY, m, indptr, indices)
+    assert rows.dtype == np.int64 and cols.dtype == np.int64
+    assert np.all((0 <= cols) & (cols < n_in)) and np.all((0 <= rows) & (rows < n_out))
+    flat = rows * n_in + cols
+    G = dense_grad(X, dY)
+    if exact:
+        np.testing.assert_array_equal(flat, brute_topk(G, excluded, m))
+    else:
+        assert_valid_topk(flat, G, excluded, m, TOL * (1 + grad_scale(X, dY)))
+
+
+def test_topk_grad_tie_rule_by_hand(backend):
+    """All |g| equal: the m lowest available flat indices win; then one larger score jumps the queue."""
+    X = np.ones((2, 4), dtype=np.float32)  # G = dY^T X: row i is constant sum_b dY[b, i]
+    dY = np.array([[0.5, -0.5, 1.0], [0.5, -0.5, -1.0]], dtype=np.float32)  # |G| = 1, 1, 0 by row
+    excluded = np.zeros((3, 4), dtype=bool)
+    excluded[0, 1] = True
+    indptr, indices = exclusion_csr(excluded)
+    rows, cols = backend.topk_grad(X, dY, 3, indptr, indices)
+    np.testing.assert_array_equal(rows * 4 + cols, [0, 2, 3])  # 1 is excluded
+    rows, cols = backend.topk_grad(X, dY, 12, indptr, indices)  # more than available (11)
+    np.testing.assert_array_equal(rows * 4 + cols, np.delete(np.arange(12), 1))
+    X[:, 3] = 2.0  # column 3 doubles: G[0, 3] = G[1, 3] = 2 now rank first
+    rows, cols = backend.topk_grad(X, dY, 3, indptr, indices)
+    np.testing.assert_array_equal(rows * 4 + cols, [0, 3, 7])
+
+
+def test_topk_grad_zero_batch(backend):
+    """Batch 0: G = 0 everywhere, so the lowest available flat indices are chosen."""
+    X = np.zeros((0, 5), dtype=np.float32)
+    dY = np.zeros((0, 4), dtype=np.float32)
+    excluded = np.zeros((4, 5), dtype=bool)
+    excluded[0, :3] = True
+    rows, cols = backend.topk_grad(X, dY, 4, *exclusion_csr(excluded))
+    np.testing.assert_array_equal(rows * 5 + cols, [3, 4, 5, 6])
+
+
+# --------------------------------------------------------------------------------------------------
+# topk_grad_rows
+# --------------------------------------------------------------------------------------------------
+
+
+@given(problem=growth_problems(), data=st.data())
+def test_topk_grad_rows_matches_brute_force(backend, problem, data):
+    """Per-row top-counts[i] among non-excluded columns, ascending; exact (ties included) on dyadic data."""
+    X, dY, excluded, exact = problem
+    n_out, n_in = dY.shape[1], X.shape[1]
+    counts = np.array(
+        data.draw(st.lists(st.one_of(st.just(0), st.integers(0, n_in), st.integers(n_in, 2 * n_in + 2)),
+                           min_size=n_out, max_size=n_out), label="counts"),
+        dtype=np.int64,
+    )
+    indptr, cols = backend.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded))
+    assert indptr.dtype == np.int64 and cols.dtype == np.int64
+    assert indptr.shape == (n_out + 1,) and indptr[0] == 0 and indptr[-1] == cols.size
+    available = (~excluded).sum(axis=1)
+    np.testing.assert_array_equal(np.diff(indptr), np.minimum(counts, available))
+    G = dense_grad(X, dY)
+    want = brute_rows(G, excluded, counts)
+    tol = TOL * (1 + grad_scale(X, dY))
+    for i in range(n_out):
+        got = cols[indptr[i] : indptr[i + 1]]
+        if exact:
+            np.testing.assert_array_equal(got, want[i], err_msg=f"row {i}")
+        else:
+            assert_valid_topk(got, G[i : i + 1], excluded[i : i + 1], counts[i], tol)
+
+
+def test_topk_grad_rows_tie_rule_by_hand(backend):
+    """Equal scores within a row: the lower columns win; counts 0 and counts > available."""
+    X = np.array([[1.0, -1.0, 1.0, 0.5, -1.0]], dtype=np.float32)  # |G[i, j]| = |dY_i| * |X_j|
+    dY = np.array([[1.0, 0.5, 1.0]], dtype=np.float32)
+    excluded = np.zeros((3, 5), dtype=bool)
+    excluded[0, 0] = excluded[2, [1, 2]] = True
+    counts = np.array([2, 0, 9], dtype=np.int64)
+    indptr, cols = backend.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded))
+    np.testing.assert_array_equal(indptr, [0, 2, 2, 5])
+    np.testing.assert_array_equal(cols, [1, 2, 0, 3, 4])
+
+
+# --------------------------------------------------------------------------------------------------
+# diag_grad_norms
+# --------------------------------------------------------------------------------------------------
+
+
+@given(
+    problem=st.sampled_from(["tall", "wide", "square", "one"]).flatmap(
+        lambda o: growth_problems(shape=(1, 1)) if o == "one" else S.shapes(o).flatmap(lambda s: growth_problems(shape=s))
+    )
+)
+def test_diag_grad_norms_matches_brute_force(backend, problem):
+    """S[d] = sqrt(sum_t G[row(d, t), col(d, t)]^2) on tall, wide, square and 1 x 1 layers."""
+    X, dY, _, exact = problem
+    S_ = backend.diag_grad_norms(X, dY)
+    want = brute_diag(dense_grad(X, dY))
+    assert S_.dtype == np.float32 and S_.shape == (max(X.shape[1], dY.shape[1]),)
+    L = min(X.shape[1], dY.shape[1])
+    np.testing.assert_allclose(S_, want, rtol=1e-6 if exact else 1e-5, atol=TOL * np.sqrt(L) * (1 + grad_scale(X, dY)))
+
+
+def test_diag_grad_norms_by_hand(backend):
+    """A 3 x 2 (tall) layer: diagonal d holds (d, 0), (d + 1 mod 3, 1)."""
+    X = np.array([[1.0, 2.0]], dtype=np.float32)
+    dY = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)  # G[i, j] = dY_i X_j = [[1, 2], [2, 4], [3, 6]]
+    np.testing.assert_allclose(backend.diag_grad_norms(X, dY), np.sqrt([1 + 16, 4 + 36, 9 + 4]), rtol=1e-6)
+    # the same layer transposed is wide: diagonal d holds (0, d), (1, d + 1 mod 3)
+    np.testing.assert_allclose(backend.diag_grad_norms(dY, X), np.sqrt([1 + 16, 4 + 36, 9 + 4]), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends agree; tiling and threads do not matter
+# --------------------------------------------------------------------------------------------------
+
+
+def assert_same_up_to_near_ties(got, want, scores, rel=1e-6):
+    """Index sets ``got`` and ``want`` are equal, or every position in one only has a score within
+    ``rel`` of the boundary score of the other (a float32 near-tie that the two summations ordered
+    differently)."""
+    got, want = set(got.tolist()), set(want.tolist())
+    if got == want:
+        return
+    assert len(got) == len(want)
+    differing = np.array(sorted(got ^ want))
+    common = np.array(sorted(got & want), dtype=np.int64)
+    boundary = scores[common].min() if common.size else scores[differing].max()
+    np.testing.assert_allclose(scores[differing], boundary, rtol=rel)
+
+
+@given(problem=growth_problems(), data=st.data())
+def test_backends_return_identical_sets(problem, data):
+    """reference and cpu agree on hypothesis-drawn problems (exactly on dyadic data)."""
+    X, dY, excluded, exact = problem
+    ref, cpu = get_backend("reference"), get_backend("cpu")
+    n_out, n_in = dY.shape[1], X.shape[1]
+    m = data.draw(st.integers(0, n_out * n_in + 1), label="m")
+    counts = np.array(data.draw(st.lists(st.integers(0, n_in + 1), min_size=n_out, max_size=n_out)), dtype=np.int64)
+    indptr, indices = exclusion_csr(excluded)
+    a, b = ref.topk_grad(X, dY, m, indptr, indices), cpu.topk_grad(X, dY, m, indptr, indices)
+    c, d = ref.topk_grad_rows(X, dY, counts, indptr, indices), cpu.topk_grad_rows(X, dY, counts, indptr, indices)
+    if exact:
+        for u, v in zip(a + c, b + d):
+            np.testing.assert_array_equal(u, v)
+        np.testing.assert_array_equal(ref.diag_grad_norms(X, dY), cpu.diag_grad_norms(X, dY))
+    else:
+        scores = np.abs(dense_grad(X, dY)).ravel()
+        assert_same_up_to_near_ties(b[0] * n_in + b[1], a[0] * n_in + a[1], scores, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def larger_problem():
+    """A 200 x 300 layer at batch 32, random floats, half of the positions excluded."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((32, 300), dtype=np.float32)
+    dY = rng.standard_normal((32, 200), dtype=np.float32)
+    excluded = rng.random((200, 300)) < 0.5
+    return X, dY, excluded
+
+
+@pytest.mark.parametrize("m", [0, 1, 1000, 29_000, 30_001, 100_000])
+def test_backends_agree_on_a_larger_layer(larger_problem, m):
+    """200 x 300, batch 32: identical top-m sets (up to float32 near-ties), per-row sets, norms."""
+    X, dY, excluded = larger_problem
+    ref, cpu = get_backend("reference"), get_backend("cpu")
+    indptr, indices = exclusion_csr(excluded)
+    scores = np.abs(dense_grad(X, dY)).astype(np.float32).ravel()
+    a, b = ref.topk_grad(X, dY, m, indptr, indices), cpu.topk_grad(X, dY, m, indptr, indices)
+    assert a[0].size == b[0].size == min(m, int((~excluded).sum()))
+    assert_same_up_to_near_ties(b[0] * 300 + b[1], a[0] * 300 + a[1], scores)
+    counts = np.full(200, m // 200, dtype=np.int64)
+    c, d = ref.topk_grad_rows(X, dY, counts, indptr, indices), cpu.topk_grad_rows(X, dY, counts, indptr, indices)
+    np.testing.assert_array_equal(c[0], d[0])
+    for i in range(200):
+        assert_same_up_to_near_ties(d[1][d[0][i] : d[0][i + 1]] + 300 * i, c[1][c[0][i] : c[0][i + 1]] + 300 * i, scores)
+
+
+def test_diag_norms_agree_on_a_larger_layer(larger_problem):
+    X, dY, _ = larger_problem
+    np.testing.assert_allclose(
+        get_backend("cpu").diag_grad_norms(X, dY), get_backend("reference").diag_grad_norms(X, dY), rtol=1e-5
+    )
+    np.testing.assert_allclose(  # wide orientation
+        get_backend("cpu").diag_grad_norms(dY, X), get_backend("reference").diag_grad_norms(dY, X), rtol=1e-5
+    )
+
+
+@given(problem=growth_problems(), data=st.data())
+def test_tiny_tiles_change_nothing(problem, data):
+    """Tiles of a single row and a minimal buffer (constant compaction): the same results as the
+    default tiling, in both backends, and identical to each other on dyadic data."""
+    X, dY, excluded, exact = problem
+    n_out, n_in = dY.shape[1], X.shape[1]
+    m = data.draw(st.integers(0, n_out * n_in), label="m")
+    counts = np.array(data.draw(st.lists(st.integers(0, n_in), min_size=n_out, max_size=n_out)), dtype=np.int64)
+    indptr, indices = exclusion_csr(excluded)
+    results = {}
+    for tiny in (False, True):
+        with mock.patch.object(cpu_growth, "TILE_ELEMS", 1 if tiny else cpu_growth.TILE_ELEMS), \
+             mock.patch.object(cpu_growth, "MIN_SLACK", 1 if tiny else cpu_growth.MIN_SLACK), \
+             mock.patch.object(reference_growth, "TILE_ELEMS", 1 if tiny else reference_growth.TILE_ELEMS):
+            for name in ("reference", "cpu"):
+                B = get_backend(name)
+                results[tiny, name] = (
+                    B.topk_grad(X, dY, m, indptr, indices),
+                    B.topk_grad_rows(X, dY, counts, indptr, indices),
+                    B.diag_grad_norms(X, dY),
+                )
+    for name in ("reference", "cpu"):
+        (t0, r0, s0), (t1, r1, s1) = results[False, name], results[True, name]
+        for u, v in zip(t0 + r0, t1 + r1):
+            np.testing.assert_array_equal(u, v)
+        np.testing.assert_allclose(s0, s1, rtol=1e-12 if name == "cpu" else 1e-7)
+    if exact:
+        for u, v in zip(results[True, "reference"][0], results[True, "cpu"][0]):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_cpu_results_do_not_depend_on_thread_count(larger_problem):
+    """Bit-identical cpu results with 1 thread and with all threads, and from call to call."""
+    X, dY, excluded = larger_problem
+    cpu = get_backend("cpu")
+    indptr, indices = exclusion_csr(excluded)
+    counts = np.arange(200, dtype=np.int64) % 40
+
+    def run():
+        return (
+            *cpu.topk_grad(X, dY, 5000, indptr, indices),
+            *cpu.topk_grad_rows(X, dY, counts, indptr, indices),
+            cpu.diag_grad_norms(X, dY),
+            cpu.diag_grad_norms(dY, X),
+        )
+
+    with mock.patch.object(cpu_growth, "TILE_ELEMS", 3000):  # several tiles, so several workers
+        first = run()
+        previous = numba.get_num_threads()
+        try:
+            numba.set_num_threads(1)
+            single = run()
+        finally:
+            numba.set_num_threads(previous)
+        again = run()
+    for u, v, w in zip(first, single, again):
+        np.testing.assert_array_equal(u, v)
+        np.testing.assert_array_equal(u, w)
+
+
+def test_inputs_are_left_untouched(backend, larger_problem):
+    X, dY, excluded = larger_problem
+    indptr, indices = exclusion_csr(excluded)
+    counts = np.full(200, 7, dtype=np.int64)
+    before = [a.copy() for a in (X, dY, indptr, indices, counts)]
+    backend.topk_grad(X, dY, 100, indptr, indices)
+    backend.topk_grad_rows(X, dY, counts, indptr, indices)
+    backend.diag_grad_norms(X, dY)
+    for a, b in zip(before, (X, dY, indptr, indices, counts)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_operand_layouts_and_integer_widths(backend, larger_problem):
+    """Non-contiguous X / dY and other integer widths of the exclusion arrays give the same results."""
+    X, dY, excluded = larger_problem
+    indptr, indices = exclusion_csr(excluded)
+    want = backend.topk_grad(X, dY, 500, indptr, indices)
+    Xf, dYf = np.asfortranarray(X), dY[:, ::-1][:, ::-1]
+    got = backend.topk_grad(Xf, dYf, np.int32(500), indptr.astype(np.int32), indices.astype(np.int64))
+    for u, v in zip(want, got):
+        np.testing.assert_array_equal(u, v)
+    counts = np.full(200, 3, dtype=np.int32)
+    np.testing.assert_array_equal(
+        np.concatenate(backend.topk_grad_rows(X, dY, counts, indptr, indices)),
+        np.concatenate(backend.topk_grad_rows(Xf, dYf, counts.astype(np.uint8), indptr, indices)),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad operands
+# --------------------------------------------------------------------------------------------------
+
+X0 = np.ones((2, 4), dtype=np.float32)
+DY0 = np.ones((2, 3), dtype=np.float32)
+INDPTR0 = np.array([0, 1, 1, 3], dtype=np.int64)
+INDICES0 = np.array([2, 0, 3], dtype=np.int32)
+COUNTS0 = np.array([1, 0, 2], dtype=np.int64)
+
+BAD_DENSE = [
+    ("X float64", dict(X=X0.astype(np.float64)), DTypeError),
+    ("X list", dict(X=X0.tolist()), DTypeError),
+    ("X 1-D", dict(X=X0[0]), ShapeError),
+    ("batch mismatch", dict(dY=DY0[:1]), ShapeError),
+    ("X nan", dict(X=np.where(np.eye(2, 4, dtype=bool), np.float32(np.nan), X0).astype(np.float32)), OperandError),
+    ("dY inf", dict(dY=np.full((2, 3), np.inf, dtype=np.float32)), OperandError),
+]
+
+BAD_EXCLUSION = [
+    ("indptr float", dict(exclude_indptr=INDPTR0.astype(np.float64)), DTypeError),
+    ("indices list", dict(exclude_indices=[2, 0, 3]), DTypeError),
+    ("indptr length", dict(exclude_indptr=INDPTR0[:-1]), ShapeError),
+    ("indptr 2-D", dict(exclude_indptr=INDPTR0[None]), ShapeError),
+    ("indptr start", dict(exclude_indptr=np.array([1, 1, 1, 3])), OperandError),
+    ("indptr end", dict(exclude_indptr=np.array([0, 1, 1, 2])), OperandError),
+    ("indptr decreasing", dict(exclude_indptr=np.array([0, 2, 1, 3])), OperandError),
+    ("column too large", dict(exclude_indices=np.array([4, 0, 3], dtype=np.int32)), ShapeError),
+    ("column negative", dict(exclude_indices=np.array([2, -1, 3], dtype=np.int32)), ShapeError),
+    ("row unsorted", dict(exclude_indices=np.array([2, 3, 0], dtype=np.int32)), OperandError),
+    ("row duplicate", dict(exclude_indices=np.array([2, 3, 3], dtype=np.int32)), OperandError),
+]
+
+
+def call(backend, op, **overrides):
+    args = dict(X=X0, dY=DY0, exclude_indptr=INDPTR0, exclude_indices=INDICES0)
+    args.update(overrides)
+    if op == "topk_grad":
+        return backend.topk_grad(args["X"], args["dY"], args.get("m", 2), args["exclude_indptr"], args["exclude_indices"])
+    if op == "topk_grad_rows":
+        return backend.topk_grad_rows(
+            args["X"], args["dY"], args.get("counts", COUNTS0), args["exclude_indptr"], args["exclude_indices"]
+        )
+    return backend.diag_grad_norms(args["X"], args["dY"])
+
+
+def test_good_operands_pass(backend):
+    """The baseline of the bad-operand cases is accepted (rows of 1, 0 and 2 excluded columns)."""
+    rows, cols = call(backend, "topk_grad")
+    np.testing.assert_array_equal(rows * 4 + cols, [0, 1])
+    indptr, cols = call(backend, "topk_grad_rows")
+    np.testing.assert_array_equal(indptr, [0, 1, 1, 3])
+    np.testing.assert_array_equal(cols, [0, 1, 2])
+    np.testing.assert_allclose(call(backend, "diag_grad_norms"), [4.0, 4.0, 4.0, 4.0])
+
+
+@pytest.mark.parametrize("op", ["topk_grad", "topk_grad_rows", "diag_grad_norms"])
+@pytest.mark.parametrize("case, overrides, error", BAD_DENSE, ids=[c[0] for c in BAD_DENSE])
+def test_bad_dense_operands(backend, op, case, overrides, error):
+    with pytest.raises(error):
+        call(backend, op, **overrides)
+
+
+@pytest.mark.parametrize("op", ["topk_grad", "topk_grad_rows"])
+@pytest.mark.parametrize("case, overrides, error", BAD_EXCLUSION, ids=[c[0] for c in BAD_EXCLUSION])
+def test_bad_exclusion_sets(backend, op, case, overrides, error):
+    with pytest.raises(error) as info:
+        call(backend, op, **overrides)
+    assert isinstance(info.value, PureriglError)
+
+
+@pytest.mark.parametrize(
+    "m, error", [(-1, OperandError), (2.0, DTypeError), (True, DTypeError), (None, DTypeError), (np.int64(-3), OperandError)]
+)
+def test_bad_m(backend, m, error):
+    with pytest.raises(error, match="m must"):
+        call(backend, "topk_grad", m=m)
+
+
+@pytest.mark.parametrize(
+    "counts, error",
+    [
+        (np.array([1, -1, 0]), OperandError),
+        (np.array([1.0, 0.0, 2.0]), DTypeError),
+        ([1, 0, 2], DTypeError),
+        (np.array([1, 0]), ShapeError),
+        (np.array([[1, 0, 2]]), ShapeError),
+    ],
+    ids=["negative", "float", "list", "short", "2-D"],
+)
+def test_bad_counts(backend, counts, error):
+    with pytest.raises(error, match="counts"):
+        call(backend, "topk_grad_rows", counts=counts)
+
+
+def test_errors_are_the_builtin_kinds_too():
+    """Callers may catch ValueError / TypeError (errors.py contract)."""
+    assert issubclass(OperandError, ValueError) and issubclass(ShapeError, ValueError)
+    assert issubclass(DTypeError, TypeError)
