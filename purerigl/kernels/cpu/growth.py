@@ -320,6 +320,12 @@ def _tile_rows(n_in: int) -> int:
     return max(1, TILE_ELEMS // max(n_in, 1))
 
 
+def _buffer_capacity(k: int) -> int:
+    """Keys a topk_grad worker buffers: its k best plus room for max(k, MIN_SLACK) more, so that a
+    cut-back (O(capacity)) comes at most once per max(k, MIN_SLACK) new candidates."""
+    return k + max(k, MIN_SLACK)
+
+
 def topk_grad(X, dY, m, ex_indptr, ex_indices):
     """(rows, cols) int64 of the top min(m, available) positions of |G|, by flat index ascending."""
     n_out, n_in = dY.shape[1], X.shape[1]
@@ -330,7 +336,7 @@ def topk_grad(X, dY, m, ex_indptr, ex_indices):
     n_workers = max(1, min(numba.get_num_threads(), -(-n_out // tile_rows)))
     best = np.empty((n_workers, k), dtype=np.int64)  # each worker's top k keys
     n_best = np.zeros(n_workers, dtype=np.int64)
-    capacity = k + max(k, MIN_SLACK)
+    capacity = _buffer_capacity(k)
     _topk_workers(transpose(dY), transpose(X), ex_indptr, ex_indices, k, tile_rows, capacity, best, n_best)
     merged = np.concatenate([best[w, : n_best[w]] for w in range(n_workers)]) if n_workers > 1 else best[0]
     merged = merged[: int(n_best.sum())]
