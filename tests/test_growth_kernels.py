@@ -10,7 +10,8 @@ Pins down (DESIGN.md section 3, PAPERS.md invariants 10 and 11):
 - ``diag_grad_norms`` equals the L2 norm of G along each wrap-around diagonal (tall, wide, square,
   P = 1);
 - the reference and cpu backends return identical index sets on the same inputs;
-- results do not depend on the cpu backend's tiling or thread count, and inputs are left untouched;
+- results do not depend on the cpu backend's tiling, buffer size, thread count or sampled starting
+  threshold, and inputs are left untouched;
 - bad operands raise the documented errors, identically in both backends.
 
 The brute force builds the whole G in float64 right here and ranks it with ``np.lexsort``. With small
@@ -412,6 +413,34 @@ def test_cpu_results_do_not_depend_on_thread_count(larger_problem):
     for u, v, w in zip(first, single, again):
         np.testing.assert_array_equal(u, v)
         np.testing.assert_array_equal(u, w)
+
+
+@pytest.mark.parametrize("m", [1000, 3000, 40_000])
+def test_cpu_sampled_threshold_is_only_a_filter(m):
+    """On a layer large enough for the cpu backend's sampled starting threshold (400 x 400), the
+    result is the same with that threshold, with none, and with one too high (forcing the rescan),
+    and agrees with the reference up to float32 near-ties."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((8, 400), dtype=np.float32)
+    dY = rng.standard_normal((8, 400), dtype=np.float32)
+    excluded = rng.random((400, 400)) < 0.1
+    indptr, indices = exclusion_csr(excluded)
+    n_available = int((~excluded).sum())
+    assert n_available >= 4 * cpu_growth.SAMPLE_SIZE
+    cpu = get_backend("cpu")
+    sampled = cpu_growth._starting_threshold(
+        np.ascontiguousarray(dY.T), np.ascontiguousarray(X.T), indptr, indices, m, n_available
+    )
+    assert sampled > 0  # the path under test is taken
+    want = cpu.topk_grad(X, dY, m, indptr, indices)
+    for forced in (-1, np.float32(np.inf).view(np.int32) - 1):  # none; one that no score exceeds
+        with mock.patch.object(cpu_growth, "_starting_threshold", lambda *args, t=int(forced): t):
+            got = cpu.topk_grad(X, dY, m, indptr, indices)
+        for u, v in zip(want, got):
+            np.testing.assert_array_equal(u, v)
+    ref = get_backend("reference").topk_grad(X, dY, m, indptr, indices)
+    scores, error = np.abs(dense_grad(X, dY)).ravel(), float32_error(X, dY).ravel()
+    assert_same_up_to_near_ties(want[0] * 400 + want[1], ref[0] * 400 + ref[1], scores, error)
 
 
 def test_inputs_are_left_untouched(backend, larger_problem):

@@ -7,15 +7,18 @@ fold every tile into a small result before computing the next:
 - ``topk_grad``: every position gets an int64 **rank key** ``bits(|g|) << 32 | (2^32 - 1 - flat)``.
   For non-negative float32 the bit pattern orders like the value, so a larger key is exactly "larger
   score, or equal score and lower flat index": the shared tie rule, with no two keys equal. Each
-  worker takes every n_workers-th tile and keeps a buffer of at most m + max(m, 4096) keys; when the
-  buffer is full it is cut back to its m largest keys (in-place introselect) and the m-th score becomes
-  the worker's threshold: a later position (higher flat index) must score strictly more. The workers'
-  m survivors are merged by one more selection. The top m of distinct keys does not depend on how the
-  positions were split, so neither does the result. Extra memory O(workers * (m + tile)).
+  worker takes every n_workers-th tile and keeps a buffer of at most m + max(m, 4096) keys of the
+  positions scoring above its threshold; when the buffer is full it is cut back to its m largest keys
+  (in-place quickselect) and the m-th score becomes the threshold: a later position (higher flat
+  index) must score strictly more. The workers' survivors are merged by one more selection and
+  radix-sorted by flat index. The top m of distinct keys does not depend on how the positions were
+  split, so neither does the result. The threshold starts at a score that about 2m positions exceed,
+  estimated from a sample of :data:`SAMPLE_SIZE` positions; it only filters, and if fewer than m
+  positions pass it the scan is redone without it. Extra memory O(workers * (m + tile)).
 - ``topk_grad_rows``: the output layout is known in advance (c_i = min(counts[i], available_i)), so
-  tiles of the rows that need ranking run in parallel, each row selecting its top c_i keys
-  ``bits << 32 | (2^32 - 1 - col)`` and writing them, sorted, to its own slice. Rows that take nothing
-  or everything need no gradient at all.
+  tiles of the rows that need ranking run in parallel, each row keeping a running top c_i of keys
+  ``bits << 32 | (2^32 - 1 - col)`` as above and writing the chosen columns, ascending, to its own
+  slice. Rows that take nothing or everything need no gradient at all.
 - ``diag_grad_norms``: position (i, j) lies on diagonal (i - j) mod n_out (tall, square) or
   (j - i) mod n_in (wide). The tiles are split into at most :data:`DIAG_CHUNKS` fixed groups (by shape
   only), each adding its squares in float64 into a private (P,) accumulator; the groups are summed in
@@ -47,14 +50,21 @@ from ._layout import transpose
 #: Entries of G per tile (512 KiB of float32, one tile per task).
 TILE_ELEMS = 1 << 17
 
-#: Bytes of X^T's rows that one column block of the gradient tile keeps hot in cache.
-COL_BLOCK_BYTES = 1 << 17
+#: Bytes of X^T's rows in one column block of a gradient tile: small enough to stay in L1 while every
+#: row of the tile passes over it (16 KiB: 16 columns at batch 256).
+COL_BLOCK_BYTES = 1 << 14
 
 #: Most row groups (private accumulators) of diag_grad_norms; the grouping depends on shapes only.
 DIAG_CHUNKS = 16
 
 #: Keys a topk_grad worker may buffer beyond its m best before cutting back (at least).
 MIN_SLACK = 4096
+
+#: Positions topk_grad samples to choose a starting threshold (only for layers of >= 4x as many).
+SAMPLE_SIZE = 1 << 14
+
+#: Smallest sample rank topk_grad trusts for its starting threshold (smaller: no threshold).
+MIN_SAMPLE_RANK = 64
 
 #: Keys a topk_grad_rows row may buffer beyond 2 * its count before cutting back.
 MIN_ROW_SLACK = 64
@@ -173,29 +183,93 @@ def _keep_largest(keys, n, k):
 def _scan_row(g_bits, ex_cols, base, keys, n, k, threshold):
     """Fold one row of G into a running top k: return the new (n, threshold).
 
-    ``g_bits`` is the row as int32 bit patterns (``& 0x7FFFFFFF`` gives |g|'s bits), ``ex_cols`` its
-    excluded columns (sorted), ``base`` the index of column 0. Every available column whose score bits
-    exceed ``threshold`` appends its key (index ``base + j``) to keys[n:]. When the buffer is full it
-    is cut back to its k largest keys and the threshold becomes the k-th score: later columns have
-    higher indices, so they must score strictly more to rank above it.
+    ``g_bits`` is the row as int32 bit patterns; it is overwritten with the score bits (``& 0x7FFFFFFF``
+    gives |g|'s bits, ordered like |g|) and -1 at the excluded columns ``ex_cols``. ``base`` is the
+    index of column 0. Every column whose score bits exceed ``threshold`` (>= -1) appends its key
+    (index ``base + j``) to keys[n:]. When the buffer is full it is cut back to its k largest keys and
+    the threshold becomes the k-th score: later columns have higher indices, so they must score
+    strictly more to rank above it.
     """
     capacity = keys.shape[0]
-    n_in = g_bits.shape[0]
-    start = 0
-    for e in range(ex_cols.shape[0] + 1):
-        stop = ex_cols[e] if e < ex_cols.shape[0] else n_in
-        for j in range(start, stop):  # the available run between two excluded columns
-            s = g_bits[j] & 0x7FFFFFFF
-            if s > threshold:
-                if n == capacity:
-                    threshold = _keep_largest(keys, n, k) >> 32
-                    n = k
-                    if s <= threshold:
-                        continue
-                keys[n] = _key(s, base + j)
-                n += 1
-        start = stop + 1
+    for j in range(g_bits.shape[0]):
+        g_bits[j] &= 0x7FFFFFFF
+    for e in range(ex_cols.shape[0]):
+        g_bits[ex_cols[e]] = -1
+    for j in range(g_bits.shape[0]):
+        s = g_bits[j]
+        if s > threshold:
+            if n == capacity:
+                threshold = _keep_largest(keys, n, k) >> 32
+                n = k
+                if s <= threshold:
+                    continue
+            keys[n] = _key(s, base + j)
+            n += 1
     return n, threshold
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _sample_scores(dYT, XT, ex_indptr, ex_indices, scores):
+    """|G| at up to len(scores) evenly spaced flat positions s * N // n_samples that are not excluded,
+    into scores[:n]; returns n. Used only to pick a starting threshold (see :func:`topk_grad`)."""
+    n_out = dYT.shape[0]
+    n_in, B = XT.shape
+    N = n_out * n_in
+    n_samples = scores.shape[0]
+    n = 0
+    for s in range(n_samples):
+        flat = (s * N) // n_samples
+        i = flat // n_in
+        j = flat - i * n_in
+        ex_cols = ex_indices[ex_indptr[i] : ex_indptr[i + 1]]
+        e = np.searchsorted(ex_cols, j)
+        if e < ex_cols.shape[0] and ex_cols[e] == j:
+            continue
+        a = dYT[i]
+        c = XT[j]
+        acc = np.float32(0.0)
+        for b in range(B):
+            acc += a[b] * c[b]
+        scores[n] = abs(acc)
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def _radix_sort(a):
+    """Sort the non-negative int64 values a (< 2^33) ascending, in place: three passes of 11 bits."""
+    n = a.shape[0]
+    src = a
+    dst = np.empty_like(a)
+    for shift in (0, 11, 22):
+        start = np.zeros(2049, dtype=np.int64)
+        for i in range(n):
+            start[((src[i] >> shift) & 2047) + 1] += 1
+        for d in range(2048):
+            start[d + 1] += start[d]
+        for i in range(n):
+            d = (src[i] >> shift) & 2047
+            dst[start[d]] = src[i]
+            start[d] += 1
+        src, dst = dst, src
+    a[:] = src  # after an odd number of passes the result sits in the scratch array
+
+
+@njit(cache=True)
+def _finish_topk(best, n_best, k, n_in):
+    """Merge the workers' keys, keep the k largest, and return their (rows, cols) by flat index."""
+    merged = np.empty(n_best.sum(), dtype=np.int64)
+    n = 0
+    for w in range(best.shape[0]):
+        merged[n : n + n_best[w]] = best[w, : n_best[w]]
+        n += n_best[w]
+    _keep_largest(merged, n, k)
+    flat = np.empty(k, dtype=np.int64)
+    for t in range(k):
+        flat[t] = INDEX_MASK - (merged[t] & INDEX_MASK)
+    _radix_sort(flat)
+    rows = flat // n_in
+    return rows, flat - rows * n_in
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,9 +278,9 @@ def _scan_row(g_bits, ex_cols, base, keys, n, k, threshold):
 
 
 @njit(parallel=True, cache=True)
-def _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, capacity, best, n_best):
-    """Worker w (of best.shape[0]) scans tiles w, w + n_workers, ... and leaves its top k keys in
-    best[w, :n_best[w]]."""
+def _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, capacity, threshold0, best, n_best):
+    """Worker w (of best.shape[0]) scans tiles w, w + n_workers, ... and leaves in best[w, :n_best[w]]
+    its top k keys among the positions whose score bits exceed ``threshold0`` (-1: all of them)."""
     n_out = dYT.shape[0]
     n_in = XT.shape[0]
     n_workers = best.shape[0]
@@ -217,7 +291,7 @@ def _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, capacity, best, 
         rows = np.empty(tile_rows, dtype=np.int64)
         keys = np.empty(capacity, dtype=np.int64)
         n = 0
-        threshold = np.int64(-1)  # score bits to exceed: at first, every available position
+        threshold = np.int64(threshold0)  # score bits a position must exceed to enter the buffer
         for tile in range(w, n_tiles, n_workers):
             r0 = tile * tile_rows
             r1 = min(n_out, r0 + tile_rows)
@@ -245,6 +319,7 @@ def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, take, out_in
         G = np.empty((rows.shape[0], n_in), dtype=np.float32)
         G_bits = G.view(np.int32)
         scratch = np.empty(2 * n_in + MIN_ROW_SLACK, dtype=np.int64)
+        chosen = np.zeros(n_in, dtype=np.bool_)
         _gradient_tile(dYT, XT, rows, G)
         for t in range(rows.shape[0]):
             i = rows[t]
@@ -253,10 +328,14 @@ def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, take, out_in
             ex_cols = ex_indices[ex_indptr[i] : ex_indptr[i + 1]]
             n, _ = _scan_row(G_bits[t], ex_cols, 0, keys, 0, c, np.int64(-1))
             _keep_largest(keys, n, c)
-            out = out_cols[out_indptr[i] : out_indptr[i + 1]]
             for q in range(c):
-                out[q] = INDEX_MASK - (keys[q] & INDEX_MASK)
-            out.sort()
+                chosen[INDEX_MASK - (keys[q] & INDEX_MASK)] = True
+            q = out_indptr[i]
+            for j in range(n_in):  # the chosen columns in ascending order, and the mask cleared
+                if chosen[j]:
+                    out_cols[q] = j
+                    q += 1
+                    chosen[j] = False
 
 
 @njit(parallel=True, cache=True)
@@ -326,23 +405,44 @@ def _buffer_capacity(k: int) -> int:
     return k + max(k, MIN_SLACK)
 
 
+def _starting_threshold(dYT, XT, ex_indptr, ex_indices, k, n_available) -> int:
+    """Score bits that about 2k positions should exceed, estimated from SAMPLE_SIZE sampled positions;
+    -1 (no threshold) when the layer is small or k is not a small fraction of it."""
+    if n_available < 4 * SAMPLE_SIZE:
+        return -1
+    scores = np.empty(SAMPLE_SIZE, dtype=np.float32)
+    n = _sample_scores(dYT, XT, ex_indptr, ex_indices, scores)
+    rank = (n * 2 * k) // n_available  # expected 2k positions of the layer above the sample's rank-th
+    if rank < MIN_SAMPLE_RANK or rank >= n:
+        return -1
+    scores = scores[:n]
+    return int(np.partition(scores, n - 1 - rank)[n - 1 - rank : n - rank].view(np.int32)[0])
+
+
 def topk_grad(X, dY, m, ex_indptr, ex_indices):
-    """(rows, cols) int64 of the top min(m, available) positions of |G|, by flat index ascending."""
+    """(rows, cols) int64 of the top min(m, available) positions of |G|, by flat index ascending.
+
+    A starting threshold from a sample spares the workers most of the positions that a running top-k
+    would take in and later drop. It is only a filter: if fewer than k positions exceed it, the scan
+    is repeated without one, so the result is exactly the top k either way.
+    """
     n_out, n_in = dY.shape[1], X.shape[1]
-    k = min(m, n_out * n_in - ex_indices.shape[0])
+    n_available = n_out * n_in - ex_indices.shape[0]
+    k = min(m, n_available)
     if k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    dYT, XT = transpose(dY), transpose(X)  # (n_out, B), (n_in, B)
     tile_rows = min(_tile_rows(n_in), n_out)
     n_workers = max(1, min(numba.get_num_threads(), -(-n_out // tile_rows)))
     best = np.empty((n_workers, k), dtype=np.int64)  # each worker's top k keys
     n_best = np.zeros(n_workers, dtype=np.int64)
-    capacity = _buffer_capacity(k)
-    _topk_workers(transpose(dY), transpose(X), ex_indptr, ex_indices, k, tile_rows, capacity, best, n_best)
-    merged = np.concatenate([best[w, : n_best[w]] for w in range(n_workers)]) if n_workers > 1 else best[0]
-    merged = merged[: int(n_best.sum())]
-    _keep_largest(merged, merged.shape[0], k)
-    flat = np.sort(INDEX_MASK - (merged[:k] & INDEX_MASK))
-    return flat // n_in, flat % n_in
+    threshold = _starting_threshold(dYT, XT, ex_indptr, ex_indices, k, n_available)
+    while True:
+        _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, _buffer_capacity(k), threshold, best, n_best)
+        if threshold < 0 or n_best.sum() >= k:  # at least k positions exceed the threshold
+            break
+        threshold = -1
+    return _finish_topk(best, n_best, k, n_in)
 
 
 def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices):
