@@ -39,9 +39,8 @@ from hypothesis.extra import numpy as hnp
 
 import strategies as S
 from purerigl.errors import DTypeError, OperandError, PureriglError, ShapeError
-from purerigl.kernels import get_backend
+from purerigl.kernels import get_backend, reference_growth
 from purerigl.kernels.cpu import growth as cpu_growth
-from purerigl.kernels import reference_growth
 
 #: Score tolerance for general float32 data, relative to the largest |G| entry's term sum.
 TOL = 1e-5

@@ -29,7 +29,15 @@ from . import _checks
 from .reference_growth import diag_grad_norms, topk_grad, topk_grad_rows
 
 __all__ = [
-    "NAME", "triples", "matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "diag_grad_norms",
+    "NAME",
+    "diag_grad_norms",
+    "grad_at",
+    "matmul",
+    "matmul_t",
+    "sddmm",
+    "topk_grad",
+    "topk_grad_rows",
+    "triples",
 ]
 
 NAME = "reference"

@@ -15,6 +15,11 @@ Scores and ties (shared by every backend, see :mod:`purerigl.dst.topology`): a p
 ranking, the cpu backend sums in float32; where both float32 sums agree (always, for small dyadic
 inputs) the two rank the very same numbers. Larger score ranks higher; among equal scores the lower
 flat index ``i * n_in + j`` ranks higher (within one row: the lower column).
+
+Operands (checked by :mod:`purerigl.kernels._checks`, identically in every backend): X and dY are
+2-D float32 with the same batch and only finite values; the excluded set E is CSR-like, ``indptr``
+(n_out + 1,) and ``indices`` strictly increasing within each row, in [0, n_in); m and counts are
+non-negative integers. ``topk_grad`` takes layers of at most 2^32 positions.
 """
 
 from __future__ import annotations
