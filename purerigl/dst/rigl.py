@@ -43,23 +43,34 @@ def keep_by_magnitude(W, n_keep: int) -> np.ndarray:
     return flat[order][keep]
 
 
-class RigL(Method):
-    """RigL on CSR storage: layer-wide magnitude drop, layer-wide gradient growth."""
+class MagnitudeDropCSR(Method):
+    """Shared shape of the unstructured methods: drop floor(alpha_t nnz) smallest |w| layer-wide, then
+    grow as many positions chosen by :meth:`grow` among those not kept; nnz stays constant."""
 
-    name = "rigl"
     formats = ("csr",)
+
+    def grow(self, u: LayerUpdate, kept: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover - abstract
+        """Flat positions of ``n`` new connections, none of them in the sorted array ``kept``."""
+        raise NotImplementedError
 
     def update(self, u: LayerUpdate) -> dict:
         W = u.layer.W
-        n = W.nnz
-        n_prune = floor_count(u.alpha * n)
+        n_prune = floor_count(u.alpha * W.nnz)
         if n_prune == 0:
-            return {"kept": n, "grown": 0, "dropped": 0}
-        kept = keep_by_magnitude(W, n - n_prune)
-        ex_indptr, ex_cols = exclusion_of(kept, W.shape)
-        rows, cols = u.layer.backend.topk_grad(
-            u.layer.last_input, u.layer.last_output_grad, n_prune, ex_indptr, ex_cols
-        )
-        grown = rows * W.n_in + cols
+            return {"kept": W.nnz, "grown": 0, "dropped": 0}
+        kept = keep_by_magnitude(W, W.nnz - n_prune)
+        grown = self.grow(u, kept, n_prune)
         new = csr_from_flat(np.concatenate([kept, grown]), W.shape)
         return apply_structure(u.layer, u.optimizer, new)
+
+
+class RigL(MagnitudeDropCSR):
+    """RigL on CSR storage: layer-wide magnitude drop, layer-wide gradient growth."""
+
+    name = "rigl"
+
+    def grow(self, u: LayerUpdate, kept: np.ndarray, n: int) -> np.ndarray:
+        """The n positions of largest |G| outside ``kept``, streamed by the backend's ``topk_grad``."""
+        ex_indptr, ex_cols = exclusion_of(kept, u.layer.W.shape)
+        rows, cols = u.layer.backend.topk_grad(u.layer.last_input, u.layer.last_output_grad, n, ex_indptr, ex_cols)
+        return rows * u.layer.W.n_in + cols

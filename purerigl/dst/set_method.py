@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..formats._base import floor_count
-from .base import LayerUpdate, Method
-from .rigl import keep_by_magnitude
-from .topology import apply_structure, csr_from_flat
+from .base import LayerUpdate
+from .rigl import MagnitudeDropCSR
 
 
 def random_free_positions(rng: np.random.Generator, total: int, taken: np.ndarray, n: int) -> np.ndarray:
@@ -48,19 +46,11 @@ def random_free_positions(rng: np.random.Generator, total: int, taken: np.ndarra
     return chosen
 
 
-class SET(Method):
+class SET(MagnitudeDropCSR):
     """SET on CSR storage: layer-wide magnitude drop, uniformly random regrowth."""
 
     name = "set"
-    formats = ("csr",)
 
-    def update(self, u: LayerUpdate) -> dict:
-        W = u.layer.W
-        n = W.nnz
-        n_prune = floor_count(u.alpha * n)
-        if n_prune == 0:
-            return {"kept": n, "grown": 0, "dropped": 0}
-        kept = keep_by_magnitude(W, n - n_prune)
-        grown = random_free_positions(u.rng, W.n_out * W.n_in, kept, n_prune)
-        new = csr_from_flat(np.concatenate([kept, grown]), W.shape)
-        return apply_structure(u.layer, u.optimizer, new)
+    def grow(self, u: LayerUpdate, kept: np.ndarray, n: int) -> np.ndarray:
+        """n positions drawn uniformly among those not kept, from the updater's generator."""
+        return random_free_positions(u.rng, u.layer.W.n_out * u.layer.W.n_in, kept, n)
