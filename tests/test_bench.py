@@ -1,0 +1,128 @@
+"""`purerigl bench`: each subcommand runs with --quick and prints/writes output of the right SHAPE.
+
+Never timings: only exit codes, table headers, row counts and JSON keys (DESIGN.md section 7).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from purerigl.cli.bench import GROWTH_METHODS, OPS, QUICK, TRAIN_METHODS
+from purerigl.cli.main import main
+from purerigl.formats import FORMATS
+
+META_KEYS = {"platform", "cpu_count", "numba", "blas", "versions", "command", "budget_s", "loadavg_start"}
+
+
+def run(args, tmp_path=None):
+    result = CliRunner().invoke(main, ["bench", *args])
+    return result
+
+
+def table_rows(output: str, head_word: str) -> list[str]:
+    """The lines of the table under the header line that starts with ``head_word`` (after the dashes)."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() and line.split()[0] == head_word)
+    assert set(lines[start + 1]) == {"-"}
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.strip() or line.startswith("wrote "):
+            break
+        rows.append(line)
+    return rows
+
+
+def test_bench_lists_its_subcommands():
+    result = run(["--help"])
+    assert result.exit_code == 0
+    for name in ("kernels", "train", "growth"):
+        assert name in result.output
+
+
+def test_kernels_quick_table_and_json(tmp_path):
+    path = tmp_path / "k.json"
+    result = run(["kernels", "--quick", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "command: purerigl bench kernels" in out and "--quick" in out
+    assert "memcpy bandwidth" in out and "numba" in out and "BLAS" in out
+    q = QUICK["kernels"]
+    n = len(q["shapes"]) * len(q["batches"]) * len(q["sparsities"]) * len(OPS) * len(FORMATS)
+    rows = table_rows(out, "shape")
+    assert len(rows) == n
+    report = json.loads(path.read_text())
+    assert META_KEYS <= set(report["meta"])
+    assert report["meta"]["memcpy_gbps"] > 0
+    assert len(report["results"]) == n
+    keys = {"shape", "batch", "sparsity", "op", "format", "nnz", "purerigl_us", "dense_us", "scipy_us",
+            "dense_ratio", "scipy_ratio", "purerigl_gbps", "memcpy_fraction", "runs", "max_abs_err", "tol"}
+    for r in report["results"]:
+        assert keys <= set(r)
+        assert (r["memcpy_fraction"] is not None) == (r["batch"] == 1)
+        assert (r["scipy_us"] is None) == (r["op"] == "sddmm")  # SciPy has no SDDMM
+        assert r["max_abs_err"] <= r["tol"]
+
+
+def test_kernels_options_select_the_grid():
+    result = run(["kernels", "--quick", "--shape", "32x48", "--batch", "4", "--op", "matmul", "--format", "csr",
+                  "--sparsity", "0.8", "--sparsity", "0.95"])
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.output, "shape")
+    assert len(rows) == 2 and all("32x48" in r and " matmul " in r and " csr " in r for r in rows)
+
+
+def test_train_quick_table_and_json(tmp_path):
+    path = tmp_path / "t.json"
+    result = run(["train", "--quick", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    q = QUICK["train"]
+    n = len(q["hidden"]) * (1 + len(q["sparsities"]) * len(TRAIN_METHODS))
+    rows = table_rows(result.output, "network")
+    assert len(rows) == n
+    assert rows[0].split()[1] == "dense"
+    report = json.loads(path.read_text())
+    assert META_KEYS <= set(report["meta"]) and report["meta"]["delta_t"] == 100
+    assert len(report["results"]) == n
+    methods = {(r["method"], r["format"]) for r in report["results"]}
+    assert methods == {("dense", "dense"), *TRAIN_METHODS}
+    for r in report["results"]:
+        assert {"arch", "step_ms", "update_ms", "update_amortised_ms", "dense_ratio", "weights"} <= set(r)
+        assert (r["update_ms"] is None) == (r["method"] in ("dense", "static"))
+
+
+def test_growth_quick_table_and_json(tmp_path):
+    path = tmp_path / "g.json"
+    result = run(["growth", "--quick", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    q = QUICK["growth"]
+    n = len(q["widths"]) * len(GROWTH_METHODS) + len(q["gse_widths"])
+    rows = table_rows(result.output, "width")
+    assert len(rows) == n
+    report = json.loads(path.read_text())
+    assert META_KEYS <= set(report["meta"])
+    assert len(report["results"]) == n
+    gse_only = [r for r in report["results"] if r["width"] in q["gse_widths"]]
+    assert {r["method"] for r in gse_only} == {"gse"}
+    for r in report["results"]:
+        assert {"width", "method", "format", "nnz", "update_ms", "dense_xtdy_ms", "update_over_dense"} <= set(r)
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["kernels", "--op", "conv"], "--op"),
+        (["kernels", "--shape", "12"], "--shape"),
+        (["kernels", "--sparsity", "1.5"], "--sparsity"),
+        (["train", "--batch", "0"], "--batch"),
+        (["train", "--quick", "--hidden", "a,b"], "--hidden"),
+        (["growth", "--method", "magic"], "--method"),
+    ],
+)
+def test_bad_option_exits_2_with_one_line_error(args, word):
+    result = run(args)
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and word in errors[0]
