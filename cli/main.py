@@ -13,6 +13,7 @@ import click
 import purerigl
 
 from ._errors import PureriglGroup
+from .bench import bench
 from .check import check
 from .demo import demo
 from .evaluate import evaluate
@@ -26,6 +27,7 @@ COMMANDS = [
     info,
     check,
     demo,
+    bench,
 ]
 
 
@@ -41,3 +43,7 @@ def main() -> None:
 
 for _command in COMMANDS:
     main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main()

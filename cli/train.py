@@ -1,17 +1,26 @@
-"""``purerigl train``: train a sparse MLP and write config.json, metrics.jsonl, checkpoint.npz, model.npz."""
+"""``purerigl train``: train a sparse MLP and write config.json, metrics.jsonl, checkpoint.npz, model.npz.
+
+A run is built from its options by :func:`build_run`, the one code path for a fresh run and for
+``--resume DIR`` (which reads the options back from ``DIR/config.json``), so a resumed run has the
+same model construction, DST updater and schedules as the original and ends bit-identical to an
+uninterrupted run. Every file of the run directory is written atomically (temporary file, fsync,
+rename): ``metrics.jsonl`` is rewritten whole after every epoch, so it never holds a torn line.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import click
+import numba
 import numpy as np
+from click.core import ParameterSource
 
-from purerigl.checkpoint import save_model, save_training_checkpoint
+from purerigl import get_backend
+from purerigl.checkpoint import atomic_write, load_training_state, save_model, save_training_checkpoint
 from purerigl.data import DATASETS, load_dataset
 from purerigl.dst import METHODS, UpdateSchedule, make_method, resolve_format
 from purerigl.dst.distribution import DISTRIBUTIONS, layer_budgets
@@ -21,12 +30,109 @@ from purerigl.lr_schedule import SCHEDULES
 from purerigl.nn import build_mlp, parse_hidden
 from purerigl.optim import OPTIMIZERS
 from purerigl.sparsity import FORMAT_NAMES
-from purerigl.train import TrainConfig, Trainer
+from purerigl.train import TrainConfig, Trainer, TrainingDiverged
 
 from ._options import backend_option, seed_option
 from ._report import epoch_line, epoch_table_header
 
 RUN_FILES = ("config.json", "metrics.jsonl", "model.npz", "checkpoint.npz")
+
+#: Options that say how the run is written and shown, not what it computes; every other option of
+#: the command is a run option, stored in config.json["options"] and fixed for a --resume.
+SESSION_OPTIONS = ("out", "overwrite", "progress", "checkpoint_every", "resume")
+
+#: Exit code of a run stopped because the loss became NaN or Inf (0: done, 2: bad input).
+EXIT_DIVERGED = 3
+
+
+class Diverged(click.ClickException):
+    """Training diverged: printed as one ``Error:`` line, exit code 3."""
+
+    exit_code = EXIT_DIVERGED
+
+
+# --------------------------------------------------------------------------------------------------
+# options and the construction of a run
+
+
+def _canonical(name: str, value):
+    """One option's value as stored in config.json: the backend by name, ``hidden`` as ``"300,100"``,
+    ``data_dir`` as an absolute path; other values unchanged."""
+    if name == "backend":
+        return getattr(value, "name", value)
+    if name == "hidden":
+        return ",".join(str(w) for w in parse_hidden(value))
+    if name == "data_dir" and value is not None:
+        return str(Path(value).resolve())
+    return value
+
+
+def run_options(raw: dict) -> dict:
+    """The run options in the canonical, JSON-able form stored in config.json (see :func:`_canonical`),
+    with the defaults that depend on the method filled in (``fmt``, ``alpha``)."""
+    opts = {name: _canonical(name, value) for name, value in raw.items()}
+    opts["fmt"] = resolve_format(opts["method"], opts["fmt"])
+    if opts["alpha"] is None:
+        opts["alpha"] = 0.2 if opts["method"] == "gse" else 0.3
+    return opts
+
+
+def build_run(opts: dict) -> tuple[Trainer, dict]:
+    """The Trainer of a run and the metadata its model files carry, from the canonical run options.
+
+    A fresh run and ``--resume`` both build through here, so the model (initialised from ``seed``), the
+    DST updater (seeded from ``seed``) and the schedules are exactly those of the original run.
+    """
+    method, fmt, sparsity, seed = opts["method"], opts["fmt"], opts["sparsity"], opts["seed"]
+    backend = get_backend(opts["backend"])
+    data = load_dataset(opts["dataset"], opts["data_dir"], seed=seed, val_fraction=opts["val_fraction"])
+    config = TrainConfig(
+        epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], optimizer=opts["optimizer"],
+        momentum=opts["momentum"], nesterov=opts["nesterov"], weight_decay=opts["weight_decay"],
+        schedule=opts["schedule"], warmup_steps=opts["warmup_steps"], seed=seed,
+        lr_step_size=opts["lr_step_size"], lr_gamma=opts["lr_gamma"],
+    )
+    config.check(data.x_train.shape[0])
+    widths = (data.n_features, *parse_hidden(opts["hidden"]), data.n_classes)
+    shapes = [(n_out, n_in) for n_in, n_out in zip(widths, widths[1:])]
+    if sparsity == 0:
+        budgets = [n_out * n_in for n_out, n_in in shapes]
+    else:
+        budgets = layer_budgets(
+            shapes, sparsity, opts["distribution"], dense_first=opts["dense_first"], dense_last=opts["dense_last"]
+        )
+    model = build_mlp(
+        data.n_features, opts["hidden"], data.n_classes, fmt=fmt, sparsity=sparsity, backend=backend,
+        rng=np.random.default_rng(seed), budgets=budgets,
+    )
+    steps = config.epochs * -(-data.x_train.shape[0] // config.batch_size)
+    updater = DSTUpdater(
+        make_method(method, fmt, gamma_sal=opts["gamma_sal"], gse_gamma=opts["gse_gamma"], gse_sampler=opts["gse_sampler"]),
+        UpdateSchedule.from_fraction(steps, delta_t=opts["delta_t"], alpha=opts["alpha"], t_end=opts["t_end"]),
+        {f"layer{i}": b for i, b in enumerate(budgets)},
+        seed=seed,
+    )
+    trainer = Trainer(model, data, config, topology=updater)
+    meta = {
+        "dataset": opts["dataset"],
+        "normalisation": {"mean": data.mean, "std": data.std},
+        "method": method if sparsity > 0 else "dense",
+        "sparsity": sparsity,
+        "hidden": list(model.describe()[i]["shape"][0] for i in range(len(model.linears) - 1)),
+        "config": config.to_dict(),
+    }
+    return trainer, meta
+
+
+# --------------------------------------------------------------------------------------------------
+# the run directory
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Delete the temporary files a killed process may have left behind (``.<run file>.*.tmp``)."""
+    for name in RUN_FILES:
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink()
 
 
 def _prepare_out_dir(out: Path | None, overwrite: bool, name: str) -> Path:
@@ -38,23 +144,93 @@ def _prepare_out_dir(out: Path | None, overwrite: bool, name: str) -> Path:
     held = [f for f in RUN_FILES if (out / f).exists()]
     if held and not overwrite:
         raise click.UsageError(
-            f"--out {out} already holds a run ({', '.join(held)}); choose another directory or pass --overwrite"
+            f"--out {out} already holds a run ({', '.join(held)}); choose another directory, pass --overwrite "
+            f"to replace it or --resume {out} to continue it"
         )
     out.mkdir(parents=True, exist_ok=True)
     for f in held:
         (out / f).unlink()
+    _remove_temporaries(out)
     return out
 
 
-def _append_line(path: Path, record: dict) -> None:
-    """Append one JSON line in a single write, flushed to disk."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-@click.command()
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    """metrics.jsonl: one JSON line per epoch of ``history``, the whole file replaced atomically."""
+    _write_text(path, "".join(json.dumps(m) + "\n" for m in history))
+
+
+def _read_run_config(ctx: click.Context, run: Path) -> tuple[dict, dict]:
+    """(config.json, its run options checked again by the command's own types) of the run in
+    ``--resume run``; a usage error if ``run`` is not a resumable run of this version."""
+    if not run.is_dir():
+        raise click.UsageError(f"--resume {run}: no such directory")
+    try:
+        stored = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict) or not isinstance(stored.get("options"), dict):
+        raise click.UsageError(f"--resume {run} is not a run directory of purerigl train (no readable config.json)")
+    names = {p.name for p in ctx.command.params} - set(SESSION_OPTIONS)
+    if set(stored["options"]) != names:
+        raise click.UsageError(f"--resume {run}: config.json does not hold the options of this version of purerigl train")
+    opts = run_options({name: _stored_value(ctx, run, name, v) for name, v in stored["options"].items()})
+    if not (run / "checkpoint.npz").is_file():
+        raise click.UsageError(
+            f"--resume {run}: the run has no checkpoint.npz yet (it stopped during its first epoch); "
+            f"start it again with --out {run} --overwrite"
+        )
+    return stored, opts
+
+
+def _stored_value(ctx: click.Context, run: Path, name: str, value):
+    """A value read from config.json, checked and converted by the option's own click type."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    try:
+        return value if value is None else param.type.convert(value, param, ctx)
+    except click.BadParameter as err:
+        raise click.UsageError(f"--resume {run}: config.json holds an invalid value: {err.format_message()}") from None
+
+
+def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict, int]:
+    """(run options, checkpoint interval) of the run in --resume DIR.
+
+    Run options given on the command line must equal the stored ones; each one that differs is named.
+    """
+    run = session["resume"]
+    if session["overwrite"]:
+        raise click.UsageError("--resume continues a run and --overwrite replaces it; pass only one")
+    if session["out"] is not None and session["out"].resolve() != run.resolve():
+        raise click.UsageError(f"--out {session['out']} and --resume {run} name different directories")
+    stored, opts = _read_run_config(ctx, run)
+    given = {
+        name: _canonical(name, value)
+        for name, value in raw.items()
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    }
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    conflicts = [
+        f"{flags[name]} {value!r} (the run has {opts[name]!r})" for name, value in given.items() if value != opts[name]
+    ]
+    if conflicts:
+        raise click.UsageError(
+            f"--resume {run}: options differ from the run's config.json: {'; '.join(conflicts)}; "
+            "leave them out or give the same values"
+        )
+    every = session["checkpoint_every"]
+    if ctx.get_parameter_source("checkpoint_every") != ParameterSource.COMMANDLINE:
+        every = _stored_value(ctx, run, "checkpoint_every", stored.get("checkpoint_every", every))
+    return opts, every
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+
+
+@click.command(epilog="Exit codes: 0 done; 2 bad input (one 'Error:' line); 3 training diverged (loss NaN or Inf).")
 @click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True, help="Dataset to train on.")
 @click.option(
     "--data-dir",
@@ -90,66 +266,63 @@ def _append_line(path: Path, record: dict) -> None:
 @click.option("--nesterov/--no-nesterov", default=False, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0.0), default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True, help="Learning-rate schedule.")
+@click.option("--lr-step-size", type=click.IntRange(min=1), default=None, help="Step schedule: epochs between decays  [default: a third of --epochs]")
+@click.option("--lr-gamma", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True, help="Step schedule: factor applied at each decay.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
 @seed_option
 @backend_option
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory  [default: runs/<time>-<dataset>-<format>-s<sparsity>]")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True, help="Write checkpoint.npz every N epochs; the last epoch always writes one.")
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Continue the run in DIR from its checkpoint.npz with the options in its config.json (a run "
+    "option given as well must be equal); ends exactly as an uninterrupted run would.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar  [default: on a terminal]")
-def train(dataset, data_dir, hidden, method, fmt, sparsity, distribution, dense_first, dense_last, delta_t, alpha,
-          t_end, gamma_sal, gse_gamma, gse_sampler, epochs, batch_size, lr, optimizer, momentum, nesterov,
-          weight_decay, schedule, warmup_steps, val_fraction, seed, backend, out, overwrite, progress):
+@click.pass_context
+def train(ctx, **raw):
     """Train a sparse MLP with a DST method (or a fixed random topology: --method static).
 
-    Weights live only in the chosen sparse format from the first step to the last.
+    Weights live only in the chosen sparse format from the first step to the last. If the loss becomes
+    NaN or Inf, training stops (exit code 3), keeps the last checkpoint and writes no model.npz.
     """
-    fmt = resolve_format(method, fmt)
-    data = load_dataset(dataset, data_dir, seed=seed, val_fraction=val_fraction)
-    widths = (data.n_features, *parse_hidden(hidden), data.n_classes)
-    shapes = [(n_out, n_in) for n_in, n_out in zip(widths, widths[1:])]
-    budgets = (
-        [n_out * n_in for n_out, n_in in shapes]
-        if sparsity == 0
-        else layer_budgets(shapes, sparsity, distribution, dense_first=dense_first, dense_last=dense_last)
-    )
-    model = build_mlp(
-        data.n_features, hidden, data.n_classes, fmt=fmt, sparsity=sparsity, backend=backend,
-        rng=np.random.default_rng(seed), budgets=budgets,
-    )
-    config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
-        nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, seed=seed,
-    )
-    if alpha is None:
-        alpha = 0.2 if method == "gse" else 0.3
-    steps = config.epochs * -(-data.x_train.shape[0] // config.batch_size)
-    updater = DSTUpdater(
-        make_method(method, fmt, gamma_sal=gamma_sal, gse_gamma=gse_gamma, gse_sampler=gse_sampler),
-        UpdateSchedule.from_fraction(steps, delta_t=delta_t, alpha=alpha, t_end=t_end),
-        {f"layer{i}": b for i, b in enumerate(budgets)},
-        seed=seed,
-    )
-    trainer = Trainer(model, data, config, topology=updater)
-    out = _prepare_out_dir(out, overwrite, f"{dataset}-{method}-{fmt if sparsity > 0 else 'dense'}-s{sparsity:g}")
-    meta = {
-        "dataset": dataset,
-        "normalisation": {"mean": data.mean, "std": data.std},
-        "method": method if sparsity > 0 else "dense",
-        "sparsity": sparsity,
-        "hidden": list(model.describe()[i]["shape"][0] for i in range(len(model.linears) - 1)),
-        "config": config.to_dict(),
-    }
-    run_config = {
-        **meta, "format": fmt if sparsity > 0 else "dense", "backend": backend.name,
-        "dst": {"distribution": distribution, "dense_first": dense_first, "dense_last": dense_last,
-                "delta_t": delta_t, "alpha": alpha, "t_end": t_end, "gamma_sal": gamma_sal,
-                "gse_gamma": gse_gamma, "gse_sampler": gse_sampler},
-        "data": data.describe(), "layers": model.describe(), "command": " ".join(sys.argv),
-    }
-    (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    session = {k: raw.pop(k) for k in SESSION_OPTIONS}
+    if session["resume"] is not None:
+        opts, every = _resume_options(ctx, raw, session)
+        trainer, meta = build_run(opts)
+        out = session["resume"]
+        _remove_temporaries(out)
+        load_training_state(out / "checkpoint.npz", trainer)
+        _write_metrics(out / "metrics.jsonl", trainer.history)  # drops the epochs after the checkpoint
+        click.echo(f"resuming {out} after epoch {trainer.epoch} of {trainer.config.epochs}")
+    else:
+        opts, every = run_options(raw), session["checkpoint_every"]
+        trainer, meta = build_run(opts)
+        fmt = opts["fmt"] if opts["sparsity"] > 0 else "dense"
+        out = _prepare_out_dir(
+            session["out"], session["overwrite"], f"{opts['dataset']}-{opts['method']}-{fmt}-s{opts['sparsity']:g}"
+        )
+        run_config = {
+            **meta, "format": fmt, "backend": opts["backend"],
+            "dst": {k: opts[k] for k in ("distribution", "dense_first", "dense_last", "delta_t", "alpha", "t_end",
+                                         "gamma_sal", "gse_gamma", "gse_sampler")},
+            "data": trainer.data.describe(), "layers": trainer.model.describe(), "command": " ".join(sys.argv),
+            "options": opts, "checkpoint_every": every, "threads": numba.get_num_threads(),
+        }
+        _write_text(out / "config.json", json.dumps(run_config, indent=2) + "\n")
+        click.echo(f"run directory: {out}")
+    _fit(trainer, meta, out, every, session["progress"])
 
-    click.echo(f"run directory: {out}")
+
+def _fit(trainer: Trainer, meta: dict, out: Path, every: int, progress: bool | None) -> None:
+    """Train the remaining epochs, writing metrics.jsonl every epoch and checkpoint.npz every ``every``
+    epochs and after the last; then model.npz. Divergence: a :class:`Diverged` error (exit 3)."""
+    model, epochs = trainer.model, trainer.config.epochs
     for row in model.describe():
         click.echo(
             f"  layer{row['index']}: {row['format']:9s} {row['shape'][0]:>5d} x {row['shape'][1]:<5d} "
@@ -159,6 +332,7 @@ def train(dataset, data_dir, hidden, method, fmt, sparsity, distribution, dense_
 
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = None
+    checkpointed = trainer.epoch  # epoch of the last checkpoint on disk (0: none)
 
     def on_batch(n, loss):
         if bar is not None:
@@ -166,18 +340,33 @@ def train(dataset, data_dir, hidden, method, fmt, sparsity, distribution, dense_
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def on_epoch(tr, metrics):
-        nonlocal bar
+        nonlocal bar, checkpointed
         if bar is not None:
             bar.close()
-        _append_line(out / "metrics.jsonl", metrics)
-        save_training_checkpoint(out / "checkpoint.npz", tr, **meta)
+            bar = None
+        _write_metrics(out / "metrics.jsonl", tr.history)
+        if tr.epoch % every == 0 or tr.epoch == epochs:
+            save_training_checkpoint(out / "checkpoint.npz", tr, **meta)
+            checkpointed = tr.epoch
         click.echo(epoch_line(metrics))
-        if show_bar and tr.epoch < config.epochs:
-            bar = _new_bar(len(data.y_train), tr.epoch + 1, config.epochs)
+        if show_bar and tr.epoch < epochs:
+            bar = _new_bar(len(tr.data.y_train), tr.epoch + 1, epochs)
 
-    if show_bar:
-        bar = _new_bar(len(data.y_train), 1, config.epochs)
-    history = trainer.fit(on_epoch=on_epoch, on_batch=on_batch)
+    if show_bar and trainer.epoch < epochs:
+        bar = _new_bar(len(trainer.data.y_train), trainer.epoch + 1, epochs)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run ends in one Error line below
+            history = trainer.fit(on_epoch=on_epoch, on_batch=on_batch)
+    except TrainingDiverged as err:
+        kept = (
+            f"kept the last good checkpoint {out / 'checkpoint.npz'} (epoch {checkpointed})"
+            if checkpointed
+            else "no checkpoint was written"
+        )
+        raise Diverged(f"{err}; {kept}; no model.npz was written (lower --lr?)") from None
+    finally:
+        if bar is not None:
+            bar.close()
     save_model(out / "model.npz", model, **meta)
     last = history[-1]
     total = sum(m["seconds"] for m in history)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -47,9 +47,15 @@ class CheckpointError(PureriglError, ValueError):
 
 
 def atomic_write(path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``."""
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
+
+    The temporary file is ``.<name>.<random hex>.tmp`` in the same directory; it is removed if ``write``
+    fails, and only a killed process can leave one behind.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # mode 0o666 less the umask, as for any new file (tempfile.mkstemp would make it 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -191,12 +197,22 @@ def load_model(path, backend=None) -> tuple[MLP, dict]:
     return model, meta
 
 
-def load_training_state(path, trainer) -> None:
-    """Restore a :class:`~purerigl.train.Trainer` (built with the same config) from a training checkpoint."""
+def load_training_state(path, trainer) -> dict:
+    """Restore a :class:`~purerigl.train.Trainer` (built with the same config) from a training checkpoint.
+
+    Returns the checkpoint's ``meta``. Raises :class:`CheckpointError` for a model file, a checkpoint of
+    another run (layers, training options, optimizer state or DST method that do not fit) or malformed
+    training entries.
+    """
     meta, arrays = _open(path)
     train = meta.get("train")
-    if train is None:
+    if not isinstance(train, dict):
         raise CheckpointError(f"{path} is a model file, not a training checkpoint (no 'train' entry)")
+    saved_config = meta.get("config")
+    if saved_config is not None and saved_config != trainer.config.to_dict():
+        mine = trainer.config.to_dict()
+        diff = ", ".join(f"{k} {saved_config.get(k)!r} vs {v!r}" for k, v in mine.items() if saved_config.get(k) != v)
+        raise CheckpointError(f"{path} was written by a run with other training options ({diff or saved_config})")
     sparse = trainer.model.sparse_layers()
     model, _ = load_model(path, backend=sparse[0].backend if sparse else None)
     if len(model.linears) != len(trainer.model.linears):
@@ -214,7 +230,11 @@ def load_training_state(path, trainer) -> None:
         trainer.optimizer.load_state_dict(optim)
     except ValueError as e:
         raise CheckpointError(f"{path}: optimizer state does not fit the run: {e}") from None
-    trainer.epoch, trainer.step = int(train["epoch"]), int(train["step"])
-    trainer.rng.bit_generator.state = train["rng_state"]
-    trainer.topology.load_state_dict(train.get("topology", {}))
-    trainer.history = list(train.get("history", []))
+    try:
+        trainer.epoch, trainer.step = int(train["epoch"]), int(train["step"])
+        trainer.rng.bit_generator.state = train["rng_state"]
+        trainer.topology.load_state_dict(train.get("topology", {}))
+        trainer.history = list(train.get("history", []))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed training state in meta ({type(e).__name__}: {e})") from None
+    return meta

@@ -7,7 +7,7 @@ For a layer of shape (n_out, n_in), N = n_out * n_in, at sparsity s the connecti
 (the uniform count of PAPERS.md 1.3). Each format rounds the budget to what it can hold:
 
 - CSR stores exactly C entries;
-- Condensed stores k = max(1, floor(C / n_out)) per row (k * n_out <= C unless C < n_out);
+- Condensed stores k = floor(C / n_out) per row (k * n_out <= C); C < n_out (k = 0) is an error;
 - Diagonal stores K = max(1, ceil(C / L)) whole diagonals of length L = min(n_out, n_in) (K * L >= C).
 """
 
@@ -44,7 +44,13 @@ def structure_count(fmt: str, shape, budget: int) -> int:
     if fmt == "csr":
         return budget
     if fmt == "condensed":
-        return max(1, budget // n_out)
+        if budget < n_out:
+            raise FormatError(
+                f"a {n_out} x {n_in} layer with {budget} connections for its {n_out} rows would keep k = 0 "
+                f"inputs per row in the condensed format; lower the sparsity (1 - 1/{n_in} = {1 - 1 / n_in:.4g} "
+                "keeps k = 1) or use an unstructured format"
+            )
+        return budget // n_out
     if fmt == "diagonal":
         L = min(n_out, n_in)
         return max(1, -(-budget // L))

@@ -47,6 +47,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_steps: int = 0
+    lr_step_size: int | None = None  # step schedule: epochs between decays (None: a third of the epochs)
+    lr_gamma: float = 0.1  # step schedule: decay factor
     seed: int = 0
 
     def check(self, n_train: int) -> None:
@@ -140,6 +142,11 @@ class Trainer:
             self.total_steps,
             warmup_steps=config.warmup_steps,
             steps_per_epoch=self.steps_per_epoch,
+            **(
+                {"step_size": config.lr_step_size or max(1, config.epochs // 3), "gamma": config.lr_gamma}
+                if config.schedule == "step"
+                else {}
+            ),
         )
         self.rng = np.random.default_rng(config.seed)
         self.epoch = 0  # epochs completed
@@ -164,7 +171,7 @@ class Trainer:
             t1 = clock()
             loss, dlogits = softmax_cross_entropy(logits, yb)
             if not np.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss} at step {self.step} (epoch {self.epoch + 1})")
+                raise self._diverged(f"the training loss became {loss} at step {self.step}")
             self.model.backward(dlogits)
             self._sync()
             t2 = clock()
@@ -172,7 +179,12 @@ class Trainer:
             self.step += 1
             self._sync()
             t3 = clock()
-            topo_stats.update(self.topology.after_step(self.step, self.model, self.optimizer))
+            try:
+                topo_stats.update(self.topology.after_step(self.step, self.model, self.optimizer))
+            except PureriglError as err:  # e.g. a sampler refusing NaN scores: report the cause
+                if not self._parameters_finite():
+                    raise self._diverged(f"the weights became NaN or Inf at step {self.step - 1}") from err
+                raise
             self._sync()
             t4 = clock()
             times["forward"] += t1 - t0
@@ -187,6 +199,8 @@ class Trainer:
         train_seconds = clock() - t_epoch
         t_eval = clock()
         test = evaluate(self.model, self.data.x_test, self.data.y_test)
+        if self.data.x_test.shape[0] and not np.isfinite(test["loss"]):  # the last step broke the weights
+            raise self._diverged(f"the test loss became {test['loss']} after step {self.step - 1}")
         metrics = {
             "epoch": self.epoch + 1,
             "step": self.step,
@@ -210,6 +224,12 @@ class Trainer:
         self.epoch += 1
         self.history.append(metrics)
         return metrics
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        return TrainingDiverged(f"training diverged: {what} (epoch {self.epoch + 1}; steps count from 0)")
+
+    def _parameters_finite(self) -> bool:
+        return all(np.isfinite(p.value).all() for p in self.model.parameters())
 
     def warm_up(self) -> None:
         """One forward and backward pass on a first batch, discarded: compiles the kernels (Numba)

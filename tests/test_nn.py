@@ -391,9 +391,14 @@ def _budget(shape, s):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_build_mlp_structure_counts_follow_the_budget(fmt, sparsity):
     """Every sparse layer stores what purerigl/sparsity.py promises for C = N - floor(s N): csr
-    nnz = C; condensed all rows active with k = max(1, floor(C / n_out)); diagonal K = max(1,
-    ceil(C / L)). Sparsities like 0.57 on N = 100 (0.57 * 100 = 56.999... in binary) check the
-    robust floor."""
+    nnz = C; condensed all rows active with k = floor(C / n_out) (a budget below n_out, k = 0, is a
+    ModelError naming the layer); diagonal K = max(1, ceil(C / L)). Sparsities like 0.57 on N = 100
+    (0.57 * 100 = 56.999... in binary) check the robust floor."""
+    shapes = [(10, 10), (30, 10), (7, 30)]
+    if fmt == "condensed" and any(_budget(s, sparsity) < s[0] for s in shapes):
+        with pytest.raises(ModelError, match=r"layer\d: .*k = 0"):
+            build_mlp(10, "10,30", 7, fmt=fmt, sparsity=sparsity, backend="cpu", rng=1)
+        return
     model = build_mlp(10, "10,30", 7, fmt=fmt, sparsity=sparsity, backend="cpu", rng=1)
     for lin in model.linears:
         n_out, n_in = lin.shape
@@ -403,7 +408,7 @@ def test_build_mlp_structure_counts_follow_the_budget(fmt, sparsity):
         if fmt == "csr":
             assert W.nnz == C
         elif fmt == "condensed":
-            assert W.k == max(1, C // n_out)
+            assert W.k == C // n_out
             assert W.n_active == n_out
             np.testing.assert_array_equal(W.rows, np.arange(n_out))
             assert W.nnz == W.k * n_out

@@ -251,6 +251,48 @@ def test_infinite_inputs_raise_training_diverged(raw):
     assert "step 0" in str(info.value)
 
 
+class _Poison(TopologyUpdater):
+    """Sets a weight to Inf after optimizer step ``at``, then optionally raises a library error."""
+
+    def __init__(self, at, error=None):
+        self.at, self.error = at, error
+
+    def after_step(self, step, model, optimizer):
+        if step == self.at:
+            model.linears[0].bias.value[0] = np.inf
+        if self.error is not None and step == self.at:
+            raise self.error
+        return {}
+
+
+def test_divergence_in_the_last_step_of_an_epoch_is_caught_by_the_test_loss(data):
+    """Weights broken by the last step of epoch 1 give a non-finite test loss: TrainingDiverged before
+    the epoch is reported (no on_epoch call, nothing in history), naming the epoch and the step."""
+    reported = []
+    trainer = Trainer(_model("csr"), data, _config(), topology=_Poison(at=15))  # 480 / 32 = 15 steps an epoch
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged) as info:
+        trainer.fit(on_epoch=lambda tr, m: reported.append(m))
+    assert "test loss" in str(info.value) and "epoch 1" in str(info.value) and "step 14" in str(info.value)
+    assert reported == [] and trainer.history == []
+
+
+def test_a_topology_error_on_broken_weights_is_reported_as_divergence(data):
+    """A library error raised by the topology update while the weights are no longer finite (a sampler
+    refusing NaN scores, say) becomes TrainingDiverged; on finite weights it propagates unchanged."""
+    from purerigl.dst import MethodError
+
+    trainer = Trainer(_model("csr"), data, _config(), topology=_Poison(at=3, error=MethodError("NaN scores")))
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged, match="step 2"):
+        trainer.fit()
+
+    class Fails(TopologyUpdater):
+        def after_step(self, step, model, optimizer):
+            raise MethodError("a genuine bug")
+
+    with pytest.raises(MethodError, match="genuine"):
+        Trainer(_model("csr"), data, _config(), topology=Fails()).fit()
+
+
 # --------------------------------------------------------------------------------------------------
 # model files
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import PureriglError
+from ..errors import FormatError, PureriglError
 from ..formats import SparseFormat
 from ..kernels import get_backend
 from ..sparsity import FORMAT_NAMES, check_sparsity, layer_budget, random_layer_with_budget
@@ -23,7 +23,7 @@ class ModelError(PureriglError, ValueError):
 def parse_hidden(hidden) -> tuple[int, ...]:
     """'300,100' or [300, 100] -> (300, 100); '' or () -> no hidden layer. Widths must be >= 1."""
     if isinstance(hidden, str):
-        parts = [p.strip() for p in hidden.split(",") if p.strip()]
+        parts = [p.strip() for p in hidden.split(",")] if hidden.strip() else []
         try:
             widths = tuple(int(p) for p in parts)
         except ValueError:
@@ -162,6 +162,9 @@ def build_mlp(
         if budget >= shape[0] * shape[1] or i in dense_layers:
             linears.append(Dense.kaiming(shape, rng, name=name))
         else:
-            W = random_layer_with_budget(fmt, shape, int(budget), rng)
+            try:
+                W = random_layer_with_budget(fmt, shape, int(budget), rng)
+            except FormatError as e:
+                raise ModelError(f"{name}: {e}") from None
             linears.append(SparseLinear(W, backend=backend, name=name))
     return MLP(linears)
