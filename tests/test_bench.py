@@ -10,7 +10,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from purerigl.cli.bench import GROWTH_METHODS, OPS, QUICK, TRAIN_METHODS
+from purerigl.cli.bench._shared import GROWTH_METHODS, OPS, QUICK, TRAIN_METHODS
 from purerigl.cli.main import main
 from purerigl.formats import FORMATS
 

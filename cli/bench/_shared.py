@@ -1,0 +1,205 @@
+"""``purerigl bench``: timings of the kernels, of a training step and of a topology update (issue 6).
+
+Three subcommands, one set of rules (DESIGN.md section 7, the same as ``benchmarks/bench_matmul.py``):
+every comparison is a ratio measured in this process on the same inputs; warm-up (Numba compilation)
+is excluded; the median of many runs (``--budget`` seconds per product, at least 5 runs) is
+reported with :func:`purerigl.cli._timing.time_call`; every product is checked against SciPy before
+it is timed. Above each table: the machine (CPUs, Numba threads and layer, BLAS, versions, load
+average) and the exact command, every option spelled out.
+
+- ``bench kernels``: matmul, matmul_t, sddmm per format against NumPy dense (BLAS) and SciPy CSR.
+- ``bench train``: one training step (forward, loss, backward, optimizer) and one topology update
+  of an MLP per method and format, against the dense network trained by the same code.
+- ``bench growth``: one topology update per method on a square layer as it widens, beside one dense
+  ``dY^T X`` product.
+
+A call that takes longer than ``--max-call`` seconds is not repeated: its time is that of one call
+(``runs`` = 1 in the JSON), so that the full grid finishes on a 2-core machine. ``--quick`` shrinks
+every grid to a tiny configuration (for tests; the numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import click
+import numba
+
+from purerigl.formats import FORMATS
+
+from .._options import backend_option, seed_option
+from .._timing import Timing, blas_info, blas_summary, time_call
+from ..info import library_versions, numba_threading
+
+#: Largest dense matrix (elements) a baseline may allocate: 1 GiB of float32.
+MAX_DENSE = 1 << 28
+OPS = ("matmul", "matmul_t", "sddmm")
+FORMAT_NAMES = tuple(FORMATS)
+#: (method, format) pairs of ``bench train``: static in every format, then each DST method on its default.
+TRAIN_METHODS = (
+    ("static", "condensed"),
+    ("static", "diagonal"),
+    ("static", "csr"),
+    ("rigl", "csr"),
+    ("srigl", "condensed"),
+    ("gse", "csr"),
+    ("set", "csr"),
+    ("dynadiag", "diagonal"),
+)
+GROWTH_METHODS = (("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("dynadiag", "diagonal"), ("set", "csr"))
+
+QUICK = {
+    "kernels": {"shapes": ((64, 96),), "batches": (1, 8), "sparsities": (0.9,)},
+    "train": {"hidden": ("32,16",), "sparsities": (0.9,)},
+    "growth": {"widths": (64, 128), "gse_widths": (256,), "batch": 8, "sparsity": 0.9},
+}
+
+
+# ----------------------------------------------------------------------------------------------- shared
+
+
+def measure(fn, *, budget_s: float, max_call_s: float, compiled: bool = False, repeat: int = 1000) -> Timing:
+    """Time ``fn`` by :func:`time_call` (median, warm-up excluded); slow calls are timed once.
+
+    The first call is a warm-up. If it took longer than ``max_call_s``, one more call is timed
+    (``compiled`` baselines, which have nothing to compile, reuse the first call) and reported
+    with ``runs == 1``; otherwise :func:`time_call` runs one more warm-up and the timed calls.
+    """
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    if first > max_call_s:
+        if not compiled:
+            t0 = time.perf_counter()
+            fn()
+            first = time.perf_counter() - t0
+        return Timing(first, first, first, 1)
+    return time_call(fn, budget_s=budget_s, warmup=1, repeat=repeat)
+
+
+def machine_meta() -> dict:
+    """The machine and library description printed above every table and stored in the JSON."""
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "numba": numba_threading(initialise=True),
+        "blas": blas_info(),
+        "versions": library_versions(),
+        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def command_line(ctx: click.Context) -> str:
+    """The command with every option spelled out (defaults included), so that it reproduces the run."""
+    words = ["purerigl", *ctx.command_path.split()[1:]]  # the root's name is "main" when invoked from Python
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in ("help",):
+            continue
+        value = ctx.params.get(param.name)
+        flag = param.opts[0]
+        if param.is_flag:
+            if value:
+                words.append(flag)
+        elif value is None:
+            continue
+        elif param.multiple:
+            for v in value:
+                words += [flag, _render(v)]
+        else:
+            words += [flag, _render(value)]
+    return shlex.join(words)
+
+
+def _render(v) -> str:
+    if isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) for x in v):
+        return f"{v[0]}x{v[1]}"
+    if hasattr(v, "name") and not isinstance(v, (str, Path)):
+        return v.name
+    return str(v)
+
+
+def header(meta: dict, title: str) -> list[str]:
+    v = meta["versions"]
+    load = meta.get("loadavg_start")
+    end = meta.get("loadavg_end")
+    lines = [
+        title,
+        f"command: {meta['command']}",
+        f"machine: {meta['platform']}; {meta['cpu_count']} CPUs ({meta['cpus_usable']} usable); "
+        f"numba {meta['numba']['num_threads']} threads ({meta['numba']['threading_layer']}); "
+        f"BLAS {blas_summary(meta['blas'])}",
+        f"versions: purerigl {v['purerigl']}, python {v['python']}, numpy {v['numpy']}, numba {v['numba']}, "
+        f"scipy {v['scipy']}",
+    ]
+    if load:
+        lines.append(
+            f"load average (1/5/15 min) at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+            + (f"; at end: {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}" if end else "")
+        )
+    lines.append(
+        f"timing: median of timed runs, ~{meta['budget_s']} s per product (at least 5 runs), warm-up "
+        f"excluded; a call slower than {meta['max_call_s']} s is timed once"
+    )
+    return lines
+
+
+def common_options(fn):
+    """``--budget``, ``--max-call``, ``--threads``, ``--json``, ``--quick``, ``--seed``, ``--backend``."""
+    decorators = [
+        click.option("--budget", type=click.FloatRange(min=0.0), default=0.2, show_default=True,
+                     help="Seconds of timed runs per product (at least 5 runs)."),
+        click.option("--max-call", "max_call", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+                     help="A call slower than this many seconds is timed once, not repeated."),
+        click.option("--threads", type=click.IntRange(1, numba.config.NUMBA_NUM_THREADS), default=None,
+                     help="Threads for Numba and BLAS (BLAS via threadpoolctl).  [default: all]"),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Also write meta and results to this JSON file."),
+        click.option("--quick", is_flag=True, help="A tiny configuration (for tests; timings mean nothing)."),
+        seed_option,
+        backend_option,
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
+def thread_limit(threads):
+    if threads is None:
+        return nullcontext()
+    numba.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        click.echo("note: threadpoolctl is not installed; BLAS threads are not limited", err=True)
+        return nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def quick_default(ctx: click.Context, name: str, value, quick_value):
+    """``quick_value`` when --quick is set and the option ``name`` was left at its default."""
+    if ctx.params.get("quick") and ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
+        return quick_value
+    return value
+
+
+def finish(report: dict, text: str, json_path: Path | None) -> None:
+    click.echo(text)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
+def _ms(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}x"

@@ -1,0 +1,133 @@
+"""`purerigl bench growth`: one topology update per method as the layer widens, beside one dense dY^T X."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import numpy as np
+
+from purerigl.dst import LayerUpdate, make_method
+from purerigl.nn import SparseLinear
+from purerigl.optim import make_optimizer
+from purerigl.sparsity import layer_budget, random_layer
+
+from . import bench
+from ._shared import (
+    GROWTH_METHODS,
+    MAX_DENSE,
+    QUICK,
+    _ms,
+    _ratio,
+    command_line,
+    common_options,
+    finish,
+    header,
+    machine_meta,
+    measure,
+    quick_default,
+    thread_limit,
+)
+
+# ---------------------------------------------------------------------------------------------- growth
+
+
+def run_growth(backend, widths, gse_widths, batch, sparsity, methods, *, budget_s, max_call_s, seed):
+
+    rng = np.random.default_rng(seed)
+    results, notes = [], []
+    plan = [(w, methods) for w in widths] + [(w, tuple(m for m in GROWTH_METHODS if m[0] == "gse"))
+                                             for w in gse_widths if w not in widths]
+    for width, method_list in plan:
+        shape = (width, width)
+        X = rng.standard_normal((batch, width)).astype(np.float32)
+        dY = rng.standard_normal((batch, width)).astype(np.float32)
+        dense = None
+        if width * width <= MAX_DENSE:
+            Xc, dYT = X, np.ascontiguousarray(dY.T)
+            dense = measure(lambda: dYT @ Xc, budget_s=budget_s, max_call_s=max_call_s, compiled=True)
+        else:
+            notes.append(f"width {width}: dense dY^T X skipped ({width * width * 4 / 2**30:.0f} GiB > "
+                         f"{MAX_DENSE * 4 / 2**30:.0f} GiB)")
+        for method_name, fmt in method_list:
+            W = random_layer(fmt, shape, sparsity, rng)
+            layer = SparseLinear(W, backend=backend, name="layer0")
+            layer.forward(X)
+            layer.backward(dY)  # sets last_input / last_output_grad, fills the gradients
+            optimizer = make_optimizer("sgd", layer.parameters(), lr=1e-3, momentum=0.9)
+            optimizer.step()
+            method = make_method(method_name, fmt)
+            budget = layer_budget(shape, sparsity) if method_name == "srigl" else int(W.nnz)
+            urng = np.random.default_rng(seed)
+
+            def update():
+                method.update(LayerUpdate(layer=layer, optimizer=optimizer, alpha=0.3, rng=urng, budget=budget,
+                                          is_output=False))
+
+            t = measure(update, budget_s=budget_s, max_call_s=max_call_s)
+            ms = t.median_s * 1e3
+            results.append({
+                "width": width, "method": method_name, "format": fmt, "sparsity": sparsity, "batch": batch,
+                "nnz": int(layer.W.nnz), "update_ms": ms,
+                "dense_xtdy_ms": dense.median_s * 1e3 if dense else None,
+                "update_over_dense": ms / (dense.median_s * 1e3) if dense else None,
+                "runs": {"update": t.runs, "dense": dense.runs if dense else 0},
+            })
+    return results, notes
+
+
+def format_growth(report: dict) -> str:
+    m = report["meta"]
+    lines = header(m, "purerigl bench growth: one topology update of a square layer (drop fraction 0.3) as it "
+                      "widens, beside one dense dY^T X")
+    lines += [f"batch {m['batch']}, sparsity {m['sparsity']}; update/dense: update time / dense dY^T X time "
+              "(< 1: the update is cheaper than forming the dense gradient)"]
+    lines += [f"note: {n}" for n in report["notes"]]
+    lines.append("")
+    head = (f"{'width':>7} {'method':<9} {'format':<9} {'nnz':>11} {'update ms':>11} {'dense XtdY ms':>14} "
+            f"{'update/dense':>13}")
+    lines += [head, "-" * len(head)]
+    for r in report["results"]:
+        lines.append(
+            f"{r['width']:>7} {r['method']:<9} {r['format']:<9} {r['nnz']:>11} {r['update_ms']:>11.3f} "
+            f"{_ms(r['dense_xtdy_ms']):>14} {_ratio(r['update_over_dense']):>13}"
+        )
+    return "\n".join(lines)
+
+
+@bench.command()
+@click.option("--widths", "widths", type=click.IntRange(min=2), multiple=True,
+              default=(1024, 2048, 4096, 8192, 16384), show_default=True, help="Layer width (repeatable).")
+@click.option("--gse-widths", "gse_widths", type=click.IntRange(min=2), multiple=True, default=(32768, 65536),
+              show_default=True, help="Further widths timed for GSE only (repeatable).")
+@click.option("--method", "methods", type=click.Choice([m for m, _ in GROWTH_METHODS]), multiple=True,
+              default=tuple(m for m, _ in GROWTH_METHODS), show_default=True, help="Method (repeatable).")
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size.")
+@click.option("--sparsity", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.99,
+              show_default=True, help="Sparsity of the layer.")
+@common_options
+@click.pass_context
+def growth(ctx, widths, gse_widths, methods, batch, sparsity, budget, max_call, threads, json_path, quick, seed,
+           backend):
+    """One topology update per method as a square layer widens, beside one dense X^T dY product."""
+    q = QUICK["growth"]
+    widths = quick_default(ctx, "widths", widths, q["widths"])
+    gse_widths = quick_default(ctx, "gse_widths", gse_widths, q["gse_widths"])
+    batch = quick_default(ctx, "batch", batch, q["batch"])
+    sparsity = quick_default(ctx, "sparsity", sparsity, q["sparsity"])
+    budget = quick_default(ctx, "budget", budget, 0.005)
+    ctx.params.update(widths=widths, gse_widths=gse_widths, batch=batch, sparsity=sparsity, budget=budget)
+    chosen = tuple(m for m in GROWTH_METHODS if m[0] in methods)
+    with thread_limit(threads):
+        meta = machine_meta()
+        results, notes = run_growth(backend, widths, gse_widths, batch, sparsity, chosen, budget_s=budget,
+                                    max_call_s=max_call, seed=seed)
+    meta.update(benchmark="growth", command=command_line(ctx), backend=backend.name, budget_s=budget,
+                max_call_s=max_call, seed=seed, batch=batch, sparsity=sparsity, alpha=0.3,
+                loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                widths=list(widths), gse_widths=list(gse_widths), methods=[m for m, _ in chosen])
+    report = {"meta": meta, "notes": notes, "results": results}
+    finish(report, format_growth(report), json_path)
+
+
+__all__ = ["bench"]

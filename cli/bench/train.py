@@ -1,0 +1,164 @@
+"""`purerigl bench train`: one training step and one topology update per method against the dense network."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import numpy as np
+
+from purerigl.dst import LayerUpdate, make_method
+from purerigl.nn import build_mlp, parse_hidden, softmax_cross_entropy
+from purerigl.optim import make_optimizer
+
+from . import bench
+from ._shared import (
+    QUICK,
+    TRAIN_METHODS,
+    _ms,
+    _ratio,
+    command_line,
+    common_options,
+    finish,
+    header,
+    machine_meta,
+    measure,
+    quick_default,
+    thread_limit,
+)
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+def _train_step_fn(model, optimizer, X, y):
+
+    def step():
+        logits = model.forward(X)
+        _, dlogits = softmax_cross_entropy(logits, y)
+        model.backward(dlogits)
+        optimizer.step()
+
+    return step
+
+
+def _update_fn(model, optimizer, method, budgets, rng, alpha=0.3):
+
+    last = model.linears[-1]
+
+    def update():
+        for layer in model.sparse_layers():
+            method.update(LayerUpdate(layer=layer, optimizer=optimizer, alpha=alpha, rng=rng,
+                                      budget=budgets[layer.name], is_output=layer is last))
+
+    return update
+
+
+def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max_call_s, seed, repeat=1000,
+              n_features=784, n_classes=10):
+
+    rng = np.random.default_rng(seed)
+    results = []
+    for hidden in hidden_list:
+        widths = (n_features, *parse_hidden(hidden), n_classes)
+        arch = "-".join(str(w) for w in widths)
+        X = rng.standard_normal((batch, n_features)).astype(np.float32)
+        y = rng.integers(0, n_classes, size=batch)
+        configs = [("dense", "dense", 0.0)] + [(m, f, s) for s in sparsities for m, f in TRAIN_METHODS]
+        dense_ms = None
+        for method_name, fmt, sparsity in configs:
+            model = build_mlp(n_features, hidden, n_classes, fmt="csr" if fmt == "dense" else fmt,
+                              sparsity=sparsity, backend=backend, rng=np.random.default_rng(seed))
+            optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
+            step = _train_step_fn(model, optimizer, X, y)
+            t_step = measure(step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
+            step_ms = t_step.median_s * 1e3
+            update_ms = None
+            runs_update = 0
+            if method_name not in ("dense", "static"):
+                method = make_method(method_name, fmt)
+                budgets = {layer.name: int(layer.W.nnz) for layer in model.sparse_layers()}
+                if method_name == "srigl":  # SRigL re-derives its fan-in from the layer budget
+                    from purerigl.sparsity import layer_budget
+
+                    budgets = {layer.name: layer_budget(layer.shape, sparsity) for layer in model.sparse_layers()}
+                t_up = measure(_update_fn(model, optimizer, method, budgets, np.random.default_rng(seed)),
+                               budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
+                update_ms, runs_update = t_up.median_s * 1e3, t_up.runs
+            if method_name == "dense":
+                dense_ms = step_ms
+            amortised = step_ms + (update_ms or 0.0) / delta_t
+            nnz = sum(int(p.value.size) for p in model.parameters() if p.name.endswith((".values", ".weight")))
+            results.append({
+                "arch": arch, "method": method_name, "format": fmt, "sparsity": sparsity, "batch": batch,
+                "weights": nnz,
+                "step_ms": step_ms, "update_ms": update_ms,
+                "update_amortised_ms": None if update_ms is None else update_ms / delta_t,
+                "step_with_update_ms": amortised,
+                "dense_ratio": dense_ms / step_ms if dense_ms else None,
+                "dense_ratio_with_update": dense_ms / amortised if dense_ms else None,
+                "runs": {"step": t_step.runs, "update": runs_update},
+            })
+    return results
+
+
+def format_train(report: dict) -> str:
+    m = report["meta"]
+    lines = header(m, "purerigl bench train: one training step (forward, loss, backward, SGD momentum) and one "
+                      "topology update, float32, synthetic inputs")
+    lines += [
+        f"batch {m['batch']}; topology update: every sparse layer, drop fraction 0.3, amortised over "
+        f"delta_t = {m['delta_t']} steps",
+        "dense = the same network with sparsity 0 (Dense layers, NumPy BLAS), trained by the same code",
+        "dense/sparse: dense step time / sparse step time (> 1: sparse is faster); '+upd' includes the "
+        "amortised update",
+        "",
+    ]
+    head = (f"{'network':<16} {'method':<9} {'format':<9} {'sparsity':>8} {'weights':>9} {'step ms':>9} "
+            f"{'update ms':>10} {'upd/dt ms':>9} {'dense/sp':>9} {'+upd':>7}")
+    lines += [head, "-" * len(head)]
+    for r in report["results"]:
+        lines.append(
+            f"{r['arch']:<16} {r['method']:<9} {r['format']:<9} {r['sparsity']:>8.2f} {r['weights']:>9} "
+            f"{r['step_ms']:>9.3f} {_ms(r['update_ms']):>10} {_ms(r['update_amortised_ms']):>9} "
+            f"{_ratio(r['dense_ratio']):>9} {_ratio(r['dense_ratio_with_update']):>7}"
+        )
+    return "\n".join(lines)
+
+
+@bench.command()
+@click.option("--hidden", "hidden_list", multiple=True, default=("300,100", "4096,4096"), show_default=True,
+              help="Hidden widths of one network, comma-separated (repeatable: one network each); "
+                   "784 inputs, 10 classes.")
+@click.option("--sparsity", "sparsities", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              multiple=True, default=(0.9, 0.99), show_default=True, help="Sparsity (repeatable).")
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size.")
+@click.option("--delta-t", "delta_t", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Steps between topology updates (the update time is divided by it).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Most timed runs per measurement.  [default: until --budget is spent]")
+@common_options
+@click.pass_context
+def train(ctx, hidden_list, sparsities, batch, delta_t, steps, budget, max_call, threads, json_path, quick, seed,
+          backend):
+    """One training step and one topology update per method and format, against the dense network."""
+
+    q = QUICK["train"]
+    hidden_list = quick_default(ctx, "hidden_list", hidden_list, q["hidden"])
+    sparsities = quick_default(ctx, "sparsities", sparsities, q["sparsities"])
+    budget = quick_default(ctx, "budget", budget, 0.005)
+    for h in hidden_list:
+        try:
+            parse_hidden(h)
+        except Exception as err:
+            raise click.BadParameter(" ".join(str(err).split()), ctx=ctx, param_hint="'--hidden'") from None
+    ctx.params.update(hidden_list=hidden_list, sparsities=sparsities, budget=budget)
+    with thread_limit(threads):
+        meta = machine_meta()
+        results = run_train(backend, hidden_list, sparsities, batch, delta_t, budget_s=budget, max_call_s=max_call,
+                            seed=seed, repeat=steps or 1000)
+    meta.update(benchmark="train", command=command_line(ctx), backend=backend.name, budget_s=budget,
+                max_call_s=max_call, seed=seed, batch=batch, delta_t=delta_t, optimizer="sgd momentum 0.9",
+                loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                hidden=list(hidden_list), sparsities=list(sparsities))
+    report = {"meta": meta, "results": results}
+    finish(report, format_train(report), json_path)
