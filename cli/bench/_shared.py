@@ -1,22 +1,5 @@
-"""``purerigl bench``: timings of the kernels, of a training step and of a topology update (issue 6).
-
-Three subcommands, one set of rules (DESIGN.md section 7, the same as ``benchmarks/bench_matmul.py``):
-every comparison is a ratio measured in this process on the same inputs; warm-up (Numba compilation)
-is excluded; the median of many runs (``--budget`` seconds per product, at least 5 runs) is
-reported with :func:`purerigl.cli._timing.time_call`; every product is checked against SciPy before
-it is timed. Above each table: the machine (CPUs, Numba threads and layer, BLAS, versions, load
-average) and the exact command, every option spelled out.
-
-- ``bench kernels``: matmul, matmul_t, sddmm per format against NumPy dense (BLAS) and SciPy CSR.
-- ``bench train``: one training step (forward, loss, backward, optimizer) and one topology update
-  of an MLP per method and format, against the dense network trained by the same code.
-- ``bench growth``: one topology update per method on a square layer as it widens, beside one dense
-  ``dY^T X`` product.
-
-A call that takes longer than ``--max-call`` seconds is not repeated: its time is that of one call
-(``runs`` = 1 in the JSON), so that the full grid finishes on a 2-core machine. ``--quick`` shrinks
-every grid to a tiny configuration (for tests; the numbers mean nothing).
-"""
+"""What every `purerigl bench` subcommand shares: timing with a time budget, the machine description,
+the command line, common options, thread limits and the report writer (see the package docstring)."""
 
 from __future__ import annotations
 
