@@ -497,3 +497,13 @@ def test_empty_diagonal_converts_to_all_ablated_condensed():
     D = Diagonal(np.zeros(0, np.int32), np.zeros((0, 3), np.float32), (3, 5))
     C = D.to_condensed()
     assert C.n_active == 0 and C.nnz == 0 and C.shape == (3, 5)
+
+
+@given(st.lists(st.integers(-(2**40), 2**40), max_size=60))
+def test_sorted_unique_equals_numpy_unique(values):
+    """sorted_unique (the fast dedup of position keys) returns exactly what np.unique returns."""
+    from purerigl.formats._base import sorted_unique
+
+    a = np.array(values, dtype=np.int64)
+    got = sorted_unique(a)
+    assert got.dtype == np.int64 and np.array_equal(got, np.unique(a))

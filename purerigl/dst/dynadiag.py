@@ -42,7 +42,6 @@ drop/grow rule every :math:`\\Delta T` steps (PAPERS.md 4.3, 4.4).
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..formats import Diagonal

@@ -76,7 +76,7 @@ import math
 import numpy as np
 
 from ..formats import CSR, Condensed
-from ..formats._base import ceil_count
+from ..formats._base import ceil_count, sorted_unique
 from .base import LayerUpdate, Method, MethodError
 from .samplers import Sampler, get_sampler
 from .topology import apply_structure, csr_from_flat, flat_positions, top_mask
@@ -220,7 +220,7 @@ class GSE(Method):
         n_samples = ceil_count(self.gamma * nnz)
         rows, cols = self.sampler(rng, n_out, n_in, n_samples, X, dY)
         rows, cols = _check_pairs(self.sampler_name, rows, cols, n_out, n_in, n_samples)
-        S = np.unique(rows * n_in + cols)
+        S = sorted_unique(rows * n_in + cols)
         if active.size and S.size:
             at = np.minimum(np.searchsorted(active, S), active.size - 1)
             S = S[active[at] != S]

@@ -29,7 +29,13 @@ import numpy as np
 
 from ..formats._base import floor_count
 from .base import LayerUpdate, Method
-from .topology import apply_structure, csr_from_flat, exclusion_of, flat_positions, top_mask
+from .topology import (
+    apply_structure,
+    csr_from_flat,
+    exclusion_of,
+    flat_positions,
+    top_mask,
+)
 
 
 def keep_by_magnitude(W, n_keep: int) -> np.ndarray:

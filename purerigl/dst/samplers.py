@@ -47,6 +47,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..formats._base import sorted_unique
 from .base import MethodError
 
 __all__ = [
@@ -111,7 +112,7 @@ def distinct_pairs(rows: np.ndarray, cols: np.ndarray, n_in: int) -> tuple[np.nd
     -------
     rows, cols : int64 ndarrays, shape (m',), m' <= m
     """
-    flat = np.unique(np.asarray(rows, dtype=np.int64) * n_in + np.asarray(cols, dtype=np.int64))
+    flat = sorted_unique(np.asarray(rows, dtype=np.int64) * n_in + np.asarray(cols, dtype=np.int64))
     r, c = np.divmod(flat, n_in)
     return r, c
 

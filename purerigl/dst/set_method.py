@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..formats._base import sorted_unique
 from .base import LayerUpdate
 from .rigl import MagnitudeDropCSR
 
@@ -40,7 +41,7 @@ def random_free_positions(rng: np.random.Generator, total: int, taken: np.ndarra
     while chosen.size < n:
         draw = rng.integers(0, total, size=2 * (n - chosen.size) + 16, dtype=np.int64)
         draw = draw[~np.isin(draw, taken)]
-        chosen = np.unique(np.concatenate([chosen, draw]))
+        chosen = sorted_unique(np.concatenate([chosen, draw]))
     if chosen.size > n:  # drop a uniformly random surplus so the result stays a uniform n-subset
         chosen = np.sort(rng.choice(chosen, size=n, replace=False))
     return chosen

@@ -40,6 +40,22 @@ def ceil_count(x: float) -> int:
     return snapped if snapped is not None else math.ceil(x)
 
 
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """The distinct values of the 1-D array ``a``, ascending (what ``np.unique(a)`` returns).
+
+    Sort, then keep each value that differs from its predecessor: O(n log n). NumPy 2.x's
+    ``np.unique`` takes a hash-based path for integers that measured 30-60x slower on the
+    large-range int64 position keys purerigl deduplicates (0.5 s against 0.01 s for 700,000 keys).
+    """
+    s = np.sort(np.asarray(a).ravel())
+    if s.size == 0:
+        return s
+    keep = np.empty(s.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
 def check_shape(shape) -> tuple[int, int]:
     """Return ``shape`` as a tuple of two positive Python ints, or raise FormatError."""
     try:

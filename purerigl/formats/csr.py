@@ -21,6 +21,7 @@ from ._base import (
     check_shape,
     floor_count,
     kaiming_values,
+    sorted_unique,
 )
 
 
@@ -34,10 +35,10 @@ def sample_flat_positions(rng: np.random.Generator, total: int, n: int) -> np.nd
         raise FormatError(f"cannot draw {n} distinct positions out of {total}")
     if n * 4 > total:
         return np.sort(rng.choice(total, size=n, replace=False).astype(np.int64))
-    chosen = np.unique(rng.integers(0, total, size=n, dtype=np.int64))
+    chosen = sorted_unique(rng.integers(0, total, size=n, dtype=np.int64))
     while chosen.size < n:
         extra = rng.integers(0, total, size=2 * (n - chosen.size), dtype=np.int64)
-        chosen = np.unique(np.concatenate([chosen, extra]))
+        chosen = sorted_unique(np.concatenate([chosen, extra]))
     # Trim a uniformly random surplus so the kept set is still a uniform n-subset.
     if chosen.size > n:
         chosen = np.sort(rng.choice(chosen, size=n, replace=False))

@@ -11,7 +11,12 @@ import numpy as np
 from ..errors import FormatError, PureriglError
 from ..formats import SparseFormat
 from ..kernels import get_backend
-from ..sparsity import FORMAT_NAMES, check_sparsity, layer_budget, random_layer_with_budget
+from ..sparsity import (
+    FORMAT_NAMES,
+    check_sparsity,
+    layer_budget,
+    random_layer_with_budget,
+)
 from .layers import Dense, ReLU, SparseLinear
 from .parameter import Parameter
 
