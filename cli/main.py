@@ -18,6 +18,7 @@ from .check import check
 from .demo import demo
 from .evaluate import evaluate
 from .info import info
+from .sweep import sweep
 from .train import train
 
 #: Every subcommand of ``purerigl`` (``--help`` lists them alphabetically with their first doc line).
@@ -28,6 +29,7 @@ COMMANDS = [
     check,
     demo,
     bench,
+    sweep,
 ]
 
 

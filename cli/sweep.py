@@ -1,0 +1,216 @@
+"""``purerigl sweep``: the method x sparsity x seed table, its cells run through Dask.
+
+Every cell is one ``purerigl train`` process (a subprocess of a Dask worker, its output in the cell's
+``train.log``), writing its run directory ``OUT/cells/<cell>/``. The grid's cells are Dask tasks: a
+``LocalCluster`` of worker processes on this machine by default, or an existing cluster with
+``--scheduler ADDRESS`` (then ``OUT`` must be a path every worker can read and write, and purerigl
+must be installed on every worker). Finished cells are skipped and interrupted ones resumed from
+their checkpoint (see :mod:`purerigl.sweep` for the states), so running the same command again after
+a crash, or with more seeds, only trains what is missing. At the end it writes ``OUT/results.md``,
+``OUT/results.json`` and ``OUT/accuracy_vs_sparsity.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from purerigl.checkpoint import atomic_write
+from purerigl.data import DATASETS
+from purerigl.dst.distribution import DISTRIBUTIONS
+from purerigl.lr_schedule import SCHEDULES
+from purerigl.sweep import (
+    SWEEP_METHODS, Budget, Cell, aggregate, cell_state, check_budget, collect_results, make_grid, markdown_table,
+    write_failure, write_result,
+)
+
+#: Lines of a failed cell's train.log kept in failed.json and shown.
+LOG_TAIL_LINES = 5
+
+
+def _comma_list(kind, name):
+    """A click callback parsing ``a,b,c`` into a list of ``kind``; a bad item is a usage error (exit 2)."""
+
+    def parse(ctx, param, value):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            return [kind(v) for v in items]
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list of {name}, got {value!r}") from None
+
+    return parse
+
+
+def run_cell(cell: Cell, cell_dir: str, train_args: list[str], threads: int) -> dict:
+    """Train one cell in a ``purerigl train`` subprocess (runs on a Dask worker); returns its record.
+
+    A partial cell is continued with ``--resume``, a new one started with ``--overwrite`` (which clears
+    a run left without a checkpoint). The subprocess gets ``threads`` Numba and BLAS threads.
+    """
+    cell_dir = Path(cell_dir)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    state = cell_state(cell_dir)
+    if state == "done":
+        return {"status": "skipped", "name": cell.name}
+    base = [sys.executable, "-m", "purerigl.cli.main", "train"]
+    if state == "partial":
+        cmd = base + ["--resume", str(cell_dir), "--no-progress", "--checkpoint-every", "1"]
+    else:
+        cmd = base + [*train_args, "--out", str(cell_dir), "--overwrite", "--no-progress", "--checkpoint-every", "1"]
+    env = dict(os.environ)
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    log_path = cell_dir / "train.log"
+    started = time.perf_counter()
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+    seconds = time.perf_counter() - started
+    if returncode != 0:
+        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:])
+        return {"status": "failed", **write_failure(cell_dir, cell, returncode, tail), "seconds": seconds}
+    return {"status": "resumed" if state == "partial" else "trained", **write_result(cell_dir, cell, train_args),
+            "seconds": seconds}
+
+
+def _client(scheduler: str | None, workers: int):
+    """A Dask client: to ``scheduler`` if given, else to a new local cluster of ``workers`` processes."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise click.UsageError(
+            "purerigl sweep runs its cells through Dask; install it with: pip install 'purerigl[sweep]'"
+        ) from None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except (OSError, TimeoutError, ValueError) as err:
+            raise click.UsageError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+    import logging
+
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    return Client(cluster), cluster
+
+
+def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -> tuple[list[dict], Path | None]:
+    """results.json, results.md and the PNG from every done cell of the grid; returns (rows, png or None)."""
+    results = collect_results(out, cells)
+    rows = aggregate(results)
+    summary = {"budget": budget.to_dict(), "rows": rows, "cells": results}
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(out / "results.json", lambda f: f.write(text.encode("utf-8")))
+    header = (
+        f"# Sweep: {budget.dataset}, MLP {budget.hidden}, {budget.epochs} epochs\n\n"
+        f"Budget: {budget.optimizer} (momentum {budget.momentum}), lr {budget.lr} {budget.schedule}, batch "
+        f"{budget.batch_size}, weight decay {budget.weight_decay}, {budget.distribution} layer budgets, "
+        f"backend {budget.backend}. Final-epoch test accuracy; {len(results)} of {len(cells)} cells done.\n\n"
+    )
+    md = header + markdown_table(rows, n_seeds)
+    atomic_write(out / "results.md", lambda f: f.write(md.encode("utf-8")))
+    png = None
+    if rows:
+        try:
+            from purerigl.sweep_plot import plot_accuracy_vs_sparsity
+
+            png = plot_accuracy_vs_sparsity(
+                rows, out / "accuracy_vs_sparsity.png",
+                title=f"{budget.dataset}, MLP {budget.hidden}, {budget.epochs} epochs, mean ± std over seeds",
+            )
+        except ImportError:
+            png = None
+    return rows, png
+
+
+@click.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/sweep"),
+              show_default=True, help="Sweep directory: cells/<cell>/ run directories and the results.")
+@click.option("--methods", default=",".join(SWEEP_METHODS), show_default=True,
+              callback=_comma_list(str, "method names"), help="Comma-separated methods ('dense' included).")
+@click.option("--sparsities", default="0.8,0.9,0.95,0.98,0.99", show_default=True,
+              callback=_comma_list(float, "fractions"), help="Comma-separated sparsities (fractions of zeros).")
+@click.option("--seeds", default="0,1,2", show_default=True, callback=_comma_list(int, "integers"),
+              help="Comma-separated seeds.")
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Directory holding the dataset files (as for purerigl train).")
+@click.option("--hidden", default="300,100", show_default=True, help="Hidden widths, comma-separated.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default="cosine", show_default=True)
+@click.option("--distribution", type=click.Choice(sorted(DISTRIBUTIONS)), default="erk", show_default=True,
+              help="How the sparsity is spread over the layers.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local Dask worker processes (cells at once)  [default: cores / --threads-per-run]")
+@click.option("--threads-per-run", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Numba and BLAS threads of each cell's training process.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Address of an existing Dask scheduler (tcp://host:8786) instead of a local cluster.")
+@click.option("--dry-run", is_flag=True, help="List the cells and their state; train nothing.")
+def sweep(out, methods, sparsities, seeds, dataset, data_dir, hidden, epochs, batch_size, lr, momentum,
+          weight_decay, schedule, distribution, workers, threads_per_run, scheduler, dry_run):
+    """Train a grid of methods x sparsities x seeds and write the accuracy table and plot.
+
+    Cells already done in OUT are skipped and interrupted ones resumed, so the same command can be
+    run again to finish or extend a sweep. Exit 1 if any cell failed (its train.log says why).
+    """
+    from purerigl.nn import parse_hidden
+
+    parse_hidden(hidden)  # a bad --hidden stops here (exit 2), not in every cell
+    cells = make_grid(methods, sparsities, seeds)
+    budget = Budget(
+        dataset=dataset, data_dir=None if data_dir is None else str(Path(data_dir).resolve()), hidden=hidden,
+        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, distribution=distribution,
+    )
+    states = {cell: cell_state(out / "cells" / cell.name) for cell in cells}
+    todo = [cell for cell in cells if states[cell] != "done"]
+    click.echo(f"sweep {out}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
+    if dry_run:
+        for cell in cells:
+            click.echo(f"  {cell.name:28s} {states[cell]}")
+        return
+    check_budget(out, budget)
+    failed = []
+    if todo:
+        if workers is None:
+            workers = max(1, (os.cpu_count() or 1) // threads_per_run)
+        client, cluster = _client(scheduler, workers)
+        try:
+            futures = {
+                client.submit(run_cell, cell, str((out / "cells" / cell.name).resolve()), budget.train_args(cell),
+                              threads_per_run, key=f"purerigl-{cell.name}-{time.time_ns()}", pure=False): cell
+                for cell in todo
+            }
+            from dask.distributed import as_completed
+
+            for done, future in enumerate(as_completed(futures), 1):
+                record = future.result()
+                if record["status"] == "failed":
+                    failed.append(record)
+                    click.echo(f"[{done}/{len(todo)}] {record['name']}: FAILED (exit {record['returncode']}), see "
+                               f"{out / 'cells' / record['name'] / 'train.log'}")
+                else:
+                    click.echo(f"[{done}/{len(todo)}] {record['name']}: {record['status']}, test accuracy "
+                               f"{record.get('test_accuracy', float('nan')):.4f}, {record['seconds']:.0f} s")
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    rows, png = _write_outputs(out, cells, budget, len(set(seeds)))
+    click.echo(f"wrote {out / 'results.md'}, {out / 'results.json'}" + (f", {png}" if png else
+               " (no plot: pip install 'purerigl[plot]')"))
+    if failed:
+        raise click.ClickException(f"{len(failed)} cell(s) failed: {', '.join(r['name'] for r in failed)}")
