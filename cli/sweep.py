@@ -47,6 +47,18 @@ def _comma_list(kind, name):
     return parse
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent (the Dask worker) dies, so a
+    stopped sweep leaves no orphan training process writing into a cell. A no-op elsewhere."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_cell(cell: Cell, cell_dir: str, train_args: list[str], threads: int) -> dict:
     """Train one cell in a ``purerigl train`` subprocess (runs on a Dask worker); returns its record.
 
@@ -71,7 +83,10 @@ def run_cell(cell: Cell, cell_dir: str, train_args: list[str], threads: int) -> 
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        returncode = subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False, preexec_fn=preexec
+        ).returncode
     seconds = time.perf_counter() - started
     if returncode != 0:
         tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:])
@@ -189,10 +204,13 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, hidden, epochs, ba
             workers = max(1, (os.cpu_count() or 1) // threads_per_run)
         client, cluster = _client(scheduler, workers)
         try:
+            # seed-major order (all of seed 0 first): a sweep stopped early still covers the whole grid
+            todo.sort(key=lambda c: (c.seed, cells.index(c)))
             futures = {
                 client.submit(run_cell, cell, str((out / "cells" / cell.name).resolve()), budget.train_args(cell),
-                              threads_per_run, key=f"purerigl-{cell.name}-{time.time_ns()}", pure=False): cell
-                for cell in todo
+                              threads_per_run, key=f"purerigl-{cell.name}-{time.time_ns()}", pure=False,
+                              priority=len(todo) - rank): cell
+                for rank, cell in enumerate(todo)
             }
             from dask.distributed import as_completed
 
