@@ -18,6 +18,8 @@ from .check import check
 from .demo import demo
 from .evaluate import evaluate
 from .info import info
+from .inspect import inspect
+from .plot import plot
 from .sweep import sweep
 from .train import train
 
@@ -30,6 +32,8 @@ COMMANDS = [
     demo,
     bench,
     sweep,
+    inspect,
+    plot,
 ]
 
 

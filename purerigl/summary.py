@@ -1,0 +1,214 @@
+"""Per-layer summaries of a saved model: what ``purerigl inspect`` prints, as plain dicts.
+
+Every number is computed from the stored indices, never from a dense matrix, so a summary of a
+layer costs O(nnz + n_out + n_in) time and memory whatever its shape:
+
+- **fan-in** of output neuron i: the number of stored entries in row i (an ablated or empty row
+  has 0); **fan-out** of input j: the number of stored entries in column j. Both are ``np.bincount``
+  of the (row, col) positions of the stored entries (:func:`purerigl.kernels.reference.triples`).
+  Means are over all n_out rows / all n_in columns, empty ones included.
+- **bytes**: what the layer's arrays occupy (values + index arrays + bias, at their real dtypes),
+  against a dense float32 layer of the same shape (``(n_out * n_in + n_out) * 4``: weight + bias).
+- **ablated** (Condensed only): output neurons not listed in ``rows``; they output only their bias.
+- **diagonals** (Diagonal only): K stored of the P = max(n_out, n_in) candidates.
+
+Nothing here prints; :func:`inspect_model_file` returns a JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_model
+from .errors import PureriglError
+from .formats import CSR, Condensed, Diagonal
+from .kernels.reference import triples
+from .nn import Dense, SparseLinear
+
+#: Bytes of one float32 weight of the dense layer a sparse one is compared with.
+DENSE_BYTES_PER_WEIGHT = 4
+
+__all__ = [
+    "SummaryError",
+    "fan_in_out",
+    "inspect_model_file",
+    "layer_bytes",
+    "resolve_model_path",
+    "summarize_layer",
+    "summarize_model",
+    "total_row",
+]
+
+
+class SummaryError(PureriglError, ValueError):
+    """The path given for inspection is not a model file (or a run directory holding one)."""
+
+
+def fan_in_out(layer) -> tuple[np.ndarray, np.ndarray]:
+    """(fan_in int64 (n_out,), fan_out int64 (n_in,)) of a SparseLinear or Dense layer.
+
+    .. math:: \\mathrm{fan\\_in}_i = |\\{e : \\mathrm{row}_e = i\\}|, \\qquad
+              \\mathrm{fan\\_out}_j = |\\{e : \\mathrm{col}_e = j\\}|
+
+    over the stored entries e (for a Dense layer every position is stored). Computed from the
+    indices in O(nnz + n_out + n_in); no dense array is formed.
+    """
+    n_out, n_in = layer.shape
+    if isinstance(layer, Dense):
+        return np.full(n_out, n_in, dtype=np.int64), np.full(n_in, n_out, dtype=np.int64)
+    W = layer.W
+    if isinstance(W, CSR):
+        fan_in = np.diff(W.indptr).astype(np.int64)
+        return fan_in, np.bincount(W.indices, minlength=n_in).astype(np.int64)
+    if isinstance(W, Condensed):
+        return W.row_fan_in(), np.bincount(W.indices.ravel(), minlength=n_in).astype(np.int64)
+    rows, cols, _ = triples(W)  # Diagonal: K * L positions
+    return (
+        np.bincount(rows, minlength=n_out).astype(np.int64),
+        np.bincount(cols, minlength=n_in).astype(np.int64),
+    )
+
+
+def _weight_arrays(layer) -> dict[str, np.ndarray]:
+    """The arrays that store a layer's weights (values and indices), by their schema name."""
+    if isinstance(layer, Dense):
+        return {"weight": layer.weight.value}
+    W = layer.W
+    if isinstance(W, Condensed):
+        return {"rows": W.rows, "indices": W.indices, "values": W.values}
+    if isinstance(W, Diagonal):
+        return {"offsets": W.offsets, "values": W.values}
+    return {"indptr": W.indptr, "indices": W.indices, "values": W.values}
+
+
+def layer_bytes(layer) -> dict[str, int]:
+    """Bytes of a layer's arrays: ``values`` (or the dense ``weight``), ``indices`` (every index
+    array: rows, indices, indptr, offsets), ``bias``, ``total``, and ``dense``, a float32 layer of
+    the same shape with its bias."""
+    arrays = _weight_arrays(layer)
+    values = sum(a.nbytes for name, a in arrays.items() if name in ("values", "weight"))
+    indices = sum(a.nbytes for name, a in arrays.items() if name not in ("values", "weight"))
+    bias = layer.bias.value.nbytes
+    n_out, n_in = layer.shape
+    dense = (n_out * n_in + n_out) * DENSE_BYTES_PER_WEIGHT
+    return {"values": int(values), "indices": int(indices), "bias": int(bias),
+            "total": int(values + indices + bias), "dense": int(dense)}
+
+
+def _range(a: np.ndarray) -> dict:
+    return {"min": int(a.min()), "mean": float(a.mean()), "max": int(a.max())}
+
+
+def summarize_layer(index: int, layer) -> dict:
+    """One layer's summary (JSON-ready).
+
+    Keys: ``layer`` (name), ``index``, ``format`` (condensed, diagonal, csr or dense), ``shape``
+    [n_out, n_in], ``nnz``, ``density`` (nnz / (n_out n_in)), ``fan_in`` and ``fan_out`` ({min, mean,
+    max}), ``empty_rows`` (outputs with no input, ablated ones included), ``empty_cols`` (inputs no
+    weight reads), ``ablated`` (count) and ``ablated_neurons`` (list), Condensed only, else None;
+    ``diagonals`` ({K, P}), Diagonal only, else None; ``bytes`` (:func:`layer_bytes`) and
+    ``bytes_ratio`` (total / dense).
+    """
+    n_out, n_in = layer.shape
+    fan_in, fan_out = fan_in_out(layer)
+    nnz = int(fan_in.sum())
+    ablated = ablated_neurons = diagonals = None
+    if isinstance(layer, SparseLinear):
+        W = layer.W
+        fmt = type(W).__name__.lower()
+        if isinstance(W, Condensed):
+            mask = np.ones(n_out, dtype=bool)
+            mask[W.rows] = False
+            ablated_neurons = np.flatnonzero(mask).tolist()
+            ablated = len(ablated_neurons)
+        elif isinstance(W, Diagonal):
+            diagonals = {"K": int(W.K), "P": int(W.P)}
+    else:
+        fmt = "dense"
+    size = layer_bytes(layer)
+    return {
+        "layer": getattr(layer, "name", f"layer{index}"),
+        "index": int(index),
+        "format": fmt,
+        "shape": [int(n_out), int(n_in)],
+        "nnz": nnz,
+        "density": nnz / (n_out * n_in),
+        "fan_in": _range(fan_in),
+        "fan_out": _range(fan_out),
+        "empty_rows": int((fan_in == 0).sum()),
+        "empty_cols": int((fan_out == 0).sum()),
+        "ablated": ablated,
+        "ablated_neurons": ablated_neurons,
+        "diagonals": diagonals,
+        "bytes": size,
+        "bytes_ratio": size["total"] / size["dense"],
+    }
+
+
+def summarize_model(model) -> list[dict]:
+    """:func:`summarize_layer` of every linear layer of an MLP, in order."""
+    return [summarize_layer(i, lin) for i, lin in enumerate(model.linears)]
+
+
+def total_row(layers: list[dict]) -> dict:
+    """The whole model: ``nnz``, ``positions`` (sum of n_out n_in), ``density``, ``bytes`` (summed per
+    key) and ``bytes_ratio``."""
+    positions = sum(r["shape"][0] * r["shape"][1] for r in layers)
+    nnz = sum(r["nnz"] for r in layers)
+    size = {key: sum(r["bytes"][key] for r in layers) for key in ("values", "indices", "bias", "total", "dense")}
+    return {
+        "layers": len(layers),
+        "nnz": nnz,
+        "positions": positions,
+        "density": nnz / positions if positions else 0.0,
+        "bytes": size,
+        "bytes_ratio": size["total"] / size["dense"] if size["dense"] else 0.0,
+    }
+
+
+def resolve_model_path(path) -> Path:
+    """The model file to inspect: ``path`` itself, or for a run directory its ``model.npz`` (else its
+    ``checkpoint.npz``, the state of an unfinished run). SummaryError if there is none."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.npz", "checkpoint.npz"):
+            if (path / name).is_file():
+                return path / name
+        raise SummaryError(f"{path} is a directory without model.npz or checkpoint.npz; give a model file")
+    if not path.exists():
+        raise SummaryError(f"no such file: {path}")
+    if not path.is_file():
+        raise SummaryError(f"{path} is not a regular file")
+    return path
+
+
+def inspect_model_file(path) -> dict:
+    """Load a model file (or training checkpoint, or a run directory) and summarise it.
+
+    Returns a JSON-ready dict: ``file``, ``kind`` ("model" or "checkpoint"), ``epoch`` (checkpoints:
+    epochs completed, else None), ``method``, ``dataset``, ``sparsity`` (from the file's meta, None
+    when absent), ``file_bytes``, ``layers`` (:func:`summarize_model`) and ``total``
+    (:func:`total_row`). A checkpoint's optimizer state is in ``file_bytes`` but in no layer's bytes.
+
+    Raises
+    ------
+    SummaryError, CheckpointError
+        For a missing path, a file that is not an .npz, or an .npz that is not a purerigl model.
+    """
+    path = resolve_model_path(path)
+    model, meta = load_model(path, backend="reference")
+    train = meta.get("train") if isinstance(meta.get("train"), dict) else None
+    layers = summarize_model(model)
+    return {
+        "file": str(path),
+        "kind": "checkpoint" if train is not None else "model",
+        "epoch": int(train["epoch"]) if train is not None and "epoch" in train else None,
+        "method": meta.get("method"),
+        "dataset": meta.get("dataset"),
+        "sparsity": meta.get("sparsity"),
+        "file_bytes": int(path.stat().st_size),
+        "layers": layers,
+        "total": total_row(layers),
+    }
