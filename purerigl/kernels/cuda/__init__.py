@@ -1,0 +1,412 @@
+"""The numba.cuda backend: the reference operations as CUDA kernels, one thread per output.
+
+Same functions, signatures and semantics as :mod:`purerigl.kernels.reference` and
+:mod:`purerigl.kernels.cpu`: host NumPy arrays in, host NumPy arrays out, operands checked by the same
+:mod:`purerigl.kernels._checks` functions (so all backends accept and refuse exactly the same inputs),
+``out=`` filled and returned. Each call copies its operands to the device, launches the kernels and
+copies the result back. The kernels live one module per format (:mod:`.condensed`, :mod:`.diagonal`,
+:mod:`.csr`) plus :mod:`.pairs` for ``grad_at`` and :mod:`.growth` for the growth selections; the
+shared per-element sums are in :mod:`._device`, the launch configuration in :mod:`._launch`.
+
+Device-level entry points, for chaining ops without host round trips (a GPU-resident training step):
+
+- :func:`to_device` copies a Condensed, Diagonal or CSR matrix to the device once and returns a
+  ``DeviceCondensed`` / ``DeviceDiagonal`` / ``DeviceCSR`` whose ``values`` is a device array (an
+  optimizer may update it in place);
+- :func:`matmul_device`, :func:`matmul_t_device`, :func:`sddmm_device` and :func:`grad_at_device`
+  take that device matrix and numba device arrays (``cuda.to_device(...)`` or the result of another
+  ``*_device`` call), and return a float32 device array (``out=`` a device array to reuse one). They
+  neither copy to the host nor synchronise; call :func:`synchronize` before reading a clock. Their
+  checks are cheap (types, dtypes, shapes), never a pass over the data.
+
+Sums are accumulated in float32 in a fixed order (each output's terms in ascending index order), so
+results agree with the reference to float32 rounding and are identical from run to run. No kernel
+uses atomics: ``matmul_t`` of the row-stored formats first builds a column index (see
+:mod:`._columns`).
+
+Availability: the registry calls :func:`check_available`, which raises one
+:class:`~purerigl.errors.BackendError` naming the fixes when numba.cuda cannot run (no GPU and the
+simulator off). With ``NUMBA_ENABLE_CUDASIM=1`` set before numba is imported, everything runs on
+Numba's CUDA simulator (slow; for tests). This package is imported only when the cuda backend is
+asked for, so importing :mod:`purerigl` never imports numba.cuda.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import DTypeError, FormatTypeError, ShapeError
+from ...formats import CSR, Condensed, Diagonal
+from .. import _checks
+from . import _launch, condensed, csr, diagonal, pairs
+from .condensed import DeviceCondensed
+from .csr import DeviceCSR
+from .diagonal import DeviceDiagonal
+
+NAME = "cuda"
+
+__all__ = [
+    "NAME", "DeviceCSR", "DeviceCondensed", "DeviceDiagonal", "check_available", "diag_grad_norms",
+    "grad_at", "grad_at_device", "matmul", "matmul_device", "matmul_t", "matmul_t_device", "on_simulator", "sddmm",
+    "sddmm_device", "synchronize", "to_device", "topk_grad", "topk_grad_rows",
+]
+
+_DEVICE_TYPES = {Condensed: DeviceCondensed, Diagonal: DeviceDiagonal, CSR: DeviceCSR}
+_MODULES = {DeviceCondensed: condensed, DeviceDiagonal: diagonal, DeviceCSR: csr}
+
+
+def check_available() -> None:
+    """Raise :class:`~purerigl.errors.BackendError` naming the fixes unless CUDA kernels can run here."""
+    _launch.require()
+
+
+def on_simulator() -> bool:
+    """True when the kernels run on Numba's CUDA simulator (Python threads on the CPU; slow)."""
+    return _launch.SIMULATOR
+
+
+def synchronize() -> None:
+    """Wait until every queued kernel and copy has finished; call before reading a clock."""
+    _launch.synchronize()
+
+
+# --------------------------------------------------------------------------------------------------
+# Device level: device arrays in, device arrays out
+# --------------------------------------------------------------------------------------------------
+
+
+def to_device(W):
+    """Copy a Condensed, Diagonal or CSR matrix to the device.
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+
+    Returns
+    -------
+    DeviceCondensed | DeviceDiagonal | DeviceCSR
+        The same arrays as device arrays, with ``shape``.
+    """
+    _checks.check_format(W)
+    return _DEVICE_TYPES[type(W)].from_host(W)
+
+
+def _module_for(Wd):
+    module = _MODULES.get(type(Wd))
+    if module is None:
+        raise FormatTypeError(
+            f"W must be a device matrix from purerigl.kernels.cuda.to_device(W), got {type(Wd).__name__}"
+        )
+    return module
+
+
+def _check_device(name: str, A, shape: tuple, dtype=np.float32):
+    """A device array of this dtype and exact shape (a host array is refused: no hidden copies)."""
+    if not _launch.is_device_array(A):
+        raise DTypeError(
+            f"{name} must be a numba device array (cuda.to_device), got {type(A).__name__}; "
+            "the host functions (matmul, ...) take NumPy arrays"
+        )
+    if A.dtype != dtype:
+        raise DTypeError(f"{name} must be {np.dtype(dtype).name}, got {A.dtype}")
+    if tuple(A.shape) != tuple(shape):
+        raise ShapeError(f"{name} has shape {tuple(A.shape)}, expected {tuple(shape)}")
+    return A
+
+
+def _device_out(out, shape: tuple):
+    """``out`` checked, or a new uninitialised float32 device array (the kernels write every element)."""
+    if out is None:
+        return _launch.empty(shape, np.float32)
+    return _check_device("out", out, shape)
+
+
+def _dims(name: str, A) -> tuple[int, int]:
+    """(batch, features) of the 2-D device array ``A``."""
+    if not _launch.is_device_array(A):
+        raise DTypeError(f"{name} must be a numba device array (cuda.to_device), got {type(A).__name__}")
+    if len(A.shape) != 2:
+        raise ShapeError(f"{name} must be 2-D (batch, features), got shape {tuple(A.shape)}")
+    return int(A.shape[0]), int(A.shape[1])
+
+
+def matmul_device(W, X, out=None):
+    """Forward product ``Y = X W^T`` on device arrays.
+
+    .. math:: Y[b, i] = \\sum_j W[i, j] \\, X[b, j]
+
+    Parameters
+    ----------
+    W : DeviceCondensed | DeviceDiagonal | DeviceCSR, shape (n_out, n_in)
+    X : float32 device array, shape (B, n_in)
+    out : float32 device array, shape (B, n_out), optional
+
+    Returns
+    -------
+    Y : float32 device array, shape (B, n_out)
+    """
+    module = _module_for(W)
+    n_out, n_in = W.shape
+    B = _dims("X", X)[0]
+    _check_device("X", X, (B, n_in))
+    return module.matmul(W, X, _device_out(out, (B, n_out)))
+
+
+def matmul_t_device(W, dY, out=None):
+    """Input gradient ``dX = dY W`` on device arrays.
+
+    .. math:: dX[b, j] = \\sum_i dY[b, i] \\, W[i, j]
+
+    Parameters
+    ----------
+    W : DeviceCondensed | DeviceDiagonal | DeviceCSR, shape (n_out, n_in)
+    dY : float32 device array, shape (B, n_out)
+    out : float32 device array, shape (B, n_in), optional
+
+    Returns
+    -------
+    dX : float32 device array, shape (B, n_in)
+    """
+    module = _module_for(W)
+    n_out, n_in = W.shape
+    B = _dims("dY", dY)[0]
+    _check_device("dY", dY, (B, n_out))
+    return module.matmul_t(W, dY, _device_out(out, (B, n_in)))
+
+
+def sddmm_device(W, X, dY, out=None):
+    """Value gradient at the stored positions on device arrays, laid out like ``W.values``.
+
+    .. math:: dW[e] = \\sum_b dY[b, \\mathrm{row}_e] \\, X[b, \\mathrm{col}_e]
+
+    Parameters
+    ----------
+    W : DeviceCondensed | DeviceDiagonal | DeviceCSR, shape (n_out, n_in); only its structure is read
+    X : float32 device array, shape (B, n_in)
+    dY : float32 device array, shape (B, n_out)
+    out : float32 device array shaped like ``W.values``, optional
+
+    Returns
+    -------
+    dW : float32 device array shaped like ``W.values``
+    """
+    module = _module_for(W)
+    n_out, n_in = W.shape
+    B = _dims("X", X)[0]
+    _check_device("X", X, (B, n_in))
+    _check_device("dY", dY, (B, n_out))
+    return module.sddmm(W, X, dY, _device_out(out, tuple(W.values.shape)))
+
+
+def grad_at_device(X, dY, rows, cols, out=None):
+    """The dense gradient ``G = dY^T X`` at (row, col) pairs, on device arrays.
+
+    .. math:: g[m] = \\sum_b dY[b, \\mathrm{rows}[m]] \\, X[b, \\mathrm{cols}[m]]
+
+    Parameters
+    ----------
+    X : float32 device array, shape (B, n_in)
+    dY : float32 device array, shape (B, n_out)
+    rows, cols : int64 device arrays, shape (m,), in [0, n_out) and [0, n_in) (not checked: no pass
+        over the data)
+    out : float32 device array, shape (m,), optional
+
+    Returns
+    -------
+    g : float32 device array, shape (m,)
+    """
+    B = _dims("X", X)[0]
+    _check_device("dY", dY, (B, _dims("dY", dY)[1]))
+    m = int(rows.shape[0]) if _launch.is_device_array(rows) else 0
+    _check_device("rows", rows, (m,), np.int64)
+    _check_device("cols", cols, (m,), np.int64)
+    return pairs.grad_at(X, dY, rows, cols, _device_out(out, (m,)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Host level: the backend's ops, NumPy in and out
+# --------------------------------------------------------------------------------------------------
+
+
+def matmul(W, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Forward product ``Y = X W^T``.
+
+    Implements :func:`purerigl.kernels.reference.matmul`.
+
+    .. math:: Y[b, i] = \\sum_j W[i, j] \\, X[b, j]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+    X : float32 ndarray, shape (B, n_in)
+    out : float32 ndarray, shape (B, n_out), optional
+        C-contiguous; overwritten.
+
+    Returns
+    -------
+    Y : float32 ndarray, shape (B, n_out). Rows of W that store nothing give 0.
+    """
+    X, out = _checks.matmul_operands(W, X, out)
+    if out.size == 0 or W.nnz == 0:  # out is already zeroed
+        return out
+    matmul_device(to_device(W), _launch.to_device(X)).copy_to_host(out)
+    return out
+
+
+def matmul_t(W, dY: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Input gradient ``dX = dY W``.
+
+    Implements :func:`purerigl.kernels.reference.matmul_t`.
+
+    .. math:: dX[b, j] = \\sum_i dY[b, i] \\, W[i, j]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    out : float32 ndarray, shape (B, n_in), optional
+        C-contiguous; overwritten.
+
+    Returns
+    -------
+    dX : float32 ndarray, shape (B, n_in)
+    """
+    dY, out = _checks.matmul_t_operands(W, dY, out)
+    if out.size == 0 or W.nnz == 0:
+        return out
+    matmul_t_device(to_device(W), _launch.to_device(dY)).copy_to_host(out)
+    return out
+
+
+def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient with respect to each stored value (sampled dense-dense product).
+
+    Implements :func:`purerigl.kernels.reference.sddmm`.
+
+    .. math:: dW[e] = \\sum_b dY[b, \\mathrm{row}_e] \\, X[b, \\mathrm{col}_e]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in); only its structure is read
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    out : float32 ndarray shaped like ``W.values``, optional
+        C-contiguous; overwritten.
+
+    Returns
+    -------
+    dW : float32 ndarray shaped like ``W.values``
+    """
+    X, dY, out = _checks.sddmm_operands(W, X, dY, out)
+    if out.size == 0 or X.shape[0] == 0:  # an empty batch sums nothing: zeros
+        return out
+    sddmm_device(to_device(W), _launch.to_device(X), _launch.to_device(dY)).copy_to_host(out)
+    return out
+
+
+def grad_at(
+    X: np.ndarray, dY: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The dense gradient ``G = dY^T X`` at arbitrary positions, without forming G.
+
+    Implements :func:`purerigl.kernels.reference.grad_at`.
+
+    .. math:: g[m] = \\sum_b dY[b, \\mathrm{rows}[m]] \\, X[b, \\mathrm{cols}[m]]
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    rows, cols : integer ndarrays, shape (m,), in [0, n_out) and [0, n_in)
+    out : float32 ndarray, shape (m,), optional
+        C-contiguous; overwritten.
+
+    Returns
+    -------
+    g : float32 ndarray, shape (m,)
+    """
+    X, dY, rows, cols, out = _checks.grad_at_operands(X, dY, rows, cols, out)
+    if out.size == 0 or X.shape[0] == 0:
+        return out
+    to = _launch.to_device
+    grad_at_device(to(X), to(dY), to(rows), to(cols)).copy_to_host(out)
+    return out
+
+
+def topk_grad(X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray, exclude_indices: np.ndarray):
+    """The m positions of largest gradient magnitude over the whole layer, excluded positions aside (RigL).
+
+    Implements :func:`purerigl.kernels.reference.topk_grad` (kernels in :mod:`.growth`).
+
+    .. math:: \\mathrm{top}_m \\{ (i, j) \\notin E : |G[i, j]| \\}, \\qquad G[i, j] = \\sum_b dY[b, i] X[b, j]
+
+    Ranked by the float32 score |G[i, j]|, larger first; equal scores: lower flat index
+    ``i * n_in + j`` first.
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    m : int >= 0
+    exclude_indptr : integer ndarray, shape (n_out + 1,)
+    exclude_indices : integer ndarray, shape (nnz,)
+        The excluded set, CSR-like, strictly increasing within each row.
+
+    Returns
+    -------
+    rows, cols : int64 ndarrays, shape (min(m, n_out * n_in - nnz),), sorted by ``rows * n_in + cols``.
+    """
+    from . import growth
+
+    X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
+    return growth.topk_grad(X, dY, m, indptr, indices)
+
+
+def topk_grad_rows(
+    X: np.ndarray, dY: np.ndarray, counts: np.ndarray, exclude_indptr: np.ndarray, exclude_indices: np.ndarray
+):
+    """Per row i, the counts[i] columns of largest gradient magnitude among those not excluded (SRigL).
+
+    Implements :func:`purerigl.kernels.reference.topk_grad_rows` (kernels in :mod:`.growth`).
+
+    .. math:: C_i = \\mathrm{top}_{c_i} \\{ j : (i, j) \\notin E, \\text{ by } |G[i, j]| \\},
+              \\qquad c_i = \\min(\\mathrm{counts}[i], n_{in} - |E_i|)
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    counts : integer ndarray, shape (n_out,), >= 0
+    exclude_indptr, exclude_indices : the excluded set, as in :func:`topk_grad`
+
+    Returns
+    -------
+    indptr : int64 ndarray, shape (n_out + 1,)
+    cols : int64 ndarray, shape (sum c_i,), ascending within each row; equal scores: lower column first
+    """
+    from . import growth
+
+    X, dY, counts, indptr, indices = _checks.topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices)
+    return growth.topk_grad_rows(X, dY, counts, indptr, indices)
+
+
+def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
+    """The L2 norm of the gradient along each of the P wrap-around diagonals (DynaDiag growth scores).
+
+    Implements :func:`purerigl.kernels.reference.diag_grad_norms` (kernels in :mod:`.growth`).
+
+    .. math:: S[d] = \\Big( \\sum_{t=0}^{L-1} G[\\mathrm{row}(d, t), \\mathrm{col}(d, t)]^2 \\Big)^{1/2}
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+
+    Returns
+    -------
+    S : float32 ndarray, shape (P,), P = max(n_out, n_in)
+    """
+    from . import growth
+
+    X, dY = _checks.growth_operands(X, dY)
+    return growth.diag_grad_norms(X, dY)

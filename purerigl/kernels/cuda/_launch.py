@@ -1,0 +1,123 @@
+"""numba.cuda import, device detection and launch configuration of the cuda backend.
+
+Everything that touches numba.cuda's module state lives here, so the kernel modules only define
+kernels:
+
+- :data:`cuda` is ``numba.cuda``, imported when this module is (that is, only once the cuda backend
+  is asked for: importing :mod:`purerigl` never imports numba.cuda), with numba's deprecation warning
+  about its built-in CUDA target silenced. The same code runs on numba's built-in target, on the
+  NVIDIA-maintained ``numba-cuda`` package (the ``gpu`` extra) and on the CUDA simulator
+  (``NUMBA_ENABLE_CUDASIM=1``, which must be set before numba is first imported).
+- :func:`unavailable_reason` / :func:`require`: whether kernels can run here; :func:`require` raises
+  one :class:`~purerigl.errors.BackendError` that names the fixes.
+- :data:`THREADS_PER_BLOCK`, :func:`blocks` and :func:`launch`: a 1-D grid of one thread per
+  independent output. Tests patch :data:`THREADS_PER_BLOCK` small (e.g. 4) so that tiny inputs span
+  several blocks; it is read at every launch.
+- :func:`to_device`, :func:`empty` and :func:`is_device_array`: the few array helpers the drivers need.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numba
+import numpy as np
+
+from ...errors import BackendError
+
+#: What to do when the cuda backend cannot run; part of every "cuda unavailable" error.
+FIXES = (
+    "to use it, install the gpu extra (pip install 'purerigl[gpu]') on a machine with an NVIDIA GPU and "
+    "driver; or set NUMBA_ENABLE_CUDASIM=1 before starting Python to run the kernels on Numba's CUDA "
+    "simulator (slow, for testing); or use another backend: --backend cpu (or PURERIGL_BACKEND=cpu; "
+    "'reference' also works)"
+)
+
+
+def _import_cuda():
+    """``numba.cuda``, imported with numba's warnings about its built-in CUDA target silenced."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the built-in target warns that it is deprecated
+            from numba import cuda
+    except Exception as err:  # ImportError, a broken numba-cuda install, ...
+        raise BackendError(
+            f"backend 'cuda' is unavailable: numba.cuda cannot be imported "
+            f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); {FIXES}"
+        ) from err
+    return cuda
+
+
+cuda = _import_cuda()
+
+#: True when numba.cuda is the CUDA simulator (kernels run as Python threads on the CPU).
+SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+
+#: Threads per block of every launch: a multiple of the warp size (32) on a GPU. The simulator starts
+#: one Python thread per thread of a block, so there one warp per block is much faster for small
+#: inputs. Tests patch it smaller still (e.g. 4).
+THREADS_PER_BLOCK = 32 if SIMULATOR else 128
+
+
+def unavailable_reason() -> str | None:
+    """Why numba.cuda cannot run kernels here, or None when it can (a GPU, or the simulator)."""
+    if SIMULATOR:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if cuda.is_available():
+                return None
+    except Exception as err:  # a broken driver: report it
+        return f"numba.cuda failed to start ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+    reason = "numba.cuda finds no usable NVIDIA GPU and driver, and the CUDA simulator is off"
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0"):
+        reason += " (NUMBA_ENABLE_CUDASIM is set, but numba was imported before it was set)"
+    return reason
+
+
+def require() -> None:
+    """Raise :class:`~purerigl.errors.BackendError` naming the fixes unless kernels can run here."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise BackendError(f"backend 'cuda' is unavailable: {reason}; {FIXES}")
+
+
+def blocks(n: int) -> int:
+    """Blocks of :data:`THREADS_PER_BLOCK` threads that cover ``n`` threads (at least 1)."""
+    return max(1, -(-int(n) // THREADS_PER_BLOCK))
+
+
+def launch(kernel, n: int, *args) -> None:
+    """Run ``kernel(*args)`` on a 1-D grid of at least ``n`` threads; nothing when ``n`` is 0.
+
+    Every kernel of this backend starts with ``i = cuda.grid(1); if i < n: ...``, so the threads of
+    the last block beyond ``n`` do nothing. Numba's warning that a small grid under-uses the GPU is
+    silenced: small layers are a normal input.
+    """
+    if n <= 0:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*under-utilization")
+        kernel[blocks(n), THREADS_PER_BLOCK](*args)
+
+
+def is_device_array(a) -> bool:
+    """True for a numba device array (real or simulated); host NumPy arrays are not."""
+    return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host") and hasattr(a, "shape")
+
+
+def to_device(a: np.ndarray):
+    """A device copy of the host array ``a`` (made C-contiguous first)."""
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def empty(shape, dtype=np.float32):
+    """An uninitialised device array (every kernel here writes all of its output)."""
+    return cuda.device_array(shape, dtype=dtype)
+
+
+def synchronize() -> None:
+    """Wait for every launched kernel and copy to finish (call before reading a clock)."""
+    cuda.synchronize()
