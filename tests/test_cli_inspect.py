@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import scipy.sparse
 from click.testing import CliRunner
-
 from purerigl.cli.main import main
 
 CLEAN_ENV = {"PURERIGL_BACKEND": None, "PURERIGL_DATA": None}

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from purerigl.cli.main import main
+
 from purerigl.formats import CSR, Condensed, Diagonal
 from purerigl.plots import connectivity_image
 
