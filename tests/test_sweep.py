@@ -1,0 +1,253 @@
+"""The sweep's bookkeeping (grid, cell states, table) and ``purerigl sweep`` end to end on tiny data.
+
+The grid, states and aggregation are checked against values computed here another way (NumPy's
+mean and std, files written by hand); the command runs a few one-epoch cells on the embedded digits
+data through a real Dask cluster, then again to show that done cells are skipped, interrupted ones
+resumed, a changed budget refused and a failing cell reported without losing the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from purerigl.sweep import (
+    SWEEP_METHODS, Budget, Cell, SweepError, aggregate, cell_state, check_budget, make_grid, markdown_table,
+    summarize_run,
+)
+
+pytest.importorskip("dask.distributed")
+
+
+# ------------------------------------------------------------------------------------------------
+# the grid
+
+
+def test_grid_has_every_sparse_cell_and_dense_once_per_seed():
+    cells = make_grid(["rigl", "dense", "static"], [0.9, 0.5], [1, 0])
+    assert len(cells) == 2 * 2 * 2 + 2
+    assert [c for c in cells if c.method == "dense"] == [Cell("dense", 0.0, 0), Cell("dense", 0.0, 1)]
+    assert {(c.method, c.sparsity, c.seed) for c in cells if c.method != "dense"} == {
+        (m, s, seed) for m in ("rigl", "static") for s in (0.5, 0.9) for seed in (0, 1)
+    }
+    order = [SWEEP_METHODS.index(c.method) for c in cells]
+    assert order == sorted(order)  # methods in the table's order
+
+
+def test_grid_removes_duplicates():
+    assert make_grid(["set", "set"], [0.9, 0.9], [0, 0]) == [Cell("set", 0.9, 0)]
+
+
+@pytest.mark.parametrize(
+    "methods, sparsities, seeds, words",
+    [
+        (["rigl", "nope"], [0.9], [0], "nope"),
+        ([], [0.9], [0], "at least one method"),
+        (["rigl"], [0.9], [], "at least one seed"),
+        (["rigl"], [0.0], [0], "strictly between"),
+        (["rigl"], [1.0], [0], "strictly between"),
+        (["rigl"], [float("nan")], [0], "strictly between"),
+        (["rigl"], [], [0], "at least one sparsity"),
+        (["rigl"], [0.9], [-1], "seeds"),
+    ],
+)
+def test_bad_grids_are_refused_with_the_reason(methods, sparsities, seeds, words):
+    with pytest.raises(SweepError, match=words):
+        make_grid(methods, sparsities, seeds)
+
+
+def test_dense_alone_needs_no_sparsity():
+    assert make_grid(["dense"], [], [3]) == [Cell("dense", 0.0, 3)]
+
+
+@pytest.mark.parametrize(
+    "cell, name",
+    [(Cell("rigl", 0.9, 0), "rigl-s90-seed0"), (Cell("srigl", 0.995, 2), "srigl-s99.5-seed2"),
+     (Cell("dense", 0.0, 1), "dense-s0-seed1"), (Cell("gse", 0.95, 10), "gse-s95-seed10")],
+)
+def test_cell_names(cell, name):
+    assert cell.name == name
+
+
+def test_train_args_of_dense_and_sparse_cells():
+    budget = Budget(dataset="digits", hidden="32", epochs=3, lr=0.1, data_dir="/data")
+    dense = budget.train_args(Cell("dense", 0.0, 4))
+    assert dense[dense.index("--sparsity") + 1] == "0" and dense[dense.index("--method") + 1] == "static"
+    assert "--distribution" not in dense
+    sparse = budget.train_args(Cell("gse", 0.95, 1))
+    pairs = dict(zip(sparse[::2], sparse[1::2]))
+    assert pairs["--method"] == "gse" and float(pairs["--sparsity"]) == 0.95 and pairs["--seed"] == "1"
+    assert pairs["--epochs"] == "3" and float(pairs["--lr"]) == 0.1 and pairs["--data-dir"] == "/data"
+    assert pairs["--distribution"] == "erk" and pairs["--dataset"] == "digits"
+
+
+# ------------------------------------------------------------------------------------------------
+# cell states, results and the table
+
+
+def test_cell_state_follows_the_files(tmp_path):
+    d = tmp_path / "c"
+    assert cell_state(d) == "new"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    assert cell_state(d) == "new"  # started, never checkpointed: start again
+    (d / "checkpoint.npz").write_bytes(b"")
+    assert cell_state(d) == "partial"
+    (d / "result.json").write_text("{}")
+    assert cell_state(d) == "done"
+
+
+def test_summarize_run_reads_the_last_epoch_and_the_mean_time(tmp_path):
+    rows = [
+        {"epoch": 1, "test_accuracy": 0.5, "test_loss": 1.0, "train_loss": 2.0, "seconds": 1.0},
+        {"epoch": 2, "test_accuracy": 0.7, "test_loss": 0.8, "train_loss": 1.0, "seconds": 3.0},
+        {"epoch": 3, "test_accuracy": 0.6, "test_loss": 0.9, "train_loss": 0.5, "seconds": 2.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = summarize_run(tmp_path)
+    assert s == {"epochs": 3, "test_accuracy": 0.6, "test_loss": 0.9, "train_loss": 0.5,
+                 "best_test_accuracy": 0.7, "seconds_per_epoch": 2.0}
+
+
+def test_summarize_run_without_metrics_is_a_clear_error(tmp_path):
+    with pytest.raises(SweepError, match="metrics"):
+        summarize_run(tmp_path)
+
+
+def _result(method, sparsity, seed, acc, sec=1.0):
+    return {"cell": {"method": method, "sparsity": sparsity, "seed": seed}, "test_accuracy": acc,
+            "seconds_per_epoch": sec}
+
+
+def test_aggregate_matches_numpy_mean_and_sample_std():
+    rng = np.random.default_rng(0)
+    accs = rng.uniform(0.9, 1.0, size=4)
+    results = [_result("rigl", 0.9, s, float(a), sec=float(s + 1)) for s, a in enumerate(accs)]
+    results += [_result("dense", 0.0, 0, 0.98), _result("static", 0.9, 0, 0.95)]
+    rows = aggregate(results[::-1])
+    assert [r["method"] for r in rows] == ["dense", "static", "rigl"]
+    rigl = rows[2]
+    assert rigl["n"] == 4 and rigl["seeds"] == [0, 1, 2, 3]
+    assert math.isclose(rigl["accuracy_mean"], float(np.mean(accs)), rel_tol=1e-12)
+    assert math.isclose(rigl["accuracy_std"], float(np.std(accs, ddof=1)), rel_tol=1e-12)
+    assert math.isclose(rigl["seconds_per_epoch"], 2.5)
+    assert rows[0]["accuracy_std"] == 0.0  # one seed: no spread
+
+
+def test_markdown_table_has_a_column_per_sparsity_and_marks_missing_seeds():
+    results = [_result("dense", 0.0, s, 0.98) for s in (0, 1)]
+    results += [_result("rigl", 0.9, s, 0.97) for s in (0, 1)] + [_result("rigl", 0.99, 0, 0.9)]
+    md = markdown_table(aggregate(results), n_seeds=2)
+    acc_table = md.split("**training seconds per epoch**")[0]
+    lines = [line for line in acc_table.splitlines() if line.startswith("|")]
+    assert lines[0] == "| method | 90% | 99% |"
+    assert lines[2].startswith("| dense | 0.9800 ± 0.0000 | 0.9800 ± 0.0000")
+    assert lines[3] == "| rigl | 0.9700 ± 0.0000 | 0.9000 ± 0.0000 (n=1) |"
+
+
+def test_budget_is_recorded_and_a_changed_budget_refused(tmp_path):
+    check_budget(tmp_path, Budget(epochs=3))
+    check_budget(tmp_path, Budget(epochs=3))  # the same budget again: fine
+    with pytest.raises(SweepError, match="epochs"):
+        check_budget(tmp_path, Budget(epochs=4, lr=0.1))
+
+
+# ------------------------------------------------------------------------------------------------
+# the command, end to end on the embedded digits data
+
+
+def _sweep(out, *extra, **kw):
+    from purerigl.cli.main import main
+
+    args = ["sweep", "--out", str(out), "--dataset", "digits", "--hidden", "16", "--epochs", "1",
+            "--methods", "dense,static,rigl", "--sparsities", "0.5", "--seeds", "0,1", "--workers", "1", *extra]
+    return CliRunner().invoke(main, args, **kw)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    result = _sweep(out)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_sweep_trains_every_cell_and_writes_the_table(finished_sweep):
+    out, output = finished_sweep
+    names = {"dense-s0-seed0", "dense-s0-seed1", "static-s50-seed0", "static-s50-seed1", "rigl-s50-seed0",
+             "rigl-s50-seed1"}
+    assert {p.name for p in (out / "cells").iterdir()} == names
+    for name in names:
+        result = json.loads((out / "cells" / name / "result.json").read_text())
+        metrics = [json.loads(x) for x in (out / "cells" / name / "metrics.jsonl").read_text().splitlines()]
+        assert result["test_accuracy"] == metrics[-1]["test_accuracy"] and result["epochs"] == 1
+        assert (out / "cells" / name / "model.npz").is_file()
+    summary = json.loads((out / "results.json").read_text())
+    assert {(r["method"], r["n"]) for r in summary["rows"]} == {("dense", 2), ("static", 2), ("rigl", 2)}
+    md = (out / "results.md").read_text()
+    assert "| static |" in md and "| rigl |" in md and "6 of 6 cells done" in md
+    png = out / "accuracy_vs_sparsity.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "6 to run" in output
+
+
+def test_rerun_skips_done_cells_and_resumes_interrupted_ones(finished_sweep):
+    out, _ = finished_sweep
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/metrics.jsonl")}
+    (out / "cells" / "rigl-s50-seed1" / "result.json").unlink()  # as if killed before the result was saved
+    result = _sweep(out)
+    assert result.exit_code == 0, result.output
+    assert "1 to run" in result.output and "rigl-s50-seed1: resumed" in result.output
+    assert "resuming" in (out / "cells" / "rigl-s50-seed1" / "train.log").read_text()
+    for path, stamp in stamps.items():
+        if "rigl-s50-seed1" not in str(path):
+            assert path.stat().st_mtime_ns == stamp  # nothing else was trained again
+    dry = _sweep(out, "--dry-run")
+    assert dry.exit_code == 0 and "0 to run" in dry.output and "done" in dry.output
+
+
+def test_a_changed_budget_is_refused(finished_sweep):
+    out, _ = finished_sweep
+    result = _sweep(out, "--lr", "0.2")
+    assert result.exit_code == 2 and "another budget" in result.output and "lr" in result.output
+
+
+def test_a_failing_cell_is_reported_and_the_others_kept(tmp_path):
+    # srigl at 99.9% cannot give every neuron of a 16 x 64 layer one input: its train run exits 2
+    result = _sweep(tmp_path, "--methods", "rigl,srigl", "--sparsities", "0.999", "--seeds", "0")
+    assert result.exit_code == 1, result.output
+    assert "srigl-s99.9-seed0: FAILED" in result.output
+    failed = json.loads((tmp_path / "cells" / "srigl-s99.9-seed0" / "failed.json").read_text())
+    assert failed["returncode"] == 2 and "condensed" in failed["log_tail"]
+    assert (tmp_path / "cells" / "rigl-s99.9-seed0" / "result.json").is_file()  # csr: fine
+    assert "1 of 2 cells done" in (tmp_path / "results.md").read_text()
+
+
+def test_an_existing_scheduler_runs_the_cells(tmp_path):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        result = _sweep(tmp_path, "--methods", "dense", "--seeds", "5", "--scheduler", cluster.scheduler_address)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cells" / "dense-s0-seed5" / "result.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--sparsities", "1.5"], "strictly between"),
+        (["--sparsities", "0.9,x"], "fractions"),
+        (["--seeds", "a"], "integers"),
+        (["--methods", "rigl,magic"], "magic"),
+        (["--hidden", "16,-3"], "hidden"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(tmp_path, extra, words):
+    result = _sweep(tmp_path / "s", *extra)
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s" / "cells").exists()
