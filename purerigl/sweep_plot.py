@@ -1,7 +1,7 @@
 """The sweep's figure: test accuracy against sparsity, one line per method, dense as a horizontal line.
 
 matplotlib is an optional dependency (the ``plot`` and ``sweep`` extras); it is imported when a
-figure is drawn, with the non-interactive Agg backend, so nothing needs a screen.
+figure is drawn, on an Agg canvas of its own (no pyplot state, no screen, the user's backend untouched).
 """
 
 from __future__ import annotations
@@ -24,43 +24,40 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> 
     -------
     path
     """
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    try:
-        sparsities = sorted({r["sparsity"] for r in rows if r["method"] != "dense"})
-        # equally spaced ticks: 80, 90, 95, 98, 99% would crowd at the right on a linear axis
-        position = {s: i for i, s in enumerate(sparsities)}
-        for method in SWEEP_METHODS:
-            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
-            if not mine:
-                continue
-            if method == "dense":
-                r = mine[0]
-                ax.axhline(r["accuracy_mean"], color="black", linestyle="--", linewidth=1.2,
-                           label=f"dense ({r['accuracy_mean']:.4f})")
-                if r["accuracy_std"] > 0:
-                    ax.axhspan(r["accuracy_mean"] - r["accuracy_std"], r["accuracy_mean"] + r["accuracy_std"],
-                               color="black", alpha=0.08)
-                continue
-            xs = [position[r["sparsity"]] for r in mine]
-            ax.errorbar(xs, [r["accuracy_mean"] for r in mine], yerr=[r["accuracy_std"] for r in mine],
-                        marker="o", markersize=4, capsize=3, linewidth=1.4, label=method)
-        ax.set_xticks(range(len(sparsities)), [f"{round(s * 100, 6):g}%" for s in sparsities])
-        ax.set_xlabel("sparsity (fraction of zero weights)")
-        ax.set_ylabel("test accuracy")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
-        if title:
-            ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    sparsities = sorted({r["sparsity"] for r in rows if r["method"] != "dense"})
+    # equally spaced ticks: 80, 90, 95, 98, 99% would crowd at the right on a linear axis
+    position = {s: i for i, s in enumerate(sparsities)}
+    for method in SWEEP_METHODS:
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
+        if not mine:
+            continue
+        if method == "dense":
+            r = mine[0]
+            ax.axhline(r["accuracy_mean"], color="black", linestyle="--", linewidth=1.2,
+                       label=f"dense ({r['accuracy_mean']:.4f})")
+            if r["accuracy_std"] > 0:
+                ax.axhspan(r["accuracy_mean"] - r["accuracy_std"], r["accuracy_mean"] + r["accuracy_std"],
+                           color="black", alpha=0.08)
+            continue
+        xs = [position[r["sparsity"]] for r in mine]
+        ax.errorbar(xs, [r["accuracy_mean"] for r in mine], yerr=[r["accuracy_std"] for r in mine],
+                    marker="o", markersize=4, capsize=3, linewidth=1.4, label=method)
+    ax.set_xticks(range(len(sparsities)), [f"{round(s * 100, 6):g}%" for s in sparsities])
+    ax.set_xlabel("sparsity (fraction of zero weights)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
     return path
 
 
