@@ -39,6 +39,13 @@ CASES = (
 #: Cases small enough for a quick run (everything but the 3072 -> 768 layer).
 QUICK_CASES = CASES[:3]
 BATCHES = (1, 33)
+#: Tiny cases and batches for a backend that runs on the CUDA simulator (Python threads, slow).
+TINY_CASES = (
+    ((12, 5), 0.4, "tall (tiny)"),
+    ((5, 12), 0.4, "wide (tiny)"),
+    ((8, 8), 0.35, "square (tiny)"),
+)
+TINY_BATCHES = (1, 3)
 #: Candidate (row, col) pairs drawn for grad_at in every case.
 N_PAIRS = 64
 
@@ -140,16 +147,28 @@ def check_ops(backend, fmt: str, W, X: np.ndarray, dY: np.ndarray, rng: np.rando
     return results
 
 
-def run_selftest(backend, seed: int = 0, quick: bool = False, formats=None, batches=BATCHES) -> list[Result]:
+def selftest_plan(quick: bool = False, tiny: bool = False) -> tuple[tuple, tuple[int, ...]]:
+    """(cases, batches) of a run: all cases, the quick ones, or the tiny ones (with tiny batches)."""
+    if tiny:
+        return TINY_CASES, TINY_BATCHES
+    return (QUICK_CASES if quick else CASES), BATCHES
+
+
+def run_selftest(
+    backend, seed: int = 0, quick: bool = False, formats=None, batches=BATCHES, cases=None
+) -> list[Result]:
     """Check every op of ``backend`` for each format, case and batch size; returns all results.
 
     ``backend`` is anything with ``matmul``, ``matmul_t``, ``sddmm`` and ``grad_at`` attributes. The
     inputs of each (case, format, batch) come from their own seed, so ``quick`` changes no other case.
+    ``cases`` (a sequence like :data:`CASES`) replaces the cases that ``quick`` picks.
     """
     formats = list(formats or FORMATS)
+    if cases is None:
+        cases = QUICK_CASES if quick else CASES
     results = []
     for f_idx, fmt in enumerate(formats):
-        for c_idx, (shape, density, _label) in enumerate(QUICK_CASES if quick else CASES):
+        for c_idx, (shape, density, _label) in enumerate(cases):
             for batch in batches:
                 rng = np.random.default_rng([seed, c_idx, f_idx, batch])
                 W = FORMATS[fmt].random(shape, density, rng)

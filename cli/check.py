@@ -11,7 +11,7 @@ import time
 import click
 
 from ._options import backend_option, seed_option
-from ._selftest import CASES, QUICK_CASES, Result, run_selftest
+from ._selftest import Result, run_selftest, selftest_plan
 
 
 def format_table(results: list[Result]) -> str:
@@ -43,16 +43,22 @@ def format_table(results: list[Result]) -> str:
 @backend_option
 @seed_option
 @click.option("--quick", is_flag=True, help="Skip the 3072 -> 768 layer (small shapes only).")
+@click.option("--tiny", is_flag=True, help="Tiny shapes and batches only (automatic on the CUDA simulator).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
-def check(backend, seed: int, quick: bool, as_json: bool) -> None:
+def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     """Test every op of a backend against SciPy CSR products.
 
     Runs matmul, matmul_t, sddmm and grad_at for the condensed, diagonal and csr formats on tall, wide
     and square shapes (and the 3072 -> 768 layer at 90% sparsity unless --quick), batch 1 and 33.
+    With --tiny (chosen automatically for the cuda backend on Numba's CUDA simulator, whose kernels
+    run as Python threads) the shapes are at most 12 wide and the batches 1 and 3.
     Exits with 1 if any check fails.
     """
+    simulated = bool(getattr(backend.module, "on_simulator", lambda: False)())
+    tiny = tiny or simulated
+    cases, batches = selftest_plan(quick=quick, tiny=tiny)
     t0 = time.perf_counter()
-    results = run_selftest(backend, seed=seed, quick=quick)
+    results = run_selftest(backend, seed=seed, cases=cases, batches=batches)
     seconds = time.perf_counter() - t0
     failed = [r for r in results if not r.passed]
     if as_json:
@@ -60,9 +66,10 @@ def check(backend, seed: int, quick: bool, as_json: bool) -> None:
             "backend": backend.name,
             "seed": seed,
             "quick": quick,
-            "cases": [
-                {"shape": list(s), "density": d, "label": lab} for s, d, lab in (QUICK_CASES if quick else CASES)
-            ],
+            "tiny": tiny,
+            "simulator": simulated,
+            "cases": [{"shape": list(s), "density": d, "label": lab} for s, d, lab in cases],
+            "batches": list(batches),
             "passed": not failed,
             "n_checks": len(results),
             "n_failed": len(failed),
@@ -72,6 +79,8 @@ def check(backend, seed: int, quick: bool, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(f"purerigl check: backend {backend.name!r}, seed {seed}, oracle: SciPy CSR in float64")
+        if simulated:
+            click.echo("running on Numba's CUDA simulator (slow): tiny shapes only")
         click.echo(format_table(results))
         verdict = "all passed" if not failed else f"{len(failed)} FAILED"
         click.echo(f"{len(results)} checks, {verdict} ({seconds:.1f} s)")

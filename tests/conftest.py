@@ -5,11 +5,21 @@ Profiles (pick with the environment variable ``HYPOTHESIS_PROFILE``, default ``c
 - ``ci``: few examples per property, no deadline (the numba backend compiles on first use), random
   seeds, and a reproduction blob printed on failure.
 - ``dev``: many more examples, for a thorough local run.
+
+CUDA: the environment variable ``NUMBA_ENABLE_CUDASIM`` defaults to ``1`` here, set at the very top of
+this file, before anything imports numba (Numba reads it once, at import): the cuda backend's tests
+then run on Numba's CUDA simulator on any machine, GPU or not. To test on a real GPU instead, run with
+``PURERIGL_TEST_REAL_GPU=1`` (the variable is then left as the environment has it). An explicit
+``NUMBA_ENABLE_CUDASIM=0`` also turns the simulator off. The simulator is slow, so "cuda" is not in
+:data:`BACKEND_NAMES` (the big hypothesis tests); ``tests/test_cuda_ops.py`` tests it on tiny shapes.
 """
 
 from __future__ import annotations
 
 import os
+
+if os.environ.get("PURERIGL_TEST_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # before numba is imported anywhere
 
 import pytest
 from hypothesis import settings

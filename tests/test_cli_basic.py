@@ -6,6 +6,7 @@ Only the shape of outputs is tested (exit codes, tables, JSON keys), never timin
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 import purerigl
 from purerigl.cli._options import backend_status
-from purerigl.cli._selftest import QUICK_CASES, run_selftest
+from purerigl.cli._selftest import QUICK_CASES, TINY_BATCHES, TINY_CASES, run_selftest
 from purerigl.cli.main import COMMANDS, main
 from purerigl.kernels import reference
 
@@ -83,6 +84,17 @@ def test_info_json(runner):
     assert set(report["cuda"]) >= {"importable", "available", "simulator", "device"}
 
 
+def test_info_reports_the_cuda_simulator(runner):
+    """Under the tests' CUDA simulator, info says so and lists the cuda backend as ok."""
+    import numba
+
+    if not numba.config.ENABLE_CUDASIM:
+        pytest.skip("the CUDA simulator is off (PURERIGL_TEST_REAL_GPU=1)")
+    report = json.loads(runner.invoke(main, ["info", "--json"]).output)
+    assert report["cuda"]["simulator"] is True and report["cuda"]["available"] is True
+    assert report["backends"]["all"]["cuda"] == "ok"
+
+
 def test_info_reports_backend_from_environment(runner):
     result = runner.invoke(main, ["info", "--json"], env={"PURERIGL_BACKEND": "reference"})
     backends = json.loads(result.output)["backends"]
@@ -120,9 +132,47 @@ def test_check_unknown_backend_from_environment(runner):
     assert_usage_error(result, "PURERIGL_BACKEND", "nosuch", "reference")
 
 
-def test_check_unavailable_backend(runner):
-    result = runner.invoke(main, ["check", "--backend", "cuda"])
-    assert_usage_error(result, "cuda")
+def test_check_cuda_on_the_simulator(runner):
+    """``check --backend cuda`` passes on Numba's CUDA simulator (on in the tests), with tiny shapes."""
+    if backend_status("cuda") != "ok":
+        pytest.skip(f"cuda backend unavailable: {backend_status('cuda')}")
+    result = runner.invoke(main, ["check", "--backend", "cuda", "--quick"])
+    assert result.exit_code == 0, result.output
+    assert "CUDA simulator" in result.output
+    assert result.output.count("PASS") == 3 * 4 * len(TINY_CASES) * len(TINY_BATCHES)
+    assert "FAIL" not in result.output
+
+
+def test_check_tiny_json(runner):
+    """``--tiny`` runs the tiny cases and batches (what the simulator gets), reported in the JSON."""
+    result = runner.invoke(main, ["check", "--backend", "reference", "--tiny", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passed"] and report["tiny"] and not report["simulator"]
+    assert [tuple(c["shape"]) for c in report["cases"]] == [shape for shape, _, _ in TINY_CASES]
+    assert report["batches"] == list(TINY_BATCHES)
+    assert report["n_checks"] == 3 * 4 * len(TINY_CASES) * len(TINY_BATCHES)
+
+
+@pytest.mark.parametrize("command", [["check", "--quick"], ["train", "--epochs", "1", "--hidden", "8"]])
+def test_cuda_without_gpu_or_simulator_exits_2(tmp_path, command):
+    """With NUMBA_ENABLE_CUDASIM=0 and no GPU, ``--backend cuda`` ends in exit 2 and one Error line that
+    names the fixes (skipped where a real GPU is present)."""
+    env = {k: v for k, v in os.environ.items() if k != "PURERIGL_BACKEND"}
+    env["NUMBA_ENABLE_CUDASIM"] = "0"
+    args = [sys.executable, "-c", "from purerigl.cli.main import main; main()", *command, "--backend", "cuda"]
+    if command[0] == "train":
+        args += ["--out", str(tmp_path / "run")]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("a real GPU is present: cuda runs without the simulator")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    for words in ("cuda", "unavailable", "pip install 'purerigl[gpu]'", "NUMBA_ENABLE_CUDASIM=1", "--backend cpu"):
+        assert words in errors[0], errors[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_check_bad_seed(runner):

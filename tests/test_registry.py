@@ -4,7 +4,11 @@ Pins down (DESIGN.md section 3 "Dispatch"):
 
 - ``get_backend`` picks by argument, else ``PURERIGL_BACKEND``, else ``"cpu"``; the argument wins;
 - an unknown name raises BackendError (a ValueError) listing every valid name, and says so when the
-  name came from the environment variable; ``"cuda"`` raises a BackendError that names the fixes;
+  name came from the environment variable;
+- ``"cuda"`` is a real backend: it works on the CUDA simulator (on in the tests, see conftest.py);
+  where numba.cuda cannot run (no GPU, simulator off) it raises one BackendError that names the fixes,
+  both in-process (patched) and in a fresh interpreter with ``NUMBA_ENABLE_CUDASIM=0``; importing
+  purerigl or using the cpu backend never imports numba.cuda;
 - completeness: every backend in ``registry.BACKENDS`` defines every op in ``OPS``, each with the
   reference's signature (parameter names, order, kinds, defaults). The check itself is shown to fail
   on a backend that lacks an op or has a different signature.
@@ -14,6 +18,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -97,20 +105,86 @@ def test_unknown_name_from_environment_says_so(monkeypatch):
 
 
 @pytest.mark.parametrize("how", ["argument", "environment"])
-def test_cuda_raises_a_clear_backend_error(monkeypatch, how):
-    """Asking for cuda (not in this version) raises BackendError naming cuda and the usable backends."""
+def test_cuda_runs_on_the_simulator(monkeypatch, how):
+    """With the simulator on (tests/conftest.py), "cuda" is an ordinary, complete backend."""
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    if how == "environment":
+        monkeypatch.setenv("PURERIGL_BACKEND", "cuda")
+    try:
+        b = get_backend("cuda" if how == "argument" else None)
+    except BackendError as err:  # PURERIGL_TEST_REAL_GPU=1 on a machine without a GPU
+        pytest.skip(f"cuda unavailable here: {err}")
+    assert b.name == "cuda" and b.module.NAME == "cuda"
+    b.synchronize()
+
+
+FIXES = ("pip install 'purerigl[gpu]'", "NVIDIA GPU", "NUMBA_ENABLE_CUDASIM=1", "--backend cpu")
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_cuda_unavailable_raises_one_clear_error(monkeypatch, how):
+    """Where numba.cuda cannot run, get_backend("cuda") raises BackendError naming the reason and the fixes."""
+    _launch = pytest.importorskip("purerigl.kernels.cuda._launch")
+    monkeypatch.setattr(_launch, "unavailable_reason", lambda: "no GPU here (patched)")
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
     if how == "environment":
         monkeypatch.setenv("PURERIGL_BACKEND", "cuda")
     with pytest.raises(BackendError, match="cuda") as info:
         get_backend("cuda" if how == "argument" else None)
     message = str(info.value)
-    assert "'cpu'" in message and "'reference'" in message
+    assert "no GPU here (patched)" in message
+    for fix in FIXES:
+        assert fix in message, message
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with PURERIGL_BACKEND unset and ``env`` added."""
+    full = {k: v for k, v in os.environ.items() if k != registry.ENV_VAR}
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+
+
+def test_cuda_without_gpu_or_simulator_fails_clearly():
+    """A fresh interpreter with NUMBA_ENABLE_CUDASIM=0 on a machine without a GPU: one BackendError
+    naming the fixes (skipped where a real GPU is present)."""
+    code = (
+        "import json\n"
+        "from purerigl.kernels import get_backend\n"
+        "from purerigl.errors import BackendError\n"
+        "try:\n"
+        "    get_backend('cuda')\n"
+        "    print(json.dumps({'ok': True}))\n"
+        "except BackendError as err:\n"
+        "    print(json.dumps({'ok': False, 'error': str(err)}))\n"
+    )
+    proc = _run_python(code, NUMBA_ENABLE_CUDASIM="0")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["ok"]:
+        pytest.skip("a real GPU is present: cuda is available without the simulator")
+    assert "backend 'cuda' is unavailable" in result["error"]
+    assert "simulator is off" in result["error"]
+    for fix in FIXES:
+        assert fix in result["error"], result["error"]
+
+
+def test_importing_purerigl_does_not_import_numba_cuda():
+    """numba.cuda is imported only when the cuda backend is asked for (it is slow and may warn)."""
+    code = (
+        "import sys\n"
+        "import purerigl, purerigl.kernels\n"
+        "from purerigl.kernels import get_backend\n"
+        "get_backend('cpu'); get_backend('reference')\n"
+        "print('numba.cuda' in sys.modules)\n"
+    )
+    proc = _run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 def test_available_backends_lists_all_names():
     assert set(available_backends()) == set(registry.BACKENDS) | set(registry.UNAVAILABLE)
-    assert {"reference", "cpu", "cuda"} <= set(available_backends())
+    assert {"reference", "cpu", "cuda"} <= set(registry.BACKENDS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,6 +231,15 @@ def test_backend_is_complete(name):
     """Every registered backend module defines every op with the reference's signature."""
     module = importlib.import_module(registry.BACKENDS[name])
     assert completeness_problems(module) == []
+
+
+def test_cuda_backend_is_complete():
+    """The cuda module (importable without a GPU) has every op with the reference's signature, plus
+    NAME and synchronize, like every other backend."""
+    assert "cuda" in registry.BACKENDS
+    module = importlib.import_module("purerigl.kernels.cuda")
+    assert completeness_problems(module) == []
+    assert module.NAME == "cuda" and callable(module.synchronize)
 
 
 def _fake_backend(**overrides) -> types.ModuleType:

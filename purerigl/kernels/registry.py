@@ -3,6 +3,12 @@
 The backend is chosen by the argument, else the environment variable ``PURERIGL_BACKEND``, else
 ``"cpu"``. Every backend exposes the functions listed in :data:`OPS` with the signatures of the
 reference backend.
+
+Backend modules are imported only when asked for (so importing purerigl never imports numba.cuda).
+A backend module that may not run on every machine defines ``check_available()``, which
+:func:`get_backend` calls right after the import: the cuda backend raises one
+:class:`~purerigl.errors.BackendError` naming the fixes when there is no GPU and the CUDA simulator is
+off.
 """
 
 from __future__ import annotations
@@ -23,12 +29,11 @@ OPS = ("matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", 
 BACKENDS = {
     "reference": "purerigl.kernels.reference",
     "cpu": "purerigl.kernels.cpu",
+    "cuda": "purerigl.kernels.cuda",
 }
 
 #: Backends that are planned but not part of this version, with the reason given to the user.
-UNAVAILABLE = {
-    "cuda": "the cuda backend is not implemented in this version of purerigl; use 'cpu' or 'reference'",
-}
+UNAVAILABLE: dict[str, str] = {}
 
 DEFAULT_BACKEND = "cpu"
 ENV_VAR = "PURERIGL_BACKEND"
@@ -67,7 +72,8 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     Raises
     ------
     BackendError
-        For an unknown name (the message lists the valid ones) or a backend this machine cannot run.
+        For an unknown name (the message lists the valid ones) or a backend this machine cannot run
+        (for cuda: no GPU and no simulator; the message names the fixes).
     """
     if isinstance(name, Backend):
         return name
@@ -82,4 +88,8 @@ def get_backend(name: str | Backend | None = None) -> Backend:
         raise BackendError(
             f"unknown backend {name!r}{where}; choose one of: {', '.join(available_backends())}"
         )
-    return Backend(key, importlib.import_module(BACKENDS[key]))
+    module = importlib.import_module(BACKENDS[key])  # the cuda module raises BackendError if numba.cuda fails
+    check = getattr(module, "check_available", None)
+    if check is not None:
+        check()
+    return Backend(key, module)

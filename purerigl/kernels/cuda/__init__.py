@@ -356,9 +356,8 @@ def topk_grad(X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray,
     -------
     rows, cols : int64 ndarrays, shape (min(m, n_out * n_in - nnz),), sorted by ``rows * n_in + cols``.
     """
-    from . import growth
-
     X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
+    from . import growth  # imported on first use, after the operand checks
     return growth.topk_grad(X, dY, m, indptr, indices)
 
 
@@ -384,9 +383,8 @@ def topk_grad_rows(
     indptr : int64 ndarray, shape (n_out + 1,)
     cols : int64 ndarray, shape (sum c_i,), ascending within each row; equal scores: lower column first
     """
-    from . import growth
-
     X, dY, counts, indptr, indices = _checks.topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices)
+    from . import growth  # imported on first use, after the operand checks
     return growth.topk_grad_rows(X, dY, counts, indptr, indices)
 
 
@@ -406,7 +404,6 @@ def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
     -------
     S : float32 ndarray, shape (P,), P = max(n_out, n_in)
     """
-    from . import growth
-
     X, dY = _checks.growth_operands(X, dY)
+    from . import growth  # imported on first use, after the operand checks
     return growth.diag_grad_norms(X, dY)
