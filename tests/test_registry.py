@@ -27,8 +27,7 @@ import types
 import pytest
 
 from purerigl.errors import BackendError
-from purerigl.kernels import registry
-from purerigl.kernels import reference
+from purerigl.kernels import reference, registry
 from purerigl.kernels.registry import OPS, Backend, available_backends, get_backend
 
 
@@ -141,7 +140,9 @@ def _run_python(code: str, **env) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter with PURERIGL_BACKEND unset and ``env`` added."""
     full = {k: v for k, v in os.environ.items() if k != registry.ENV_VAR}
     full.update(env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120, check=False
+    )
 
 
 def test_cuda_without_gpu_or_simulator_fails_clearly():

@@ -52,7 +52,7 @@ def _import_cuda():
 cuda = _import_cuda()
 
 #: True when numba.cuda is the CUDA simulator (kernels run as Python threads on the CPU).
-SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+SIMULATOR = bool(getattr(numba.config, "ENABLE_CUDASIM", 0))
 
 #: Threads per block of every launch: a multiple of the warp size (32) on a GPU. The simulator starts
 #: one Python thread per thread of a block, so there one warp per block is much faster for small
@@ -69,7 +69,7 @@ def unavailable_reason() -> str | None:
             warnings.simplefilter("ignore")
             if cuda.is_available():
                 return None
-    except Exception as err:  # a broken driver: report it
+    except Exception as err:  # noqa: BLE001 - a broken driver: report it
         return f"numba.cuda failed to start ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
     reason = "numba.cuda finds no usable NVIDIA GPU and driver, and the CUDA simulator is off"
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0"):

@@ -34,7 +34,7 @@ class DeviceCondensed:
     values: object
 
     @classmethod
-    def from_host(cls, W) -> "DeviceCondensed":
+    def from_host(cls, W) -> DeviceCondensed:
         return cls(tuple(W.shape), to_device(W.rows), to_device(W.indices), to_device(W.values))
 
 

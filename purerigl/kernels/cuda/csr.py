@@ -31,7 +31,7 @@ class DeviceCSR:
     values: object
 
     @classmethod
-    def from_host(cls, W) -> "DeviceCSR":
+    def from_host(cls, W) -> DeviceCSR:
         return cls(tuple(W.shape), to_device(W.indptr), to_device(W.indices), to_device(W.values))
 
 

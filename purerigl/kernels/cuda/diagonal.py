@@ -49,7 +49,7 @@ class DeviceDiagonal:
         return self.shape[0] < self.shape[1]
 
     @classmethod
-    def from_host(cls, W) -> "DeviceDiagonal":
+    def from_host(cls, W) -> DeviceDiagonal:
         return cls(tuple(W.shape), to_device(W.offsets), to_device(W.values))
 
 
