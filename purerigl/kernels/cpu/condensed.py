@@ -8,7 +8,10 @@ receive operands already checked by :mod:`purerigl.kernels._checks` and a zeroed
 
 Layouts. With a small batch a row's dot product gathers straight from ``X[b]``. With a larger batch the
 kernels work on transposed copies ``XT = X^T`` of shape (n_in, B): one stored entry then touches one
-contiguous row of ``XT``, so the innermost loop runs over the batch and is SIMD-friendly.
+contiguous row of ``XT``, so the innermost loop runs over the batch and is SIMD-friendly. The column
+indices are read as uint16 (a cached copy, when n_in <= 65536) or as a uint32 view: fewer bytes, and
+an unsigned gather index needs no negative-index check. ``matmul_t`` at larger batch runs on a cached
+column-major copy of the structure (:mod:`._columns`).
 
 Determinism. Every parallel loop writes disjoint outputs and sums in a fixed order. Partitions that
 change a summation order (the row chunks of the small-batch matmul_t) depend only on the shapes;
@@ -25,6 +28,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._columns import columns, matmul_t_columns, narrow_indices
+from ._columns import cached as _cached
 from ._layout import transpose
 
 #: Batches at least this large use the transposed-operand kernels (see the module docstring).
@@ -38,6 +43,10 @@ MAX_CHUNKS = 8
 
 #: Target number of multiply-adds per row chunk of the small-batch matmul_t.
 CHUNK_WORK = 1 << 15
+
+#: Below this many multiply-adds the small-batch forward runs on one thread (a parallel region costs
+#: microseconds to start); the result is the same either way (each output is one dot product).
+SERIAL_WORK = 1 << 15
 
 
 @njit(cache=True, inline="always")
@@ -95,10 +104,22 @@ def _matmul_rowdot(rows, indices, values, X, Y):
 
     Small batch: one gathered dot product per (row, batch item). Y (B, n_out) arrives zeroed; the
     active rows are distinct (a Condensed invariant), so no two tasks write the same element.
+    ``indices`` is unsigned (uint16 or uint32), so the gather has no negative-index check.
     """
     n_active = indices.shape[0]
     B = X.shape[0]
     for r in prange(n_active):
+        i = rows[r]
+        for b in range(B):
+            Y[b, i] = _gather_dot(values[r], indices[r], X[b])
+
+
+@njit(cache=True)
+def _matmul_rowdot_serial(rows, indices, values, X, Y):
+    """:func:`_matmul_rowdot` on one thread, for small work (bit-identical: same dot products)."""
+    n_active = indices.shape[0]
+    B = X.shape[0]
+    for r in range(n_active):
         i = rows[r]
         for b in range(B):
             Y[b, i] = _gather_dot(values[r], indices[r], X[b])
@@ -162,29 +183,6 @@ def _matmul_t_chunks(rows, indices, values, dY, n_chunks, dX):
 
 
 @njit(parallel=True, cache=True)
-def _matmul_t_transposed(rows, indices, values, dYT, dXT, block):
-    """dXT[indices[r, t], b] += values[r, t] dYT[rows[r], b]; parallel over disjoint batch blocks.
-
-    Larger batch. Every task owns the columns [b0, b1) of dXT (n_in, B) and walks all stored entries
-    in order, so no two tasks write the same element and each element sums its terms in entry order.
-    dYT is (n_out, B); dXT arrives zeroed.
-    """
-    n_active, k = indices.shape
-    B = dYT.shape[1]
-    n_blocks = (B + block - 1) // block
-    for task in prange(n_blocks):
-        b0 = task * block
-        b1 = min(B, b0 + block)
-        for r in range(n_active):
-            y = dYT[rows[r], b0:b1]  # (b1 - b0,) view
-            for t in range(k):
-                v = values[r, t]
-                dst = dXT[indices[r, t], b0:b1]  # (b1 - b0,) view
-                for b in range(dst.shape[0]):
-                    dst[b] += v * y[b]
-
-
-@njit(parallel=True, cache=True)
 def _sddmm_transposed(rows, indices, XT, dYT, dW):
     """dW[r, t] = sum_b dYT[rows[r], b] XT[indices[r, t], b]; parallel over active rows r.
 
@@ -210,14 +208,30 @@ def _batch_block(B: int, parallel: bool) -> int:
     return BATCH_BLOCK
 
 
+def _indices(W) -> np.ndarray:
+    """W.indices as uint16 (cached copy) or uint32 (view): see :mod:`._columns`."""
+    return _cached(W, "indices", W.indices, lambda: narrow_indices(W.indices, W.n_in))
+
+
+def _columns_of(W):
+    """Cached column-major structure of W (see :mod:`._columns`)."""
+    return columns(W, W.indices.ravel(), lambda: np.repeat(W.rows, W.k), W.indices)
+
+
 def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Y = X W^T into the zeroed ``out`` (B, n_out); rows of W that are ablated stay 0."""
     B = X.shape[0]
+    if W.nnz == 0 or B == 0:
+        return out
+    indices = _indices(W)
     if B < TRANSPOSED_MIN_BATCH:
-        _matmul_rowdot(W.rows, W.indices, W.values, X, out)
+        if W.nnz * B < SERIAL_WORK:
+            _matmul_rowdot_serial(W.rows, indices, W.values, X, out)
+        else:
+            _matmul_rowdot(W.rows, indices, W.values, X, out)
         return out
     YT = np.zeros((W.n_out, B), dtype=np.float32)  # (n_out, B)
-    _matmul_transposed(W.rows, W.indices, W.values, transpose(X), YT, _batch_block(B, False))
+    _matmul_transposed(W.rows, indices, W.values, transpose(X), YT, _batch_block(B, False))
     transpose(YT, out)  # (n_out, B) -> (B, n_out)
     return out
 
@@ -231,22 +245,29 @@ def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     - small batch: fixed row chunks with private dX buffers added in chunk order. Batch blocks give
       no parallelism at B = 1, and building a column-major (transposed) copy of the structure is a
       serial O(nnz) pass as costly as the product itself.
-    - larger batch: disjoint batch blocks, each walking the whole structure; the structure is read
-      once per block, which is cheap next to the B-wide work per entry, and no extra buffer is needed.
+    - larger batch: the cached column-major structure (:mod:`._columns`) turns the scatter into a
+      gather in which every row of dXT (n_in, B) is owned by one column, parallel over columns, each
+      sum in ascending row order. (Batch blocks, each walking the whole structure, left only B /
+      threads columns per task: at B = 8 on 2 threads, rows of 4 floats.)
     """
     B = dY.shape[0]
+    if W.nnz == 0 or B == 0:
+        return out
     if B < TRANSPOSED_MIN_BATCH:
         work = W.nnz * max(B, 1)
         n_chunks = max(1, min(MAX_CHUNKS, W.n_active, work // CHUNK_WORK))
-        _matmul_t_chunks(W.rows, W.indices, W.values, dY, n_chunks, out)
+        _matmul_t_chunks(W.rows, _indices(W), W.values, dY, n_chunks, out)
         return out
+    col_ptr, entry, row = _columns_of(W)
     dXT = np.zeros((W.n_in, B), dtype=np.float32)  # (n_in, B)
-    _matmul_t_transposed(W.rows, W.indices, W.values, transpose(dY), dXT, _batch_block(B, True))
+    matmul_t_columns(col_ptr, entry, row, W.values.reshape(-1), transpose(dY), dXT)
     transpose(dXT, out)  # (n_in, B) -> (B, n_in)
     return out
 
 
 def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dW[r, t] = sum_b dY[b, rows[r]] X[b, indices[r, t]] into ``out`` (n_active, k)."""
-    _sddmm_transposed(W.rows, W.indices, transpose(X), transpose(dY), out)
+    if W.nnz == 0:
+        return out
+    _sddmm_transposed(W.rows, _indices(W), transpose(X), transpose(dY), out)
     return out

@@ -25,6 +25,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._columns import columns, matmul_t_columns
 from ._layout import transpose
 
 #: Batches at least this large use the transposed-operand kernels (see the module docstring).
@@ -159,29 +160,6 @@ def _matmul_t_chunks(indptr, indices, values, dY, chunk_rows, dX):
 
 
 @njit(parallel=True, cache=True)
-def _matmul_t_transposed(indptr, indices, values, dYT, dXT, block):
-    """dXT[indices[e], b] += values[e] dYT[row(e), b]; parallel over disjoint batch blocks.
-
-    Larger batch. Every task owns the columns [b0, b1) of dXT (n_in, B) and walks all stored entries
-    in order, so no two tasks write the same element and each element sums its terms in entry order.
-    dYT is (n_out, B); dXT arrives zeroed.
-    """
-    n_out = indptr.shape[0] - 1
-    B = dYT.shape[1]
-    n_blocks = (B + block - 1) // block
-    for task in prange(n_blocks):
-        b0 = task * block
-        b1 = min(B, b0 + block)
-        for i in range(n_out):
-            y = dYT[i, b0:b1]  # (b1 - b0,) view
-            for e in range(indptr[i], indptr[i + 1]):
-                v = values[e]
-                dst = dXT[indices[e], b0:b1]  # (b1 - b0,) view
-                for b in range(dst.shape[0]):
-                    dst[b] += v * y[b]
-
-
-@njit(parallel=True, cache=True)
 def _sddmm_transposed(indptr, indices, XT, dYT, dW):
     """dW[e] = sum_b dYT[row(e), b] XT[indices[e], b]; parallel over rows.
 
@@ -216,14 +194,28 @@ def _chunk_rows(indptr: np.ndarray, n_chunks: int) -> np.ndarray:
     return bounds
 
 
+def _indices(W) -> np.ndarray:
+    """W.indices as uint32, a free view: indices are in [0, n_in), and an unsigned gather index needs
+    no negative-index check."""
+    return W.indices.view(np.uint32)
+
+
+def _columns_of(W):
+    """Cached column-major structure of W (see :mod:`._columns`)."""
+    return columns(
+        W, W.indices, lambda: np.repeat(np.arange(W.n_out, dtype=np.int32), np.diff(W.indptr)),
+        (W.indptr, W.indices),
+    )
+
+
 def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Y = X W^T into the zeroed ``out`` (B, n_out); empty rows stay 0."""
     B = X.shape[0]
     if B < TRANSPOSED_MIN_BATCH:
-        _matmul_rowdot(W.indptr, W.indices, W.values, X, out)
+        _matmul_rowdot(W.indptr, _indices(W), W.values, X, out)
         return out
     YT = np.zeros((W.n_out, B), dtype=np.float32)  # (n_out, B)
-    _matmul_transposed(W.indptr, W.indices, W.values, transpose(X), YT, _batch_block(B, False))
+    _matmul_transposed(W.indptr, _indices(W), W.values, transpose(X), YT, _batch_block(B, False))
     transpose(YT, out)  # (n_out, B) -> (B, n_out)
     return out
 
@@ -237,22 +229,26 @@ def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     - small batch: fixed row chunks with private dX buffers added in chunk order. Batch blocks give
       no parallelism at B = 1, and building a column-major (transposed) copy of the structure is a
       serial O(nnz) pass as costly as the product itself.
-    - larger batch: disjoint batch blocks, each walking the whole structure; the structure is read
-      once per block, which is cheap next to the B-wide work per entry, and no extra buffer is needed.
+    - larger batch: the cached column-major structure (:mod:`._columns`) turns the scatter into a
+      gather in which every row of dXT (n_in, B) is owned by one column, parallel over columns, each
+      sum in ascending row order.
     """
     B = dY.shape[0]
+    if W.nnz == 0 or B == 0:
+        return out
     if B < TRANSPOSED_MIN_BATCH:
         work = W.nnz * max(B, 1)
         n_chunks = max(1, min(MAX_CHUNKS, W.n_out, work // CHUNK_WORK))
-        _matmul_t_chunks(W.indptr, W.indices, W.values, dY, _chunk_rows(W.indptr, n_chunks), out)
+        _matmul_t_chunks(W.indptr, _indices(W), W.values, dY, _chunk_rows(W.indptr, n_chunks), out)
         return out
+    col_ptr, entry, row = _columns_of(W)
     dXT = np.zeros((W.n_in, B), dtype=np.float32)  # (n_in, B)
-    _matmul_t_transposed(W.indptr, W.indices, W.values, transpose(dY), dXT, _batch_block(B, True))
+    matmul_t_columns(col_ptr, entry, row, W.values, transpose(dY), dXT)
     transpose(dXT, out)  # (n_in, B) -> (B, n_in)
     return out
 
 
 def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dW[e] = sum_b dY[b, row(e)] X[b, indices[e]] into ``out`` (nnz,)."""
-    _sddmm_transposed(W.indptr, W.indices, transpose(X), transpose(dY), out)
+    _sddmm_transposed(W.indptr, _indices(W), transpose(X), transpose(dY), out)
     return out

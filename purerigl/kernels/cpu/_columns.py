@@ -1,0 +1,108 @@
+"""Cached derived structure of a format object, and the column-major (gather) form of ``matmul_t``.
+
+Structure cache. The kernels use layouts derived from a matrix's structure: its column indices as
+uint16 (half the bytes; unsigned, so a gather needs no negative-index wrap check) or as a free uint32
+view, and a column-major copy of the structure (below). Building one costs O(nnz), as much as a
+product at batch 1, so it is built once per format object and kept in a weak-keyed table: the entry
+dies with the object, and it is rebuilt if the object's structure array is *replaced* (an identity
+check). The structure of a format object must therefore not be modified in place once a product has
+used it; the library never does (DST methods build a new object at every topology change), and only
+``values`` (read afresh on every call) changes between steps.
+
+Column-major structure. ``matmul_t`` (dX = dY W) over row-major storage is a scatter. Given, for every
+input column j, the list of the stored entries in column j (``col_ptr``, ``entry`` = flat position in
+``values.ravel()``, ``entry_row`` = output row), it becomes a gather in which every output element is
+owned by one column: dXT[j, :] = sum over the entries e of column j, in ascending row order, of
+values[e] dYT[row(e), :]. No private buffers, no reduction, the order of every sum fixed by the
+structure alone, so results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+from numba import njit, prange
+
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def cached(W, key: str, source, build):
+    """``build()``, computed once per (W, key) while ``source`` (W's structure array, or a tuple of
+    them) holds the same objects."""
+    sources = source if isinstance(source, tuple) else (source,)
+    try:
+        entry = _CACHE[W]
+    except KeyError:
+        entry = _CACHE[W] = {}
+    hit = entry.get(key)
+    if hit is not None and len(hit[0]) == len(sources) and all(a is b for a, b in zip(hit[0], sources)):
+        return hit[1]
+    value = build()
+    entry[key] = (sources, value)
+    return value
+
+
+def narrow_indices(indices: np.ndarray, n_in: int) -> np.ndarray:
+    """Column indices as uint16 when ``n_in <= 65536`` (a copy), else as a uint32 view (no copy).
+
+    Indices are in [0, n_in) (a format invariant), so both are exact.
+    """
+    if n_in <= 1 << 16:
+        return indices.astype(np.uint16)
+    return indices.view(np.uint32)
+
+
+@njit(cache=True)
+def _build_columns(flat_cols, entry_rows, n_in):
+    """Counting sort of the entries by column (stable: within a column, in storage order = row order).
+
+    flat_cols (nnz,) the column of every entry in storage order, entry_rows (nnz,) its output row.
+    Returns col_ptr int64 (n_in + 1,), entry int64 (nnz,) and row int32 (nnz,) in column order.
+    """
+    nnz = flat_cols.shape[0]
+    col_ptr = np.zeros(n_in + 1, dtype=np.int64)
+    for e in range(nnz):
+        col_ptr[np.int64(flat_cols[e]) + 1] += 1
+    for j in range(n_in):
+        col_ptr[j + 1] += col_ptr[j]
+    fill = col_ptr[:-1].copy()
+    entry = np.empty(nnz, dtype=np.int64)
+    row = np.empty(nnz, dtype=np.int32)
+    for e in range(nnz):
+        j = np.int64(flat_cols[e])
+        q = fill[j]
+        entry[q] = e
+        row[q] = entry_rows[e]
+        fill[j] = q + 1
+    return col_ptr, entry, row
+
+
+def columns(W, flat_cols: np.ndarray, entry_rows, source):
+    """Cached (col_ptr, entry, row) of W; ``entry_rows()`` gives the output row of every stored entry."""
+    return cached(W, "columns", source, lambda: _build_columns(flat_cols, entry_rows(), W.n_in))
+
+
+#: Input columns per parallel task of the column-major kernels.
+COL_BLOCK = 16
+
+
+@njit(parallel=True, cache=True)
+def matmul_t_columns(col_ptr, entry, row, values, dYT, dXT):
+    """dXT[j, :] = sum_{q in column j} values[entry[q]] dYT[row[q], :]; parallel over column blocks.
+
+    values is ``W.values.ravel()``, dYT is (n_out, B) and dXT is (n_in, B), arriving zeroed. The row
+    of dXT is the accumulator (L1-resident); the innermost loop is a contiguous axpy over the batch.
+    """
+    n_in = col_ptr.shape[0] - 1
+    n_tasks = (n_in + COL_BLOCK - 1) // COL_BLOCK
+    for task in prange(n_tasks):
+        j0 = task * COL_BLOCK
+        j1 = min(n_in, j0 + COL_BLOCK)
+        for j in range(j0, j1):
+            acc = dXT[j]  # (B,) view
+            for q in range(col_ptr[j], col_ptr[j + 1]):
+                v = values[entry[q]]
+                y = dYT[row[q]]  # (B,) view
+                for b in range(acc.shape[0]):
+                    acc[b] += v * y[b]
