@@ -1,0 +1,377 @@
+"""numba.cuda kernels of the growth selections: top-m of |G|, per-row top-c of |G|, diagonal norms of G.
+
+Every DST grow rule ranks the dense weight gradient of a layer, for X (B, n_in) and dY (B, n_out):
+
+.. math:: G[i, j] = \\sum_b dY[b, i] \\, X[b, j], \\qquad G = dY^T X \\quad (n_{out} \\times n_{in})
+
+G is never stored whole, on the host or on the device. Each selection walks G in **tiles of rows**:
+a kernel computes ``G[rows, :]`` (at most :data:`TILE_ELEMS` entries, float32 sums over the batch,
+:func:`._growth_tiles.gradient_tile`) into one device buffer, and further kernels fold that tile into a
+small device-side result before the next tile is computed. Scores and ties are those of every backend:
+the score of (i, j) is the float32 |G[i, j]|, larger first; equal scores: lower flat index
+``i * n_in + j`` first (within a row: lower column). Both are captured exactly by the int64 rank key
+
+.. math:: \\kappa(i, j) = \\mathrm{bits}(|G[i, j]|) \\cdot 2^{32} + (2^{32} - 1 - \\mathrm{index})
+
+(larger key ranks higher, all keys distinct; excluded positions get -1), so every selection below is
+"the largest keys", which does not depend on tiling, block size or timing.
+
+- ``topk_grad`` (implements :func:`purerigl.kernels.reference.topk_grad`, RigL): a device pool holds
+  candidate keys, and a device threshold :math:`\\tau` (initially -1) the k-th largest key kept so far,
+  :math:`k = \\min(m, n_{out} n_{in} - |E|)`. Per tile, :data:`LANES` lanes each take every
+  LANES-th position of the tile and count the keys :math:`> \\tau`; one thread turns the counts into
+  offsets (exclusive prefix sum), and the lanes write their keys at those offsets after the pool's
+  current entries: a deterministic compaction, no atomics. Only the tile's count of candidates comes
+  back to the host (it decides when to cut back).
+  When the pool holds more than k + s keys (:math:`s = \\max(k, \\text{tile})`) it is sorted
+  (bitonic, descending), cut back to its first k, and :math:`\\tau` becomes the k-th: any key below it
+  is outranked by k kept keys, so it can never be in the result. At the end the pool is cut to k, the
+  keys' low halves (:math:`2^{32} - 1 - \\mathrm{flat}`) sorted descending give the flat indices
+  ascending. Extra device memory O(k + tile).
+- ``topk_grad_rows`` (implements :func:`purerigl.kernels.reference.topk_grad_rows`, SRigL): the
+  output layout is known in advance, :math:`c_i = \\min(\\mathrm{counts}[i], n_{in} - |E_i|)`. Rows
+  with :math:`c_i = 0` need nothing, rows with :math:`c_i = n_{in} - |E_i|` take the complement of
+  their excluded columns (one work item per row, no gradient). The other rows go through tiles: each row
+  of the tile becomes keys :math:`\\mathrm{bits}(|g|) \\cdot 2^{32} + 2^{32} - 1 - j` padded with -1 to
+  a power of two W, each row is sorted descending, its first :math:`c_i` keys are its choice; their low
+  halves sorted descending again give the chosen columns ascending, written straight into the row's
+  slice of the output. Extra device memory O(nnz_out + tile).
+- ``diag_grad_norms`` (implements :func:`purerigl.kernels.reference.diag_grad_norms`, DynaDiag): with
+  P = max(n_out, n_in), position (i, j) lies on diagonal :math:`d = (i - j) \\bmod n_{out}` (tall or
+  square) or :math:`d = (j - i) \\bmod n_{in}` (wide), and a row of G meets each diagonal at most once.
+  One work item per diagonal adds, tile after tile and row after row, the float64 squares of its
+  entries:
+
+  .. math:: S[d]^2 = \\sum_{i} G[i, j_d(i)]^2, \\qquad j_d(i) = (i - d) \\bmod n_{out}
+            \\ (\\text{if} < n_{in}) \\quad \\text{or} \\quad (i + d) \\bmod n_{in}
+
+  a private accumulator in a fixed order: no atomics. Extra device memory O(P + tile).
+
+Host-device traffic: the inputs once, one count per tile (``topk_grad``), and the result. Every
+kernel walks its work items in a grid-stride loop, launched (:func:`._launch.launch`, blocks of
+``_launch.THREADS_PER_BLOCK``) on at most :data:`GRID_THREADS` threads. No kernel uses atomics: the
+only synchronisation is kernel order (launches on one stream run one after another).
+Operands arrive checked by :mod:`purerigl.kernels._checks` (as for :mod:`purerigl.kernels.cpu.growth`).
+Scores are float32 sums in batch order (the compiler may fuse multiply-adds), so on general data the
+sets may differ from the reference's only where two scores agree to float32 rounding; on small dyadic
+data every backend ranks the very same numbers and returns the very same sets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _growth_tiles as T
+from . import _launch
+from ._launch import cuda
+
+#: Most threads of one launch (blocks of ``_launch.THREADS_PER_BLOCK``); the kernels walk their work
+#: items in grid-stride loops. 2^18 threads fill an H100 (132 SMs x 2048).
+GRID_THREADS = 1 << 18
+
+#: Entries of G per tile (one float32 device buffer; topk_grad_rows also keeps int64 keys, <= 2x).
+TILE_ELEMS = 1 << 17
+
+#: Threads that compact one tile's candidates in topk_grad (each scans every LANES-th position).
+LANES = 1 << 10
+
+
+def _run(kernel, n_items: int, *args) -> None:
+    """Run the grid-stride ``kernel`` over ``n_items`` work items on min(n_items, GRID_THREADS) threads."""
+    _launch.launch(kernel, min(n_items, GRID_THREADS), *args)
+
+
+def _sort_rows_descending(A) -> None:
+    T.sort_rows_descending(A, _run)
+
+
+def _tile_rows(n_in: int, n_rows: int) -> int:
+    """Rows per tile: TILE_ELEMS entries (at least one row), at most n_rows."""
+    return max(1, min(n_rows, TILE_ELEMS // max(n_in, 1)))
+
+
+# --------------------------------------------------------------------------------------------------
+# topk_grad: a running top-k in a device pool
+# --------------------------------------------------------------------------------------------------
+
+
+@cuda.jit(device=True)
+def _tile_key(G_bits, p, r0, n_in, ex_indptr, ex_indices):
+    """Rank key of the tile's p-th entry (row-major), position (r0 + p // n_in, p % n_in); -1 if excluded."""
+    t = p // n_in
+    j = p - t * n_in
+    i = r0 + t
+    if T.is_excluded(ex_indptr, ex_indices, i, j):
+        return T.NO_KEY
+    return T.rank_key(G_bits[t, j], i * n_in + j)
+
+
+@cuda.jit
+def _count_candidates(G_bits, n_pos, r0, ex_indptr, ex_indices, tau, lane_counts):
+    """lane_counts[l] = how many of the tile's positions l, l + n_lanes, ... have a key > tau[0]."""
+    n_lanes = lane_counts.shape[0]
+    n_in = G_bits.shape[1]
+    for lane in range(cuda.grid(1), n_lanes, cuda.gridsize(1)):
+        count = 0
+        for p in range(lane, n_pos, n_lanes):
+            if _tile_key(G_bits, p, r0, n_in, ex_indptr, ex_indices) > tau[0]:
+                count += 1
+        lane_counts[lane] = count
+
+
+@cuda.jit
+def _exclusive_scan(counts, total):
+    """counts[l] <- counts[0] + ... + counts[l - 1], total[0] <- the sum of all (one thread)."""
+    if cuda.grid(1) != 0:
+        return
+    acc = 0
+    for lane in range(counts.shape[0]):
+        c = counts[lane]
+        counts[lane] = acc
+        acc += c
+    total[0] = acc
+
+
+@cuda.jit
+def _scatter_candidates(G_bits, n_pos, r0, ex_indptr, ex_indices, tau, lane_offsets, pool, n_pool):
+    """Lane l writes its keys > tau[0], in its scan order, to pool[n_pool + lane_offsets[l]:]."""
+    n_lanes = lane_offsets.shape[0]
+    n_in = G_bits.shape[1]
+    for lane in range(cuda.grid(1), n_lanes, cuda.gridsize(1)):
+        q = n_pool + lane_offsets[lane]
+        for p in range(lane, n_pos, n_lanes):
+            key = _tile_key(G_bits, p, r0, n_in, ex_indptr, ex_indices)
+            if key > tau[0]:
+                pool[q] = key
+                q += 1
+
+
+@cuda.jit
+def _set_threshold(pool, k, tau):
+    """tau[0] = pool[k - 1], the k-th largest key once the pool is sorted (one thread)."""
+    if cuda.grid(1) == 0:
+        tau[0] = pool[k - 1]
+
+
+@cuda.jit
+def _low_halves(pool, k, width):
+    """pool[t] <- pool[t] & INDEX_MASK (= 2^32 - 1 - flat) for t < k, -1 for k <= t < width."""
+    for t in range(cuda.grid(1), width, cuda.gridsize(1)):
+        pool[t] = pool[t] & T.INDEX_MASK if t < k else T.NO_KEY
+
+
+class _RunningTopK:
+    """The k largest rank keys seen so far, in a device pool of O(k + tile) keys (see module doc)."""
+
+    def __init__(self, k: int, tile_size: int):
+        self.k = k
+        self.slack = max(k, tile_size)  # new keys taken in between two cuts, at least
+        self.pool = cuda.device_array((1, T.next_pow2(k + self.slack + tile_size)), dtype=np.int64)
+        self.n = 0  # keys in the pool
+        self.tau = cuda.to_device(np.array([T.NO_KEY], dtype=np.int64))  # keys must exceed it
+        self.n_lanes = min(LANES, tile_size)
+        self.lane_counts = cuda.device_array(self.n_lanes, dtype=np.int64)
+        self.n_new = cuda.device_array(1, dtype=np.int64)
+
+    def fold(self, G_bits, r0: int, n_rows: int, ex_indptr, ex_indices) -> None:
+        """Add the keys > tau of the tile G_bits[:n_rows] (rows r0, r0 + 1, ...); cut back when full."""
+        n_pos = n_rows * G_bits.shape[1]
+        lanes = self.lane_counts[: min(self.n_lanes, n_pos)]
+        _run(_count_candidates, lanes.shape[0], G_bits, n_pos, r0, ex_indptr, ex_indices, self.tau, lanes)
+        _run(_exclusive_scan, 1, lanes, self.n_new)
+        n_new = int(self.n_new.copy_to_host()[0])
+        if n_new:
+            _run(_scatter_candidates, lanes.shape[0], G_bits, n_pos, r0, ex_indptr, ex_indices, self.tau,
+                 lanes, self.pool[0], self.n)
+            self.n += n_new
+        if self.n > self.k + self.slack:
+            self._cut()
+
+    def _cut(self) -> None:
+        """Sort the pool descending, keep its k largest keys, and raise tau to the k-th."""
+        width = T.next_pow2(self.n)
+        _run(T.fill, width - self.n, self.pool[0], self.n, width, T.NO_KEY)
+        _sort_rows_descending(self.pool[:, :width])
+        _run(_set_threshold, 1, self.pool[0], self.k, self.tau)
+        self.n = self.k
+
+    def flat_indices(self) -> np.ndarray:
+        """The flat indices of the k largest keys, ascending (host int64, (k,))."""
+        if self.n > self.k:
+            self._cut()
+        width = T.next_pow2(self.k)
+        _run(_low_halves, width, self.pool[0], self.k, width)
+        _sort_rows_descending(self.pool[:, :width])
+        return T.INDEX_MASK - self.pool[0, : self.k].copy_to_host()
+
+
+def topk_grad(X, dY, m, ex_indptr, ex_indices):
+    """(rows, cols) int64 of the top min(m, available) positions of |G|, by flat index ascending.
+
+    Implements :func:`purerigl.kernels.reference.topk_grad` (operands already checked).
+    """
+    n_out, n_in = dY.shape[1], X.shape[1]
+    k = min(m, n_out * n_in - ex_indices.shape[0])
+    if k <= 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    d_X, d_dY = cuda.to_device(X), cuda.to_device(dY)
+    d_indptr, d_indices = cuda.to_device(ex_indptr), cuda.to_device(ex_indices)
+    all_rows = cuda.to_device(np.arange(n_out, dtype=np.int64))
+    tile_rows = _tile_rows(n_in, n_out)
+    G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
+    G_bits = G.view(np.int32)
+    top = _RunningTopK(k, tile_rows * n_in)
+    for r0 in range(0, n_out, tile_rows):
+        n_rows = min(tile_rows, n_out - r0)
+        _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, all_rows, r0, n_rows, G)
+        top.fold(G_bits, r0, n_rows, d_indptr, d_indices)
+    flat = top.flat_indices()
+    return flat // n_in, flat % n_in
+
+
+# --------------------------------------------------------------------------------------------------
+# topk_grad_rows: per-row sorts of tiles of keys
+# --------------------------------------------------------------------------------------------------
+
+
+@cuda.jit
+def _complete_rows(n_in, ex_indptr, ex_indices, take, out_indptr, out_cols):
+    """Every row i taking all its available columns (0 < take[i] = n_in - |E_i|): the complement of
+    its excluded columns, ascending, into its output slice. One work item per row."""
+    for i in range(cuda.grid(1), take.shape[0], cuda.gridsize(1)):
+        e = ex_indptr[i]
+        end = ex_indptr[i + 1]
+        if take[i] == 0 or take[i] != n_in - (end - e):
+            continue
+        q = out_indptr[i]
+        for j in range(n_in):
+            if e < end and ex_indices[e] == j:
+                e += 1
+            else:
+                out_cols[q] = j
+                q += 1
+
+
+@cuda.jit
+def _row_keys(G_bits, rows, start, n_rows, ex_indptr, ex_indices, K):
+    """K[t, j] = rank key of (rows[start + t], j) with index j, -1 if excluded or j >= n_in (padding)."""
+    W = K.shape[1]
+    for p in range(cuda.grid(1), n_rows * W, cuda.gridsize(1)):
+        t = p // W
+        j = p - t * W
+        i = rows[start + t]
+        if j >= G_bits.shape[1] or T.is_excluded(ex_indptr, ex_indices, i, j):
+            K[t, j] = T.NO_KEY
+        else:
+            K[t, j] = T.rank_key(G_bits[t, j], j)
+
+
+@cuda.jit
+def _chosen_low_halves(K, rows, start, n_rows, take):
+    """On rows sorted descending: K[t, q] <- K[t, q] & INDEX_MASK (= 2^32 - 1 - column) for the first
+    take[row] entries, -1 after them."""
+    W = K.shape[1]
+    for p in range(cuda.grid(1), n_rows * W, cuda.gridsize(1)):
+        t = p // W
+        q = p - t * W
+        K[t, q] = K[t, q] & T.INDEX_MASK if q < take[rows[start + t]] else T.NO_KEY
+
+
+@cuda.jit
+def _write_columns(K, rows, start, n_rows, take, out_indptr, out_cols):
+    """out_cols[out_indptr[i] + q] = 2^32 - 1 - K[t, q] for q < take[i], i = rows[start + t]."""
+    W = K.shape[1]
+    for p in range(cuda.grid(1), n_rows * W, cuda.gridsize(1)):
+        t = p // W
+        q = p - t * W
+        i = rows[start + t]
+        if q < take[i]:
+            out_cols[out_indptr[i] + q] = T.INDEX_MASK - K[t, q]
+
+
+def _select_ranked_rows(d_X, d_dY, ranked, d_take, d_indptr, d_indices, d_out_indptr, d_out_cols):
+    """The rows ``ranked`` (host int64): their take[i] best columns, ascending, into d_out_cols."""
+    n_in = d_X.shape[1]
+    W = T.next_pow2(n_in)
+    tile_rows = _tile_rows(n_in, ranked.shape[0])
+    d_rows = cuda.to_device(ranked)
+    G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
+    G_bits = G.view(np.int32)
+    K = cuda.device_array((tile_rows, W), dtype=np.int64)
+    for s in range(0, ranked.shape[0], tile_rows):
+        n_rows = min(tile_rows, ranked.shape[0] - s)
+        _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, d_rows, s, n_rows, G)
+        _run(_row_keys, n_rows * W, G_bits, d_rows, s, n_rows, d_indptr, d_indices, K)
+        _sort_rows_descending(K[:n_rows])  # each row: best first
+        _run(_chosen_low_halves, n_rows * W, K, d_rows, s, n_rows, d_take)
+        _sort_rows_descending(K[:n_rows])  # each row: its chosen columns ascending
+        _run(_write_columns, n_rows * W, K, d_rows, s, n_rows, d_take, d_out_indptr, d_out_cols)
+
+
+def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices):
+    """(indptr, cols): per row the top min(counts[i], available_i) columns of |G[i, :]|, ascending.
+
+    Implements :func:`purerigl.kernels.reference.topk_grad_rows` (operands already checked).
+    """
+    n_out, n_in = dY.shape[1], X.shape[1]
+    available = n_in - np.diff(ex_indptr)  # (n_out,)
+    take = np.minimum(counts, available)
+    indptr = np.zeros(n_out + 1, dtype=np.int64)
+    np.cumsum(take, out=indptr[1:])
+    if indptr[-1] == 0:
+        return indptr, np.empty(0, dtype=np.int64)
+    d_take, d_out_indptr = cuda.to_device(take), cuda.to_device(indptr)
+    d_indptr, d_indices = cuda.to_device(ex_indptr), cuda.to_device(ex_indices)
+    d_cols = cuda.device_array(int(indptr[-1]), dtype=np.int64)
+    _run(_complete_rows, n_out, n_in, d_indptr, d_indices, d_take, d_out_indptr, d_cols)
+    ranked = np.flatnonzero((take > 0) & (take < available)).astype(np.int64)
+    if ranked.size:
+        d_X, d_dY = cuda.to_device(X), cuda.to_device(dY)
+        _select_ranked_rows(d_X, d_dY, ranked, d_take, d_indptr, d_indices, d_out_indptr, d_cols)
+    return indptr, d_cols.copy_to_host()
+
+
+# --------------------------------------------------------------------------------------------------
+# diag_grad_norms: one float64 accumulator per diagonal
+# --------------------------------------------------------------------------------------------------
+
+
+@cuda.jit
+def _fold_diagonals(G, r0, n_rows, n_out, sum_sq):
+    """sum_sq[d] += G[t, j]^2 (float64) for the entry of each tile row t (row i = r0 + t) on diagonal d:
+    j = (i - d) mod n_out if that is < n_in (tall or square), else j = (i + d) mod n_in (wide)."""
+    n_in = G.shape[1]
+    for d in range(cuda.grid(1), sum_sq.shape[0], cuda.gridsize(1)):
+        acc = sum_sq[d]
+        for t in range(n_rows):
+            i = r0 + t
+            if n_out >= n_in:
+                j = (i - d + n_out) % n_out
+                if j >= n_in:
+                    continue
+            else:
+                j = (i + d) % n_in
+            g = np.float64(G[t, j])
+            acc += g * g
+        sum_sq[d] = acc
+
+
+def diag_grad_norms(X, dY):
+    """float32 (P,): the L2 norm of G along each wrap-around diagonal, P = max(n_out, n_in).
+
+    Implements :func:`purerigl.kernels.reference.diag_grad_norms` (operands already checked).
+    """
+    n_out, n_in = dY.shape[1], X.shape[1]
+    P = max(n_out, n_in)
+    if n_out == 0 or n_in == 0:
+        return np.zeros(P, dtype=np.float32)
+    d_X, d_dY = cuda.to_device(X), cuda.to_device(dY)
+    all_rows = cuda.to_device(np.arange(n_out, dtype=np.int64))
+    tile_rows = _tile_rows(n_in, n_out)
+    G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
+    sum_sq = cuda.to_device(np.zeros(P, dtype=np.float64))
+    for r0 in range(0, n_out, tile_rows):
+        n_rows = min(tile_rows, n_out - r0)
+        _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, all_rows, r0, n_rows, G)
+        _run(_fold_diagonals, P, G, r0, n_rows, n_out, sum_sq)
+    return np.sqrt(sum_sq.copy_to_host()).astype(np.float32)

@@ -1,0 +1,419 @@
+"""The numba.cuda growth selections (purerigl.kernels.cuda.growth) against a brute force and the
+reference and cpu backends, run on Numba's CUDA simulator (no GPU needed).
+
+Pins down (DESIGN.md sections 3 and 6):
+
+- ``topk_grad``, ``topk_grad_rows`` and ``diag_grad_norms`` return exactly what the reference and
+  cpu backends return (same dtypes, same order, same index sets), and what a brute force on the dense
+  G = dY^T X returns: sort by (-|G|, flat index), take the first m (per row: the first counts[i]);
+- the shared tie rule (equal scores: lower flat index, within a row lower column), with deliberate
+  ties; excluded positions are never chosen; m = 0, m >= available, empty exclusion, rows fully
+  excluded, counts 0, counts >= available; tall, wide, square and 1 x 1 layers for the norms;
+- the result does not depend on the tile size, the compaction lanes, the block size or the threads
+  per launch (all patched tiny, so tiny layers span several tiles, blocks and grid-stride rounds),
+  and the running top-k's cut-back and threshold path is taken;
+- no device buffer holds n_out * n_in entries: G lives only in tiles.
+
+Shapes are tiny (n_out, n_in <= 8, batch <= 4; long thin layers up to 24 x 3) and values dyadic
+(``strategies.TIES``, quarters), so every float32 sum is exact and every backend ranks the very same
+numbers. Runs on Numba's CUDA simulator (tests/conftest.py turns it on), which starts one Python
+thread per CUDA thread: hence the few examples per property and the patched-down launches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import numpy as np
+import pytest
+import strategies as S
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import TIES
+
+from purerigl.errors import OperandError
+from purerigl.kernels import cpu, get_backend, reference
+from purerigl.kernels.cuda import _launch, growth
+from purerigl.kernels.cuda._launch import cuda
+
+pytestmark = pytest.mark.skipif(  # only with PURERIGL_TEST_REAL_GPU=1 on a machine without a GPU
+    _launch.unavailable_reason() is not None, reason=f"cuda unavailable: {_launch.unavailable_reason()}"
+)
+
+EXAMPLES = settings(max_examples=12, deadline=None)
+
+MAX_DIM = 8
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch configuration, brute force, drawing
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tiny_config(tile: int = 5, lanes: int = 3, block: int = 4, grid_threads: int = 8):
+    """Patch the growth module's tile size, compaction lanes and threads per launch, and the block size."""
+    with contextlib.ExitStack() as stack:
+        for name, value in (("TILE_ELEMS", tile), ("LANES", lanes), ("GRID_THREADS", grid_threads)):
+            stack.enter_context(mock.patch.object(growth, name, value))
+        stack.enter_context(mock.patch.object(_launch, "THREADS_PER_BLOCK", block))
+        yield
+
+
+configs = st.fixed_dictionaries(
+    {
+        "tile": st.integers(1, 2 * MAX_DIM),
+        "lanes": st.integers(1, 5),
+        "block": st.integers(1, 4),
+        "grid_threads": st.sampled_from([1, 3, 8]),
+    }
+)
+
+
+def dense_grad(X, dY) -> np.ndarray:
+    return dY.astype(np.float64).T @ X.astype(np.float64)  # (n_out, n_in)
+
+
+def exclusion_csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr int64, indices int32) of the True positions of a bool (n_out, n_in) mask."""
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int64)
+    return indptr, np.nonzero(mask)[1].astype(np.int32)
+
+
+def brute_topk(X, dY, excluded, m) -> np.ndarray:
+    """Flat indices of the top m of |G| over non-excluded positions, ties to the lower flat, ascending."""
+    scores = np.abs(dense_grad(X, dY)).ravel()
+    flat = np.flatnonzero(~excluded.ravel())
+    order = np.lexsort((flat, -scores[flat]))  # -score first, then flat
+    return np.sort(flat[order[:m]])
+
+
+def brute_rows(X, dY, excluded, counts) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, cols) of each row's top counts[i] non-excluded columns, ties to the lower column."""
+    G = np.abs(dense_grad(X, dY))
+    chosen = []
+    for i in range(G.shape[0]):
+        cols = np.flatnonzero(~excluded[i])
+        chosen.append(np.sort(cols[np.lexsort((cols, -G[i, cols]))[: counts[i]]]))
+    indptr = np.concatenate([[0], np.cumsum([c.size for c in chosen])]).astype(np.int64)
+    return indptr, np.concatenate([np.empty(0, dtype=np.int64), *chosen]).astype(np.int64)
+
+
+def brute_diag(X, dY) -> np.ndarray:
+    """S[d] = ||G along wrap-around diagonal d||, walking t = 0 .. L-1 (DESIGN.md section 2)."""
+    G = dense_grad(X, dY)
+    n_out, n_in = G.shape
+    S = np.zeros(max(n_out, n_in))
+    for d in range(S.size):
+        for t in range(min(n_out, n_in)):
+            i, j = ((t + d) % n_out, t) if n_out >= n_in else (t, (t + d) % n_in)
+            S[d] += G[i, j] ** 2
+    return np.sqrt(S)
+
+
+def dyadic(shape):
+    return st.lists(st.sampled_from(TIES), min_size=int(np.prod(shape)), max_size=int(np.prod(shape))).map(
+        lambda v: np.array(v, dtype=np.float32).reshape(shape)
+    )
+
+
+@st.composite
+def problems(draw, orientation: str | None = None):
+    """(X, dY, excluded): tiny dyadic operands (tall, wide or square); each row of the exclusion mask
+    empty, full or random."""
+    n_out, n_in = draw(S.shapes(orientation, max_dim=MAX_DIM))
+    B = draw(st.integers(1, 4))
+    X, dY = draw(dyadic((B, n_in))), draw(dyadic((B, n_out)))
+    row = st.one_of(
+        st.just([False] * n_in), st.just([True] * n_in), st.lists(st.booleans(), min_size=n_in, max_size=n_in)
+    )
+    excluded = np.array(draw(st.lists(row, min_size=n_out, max_size=n_out)), dtype=bool).reshape(n_out, n_in)
+    return X, dY, excluded
+
+
+def assert_same(got, want):
+    """Equal arrays of equal dtypes, element for element (tuples compared pairwise)."""
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want)
+        for u, v in zip(got, want):
+            assert_same(u, v)
+        return
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
+    np.testing.assert_array_equal(got, want)
+
+
+# --------------------------------------------------------------------------------------------------
+# Properties against the brute force, the reference and the cpu backend
+# --------------------------------------------------------------------------------------------------
+
+
+@EXAMPLES
+@given(problem=problems(), config=configs, data=st.data())
+def test_topk_grad_matches_brute_force_and_backends(problem, config, data):
+    X, dY, excluded = problem
+    N = excluded.size
+    m = data.draw(st.one_of(st.just(0), st.just(1), st.integers(0, N), st.integers(N, N + 3)), label="m")
+    indptr, indices = exclusion_csr(excluded)
+    with tiny_config(**config):
+        got = growth.topk_grad(X, dY, m, indptr, indices)
+    want = reference.topk_grad(X, dY, m, indptr, indices)
+    assert_same(got, want)
+    assert_same(got, cpu.topk_grad(X, dY, m, indptr, indices))
+    assert_same(got[0] * X.shape[1] + got[1], brute_topk(X, dY, excluded, m))
+
+
+@EXAMPLES
+@given(problem=problems(), config=configs, data=st.data())
+def test_topk_grad_rows_matches_brute_force_and_backends(problem, config, data):
+    X, dY, excluded = problem
+    n_out, n_in = excluded.shape
+    count = st.one_of(st.just(0), st.integers(0, n_in), st.integers(n_in, n_in + 2))
+    counts = np.array(data.draw(st.lists(count, min_size=n_out, max_size=n_out), label="counts"), dtype=np.int64)
+    indptr, indices = exclusion_csr(excluded)
+    with tiny_config(**config):
+        got = growth.topk_grad_rows(X, dY, counts, indptr, indices)
+    assert_same(got, reference.topk_grad_rows(X, dY, counts, indptr, indices))
+    assert_same(got, cpu.topk_grad_rows(X, dY, counts, indptr, indices))
+    assert_same(got, brute_rows(X, dY, excluded, counts))
+
+
+@EXAMPLES
+@given(
+    problem=st.sampled_from(["tall", "wide", "square"]).flatmap(problems),
+    config=configs,
+)
+def test_diag_grad_norms_matches_brute_force_and_backends(problem, config):
+    X, dY, _ = problem
+    with tiny_config(**config):
+        got = growth.diag_grad_norms(X, dY)
+    assert_same(got, reference.diag_grad_norms(X, dY))  # exact: dyadic squares sum exactly in float64
+    assert_same(got, cpu.diag_grad_norms(X, dY))
+    np.testing.assert_allclose(got, brute_diag(X, dY), rtol=1e-6)
+
+
+@EXAMPLES
+@given(data=st.data(), config=configs)
+def test_topk_grad_running_pool_on_long_thin_layers(data, config):
+    """Many tiny tiles and a small m: the pool is cut back and its threshold raised many times, with
+    scores in any order (many distinct levels, some ties); still exactly the brute force."""
+    n_out, n_in = data.draw(st.integers(2, 24), label="n_out"), data.draw(st.integers(1, 3), label="n_in")
+    levels = st.integers(-16, 16).map(lambda v: v / 4)
+    dY = np.array([data.draw(st.lists(levels, min_size=n_out, max_size=n_out), label="dY")], dtype=np.float32)
+    X = np.array([data.draw(st.lists(st.sampled_from([-1.0, 0.5, 1.0, 2.0]), min_size=n_in, max_size=n_in))],
+                 dtype=np.float32)
+    excluded = np.array(data.draw(st.lists(st.booleans(), min_size=n_out * n_in, max_size=n_out * n_in)))
+    excluded = excluded.reshape(n_out, n_in)
+    m = data.draw(st.integers(1, 4), label="m")
+    with tiny_config(**{**config, "tile": min(config["tile"], 3)}):
+        rows, cols = growth.topk_grad(X, dY, m, *exclusion_csr(excluded))
+    np.testing.assert_array_equal(rows * n_in + cols, brute_topk(X, dY, excluded, m))
+
+
+def test_threshold_is_the_kth_kept_key():
+    """One position per tile, k = 2: after the first cut-back the pool holds 10, 9 and a later 9.5
+    must still get in (a threshold at 10 would lose it); 8.5 must not."""
+    dY = np.array([[10.0, 9.0, 8.0, 7.0, 6.0, 9.5, 8.5, 5.0]], dtype=np.float32)
+    X = np.ones((1, 1), dtype=np.float32)
+    indptr, indices = exclusion_csr(np.zeros((8, 1), dtype=bool))
+    with tiny_config(tile=1, lanes=1):
+        rows, _ = growth.topk_grad(X, dY, 2, indptr, indices)
+    np.testing.assert_array_equal(rows, [0, 5])
+
+
+# --------------------------------------------------------------------------------------------------
+# By hand: the tie rule and the edge cases
+# --------------------------------------------------------------------------------------------------
+
+
+def test_topk_grad_tie_rule_by_hand():
+    """All |g| equal: the lowest available flat indices win; a larger score jumps the queue."""
+    X = np.ones((2, 4), dtype=np.float32)  # G[i, :] = sum_b dY[b, i]: |G| = 1, 1, 0 by row
+    dY = np.array([[0.5, -0.5, 1.0], [0.5, -0.5, -1.0]], dtype=np.float32)
+    excluded = np.zeros((3, 4), dtype=bool)
+    excluded[0, 1] = True
+    indptr, indices = exclusion_csr(excluded)
+    with tiny_config(tile=4, lanes=2):
+        rows, cols = growth.topk_grad(X, dY, 3, indptr, indices)
+        np.testing.assert_array_equal(rows * 4 + cols, [0, 2, 3])
+        rows, cols = growth.topk_grad(X, dY, 12, indptr, indices)  # more than the 11 available
+        np.testing.assert_array_equal(rows * 4 + cols, np.delete(np.arange(12), 1))
+        X[:, 3] = 2.0  # G[0, 3] = G[1, 3] = 2 now rank first
+        rows, cols = growth.topk_grad(X, dY, 3, indptr, indices)
+        np.testing.assert_array_equal(rows * 4 + cols, [0, 3, 7])
+
+
+def test_topk_grad_rows_tie_rule_by_hand():
+    """Equal scores within a row: the lower columns win; counts 0 and counts > available."""
+    X = np.array([[1.0, -1.0, 1.0, 0.5, -1.0]], dtype=np.float32)  # |G[i, j]| = |dY_i| |X_j|
+    dY = np.array([[1.0, 0.5, 1.0, 1.0]], dtype=np.float32)
+    excluded = np.zeros((4, 5), dtype=bool)
+    excluded[0, 0] = excluded[2, [1, 2]] = True
+    excluded[3] = True  # a row with nothing available
+    counts = np.array([2, 0, 9, 4], dtype=np.int64)
+    with tiny_config(tile=5, lanes=2):
+        indptr, cols = growth.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded))
+    np.testing.assert_array_equal(indptr, [0, 2, 2, 5, 5])
+    np.testing.assert_array_equal(cols, [1, 2, 0, 3, 4])
+
+
+def test_topk_grad_rows_returns_columns_ascending_not_by_score():
+    """A row whose best columns, best first, are 3, 1, 0: they come back as 0, 1, 3."""
+    X = np.array([[0.5, 1.0, 0.25, 2.0, 0.125]], dtype=np.float32)
+    dY = np.array([[1.0, -1.0]], dtype=np.float32)
+    excluded = np.zeros((2, 5), dtype=bool)
+    excluded[1, 3] = True
+    with tiny_config(tile=5, lanes=2):
+        indptr, cols = growth.topk_grad_rows(X, dY, np.array([3, 2]), *exclusion_csr(excluded))
+    np.testing.assert_array_equal(indptr, [0, 3, 5])
+    np.testing.assert_array_equal(cols, [0, 1, 3, 0, 1])
+
+
+def test_diag_grad_norms_by_hand():
+    """3 x 2 (tall): diagonal d holds (d, 0), (d + 1 mod 3, 1); transposed (wide): (0, d), (1, d + 1)."""
+    X = np.array([[1.0, 2.0]], dtype=np.float32)
+    dY = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)  # G = [[1, 2], [2, 4], [3, 6]]
+    want = np.sqrt([1 + 16, 4 + 36, 9 + 4]).astype(np.float32)
+    with tiny_config(tile=2):
+        np.testing.assert_allclose(growth.diag_grad_norms(X, dY), want, rtol=1e-6)
+        np.testing.assert_allclose(growth.diag_grad_norms(dY, X), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "n_out, n_in, B", [(3, 4, 0), (0, 4, 2), (3, 0, 2), (1, 1, 1)], ids=["batch0", "no-rows", "no-cols", "1x1"]
+)
+def test_degenerate_shapes_match_reference(n_out, n_in, B):
+    """Batch 0 (G = 0: lowest indices win), empty layers and 1 x 1, against the reference."""
+    X = np.full((B, n_in), 0.5, dtype=np.float32)
+    dY = np.full((B, n_out), -1.0, dtype=np.float32)
+    excluded = np.zeros((n_out, n_in), dtype=bool)
+    if excluded.size > 1:
+        excluded.flat[1] = True
+    indptr, indices = exclusion_csr(excluded)
+    counts = np.full(n_out, 2, dtype=np.int64)
+    with tiny_config(tile=3):
+        for m in (0, 2, excluded.size + 1):
+            assert_same(growth.topk_grad(X, dY, m, indptr, indices), reference.topk_grad(X, dY, m, indptr, indices))
+        assert_same(growth.topk_grad_rows(X, dY, counts, indptr, indices),
+                    reference.topk_grad_rows(X, dY, counts, indptr, indices))
+        assert_same(growth.diag_grad_norms(X, dY), reference.diag_grad_norms(X, dY))
+
+
+def test_everything_excluded_or_nothing_asked():
+    """All positions excluded, m = 0, counts all 0: empty results of the right dtypes and shapes."""
+    X = np.ones((2, 3), dtype=np.float32)
+    dY = np.ones((2, 4), dtype=np.float32)
+    full = exclusion_csr(np.ones((4, 3), dtype=bool))
+    none = exclusion_csr(np.zeros((4, 3), dtype=bool))
+    for m, (indptr, indices) in ((5, full), (0, none)):
+        assert_same(growth.topk_grad(X, dY, m, indptr, indices), (np.empty(0, np.int64), np.empty(0, np.int64)))
+    nothing = (np.zeros(5, np.int64), np.empty(0, np.int64))
+    for counts, (indptr, indices) in ((np.full(4, 2), full), (np.zeros(4, np.int64), none)):
+        assert_same(growth.topk_grad_rows(X, dY, counts, indptr, indices), nothing)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiling, lanes, blocks and threads do not matter; the running top-k cuts back; G is never whole
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def general_problem():
+    """A 9 x 7 layer at batch 3 with general float32 values (not dyadic) and a third excluded."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((3, 7), dtype=np.float32)
+    dY = rng.standard_normal((3, 9), dtype=np.float32)
+    excluded = rng.random((9, 7)) < 0.3
+    return X, dY, excluded
+
+
+def run_all(X, dY, excluded, m=10, count=3):
+    indptr, indices = exclusion_csr(excluded)
+    counts = np.full(dY.shape[1], count, dtype=np.int64)
+    return (
+        growth.topk_grad(X, dY, m, indptr, indices),
+        growth.topk_grad_rows(X, dY, counts, indptr, indices),
+        growth.diag_grad_norms(X, dY),
+    )
+
+
+@pytest.mark.parametrize("m, count", [(1, 1), (10, 3), (40, 6)])
+def test_general_data_matches_reference_and_cpu(general_problem, m, count):
+    """General float32 data (fixed seed, no near-ties at any boundary): the same sets as the
+    reference and cpu backends, and norms equal to float32 rounding."""
+    X, dY, excluded = general_problem
+    indptr, indices = exclusion_csr(excluded)
+    counts = np.full(dY.shape[1], count, dtype=np.int64)
+    with tiny_config(tile=8, lanes=3):
+        got = run_all(X, dY, excluded, m, count)
+    for backend in (reference, cpu):
+        assert_same(got[0], backend.topk_grad(X, dY, m, indptr, indices))
+        assert_same(got[1], backend.topk_grad_rows(X, dY, counts, indptr, indices))
+        np.testing.assert_allclose(got[2], backend.diag_grad_norms(X, dY), rtol=1e-5)
+
+
+def test_results_do_not_depend_on_the_launch_configuration(general_problem):
+    """General float32 data: G is computed by the same code wherever an entry sits, so every tile
+    size, lane count, block size and thread cap gives bit-identical results."""
+    X, dY, excluded = general_problem
+    with tiny_config(tile=1 << 10, lanes=64, block=4, grid_threads=64):  # one tile
+        want = run_all(X, dY, excluded)
+    for config in ({"tile": 1, "lanes": 1, "grid_threads": 1}, {"tile": 8, "lanes": 3, "block": 3, "grid_threads": 5}):
+        with tiny_config(**config):
+            assert_same(run_all(X, dY, excluded), want)
+
+
+def test_running_topk_cuts_back_and_raises_its_threshold(general_problem):
+    """Scores growing with the row and tiles of one row: every tile beats the threshold, so the pool
+    is cut back again and again; the result is still exactly the brute force's."""
+    X, dY, excluded = general_problem
+    dY = (np.abs(dY) + np.arange(1, 10, dtype=np.float32)).astype(np.float32)  # rows ever larger
+    indptr, indices = exclusion_csr(excluded)
+    cuts = mock.patch.object(growth._RunningTopK, "_cut", autospec=True, side_effect=growth._RunningTopK._cut)
+    with tiny_config(tile=2, lanes=2), cuts as spy:
+        rows, cols = growth.topk_grad(X, dY, 3, indptr, indices)
+    assert spy.call_count >= 3
+    np.testing.assert_array_equal(rows * 7 + cols, brute_topk(X, dY, excluded, 3))
+
+
+def test_no_device_buffer_holds_the_dense_gradient():
+    """A 16 x 12 layer in tiles of 12 entries: every device allocation besides the operands is far
+    smaller than n_out * n_in (192), for each of the three selections."""
+    rng = np.random.default_rng(5)
+    X = rng.choice(TIES, (2, 12)).astype(np.float32)
+    dY = rng.choice(TIES, (2, 16)).astype(np.float32)
+    excluded = rng.random((16, 12)) < 0.2
+    sizes = []
+    real = cuda.device_array
+
+    def recording(shape, *args, **kwargs):
+        sizes.append(int(np.prod(shape)))
+        return real(shape, *args, **kwargs)
+
+    with tiny_config(tile=12, lanes=3), mock.patch.object(growth.cuda, "device_array", recording):
+        run_all(X, dY, excluded, m=4, count=2)
+    assert sizes and max(sizes) <= 192 // 4, sizes
+
+
+def test_inputs_are_left_untouched(general_problem):
+    X, dY, excluded = general_problem
+    indptr, indices = exclusion_csr(excluded)
+    before = [a.copy() for a in (X, dY, indptr, indices)]
+    with tiny_config():
+        run_all(X, dY, excluded)
+    for a, b in zip(before, (X, dY, indptr, indices)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backend_dispatch_checks_operands_and_calls_these_kernels(general_problem):
+    """get_backend("cuda") runs the shared operand checks, then these kernels (same results)."""
+    X, dY, excluded = general_problem
+    indptr, indices = exclusion_csr(excluded)
+    backend = get_backend("cuda")
+    with tiny_config():
+        want = run_all(X, dY, excluded, m=5, count=2)
+        assert_same(backend.topk_grad(np.asfortranarray(X), dY, np.int32(5), indptr.astype(np.int32), indices), want[0])
+        assert_same(backend.topk_grad_rows(X, dY, np.full(9, 2, dtype=np.uint8), indptr, indices), want[1])
+        assert_same(backend.diag_grad_norms(X, dY), want[2])
+    with pytest.raises(OperandError):
+        backend.topk_grad(X, dY, -1, indptr, indices)
