@@ -111,6 +111,14 @@ def test_source_of_matches_positions_across_formats():
     assert np.array_equal(D.values.ravel()[src.ravel()], C.values.ravel())
 
 
+def test_source_of_an_empty_old_structure_marks_every_entry_new():
+    """Nothing stored before (an empty CSR): every entry of the new structure has no source (-1)."""
+    empty = CSR(np.zeros(4, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), (3, 5))
+    new = CSR.random((3, 5), 0.4, 1)
+    assert np.array_equal(source_of(empty, new), np.full(new.values.shape, -1))
+    assert source_of(new, empty).shape == (0,)
+
+
 def test_apply_structure_with_adam_state():
     layer = SparseLinear(CSR.random((4, 5), 0.5, 0), backend="reference")
     opt = Adam(layer.parameters(), lr=0.01)

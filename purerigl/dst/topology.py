@@ -37,9 +37,11 @@ def source_of(old: SparseFormat, new: SparseFormat) -> np.ndarray:
     order = np.argsort(old_flat, kind="stable")
     sorted_flat = old_flat[order]
     new_flat = flat_positions(new)
+    if sorted_flat.size == 0:  # nothing was stored: every new entry is new
+        return np.full(new.values.shape, -1, dtype=np.int64)
     at = np.searchsorted(sorted_flat, new_flat)
-    at_clipped = np.minimum(at, max(sorted_flat.size - 1, 0))
-    found = (at < sorted_flat.size) & (sorted_flat[at_clipped] == new_flat) if sorted_flat.size else np.zeros(new_flat.shape, bool)
+    at_clipped = np.minimum(at, sorted_flat.size - 1)
+    found = (at < sorted_flat.size) & (sorted_flat[at_clipped] == new_flat)
     source = np.where(found, order[at_clipped], -1)
     return source.reshape(new.values.shape).astype(np.int64)
 
