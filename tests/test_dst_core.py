@@ -102,6 +102,18 @@ def test_apply_structure_keeps_old_and_zeroes_new(make):
         assert mom.ravel()[e] == np.float32(want_m)
 
 
+@given(
+    st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.0]), min_size=0, max_size=40),  # few values: many ties
+    st.integers(-2, 45),
+)
+def test_top_mask_selects_the_first_n_of_rank_order(values, n):
+    """The selection in top_mask picks exactly the set the full sort (rank_order) puts first."""
+    scores = np.array(values, dtype=np.float32)
+    want = np.zeros(scores.size, dtype=bool)
+    want[rank_order(scores)[: max(n, 0)]] = True
+    assert np.array_equal(top_mask(scores, n), want)
+
+
 def test_source_of_matches_positions_across_formats():
     """source_of maps a Diagonal's entries onto the same positions of its Condensed form."""
     D = Diagonal.random((5, 12), 0.3, 2)

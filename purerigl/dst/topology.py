@@ -80,10 +80,25 @@ def rank_order(scores: np.ndarray) -> np.ndarray:
 
 
 def top_mask(scores: np.ndarray, n: int) -> np.ndarray:
-    """bool mask of the ``n`` best entries of the 1-D ``scores`` under the shared tie rule."""
-    mask = np.zeros(scores.size, dtype=bool)
-    if n > 0:
-        mask[rank_order(scores)[:n]] = True
+    """bool mask of the ``n`` best entries of the 1-D ``scores`` under the shared tie rule.
+
+    The same set as ``rank_order(scores)[:n]``, found by selection in O(size) instead of a sort: the
+    n-th largest score t splits the entries into those above t (all chosen) and those equal to t, of
+    which the lowest indices fill the remaining places.
+    """
+    scores = np.asarray(scores)
+    size = scores.size
+    mask = np.zeros(size, dtype=bool)
+    n = min(int(n), size)
+    if n <= 0:
+        return mask
+    if n == size:
+        mask[:] = True
+        return mask
+    threshold = np.partition(scores, size - n)[size - n]  # the n-th largest score
+    np.greater(scores, threshold, out=mask)
+    ties = np.flatnonzero(scores == threshold)  # ascending index: the tie rule's order
+    mask[ties[: n - int(mask.sum())]] = True
     return mask
 
 
