@@ -114,6 +114,15 @@ def test_top_mask_selects_the_first_n_of_rank_order(values, n):
     assert np.array_equal(top_mask(scores, n), want)
 
 
+@given(st.lists(st.integers(0, 30), max_size=20), st.lists(st.integers(-5, 35), max_size=30))
+def test_in_sorted_is_np_isin(taken, values):
+    from purerigl.dst.set_method import in_sorted
+
+    taken = np.unique(np.array(taken, dtype=np.int64))
+    values = np.array(values, dtype=np.int64)
+    assert np.array_equal(in_sorted(values, taken), np.isin(values, taken))
+
+
 def test_source_of_matches_positions_across_formats():
     """source_of maps a Diagonal's entries onto the same positions of its Condensed form."""
     D = Diagonal.random((5, 12), 0.3, 2)

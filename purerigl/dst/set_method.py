@@ -29,6 +29,15 @@ from .base import LayerUpdate
 from .rigl import MagnitudeDropCSR
 
 
+def in_sorted(values: np.ndarray, sorted_array: np.ndarray) -> np.ndarray:
+    """bool mask: which ``values`` occur in the ascending ``sorted_array`` (``np.isin`` by binary
+    search, which avoids the slow hash path NumPy 2's ``np.isin`` takes for large-range int64 keys)."""
+    if sorted_array.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_array, values), sorted_array.size - 1)
+    return sorted_array[at] == values
+
+
 def random_free_positions(rng: np.random.Generator, total: int, taken: np.ndarray, n: int) -> np.ndarray:
     """``n`` distinct flat positions in [0, total) outside the sorted array ``taken``, uniformly.
 
@@ -40,7 +49,7 @@ def random_free_positions(rng: np.random.Generator, total: int, taken: np.ndarra
     chosen = np.empty(0, dtype=np.int64)
     while chosen.size < n:
         draw = rng.integers(0, total, size=2 * (n - chosen.size) + 16, dtype=np.int64)
-        draw = draw[~np.isin(draw, taken)]
+        draw = draw[~in_sorted(draw, taken)]
         chosen = sorted_unique(np.concatenate([chosen, draw]))
     if chosen.size > n:  # drop a uniformly random surplus so the result stays a uniform n-subset
         chosen = np.sort(rng.choice(chosen, size=n, replace=False))
