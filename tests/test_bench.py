@@ -110,6 +110,17 @@ def test_growth_quick_table_and_json(tmp_path):
         assert {"width", "method", "format", "nnz", "update_ms", "dense_xtdy_ms", "update_over_dense"} <= set(r)
 
 
+def test_growth_fan_in_keeps_connections_per_row_constant(tmp_path):
+    path = tmp_path / "g.json"
+    result = run(["growth", "--quick", "--fan-in", "4", "--method", "rigl", "--method", "gse", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(path.read_text())
+    assert report["meta"]["fan_in"] == 4 and "fan-in 4" in result.output
+    for r in report["results"]:
+        assert r["nnz"] == 4 * r["width"]  # CSR: budget N - floor(sN) = 4 * width connections
+        assert r["sparsity"] == pytest.approx(1 - 4 / r["width"])
+
+
 @pytest.mark.parametrize(
     "args, word",
     [
@@ -119,6 +130,7 @@ def test_growth_quick_table_and_json(tmp_path):
         (["train", "--batch", "0"], "--batch"),
         (["train", "--quick", "--hidden", "a,b"], "--hidden"),
         (["growth", "--method", "magic"], "--method"),
+        (["growth", "--quick", "--fan-in", "100000"], "--fan-in"),
     ],
 )
 def test_bad_option_exits_2_with_one_line_error(args, word):

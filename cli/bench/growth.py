@@ -32,7 +32,9 @@ from ._shared import (
 # ---------------------------------------------------------------------------------------------- growth
 
 
-def run_growth(backend, widths, gse_widths, batch, sparsity, methods, *, budget_s, max_call_s, seed):
+def run_growth(backend, widths, gse_widths, batch, sparsity, methods, *, budget_s, max_call_s, seed, fan_in=None):
+    """Time one update per (width, method); with ``fan_in`` the sparsity of width w is 1 - fan_in / w
+    (connections grow linearly with the width), else it is ``sparsity`` at every width."""
 
     rng = np.random.default_rng(seed)
     results, notes = [], []
@@ -40,6 +42,7 @@ def run_growth(backend, widths, gse_widths, batch, sparsity, methods, *, budget_
                                              for w in gse_widths if w not in widths]
     for width, method_list in plan:
         shape = (width, width)
+        sparsity_w = 1.0 - fan_in / width if fan_in else sparsity
         X = rng.standard_normal((batch, width)).astype(np.float32)
         dY = rng.standard_normal((batch, width)).astype(np.float32)
         dense = None
@@ -50,14 +53,14 @@ def run_growth(backend, widths, gse_widths, batch, sparsity, methods, *, budget_
             notes.append(f"width {width}: dense dY^T X skipped ({width * width * 4 / 2**30:.0f} GiB > "
                          f"{MAX_DENSE * 4 / 2**30:.0f} GiB)")
         for method_name, fmt in method_list:
-            W = random_layer(fmt, shape, sparsity, rng)
+            W = random_layer(fmt, shape, sparsity_w, rng)
             layer = SparseLinear(W, backend=backend, name="layer0")
             layer.forward(X)
             layer.backward(dY)  # sets last_input / last_output_grad, fills the gradients
             optimizer = make_optimizer("sgd", layer.parameters(), lr=1e-3, momentum=0.9)
             optimizer.step()
             method = make_method(method_name, fmt)
-            budget = layer_budget(shape, sparsity) if method_name == "srigl" else int(W.nnz)
+            budget = layer_budget(shape, sparsity_w) if method_name == "srigl" else int(W.nnz)
             urng = np.random.default_rng(seed)
 
             def update():
@@ -67,7 +70,7 @@ def run_growth(backend, widths, gse_widths, batch, sparsity, methods, *, budget_
             t = measure(update, budget_s=budget_s, max_call_s=max_call_s)
             ms = t.median_s * 1e3
             results.append({
-                "width": width, "method": method_name, "format": fmt, "sparsity": sparsity, "batch": batch,
+                "width": width, "method": method_name, "format": fmt, "sparsity": sparsity_w, "batch": batch,
                 "nnz": int(layer.W.nnz), "update_ms": ms,
                 "dense_xtdy_ms": dense.median_s * 1e3 if dense else None,
                 "update_over_dense": ms / (dense.median_s * 1e3) if dense else None,
@@ -80,7 +83,9 @@ def format_growth(report: dict) -> str:
     m = report["meta"]
     lines = header(m, "purerigl bench growth: one topology update of a square layer (drop fraction 0.3) as it "
                       "widens, beside one dense dY^T X")
-    lines += [f"batch {m['batch']}, sparsity {m['sparsity']}; update/dense: update time / dense dY^T X time "
+    density = (f"fan-in {m['fan_in']} (sparsity 1 - {m['fan_in']}/width)" if m.get("fan_in")
+               else f"sparsity {m['sparsity']}")
+    lines += [f"batch {m['batch']}, {density}; update/dense: update time / dense dY^T X time "
               "(< 1: the update is cheaper than forming the dense gradient)"]
     lines += [f"note: {n}" for n in report["notes"]]
     lines.append("")
@@ -105,10 +110,13 @@ def format_growth(report: dict) -> str:
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size.")
 @click.option("--sparsity", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.99,
               show_default=True, help="Sparsity of the layer.")
+@click.option("--fan-in", "fan_in", type=click.IntRange(min=1), default=None,
+              help="Instead of --sparsity: this many connections per row at every width (nnz grows "
+              "linearly with the width, as in a wide sparse network), i.e. sparsity 1 - fan_in / width.")
 @common_options
 @click.pass_context
-def growth(ctx, widths, gse_widths, methods, batch, sparsity, budget, max_call, threads, json_path, quick, seed,
-           backend):
+def growth(ctx, widths, gse_widths, methods, batch, sparsity, fan_in, budget, max_call, threads, json_path, quick,
+           seed, backend):
     """One topology update per method as a square layer widens, beside one dense X^T dY product."""
     q = QUICK["growth"]
     widths = quick_default(ctx, "widths", widths, q["widths"])
@@ -118,12 +126,16 @@ def growth(ctx, widths, gse_widths, methods, batch, sparsity, budget, max_call, 
     budget = quick_default(ctx, "budget", budget, 0.005)
     ctx.params.update(widths=widths, gse_widths=gse_widths, batch=batch, sparsity=sparsity, budget=budget)
     chosen = tuple(m for m in GROWTH_METHODS if m[0] in methods)
+    if fan_in is not None and fan_in >= min((*widths, *gse_widths)):
+        raise click.BadParameter(f"--fan-in {fan_in} must be below every width (smallest: "
+                                 f"{min((*widths, *gse_widths))})", param_hint="'--fan-in'")
     with thread_limit(threads):
         meta = machine_meta()
         results, notes = run_growth(backend, widths, gse_widths, batch, sparsity, chosen, budget_s=budget,
-                                    max_call_s=max_call, seed=seed)
+                                    max_call_s=max_call, seed=seed, fan_in=fan_in)
     meta.update(benchmark="growth", command=command_line(ctx), backend=backend.name, budget_s=budget,
-                max_call_s=max_call, seed=seed, batch=batch, sparsity=sparsity, alpha=0.3,
+                max_call_s=max_call, seed=seed, batch=batch, sparsity=None if fan_in else sparsity, fan_in=fan_in,
+                alpha=0.3,
                 loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                 widths=list(widths), gse_widths=list(gse_widths), methods=[m for m, _ in chosen])
     report = {"meta": meta, "notes": notes, "results": results}
