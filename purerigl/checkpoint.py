@@ -69,12 +69,14 @@ def atomic_write(path, write) -> None:
 
 
 def model_arrays(model: MLP) -> dict[str, np.ndarray]:
-    """The per-layer arrays of a model, keyed as in the schema."""
+    """The per-layer arrays of a model, keyed as in the schema (host arrays: on a device backend the
+    parameters are copied to the host first, ``model.sync_to_host()``)."""
+    model.sync_to_host()
     arrays = {}
     for i, lin in enumerate(model.linears):
-        arrays[f"layer{i}.bias"] = lin.bias.value
+        arrays[f"layer{i}.bias"] = lin.bias.host
         if isinstance(lin, Dense):
-            arrays[f"layer{i}.weight"] = lin.weight.value
+            arrays[f"layer{i}.weight"] = lin.weight.host
             continue
         W = lin.W
         if isinstance(W, Condensed):
@@ -162,7 +164,7 @@ def _layer(i: int, spec: dict, arrays: dict, backend) -> SparseLinear | Dense:
             weight = get("weight")
             if weight.shape != shape or weight.dtype != np.float32:
                 raise CheckpointError(f"layer{i}.weight has shape {weight.shape} {weight.dtype}, expected {shape} float32")
-            return Dense(weight, bias, name=f"layer{i}")
+            return Dense(weight, bias, name=f"layer{i}", backend=backend)
         if fmt == "condensed":
             W = Condensed(get("rows"), get("indices"), get("values"), shape)
         elif fmt == "diagonal":
@@ -213,8 +215,7 @@ def load_training_state(path, trainer) -> dict:
         mine = trainer.config.to_dict()
         diff = ", ".join(f"{k} {saved_config.get(k)!r} vs {v!r}" for k, v in mine.items() if saved_config.get(k) != v)
         raise CheckpointError(f"{path} was written by a run with other training options ({diff or saved_config})")
-    sparse = trainer.model.sparse_layers()
-    model, _ = load_model(path, backend=sparse[0].backend if sparse else None)
+    model, _ = load_model(path, backend="reference")  # host containers, copied into the run's layers
     if len(model.linears) != len(trainer.model.linears):
         raise CheckpointError(f"{path} holds {len(model.linears)} layers, the run has {len(trainer.model.linears)}")
     for mine, saved in zip(trainer.model.linears, model.linears):
@@ -223,8 +224,9 @@ def load_training_state(path, trainer) -> dict:
         if isinstance(mine, SparseLinear):
             mine.set_structure(saved.W)
         else:
-            mine.weight.value[...] = saved.weight.value
-        mine.bias.value[...] = saved.bias.value
+            mine.weight.host[...] = saved.weight.host
+        mine.bias.host[...] = saved.bias.host
+        mine.sync_to_device()  # no-op on a host backend
     optim = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
     try:
         trainer.optimizer.load_state_dict(optim)

@@ -74,7 +74,7 @@ def fan_in_out(layer) -> tuple[np.ndarray, np.ndarray]:
 def _weight_arrays(layer) -> dict[str, np.ndarray]:
     """The arrays that store a layer's weights (values and indices), by their schema name."""
     if isinstance(layer, Dense):
-        return {"weight": layer.weight.value}
+        return {"weight": layer.weight.host}
     W = layer.W
     if isinstance(W, Condensed):
         return {"rows": W.rows, "indices": W.indices, "values": W.values}
@@ -90,7 +90,7 @@ def layer_bytes(layer) -> dict[str, int]:
     arrays = _weight_arrays(layer)
     values = sum(a.nbytes for name, a in arrays.items() if name in ("values", "weight"))
     indices = sum(a.nbytes for name, a in arrays.items() if name not in ("values", "weight"))
-    bias = layer.bias.value.nbytes
+    bias = layer.bias.host.nbytes
     n_out, n_in = layer.shape
     dense = (n_out * n_in + n_out) * DENSE_BYTES_PER_WEIGHT
     return {"values": int(values), "indices": int(indices), "bias": int(bias),

@@ -12,6 +12,13 @@ One optimizer step is:
 
 Each phase's wall time is measured after ``backend.synchronize()``, so asynchronous backends are
 timed correctly.
+
+Where the arrays live: every step runs on the model's backend (``model.backend``). Each batch (X, y)
+is moved there once (``backend.to_device``: no copy on the host backends), forward, loss, backward
+and the optimizer run on its arrays, and the loss kernel hands back the loss and the number of correct
+predictions in one host copy. On cuda that is the whole traffic of a step (two copies in, one out);
+a topology update adds the copies documented in :mod:`purerigl.dst.updater`, once per delta_t steps.
+:func:`evaluate` runs on the device too (one copy in per batch of X and y, one out).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import numpy as np
 from .data import Dataset, iterate_batches
 from .errors import PureriglError
 from .lr_schedule import make_schedule
-from .nn import MLP, softmax_cross_entropy
+from .nn import MLP
 from .optim import make_optimizer
 
 PHASES = ("forward", "backward", "optimizer", "topology")
@@ -97,16 +104,21 @@ class TopologyUpdater:
 
 
 def evaluate(model: MLP, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
-    """Mean loss and accuracy (a fraction) of ``model`` on (x, y)."""
+    """Mean loss and accuracy (a fraction) of ``model`` on the host arrays (x, y).
+
+    Runs on the model's backend: each batch is moved there, and only its loss and number of correct
+    predictions come back.
+    """
     if x.shape[0] == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
+    backend = model.backend
     total_loss, correct = 0.0, 0
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        logits = model.forward(np.ascontiguousarray(xb))
-        loss, _ = softmax_cross_entropy(logits, yb)
+        logits = model.forward(backend.to_device(np.ascontiguousarray(xb)))
+        loss, _, hits = backend.softmax_cross_entropy(logits, backend.to_device(yb))
         total_loss += loss * xb.shape[0]
-        correct += int((logits.argmax(axis=1) == yb).sum())
+        correct += hits
     return {"loss": total_loss / x.shape[0], "accuracy": correct / x.shape[0]}
 
 
@@ -154,8 +166,7 @@ class Trainer:
         self.history: list[dict] = []
 
     def _sync(self) -> None:
-        for layer in self.model.sparse_layers():
-            layer.backend.synchronize()
+        self.model.backend.synchronize()
 
     def run_epoch(self, on_batch=None) -> dict:
         """Train one epoch and evaluate; returns the epoch's metrics (also appended to ``history``)."""
@@ -163,13 +174,14 @@ class Trainer:
         losses, correct, seen = 0.0, 0, 0
         topo_stats: dict = {}
         clock = time.perf_counter
+        backend = self.model.backend
         t_epoch = clock()
         for xb, yb in iterate_batches(self.data.x_train, self.data.y_train, self.config.batch_size, self.rng):
             t0 = clock()
-            logits = self.model.forward(xb)
+            logits = self.model.forward(backend.to_device(xb))
             self._sync()
             t1 = clock()
-            loss, dlogits = softmax_cross_entropy(logits, yb)
+            loss, dlogits, hits = backend.softmax_cross_entropy(logits, backend.to_device(yb))
             if not np.isfinite(loss):
                 raise self._diverged(f"the training loss became {loss} at step {self.step}")
             self.model.backward(dlogits)
@@ -192,7 +204,7 @@ class Trainer:
             times["optimizer"] += t3 - t2
             times["topology"] += t4 - t3
             losses += loss * xb.shape[0]
-            correct += int((logits.argmax(axis=1) == yb).sum())
+            correct += hits
             seen += xb.shape[0]
             if on_batch is not None:
                 on_batch(xb.shape[0], loss)
@@ -229,17 +241,19 @@ class Trainer:
         return TrainingDiverged(f"training diverged: {what} (epoch {self.epoch + 1}; steps count from 0)")
 
     def _parameters_finite(self) -> bool:
-        return all(np.isfinite(p.value).all() for p in self.model.parameters())
+        self.model.sync_to_host()
+        return all(np.isfinite(p.host).all() for p in self.model.parameters())
 
     def warm_up(self) -> None:
         """One forward and backward pass on a first batch, discarded: compiles the kernels (Numba)
         so that the first epoch's timings measure training, not compilation. Changes no state."""
         n = min(self.config.batch_size, self.data.x_train.shape[0])
-        xb = np.ascontiguousarray(self.data.x_train[:n])
-        _, dlogits = softmax_cross_entropy(self.model.forward(xb), self.data.y_train[:n])
+        backend = self.model.backend
+        xb = backend.to_device(np.ascontiguousarray(self.data.x_train[:n]))
+        _, dlogits, _ = backend.softmax_cross_entropy(self.model.forward(xb), backend.to_device(self.data.y_train[:n]))
         self.model.backward(dlogits)
         for p in self.model.parameters():
-            p.grad[...] = 0.0
+            p.backend.fill_zeros(p.grad)
         self._sync()
 
     def fit(self, on_epoch=None, on_batch=None, warm_up: bool = True) -> list[dict]:

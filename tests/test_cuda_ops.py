@@ -363,4 +363,7 @@ def test_device_ops_refuse_host_arrays_and_wrong_shapes(cuda_backend):
     with pytest.raises(ShapeError, match="out"):
         K.matmul_t_device(d, K._launch.to_device(np.ones((2, 6), np.float32)), out=K._launch.empty((2, 6)))
     with pytest.raises(FormatTypeError):
-        K.to_device(np.ones((3, 3), np.float32))
+        K.to_device([[1.0, 2.0]])  # neither a sparse matrix nor an ndarray
+    ones = K.to_device(np.ones((3, 3), np.float32))  # an ndarray: its device copy (the array op)
+    assert K._launch.is_device_array(ones) and np.array_equal(K.to_host(ones), np.ones((3, 3)))
+    assert K.to_device(ones) is ones and K.to_device(d) is d  # already on the device: no copy

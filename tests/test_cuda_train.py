@@ -2,7 +2,8 @@
 topology as the same run on the cpu backend.
 
 Both runs draw the same data, start from the same seeded model and call the same DST updater; the
-only difference is the backend whose kernels compute the products and the growth selections. The
+only difference is the backend whose kernels compute the step (on cuda every array of the step lives
+on the device: the products, bias, ReLU, loss and SGD run there) and the growth selections. The
 values agree to float32 rounding (different summation orders), and the chosen positions must be the
 very same sets after every update.
 """
@@ -16,7 +17,7 @@ from purerigl.dst import UpdateSchedule, make_method
 from purerigl.dst.topology import flat_positions
 from purerigl.dst.updater import DSTUpdater
 from purerigl.kernels import get_backend
-from purerigl.nn import build_mlp, softmax_cross_entropy
+from purerigl.nn import build_mlp
 from purerigl.optim import SGD
 
 
@@ -40,13 +41,16 @@ def _run(method, fmt, backend, steps=8, delta_t=2, seed=0):
                          budgets, seed=seed)
     updater.begin(model)
     snapshots = []
+    to_device = model.backend.to_device
     for step in range(1, steps + 1):
         X = rng.standard_normal((8, 10)).astype(np.float32)  # (B, n_in)
-        _, dlogits = softmax_cross_entropy(model.forward(X), rng.integers(0, 3, 8))
+        logits = model.forward(to_device(X))
+        _, dlogits, _ = model.backend.softmax_cross_entropy(logits, to_device(rng.integers(0, 3, 8)))
         model.backward(dlogits)
         opt.step()
         updater.after_step(step, model, opt)
         snapshots.append([flat_positions(lin.W).copy() for lin in model.sparse_layers()])
+    model.sync_to_host()  # W.values and the biases' host copies (a no-op on cpu)
     return model, snapshots
 
 
@@ -65,4 +69,4 @@ def test_cuda_run_has_the_cpu_topology_after_every_step(cuda, method, fmt):
     assert changed == (method != "static")  # the run did exercise the growth kernels
     for la, lb in zip(cpu_model.sparse_layers(), gpu_model.sparse_layers()):
         np.testing.assert_allclose(lb.W.values, la.W.values, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(lb.bias.value, la.bias.value, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(lb.bias.host, la.bias.host, rtol=1e-4, atol=1e-5)

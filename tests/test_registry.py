@@ -11,7 +11,9 @@ Pins down (DESIGN.md section 3 "Dispatch"):
   purerigl or using the cpu backend never imports numba.cuda;
 - completeness: every backend in ``registry.BACKENDS`` defines every op in ``OPS``, each with the
   reference's signature (parameter names, order, kinds, defaults). The check itself is shown to fail
-  on a backend that lacks an op or has a different signature.
+  on a backend that lacks an op or has a different signature;
+- the array operations of a training step (``ARRAY_OPS``): every backend has them, the host backends
+  share the very functions of ``purerigl.kernels.host_arrays``, and a Backend forwards them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pytest
 
 from purerigl.errors import BackendError
 from purerigl.kernels import reference, registry
-from purerigl.kernels.registry import OPS, Backend, available_backends, get_backend
+from purerigl.kernels.registry import ARRAY_OPS, OPS, Backend, available_backends, get_backend
 
 
 @pytest.fixture
@@ -273,3 +275,25 @@ def test_completeness_check_can_fail(overrides, expected):
     assert completeness_problems(_fake_backend()) == []
     problems = completeness_problems(_fake_backend(**overrides))
     assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+@pytest.mark.parametrize("name", sorted(registry.BACKENDS))
+def test_every_backend_has_the_array_ops(name):
+    """Every backend defines every array op with the host version's required positional arguments
+    (a device version may add optional ones); the host backends use host_arrays' functions themselves."""
+    from purerigl.kernels import host_arrays
+
+    module = importlib.import_module(registry.BACKENDS[name])
+
+    def required(fn):
+        return [p for p in inspect.signature(fn).parameters.values() if p.default is inspect.Parameter.empty]
+
+    for op in ARRAY_OPS:
+        fn = getattr(module, op, None)
+        assert callable(fn), f"{name}: {op} missing"
+        assert len(required(fn)) == len(required(getattr(host_arrays, op))), f"{name}: {op} arguments"
+        if name in ("reference", "cpu"):
+            assert fn is getattr(host_arrays, op)
+    backend = get_backend(name)
+    assert backend.add_bias is module.add_bias
+    assert backend.resident == (name == "cuda")

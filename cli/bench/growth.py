@@ -55,10 +55,11 @@ def run_growth(backend, widths, gse_widths, batch, sparsity, methods, *, budget_
         for method_name, fmt in method_list:
             W = random_layer(fmt, shape, sparsity_w, rng)
             layer = SparseLinear(W, backend=backend, name="layer0")
-            layer.forward(X)
-            layer.backward(dY)  # sets last_input / last_output_grad, fills the gradients
+            layer.forward(layer.backend.to_device(X))
+            layer.backward(layer.backend.to_device(dY))  # sets last_input / last_output_grad, fills the gradients
             optimizer = make_optimizer("sgd", layer.parameters(), lr=1e-3, momentum=0.9)
             optimizer.step()
+            layer.sync_to_host()  # the method reads W.values on the host (a no-op on the host backends)
             method = make_method(method_name, fmt)
             budget = layer_budget(shape, sparsity_w) if method_name == "srigl" else int(W.nnz)
             urng = np.random.default_rng(seed)

@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from purerigl.dst import LayerUpdate, make_method
-from purerigl.nn import build_mlp, parse_hidden, softmax_cross_entropy
+from purerigl.nn import build_mlp, parse_hidden
 from purerigl.optim import make_optimizer
 
 from . import bench
@@ -31,10 +31,14 @@ from ._shared import (
 
 
 def _train_step_fn(model, optimizer, X, y):
+    """One step on the model's backend; X and y are moved there once (the step copies only the loss
+    back, as in the Trainer)."""
+    backend = model.backend
+    X, y = backend.to_device(X), backend.to_device(y)
 
     def step():
         logits = model.forward(X)
-        _, dlogits = softmax_cross_entropy(logits, y)
+        _, dlogits, _ = backend.softmax_cross_entropy(logits, y)
         model.backward(dlogits)
         optimizer.step()
 
@@ -47,6 +51,7 @@ def _update_fn(model, optimizer, method, budgets, rng, alpha=0.3):
 
     def update():
         for layer in model.sparse_layers():
+            layer.sync_to_host()  # as the DST updater does (a no-op on the host backends)
             method.update(LayerUpdate(layer=layer, optimizer=optimizer, alpha=alpha, rng=rng,
                                       budget=budgets[layer.name], is_output=layer is last))
 

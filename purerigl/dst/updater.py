@@ -4,6 +4,17 @@
 schedule whether this step updates; if so, every sparse layer is handed to the method with the decayed
 drop fraction alpha_t. Once per epoch it reports the topology: nnz, density, fan-in range, ablated
 neurons and the fraction of connections changed since the previous epoch, per layer.
+
+Device-resident training (the cuda backend). A topology update is the one place where a training
+step copies more than the batch and the loss: it runs the method's existing host code. Per sparse
+layer and update step it copies to the host the values and the bias (:meth:`SparseLinear.sync_to_host`,
+2 copies), and, when the method reads them, the last X and dY (``last_input`` /
+``last_output_grad``, 1 copy each); the method's growth selections (``backend.topk_grad`` ...) copy
+their operands in and their choices out as they do on host arrays; a changed structure then goes
+back to the device (:meth:`SparseLinear.set_structure`: the format's index arrays and values, 2-3
+copies) together with the optimizer state (:meth:`Optimizer.remap_state`: one copy out and one in
+per state array). That is amortised over delta_t steps; moving the update itself to the device
+(:mod:`purerigl.kernels.cuda.topology` has the remap) is a later step.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ class DSTUpdater(TopologyUpdater):
         alpha = self.schedule.drop_fraction(step)
         last = model.linears[-1]
         for layer in model.sparse_layers():
+            layer.sync_to_host()  # the method reads W.values on the host (no-op on a host backend)
             self.method.update(
                 LayerUpdate(
                     layer=layer,

@@ -26,6 +26,10 @@ import numpy as np
 
 from ..formats import CSR, Condensed, Diagonal
 from . import _checks
+from .host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
+    adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
+    relu_forward, sgd_step, softmax_cross_entropy, to_device, to_host, zeros, zeros_like,
+)
 from .reference_growth import diag_grad_norms, topk_grad, topk_grad_rows
 
 __all__ = [
@@ -38,6 +42,10 @@ __all__ = [
     "topk_grad",
     "topk_grad_rows",
     "triples",
+    # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
+    "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
+    "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "to_device", "to_host", "zeros",
+    "zeros_like",
 ]
 
 NAME = "reference"

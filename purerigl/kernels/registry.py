@@ -2,7 +2,7 @@
 
 The backend is chosen by the argument, else the environment variable ``PURERIGL_BACKEND``, else
 ``"cpu"``. Every backend exposes the functions listed in :data:`OPS` with the signatures of the
-reference backend.
+reference backend, and the array operations of a training step listed in :data:`ARRAY_OPS`.
 
 Backend modules are imported only when asked for (so importing purerigl never imports numba.cuda).
 A backend module that may not run on every machine defines ``check_available()``, which
@@ -24,6 +24,18 @@ from ..errors import BackendError
 #: The first four are the products; the last three are the growth selections of DST (they read the
 #: dense gradient G = dY^T X in tiles and never store it).
 OPS = ("matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "diag_grad_norms")
+
+#: The array operations of a training step, which the layers, the loss and the optimizers call so that
+#: the same model code runs on host arrays (reference, cpu: :mod:`purerigl.kernels.host_arrays`) and on
+#: device arrays (cuda: :mod:`purerigl.kernels.cuda.arrays`). ``to_device`` / ``to_host`` move arrays
+#: (and ``to_device`` sparse matrices) to where the backend computes and back; on the host backends
+#: they return their argument itself. A backend's ``matmul``, ``matmul_t`` and ``sddmm`` accept what
+#: its ``to_device`` returns for a matrix.
+ARRAY_OPS = (
+    "to_device", "to_host", "zeros", "zeros_like", "fill_zeros",
+    "add_bias", "bias_grad", "relu_forward", "relu_backward", "dense_matmul", "dense_matmul_t", "dense_grad",
+    "softmax_cross_entropy", "sgd_step", "adam_step",
+)
 
 #: Known backends and the module that implements each.
 BACKENDS = {
@@ -47,9 +59,15 @@ class Backend:
     module: ModuleType
 
     def __getattr__(self, op):
-        if op in OPS:
+        if op in OPS or op in ARRAY_OPS:
             return getattr(self.module, op)
         raise AttributeError(f"backend {self.name!r} has no attribute {op!r}")
+
+    @property
+    def resident(self) -> bool:
+        """True when this backend computes on arrays that live off the host (cuda): a layer then keeps
+        its parameters there and refreshes host copies only on request (``sync_to_host``)."""
+        return bool(getattr(self.module, "RESIDENT", False))
 
     def synchronize(self) -> None:
         """Wait until queued work has finished (a no-op on the CPU backends); call before reading a clock."""

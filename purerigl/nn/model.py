@@ -49,7 +49,15 @@ class MLP:
     Parameters
     ----------
     linears : list of SparseLinear | Dense
-        Consecutive shapes must chain: ``linears[i].shape[0] == linears[i + 1].shape[1]``.
+        Consecutive shapes must chain: ``linears[i].shape[0] == linears[i + 1].shape[1]``. All on the
+        host backends, or all on one device backend.
+
+    Attributes
+    ----------
+    backend : Backend
+        The first layer's backend: ``forward`` and ``backward`` take and return its arrays (device
+        arrays on cuda: move a batch there with ``model.backend.to_device(X)``). :meth:`predict`
+        takes and returns host arrays on every backend.
     """
 
     def __init__(self, linears: list):
@@ -58,13 +66,18 @@ class MLP:
         for a, b in zip(linears, linears[1:]):
             if a.shape[0] != b.shape[1]:
                 raise ModelError(f"layer shapes do not chain: {a.shape} then {b.shape}")
+        resident = {lin.backend.resident for lin in linears}
+        if len(resident) > 1:
+            names = ", ".join(f"{lin.name}: {lin.backend.name}" for lin in linears)
+            raise ModelError(f"the layers of one model must keep their arrays in one place; got {names}")
         self.linears = list(linears)
         self.linears[0].needs_input_grad = False
+        self.backend = self.linears[0].backend
         self.layers = []
         for i, lin in enumerate(self.linears):
             self.layers.append(lin)
             if i < len(self.linears) - 1:
-                self.layers.append(ReLU())
+                self.layers.append(ReLU(self.backend))
 
     @property
     def n_features(self) -> int:
@@ -80,13 +93,13 @@ class MLP:
     def sparse_layers(self) -> list[SparseLinear]:
         return [lin for lin in self.linears if isinstance(lin, SparseLinear)]
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """X (B, n_features) -> logits (B, n_classes)."""
+    def forward(self, X):
+        """X (B, n_features) -> logits (B, n_classes), arrays of :attr:`backend`."""
         for layer in self.layers:
             X = layer.forward(X)
         return X
 
-    def backward(self, dlogits: np.ndarray) -> None:
+    def backward(self, dlogits) -> None:
         """Backpropagate dL/dlogits (B, n_classes), filling every parameter's ``grad``."""
         d = dlogits
         for layer in reversed(self.layers):
@@ -95,14 +108,35 @@ class MLP:
     def predict(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Logits for X in batches (no state kept for a backward)."""
         out = np.empty((X.shape[0], self.n_classes), dtype=np.float32)
+        to_device, to_host = self.backend.to_device, self.backend.to_host
         for start in range(0, X.shape[0], batch_size):
-            out[start : start + batch_size] = self.forward(np.ascontiguousarray(X[start : start + batch_size]))
+            logits = self.forward(to_device(np.ascontiguousarray(X[start : start + batch_size])))
+            out[start : start + batch_size] = to_host(logits)
         return out
 
+    def sync_to_host(self) -> None:
+        """Refresh every parameter's host copy (``W.values``, ``param.host``) from the backend.
+
+        Call before reading parameters on the host (checkpoints, model files, inspection); a no-op on
+        the host backends, where the host copies are the parameters themselves.
+        """
+        for lin in self.linears:
+            lin.sync_to_host()
+
+    def sync_to_device(self) -> None:
+        """Copy every parameter's host copy to the backend (after editing them on the host)."""
+        for lin in self.linears:
+            lin.sync_to_device()
+
     def set_backend(self, backend) -> None:
+        """Move every layer to ``backend`` (call before building an optimizer: its state is not moved)."""
         b = get_backend(backend)
-        for lin in self.sparse_layers():
-            lin.backend = b
+        for lin in self.linears:
+            lin.set_backend(b)
+        for layer in self.layers:
+            if isinstance(layer, ReLU):
+                layer.backend = b
+        self.backend = b
 
     def describe(self) -> list[dict]:
         """One dict per linear layer: kind, format, shape, activation, nnz, density."""
@@ -165,7 +199,7 @@ def build_mlp(
     for i, (shape, budget) in enumerate(zip(shapes, budgets)):
         name = f"layer{i}"
         if budget >= shape[0] * shape[1] or i in dense_layers:
-            linears.append(Dense.kaiming(shape, rng, name=name))
+            linears.append(Dense.kaiming(shape, rng, name=name, backend=backend))
         else:
             try:
                 W = random_layer_with_budget(fmt, shape, int(budget), rng)

@@ -4,6 +4,8 @@ Every optimizer updates ``param.value`` **in place**: a sparse layer's stored ``
 same object as its weight parameter's ``value``, so rebinding would silently detach the layer. All
 arithmetic is float32 and every state array (momentum, Adam's first and second moments) has exactly
 the shape of the value array it belongs to, so a topology change can carry it across with one gather.
+The arithmetic is done by each parameter's backend (``param.backend.sgd_step`` / ``adam_step``: NumPy
+on the host backends, kernels on device arrays on cuda), and the state arrays live there too.
 
 Topology changes (PAPERS.md section 1.2)
 ----------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -75,28 +74,10 @@ class Adam(Optimizer):
         super().__init__(params, lr)
 
     def _update(self, param: Parameter, state: dict[str, np.ndarray], lr: float) -> None:
-        w = param.value
-        g = param.grad
-        wd = self.weight_decay if param.decay else 0.0
-        if wd and self._decoupled:
-            w *= np.float32(1.0 - lr * wd)
-        elif wd:
-            g = g + np.float32(wd) * w  # new array: param.grad is left untouched
-        b1, b2 = self.betas
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m *= np.float32(b1)
-        m += np.float32(1.0 - b1) * g
-        v *= np.float32(b2)
-        v += np.float32(1.0 - b2) * (g * g)
-        t = self.steps
-        step_size = np.float32(lr / (1.0 - b1**t))
-        sqrt_bc2 = np.float32(math.sqrt(1.0 - b2**t))
-        scratch = np.sqrt(v)  # one float32 temporary, reused for the whole update
-        scratch /= sqrt_bc2
-        scratch += np.float32(self.eps)
-        np.divide(m, scratch, out=scratch)
-        scratch *= step_size
-        w -= scratch
+        param.backend.adam_step(
+            param.value, param.grad, state["exp_avg"], state["exp_avg_sq"], lr, self.steps, betas=self.betas,
+            eps=self.eps, weight_decay=self.weight_decay, decay=param.decay, decoupled=self._decoupled,
+        )
 
 
 class AdamW(Adam):

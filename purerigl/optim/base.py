@@ -106,8 +106,8 @@ class Optimizer:
         # Shape the state of each parameter is laid out for (tracked even without state arrays, so
         # remap_state can validate ``source`` against the old size).
         self._shapes: list[tuple[int, ...]] = [p.value.shape for p in self.params]
-        self._state: list[dict[str, np.ndarray]] = [
-            {s: np.zeros(p.value.shape, dtype=np.float32) for s in self.state_names}
+        self._state: list[dict[str, np.ndarray]] = [  # arrays of each parameter's backend
+            {s: p.backend.zeros(p.value.shape) for s in self.state_names}
             for p in self.params
         ]
 
@@ -133,7 +133,7 @@ class Optimizer:
     def zero_grad(self) -> None:
         """Set every parameter's gradient to zero, in place."""
         for p in self.params:
-            p.grad[...] = 0.0
+            p.backend.fill_zeros(p.grad)
 
     def _update(self, param: Parameter, state: dict[str, np.ndarray], lr: float) -> None:
         raise NotImplementedError
@@ -167,8 +167,9 @@ class Optimizer:
 
         Returns
         -------
-        dict of str to float32 ndarray
-            The optimizer's own arrays (not copies): writing into them changes the state.
+        dict of str to float32 array
+            The optimizer's own arrays (not copies; arrays of ``param.backend``, device arrays on
+            cuda): writing into them changes the state.
         """
         return dict(self._state[self._position(param)])
 
@@ -191,6 +192,10 @@ class Optimizer:
 
         The state is laid out for the new shape afterwards (the size may change, as when SRigL
         changes the fan-in k). The step count is unchanged.
+
+        The remap runs on the host: on a device backend each state array is copied to the host,
+        gathered there and copied back (two copies per state array and topology update, the
+        documented exception to a device-resident step).
         """
         i = self._position(param)
         _check_value(param)
@@ -200,10 +205,11 @@ class Optimizer:
         flat_src = src.reshape(-1)
         kept = flat_src >= 0
         kept_src = flat_src[kept]
+        ops = param.backend
         for name, old in self._state[i].items():
             new = np.zeros(new_shape, dtype=np.float32)
-            new.reshape(-1)[kept] = old.reshape(-1)[kept_src]
-            self._state[i][name] = new
+            new.reshape(-1)[kept] = ops.to_host(old).reshape(-1)[kept_src]
+            self._state[i][name] = ops.to_device(new)
         self._shapes[i] = new_shape
 
     # ---------------------------------------------------------------------------------------------
@@ -215,12 +221,12 @@ class Optimizer:
         Returns
         -------
         dict of str to ndarray
-            Safe to keep: later steps do not change it.
+            Host arrays (copied from the device on cuda), safe to keep: later steps do not change it.
         """
         d: dict[str, np.ndarray] = {STEP_KEY: np.array(self.steps, dtype=np.int64)}
         for p, state in zip(self.params, self._state):
             for name, arr in state.items():
-                d[f"{p.name}.{name}"] = arr.copy()
+                d[f"{p.name}.{name}"] = np.array(p.backend.to_host(arr), copy=True)
         return d
 
     def load_state_dict(self, d: Mapping[str, np.ndarray]) -> None:
@@ -263,7 +269,8 @@ class Optimizer:
                 )
         for i, p in enumerate(self.params):
             for name in self.state_names:
-                self._state[i][name] = np.array(d[f"{p.name}.{name}"], dtype=np.float32, copy=True)
+                host = np.array(d[f"{p.name}.{name}"], dtype=np.float32, copy=True)
+                self._state[i][name] = p.backend.to_device(host)
             self._shapes[i] = p.value.shape
         self.steps = int(np.asarray(d[STEP_KEY]))
 
@@ -272,7 +279,7 @@ class Optimizer:
 
 
 def _check_value(p: Parameter) -> None:
-    if not isinstance(p.value, np.ndarray):
+    if not isinstance(p.value, np.ndarray) and not p.backend.resident:
         raise TypeError(f"parameter {p.name!r}: value is a {type(p.value).__name__}, expected ndarray")
     if p.value.dtype != np.float32:
         raise DTypeError(f"parameter {p.name!r}: value dtype is {p.value.dtype}, expected float32")

@@ -74,16 +74,7 @@ class SGD(Optimizer):
         super().__init__(params, lr)
 
     def _update(self, param: Parameter, state: dict[str, np.ndarray], lr: float) -> None:
-        w = param.value
-        g = param.grad
-        if self.weight_decay and param.decay:
-            g = g + np.float32(self.weight_decay) * w  # new array: param.grad is left untouched
-        if self.momentum:
-            mu = np.float32(self.momentum)
-            buf = state["momentum_buffer"]
-            buf *= mu
-            buf += g
-            update = g + mu * buf if self.nesterov else buf
-        else:
-            update = g
-        w -= np.float32(lr) * update
+        param.backend.sgd_step(
+            param.value, param.grad, state.get("momentum_buffer"), lr, momentum=self.momentum,
+            nesterov=self.nesterov, weight_decay=self.weight_decay, decay=param.decay,
+        )

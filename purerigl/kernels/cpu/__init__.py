@@ -19,12 +19,20 @@ import numpy as np
 from ...errors import FormatTypeError
 from ...formats import CSR, Condensed, Diagonal
 from .. import _checks
+from ..host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
+    adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
+    relu_forward, sgd_step, softmax_cross_entropy, to_device, to_host, zeros, zeros_like,
+)
 from . import condensed, csr, diagonal, growth, pairs
 
 NAME = "cpu"
 
 __all__ = [
     "NAME", "diag_grad_norms", "grad_at", "matmul", "matmul_t", "sddmm", "topk_grad", "topk_grad_rows",
+    # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
+    "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
+    "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "to_device", "to_host", "zeros",
+    "zeros_like",
 ]
 
 

@@ -19,6 +19,14 @@ Device-level entry points, for chaining ops without host round trips (a GPU-resi
   neither copy to the host nor synchronise; call :func:`synchronize` before reading a clock. Their
   checks are cheap (types, dtypes, shapes), never a pass over the data.
 
+Training on the device (the ``ARRAY_OPS`` of :mod:`purerigl.kernels.registry`): :func:`to_device`
+also takes a NumPy array (a device copy) and :func:`to_host` copies a device array back;
+:func:`matmul`, :func:`matmul_t` and :func:`sddmm` given a device matrix (from :func:`to_device`)
+take and return device arrays, exactly like the ``*_device`` functions; the element-wise pieces of a
+step (bias, ReLU, loss, SGD/Adam, dense products) come from :mod:`.arrays`. A layer on this backend
+keeps its matrix and parameters on the device and calls these; only the batch goes in and the loss
+comes out per step (see :mod:`purerigl.nn.layers`).
+
 Sums are accumulated in float32 in a fixed order (each output's terms in ascending index order), so
 results agree with the reference to float32 rounding and are identical from run to run. No kernel
 uses atomics: ``matmul_t`` of the row-stored formats first builds a column index (see
@@ -39,16 +47,26 @@ from ...errors import DTypeError, FormatTypeError, ShapeError
 from ...formats import CSR, Condensed, Diagonal
 from .. import _checks
 from . import _launch, condensed, csr, diagonal, pairs
+from .arrays import (
+    adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
+    relu_forward, sgd_step, softmax_cross_entropy, zeros, zeros_like,
+)
 from .condensed import DeviceCondensed
 from .csr import DeviceCSR
 from .diagonal import DeviceDiagonal
 
 NAME = "cuda"
 
+#: Arrays of this backend live on the device (see :attr:`purerigl.kernels.registry.Backend.resident`).
+RESIDENT = True
+
 __all__ = [
     "NAME", "DeviceCSR", "DeviceCondensed", "DeviceDiagonal", "check_available", "diag_grad_norms",
     "grad_at", "grad_at_device", "matmul", "matmul_device", "matmul_t", "matmul_t_device", "on_simulator", "sddmm",
-    "sddmm_device", "synchronize", "to_device", "topk_grad", "topk_grad_rows",
+    "sddmm_device", "synchronize", "to_device", "to_host", "topk_grad", "topk_grad_rows",
+    # the array operations of a training step (registry.ARRAY_OPS)
+    "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
+    "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "zeros", "zeros_like",
 ]
 
 _DEVICE_TYPES = {Condensed: DeviceCondensed, Diagonal: DeviceDiagonal, CSR: DeviceCSR}
@@ -75,20 +93,43 @@ def synchronize() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def to_device(W):
-    """Copy a Condensed, Diagonal or CSR matrix to the device.
+def to_device(W, out=None):
+    """Copy a Condensed, Diagonal or CSR matrix, or a NumPy array, to the device.
 
     Parameters
     ----------
-    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in); or ndarray
+        A device matrix or device array is returned as it is (no copy).
+    out : device array, optional
+        For an ndarray ``W``: copy it into this device array (same shape and dtype) instead of a new one.
 
     Returns
     -------
     DeviceCondensed | DeviceDiagonal | DeviceCSR
-        The same arrays as device arrays, with ``shape``.
+        For a matrix: the same arrays as device arrays, with ``shape``.
+    device array
+        For an array.
     """
+    if isinstance(W, np.ndarray):
+        return _launch.to_device(W, out)
+    if out is None and (_launch.is_device_array(W) or type(W) in _MODULES):
+        return W
     _checks.check_format(W)
     return _DEVICE_TYPES[type(W)].from_host(W)
+
+
+def to_host(a, out: np.ndarray | None = None) -> np.ndarray:
+    """A host NumPy copy of the device array ``a`` (into ``out`` when given).
+
+    A NumPy array is returned as it is, or copied into ``out`` when that is another array, as on the
+    host backends (:func:`purerigl.kernels.host_arrays.to_host`).
+    """
+    if _launch.is_device_array(a):
+        return _launch.to_host(a, out)
+    if out is None or out is a:
+        return a
+    np.copyto(out, a)
+    return out
 
 
 def _module_for(Wd):
@@ -245,7 +286,12 @@ def matmul(W, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     Returns
     -------
     Y : float32 ndarray, shape (B, n_out). Rows of W that store nothing give 0.
+
+    Given a device matrix (from :func:`to_device`) this is :func:`matmul_device`: device arrays in
+    and out, no copy.
     """
+    if type(W) in _MODULES:
+        return matmul_device(W, X, out)
     X, out = _checks.matmul_operands(W, X, out)
     if out.size == 0 or W.nnz == 0:  # out is already zeroed
         return out
@@ -270,7 +316,11 @@ def matmul_t(W, dY: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     Returns
     -------
     dX : float32 ndarray, shape (B, n_in)
+
+    Given a device matrix this is :func:`matmul_t_device` (device arrays, no copy).
     """
+    if type(W) in _MODULES:
+        return matmul_t_device(W, dY, out)
     dY, out = _checks.matmul_t_operands(W, dY, out)
     if out.size == 0 or W.nnz == 0:
         return out
@@ -296,7 +346,11 @@ def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray | None = None) -> np
     Returns
     -------
     dW : float32 ndarray shaped like ``W.values``
+
+    Given a device matrix this is :func:`sddmm_device` (device arrays, no copy).
     """
+    if type(W) in _MODULES:
+        return sddmm_device(W, X, dY, out)
     X, dY, out = _checks.sddmm_operands(W, X, dY, out)
     if out.size == 0 or X.shape[0] == 0:  # an empty batch sums nothing: zeros
         return out

@@ -13,7 +13,10 @@ kernels:
 - :data:`THREADS_PER_BLOCK`, :func:`blocks` and :func:`launch`: a 1-D grid of one thread per
   independent output. Tests patch :data:`THREADS_PER_BLOCK` small (e.g. 4) so that tiny inputs span
   several blocks; it is read at every launch.
-- :func:`to_device`, :func:`empty` and :func:`is_device_array`: the few array helpers the drivers need.
+- :func:`to_device`, :func:`to_host`, :func:`empty` and :func:`is_device_array`: the few array helpers
+  the drivers need. Every copy between host and device made by this backend's training path goes
+  through :func:`to_device` and :func:`to_host` (and so through ``cuda.to_device``,
+  ``DeviceNDArray.copy_to_device`` and ``DeviceNDArray.copy_to_host``, which tests count).
 """
 
 from __future__ import annotations
@@ -108,9 +111,21 @@ def is_device_array(a) -> bool:
     return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host") and hasattr(a, "shape")
 
 
-def to_device(a: np.ndarray):
-    """A device copy of the host array ``a`` (made C-contiguous first)."""
-    return cuda.to_device(np.ascontiguousarray(a))
+def to_device(a: np.ndarray, out=None):
+    """A device copy of the host array ``a`` (made C-contiguous first), or ``a`` copied into the
+    device array ``out`` (same shape and dtype)."""
+    if out is None:
+        return cuda.to_device(np.ascontiguousarray(a))
+    out.copy_to_device(np.ascontiguousarray(a))
+    return out
+
+
+def to_host(d, out: np.ndarray | None = None) -> np.ndarray:
+    """A host copy of the device array ``d``, or ``d`` copied into the host array ``out``."""
+    if out is None:
+        return d.copy_to_host()
+    d.copy_to_host(out)
+    return out
 
 
 def empty(shape, dtype=np.float32):

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ...errors import ShapeError
-from ._launch import cuda, empty, launch
+from ._launch import cuda, empty, launch, to_host
 from .elementwise import check_device
 
 __all__ = ["REDUCE_THREADS", "softmax_cross_entropy"]
@@ -145,5 +145,5 @@ def softmax_cross_entropy(logits_d, labels_d, out=None):
     launch(_rows_kernel, B, logits_d, labels_d, out, log_prob, correct)
     sums = empty((2,), np.float64)
     _reduce_kernel[1, REDUCE_THREADS](log_prob, correct, sums)
-    total, hits = sums.copy_to_host()
+    total, hits = to_host(sums)
     return float(-(total / B)), out, int(hits)

@@ -1,0 +1,160 @@
+"""The array operations of a training step on device arrays: the cuda side of ``ARRAY_OPS``.
+
+Same names, signatures and meaning as :mod:`purerigl.kernels.host_arrays` (see
+:data:`purerigl.kernels.registry.ARRAY_OPS`), on numba device arrays: the layers, the loss and the
+optimizers call them through their backend and never see where the arrays live. Most are the kernels
+of :mod:`.elementwise` and :mod:`.loss`, re-exported; this module adds the allocation helpers
+(:func:`zeros`, :func:`zeros_like`, :func:`fill_zeros`) and the three dense products of a
+:class:`~purerigl.nn.Dense` layer (ERK at low sparsity makes whole layers dense), one thread per
+output, summing in float32 in ascending order (no atomics, so results repeat exactly from run to
+run; they agree with NumPy's BLAS to float32 rounding).
+
+:func:`to_device` and :func:`to_host` live in :mod:`purerigl.kernels.cuda` (they also convert sparse
+matrices); nothing here copies between host and device except the loss's one float64 pair.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ShapeError
+from ._device import batch_dot
+from ._launch import cuda, empty, launch
+from .elementwise import adam_step, add_bias, bias_grad, check_device, flat, relu_backward, relu_forward, sgd_step
+from .loss import softmax_cross_entropy
+
+__all__ = [
+    "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
+    "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "zeros", "zeros_like",
+]
+
+
+@cuda.jit
+def _fill_zeros_kernel(a):
+    """a[q] = 0 (flat view), one thread per element."""
+    q = cuda.grid(1)
+    if q < a.shape[0]:
+        a[q] = 0
+
+
+@cuda.jit
+def _dense_matmul_kernel(W, X, Y):
+    """Y[b, i] = sum_j W[i, j] X[b, j], ascending j in float32; one thread per output."""
+    q = cuda.grid(1)
+    B, n_out = Y.shape
+    if q < B * n_out:
+        b = q // n_out
+        i = q % n_out
+        s = np.float32(0.0)
+        for j in range(W.shape[1]):
+            s += W[i, j] * X[b, j]
+        Y[b, i] = s
+
+
+@cuda.jit
+def _dense_matmul_t_kernel(W, dY, dX):
+    """dX[b, j] = sum_i dY[b, i] W[i, j], ascending i in float32; one thread per output."""
+    q = cuda.grid(1)
+    B, n_in = dX.shape
+    if q < B * n_in:
+        b = q // n_in
+        j = q % n_in
+        s = np.float32(0.0)
+        for i in range(W.shape[0]):
+            s += dY[b, i] * W[i, j]
+        dX[b, j] = s
+
+
+@cuda.jit
+def _dense_grad_kernel(X, dY, dW):
+    """dW[i, j] = sum_b dY[b, i] X[b, j], ascending b in float32; one thread per output."""
+    q = cuda.grid(1)
+    n_out, n_in = dW.shape
+    if q < n_out * n_in:
+        i = q // n_in
+        j = q % n_in
+        dW[i, j] = batch_dot(dY, i, X, j)
+
+
+def zeros(shape, dtype=np.float32):
+    """A new device array of zeros (allocated and filled on the device: no host copy)."""
+    return fill_zeros(empty(shape, dtype))
+
+
+def zeros_like(a):
+    """A new device array of zeros shaped and typed like ``a``."""
+    return zeros(tuple(a.shape), a.dtype)
+
+
+def fill_zeros(a):
+    """Set every element of the C-contiguous device array ``a`` to 0, in place; returns ``a``."""
+    check_device("a", a, dtype=a.dtype)
+    if a.size:
+        launch(_fill_zeros_kernel, a.size, flat(a))
+    return a
+
+
+def _dense_operands(W, A, name: str, width: int):
+    check_device("W", W, ndim=2)
+    check_device(name, A, ndim=2)
+    if A.shape[1] != width:
+        raise ShapeError(f"{name} has shape {tuple(A.shape)}, expected (B, {width}) for W of shape {tuple(W.shape)}")
+    return int(A.shape[0])
+
+
+def dense_matmul(W, X):
+    """Dense forward product on device arrays.
+
+    .. math:: Y[b, i] = \\sum_j W[i, j] \\, X[b, j]
+
+    Parameters
+    ----------
+    W : float32 device array (n_out, n_in)
+    X : float32 device array (B, n_in)
+
+    Returns
+    -------
+    Y : float32 device array (B, n_out)
+    """
+    B = _dense_operands(W, X, "X", W.shape[1])
+    Y = empty((B, W.shape[0]), np.float32)
+    launch(_dense_matmul_kernel, Y.size, W, X, Y)
+    return Y
+
+
+def dense_matmul_t(W, dY):
+    """Dense input gradient on device arrays.
+
+    .. math:: dX[b, j] = \\sum_i dY[b, i] \\, W[i, j]
+
+    Parameters
+    ----------
+    W : float32 device array (n_out, n_in)
+    dY : float32 device array (B, n_out)
+
+    Returns
+    -------
+    dX : float32 device array (B, n_in)
+    """
+    B = _dense_operands(W, dY, "dY", W.shape[0])
+    dX = empty((B, W.shape[1]), np.float32)
+    launch(_dense_matmul_t_kernel, dX.size, W, dY, dX)
+    return dX
+
+
+def dense_grad(X, dY, out):
+    """Dense weight gradient into ``out`` on device arrays; returns out.
+
+    .. math:: dW[i, j] = \\sum_b dY[b, i] \\, X[b, j]
+
+    Parameters
+    ----------
+    X : float32 device array (B, n_in)
+    dY : float32 device array (B, n_out)
+    out : float32 device array (n_out, n_in); overwritten
+    """
+    check_device("out", out, ndim=2)
+    B = _dense_operands(out, X, "X", out.shape[1])
+    check_device("dY", dY, shape=(B, out.shape[0]))
+    launch(_dense_grad_kernel, out.size, X, dY, out)
+    return out

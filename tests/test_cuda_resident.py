@@ -1,0 +1,271 @@
+"""Device-resident training on the cuda backend (Numba's CUDA simulator here; no GPU needed).
+
+Pins down:
+
+- a short :class:`~purerigl.train.Trainer` run with DST on cuda (forward, loss, backward and the
+  optimizer on device arrays) has the topology of the same run on cpu after every step, and values
+  equal to float32 rounding; also with a dense last layer and with Adam;
+- residency: with every host <-> device copy counted (``cuda.to_device``, ``copy_to_device``,
+  ``copy_to_host``, and any host array handed to a kernel, which a real GPU would copy silently), a
+  step without a topology update copies exactly the batch in (X, y) and the loss out (one float64
+  pair); a topology-update step adds exactly the copies documented in :mod:`purerigl.dst.updater`,
+  besides those inside the growth selection it calls;
+- ``purerigl train --backend cuda`` finishes under the simulator and writes a model.npz equal (to
+  float32 rounding, same structure) to the cpu run's.
+
+Tiny shapes and ``THREADS_PER_BLOCK`` patched to 4, so the launches still span several blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from purerigl.data.datasets import from_arrays
+from purerigl.dst import UpdateSchedule, make_method
+from purerigl.dst.topology import flat_positions
+from purerigl.dst.updater import DSTUpdater
+from purerigl.kernels import get_backend
+from purerigl.nn import build_mlp
+from purerigl.train import TrainConfig, Trainer
+
+SMALL_BLOCK = 4
+B = 8  # batch size of every run here
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    """The cuda backend, with THREADS_PER_BLOCK patched small for the whole module."""
+    from purerigl.errors import BackendError
+
+    try:
+        backend = get_backend("cuda")
+    except BackendError as err:  # conftest turns the simulator on, so this means numba.cuda is broken
+        pytest.fail(f"the cuda backend should run under the simulator: {err}")
+    from purerigl.kernels.cuda import _launch
+
+    saved = _launch.THREADS_PER_BLOCK
+    _launch.THREADS_PER_BLOCK = SMALL_BLOCK
+    yield backend
+    _launch.THREADS_PER_BLOCK = saved
+
+
+def _data(n_train=32, n_test=8, n_features=10, n_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_train + n_test, n_features)).astype(np.float32)
+    y = rng.integers(0, n_classes, n_train + n_test)
+    return from_arrays("tiny", x[:n_train], y[:n_train], x[n_train:], y[n_train:], n_classes=n_classes)
+
+
+def _trainer(backend, method="rigl", fmt="csr", optimizer="sgd", dense_last=False, delta_t=2, data=None):
+    """A 10-12-3 MLP at 70% trained by a Trainer with ``method`` updating every ``delta_t`` steps."""
+    data = data or _data()
+    model = build_mlp(10, "12", 3, fmt=fmt, sparsity=0.7, backend=backend, rng=0,
+                      dense_layers=(1,) if dense_last else ())
+    config = TrainConfig(epochs=1, batch_size=B, lr=0.05, optimizer=optimizer, seed=0)
+    budgets = {lin.name: lin.W.nnz for lin in model.sparse_layers()}
+    # t_end far beyond the run: the drop fraction stays near alpha, so every update changes both layers
+    updater = DSTUpdater(make_method(method, fmt), UpdateSchedule(delta_t=delta_t, alpha=0.3, t_end=100),
+                         budgets, seed=0)
+    return Trainer(model, data, config, topology=updater)
+
+
+def _fit_recording(trainer):
+    """Fit, recording the sparse layers' positions after every step; returns (history, snapshots)."""
+    snapshots = []
+
+    def on_batch(n, loss):
+        snapshots.append([flat_positions(lin.W).copy() for lin in trainer.model.sparse_layers()])
+
+    history = trainer.fit(on_batch=on_batch)
+    trainer.model.sync_to_host()
+    return history, snapshots
+
+
+# --------------------------------------------------------------------------------------------------
+# same run, same topology
+
+
+@pytest.mark.parametrize(
+    "method, fmt, optimizer, dense_last",
+    [("rigl", "csr", "sgd", False), ("srigl", "condensed", "sgd", False), ("rigl", "csr", "adam", True)],
+    ids=["rigl-sgd", "srigl-sgd", "rigl-adam-dense-last"],
+)
+def test_trainer_on_cuda_matches_cpu(cuda, method, fmt, optimizer, dense_last):
+    cpu = _trainer("cpu", method, fmt, optimizer, dense_last)
+    gpu = _trainer(cuda, method, fmt, optimizer, dense_last)
+    assert gpu.model.backend.resident and not cpu.model.backend.resident
+    h_cpu, s_cpu = _fit_recording(cpu)
+    h_gpu, s_gpu = _fit_recording(gpu)
+    assert len(s_cpu) == len(s_gpu) == 4
+    for step, (a, b) in enumerate(zip(s_cpu, s_gpu), 1):
+        for layer, (pa, pb) in enumerate(zip(a, b)):
+            assert np.array_equal(pa, pb), f"layer {layer} differs after step {step}"
+    assert any(not np.array_equal(x, y) for x, y in zip(s_cpu[0], s_cpu[-1]))  # DST did change it
+    assert gpu.topology.n_updates == cpu.topology.n_updates >= 1
+    for la, lb in zip(cpu.model.linears, gpu.model.linears):
+        for pa, pb in zip(la.parameters(), lb.parameters()):
+            assert isinstance(pb.host, np.ndarray)
+            np.testing.assert_allclose(pb.host, pa.host, rtol=1e-4, atol=1e-5, err_msg=pa.name)
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+        assert h_gpu[-1][key] == pytest.approx(h_cpu[-1][key], rel=1e-5, abs=1e-6), key
+    state_cpu, state_gpu = cpu.optimizer.state_dict(), gpu.optimizer.state_dict()
+    assert state_cpu.keys() == state_gpu.keys()
+    for key in state_cpu:
+        np.testing.assert_allclose(state_gpu[key], state_cpu[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+# --------------------------------------------------------------------------------------------------
+# residency: count every copy
+
+
+class CopyLog:
+    """Every host <-> device copy of the simulator, in order: ("in" | "out" | "hidden", shape).
+
+    "hidden" is a host array handed straight to a kernel (a real GPU copies it in and out silently).
+    """
+
+    def __init__(self, monkeypatch):
+        from numba.cuda.simulator import kernel as sim_kernel
+
+        from purerigl.kernels.cuda import _launch
+
+        self.events: list[tuple[str, tuple]] = []
+        log = self.events
+        device_type = type(_launch.empty((1,)))
+        real_to_device = _launch.cuda.to_device
+        real_copy_to_host = device_type.copy_to_host
+        real_copy_to_device = device_type.copy_to_device
+        real_wrap_arg = sim_kernel.wrap_arg
+
+        def to_device(ary, *args, **kwargs):
+            log.append(("in", tuple(np.shape(ary))))
+            return real_to_device(ary, *args, **kwargs)
+
+        def copy_to_host(self, *args, **kwargs):
+            log.append(("out", tuple(self.shape)))
+            return real_copy_to_host(self, *args, **kwargs)
+
+        def copy_to_device(self, ary, *args, **kwargs):
+            log.append(("in", tuple(self.shape)))
+            return real_copy_to_device(self, ary, *args, **kwargs)
+
+        def wrap_arg(value, *args, **kwargs):
+            if isinstance(value, np.ndarray) and value.ndim > 0:
+                log.append(("hidden", value.shape))
+            return real_wrap_arg(value, *args, **kwargs)
+
+        monkeypatch.setattr(_launch.cuda, "to_device", to_device)
+        monkeypatch.setattr(device_type, "copy_to_host", copy_to_host)
+        monkeypatch.setattr(device_type, "copy_to_device", copy_to_device)
+        monkeypatch.setattr(sim_kernel, "wrap_arg", wrap_arg)
+
+    def mark(self, label):
+        self.events.append(("mark", label))
+
+    def steps(self) -> list[list[tuple[str, tuple]]]:
+        """The copies between consecutive ("mark", "step") entries: one list per training step."""
+        out, current = [], None
+        for event in self.events:
+            if event == ("mark", "step"):
+                if current is not None:
+                    out.append(current)
+                current = []
+            elif current is not None:
+                current.append(event)
+        return out
+
+
+def test_a_step_copies_only_the_batch_in_and_the_loss_out(cuda, monkeypatch):
+    """Steps 1 and 3 (no topology update): X and y in, the (loss, correct) pair out, nothing else.
+    Steps 2 and 4 update the topology: per sparse layer, exactly the documented copies, plus the
+    growth selection's own copies (inside ``backend.topk_grad``)."""
+    import purerigl.kernels.cuda as cuda_module
+
+    trainer = _trainer(cuda, "rigl", "csr", "sgd")  # SGD with momentum: one state array
+    trainer.warm_up()
+    trainer.topology.begin(trainer.model)
+    log = CopyLog(monkeypatch)
+    real_topk = cuda_module.topk_grad
+
+    def topk_grad(*args, **kwargs):
+        log.mark("growth")
+        try:
+            return real_topk(*args, **kwargs)
+        finally:
+            log.mark("end growth")
+
+    monkeypatch.setattr(cuda_module, "topk_grad", topk_grad)
+    log.mark("step")
+    trainer.run_epoch(on_batch=lambda n, loss: log.mark("step"))
+    steps = log.steps()
+    assert len(steps) == 4
+
+    batch = [("in", (B, 10)), ("in", (B,)), ("out", (2,))]  # X (B, n_in), y (B,), (loss sum, correct)
+    assert steps[0] == batch
+    assert steps[2] == batch
+
+    layers = trainer.model.sparse_layers()
+    for step in (steps[1], steps[3]):
+        assert step[:3] == batch  # the step itself is the same; the update follows
+        growth, outside, inside = [], [], False
+        for event in step[3:]:
+            if event[0] == "mark":
+                inside = event[1] == "growth"
+                continue
+            (growth if inside else outside).append(event)
+        expected = []
+        for lin in layers:
+            nnz, (rows, cols) = lin.W.nnz, lin.shape  # rigl keeps nnz constant
+            expected += [
+                ("out", (nnz,)), ("out", (rows,)),  # sync_to_host: values, bias
+                ("out", (B, cols)), ("out", (B, rows)),  # last_input, last_output_grad
+                ("in", (rows + 1,)), ("in", (nnz,)), ("in", (nnz,)),  # set_structure: indptr, indices, values
+                ("out", (nnz,)), ("in", (nnz,)),  # remap_state: the momentum buffer out and back
+            ]
+        assert outside == expected
+        assert growth  # the growth selection copies X, dY and the exclusion in and its choice out
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+
+
+def test_cli_train_on_cuda_writes_the_cpu_model(cuda, tmp_path, monkeypatch):
+    from purerigl.checkpoint import load_model
+    from purerigl.cli import train as train_command
+    from purerigl.cli.main import main
+
+    digits_like = _data(n_train=48, n_test=16, n_features=64, n_classes=10, seed=1)
+    monkeypatch.setattr(train_command, "load_dataset", lambda *args, **kwargs: digits_like)
+    args = ["train", "--dataset", "digits", "--hidden", "12", "--epochs", "1", "--batch-size", "16",
+            "--method", "rigl", "--delta-t", "1", "--sparsity", "0.7", "--no-progress"]
+    models = {}
+    for name in ("cpu", "cuda"):
+        out = tmp_path / name
+        result = CliRunner().invoke(main, [*args, "--backend", name, "--out", str(out)],
+                                    env={"PURERIGL_BACKEND": None, "PURERIGL_DATA": None})
+        assert result.exit_code == 0, result.output
+        models[name], _ = load_model(out / "model.npz")
+    for a, b in zip(models["cpu"].linears, models["cuda"].linears):
+        assert np.array_equal(a.W.indptr, b.W.indptr) and np.array_equal(a.W.indices, b.W.indices)
+        np.testing.assert_allclose(b.W.values, a.W.values, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.bias.host, a.bias.host, rtol=1e-4, atol=1e-5)
+
+
+def test_set_backend_moves_a_model_and_predict_stays_on_the_host_interface(cuda):
+    """A cpu model moved to cuda predicts the same logits (host arrays in and out) to float32
+    rounding; moved back, its parameters are exactly the ones it left with."""
+    model = build_mlp(10, "12", 3, fmt="condensed", sparsity=0.7, backend="cpu", rng=0, dense_layers=(1,))
+    X = np.random.default_rng(1).standard_normal((5, 10)).astype(np.float32)
+    want = model.predict(X)
+    before = [p.host.copy() for p in model.parameters()]
+    model.set_backend(cuda)
+    assert model.backend is cuda and all(not isinstance(p.value, np.ndarray) for p in model.parameters())
+    got = model.predict(X)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    model.set_backend("cpu")
+    for b, p in zip(before, model.parameters()):
+        assert p.value is p.host and np.array_equal(p.value, b)
