@@ -8,8 +8,8 @@ Pins down:
 - residency: with every host <-> device copy counted (``cuda.to_device``, ``copy_to_device``,
   ``copy_to_host``, and any host array handed to a kernel, which a real GPU would copy silently), a
   step without a topology update copies exactly the batch in (X, y) and the loss out (one float64
-  pair); a topology-update step adds exactly the copies documented in :mod:`purerigl.dst.updater`,
-  besides those inside the growth selection it calls;
+  pair); a RigL topology update (resident) sends no array to the device and brings back only counts;
+  a host method's update (SRigL) adds exactly the copies documented in :mod:`purerigl.dst.updater`;
 - ``purerigl train --backend cuda`` finishes under the simulator and writes a model.npz equal (to
   float32 rounding, same structure) to the cpu run's.
 
@@ -177,55 +177,95 @@ class CopyLog:
         return out
 
 
-def test_a_step_copies_only_the_batch_in_and_the_loss_out(cuda, monkeypatch):
-    """Steps 1 and 3 (no topology update): X and y in, the (loss, correct) pair out, nothing else.
-    Steps 2 and 4 update the topology: per sparse layer, exactly the documented copies, plus the
-    growth selection's own copies (inside ``backend.topk_grad``)."""
+def _copies_per_step(cuda, monkeypatch, method, fmt, growth_ops):
+    """Train one epoch (4 steps, topology updates after steps 2 and 4) with every copy logged;
+    returns (trainer, steps) where each step is a list of events, and the events inside the backend's
+    ``growth_ops`` are bracketed by ("mark", "growth") / ("mark", "end growth")."""
     import purerigl.kernels.cuda as cuda_module
 
-    trainer = _trainer(cuda, "rigl", "csr", "sgd")  # SGD with momentum: one state array
+    trainer = _trainer(cuda, method, fmt, "sgd")  # SGD with momentum: one state array
     trainer.warm_up()
     trainer.topology.begin(trainer.model)
     log = CopyLog(monkeypatch)
-    real_topk = cuda_module.topk_grad
+    def bracketed(real):
+        def growth(*args, **kwargs):
+            log.mark("growth")
+            try:
+                return real(*args, **kwargs)
+            finally:
+                log.mark("end growth")
 
-    def topk_grad(*args, **kwargs):
-        log.mark("growth")
-        try:
-            return real_topk(*args, **kwargs)
-        finally:
-            log.mark("end growth")
+        return growth
 
-    monkeypatch.setattr(cuda_module, "topk_grad", topk_grad)
+    for op in growth_ops:
+        monkeypatch.setattr(cuda_module, op, bracketed(getattr(cuda_module, op)))
     log.mark("step")
     trainer.run_epoch(on_batch=lambda n, loss: log.mark("step"))
     steps = log.steps()
     assert len(steps) == 4
+    return trainer, steps
 
-    batch = [("in", (B, 10)), ("in", (B,)), ("out", (2,))]  # X (B, n_in), y (B,), (loss sum, correct)
-    assert steps[0] == batch
-    assert steps[2] == batch
 
+def _split_update(step):
+    """(events inside the growth selections, events outside them) of a step's topology update."""
+    growth, outside, inside = [], [], False
+    for event in step:
+        if event[0] == "mark":
+            inside = event[1] == "growth"
+            continue
+        (growth if inside else outside).append(event)
+    return growth, outside
+
+
+BATCH = [("in", (B, 10)), ("in", (B,)), ("out", (2,))]  # X (B, n_in), y (B,), (loss sum, correct)
+
+
+def test_a_step_copies_only_the_batch_in_and_the_loss_out(cuda, monkeypatch):
+    """Steps 1 and 3 (no topology update): X and y in, the (loss, correct) pair out, nothing else.
+    Steps 2 and 4 update the topology with RigL, a resident method, on the device: per sparse layer
+    only the ``kept`` count's lane sums come out, and inside the growth selection one candidate count
+    per gradient tile. No array goes in."""
+    from purerigl.kernels.cuda import structure
+
+    trainer, steps = _copies_per_step(cuda, monkeypatch, "rigl", "csr", ["topk_grad"])
+    assert steps[0] == BATCH
+    assert steps[2] == BATCH
     layers = trainer.model.sparse_layers()
     for step in (steps[1], steps[3]):
-        assert step[:3] == batch  # the step itself is the same; the update follows
-        growth, outside, inside = [], [], False
-        for event in step[3:]:
-            if event[0] == "mark":
-                inside = event[1] == "growth"
-                continue
-            (growth if inside else outside).append(event)
+        assert step[:3] == BATCH  # the step itself is the same; the update follows
+        growth, outside = _split_update(step[3:])
+        nnz = [lin.matrix.values.size for lin in layers]  # rigl keeps nnz constant
+        assert outside == [("out", (min(structure.LANES, n),)) for n in nnz]  # count_kept per layer
+        assert growth and set(growth) == {("out", (1,))}  # one candidate count per tile, nothing else
+    assert trainer.topology.n_updates == 2
+
+
+def test_a_host_method_on_cuda_copies_what_the_updater_documents(cuda, monkeypatch):
+    """SRigL (not resident) on cuda: per sparse layer and update, the host copies are refreshed
+    (values, bias), X and dY come out, the growth selections (the salient top-k and the per-row
+    top-k) copy their operands, and the new structure goes in (rows, indices, values); the remap of
+    values and momentum stays on the device."""
+    from purerigl.kernels.cuda import structure
+
+    trainer, steps = _copies_per_step(cuda, monkeypatch, "srigl", "condensed", ["topk_grad", "topk_grad_rows"])
+    layers = trainer.model.sparse_layers()
+    for step in (steps[1], steps[3]):
+        assert step[:3] == BATCH
+        growth, outside = _split_update(step[3:])
+        assert growth and all(kind in ("in", "out") for kind, _ in growth)
         expected = []
         for lin in layers:
-            nnz, (rows, cols) = lin.W.nnz, lin.shape  # rigl keeps nnz constant
+            n_active, k = lin.W.indices.shape
+            rows, cols = lin.shape
             expected += [
-                ("out", (nnz,)), ("out", (rows,)),  # sync_to_host: values, bias
+                ("out", lin.W.values.shape), ("out", (rows,)),  # sync_to_host: values, bias
                 ("out", (B, cols)), ("out", (B, rows)),  # last_input, last_output_grad
-                ("in", (rows + 1,)), ("in", (nnz,)), ("in", (nnz,)),  # set_structure: indptr, indices, values
-                ("out", (nnz,)), ("in", (nnz,)),  # remap_state: the momentum buffer out and back
+                ("in", (n_active,)), ("in", (n_active, k)), ("in", (n_active, k)),  # the new structure
+                ("out", (min(structure.LANES, n_active * k),)),  # count_kept
             ]
+        # SRigL keeps k and the active rows in this short run, so the shapes after the update are the
+        # shapes before it
         assert outside == expected
-        assert growth  # the growth selection copies X, dY and the exclusion in and its choice out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -297,3 +297,22 @@ def test_every_backend_has_the_array_ops(name):
     backend = get_backend(name)
     assert backend.add_bias is module.add_bias
     assert backend.resident == (name == "cuda")
+
+
+@pytest.mark.parametrize("name", sorted(registry.BACKENDS))
+def test_every_backend_has_the_topology_ops(name):
+    """Every backend defines every topology op with host_topology's parameters (names and order); the
+    host backends use host_topology's functions themselves, and a Backend forwards them."""
+    from purerigl.kernels import host_topology
+    from purerigl.kernels.registry import TOPOLOGY_OPS
+
+    module = importlib.import_module(registry.BACKENDS[name])
+    for op in TOPOLOGY_OPS:
+        fn = getattr(module, op, None)
+        assert callable(fn), f"{name}: {op} missing"
+        assert list(inspect.signature(fn).parameters) == list(
+            inspect.signature(getattr(host_topology, op)).parameters
+        ), f"{name}: {op} parameters"
+        if name in ("reference", "cpu"):
+            assert fn is getattr(host_topology, op)
+    assert get_backend(name).source_of is module.source_of

@@ -53,9 +53,17 @@ class Method:
     name = "static"
     formats: tuple[str, ...] = ("condensed", "diagonal", "csr")
 
+    #: True when :meth:`update` is written with the layer backend's operations only (``layer.matrix``,
+    #: ``layer.saved_batch()``, :data:`~purerigl.kernels.registry.TOPOLOGY_OPS`), so it runs where the
+    #: backend computes; False when it reads host arrays (``layer.W``, ``layer.last_input``), which the
+    #: updater then refreshes from the device first (:class:`purerigl.dst.updater.DSTUpdater`). Static
+    #: (this class) changes nothing and reads no array: resident. Each subclass says which it is.
+    resident: bool = True
+
     def update(self, u: LayerUpdate) -> dict:
         """Change ``u.layer``'s structure; return statistics (kept, grown, dropped, ...). Static: nothing."""
-        return {"kept": u.layer.W.nnz, "grown": 0, "dropped": 0}
+        nnz = int(u.layer.matrix.values.size)
+        return {"kept": nnz, "grown": 0, "dropped": 0}
 
     def check_format(self, fmt: str) -> None:
         if fmt not in self.formats:

@@ -66,6 +66,7 @@ class DynaDiag(Method):
     gradient norm (see the module docstring for the rule and its invariants)."""
 
     name = "dynadiag"
+    resident = False  # reads host arrays: the updater refreshes them from the device first
     formats = ("diagonal",)
 
     def update(self, u: LayerUpdate) -> dict:

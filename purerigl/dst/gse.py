@@ -113,6 +113,7 @@ class GSE(Method):
     """
 
     name = "gse"
+    resident = False  # reads host arrays: the updater refreshes them from the device first
     formats = ("csr", "condensed")
 
     def __init__(self, gamma: float = 1.0, sampler: str | Sampler = "uniform"):

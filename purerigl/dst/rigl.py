@@ -21,52 +21,38 @@ Ties (equal |w| or |g|): the lower flat position ``row * n_in + col`` ranks high
 
 Invariants: nnz constant; every dropped |w| <= every kept |w|; every grown |g| >= the |g| of every
 position not kept and not grown.
+
+Where it runs: the rule is written with the layer backend's topology operations
+(:data:`purerigl.kernels.registry.TOPOLOGY_OPS`) on ``layer.matrix`` and the batch the layer kept
+(``layer.saved_batch()``), so on the cuda backend the whole update (drop, growth selection, new
+structure, value and optimizer-state remap) runs on the device: only the ``kept`` count and one
+candidate count per gradient tile come back to the host.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..formats._base import floor_count
+from ..kernels.host_topology import keep_by_magnitude  # noqa: F401 - the host drop, re-exported here
 from .base import LayerUpdate, Method
-from .topology import (
-    apply_structure,
-    csr_from_flat,
-    exclusion_of,
-    flat_positions,
-    top_mask,
-)
-
-
-def keep_by_magnitude(W, n_keep: int) -> np.ndarray:
-    """Flat positions (sorted) of the ``n_keep`` entries of W with the largest |w| layer-wide.
-
-    Ranking is over entries in flat-position order, so equal magnitudes keep the lower position.
-    """
-    flat = flat_positions(W)
-    order = np.argsort(flat, kind="stable")  # entries in flat-position order
-    keep = top_mask(np.abs(W.values.ravel()[order]), n_keep)
-    return flat[order][keep]
+from .topology import apply_structure
 
 
 class MagnitudeDropCSR(Method):
     """Shared shape of the unstructured methods: drop floor(alpha_t nnz) smallest |w| layer-wide, then
-    grow as many positions chosen by :meth:`grow` among those not kept; nnz stays constant."""
+    grow as many positions chosen among those not kept; nnz stays constant."""
 
     formats = ("csr",)
 
-    def grow(self, u: LayerUpdate, kept: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover - abstract
-        """Flat positions of ``n`` new connections, none of them in the sorted array ``kept``."""
+    def new_structure(self, u: LayerUpdate, n_keep: int, n_grow: int):  # pragma: no cover - abstract
+        """The new structure (values 0): the ``n_keep`` largest |w| plus ``n_grow`` grown positions."""
         raise NotImplementedError
 
     def update(self, u: LayerUpdate) -> dict:
-        W = u.layer.W
-        n_prune = floor_count(u.alpha * W.nnz)
+        nnz = int(u.layer.matrix.values.size)
+        n_prune = floor_count(u.alpha * nnz)
         if n_prune == 0:
-            return {"kept": W.nnz, "grown": 0, "dropped": 0}
-        kept = keep_by_magnitude(W, W.nnz - n_prune)
-        grown = self.grow(u, kept, n_prune)
-        new = csr_from_flat(np.concatenate([kept, grown]), W.shape)
+            return {"kept": nnz, "grown": 0, "dropped": 0}
+        new = self.new_structure(u, nnz - n_prune, n_prune)
         return apply_structure(u.layer, u.optimizer, new)
 
 
@@ -74,9 +60,15 @@ class RigL(MagnitudeDropCSR):
     """RigL on CSR storage: layer-wide magnitude drop, layer-wide gradient growth."""
 
     name = "rigl"
+    resident = True  # written with backend operations only: runs on the device on cuda
 
-    def grow(self, u: LayerUpdate, kept: np.ndarray, n: int) -> np.ndarray:
-        """The n positions of largest |G| outside ``kept``, streamed by the backend's ``topk_grad``."""
-        ex_indptr, ex_cols = exclusion_of(kept, u.layer.W.shape)
-        rows, cols = u.layer.backend.topk_grad(u.layer.last_input, u.layer.last_output_grad, n, ex_indptr, ex_cols)
-        return rows * u.layer.W.n_in + cols
+    def new_structure(self, u: LayerUpdate, n_keep: int, n_grow: int):
+        """Kept = the n_keep largest |w|; grown = the n_grow largest |G| outside kept (G streamed by the
+        backend's ``topk_grad``, never stored); the CSR structure of kept ∪ grown."""
+        layer = u.layer
+        ops = layer.backend
+        X, dY = layer.saved_batch()
+        kept = ops.keep_by_magnitude(layer.matrix, n_keep)  # flat positions, ascending
+        ex_indptr, ex_cols = ops.exclusion_of(kept, layer.shape)
+        rows, cols = ops.topk_grad(X, dY, n_grow, ex_indptr, ex_cols)
+        return ops.csr_with_positions(kept, rows, cols, layer.shape)

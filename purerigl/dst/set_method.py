@@ -27,6 +27,7 @@ import numpy as np
 from ..formats._base import sorted_unique
 from .base import LayerUpdate
 from .rigl import MagnitudeDropCSR
+from .topology import csr_from_flat, keep_by_magnitude
 
 
 def in_sorted(values: np.ndarray, sorted_array: np.ndarray) -> np.ndarray:
@@ -60,7 +61,12 @@ class SET(MagnitudeDropCSR):
     """SET on CSR storage: layer-wide magnitude drop, uniformly random regrowth."""
 
     name = "set"
+    resident = False  # reads host arrays: the updater refreshes them from the device first
 
-    def grow(self, u: LayerUpdate, kept: np.ndarray, n: int) -> np.ndarray:
-        """n positions drawn uniformly among those not kept, from the updater's generator."""
-        return random_free_positions(u.rng, u.layer.W.n_out * u.layer.W.n_in, kept, n)
+    def new_structure(self, u: LayerUpdate, n_keep: int, n_grow: int):
+        """Kept = the n_keep largest |w|; grown = n_grow positions drawn uniformly among those not kept
+        from the updater's generator (on the host: the draw depends on the kept set)."""
+        W = u.layer.W
+        kept = keep_by_magnitude(W, n_keep)
+        grown = random_free_positions(u.rng, W.n_out * W.n_in, kept, n_grow)
+        return csr_from_flat(np.concatenate([kept, grown]), W.shape)

@@ -282,6 +282,7 @@ class SRigL(Method):
     """
 
     name = "srigl"
+    resident = False  # reads host arrays: the updater refreshes them from the device first
     formats = ("condensed",)
 
     def __init__(self, gamma_sal: float = 0.3, grow: str = "gradient"):

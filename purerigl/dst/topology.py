@@ -20,100 +20,59 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..formats import CSR, SparseFormat
-from ..kernels.reference import triples
+from ..formats import SparseFormat
+from ..kernels.host_topology import (  # noqa: F401 - the host versions of the shared selection steps
+    csr_from_flat,
+    exclusion_of,
+    flat_positions,
+    keep_by_magnitude,
+    source_of,
+    top_mask,
+)
 
 
-def flat_positions(W: SparseFormat) -> np.ndarray:
-    """int64 (nnz,): ``row * n_in + col`` of every stored entry, in the order of ``W.values.ravel()``."""
-    rows, cols, _ = triples(W)
-    return rows * W.n_in + cols
-
-
-def source_of(old: SparseFormat, new: SparseFormat) -> np.ndarray:
-    """int64 shaped like ``new.values``: for each new entry, the flat index of the same position in
-    ``old.values``, or -1 if the position was not stored in ``old``."""
-    old_flat = flat_positions(old)
-    order = np.argsort(old_flat, kind="stable")
-    sorted_flat = old_flat[order]
-    new_flat = flat_positions(new)
-    if sorted_flat.size == 0:  # nothing was stored: every new entry is new
-        return np.full(new.values.shape, -1, dtype=np.int64)
-    at = np.searchsorted(sorted_flat, new_flat)
-    at_clipped = np.minimum(at, sorted_flat.size - 1)
-    found = (at < sorted_flat.size) & (sorted_flat[at_clipped] == new_flat)
-    source = np.where(found, order[at_clipped], -1)
-    return source.reshape(new.values.shape).astype(np.int64)
-
-
-def apply_structure(layer, optimizer, new: SparseFormat) -> dict:
+def apply_structure(layer, optimizer, new) -> dict:
     """Install ``new``'s structure in ``layer`` (a SparseLinear) following rules 1-3 above.
 
     ``new.values`` is overwritten: old values where the position existed, exactly 0 elsewhere. The
     optimizer's state for the layer's weight is remapped the same way (``optimizer.remap_state``);
     ``optimizer`` may be None (no state to carry).
 
+    The step runs where the layer's backend computes, through its topology operations
+    (:data:`purerigl.kernels.registry.TOPOLOGY_OPS`): ``source_of`` matches the new entries to the
+    old ones by flat position, ``remap_by_source`` carries the values (and, inside
+    ``remap_state``, each optimizer state array). ``new`` is a host format (Condensed, Diagonal,
+    CSR) or, on a device backend, a matrix of that backend (what a method computed there); a host
+    format given to a device backend is copied there first.
+
     Returns
     -------
     dict with ``kept`` (positions present before and after), ``grown`` (new positions) and ``dropped``
-    (positions removed), as ints.
+    (positions removed), as ints. (On a device backend, ``kept`` is the one number that comes back
+    to the host.)
     """
-    old = layer.W
-    if new.shape != old.shape:
-        raise ValueError(f"new structure has shape {new.shape}, the layer has {old.shape}")
-    source = source_of(old, new)
-    present = source >= 0
-    new_values = np.zeros(new.values.shape, dtype=np.float32)
-    new_values[present] = old.values.ravel()[source[present]]
-    new.values[...] = new_values
-    layer.set_structure(new)
+    backend = layer.backend
+    old = layer.matrix
+    if tuple(new.shape) != tuple(old.shape):
+        raise ValueError(f"new structure has shape {tuple(new.shape)}, the layer has {tuple(old.shape)}")
+    host = new if isinstance(new, SparseFormat) and backend.resident else None  # a host method's choice
+    new = backend.to_device(new)  # no copy on a host backend, or for a matrix already there
+    source = backend.source_of(old, new)  # shaped like new.values: old flat index or -1
+    backend.remap_by_source(old.values, source, out=new.values)
+    old_nnz, new_nnz = _nnz(old), _nnz(new)
+    layer.set_structure(new, host=host)
     if optimizer is not None:
         optimizer.remap_state(layer.weight, source)
-    kept = int(present.sum())
-    return {"kept": kept, "grown": int(new.nnz - kept), "dropped": int(old.nnz - kept)}
+    kept = backend.count_kept(source)
+    return {"kept": kept, "grown": int(new_nnz - kept), "dropped": int(old_nnz - kept)}
+
+
+def _nnz(M) -> int:
+    """Stored entries of a host or device matrix (the size of its values)."""
+    return int(M.values.size)
 
 
 def rank_order(scores: np.ndarray) -> np.ndarray:
     """Indices of ``scores`` (1-D) from best to worst: higher score first, lower index first on ties."""
     scores = np.asarray(scores)
     return np.lexsort((np.arange(scores.size), -scores.astype(np.float64)))
-
-
-def top_mask(scores: np.ndarray, n: int) -> np.ndarray:
-    """bool mask of the ``n`` best entries of the 1-D ``scores`` under the shared tie rule.
-
-    The same set as ``rank_order(scores)[:n]``, found by selection in O(size) instead of a sort: the
-    n-th largest score t splits the entries into those above t (all chosen) and those equal to t, of
-    which the lowest indices fill the remaining places.
-    """
-    scores = np.asarray(scores)
-    size = scores.size
-    mask = np.zeros(size, dtype=bool)
-    n = min(int(n), size)
-    if n <= 0:
-        return mask
-    if n == size:
-        mask[:] = True
-        return mask
-    threshold = np.partition(scores, size - n)[size - n]  # the n-th largest score
-    np.greater(scores, threshold, out=mask)
-    ties = np.flatnonzero(scores == threshold)  # ascending index: the tie rule's order
-    mask[ties[: n - int(mask.sum())]] = True
-    return mask
-
-
-def csr_from_flat(flat: np.ndarray, shape) -> CSR:
-    """A CSR structure (values zero) holding the given distinct flat positions ``row * n_in + col``."""
-    n_out, n_in = shape
-    flat = np.sort(np.asarray(flat, dtype=np.int64))
-    rows, cols = np.divmod(flat, n_in)
-    indptr = np.zeros(n_out + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_out), out=indptr[1:])
-    return CSR(indptr, cols.astype(np.int32), np.zeros(flat.size, dtype=np.float32), shape)
-
-
-def exclusion_of(flat: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr int64 (n_out+1,), cols int32): a CSR-like set of positions, sorted within each row,
-    in the form the growth kernels take for the positions they must not return."""
-    S = csr_from_flat(flat, shape)
-    return S.indptr, S.indices

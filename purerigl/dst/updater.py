@@ -5,16 +5,16 @@ schedule whether this step updates; if so, every sparse layer is handed to the m
 drop fraction alpha_t. Once per epoch it reports the topology: nnz, density, fan-in range, ablated
 neurons and the fraction of connections changed since the previous epoch, per layer.
 
-Device-resident training (the cuda backend). A topology update is the one place where a training
-step copies more than the batch and the loss: it runs the method's existing host code. Per sparse
-layer and update step it copies to the host the values and the bias (:meth:`SparseLinear.sync_to_host`,
-2 copies), and, when the method reads them, the last X and dY (``last_input`` /
-``last_output_grad``, 1 copy each); the method's growth selections (``backend.topk_grad`` ...) copy
-their operands in and their choices out as they do on host arrays; a changed structure then goes
-back to the device (:meth:`SparseLinear.set_structure`: the format's index arrays and values, 2-3
-copies) together with the optimizer state (:meth:`Optimizer.remap_state`: one copy out and one in
-per state array). That is amortised over delta_t steps; moving the update itself to the device
-(:mod:`purerigl.kernels.cuda.topology` has the remap) is a later step.
+Device-resident training (the cuda backend). A method whose rule is written with the backend's
+operations (``Method.resident``: static and RigL) updates a layer where it lives: drop, growth
+selection, new structure and the value and optimizer-state remap all run on the device, and only
+two kinds of number come back to the host: one candidate count per gradient tile inside the growth
+selection and the ``kept`` count of :func:`~purerigl.dst.topology.apply_structure`. The other
+methods (SET, SRigL, GSE, DynaDiag) still run their host code: per sparse layer and update step the
+updater first refreshes the host copies (:meth:`SparseLinear.sync_to_host`: the values and the
+bias), the method reads the last X and dY (``last_input`` / ``last_output_grad``, one copy each), its
+growth kernels copy their operands in and their choices out, and the new structure goes to the
+device, where the values and optimizer state are remapped. That is amortised over delta_t steps.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class DSTUpdater(TopologyUpdater):
         alpha = self.schedule.drop_fraction(step)
         last = model.linears[-1]
         for layer in model.sparse_layers():
-            layer.sync_to_host()  # the method reads W.values on the host (no-op on a host backend)
+            if not self.method.resident:
+                layer.sync_to_host()  # the method reads W.values on the host (no-op on a host backend)
             self.method.update(
                 LayerUpdate(
                     layer=layer,

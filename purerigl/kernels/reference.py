@@ -26,6 +26,9 @@ import numpy as np
 
 from ..formats import CSR, Condensed, Diagonal
 from . import _checks
+from .host_topology import (  # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
+    count_kept, csr_with_positions, exclusion_of, keep_by_magnitude, remap_by_source, source_of,
+)
 from .host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
     adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
     relu_forward, sgd_step, softmax_cross_entropy, to_device, to_host, zeros, zeros_like,
@@ -46,6 +49,8 @@ __all__ = [
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "to_device", "to_host", "zeros",
     "zeros_like",
+    # the topology-change operations of a DST update, on host arrays (registry.TOPOLOGY_OPS)
+    "count_kept", "csr_with_positions", "exclusion_of", "keep_by_magnitude", "remap_by_source", "source_of",
 ]
 
 NAME = "reference"

@@ -2,7 +2,8 @@
 
 The backend is chosen by the argument, else the environment variable ``PURERIGL_BACKEND``, else
 ``"cpu"``. Every backend exposes the functions listed in :data:`OPS` with the signatures of the
-reference backend, and the array operations of a training step listed in :data:`ARRAY_OPS`.
+reference backend, the array operations of a training step listed in :data:`ARRAY_OPS` and the
+topology-change operations of a DST update listed in :data:`TOPOLOGY_OPS`.
 
 Backend modules are imported only when asked for (so importing purerigl never imports numba.cuda).
 A backend module that may not run on every machine defines ``check_available()``, which
@@ -37,6 +38,15 @@ ARRAY_OPS = (
     "softmax_cross_entropy", "sgd_step", "adam_step",
 )
 
+#: The topology-change operations of a DST update (host: :mod:`purerigl.kernels.host_topology`,
+#: cuda: :mod:`purerigl.kernels.cuda.structure`). They take and return what the backend computes on
+#: (host formats and arrays, or device matrices and arrays), so a method whose rule is written with
+#: them (RigL) updates a layer without leaving the backend, and :func:`purerigl.dst.apply_structure`
+#: remaps values and optimizer state there.
+TOPOLOGY_OPS = (
+    "source_of", "remap_by_source", "count_kept", "keep_by_magnitude", "exclusion_of", "csr_with_positions",
+)
+
 #: Known backends and the module that implements each.
 BACKENDS = {
     "reference": "purerigl.kernels.reference",
@@ -59,7 +69,7 @@ class Backend:
     module: ModuleType
 
     def __getattr__(self, op):
-        if op in OPS or op in ARRAY_OPS:
+        if op in OPS or op in ARRAY_OPS or op in TOPOLOGY_OPS:
             return getattr(self.module, op)
         raise AttributeError(f"backend {self.name!r} has no attribute {op!r}")
 

@@ -58,7 +58,8 @@ class SparseLinear:
     """
 
     def __init__(self, W: SparseFormat, bias=None, backend=None, name: str = "layer", needs_input_grad=True):
-        self.W = W
+        self._W = W  # the host matrix (see the W property)
+        self._values_stale = False  # True: _W's structure is current but its values are not
         self.backend = get_backend(backend)
         self.name = name
         self.needs_input_grad = needs_input_grad
@@ -71,7 +72,37 @@ class SparseLinear:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.W.shape
+        return tuple(self._Wr.shape)
+
+    @property
+    def W(self) -> SparseFormat:
+        """The weight matrix on the host (Condensed, Diagonal or CSR).
+
+        On a host backend it is the matrix the products read. On cuda its structure is current, and
+        its values as of the last :meth:`sync_to_host`; after a topology update made on the device
+        (:meth:`set_structure` with a device matrix) the first access copies the new matrix, values
+        included, to the host.
+        """
+        if self._W is None:
+            self._W = self.backend.to_host(self._Wr)
+            self.weight.host = self._W.values
+        elif self._values_stale:  # the structure is known, its values were remapped on the device
+            self.weight.sync_to_host()
+        self._values_stale = False
+        return self._W
+
+    @property
+    def matrix(self):
+        """The weight matrix where the backend computes: ``W`` itself on a host backend, its device
+        copy (``DeviceCondensed`` / ``DeviceDiagonal`` / ``DeviceCSR``) on cuda. Its ``values`` is the
+        weight parameter's ``value``. Resident DST methods read and replace this one."""
+        return self._Wr
+
+    def saved_batch(self):
+        """(X, dY): the input of the last forward and the output gradient of the last backward, as
+        arrays of the backend (device arrays on cuda; ``None`` before the first forward / backward).
+        Growth rules read G = dY^T X from them, never storing G."""
+        return self._X, self._dY
 
     @property
     def last_input(self) -> np.ndarray | None:
@@ -112,21 +143,37 @@ class SparseLinear:
             return None
         return self.backend.matmul_t(self._Wr, dY)
 
-    def set_structure(self, W: SparseFormat) -> None:
+    def set_structure(self, W, host: SparseFormat | None = None) -> None:
         """Install a new sparse matrix (after a topology change); the weight parameter follows it.
 
-        On cuda the new structure and ``W.values`` are copied to the device (the one place where the
-        structure goes there).
+        ``W`` is a host format (Condensed, Diagonal, CSR), copied to the device on cuda, or a matrix
+        already on the backend (what :meth:`matrix` holds: a device matrix built on the device by a
+        resident DST update, installed as it is). In that case ``host``, when given, is the same
+        structure on the host (a host method computed it): it becomes ``W`` and its values are
+        refreshed from the device when first read; without it the whole host matrix is copied back
+        when first read.
         """
-        if W.shape != self.W.shape:
-            raise ValueError(f"new structure has shape {W.shape}, layer has {self.W.shape}")
-        self.W = W
-        self._Wr = self.backend.to_device(W)
-        self.weight.replace(self._Wr.values, host=W.values)
+        if tuple(W.shape) != self.shape:
+            raise ValueError(f"new structure has shape {tuple(W.shape)}, layer has {self.shape}")
+        if isinstance(W, SparseFormat):
+            self._W, self._values_stale = W, False
+            self._Wr = self.backend.to_device(W)
+            self.weight.replace(self._Wr.values, host=W.values)
+        elif host is not None:
+            self._W, self._values_stale = host, True
+            self._Wr = W
+            self.weight.replace(W.values, host=host.values)
+        else:
+            self._W = None  # rebuilt from the device on first access
+            self._Wr = W
+            self.weight.replace(W.values, host=np.empty(W.values.shape, dtype=np.float32))
 
     def sync_to_host(self) -> None:
         """Refresh ``W.values`` and the bias's host copy from the backend (no-op on a host backend)."""
-        self.weight.sync_to_host()
+        if self._W is None or self._values_stale:
+            self.W  # a stale host matrix is refreshed from the device, values included  # noqa: B018
+        else:
+            self.weight.sync_to_host()
         self.bias.sync_to_host()
 
     def sync_to_device(self) -> None:
@@ -137,16 +184,18 @@ class SparseLinear:
     def set_backend(self, backend) -> None:
         """Move the layer to another backend (its gradients restart at zero)."""
         self.sync_to_host()
+        W = self.W  # the host matrix, values current
         self.backend = get_backend(backend)
-        self._Wr = self.backend.to_device(self.W)
+        self._Wr = self.backend.to_device(W)
         for p in self.parameters():
             p.backend = self.backend
-        self.weight.replace(self._Wr.values, host=self.W.values)
+        self.weight.replace(self._Wr.values, host=W.values)
         self.bias.replace(self.backend.to_device(self.bias.host), host=self.bias.host)
         self._X = self._dY = self._X_host = self._dY_host = None
 
     def __repr__(self) -> str:
-        return f"SparseLinear({self.W!r}, backend={self.backend.name!r})"
+        shown = self._W if self._W is not None else self._Wr  # never copies
+        return f"SparseLinear({shown!r}, backend={self.backend.name!r})"
 
 
 class Dense:

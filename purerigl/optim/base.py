@@ -173,16 +173,19 @@ class Optimizer:
         """
         return dict(self._state[self._position(param)])
 
-    def remap_state(self, param: Parameter, source: np.ndarray) -> None:
+    def remap_state(self, param: Parameter, source) -> None:
         """Carry ``param``'s state across a topology change (after ``param.replace(new_values)``).
 
         Parameters
         ----------
         param : Parameter
             A parameter of this optimizer whose ``value`` has just been replaced.
-        source : int ndarray, shape ``param.value.shape``
+        source : int ndarray, shape ``param.value.shape``; or an int64 array of ``param.backend``
             ``source.flat[e]`` is the flat index of connection ``e`` in the *old* value array, or
-            ``-1`` for a new connection. Each old index may appear at most once.
+            ``-1`` for a new connection. Each old index may appear at most once. A host ndarray is
+            checked fully (range, duplicates); a device array (what a resident topology update
+            computed on the device, :func:`purerigl.dst.apply_structure`) only by shape, since a
+            full check would be a pass over it on the host.
 
         Notes
         -----
@@ -191,25 +194,26 @@ class Optimizer:
         .. math:: S'_e = S_{\\mathrm{source}_e} \\text{ if } \\mathrm{source}_e \\ge 0 \\text{ else } 0
 
         The state is laid out for the new shape afterwards (the size may change, as when SRigL
-        changes the fan-in k). The step count is unchanged.
-
-        The remap runs on the host: on a device backend each state array is copied to the host,
-        gathered there and copied back (two copies per state array and topology update, the
-        documented exception to a device-resident step).
+        changes the fan-in k). The step count is unchanged. The gather is the backend's
+        ``remap_by_source``, so on cuda the state never leaves the device (a host ``source`` is
+        copied there once).
         """
         i = self._position(param)
         _check_value(param)
         new_shape = param.value.shape
         old_size = math.prod(self._shapes[i])
-        src = _check_source(param.name, source, new_shape, old_size)
-        flat_src = src.reshape(-1)
-        kept = flat_src >= 0
-        kept_src = flat_src[kept]
         ops = param.backend
+        if not ops.resident or isinstance(source, np.ndarray):
+            src = ops.to_device(_check_source(param.name, source, new_shape, old_size))
+        elif tuple(source.shape) != tuple(new_shape) or np.dtype(source.dtype) != np.int64:
+            raise OptimizerError(
+                f"remap source for {param.name!r} has shape {tuple(source.shape)} and dtype {source.dtype}, "
+                f"expected int64 of the new value shape {new_shape}"
+            )
+        else:
+            src = source
         for name, old in self._state[i].items():
-            new = np.zeros(new_shape, dtype=np.float32)
-            new.reshape(-1)[kept] = ops.to_host(old).reshape(-1)[kept_src]
-            self._state[i][name] = ops.to_device(new)
+            self._state[i][name] = ops.remap_by_source(old, src)
         self._shapes[i] = new_shape
 
     # ---------------------------------------------------------------------------------------------

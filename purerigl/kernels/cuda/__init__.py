@@ -54,6 +54,9 @@ from .arrays import (
 from .condensed import DeviceCondensed
 from .csr import DeviceCSR
 from .diagonal import DeviceDiagonal
+from .structure import (  # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
+    count_kept, csr_with_positions, exclusion_of, keep_by_magnitude, remap_by_source, source_of,
+)
 
 NAME = "cuda"
 
@@ -67,10 +70,15 @@ __all__ = [
     # the array operations of a training step (registry.ARRAY_OPS)
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "zeros", "zeros_like",
+    # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
+    "count_kept", "csr_with_positions", "exclusion_of", "keep_by_magnitude", "remap_by_source", "source_of",
 ]
 
 _DEVICE_TYPES = {Condensed: DeviceCondensed, Diagonal: DeviceDiagonal, CSR: DeviceCSR}
 _MODULES = {DeviceCondensed: condensed, DeviceDiagonal: diagonal, DeviceCSR: csr}
+_HOST_TYPES = {device: host for host, device in _DEVICE_TYPES.items()}
+_FIELDS = {DeviceCondensed: ("rows", "indices", "values"), DeviceDiagonal: ("offsets", "values"),
+           DeviceCSR: ("indptr", "indices", "values")}
 
 
 def check_available() -> None:
@@ -122,8 +130,13 @@ def to_host(a, out: np.ndarray | None = None) -> np.ndarray:
     """A host NumPy copy of the device array ``a`` (into ``out`` when given).
 
     A NumPy array is returned as it is, or copied into ``out`` when that is another array, as on the
-    host backends (:func:`purerigl.kernels.host_arrays.to_host`).
+    host backends (:func:`purerigl.kernels.host_arrays.to_host`). A device matrix (from
+    :func:`to_device`, or built on the device by a topology update) comes back as the host format
+    (Condensed, Diagonal or CSR), every array copied.
     """
+    if type(a) in _MODULES:
+        host = {name: _launch.to_host(getattr(a, name)) for name in _FIELDS[type(a)]}
+        return _HOST_TYPES[type(a)](**host, shape=a.shape)
     if _launch.is_device_array(a):
         return _launch.to_host(a, out)
     if out is None or out is a:
@@ -409,10 +422,34 @@ def topk_grad(X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray,
     Returns
     -------
     rows, cols : int64 ndarrays, shape (min(m, n_out * n_in - nnz),), sorted by ``rows * n_in + cols``.
+
+    Given device arrays (X, dY and the excluded set, as a resident DST update holds them) it takes
+    and returns device arrays: nothing is copied but one candidate count per gradient tile. Their
+    checks are cheap (types, dtypes, shapes); the exclusion's order is trusted.
     """
+    from . import growth  # imported on first use
+
+    if _launch.is_device_array(X):
+        m = _checks.check_count(m)
+        _device_growth_operands(X, dY)
+        n_out = dY.shape[1]
+        _check_device("exclude_indptr", exclude_indptr, (n_out + 1,), np.int64)
+        if not _launch.is_device_array(exclude_indices) or exclude_indices.ndim != 1:
+            raise DTypeError("exclude_indices must be a 1-D numba device array when X is one")
+        return growth.topk_grad_device(X, dY, m, exclude_indptr, exclude_indices)
     X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
-    from . import growth  # imported on first use, after the operand checks
     return growth.topk_grad(X, dY, m, indptr, indices)
+
+
+def _device_growth_operands(X, dY) -> None:
+    """Cheap checks of device X (B, n_in) and dY (B, n_out) for a growth selection."""
+    B, n_in = _dims("X", X)
+    B2, n_out = _dims("dY", dY)
+    if B != B2:
+        raise ShapeError(f"X has batch {B} but dY has batch {B2}")
+    for name, A in (("X", X), ("dY", dY)):
+        if A.dtype != np.float32:
+            raise DTypeError(f"{name} must be float32, got {A.dtype}")
 
 
 def topk_grad_rows(

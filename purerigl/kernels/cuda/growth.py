@@ -168,7 +168,8 @@ class _RunningTopK:
         self.slack = max(k, tile_size)  # new keys taken in between two cuts, at least
         self.pool = cuda.device_array((1, T.next_pow2(k + self.slack + tile_size)), dtype=np.int64)
         self.n = 0  # keys in the pool
-        self.tau = cuda.to_device(np.array([T.NO_KEY], dtype=np.int64))  # keys must exceed it
+        self.tau = cuda.device_array(1, dtype=np.int64)  # keys must exceed it
+        _run(T.fill, 1, self.tau, 0, 1, T.NO_KEY)
         self.n_lanes = min(LANES, tile_size)
         self.lane_counts = cuda.device_array(self.n_lanes, dtype=np.int64)
         self.n_new = cuda.device_array(1, dtype=np.int64)
@@ -195,14 +196,31 @@ class _RunningTopK:
         _run(_set_threshold, 1, self.pool[0], self.k, self.tau)
         self.n = self.k
 
-    def flat_indices(self) -> np.ndarray:
-        """The flat indices of the k largest keys, ascending (host int64, (k,))."""
+    def flat_indices(self):
+        """The flat indices of the k largest keys, ascending (int64 device array, (k,))."""
         if self.n > self.k:
             self._cut()
         width = T.next_pow2(self.k)
         _run(_low_halves, width, self.pool[0], self.k, width)
         _sort_rows_descending(self.pool[:, :width])
-        return T.INDEX_MASK - self.pool[0, : self.k].copy_to_host()
+        flat = cuda.device_array(self.k, dtype=np.int64)
+        _run(_flat_from_low_halves, self.k, self.pool[0], flat)
+        return flat
+
+
+@cuda.jit
+def _flat_from_low_halves(pool, flat):
+    """flat[t] = 2^32 - 1 - pool[t]: the low halves sorted descending give the indices ascending."""
+    for t in range(cuda.grid(1), flat.shape[0], cuda.gridsize(1)):
+        flat[t] = T.INDEX_MASK - pool[t]
+
+
+@cuda.jit
+def _split_flat(flat, n_in, rows, cols):
+    """rows[t], cols[t] = divmod(flat[t], n_in)."""
+    for t in range(cuda.grid(1), flat.shape[0], cuda.gridsize(1)):
+        rows[t] = flat[t] // n_in
+        cols[t] = flat[t] - rows[t] * n_in
 
 
 def topk_grad(X, dY, m, ex_indptr, ex_indices):
@@ -210,13 +228,22 @@ def topk_grad(X, dY, m, ex_indptr, ex_indices):
 
     Implements :func:`purerigl.kernels.reference.topk_grad` (operands already checked).
     """
-    n_out, n_in = dY.shape[1], X.shape[1]
-    k = min(m, n_out * n_in - ex_indices.shape[0])
-    if k <= 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     d_X, d_dY = cuda.to_device(X), cuda.to_device(dY)
     d_indptr, d_indices = cuda.to_device(ex_indptr), cuda.to_device(ex_indices)
-    all_rows = cuda.to_device(np.arange(n_out, dtype=np.int64))
+    rows, cols = topk_grad_device(d_X, d_dY, m, d_indptr, d_indices)
+    return rows.copy_to_host(), cols.copy_to_host()
+
+
+def topk_grad_device(d_X, d_dY, m, d_indptr, d_indices):
+    """:func:`topk_grad` on device arrays: (rows, cols) int64 device arrays, nothing copied but one
+    candidate count per tile (operands already checked)."""
+    n_out, n_in = d_dY.shape[1], d_X.shape[1]
+    k = max(0, min(m, n_out * n_in - d_indices.shape[0]))
+    rows = cuda.device_array(k, dtype=np.int64)
+    cols = cuda.device_array(k, dtype=np.int64)
+    if k == 0:
+        return rows, cols
+    all_rows = _arange(n_out)
     tile_rows = _tile_rows(n_in, n_out)
     G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
     G_bits = G.view(np.int32)
@@ -225,8 +252,21 @@ def topk_grad(X, dY, m, ex_indptr, ex_indices):
         n_rows = min(tile_rows, n_out - r0)
         _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, all_rows, r0, n_rows, G)
         top.fold(G_bits, r0, n_rows, d_indptr, d_indices)
-    flat = top.flat_indices()
-    return flat // n_in, flat % n_in
+    _run(_split_flat, k, top.flat_indices(), n_in, rows, cols)
+    return rows, cols
+
+
+@cuda.jit
+def _arange_kernel(a):
+    for t in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        a[t] = t
+
+
+def _arange(n: int):
+    """int64 device array 0, 1, ..., n - 1 (made on the device)."""
+    a = cuda.device_array(n, dtype=np.int64)
+    _run(_arange_kernel, n, a)
+    return a
 
 
 # --------------------------------------------------------------------------------------------------

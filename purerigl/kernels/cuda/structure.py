@@ -1,0 +1,314 @@
+"""The topology-change operations of a DST update on the device (registry.TOPOLOGY_OPS, cuda).
+
+Same names, signatures and results as :mod:`purerigl.kernels.host_topology`, on device matrices
+(:class:`.csr.DeviceCSR`, :class:`.condensed.DeviceCondensed`, :class:`.diagonal.DeviceDiagonal`) and
+numba device arrays. With them a resident DST method (RigL) changes a layer's structure without its
+weights, gradients or optimizer state leaving the device.
+
+Positions are flat indices ``p = row * n_in + col`` (int64). CSR and Condensed store their entries
+in ascending p (rows ascending, columns strictly increasing within a row), so their keys are sorted
+as stored; every step below relies on that and keeps it:
+
+- :func:`source_of`: the keys of both structures (one thread per entry) and, per new entry, a binary
+  search among the old keys (:func:`.topology.source_by_position`). Two Diagonals are matched by
+  offset instead: entry (k, t) of the new one comes from entry (j, t) of the old one where the old
+  offset j equals the new offset k (positions of different diagonals never coincide).
+- :func:`remap_by_source`: one thread per new entry gathers ``old[source]`` or writes 0.
+- :func:`count_kept`: per-lane counts in a grid-stride loop, summed on the host (the only number an
+  update sends back, besides the candidate counts of :func:`.growth.topk_grad`).
+- :func:`keep_by_magnitude`: each entry gets the rank key ``bits(|w|) << 32 | (2^32 - 1 - p)``
+  (:func:`._growth_tiles.rank_key`: larger |w| first, lower p first on ties: the shared rule), the
+  keys are sorted descending by the bitonic network of :mod:`._growth_tiles`, and the low halves of
+  the first ``n_keep`` sorted again give their positions ascending. O(nnz log^2 nnz) work, O(nnz)
+  memory, deterministic (a sorting network compares the same pairs whatever the data).
+- :func:`exclusion_of` / :func:`csr_with_positions`: a sorted position list becomes CSR arrays with
+  one binary search per row (``indptr[r]`` = the number of positions below ``r * n_in``) and one
+  division per entry; two disjoint sorted lists are merged by rank (each element's place is its own
+  index plus the number of smaller elements of the other list, found by binary search): no atomics.
+
+Flat positions must fit the rank key's 32 bits: n_out * n_in <= 2^32, as for the growth kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import FormatTypeError, ShapeError
+from . import _growth_tiles as T
+from ._device import find_sorted, segment_of
+from ._launch import cuda, empty, is_device_array, launch, to_device
+from .arrays import zeros
+from .condensed import DeviceCondensed
+from .csr import DeviceCSR
+from .diagonal import DeviceDiagonal
+from .elementwise import flat as _flat_view
+from .topology import remap_by_source as _gather
+from .topology import source_by_position
+
+__all__ = [
+    "count_kept", "csr_with_positions", "exclusion_of", "flat_keys", "keep_by_magnitude", "remap_by_source",
+    "source_of",
+]
+
+#: Lanes of :func:`count_kept` (each counts every LANES-th entry).
+LANES = 1 << 10
+
+
+# --------------------------------------------------------------------------------------------------
+# Device functions and kernels
+
+
+@cuda.jit(device=True)
+def _lower_bound(a, n, v):
+    """The number of entries of the ascending ``a[:n]`` that are < v."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@cuda.jit
+def _csr_keys(indptr, indices, n_in, keys):
+    """keys[e] = row(e) * n_in + indices[e]; the row by binary search of indptr."""
+    e = cuda.grid(1)
+    if e < keys.shape[0]:
+        keys[e] = np.int64(segment_of(indptr, e)) * n_in + indices[e]
+
+
+@cuda.jit
+def _condensed_keys(rows, indices, k, n_in, keys):
+    """keys[e] = rows[e // k] * n_in + indices[e] (indices read flat)."""
+    e = cuda.grid(1)
+    if e < keys.shape[0]:
+        keys[e] = np.int64(rows[e // k]) * n_in + indices[e]
+
+
+@cuda.jit
+def _diagonal_source(old_offsets, new_offsets, L, source):
+    """source[k * L + t] = j * L + t where old_offsets[j] == new_offsets[k], else -1."""
+    e = cuda.grid(1)
+    if e < source.shape[0]:
+        k = e // L
+        j = find_sorted(old_offsets, 0, old_offsets.shape[0], new_offsets[k])
+        source[e] = np.int64(j) * L + (e - k * L) if j >= 0 else np.int64(-1)
+
+
+@cuda.jit
+def _count_nonnegative(source, lane_counts):
+    """lane_counts[l] = how many of source[l], source[l + n_lanes], ... are >= 0."""
+    n_lanes = lane_counts.shape[0]
+    for lane in range(cuda.grid(1), n_lanes, cuda.gridsize(1)):
+        count = 0
+        for e in range(lane, source.shape[0], n_lanes):
+            if source[e] >= 0:
+                count += 1
+        lane_counts[lane] = count
+
+
+@cuda.jit
+def _magnitude_keys(value_bits, keys, n, out):
+    """out[e] = rank key of |w_e| at position keys[e] for e < n; NO_KEY (padding) up to out's width."""
+    e = cuda.grid(1)
+    if e < out.shape[1]:
+        out[0, e] = T.rank_key(value_bits[e], keys[e]) if e < n else T.NO_KEY
+
+
+@cuda.jit
+def _low_halves(sorted_keys, k):
+    """sorted_keys[0, t] <- its low half (2^32 - 1 - p) for t < k, NO_KEY beyond (to sort again)."""
+    t = cuda.grid(1)
+    if t < sorted_keys.shape[1]:
+        sorted_keys[0, t] = sorted_keys[0, t] & T.INDEX_MASK if t < k else T.NO_KEY
+
+
+@cuda.jit
+def _positions_from_low_halves(sorted_low, out):
+    """out[t] = 2^32 - 1 - sorted_low[0, t]: descending low halves give ascending positions."""
+    t = cuda.grid(1)
+    if t < out.shape[0]:
+        out[t] = T.INDEX_MASK - sorted_low[0, t]
+
+
+@cuda.jit
+def _row_starts(positions, n, n_in, indptr):
+    """indptr[r] = the number of positions < r * n_in, for r = 0 .. n_out (ascending positions)."""
+    r = cuda.grid(1)
+    if r < indptr.shape[0]:
+        indptr[r] = _lower_bound(positions, n, np.int64(r) * n_in)
+
+
+@cuda.jit
+def _columns(positions, n_in, cols):
+    """cols[e] = positions[e] mod n_in, as int32."""
+    e = cuda.grid(1)
+    if e < cols.shape[0]:
+        p = positions[e]
+        cols[e] = np.int32(p - (p // n_in) * n_in)
+
+
+@cuda.jit
+def _merge_disjoint(a, rows, cols, n_in, out):
+    """Merge the ascending positions ``a`` with the ascending positions rows * n_in + cols (disjoint
+    from ``a``) into ``out``, ascending: element e goes to e + (number of smaller elements of the
+    other list)."""
+    n_a = a.shape[0]
+    n_b = rows.shape[0]
+    e = cuda.grid(1)
+    if e < n_a:
+        v = a[e]
+        lo = 0  # the number of grown positions < v
+        hi = n_b
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if rows[mid] * n_in + cols[mid] < v:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[e + lo] = v
+    elif e < n_a + n_b:
+        g = e - n_a
+        v = rows[g] * n_in + cols[g]
+        out[g + _lower_bound(a, n_a, v)] = v
+
+
+# --------------------------------------------------------------------------------------------------
+# Drivers
+
+
+def _check_flat_range(shape) -> None:
+    n_out, n_in = shape
+    if n_out * n_in > 1 << 32:
+        raise ShapeError(
+            f"layer {n_out} x {n_in} has {n_out * n_in} positions; the device topology update ranks flat "
+            "positions in 32 bits (at most 2^32): use the cpu backend for this layer"
+        )
+
+
+def _device_array(name: str, a, dtype):
+    """``a`` as a device array of ``dtype`` (a host array is copied there, as a host format is)."""
+    if not is_device_array(a):
+        a = to_device(np.ascontiguousarray(a, dtype=dtype))
+    if np.dtype(a.dtype) != np.dtype(dtype):
+        raise FormatTypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    return a
+
+
+def flat_keys(M):
+    """int64 device array (nnz,): the flat position of every stored entry of a DeviceCSR or
+    DeviceCondensed, in storage order (ascending)."""
+    n_in = M.shape[1]
+    nnz = int(M.values.size)
+    keys = empty((nnz,), np.int64)
+    if isinstance(M, DeviceCSR):
+        launch(_csr_keys, nnz, M.indptr, M.indices, n_in, keys)
+    elif isinstance(M, DeviceCondensed):
+        k = int(M.indices.shape[1]) if M.indices.ndim == 2 else 0
+        if nnz:
+            launch(_condensed_keys, nnz, M.rows, _flat_view(M.indices), k, n_in, keys)
+    else:
+        raise FormatTypeError(f"flat_keys takes a DeviceCSR or DeviceCondensed, got {type(M).__name__}")
+    return keys
+
+
+def source_of(old, new):
+    """int64 device array shaped like ``new.values``: for each new entry, the flat index of the same
+    position in ``old.values``, or -1 (implements :func:`purerigl.kernels.host_topology.source_of`).
+
+    Both are device matrices of the same format (a resident update keeps the format).
+    """
+    if type(old) is not type(new):
+        raise FormatTypeError(
+            f"a device topology change keeps the format: old is {type(old).__name__}, new is {type(new).__name__}"
+        )
+    shape = tuple(new.values.shape)
+    if isinstance(new, DeviceDiagonal):
+        L = int(new.values.shape[1]) if len(shape) == 2 else 0
+        source = empty((int(new.values.size),), np.int64)
+        launch(_diagonal_source, source.shape[0], old.offsets, new.offsets, L, source)
+        return source.reshape(shape)
+    return source_by_position(flat_keys(old), flat_keys(new)).reshape(shape)
+
+
+def remap_by_source(old_values, source, out=None):
+    """Gather ``old_values`` through ``source``, exactly 0 where it is -1; shaped like ``source``
+    (implements :func:`purerigl.kernels.host_topology.remap_by_source`)."""
+    n_new = int(source.size)
+    if out is None:
+        out = empty(tuple(source.shape), np.float32)
+    elif int(out.size) != n_new:
+        raise ShapeError(f"out has {out.size} entries, source has {n_new}")
+    if n_new:
+        _gather(_flat_view(source), old_values, out)
+    return out
+
+
+def count_kept(source) -> int:
+    """How many entries of the device array ``source`` are >= 0 (one small host copy: the lane sums)."""
+    n = int(source.size)
+    if n == 0:
+        return 0
+    lanes = empty((min(LANES, n),), np.int64)
+    launch(_count_nonnegative, lanes.shape[0], _flat_view(source), lanes)
+    return int(lanes.copy_to_host().sum())
+
+
+def keep_by_magnitude(W, n_keep: int):
+    """Flat positions (int64 device array, ascending) of the ``n_keep`` entries of the DeviceCSR or
+    DeviceCondensed ``W`` with the largest |w| layer-wide; equal |w|: the lower position is kept
+    (implements :func:`purerigl.kernels.host_topology.keep_by_magnitude`)."""
+    _check_flat_range(W.shape)
+    keys = flat_keys(W)
+    nnz = keys.shape[0]
+    n_keep = max(0, min(int(n_keep), nnz))
+    out = empty((n_keep,), np.int64)
+    if n_keep == 0:
+        return out
+    width = T.next_pow2(nnz)
+    ranked = empty((1, width), np.int64)  # (1, width): the row layout of the bitonic sort
+    launch(_magnitude_keys, width, _flat_view(W.values).view(np.int32), keys, nnz, ranked)
+    T.sort_rows_descending(ranked, launch)
+    low_width = T.next_pow2(n_keep)
+    low = ranked[:, :low_width]
+    launch(_low_halves, low_width, low, n_keep)
+    T.sort_rows_descending(low, launch)
+    launch(_positions_from_low_halves, n_keep, low, out)
+    return out
+
+
+def _csr_arrays(positions, n: int, shape):
+    """(indptr int64 (n_out + 1,), cols int32 (n,)) of the ascending device positions."""
+    n_out, n_in = shape
+    indptr = empty((n_out + 1,), np.int64)
+    cols = empty((n,), np.int32)
+    launch(_row_starts, n_out + 1, positions, n, n_in, indptr)
+    launch(_columns, n, positions, n_in, cols)
+    return indptr, cols
+
+
+def exclusion_of(flat, shape):
+    """(indptr int64 (n_out+1,), cols int32) device arrays: the ascending flat positions ``flat`` as a
+    CSR-like set, the form the growth kernels exclude (implements
+    :func:`purerigl.kernels.host_topology.exclusion_of`)."""
+    positions = _device_array("flat", flat, np.int64)
+    return _csr_arrays(positions, int(positions.shape[0]), tuple(shape))
+
+
+def csr_with_positions(kept, rows, cols, shape) -> DeviceCSR:
+    """The DeviceCSR (values 0) of the ascending flat positions ``kept`` and the positions
+    ``(rows, cols)``, ascending by ``rows * n_in + cols`` and disjoint from ``kept`` (as
+    :func:`purerigl.kernels.cuda.topk_grad` returns them) (implements
+    :func:`purerigl.kernels.host_topology.csr_with_positions`)."""
+    shape = (int(shape[0]), int(shape[1]))
+    kept = _device_array("kept", kept, np.int64)
+    rows = _device_array("rows", rows, np.int64)
+    cols = _device_array("cols", cols, np.int64)
+    n = int(kept.shape[0]) + int(rows.shape[0])
+    merged = empty((n,), np.int64)
+    launch(_merge_disjoint, n, kept, rows, cols, shape[1], merged)
+    indptr, indices = _csr_arrays(merged, n, shape)
+    return DeviceCSR(shape, indptr, indices, zeros((n,), np.float32))

@@ -1,0 +1,143 @@
+"""The topology-change operations of a DST update on host NumPy arrays (the reference and cpu backends).
+
+A DST method decides which connections a layer keeps and grows; these operations carry out the
+parts of that decision that touch every connection, so that the method's rule is written once and
+runs where its backend computes: here on host arrays, in :mod:`purerigl.kernels.cuda.structure` on
+device arrays (same names, signatures and results). The list of names is
+:data:`purerigl.kernels.registry.TOPOLOGY_OPS`.
+
+Positions are flat indices ``row * n_in + col`` (int64). Every selection follows the shared tie rule
+of :mod:`purerigl.dst.topology`: among equal scores the lower flat index ranks higher.
+
+- :func:`flat_positions`: the flat index of every stored entry, in storage order.
+- :func:`source_of` / :func:`remap_by_source`: match the entries of a new structure to the old one
+  (rule 1 of :mod:`purerigl.dst.topology`: a surviving position keeps its value and optimizer state)
+  and carry an array across (0 at new positions, rule 2).
+- :func:`count_kept`: how many new entries have a source (the ``kept`` statistic).
+- :func:`keep_by_magnitude`: the ``n_keep`` entries of largest |w| layer-wide (RigL's and SET's drop).
+- :func:`exclusion_of`: a sorted set of positions in the CSR-like form the growth kernels exclude.
+- :func:`csr_with_positions`: the CSR structure (values 0) of kept positions plus grown (rows, cols).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..formats import CSR, SparseFormat
+
+__all__ = [
+    "count_kept", "csr_from_flat", "csr_with_positions", "exclusion_of", "flat_positions", "keep_by_magnitude",
+    "remap_by_source", "source_of", "top_mask",
+]
+
+
+def flat_positions(W: SparseFormat) -> np.ndarray:
+    """int64 (nnz,): ``row * n_in + col`` of every stored entry, in the order of ``W.values.ravel()``."""
+    from .reference import triples  # the spec's (row, col, value) walk of every format
+
+    rows, cols, _ = triples(W)
+    return rows * W.n_in + cols
+
+
+def source_of(old: SparseFormat, new: SparseFormat) -> np.ndarray:
+    """int64 shaped like ``new.values``: for each new entry, the flat index of the same position in
+    ``old.values``, or -1 if the position was not stored in ``old``."""
+    old_flat = flat_positions(old)
+    order = np.argsort(old_flat, kind="stable")
+    sorted_flat = old_flat[order]
+    new_flat = flat_positions(new)
+    if sorted_flat.size == 0:  # nothing was stored: every new entry is new
+        return np.full(new.values.shape, -1, dtype=np.int64)
+    at = np.searchsorted(sorted_flat, new_flat)
+    at_clipped = np.minimum(at, sorted_flat.size - 1)
+    found = (at < sorted_flat.size) & (sorted_flat[at_clipped] == new_flat)
+    source = np.where(found, order[at_clipped], -1)
+    return source.reshape(new.values.shape).astype(np.int64)
+
+
+def remap_by_source(old_values: np.ndarray, source: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Gather ``old_values`` through ``source``, exactly 0 where the source is -1.
+
+    .. math:: \\mathrm{out}_e = \\mathrm{old}_{\\mathrm{source}_e} \\text{ if } \\mathrm{source}_e \\ge 0
+              \\text{ else } 0
+
+    Parameters
+    ----------
+    old_values : float32 ndarray, any shape (read flat)
+    source : int64 ndarray, entries in [-1, old_values.size)
+    out : float32 ndarray shaped like ``source``, optional (a new one if omitted); not ``old_values``
+
+    Returns
+    -------
+    out : float32 ndarray shaped like ``source``
+    """
+    if out is None:
+        out = np.zeros(source.shape, dtype=np.float32)
+    else:
+        out[...] = 0.0
+    src = source.reshape(-1)
+    kept = src >= 0
+    out.reshape(-1)[kept] = old_values.reshape(-1)[src[kept]]
+    return out
+
+
+def count_kept(source: np.ndarray) -> int:
+    """How many entries of ``source`` are >= 0 (new entries at a position that was stored before)."""
+    return int(np.count_nonzero(source >= 0))
+
+
+def top_mask(scores: np.ndarray, n: int) -> np.ndarray:
+    """bool mask of the ``n`` best entries of the 1-D ``scores`` under the shared tie rule.
+
+    The same set as ``rank_order(scores)[:n]`` (:func:`purerigl.dst.topology.rank_order`), found by
+    selection in O(size) instead of a sort: the n-th largest score t splits the entries into those
+    above t (all chosen) and those equal to t, of which the lowest indices fill the remaining places.
+    """
+    scores = np.asarray(scores)
+    size = scores.size
+    mask = np.zeros(size, dtype=bool)
+    n = min(int(n), size)
+    if n <= 0:
+        return mask
+    if n == size:
+        mask[:] = True
+        return mask
+    threshold = np.partition(scores, size - n)[size - n]  # the n-th largest score
+    np.greater(scores, threshold, out=mask)
+    ties = np.flatnonzero(scores == threshold)  # ascending index: the tie rule's order
+    mask[ties[: n - int(mask.sum())]] = True
+    return mask
+
+
+def keep_by_magnitude(W: SparseFormat, n_keep: int) -> np.ndarray:
+    """Flat positions (int64, sorted ascending) of the ``n_keep`` entries of W with the largest |w|
+    layer-wide. Ranking is over entries in flat-position order, so equal magnitudes keep the lower
+    position."""
+    flat = flat_positions(W)
+    order = np.argsort(flat, kind="stable")  # entries in flat-position order
+    keep = top_mask(np.abs(W.values.ravel()[order]), n_keep)
+    return flat[order][keep]
+
+
+def csr_from_flat(flat: np.ndarray, shape) -> CSR:
+    """A CSR structure (values zero) holding the given distinct flat positions ``row * n_in + col``."""
+    n_out, n_in = shape
+    flat = np.sort(np.asarray(flat, dtype=np.int64))
+    rows, cols = np.divmod(flat, n_in)
+    indptr = np.zeros(n_out + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_out), out=indptr[1:])
+    return CSR(indptr, cols.astype(np.int32), np.zeros(flat.size, dtype=np.float32), shape)
+
+
+def exclusion_of(flat: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr int64 (n_out+1,), cols int32): a CSR-like set of positions, sorted within each row,
+    in the form the growth kernels take for the positions they must not return."""
+    S = csr_from_flat(flat, shape)
+    return S.indptr, S.indices
+
+
+def csr_with_positions(kept: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> CSR:
+    """The CSR structure (values 0) of the flat positions ``kept`` together with the positions
+    ``(rows, cols)`` (disjoint from ``kept``): RigL's and SET's new active set."""
+    grown = np.asarray(rows, dtype=np.int64) * int(shape[1]) + np.asarray(cols, dtype=np.int64)
+    return csr_from_flat(np.concatenate([np.asarray(kept, dtype=np.int64), grown]), shape)

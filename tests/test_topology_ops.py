@@ -1,0 +1,213 @@
+"""The topology-change operations (registry.TOPOLOGY_OPS) on every backend, and the device RigL update.
+
+Pins down:
+
+- the host versions (:mod:`purerigl.kernels.host_topology`) against oracles built another way (a
+  dict from position to value, a full sort with Python's ``sorted``);
+- the cuda versions (Numba's CUDA simulator, blocks of 4 threads so that inputs span several blocks)
+  against the host versions, on the same inputs, with many exact ties in |w|: the same kept sets,
+  the same sources, the same remapped values (bit for bit: a gather), the same CSR arrays;
+- ``cuda.topk_grad`` on device arrays returns device arrays equal to its host path;
+- RigL's update of a layer on cuda (everything on the device) gives the structure, values and
+  optimizer state of the same update on cpu, and the host ``W`` read afterwards is that matrix;
+- the device errors: a format change on the device, a layer too large for 32-bit flat ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from purerigl.errors import FormatTypeError, ShapeError
+from purerigl.formats import CSR, Condensed, Diagonal
+from purerigl.kernels import get_backend, host_topology
+
+SMALL_BLOCK = 4
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    backend = get_backend("cuda")
+    from purerigl.kernels.cuda import _launch
+
+    saved = _launch.THREADS_PER_BLOCK
+    _launch.THREADS_PER_BLOCK = SMALL_BLOCK
+    yield backend
+    _launch.THREADS_PER_BLOCK = saved
+
+
+def _tied_values(rng, shape):
+    """float32 values from a handful of magnitudes and both signs: many exact ties in |w|."""
+    return (rng.choice([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], size=shape)).astype(np.float32)
+
+
+def _random_matrix(fmt: str, seed: int, shape=(7, 9), density=0.4):
+    rng = np.random.default_rng(seed)
+    cls = {"csr": CSR, "condensed": Condensed, "diagonal": Diagonal}[fmt]
+    W = cls.random(shape, density, rng)
+    W.values[...] = _tied_values(rng, W.values.shape)
+    return W
+
+
+def _positions(W) -> dict[int, float]:
+    """Oracle: {flat position: value} of every stored entry, through SciPy (explicit zeros kept)."""
+    coo = W.to_scipy().tocoo()
+    return {int(r) * W.n_in + int(c): float(v) for r, c, v in zip(coo.row, coo.col, coo.data)}
+
+
+# --------------------------------------------------------------------------------------------------
+# host versions against oracles
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed", "diagonal"]), frac=st.floats(0, 1))
+def test_host_keep_by_magnitude_is_the_sorted_prefix(seed, fmt, frac):
+    W = _random_matrix(fmt, seed)
+    entries = _positions(W)
+    n_keep = int(frac * len(entries))
+    want = sorted(sorted(entries, key=lambda p: (-abs(entries[p]), p))[:n_keep])
+    got = host_topology.keep_by_magnitude(W, n_keep)
+    assert got.dtype == np.int64 and got.tolist() == want
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed", "diagonal"]))
+def test_host_source_and_remap_follow_the_positions(seed, fmt):
+    old, new = _random_matrix(fmt, seed), _random_matrix(fmt, seed + 1)
+    old_entries = _positions(old)
+    source = host_topology.source_of(old, new)
+    assert source.shape == new.values.shape
+    out = host_topology.remap_by_source(old.values, source)
+    new_flat = host_topology.flat_positions(new)
+    for e, p in enumerate(new_flat):
+        assert out.ravel()[e] == np.float32(old_entries.get(int(p), 0.0))
+        assert (source.ravel()[e] >= 0) == (int(p) in old_entries)
+    assert host_topology.count_kept(source) == len(set(map(int, new_flat)) & set(old_entries))
+
+
+def test_host_csr_with_positions_and_exclusion():
+    shape = (4, 6)
+    kept = np.array([1, 5, 13, 20], dtype=np.int64)  # (0, 1), (0, 5), (2, 1), (3, 2)
+    rows, cols = np.array([0, 2, 3]), np.array([3, 0, 4])  # flat 3, 12, 22
+    M = host_topology.csr_with_positions(kept, rows, cols, shape)
+    assert M.indptr.tolist() == [0, 3, 3, 5, 7]
+    assert (M.indptr.size, M.indices.tolist()) == (5, [1, 3, 5, 0, 1, 2, 4])
+    assert not M.values.any()
+    indptr, ex_cols = host_topology.exclusion_of(kept, shape)
+    assert indptr.tolist() == [0, 2, 2, 3, 4] and ex_cols.tolist() == [1, 5, 1, 2]
+
+
+# --------------------------------------------------------------------------------------------------
+# cuda against host
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed"]), frac=st.floats(0, 1))
+def test_cuda_keep_by_magnitude_matches_host(cuda, seed, fmt, frac):
+    W = _random_matrix(fmt, seed)
+    n_keep = int(frac * W.nnz)
+    got = cuda.keep_by_magnitude(cuda.to_device(W), n_keep)
+    assert np.array_equal(cuda.to_host(got), host_topology.keep_by_magnitude(W, n_keep))
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed", "diagonal"]))
+def test_cuda_source_remap_and_count_match_host(cuda, seed, fmt):
+    old, new = _random_matrix(fmt, seed), _random_matrix(fmt, seed + 7)
+    want = host_topology.source_of(old, new)
+    source = cuda.source_of(cuda.to_device(old), cuda.to_device(new))
+    assert tuple(source.shape) == want.shape
+    assert np.array_equal(cuda.to_host(source), want)
+    out = cuda.remap_by_source(cuda.to_device(old.values), source)
+    assert np.array_equal(cuda.to_host(out), host_topology.remap_by_source(old.values, want))
+    assert cuda.count_kept(source) == host_topology.count_kept(want)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**16), n_out=st.integers(1, 6), n_in=st.integers(1, 7))
+def test_cuda_structure_builders_match_host(cuda, seed, n_out, n_in):
+    rng = np.random.default_rng(seed)
+    total = n_out * n_in
+    chosen = rng.permutation(total)[: rng.integers(0, total + 1)]
+    split = rng.integers(0, chosen.size + 1)
+    kept, grown = np.sort(chosen[:split]).astype(np.int64), np.sort(chosen[split:]).astype(np.int64)
+    rows, cols = np.divmod(grown, n_in)
+    want = host_topology.csr_with_positions(kept, rows, cols, (n_out, n_in))
+    got = cuda.to_host(cuda.csr_with_positions(cuda.to_device(kept), cuda.to_device(rows), cuda.to_device(cols),
+                                               (n_out, n_in)))
+    assert isinstance(got, CSR) and got.shape == want.shape
+    for name in ("indptr", "indices", "values"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+        assert getattr(got, name).dtype == getattr(want, name).dtype, name
+    ex = cuda.exclusion_of(cuda.to_device(kept), (n_out, n_in))
+    for a, b in zip(ex, host_topology.exclusion_of(kept, (n_out, n_in))):
+        assert np.array_equal(cuda.to_host(a), b)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), m=st.integers(0, 70))
+def test_cuda_topk_grad_on_device_arrays_matches_its_host_path(cuda, seed, m):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(-2, 3, (3, 9)).astype(np.float32)  # small integers: exact sums, many ties
+    dY = rng.integers(-2, 3, (3, 7)).astype(np.float32)
+    excluded = np.sort(rng.permutation(63)[:20]).astype(np.int64)
+    indptr, cols = host_topology.exclusion_of(excluded, (7, 9))
+    want = cuda.topk_grad(X, dY, m, indptr, cols)
+    to = cuda.to_device
+    got = cuda.topk_grad(to(X), to(dY), m, to(indptr), to(cols))
+    for g, w in zip(got, want):
+        assert not isinstance(g, np.ndarray)
+        assert np.array_equal(cuda.to_host(g), w)
+
+
+# --------------------------------------------------------------------------------------------------
+# RigL's whole update on the device
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rigl_update_on_cuda_matches_cpu(cuda, seed):
+    from purerigl.dst import LayerUpdate, make_method
+    from purerigl.nn.layers import SparseLinear
+    from purerigl.optim import SGD
+
+    rng = np.random.default_rng(seed)
+    W = CSR.random((6, 8), 0.4, rng)
+    W.values[...] = _tied_values(rng, W.values.shape)
+    X = rng.integers(-2, 3, (4, 8)).astype(np.float32)
+    dY = rng.integers(-2, 3, (4, 6)).astype(np.float32)
+    results = {}
+    for name in ("cpu", cuda):
+        layer = SparseLinear(W.copy(), backend=name, name="l")
+        opt = SGD(layer.parameters(), lr=0.1, momentum=0.9)
+        layer.forward(layer.backend.to_device(X))
+        layer.backward(layer.backend.to_device(dY))
+        opt.step()  # momentum becomes nonzero at every stored entry
+        stats = make_method("rigl", "csr").update(
+            LayerUpdate(layer=layer, optimizer=opt, alpha=0.5, rng=np.random.default_rng(0), budget=W.nnz)
+        )
+        layer.sync_to_host()
+        momentum = layer.backend.to_host(opt.state_arrays(layer.weight)["momentum_buffer"])
+        results[getattr(name, "name", name)] = (layer.W, momentum, stats)
+    (Wc, mc, sc), (Wg, mg, sg) = results["cpu"], results["cuda"]
+    assert sc == sg and sc["grown"] > 0
+    assert np.array_equal(Wc.indptr, Wg.indptr) and np.array_equal(Wc.indices, Wg.indices)
+    np.testing.assert_allclose(Wg.values, Wc.values, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mg, mc, rtol=1e-6, atol=1e-7)
+    assert Wg.nnz == W.nnz
+
+
+def test_device_format_change_is_refused(cuda):
+    old = cuda.to_device(_random_matrix("csr", 0))
+    new = cuda.to_device(_random_matrix("condensed", 0))
+    with pytest.raises(FormatTypeError, match="keeps the format"):
+        cuda.source_of(old, new)
+
+
+def test_device_ranks_refuse_layers_beyond_32_bit_positions(cuda):
+    from purerigl.kernels.cuda.csr import DeviceCSR
+
+    W = DeviceCSR((1 << 17, 1 << 16), None, None, None)  # never read: the size check comes first
+    with pytest.raises(ShapeError, match="2\\^32"):
+        cuda.keep_by_magnitude(W, 1)
