@@ -9,8 +9,8 @@ that output needs, so every sum is written once:
     \\mathrm{batch\\_dot}(A, i, S, j) &= \\sum_b A[b, i] \\, S[b, j]
 
 Sums run in float32, in ascending order of the summation index, so a result does not depend on the
-launch configuration. :func:`find_sorted` and :func:`segment_of` are the two binary searches the
-structure maps need.
+launch configuration. :func:`lower_bound`, :func:`find_sorted` and :func:`segment_of` are the
+binary searches the structure maps need.
 """
 
 from __future__ import annotations
@@ -39,17 +39,23 @@ def batch_dot(A, i, S, j):
 
 
 @cuda.jit(device=True)
-def find_sorted(a, lo, hi, v):
-    """The position of ``v`` in the strictly increasing ``a[lo:hi]``, or -1 when it is not there."""
-    end = hi
-    while lo < hi:  # first position in [lo, end) holding a value >= v
+def lower_bound(a, lo, hi, v):
+    """The first position in ``[lo, hi)`` of the ascending ``a`` holding a value >= v (``hi`` if none)."""
+    while lo < hi:
         mid = (lo + hi) // 2
         if a[mid] < v:
             lo = mid + 1
         else:
             hi = mid
-    if lo < end and a[lo] == v:
-        return lo
+    return lo
+
+
+@cuda.jit(device=True)
+def find_sorted(a, lo, hi, v):
+    """The position of ``v`` in the strictly increasing ``a[lo:hi]``, or -1 when it is not there."""
+    p = lower_bound(a, lo, hi, v)
+    if p < hi and a[p] == v:
+        return p
     return -1
 
 

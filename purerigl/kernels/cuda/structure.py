@@ -35,7 +35,7 @@ import numpy as np
 
 from ...errors import FormatTypeError, ShapeError
 from . import _growth_tiles as T
-from ._device import find_sorted, segment_of
+from ._device import find_sorted, lower_bound, segment_of
 from ._launch import cuda, empty, is_device_array, launch, to_device
 from .arrays import zeros
 from .condensed import DeviceCondensed
@@ -56,20 +56,6 @@ LANES = 1 << 10
 
 # --------------------------------------------------------------------------------------------------
 # Device functions and kernels
-
-
-@cuda.jit(device=True)
-def _lower_bound(a, n, v):
-    """The number of entries of the ascending ``a[:n]`` that are < v."""
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if a[mid] < v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 @cuda.jit
@@ -139,7 +125,7 @@ def _row_starts(positions, n, n_in, indptr):
     """indptr[r] = the number of positions < r * n_in, for r = 0 .. n_out (ascending positions)."""
     r = cuda.grid(1)
     if r < indptr.shape[0]:
-        indptr[r] = _lower_bound(positions, n, np.int64(r) * n_in)
+        indptr[r] = lower_bound(positions, 0, n, np.int64(r) * n_in)
 
 
 @cuda.jit
@@ -173,7 +159,7 @@ def _merge_disjoint(a, rows, cols, n_in, out):
     elif e < n_a + n_b:
         g = e - n_a
         v = rows[g] * n_in + cols[g]
-        out[g + _lower_bound(a, n_a, v)] = v
+        out[g + lower_bound(a, 0, n_a, v)] = v
 
 
 # --------------------------------------------------------------------------------------------------
