@@ -39,7 +39,8 @@ def _fill_zeros_kernel(a):
 
 @cuda.jit
 def _dense_matmul_kernel(W, X, Y):
-    """Y[b, i] = sum_j W[i, j] X[b, j], ascending j in float32; one thread per output."""
+    """Y[b, i] = sum_j W[i, j] X[b, j], ascending j in float32; one thread per output (W may be a
+    transposed view: dense_matmul_t passes W^T)."""
     q = cuda.grid(1)
     B, n_out = Y.shape
     if q < B * n_out:
@@ -49,20 +50,6 @@ def _dense_matmul_kernel(W, X, Y):
         for j in range(W.shape[1]):
             s += W[i, j] * X[b, j]
         Y[b, i] = s
-
-
-@cuda.jit
-def _dense_matmul_t_kernel(W, dY, dX):
-    """dX[b, j] = sum_i dY[b, i] W[i, j], ascending i in float32; one thread per output."""
-    q = cuda.grid(1)
-    B, n_in = dX.shape
-    if q < B * n_in:
-        b = q // n_in
-        j = q % n_in
-        s = np.float32(0.0)
-        for i in range(W.shape[0]):
-            s += dY[b, i] * W[i, j]
-        dX[b, j] = s
 
 
 @cuda.jit
@@ -138,7 +125,7 @@ def dense_matmul_t(W, dY):
     """
     B = _dense_operands(W, dY, "dY", W.shape[0])
     dX = empty((B, W.shape[1]), np.float32)
-    launch(_dense_matmul_t_kernel, dX.size, W, dY, dX)
+    launch(_dense_matmul_kernel, dX.size, W.T, dY, dX)  # W^T (n_in, n_out), a strided view: sums in ascending i
     return dX
 
 

@@ -36,11 +36,12 @@ import numpy as np
 from ...errors import FormatTypeError, ShapeError
 from . import _growth_tiles as T
 from ._device import find_sorted, lower_bound, segment_of
-from ._launch import cuda, empty, is_device_array, launch, to_device
+from ._launch import cuda, empty, launch
 from .arrays import zeros
 from .condensed import DeviceCondensed
 from .csr import DeviceCSR
 from .diagonal import DeviceDiagonal
+from .elementwise import check_device
 from .elementwise import flat as _flat_view
 from .topology import remap_by_source as _gather
 from .topology import source_by_position
@@ -175,15 +176,6 @@ def _check_flat_range(shape) -> None:
         )
 
 
-def _device_array(name: str, a, dtype):
-    """``a`` as a device array of ``dtype`` (a host array is copied there, as a host format is)."""
-    if not is_device_array(a):
-        a = to_device(np.ascontiguousarray(a, dtype=dtype))
-    if np.dtype(a.dtype) != np.dtype(dtype):
-        raise FormatTypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
-    return a
-
-
 def flat_keys(M):
     """int64 device array (nnz,): the flat position of every stored entry of a DeviceCSR or
     DeviceCondensed, in storage order (ascending)."""
@@ -280,7 +272,7 @@ def exclusion_of(flat, shape):
     """(indptr int64 (n_out+1,), cols int32) device arrays: the ascending flat positions ``flat`` as a
     CSR-like set, the form the growth kernels exclude (implements
     :func:`purerigl.kernels.host_topology.exclusion_of`)."""
-    positions = _device_array("flat", flat, np.int64)
+    positions = check_device("flat", flat, np.int64, ndim=1)
     return _csr_arrays(positions, int(positions.shape[0]), tuple(shape))
 
 
@@ -290,9 +282,9 @@ def csr_with_positions(kept, rows, cols, shape) -> DeviceCSR:
     :func:`purerigl.kernels.cuda.topk_grad` returns them) (implements
     :func:`purerigl.kernels.host_topology.csr_with_positions`)."""
     shape = (int(shape[0]), int(shape[1]))
-    kept = _device_array("kept", kept, np.int64)
-    rows = _device_array("rows", rows, np.int64)
-    cols = _device_array("cols", cols, np.int64)
+    kept = check_device("kept", kept, np.int64, ndim=1)
+    rows = check_device("rows", rows, np.int64, ndim=1)
+    cols = check_device("cols", cols, np.int64, ndim=1)
     n = int(kept.shape[0]) + int(rows.shape[0])
     merged = empty((n,), np.int64)
     launch(_merge_disjoint, n, kept, rows, cols, shape[1], merged)
