@@ -1,0 +1,243 @@
+"""The selection operations of a DST update on host NumPy arrays (the reference and cpu backends).
+
+The building blocks that SET, SRigL, GSE and DynaDiag write their rules with, so that each rule is
+written once and runs where its backend computes: here on host arrays, in
+:mod:`purerigl.kernels.cuda.selection` on device arrays (same names, signatures and results). The
+list of names is part of :data:`purerigl.kernels.registry.TOPOLOGY_OPS`.
+
+Conventions (shared with :mod:`purerigl.kernels.host_topology`):
+
+- a **position** is the flat index ``p = row * n_in + col`` (int64); a **sorted position list** is
+  strictly increasing;
+- scores are float32 and ranked by **magnitude** |s|, larger first; among equal magnitudes the lower
+  index (or lower tag) ranks higher: the shared tie rule of :mod:`purerigl.dst.topology`;
+- masks are bool arrays; counts and indices are int64.
+
+Operations:
+
+- building positions: :func:`flat_of` (rows, cols), :func:`csr_positions` (indptr, cols),
+  :func:`arange`;
+- array plumbing: :func:`take`, :func:`compress`, :func:`count_true`, :func:`indicator`;
+- sets of positions: :func:`in_sorted`, :func:`merge_sorted`, :func:`rows_selected`,
+  :func:`row_counts`;
+- ranking: :func:`top_positions` (one layer-wide top-n), :func:`segment_top` (a top-n per
+  segment), :func:`row_norms` (L2 norm of each row of values);
+- random growth: :func:`columns_not_in` (the m-th free column of a row, so a host generator's draw
+  turns into columns where the structure lives);
+- new structures with zero values: :func:`csr_from_positions`, :func:`condensed_from_positions`,
+  :func:`diagonal_from_offsets`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..formats import CSR, Condensed, Diagonal
+from .host_topology import csr_from_flat, top_mask
+
+__all__ = [
+    "arange", "columns_not_in", "compress", "condensed_from_positions", "count_true", "csr_from_positions",
+    "csr_positions", "diagonal_from_offsets", "flat_of", "in_sorted", "indicator", "merge_sorted", "row_counts",
+    "row_norms", "rows_selected", "segment_top", "take", "top_positions",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# building positions and array plumbing
+
+
+def flat_of(rows: np.ndarray, cols: np.ndarray, n_in: int) -> np.ndarray:
+    """int64 (m,): ``rows * n_in + cols``."""
+    return np.asarray(rows, dtype=np.int64) * int(n_in) + np.asarray(cols, dtype=np.int64)
+
+
+def csr_positions(indptr: np.ndarray, cols: np.ndarray, n_in: int) -> np.ndarray:
+    """int64 (indptr[-1],): the positions of a CSR-like set, row i holding ``cols[indptr[i]:indptr[i+1]]``
+    (what :func:`purerigl.kernels.reference.topk_grad_rows` returns), in storage order."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    rows = np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
+    return flat_of(rows, cols, n_in)
+
+
+def arange(n: int) -> np.ndarray:
+    """int64 (n,): 0, 1, ..., n - 1."""
+    return np.arange(int(n), dtype=np.int64)
+
+
+def take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``a[idx]`` for a 1-D array ``a`` and int64 indices in [0, a.size)."""
+    return np.asarray(a).reshape(-1)[np.asarray(idx, dtype=np.int64)]
+
+
+def compress(a: np.ndarray, mask: np.ndarray, keep: bool = True) -> np.ndarray:
+    """The entries of the 1-D ``a`` where ``mask`` is ``keep``, in their order (``a[mask]`` or
+    ``a[~mask]``)."""
+    a = np.asarray(a).reshape(-1)
+    mask = np.asarray(mask, dtype=bool).reshape(-1)
+    return a[mask] if keep else a[~mask]
+
+
+def count_true(mask: np.ndarray) -> int:
+    """How many entries of ``mask`` are True."""
+    return int(np.count_nonzero(mask))
+
+
+def indicator(indices: np.ndarray, size: int) -> np.ndarray:
+    """bool (size,): True at ``indices`` (int64 in [0, size)), False elsewhere."""
+    mask = np.zeros(int(size), dtype=bool)
+    mask[np.asarray(indices, dtype=np.int64)] = True
+    return mask
+
+
+# --------------------------------------------------------------------------------------------------
+# sets of positions
+
+
+def in_sorted(values: np.ndarray, sorted_array: np.ndarray) -> np.ndarray:
+    """bool shaped like ``values``: which of them occur in the ascending ``sorted_array``.
+
+    ``np.isin`` by binary search, which avoids the slow hash path NumPy 2's ``np.isin`` takes for
+    large-range int64 keys.
+    """
+    values = np.asarray(values)
+    sorted_array = np.asarray(sorted_array)
+    if sorted_array.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_array, values), sorted_array.size - 1)
+    return sorted_array[at] == values
+
+
+def merge_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """int64: the union of the disjoint ascending int64 arrays ``a`` and ``b``, ascending."""
+    merged = np.concatenate([np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)])
+    merged.sort(kind="stable")
+    return merged
+
+
+def rows_selected(flat: np.ndarray, row_mask: np.ndarray, n_in: int) -> np.ndarray:
+    """bool shaped like ``flat``: whether each position's row is selected, ``row_mask[flat // n_in]``."""
+    return np.asarray(row_mask, dtype=bool)[np.asarray(flat, dtype=np.int64) // int(n_in)]
+
+
+def row_counts(flat: np.ndarray, shape) -> np.ndarray:
+    """int64 (n_out,): how many of the positions ``flat`` lie in each row of a ``shape`` layer."""
+    n_out, n_in = int(shape[0]), int(shape[1])
+    return np.bincount(np.asarray(flat, dtype=np.int64) // n_in, minlength=n_out).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# ranking
+
+
+def top_positions(scores: np.ndarray, tags: np.ndarray, n: int) -> np.ndarray:
+    """int64 (min(n, size),), ascending: the ``tags`` of the ``n`` entries of largest |scores|.
+
+    .. math:: \\operatorname{top}_n \\{ \\mathrm{tags}_e \\text{ by } |s_e| \\}
+
+    Parameters
+    ----------
+    scores : float32 ndarray, shape (size,)
+    tags : int64 ndarray, shape (size,)
+        Strictly increasing, in [0, 2^32) (positions, offsets, indices): equal magnitudes rank the
+        lower tag first.
+    n : int >= 0
+    """
+    scores = np.asarray(scores).reshape(-1)
+    tags = np.asarray(tags, dtype=np.int64).reshape(-1)
+    return tags[top_mask(np.abs(scores), n)]  # tags ascending: index order is tag order
+
+
+def segment_top(scores: np.ndarray, starts: np.ndarray, counts: np.ndarray, eligible=None) -> np.ndarray:
+    """bool (size,): in each segment, the ``counts[q]`` eligible entries of largest |scores|.
+
+    .. math:: \\mathrm{chosen}_e \\iff e \\in \\operatorname{top}_{c_q}
+              \\{ f \\in [s_q, s_{q+1}) : \\mathrm{eligible}_f \\text{ by } |\\mathrm{scores}_f| \\}
+
+    A segment with fewer than ``counts[q]`` eligible entries has all of them chosen; an ineligible
+    entry is never chosen. Equal magnitudes: the lower index first.
+
+    Parameters
+    ----------
+    scores : float32 ndarray, shape (size,)
+    starts : int64 ndarray, shape (n_seg + 1,)
+        Non-decreasing, ``starts[0] = 0``, ``starts[-1] = size``: segment q is ``[starts[q], starts[q+1])``.
+    counts : int64 ndarray, shape (n_seg,), >= 0
+    eligible : bool ndarray, shape (size,), optional (all eligible)
+    """
+    scores = np.abs(np.asarray(scores).reshape(-1)).astype(np.float64)
+    starts = np.asarray(starts, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    size = scores.size
+    seg = np.repeat(np.arange(counts.size, dtype=np.int64), np.diff(starts))  # segment of each entry
+    ok = np.ones(size, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).reshape(-1)
+    # eligible entries first, then by segment, larger |score| first, lower index first
+    order = np.lexsort((np.arange(size), -scores, ~ok, seg))
+    first = starts[seg[order]]  # start of the entry's segment, in sorted order
+    rank = np.empty(size, dtype=np.int64)
+    rank[order] = np.arange(size) - first
+    return ok & (rank < counts[seg])
+
+
+def row_norms(values: np.ndarray) -> np.ndarray:
+    """float32 (K,): the L2 norm of each row of the 2-D float32 ``values`` (K, L), summed in float64.
+
+    .. math:: \\lVert V_k \\rVert_2 = \\Big(\\sum_t V_{k,t}^2\\Big)^{1/2}
+    """
+    v = np.asarray(values, dtype=np.float64)
+    return np.sqrt(np.einsum("kl,kl->k", v, v)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# random growth
+
+
+def columns_not_in(kept: np.ndarray, shape, rows: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """int64 (m,): for each pair, column number ``ranks[m]`` (0-based, ascending) of row ``rows[m]``
+    among the columns that the ascending positions ``kept`` do not hold.
+
+    With :math:`k_0 < k_1 < \\dots` the kept columns of the row, the r-th free column is
+    :math:`c = r + t`, :math:`t = |\\{ i : k_i - i \\le r \\}|` (``k_i - i`` counts the free columns
+    before :math:`k_i` and never decreases), one binary search per pair. A host generator draws the
+    ranks; this turns them into columns where the structure lives, so the draw is the same on every
+    backend.
+    """
+    n_out, n_in = int(shape[0]), int(shape[1])
+    kept = np.asarray(kept, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    ranks = np.asarray(ranks, dtype=np.int64)
+    starts = np.searchsorted(kept, np.arange(n_out + 1, dtype=np.int64) * n_in)  # row bounds in kept
+    cols = kept - (kept // n_in) * n_in
+    free_before = cols - (np.arange(kept.size) - starts[kept // n_in])  # k_i - i within the row
+    out = np.empty(rows.size, dtype=np.int64)
+    for m in range(rows.size):  # one binary search per pair
+        lo, hi = starts[rows[m]], starts[rows[m] + 1]
+        out[m] = ranks[m] + np.searchsorted(free_before[lo:hi], ranks[m], side="right")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# new structures (values zero)
+
+
+def csr_from_positions(flat: np.ndarray, shape) -> CSR:
+    """A CSR structure (values 0) holding the ascending distinct positions ``flat``."""
+    return csr_from_flat(flat, shape)
+
+
+def condensed_from_positions(rows: np.ndarray, flat: np.ndarray, shape) -> Condensed:
+    """A Condensed structure (values 0) with active ``rows`` (ascending) holding the ascending
+    positions ``flat``, the same number k = len(flat) / len(rows) in every active row and none
+    elsewhere (the caller has checked the counts: :func:`row_counts`)."""
+    n_out, n_in = int(shape[0]), int(shape[1])
+    rows = np.asarray(rows, dtype=np.int32)
+    flat = np.asarray(flat, dtype=np.int64)
+    k = flat.size // rows.size if rows.size else 0
+    indices = (flat - (flat // n_in) * n_in).astype(np.int32).reshape(rows.size, k)  # (n_active, k)
+    return Condensed(rows, indices, np.zeros((rows.size, k), dtype=np.float32), (n_out, n_in))
+
+
+def diagonal_from_offsets(offsets: np.ndarray, shape) -> Diagonal:
+    """A Diagonal structure (values 0) with the ascending ``offsets``."""
+    n_out, n_in = int(shape[0]), int(shape[1])
+    offsets = np.asarray(offsets, dtype=np.int32)
+    return Diagonal(offsets, np.zeros((offsets.size, min(n_out, n_in)), dtype=np.float32), (n_out, n_in))
