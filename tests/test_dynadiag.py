@@ -356,7 +356,7 @@ def test_update_invariants_property(orientation, small, extra, k_frac, alpha, ti
 def test_errors():
     rng = np.random.default_rng(0)
     layer, opt = make_layer((8, 8), 2, "reference", rng)
-    with pytest.raises(MethodError, match="no stored batch"):
+    with pytest.raises(MethodError, match="needs the layer.s last batch"):
         run_update(layer, opt, 0.5)
     train_steps(layer, opt, rng)
     with pytest.raises(MethodError, match="alpha"):

@@ -316,3 +316,23 @@ def test_every_backend_has_the_topology_ops(name):
         if name in ("reference", "cpu"):
             assert fn is getattr(host_topology, op)
     assert get_backend(name).source_of is module.source_of
+
+
+@pytest.mark.parametrize("name", sorted(registry.BACKENDS))
+def test_every_backend_has_the_selection_ops(name):
+    """Every backend defines every selection op with host_selection's parameters (names and order);
+    the host backends use host_selection's functions themselves, and a Backend forwards them."""
+    from purerigl.kernels import host_selection
+    from purerigl.kernels.registry import SELECTION_OPS
+
+    assert sorted(SELECTION_OPS) == sorted(host_selection.__all__)
+    module = importlib.import_module(registry.BACKENDS[name])
+    for op in SELECTION_OPS:
+        fn = getattr(module, op, None)
+        assert callable(fn), f"{name}: {op} missing"
+        assert list(inspect.signature(fn).parameters) == list(
+            inspect.signature(getattr(host_selection, op)).parameters
+        ), f"{name}: {op} parameters"
+        if name in ("reference", "cpu"):
+            assert fn is getattr(host_selection, op)
+    assert get_backend(name).segment_top is module.segment_top

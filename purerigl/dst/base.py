@@ -47,6 +47,24 @@ class LayerUpdate:
     is_output: bool = False
 
 
+def format_of(M) -> str:
+    """The storage format of a host or device matrix: "condensed", "diagonal" or "csr" (a device
+    matrix ``DeviceCSR`` is "csr", like the host ``CSR`` it mirrors)."""
+    return type(M).__name__.removeprefix("Device").lower()
+
+
+def saved_batch_of(layer, method: str):
+    """(X, dY) the layer kept from its last forward and backward, as backend arrays, or a MethodError
+    naming the method that needs them."""
+    X, dY = layer.saved_batch()
+    if X is None or dY is None:
+        raise MethodError(
+            f"{method} needs the layer's last batch (X and dY) to score growth: run a forward and a "
+            f"backward pass on layer {getattr(layer, 'name', '?')!r} before the topology update"
+        )
+    return X, dY
+
+
 class Method:
     """Base class. ``formats`` lists the storage formats the method works on; the first is its default."""
 

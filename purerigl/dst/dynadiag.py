@@ -24,8 +24,16 @@ drop fraction :math:`\\alpha_t`, :math:`q = \\lfloor \\alpha_t K \\rfloor`:
    grown one starts at exactly 0 with zero state, and a diagonal dropped and regrown in the same
    update is not new: it keeps its old values and state.
 
-Ties (equal norms in step 1 or equal :math:`S_d` in step 2): the lower offset ranks higher, on every
-backend (the shared rule of :func:`purerigl.dst.topology.rank_order`).
+Both steps rank float32 scores: the value norms are summed in float64 and rounded once to float32
+(the backend's ``row_norms``), the gradient norms come as float32 from ``diag_grad_norms``. Ties
+(equal scores in step 1 or in step 2): the lower offset ranks higher, on every backend (the shared
+rule of :mod:`purerigl.dst.topology`).
+
+Where it runs: the rule is written with the layer backend's operations
+(:data:`purerigl.kernels.registry.SELECTION_OPS` and ``TOPOLOGY_OPS``) on ``layer.matrix`` and
+``layer.saved_batch()``, so on the cuda backend the whole update runs on the device: the norms, the
+two selections, the new offsets and the remap; only the ``kept`` count, the sizes of two
+compactions and a few small index arrays (none larger than P) cross to the host.
 
 Invariants after every update: K unchanged (so nnz = K L and density K / P); offsets strictly
 increasing in [0, P); the q dropped diagonals have the smallest norms, the q grown the largest
@@ -46,14 +54,15 @@ import numpy as np
 
 from ..formats import Diagonal
 from ..formats._base import floor_count
-from .base import LayerUpdate, Method, MethodError
-from .topology import apply_structure, rank_order
+from .base import LayerUpdate, Method, MethodError, format_of, saved_batch_of
+from .topology import apply_structure
 
 __all__ = ["DynaDiag", "diagonal_norms"]
 
 
 def diagonal_norms(W: Diagonal) -> np.ndarray:
-    """float64 (K,): the L2 norm of every stored diagonal.
+    """float64 (K,): the L2 norm of every stored diagonal of a host matrix (for inspection and the
+    tour; the update ranks the backend's float32 ``row_norms``, the same norms rounded once).
 
     .. math:: \\lVert V_k \\rVert_2 = \\sqrt{\\sum_{t=0}^{L-1} V_{k,t}^2}
     """
@@ -66,7 +75,7 @@ class DynaDiag(Method):
     gradient norm (see the module docstring for the rule and its invariants)."""
 
     name = "dynadiag"
-    resident = False  # reads host arrays: the updater refreshes them from the device first
+    resident = True  # written with backend operations only: runs on the device on cuda
     formats = ("diagonal",)
 
     def update(self, u: LayerUpdate) -> dict:
@@ -98,47 +107,39 @@ class DynaDiag(Method):
             to score growth with, or the backend returns scores of the wrong shape.
         """
         layer = u.layer
-        W = layer.W
-        if not isinstance(W, Diagonal):
+        M = layer.matrix  # the layer's Diagonal where its backend computes
+        if format_of(M) != "diagonal":
             raise MethodError(
                 f"method 'dynadiag' needs a Diagonal weight, layer {getattr(layer, 'name', '?')!r} "
-                f"stores a {type(W).__name__}"
+                f"stores a {type(M).__name__}"
             )
         alpha = float(u.alpha)
         if not 0.0 <= alpha <= 1.0:
             raise MethodError(f"drop fraction alpha must be in [0, 1], got {u.alpha!r}")
-        K, P = W.K, W.P
+        ops = layer.backend
+        K = int(M.values.shape[0])
+        P = max(layer.shape)
         q = floor_count(alpha * K)  # the same rounding as RigL's n_prune
         if q == 0:
-            return {"kept": W.nnz, "grown": 0, "dropped": 0, "diagonals": K}
+            return {"kept": int(M.values.size), "grown": 0, "dropped": 0, "diagonals": K}
+        X, dY = saved_batch_of(layer, "dynadiag")
 
-        X, dY = layer.last_input, layer.last_output_grad
-        if X is None or dY is None:
-            raise MethodError(
-                f"layer {getattr(layer, 'name', '?')!r} has no stored batch (forward and backward must "
-                "run before a topology update): growth needs X and dY"
-            )
-
-        # 1. Drop: keep the K - q diagonals with the largest norms. Offsets are sorted ascending, so
-        #    rank_order's lower-index tie rule is the lower-offset rule.
-        keep = rank_order(diagonal_norms(W))[: K - q]
-        kept_offsets = W.offsets[keep].astype(np.int64)
+        # 1. Drop: keep the K - q diagonals with the largest norms (ties: the lower offset; the
+        #    offsets are strictly increasing, so they are valid tags).
+        kept = ops.top_positions(ops.row_norms(M.values), M.offsets, K - q)  # offsets, ascending
 
         # 2. Grow: the q largest gradient norms among the offsets not kept (just-dropped included).
-        S = np.asarray(layer.backend.diag_grad_norms(X, dY))
-        if S.shape != (P,):
+        S = ops.diag_grad_norms(X, dY)  # (P,)
+        if tuple(S.shape) != (P,):
             raise MethodError(
-                f"backend {layer.backend.name!r} diag_grad_norms returned shape {S.shape}, "
-                f"expected (P,) = ({P},)"
+                f"backend {ops.name!r} diag_grad_norms returned shape {tuple(S.shape)}, expected (P,) = ({P},)"
             )
-        eligible = np.ones(P, dtype=bool)
-        eligible[kept_offsets] = False
-        candidates = np.flatnonzero(eligible)  # ascending: index ties are offset ties
-        grown_offsets = candidates[rank_order(S[candidates])[:q]]
+        is_kept = ops.indicator(kept, P)
+        grown = ops.top_positions(ops.compress(S, is_kept, keep=False),
+                                  ops.compress(ops.arange(P), is_kept, keep=False), q)
 
         # 3. Apply: values and optimizer state follow the positions (PAPERS.md 1.2).
-        offsets = np.sort(np.concatenate([kept_offsets, grown_offsets])).astype(np.int32)
-        new = Diagonal(offsets, np.zeros((K, W.L), dtype=np.float32), W.shape)
+        new = ops.diagonal_from_offsets(ops.merge_sorted(kept, grown), layer.shape)
         stats = apply_structure(layer, u.optimizer, new)
         stats["diagonals"] = K
         return stats

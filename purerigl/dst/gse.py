@@ -75,11 +75,10 @@ import math
 
 import numpy as np
 
-from ..formats import CSR, Condensed
 from ..formats._base import ceil_count, sorted_unique
-from .base import LayerUpdate, Method, MethodError
-from .samplers import Sampler, get_sampler
-from .topology import apply_structure, csr_from_flat, flat_positions, top_mask
+from .base import LayerUpdate, Method, MethodError, format_of
+from .samplers import Sampler, get_sampler, uniform
+from .topology import apply_structure
 
 __all__ = ["GSE"]
 
@@ -113,7 +112,7 @@ class GSE(Method):
     """
 
     name = "gse"
-    resident = False  # reads host arrays: the updater refreshes them from the device first
+    resident = True  # written with backend operations: the structure never leaves the backend
     formats = ("csr", "condensed")
 
     def __init__(self, gamma: float = 1.0, sampler: str | Sampler = "uniform"):
@@ -140,9 +139,9 @@ class GSE(Method):
         Parameters
         ----------
         u : LayerUpdate
-            Reads ``layer.W`` (CSR or Condensed), ``layer.last_input`` X (B, n_in),
-            ``layer.last_output_grad`` dY (B, n_out), ``layer.backend.grad_at``, ``alpha`` in [0, 1]
-            and ``rng`` (the sampler's generator); ``optimizer`` goes to the shared step.
+            Reads ``layer.matrix`` (CSR or Condensed) and ``layer.saved_batch()`` X (B, n_in), dY
+            (B, n_out) through the layer's backend, ``alpha`` in [0, 1] and ``rng`` (the sampler's
+            generator); ``optimizer`` goes to the shared step.
 
         Returns
         -------
@@ -154,78 +153,98 @@ class GSE(Method):
         alpha = float(u.alpha)
         if not (0.0 <= alpha <= 1.0):
             raise MethodError(f"gse: alpha must be in [0, 1], got {u.alpha!r}")
-        W = u.layer.W
-        if isinstance(W, CSR):
-            return self._update_csr(u, W, alpha)
-        if isinstance(W, Condensed):
-            return self._update_condensed(u, W, alpha)
+        M = u.layer.matrix
+        fmt = format_of(M)
+        if fmt == "csr":
+            return self._update_csr(u, M, alpha)
+        if fmt == "condensed":
+            return self._update_condensed(u, M, alpha)
         raise MethodError(
-            f"method 'gse' cannot update a {type(W).__name__} layer; it works on: {', '.join(self.formats)}"
+            f"method 'gse' cannot update a {type(M).__name__} layer; it works on: {', '.join(self.formats)}"
         )
 
     # ---------------------------------------------------------------------------------------------
 
-    def _update_csr(self, u: LayerUpdate, W: CSR, alpha: float) -> dict:
-        nnz = W.nnz
+    def _update_csr(self, u: LayerUpdate, M, alpha: float) -> dict:
+        layer, ops = u.layer, u.layer.backend
+        n_out, n_in = layer.shape
+        nnz = int(M.values.size)
         n_change = ceil_count(alpha * nnz)
         if n_change == 0:
             return _unchanged(nnz, 0)
-        X, dY = _batch(u.layer, W)
-        active = flat_positions(W)  # sorted: CSR rows ascending, columns sorted within rows
-        S = self._candidates(u.rng, W.n_out, W.n_in, nnz, X, dY, active)
+        X, dY = _batch(layer)
+        active = ops.flat_positions(M)  # ascending: CSR rows ascending, columns sorted within rows
+        S = self._candidates(u.rng, layer, n_out, n_in, nnz, active, rows=None)  # host, ascending
         k = min(n_change, S.size)
         if k == 0:
             return _unchanged(nnz, S.size)
-        rows, cols = np.divmod(S, W.n_in)
-        g = u.layer.backend.grad_at(X, dY, rows, cols)
-        grow = top_mask(np.abs(g), k)  # S is sorted by flat position: the shared tie rule applies
-        keep = top_mask(np.abs(W.values), nnz - k)  # the k smallest |w| are the ones not kept
-        new = csr_from_flat(np.concatenate([active[keep], S[grow]]), W.shape)
-        stats = apply_structure(u.layer, u.optimizer, new)
+        rows, cols = (ops.to_device(a) for a in np.divmod(S, n_in))
+        g = ops.grad_at(X, dY, rows, cols)
+        grown = ops.top_positions(g, ops.flat_of(rows, cols, n_in), k)  # S ascending: the shared tie rule
+        kept = ops.keep_by_magnitude(M, nnz - k)  # the k smallest |w| are the ones not kept
+        stats = apply_structure(layer, u.optimizer, ops.csr_from_positions(ops.merge_sorted(kept, grown), layer.shape))
         stats["candidates"] = int(S.size)
         return stats
 
-    def _update_condensed(self, u: LayerUpdate, W: Condensed, alpha: float) -> dict:
-        R, K, n_in = W.n_active, W.k, W.n_in
-        nnz = W.nnz
+    def _update_condensed(self, u: LayerUpdate, M, alpha: float) -> dict:
+        layer, ops = u.layer, u.layer.backend
+        n_out, n_in = layer.shape
+        R, K = (int(d) for d in M.indices.shape)
+        nnz = R * K
         n_change = ceil_count(alpha * K) if R else 0
         if n_change == 0:
             return _unchanged(nnz, 0)
-        X, dY = _batch(u.layer, W)
-        # Work in the compact (R, n_in) sub-layer of the active rows: compact row r is W.rows[r].
-        dY_active = dY if R == W.n_out else dY[:, W.rows]
-        compact_rows = np.arange(R, dtype=np.int64)
-        active = (compact_rows[:, None] * n_in + W.indices).ravel()  # sorted, like W.values.ravel()
-        S = self._candidates(u.rng, R, n_in, nnz, X, dY_active, active)
+        X, dY = _batch(layer)
+        # The sampler sees the compact (R, n_in) sub-layer of the active rows: compact row r is
+        # layer row rows[r] (ascending, so compact and layer positions sort alike).
+        rows = ops.to_host(M.rows).astype(np.int64)  # (R,)
+        S = self._candidates(u.rng, layer, R, n_in, nnz, ops.flat_positions(M), rows=rows)  # compact
         s_rows, s_cols = np.divmod(S, n_in)
-        k_r = np.minimum(n_change, np.bincount(s_rows, minlength=R))
+        per_row = np.bincount(s_rows, minlength=R)  # |S_r|
+        k_r = np.minimum(n_change, per_row)
         if not k_r.any():
             return _unchanged(nnz, S.size)
-        g = u.layer.backend.grad_at(X, dY, W.rows.astype(np.int64)[s_rows], s_cols)
-        grow = _top_per_group(s_rows, np.abs(g), k_r)
-        keep = _row_ranks(np.abs(W.values)) < (K - k_r)[:, None]
-        new_flat = np.sort(np.concatenate([active[keep.ravel()], S[grow]]))
-        new_cols = (new_flat % n_in).reshape(R, K).astype(np.int32)
-        new = Condensed(W.rows.copy(), new_cols, np.zeros((R, K), dtype=np.float32), W.shape)
-        stats = apply_structure(u.layer, u.optimizer, new)
+        layer_rows, cols = ops.to_device(rows[s_rows]), ops.to_device(s_cols)
+        g = ops.grad_at(X, dY, layer_rows, cols)
+        # grow: per row r the k_r candidates of largest |g|; drop: the k_r smallest |w| of row r
+        grow = ops.segment_top(g, ops.to_device(_starts(per_row)), ops.to_device(k_r))
+        grown = ops.compress(ops.flat_of(layer_rows, cols, n_in), grow)
+        keep = ops.segment_top(M.values.reshape(-1), ops.to_device(np.arange(R + 1, dtype=np.int64) * K),
+                               ops.to_device((K - k_r).astype(np.int64)))
+        kept = ops.compress(ops.flat_positions(M), keep)
+        new = ops.condensed_from_positions(M.rows, ops.merge_sorted(kept, grown), layer.shape)
+        stats = apply_structure(layer, u.optimizer, new)
         stats["candidates"] = int(S.size)
         return stats
 
     # ---------------------------------------------------------------------------------------------
 
-    def _candidates(self, rng, n_out, n_in, nnz, X, dY, active) -> np.ndarray:
-        """Sorted distinct flat positions ``row * n_in + col`` of the sampled pairs not in ``active``.
+    def _candidates(self, rng, layer, n_out, n_in, nnz, active, rows) -> np.ndarray:
+        """Sorted distinct flat positions ``row * n_in + col`` of the sampled pairs not active (host).
 
-        ``active`` holds the sorted flat positions of the current entries in the same row numbering.
+        ``active`` (a backend array) holds the ascending flat positions of the layer's entries. The
+        sampler draws over an (n_out, n_in) layer: the layer itself (``rows`` None) or the compact
+        sub-layer of its active rows ``rows`` (ascending host int64), whose compact positions map to
+        layer positions in the same order. The membership test runs on the backend: on cuda the
+        distinct pairs go to the device and one bool per pair comes back. GraBo, GraEst and custom
+        samplers read the batch on the host (``last_input`` / ``last_output_grad``: a copy of X and
+        dY on cuda); the uniform sampler reads nothing.
         """
+        ops = layer.backend
         n_samples = ceil_count(self.gamma * nnz)
-        rows, cols = self.sampler(rng, n_out, n_in, n_samples, X, dY)
-        rows, cols = _check_pairs(self.sampler_name, rows, cols, n_out, n_in, n_samples)
-        S = sorted_unique(rows * n_in + cols)
-        if active.size and S.size:
-            at = np.minimum(np.searchsorted(active, S), active.size - 1)
-            S = S[active[at] != S]
-        return S
+        X = dY = None
+        if self.sampler is not uniform:
+            X, dY = layer.last_input, layer.last_output_grad
+            if rows is not None and rows.size != layer.shape[0]:
+                dY = dY[:, rows]  # (B, R): the active rows' output gradients
+        pairs_r, pairs_c = self.sampler(rng, n_out, n_in, n_samples, X, dY)
+        pairs_r, pairs_c = _check_pairs(self.sampler_name, pairs_r, pairs_c, n_out, n_in, n_samples)
+        S = sorted_unique(pairs_r * n_in + pairs_c)
+        if S.size == 0:
+            return S
+        in_layer = S if rows is None else rows[S // n_in] * n_in + S % n_in
+        taken = ops.to_host(ops.in_sorted(ops.to_device(in_layer), active))
+        return S[~taken]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,21 +255,29 @@ def _unchanged(nnz: int, candidates: int) -> dict:
     return {"kept": int(nnz), "grown": 0, "dropped": 0, "candidates": int(candidates)}
 
 
-def _batch(layer, W) -> tuple[np.ndarray, np.ndarray]:
-    """The layer's last X (B, n_in) and dY (B, n_out), or a clear error."""
-    X, dY = layer.last_input, layer.last_output_grad
+def _batch(layer):
+    """The layer's last X (B, n_in) and dY (B, n_out) as backend arrays, or a clear error."""
+    X, dY = layer.saved_batch()
     if X is None or dY is None:
         raise MethodError(
             "gse needs the layer's last input and output gradient: run a forward and a backward "
             "pass on the layer before updating its topology"
         )
-    fits = X.ndim == 2 and dY.ndim == 2 and X.shape[0] == dY.shape[0]
-    if not (fits and X.shape[1] == W.n_in and dY.shape[1] == W.n_out):
+    n_out, n_in = layer.shape
+    fits = len(X.shape) == 2 and len(dY.shape) == 2 and X.shape[0] == dY.shape[0]
+    if not (fits and X.shape[1] == n_in and dY.shape[1] == n_out):
         raise MethodError(
-            f"gse: the layer's last input {X.shape} and output gradient {dY.shape} do not fit its "
-            f"shape (n_out={W.n_out}, n_in={W.n_in})"
+            f"gse: the layer's last input {tuple(X.shape)} and output gradient {tuple(dY.shape)} do not "
+            f"fit its shape (n_out={n_out}, n_in={n_in})"
         )
     return X, dY
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    """int64 (len + 1,): segment starts of consecutive segments of the given sizes."""
+    starts = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    return starts
 
 
 def _check_pairs(name, rows, cols, n_out, n_in, n_samples) -> tuple[np.ndarray, np.ndarray]:
@@ -269,27 +296,3 @@ def _check_pairs(name, rows, cols, n_out, n_in, n_samples) -> tuple[np.ndarray, 
         if a.size and (a.min() < 0 or a.max() >= upper):
             raise MethodError(f"gse sampler {name!r} returned {what} outside [0, {upper})")
     return rows.astype(np.int64), cols.astype(np.int64)
-
-
-def _top_per_group(groups: np.ndarray, scores: np.ndarray, n_per_group: np.ndarray) -> np.ndarray:
-    """bool mask: in each group ``q``, the ``n_per_group[q]`` best entries under the shared tie rule.
-
-    ``groups`` (m,) must be non-decreasing (entries sorted by flat position, so grouped by row);
-    higher score first, lower index first on ties, as :func:`purerigl.dst.topology.rank_order`.
-    """
-    m = scores.size
-    order = np.lexsort((np.arange(m), -scores.astype(np.float64), groups))
-    counts = np.bincount(groups, minlength=n_per_group.size)
-    starts = np.cumsum(counts) - counts
-    rank = np.empty(m, dtype=np.int64)
-    rank[order] = np.arange(m) - starts[groups[order]]
-    return rank < n_per_group[groups]
-
-
-def _row_ranks(scores: np.ndarray) -> np.ndarray:
-    """int64 like ``scores`` (R, K): each entry's rank within its row, best (highest) first, lower
-    column first on ties (a stable sort of the negated scores)."""
-    order = np.argsort(-scores.astype(np.float64), axis=1, kind="stable")
-    ranks = np.empty(scores.shape, dtype=np.int64)
-    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(scores.shape[1]), scores.shape), axis=1)
-    return ranks

@@ -18,6 +18,11 @@ rather than N(0, 0.1^2) (so growing alone does not change the network function, 
 method here), and the update follows the same delta_t / cosine schedule as RigL (the paper's SET is
 delta_t = one epoch with a constant fraction; pass ``--delta-t`` and ``--alpha`` to match it). The
 condensed-format SET is :class:`purerigl.dst.srigl.SETCondensed`.
+
+Where it runs: the drop and the new structure run on the layer's backend (on the device on cuda);
+the random draw is made by the updater's host generator, so the same seed gives the same topology
+on every backend. Per update on cuda: the draws go to the device, one membership bit per draw comes
+back, the grown positions go in; the values and optimizer state never leave the device.
 """
 
 from __future__ import annotations
@@ -25,32 +30,44 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats._base import sorted_unique
+from ..kernels.host_selection import in_sorted
 from .base import LayerUpdate
 from .rigl import MagnitudeDropCSR
-from .topology import csr_from_flat, keep_by_magnitude
+
+__all__ = ["SET", "in_sorted", "random_free_positions"]
 
 
-def in_sorted(values: np.ndarray, sorted_array: np.ndarray) -> np.ndarray:
-    """bool mask: which ``values`` occur in the ascending ``sorted_array`` (``np.isin`` by binary
-    search, which avoids the slow hash path NumPy 2's ``np.isin`` takes for large-range int64 keys)."""
-    if sorted_array.size == 0:
-        return np.zeros(values.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_array, values), sorted_array.size - 1)
-    return sorted_array[at] == values
-
-
-def random_free_positions(rng: np.random.Generator, total: int, taken: np.ndarray, n: int) -> np.ndarray:
+def random_free_positions(rng: np.random.Generator, total: int, taken, n: int, ops=None) -> np.ndarray:
     """``n`` distinct flat positions in [0, total) outside the sorted array ``taken``, uniformly.
 
-    Rejection sampling with top-ups: O(n + |taken|) memory, never O(total).
+    Rejection sampling with top-ups: O(n + |taken|) memory, never O(total). The draws come from the
+    host generator ``rng``, so they are the same whatever computes the membership test.
+
+    Parameters
+    ----------
+    rng : numpy Generator
+    total : int
+        Number of positions, n_out * n_in.
+    taken : int64 array, ascending
+        A host array, or an array of the backend ``ops`` (then each round's draw goes to the backend,
+        ``ops.in_sorted`` tests it there and one bool per draw comes back).
+    n : int
+    ops : Backend, optional
+
+    Returns
+    -------
+    int64 host ndarray (n,), ascending
     """
-    free = total - taken.size
+    free = total - int(taken.size)
     if n > free:
         raise ValueError(f"cannot grow {n} connections: only {free} free positions")
     chosen = np.empty(0, dtype=np.int64)
     while chosen.size < n:
         draw = rng.integers(0, total, size=2 * (n - chosen.size) + 16, dtype=np.int64)
-        draw = draw[~in_sorted(draw, taken)]
+        if ops is None:
+            draw = draw[~in_sorted(draw, taken)]
+        else:
+            draw = draw[~ops.to_host(ops.in_sorted(ops.to_device(draw), taken))]
         chosen = sorted_unique(np.concatenate([chosen, draw]))
     if chosen.size > n:  # drop a uniformly random surplus so the result stays a uniform n-subset
         chosen = np.sort(rng.choice(chosen, size=n, replace=False))
@@ -61,12 +78,19 @@ class SET(MagnitudeDropCSR):
     """SET on CSR storage: layer-wide magnitude drop, uniformly random regrowth."""
 
     name = "set"
-    resident = False  # reads host arrays: the updater refreshes them from the device first
+    resident = True  # written with backend operations: the structure never leaves the backend
 
     def new_structure(self, u: LayerUpdate, n_keep: int, n_grow: int):
         """Kept = the n_keep largest |w|; grown = n_grow positions drawn uniformly among those not kept
-        from the updater's generator (on the host: the draw depends on the kept set)."""
-        W = u.layer.W
-        kept = keep_by_magnitude(W, n_keep)
-        grown = random_free_positions(u.rng, W.n_out * W.n_in, kept, n_grow)
-        return csr_from_flat(np.concatenate([kept, grown]), W.shape)
+        from the updater's generator; the CSR structure of kept ∪ grown.
+
+        The draw is made on the host (so the same seed gives the same topology on every backend);
+        on cuda each round's draw goes to the device, its membership in the kept set comes back
+        (one bool per draw), and the grown positions go to the device.
+        """
+        layer = u.layer
+        ops = layer.backend
+        n_out, n_in = layer.shape
+        kept = ops.keep_by_magnitude(layer.matrix, n_keep)  # flat positions, ascending
+        grown = random_free_positions(u.rng, n_out * n_in, kept, n_grow, ops)
+        return ops.csr_from_positions(ops.merge_sorted(kept, ops.to_device(grown)), layer.shape)

@@ -67,10 +67,9 @@ import math
 
 import numpy as np
 
-from ..formats import Condensed
-from ..formats._base import floor_count, sorted_unique
-from .base import LayerUpdate, Method, MethodError
-from .topology import apply_structure, exclusion_of, top_mask
+from ..formats._base import floor_count
+from .base import LayerUpdate, Method, MethodError, format_of, saved_batch_of
+from .topology import apply_structure
 
 GROW_RULES = ("gradient", "random")
 
@@ -186,55 +185,10 @@ def constant_fan_in(budget: int, n_active: int, n_in: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# selections (entry arrays in any order; ties by flat position / column)
+# the salient set (written with backend operations: runs where the matrix lives)
 
 
-def _entries(W: Condensed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, |w|) of every stored entry, flat, in the order of ``W.values.ravel()``."""
-    rows = np.repeat(W.rows.astype(np.int64), W.k)  # (nnz,)
-    cols = W.indices.astype(np.int64).ravel()  # (nnz,)
-    return rows, cols, np.abs(W.values.ravel())  # float32 |w|: exact
-
-
-def top_entries(mags: np.ndarray, flat: np.ndarray, eligible: np.ndarray, n: int) -> np.ndarray:
-    """bool mask of the ``n`` eligible entries with the largest ``mags`` (ties: lower ``flat``).
-
-    All eligible entries are chosen when fewer than ``n`` are eligible.
-    """
-    chosen = np.zeros(mags.size, dtype=bool)
-    idx = np.flatnonzero(eligible)
-    if n <= 0 or idx.size == 0:
-        return chosen
-    if np.all(flat[idx][1:] > flat[idx][:-1]):  # storage order is position order (Condensed: always)
-        chosen[idx[top_mask(mags[idx], n)]] = True  # selection, O(nnz)
-    else:
-        order = np.lexsort((flat[idx], -mags[idx]))  # best first
-        chosen[idx[order[:n]]] = True
-    return chosen
-
-
-def trim_rows(rows: np.ndarray, cols: np.ndarray, mags: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
-    """``keep`` with every row cut back to its ``k`` largest ``mags`` (ties: lower column kept).
-
-    .. math:: \\mathrm{keep}'_{rj} = \\mathrm{keep}_{rj} \\wedge
-              \\mathrm{rank}_r(|w_{rj}|) < k
-    """
-    idx = np.flatnonzero(keep)
-    if idx.size == 0:
-        return keep.copy()
-    order = idx[np.lexsort((cols[idx], -mags[idx], rows[idx]))]  # by row, then best first
-    r_sorted = rows[order]
-    starts = np.flatnonzero(np.r_[True, r_sorted[1:] != r_sorted[:-1]])  # first entry of each row
-    run_start = np.repeat(starts, np.diff(np.r_[starts, r_sorted.size]))
-    rank = np.arange(r_sorted.size) - run_start  # 0 = the row's largest |w|
-    trimmed = np.zeros_like(keep)
-    trimmed[order[rank < k]] = True
-    return trimmed
-
-
-def salient_counts(
-    W: Condensed, X: np.ndarray, dY: np.ndarray, n_keep: int, n_prune: int, backend
-) -> np.ndarray:
+def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend) -> np.ndarray:
     """Salient entries per output neuron (PAPERS.md 3.3 step 1).
 
     .. math::
@@ -245,23 +199,28 @@ def salient_counts(
 
     The gradient half comes from ``backend.topk_grad`` with an empty exclusion (G is streamed).
 
+    Parameters
+    ----------
+    W : Condensed, or the backend's device matrix of one (``layer.matrix``)
+    X, dY : arrays of the backend, (B, n_in) and (B, n_out)
+    n_keep, n_prune : int
+    backend : Backend
+
     Returns
     -------
-    int64 ndarray, shape (n_out,)
+    int64 host ndarray, shape (n_out,) (on cuda the one array this step copies back)
     """
+    ops = backend
     n_out, n_in = W.shape
-    rows, cols, mags = _entries(W)
-    flat = rows * n_in + cols
-    mag_flat = flat[top_entries(mags, flat, np.ones(flat.size, dtype=bool), n_keep)]
+    flat = ops.flat_positions(W)  # ascending: Condensed rows ascending, columns increasing
+    salient = ops.top_positions(W.values.reshape(-1), flat, n_keep)
     if n_prune > 0:
-        g_rows, g_cols = backend.topk_grad(
-            X, dY, int(n_prune), np.zeros(n_out + 1, dtype=np.int64), np.zeros(0, dtype=np.int32)
-        )
-        grad_flat = np.asarray(g_rows, dtype=np.int64) * n_in + np.asarray(g_cols, dtype=np.int64)
-    else:
-        grad_flat = np.zeros(0, dtype=np.int64)
-    salient = sorted_unique(np.concatenate((mag_flat, grad_flat)))  # np.union1d, without NumPy 2's slow hash path
-    return np.bincount(salient // n_in, minlength=n_out).astype(np.int64)
+        none_indptr = ops.to_device(np.zeros(n_out + 1, dtype=np.int64))  # exclude nothing
+        none_cols = ops.to_device(np.zeros(0, dtype=np.int32))
+        g_rows, g_cols = ops.topk_grad(X, dY, int(n_prune), none_indptr, none_cols)
+        grad = ops.flat_of(g_rows, g_cols, n_in)  # ascending
+        salient = ops.merge_sorted(salient, ops.compress(grad, ops.in_sorted(grad, salient), keep=False))
+    return ops.to_host(ops.row_counts(salient, W.shape)).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,7 +241,7 @@ class SRigL(Method):
     """
 
     name = "srigl"
-    resident = False  # reads host arrays: the updater refreshes them from the device first
+    resident = True  # written with backend operations: the weights never leave the backend
     formats = ("condensed",)
 
     def __init__(self, gamma_sal: float = 0.3, grow: str = "gradient"):
@@ -320,145 +279,126 @@ class SRigL(Method):
             If W is not Condensed, alpha is outside [0, 1], the batch is missing when the gradient is
             needed, the budget gives k = 0 or k > n_in, or a backend breaks the constant fan-in.
         """
-        W = u.layer.W
-        if not isinstance(W, Condensed):
-            raise MethodError(f"{self.name} works on Condensed storage, the layer holds {type(W).__name__}")
+        M = u.layer.matrix
+        if format_of(M) != "condensed":
+            raise MethodError(f"{self.name} works on Condensed storage, the layer holds {type(M).__name__}")
         alpha = float(u.alpha)
         if not 0.0 <= alpha <= 1.0:
             raise MethodError(f"drop fraction alpha must be in [0, 1], got {u.alpha!r}")
-        n_out, n_in = W.shape
+        ops = u.layer.backend
+        n_out, n_in = u.layer.shape
         budget = int(u.budget)
-        backend = u.layer.backend
 
         # 1. counts
-        n = W.nnz
+        n = int(M.values.size)
         n_prune = floor_count(alpha * n)
         n_keep = n - n_prune
 
         # 2. ablation (recomputed from scratch), 3. fan-in
         was_active = np.zeros(n_out, dtype=bool)
-        was_active[W.rows] = True
+        was_active[ops.to_host(M.rows)] = True
         if self.gamma_sal > 0 and not u.is_output:
-            X, dY = self._batch(u)
-            counts = salient_counts(W, X, dY, n_keep, n_prune, backend)
+            X, dY = saved_batch_of(u.layer, self.name)
+            counts = salient_counts(M, X, dY, n_keep, n_prune, ops)
             active = ~neurons_to_ablate(counts, budget, n_in, self.gamma_sal)
         else:
             active = np.ones(n_out, dtype=bool)
         n_active = int(active.sum())
         k = constant_fan_in(budget, n_active, n_in)
+        k_old = int(M.indices.shape[1]) if n else 0
         stats_tail = {"n_prune": int(n_prune), "k": k, "active_rows": n_active, "ablated": n_out - n_active}
-        if n_prune == 0 and k == W.k and np.array_equal(active, was_active):
+        if n_prune == 0 and k == k_old and np.array_equal(active, was_active):
             return {"kept": n, "grown": 0, "dropped": 0, "regrown": 0, **stats_tail}
 
-        # 4.-6. drop, trim, grow; 7. apply (the helper's O(nnz) temporaries are freed first)
+        # 4.-6. drop, trim, grow; 7. apply
         new, regrown = self._new_structure(u, active, k, n_keep)
         stats = apply_structure(u.layer, u.optimizer, new)
         return {**stats, "regrown": regrown, **stats_tail}
 
-    def _new_structure(
-        self, u: LayerUpdate, active: np.ndarray, k: int, n_keep: int
-    ) -> tuple[Condensed, int]:
-        """Steps 4-6: the new structure (values zero) and how many dropped entries were regrown."""
-        W = u.layer.W
-        n_out, n_in = W.shape
-        # 4. drop layer-wide, 5. trim
-        rows, cols, mags = _entries(W)
-        flat = rows * n_in + cols
-        keep = top_entries(mags, flat, active[rows], n_keep)
-        keep = trim_rows(rows, cols, mags, keep, k)
-        kept_rows, kept_cols = rows[keep], cols[keep]
-        dropped_flat = flat[~keep]
-        del rows, cols, mags, flat, keep
+    def _new_structure(self, u: LayerUpdate, active: np.ndarray, k: int, n_keep: int):
+        """Steps 4-6: the new structure (values zero) and how many dropped entries were regrown.
 
-        # 6. grow per row
-        need = np.where(active, k - np.bincount(kept_rows, minlength=n_out), 0).astype(np.int64)
-        if self.grow == "gradient":
-            grown_rows, grown_cols = self._grow_gradient(u, kept_rows * n_in + kept_cols, need, W.shape)
+        Entries are handled by flat position ``row * n_in + col``, ascending (the storage order of a
+        Condensed matrix), on the layer's backend.
+        """
+        layer, ops = u.layer, u.layer.backend
+        M = layer.matrix
+        shape = layer.shape
+        n_out, n_in = shape
+        R_old, k_old = (int(d) for d in M.indices.shape)
+        flat = ops.flat_positions(M)  # (R_old * k_old,) ascending
+        values = M.values.reshape(-1)
+
+        # 4. drop layer-wide: the n_keep largest |w| among the entries of rows that stay active
+        if active.all():
+            kept = ops.top_positions(values, flat, n_keep)
         else:
-            grown_rows, grown_cols = self._grow_random(u.rng, kept_rows, kept_cols, need, n_in)
-        regrown = int(np.isin(grown_rows * n_in + grown_cols, dropped_flat).sum())
-        return _assemble(kept_rows, kept_cols, grown_rows, grown_cols, active, k, W.shape), regrown
+            stays = ops.rows_selected(flat, ops.to_device(active), n_in)
+            kept = ops.top_positions(ops.compress(values, stays), ops.compress(flat, stays), n_keep)
+        # 5. trim: a row keeping more than k entries keeps its k largest |w| (ties: lower column)
+        if k < k_old:
+            row_starts = ops.to_device(np.arange(R_old + 1, dtype=np.int64) * k_old)  # stored rows
+            keep = ops.segment_top(values, row_starts, ops.to_device(np.full(R_old, k, dtype=np.int64)),
+                                   ops.in_sorted(flat, kept))
+            kept = ops.compress(flat, keep)
+
+        # 6. grow per row: an active row keeping c_r < k entries grows k - c_r
+        kept_per_row = ops.to_host(ops.row_counts(kept, shape))
+        need = np.where(active, k - kept_per_row, 0).astype(np.int64)
+        if self.grow == "gradient":
+            grown = self._grow_gradient(u, kept, need)
+        else:
+            grown = self._grow_random(u, kept, need, kept_per_row)
+        regrown = ops.count_true(ops.in_sorted(grown, flat))  # grown is outside kept: in flat = dropped
+
+        # 7. the new structure, checked: exactly k columns in every active row, none elsewhere
+        positions = ops.merge_sorted(kept, grown)
+        fan = ops.to_host(ops.row_counts(positions, shape))
+        want = np.where(active, k, 0)
+        if np.any(fan != want):
+            bad = int(np.flatnonzero(fan != want)[0])
+            raise MethodError(
+                f"constant fan-in broken: row {bad} would hold {fan[bad]} connections, expected "
+                f"{want[bad]} (growth of backend {ops.name!r})"
+            )
+        rows = ops.to_device(np.flatnonzero(active).astype(np.int32))
+        return ops.condensed_from_positions(rows, positions, shape), int(regrown)
 
     # ----------------------------------------------------------------------------------------------
 
-    def _batch(self, u: LayerUpdate) -> tuple[np.ndarray, np.ndarray]:
-        X, dY = u.layer.last_input, u.layer.last_output_grad
-        if X is None or dY is None:
-            raise MethodError(
-                f"{self.name} needs the layer's last batch (X and dY) to score growth and saliency: "
-                "run a forward and a backward pass before the update"
-            )
-        return X, dY
-
-    def _grow_gradient(self, u: LayerUpdate, kept_flat: np.ndarray, need: np.ndarray, shape):
-        """Per row r, the top need[r] columns of |G[r, :]| outside the kept set (streamed)."""
+    def _grow_gradient(self, u: LayerUpdate, kept, need: np.ndarray):
+        """Per row r, the top need[r] columns of |G[r, :]| outside the kept positions (streamed by the
+        backend's ``topk_grad_rows``); their flat positions, ascending."""
+        ops = u.layer.backend
         if not need.any():
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        X, dY = self._batch(u)
-        ex_indptr, ex_cols = exclusion_of(kept_flat, shape)
-        indptr, cols = u.layer.backend.topk_grad_rows(X, dY, need, ex_indptr, ex_cols)
-        got = np.diff(np.asarray(indptr, dtype=np.int64))
-        if got.shape != need.shape:
-            raise MethodError(f"topk_grad_rows returned {got.size} rows, the layer has {need.size}")
-        if np.any(got != need):
-            bad = int(np.flatnonzero(got != need)[0])
-            raise MethodError(
-                f"topk_grad_rows of backend {u.layer.backend!r} returned {got[bad]} columns for row "
-                f"{bad}, expected {need[bad]}: the constant fan-in would break"
-            )
-        rows = np.repeat(np.arange(need.size, dtype=np.int64), got)
-        return rows, np.asarray(cols, dtype=np.int64)
+            return ops.to_device(np.zeros(0, dtype=np.int64))
+        X, dY = saved_batch_of(u.layer, self.name)
+        ex_indptr, ex_cols = ops.exclusion_of(kept, u.layer.shape)
+        indptr, cols = ops.topk_grad_rows(X, dY, ops.to_device(need), ex_indptr, ex_cols)
+        return ops.csr_positions(indptr, cols, u.layer.shape[1])
 
     @staticmethod
-    def _grow_random(rng: np.random.Generator, kept_rows, kept_cols, need: np.ndarray, n_in: int):
-        """Per row r (ascending), need[r] distinct columns drawn uniformly among those not kept."""
-        order = np.lexsort((kept_cols, kept_rows))
-        kr, kc = kept_rows[order], kept_cols[order]
-        bounds = np.searchsorted(kr, np.arange(need.size + 1))
-        all_cols = np.arange(n_in, dtype=np.int64)
-        out_rows, out_cols = [], []
+    def _grow_random(u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):
+        """Per row r (ascending), need[r] distinct columns drawn uniformly among the n_in - c_r it does
+        not keep; their flat positions, ascending.
+
+        The updater's host generator draws, per row, which of the row's free columns to take (their
+        ranks among the free columns, ``rng.choice(n_free, need, replace=False)``: the very draws of
+        ``rng.choice(free_columns, ...)``); the backend's ``columns_not_in`` turns ranks into columns
+        where the structure lives.
+        """
+        ops = u.layer.backend
+        n_in = u.layer.shape[1]
+        rows, ranks = [], []
         for r in np.flatnonzero(need):
-            free = np.setdiff1d(all_cols, kc[bounds[r]:bounds[r + 1]], assume_unique=True)
-            chosen = np.sort(rng.choice(free, size=int(need[r]), replace=False))
-            out_rows.append(np.full(chosen.size, r, dtype=np.int64))
-            out_cols.append(chosen.astype(np.int64))
-        if not out_rows:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(out_rows), np.concatenate(out_cols)
-
-
-def _assemble(kept_rows, kept_cols, grown_rows, grown_cols, active: np.ndarray, k: int, shape) -> Condensed:
-    """The new Condensed structure (values zero): rows = active rows ascending, columns sorted.
-
-    Raises MethodError unless every active row holds exactly k distinct columns and no ablated row
-    holds any.
-    """
-    n_out, n_in = shape
-    rows = np.concatenate([kept_rows, grown_rows]).astype(np.int64)
-    cols = np.concatenate([kept_cols, grown_cols]).astype(np.int64)
-    fan = np.bincount(rows, minlength=n_out)
-    want = np.where(active, k, 0)
-    if fan.size != n_out or np.any(fan != want):
-        bad = int(np.flatnonzero(fan != want)[0])
-        raise MethodError(
-            f"constant fan-in broken: row {bad} would hold {fan[bad]} connections, expected {want[bad]}"
-        )
-    order = np.lexsort((cols, rows))
-    n_active = int(active.sum())
-    indices = cols[order].reshape(n_active, k)
-    if k > 1 and np.any(np.diff(indices, axis=1) <= 0):
-        bad = int(np.flatnonzero(np.any(np.diff(indices, axis=1) <= 0, axis=1))[0])
-        row = int(np.flatnonzero(active)[bad])
-        raise MethodError(f"row {row} would hold a column twice: {indices[bad].tolist()}")
-    if indices.size and (indices.min() < 0 or indices.max() >= n_in):
-        raise MethodError(f"a grown column is outside [0, {n_in})")
-    new = Condensed(
-        np.flatnonzero(active).astype(np.int32),
-        indices.astype(np.int32),
-        np.zeros((n_active, k), dtype=np.float32),
-        shape,
-    )
-    return new
+            chosen = np.sort(u.rng.choice(n_in - int(kept_per_row[r]), size=int(need[r]), replace=False))
+            rows.append(np.full(chosen.size, r, dtype=np.int64))
+            ranks.append(chosen.astype(np.int64))
+        if not rows:
+            return ops.to_device(np.zeros(0, dtype=np.int64))
+        d_rows = ops.to_device(np.concatenate(rows))
+        cols = ops.columns_not_in(kept, u.layer.shape, d_rows, ops.to_device(np.concatenate(ranks)))
+        return ops.flat_of(d_rows, cols, n_in)
 
 
 class SETCondensed(SRigL):

@@ -5,16 +5,22 @@ schedule whether this step updates; if so, every sparse layer is handed to the m
 drop fraction alpha_t. Once per epoch it reports the topology: nnz, density, fan-in range, ablated
 neurons and the fraction of connections changed since the previous epoch, per layer.
 
-Device-resident training (the cuda backend). A method whose rule is written with the backend's
-operations (``Method.resident``: static and RigL) updates a layer where it lives: drop, growth
-selection, new structure and the value and optimizer-state remap all run on the device, and only
-two kinds of number come back to the host: one candidate count per gradient tile inside the growth
-selection and the ``kept`` count of :func:`~purerigl.dst.topology.apply_structure`. The other
-methods (SET, SRigL, GSE, DynaDiag) still run their host code: per sparse layer and update step the
-updater first refreshes the host copies (:meth:`SparseLinear.sync_to_host`: the values and the
-bias), the method reads the last X and dY (``last_input`` / ``last_output_grad``, one copy each), its
-growth kernels copy their operands in and their choices out, and the new structure goes to the
-device, where the values and optimizer state are remapped. That is amortised over delta_t steps.
+Device-resident training (the cuda backend). Every built-in method is written with its layer
+backend's operations (``Method.resident``: :data:`~purerigl.kernels.registry.TOPOLOGY_OPS` and
+:data:`~purerigl.kernels.registry.SELECTION_OPS` on ``layer.matrix`` and ``layer.saved_batch()``), so
+it updates a layer where it lives: scoring, selections, the new structure and the value and
+optimizer-state remap run on the device. The values, the bias, the batch, the gradients and the
+optimizer state never cross; what does, per sparse layer and update, is small and named in each
+method's docstring: counts and sizes (the ``kept`` count, the size of each compaction, one
+candidate count per gradient tile), the draws of the host generator going in (SET, SET on condensed
+storage, GSE's candidates, so a seed gives the same topology on every backend) with one membership
+bit per draw coming back, and per-row integer vectors of length n_out (SRigL's salient and kept
+counts, its active rows). GSE's GraBo and GraEst samplers read the batch on the host (a copy of X and
+dY), so that their draws too are the cpu backend's. A method with ``resident = False`` (one a user
+wrote with host arrays) still works: per sparse layer and update the updater first refreshes the host
+copies (:meth:`SparseLinear.sync_to_host`: the values and the bias), the method reads the last X and
+dY (``last_input`` / ``last_output_grad``, one copy each), and the structure it returns goes to the
+device, where the values and optimizer state are remapped.
 """
 
 from __future__ import annotations

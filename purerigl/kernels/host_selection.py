@@ -229,7 +229,7 @@ def condensed_from_positions(rows: np.ndarray, flat: np.ndarray, shape) -> Conde
     positions ``flat``, the same number k = len(flat) / len(rows) in every active row and none
     elsewhere (the caller has checked the counts: :func:`row_counts`)."""
     n_out, n_in = int(shape[0]), int(shape[1])
-    rows = np.asarray(rows, dtype=np.int32)
+    rows = np.array(rows, dtype=np.int32)  # a copy: the new matrix shares no array with the old one
     flat = np.asarray(flat, dtype=np.int64)
     k = flat.size // rows.size if rows.size else 0
     indices = (flat - (flat // n_in) * n_in).astype(np.int32).reshape(rows.size, k)  # (n_active, k)

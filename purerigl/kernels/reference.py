@@ -27,7 +27,12 @@ import numpy as np
 from ..formats import CSR, Condensed, Diagonal
 from . import _checks
 from .host_topology import (  # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
-    count_kept, csr_with_positions, exclusion_of, keep_by_magnitude, remap_by_source, source_of,
+    count_kept, csr_with_positions, exclusion_of, flat_positions, keep_by_magnitude, remap_by_source, source_of,
+)
+from .host_selection import (  # the selection operations the DST methods are written with (registry.SELECTION_OPS)
+    arange, columns_not_in, compress, condensed_from_positions, count_true, csr_from_positions, csr_positions,
+    diagonal_from_offsets, flat_of, in_sorted, indicator, merge_sorted, row_counts, row_norms, rows_selected,
+    segment_top, take, top_positions,
 )
 from .host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
     adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
@@ -50,7 +55,12 @@ __all__ = [
     "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "to_device", "to_host", "zeros",
     "zeros_like",
     # the topology-change operations of a DST update, on host arrays (registry.TOPOLOGY_OPS)
-    "count_kept", "csr_with_positions", "exclusion_of", "keep_by_magnitude", "remap_by_source", "source_of",
+    "count_kept", "csr_with_positions", "exclusion_of", "flat_positions", "keep_by_magnitude", "remap_by_source",
+    "source_of",
+    # the selection operations the DST methods are written with, on host arrays (registry.SELECTION_OPS)
+    "arange", "columns_not_in", "compress", "condensed_from_positions", "count_true", "csr_from_positions",
+    "csr_positions", "diagonal_from_offsets", "flat_of", "in_sorted", "indicator", "merge_sorted", "row_counts",
+    "row_norms", "rows_selected", "segment_top", "take", "top_positions",
 ]
 
 NAME = "reference"

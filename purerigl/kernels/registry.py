@@ -3,7 +3,8 @@
 The backend is chosen by the argument, else the environment variable ``PURERIGL_BACKEND``, else
 ``"cpu"``. Every backend exposes the functions listed in :data:`OPS` with the signatures of the
 reference backend, the array operations of a training step listed in :data:`ARRAY_OPS` and the
-topology-change operations of a DST update listed in :data:`TOPOLOGY_OPS`.
+topology-change operations of a DST update listed in :data:`TOPOLOGY_OPS` and the selection
+operations the methods are written with, listed in :data:`SELECTION_OPS`.
 
 Backend modules are imported only when asked for (so importing purerigl never imports numba.cuda).
 A backend module that may not run on every machine defines ``check_available()``, which
@@ -45,6 +46,18 @@ ARRAY_OPS = (
 #: remaps values and optimizer state there.
 TOPOLOGY_OPS = (
     "source_of", "remap_by_source", "count_kept", "keep_by_magnitude", "exclusion_of", "csr_with_positions",
+    "flat_positions",
+)
+
+#: The selection operations the DST methods write their rules with (host:
+#: :mod:`purerigl.kernels.host_selection`, cuda: :mod:`purerigl.kernels.cuda.selection`): positions,
+#: masks, compaction, merges, layer-wide and per-segment top-n by magnitude, row norms, the columns a
+#: host generator's draw names, and new structures with zero values. With them and
+#: :data:`TOPOLOGY_OPS`, every built-in method updates a layer where its backend computes.
+SELECTION_OPS = (
+    "flat_of", "csr_positions", "arange", "take", "compress", "count_true", "indicator", "in_sorted",
+    "merge_sorted", "rows_selected", "row_counts", "top_positions", "segment_top", "row_norms",
+    "columns_not_in", "csr_from_positions", "condensed_from_positions", "diagonal_from_offsets",
 )
 
 #: Known backends and the module that implements each.
@@ -69,7 +82,7 @@ class Backend:
     module: ModuleType
 
     def __getattr__(self, op):
-        if op in OPS or op in ARRAY_OPS or op in TOPOLOGY_OPS:
+        if op in OPS or op in ARRAY_OPS or op in TOPOLOGY_OPS or op in SELECTION_OPS:
             return getattr(self.module, op)
         raise AttributeError(f"backend {self.name!r} has no attribute {op!r}")
 

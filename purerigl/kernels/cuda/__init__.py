@@ -55,7 +55,7 @@ from .condensed import DeviceCondensed
 from .csr import DeviceCSR
 from .diagonal import DeviceDiagonal
 from .structure import (  # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
-    count_kept, csr_with_positions, exclusion_of, keep_by_magnitude, remap_by_source, source_of,
+    count_kept, csr_with_positions, exclusion_of, flat_positions, keep_by_magnitude, remap_by_source, source_of,
 )
 
 NAME = "cuda"
@@ -71,7 +71,8 @@ __all__ = [
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "zeros", "zeros_like",
     # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
-    "count_kept", "csr_with_positions", "exclusion_of", "keep_by_magnitude", "remap_by_source", "source_of",
+    "count_kept", "csr_with_positions", "exclusion_of", "flat_positions", "keep_by_magnitude", "remap_by_source",
+    "source_of",
 ]
 
 _DEVICE_TYPES = {Condensed: DeviceCondensed, Diagonal: DeviceDiagonal, CSR: DeviceCSR}
@@ -391,7 +392,11 @@ def grad_at(
     Returns
     -------
     g : float32 ndarray, shape (m,)
+
+    Given a device X this is :func:`grad_at_device` (device arrays in and out, no copy).
     """
+    if _launch.is_device_array(X):
+        return grad_at_device(X, dY, rows, cols, out)
     X, dY, rows, cols, out = _checks.grad_at_operands(X, dY, rows, cols, out)
     if out.size == 0 or X.shape[0] == 0:
         return out
@@ -473,9 +478,23 @@ def topk_grad_rows(
     -------
     indptr : int64 ndarray, shape (n_out + 1,)
     cols : int64 ndarray, shape (sum c_i,), ascending within each row; equal scores: lower column first
+
+    Given device arrays (X, dY, counts and the excluded set) it takes and returns device arrays:
+    nothing is copied but two sizes (the number of chosen columns and of rows that need the
+    gradient). Their checks are cheap (types, dtypes, shapes); counts >= 0 and the exclusion's order
+    are trusted.
     """
+    from . import growth  # imported on first use
+
+    if _launch.is_device_array(X):
+        _device_growth_operands(X, dY)
+        n_out = dY.shape[1]
+        _check_device("counts", counts, (n_out,), np.int64)
+        _check_device("exclude_indptr", exclude_indptr, (n_out + 1,), np.int64)
+        if not _launch.is_device_array(exclude_indices) or exclude_indices.ndim != 1:
+            raise DTypeError("exclude_indices must be a 1-D numba device array when X is one")
+        return growth.topk_grad_rows_device(X, dY, counts, exclude_indptr, exclude_indices)
     X, dY, counts, indptr, indices = _checks.topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices)
-    from . import growth  # imported on first use, after the operand checks
     return growth.topk_grad_rows(X, dY, counts, indptr, indices)
 
 
@@ -494,7 +513,13 @@ def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
     Returns
     -------
     S : float32 ndarray, shape (P,), P = max(n_out, n_in)
+
+    Given device arrays X and dY it returns a float32 device array and copies nothing.
     """
+    from . import growth  # imported on first use
+
+    if _launch.is_device_array(X):
+        _device_growth_operands(X, dY)
+        return growth.diag_grad_norms_device(X, dY)
     X, dY = _checks.growth_operands(X, dY)
-    from . import growth  # imported on first use, after the operand checks
     return growth.diag_grad_norms(X, dY)

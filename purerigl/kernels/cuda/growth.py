@@ -59,6 +59,8 @@ data every backend ranks the very same numbers and returns the very same sets.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _growth_tiles as T
@@ -329,17 +331,17 @@ def _write_columns(K, rows, start, n_rows, take, out_indptr, out_cols):
             out_cols[out_indptr[i] + q] = T.INDEX_MASK - K[t, q]
 
 
-def _select_ranked_rows(d_X, d_dY, ranked, d_take, d_indptr, d_indices, d_out_indptr, d_out_cols):
-    """The rows ``ranked`` (host int64): their take[i] best columns, ascending, into d_out_cols."""
+def _select_ranked_rows(d_X, d_dY, d_rows, n_ranked, d_take, d_indptr, d_indices, d_out_indptr, d_out_cols):
+    """The rows ``d_rows[:n_ranked]`` (int64 device array): their take[i] best columns, ascending, into
+    d_out_cols."""
     n_in = d_X.shape[1]
     W = T.next_pow2(n_in)
-    tile_rows = _tile_rows(n_in, ranked.shape[0])
-    d_rows = cuda.to_device(ranked)
+    tile_rows = _tile_rows(n_in, n_ranked)
     G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
     G_bits = G.view(np.int32)
     K = cuda.device_array((tile_rows, W), dtype=np.int64)
-    for s in range(0, ranked.shape[0], tile_rows):
-        n_rows = min(tile_rows, ranked.shape[0] - s)
+    for s in range(0, n_ranked, tile_rows):
+        n_rows = min(tile_rows, n_ranked - s)
         _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, d_rows, s, n_rows, G)
         _run(_row_keys, n_rows * W, G_bits, d_rows, s, n_rows, d_indptr, d_indices, K)
         _sort_rows_descending(K[:n_rows])  # each row: best first
@@ -348,27 +350,57 @@ def _select_ranked_rows(d_X, d_dY, ranked, d_take, d_indptr, d_indices, d_out_in
         _run(_write_columns, n_rows * W, K, d_rows, s, n_rows, d_take, d_out_indptr, d_out_cols)
 
 
+@cuda.jit
+def _row_plan(n_in, counts, ex_indptr, take, out_indptr, ranked, sizes):
+    """One thread: per row i, take[i] = min(counts[i], n_in - |E_i|); out_indptr = the exclusive scan of
+    take; ranked = the rows with 0 < take[i] < n_in - |E_i| (those that need the gradient), ascending;
+    sizes = (sum of take, number of ranked rows). O(n_out) serial work, run once per selection."""
+    if cuda.grid(1) != 0:
+        return
+    total = 0
+    n_ranked = 0
+    for i in range(counts.shape[0]):
+        available = n_in - (ex_indptr[i + 1] - ex_indptr[i])
+        t = min(counts[i], available)
+        take[i] = t
+        out_indptr[i] = total
+        total += t
+        if 0 < t < available:
+            ranked[n_ranked] = i
+            n_ranked += 1
+    out_indptr[counts.shape[0]] = total
+    sizes[0] = total
+    sizes[1] = n_ranked
+
+
 def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices):
     """(indptr, cols): per row the top min(counts[i], available_i) columns of |G[i, :]|, ascending.
 
     Implements :func:`purerigl.kernels.reference.topk_grad_rows` (operands already checked).
     """
-    n_out, n_in = dY.shape[1], X.shape[1]
-    available = n_in - np.diff(ex_indptr)  # (n_out,)
-    take = np.minimum(counts, available)
-    indptr = np.zeros(n_out + 1, dtype=np.int64)
-    np.cumsum(take, out=indptr[1:])
-    if indptr[-1] == 0:
-        return indptr, np.empty(0, dtype=np.int64)
-    d_take, d_out_indptr = cuda.to_device(take), cuda.to_device(indptr)
-    d_indptr, d_indices = cuda.to_device(ex_indptr), cuda.to_device(ex_indices)
-    d_cols = cuda.device_array(int(indptr[-1]), dtype=np.int64)
+    to = cuda.to_device
+    indptr, cols = topk_grad_rows_device(to(X), to(dY), to(counts), to(ex_indptr), to(ex_indices))
+    return indptr.copy_to_host(), cols.copy_to_host()
+
+
+def topk_grad_rows_device(d_X, d_dY, d_counts, d_indptr, d_indices):
+    """:func:`topk_grad_rows` on device arrays: (indptr, cols) int64 device arrays. Two numbers come
+    back to the host (the number of chosen columns and of rows that need the gradient), to size the
+    output and the tiles (operands already checked)."""
+    n_out, n_in = d_dY.shape[1], d_X.shape[1]
+    d_take = cuda.device_array(n_out, dtype=np.int64)
+    d_out_indptr = cuda.device_array(n_out + 1, dtype=np.int64)
+    d_ranked = cuda.device_array(max(n_out, 1), dtype=np.int64)
+    d_sizes = cuda.device_array(2, dtype=np.int64)
+    _run(_row_plan, 1, n_in, d_counts, d_indptr, d_take, d_out_indptr, d_ranked, d_sizes)
+    total, n_ranked = (int(v) for v in d_sizes.copy_to_host())
+    d_cols = cuda.device_array(total, dtype=np.int64)
+    if total == 0:
+        return d_out_indptr, d_cols
     _run(_complete_rows, n_out, n_in, d_indptr, d_indices, d_take, d_out_indptr, d_cols)
-    ranked = np.flatnonzero((take > 0) & (take < available)).astype(np.int64)
-    if ranked.size:
-        d_X, d_dY = cuda.to_device(X), cuda.to_device(dY)
-        _select_ranked_rows(d_X, d_dY, ranked, d_take, d_indptr, d_indices, d_out_indptr, d_cols)
-    return indptr, d_cols.copy_to_host()
+    if n_ranked:
+        _select_ranked_rows(d_X, d_dY, d_ranked, n_ranked, d_take, d_indptr, d_indices, d_out_indptr, d_cols)
+    return d_out_indptr, d_cols
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,22 +428,36 @@ def _fold_diagonals(G, r0, n_rows, n_out, sum_sq):
         sum_sq[d] = acc
 
 
+@cuda.jit
+def _sqrt_to_float32(sum_sq, out):
+    """out[d] = float32(sqrt(sum_sq[d])) (the float64 root, correctly rounded, then rounded to float32)."""
+    for d in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[d] = np.float32(math.sqrt(sum_sq[d]))
+
+
 def diag_grad_norms(X, dY):
     """float32 (P,): the L2 norm of G along each wrap-around diagonal, P = max(n_out, n_in).
 
     Implements :func:`purerigl.kernels.reference.diag_grad_norms` (operands already checked).
     """
-    n_out, n_in = dY.shape[1], X.shape[1]
+    return diag_grad_norms_device(cuda.to_device(X), cuda.to_device(dY)).copy_to_host()
+
+
+def diag_grad_norms_device(d_X, d_dY):
+    """:func:`diag_grad_norms` on device arrays: a float32 device array (P,), nothing copied
+    (operands already checked)."""
+    n_out, n_in = d_dY.shape[1], d_X.shape[1]
     P = max(n_out, n_in)
-    if n_out == 0 or n_in == 0:
-        return np.zeros(P, dtype=np.float32)
-    d_X, d_dY = cuda.to_device(X), cuda.to_device(dY)
-    all_rows = cuda.to_device(np.arange(n_out, dtype=np.int64))
-    tile_rows = _tile_rows(n_in, n_out)
-    G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
-    sum_sq = cuda.to_device(np.zeros(P, dtype=np.float64))
-    for r0 in range(0, n_out, tile_rows):
-        n_rows = min(tile_rows, n_out - r0)
-        _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, all_rows, r0, n_rows, G)
-        _run(_fold_diagonals, P, G, r0, n_rows, n_out, sum_sq)
-    return np.sqrt(sum_sq.copy_to_host()).astype(np.float32)
+    out = cuda.device_array(P, dtype=np.float32)
+    sum_sq = cuda.device_array(P, dtype=np.float64)
+    _run(T.fill, P, sum_sq, 0, P, np.float64(0.0))
+    if n_out and n_in:
+        all_rows = _arange(n_out)
+        tile_rows = _tile_rows(n_in, n_out)
+        G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
+        for r0 in range(0, n_out, tile_rows):
+            n_rows = min(tile_rows, n_out - r0)
+            _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, all_rows, r0, n_rows, G)
+            _run(_fold_diagonals, P, G, r0, n_rows, n_out, sum_sq)
+    _run(_sqrt_to_float32, P, sum_sq, out)
+    return out

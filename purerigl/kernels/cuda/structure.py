@@ -47,7 +47,7 @@ from .topology import remap_by_source as _gather
 from .topology import source_by_position
 
 __all__ = [
-    "count_kept", "csr_with_positions", "exclusion_of", "flat_keys", "keep_by_magnitude", "remap_by_source",
+    "count_kept", "csr_with_positions", "exclusion_of", "flat_keys", "flat_positions", "keep_by_magnitude", "remap_by_source",
     "source_of",
 ]
 
@@ -73,6 +73,21 @@ def _condensed_keys(rows, indices, k, n_in, keys):
     e = cuda.grid(1)
     if e < keys.shape[0]:
         keys[e] = np.int64(rows[e // k]) * n_in + indices[e]
+
+
+@cuda.jit
+def _diagonal_keys(offsets, L, n_out, n_in, keys):
+    """keys[k * L + t] = the flat position of element t of diagonal offsets[k]: ((t + d) mod n_out, t)
+    when n_out >= n_in, else (t, (t + d) mod n_in) (DESIGN.md section 2)."""
+    e = cuda.grid(1)
+    if e < keys.shape[0]:
+        k = e // L
+        t = e - k * L
+        d = np.int64(offsets[k])
+        if n_out >= n_in:
+            keys[e] = ((t + d) % n_out) * n_in + t
+        else:
+            keys[e] = np.int64(t) * n_in + (t + d) % n_in
 
 
 @cuda.jit
@@ -191,6 +206,19 @@ def flat_keys(M):
     else:
         raise FormatTypeError(f"flat_keys takes a DeviceCSR or DeviceCondensed, got {type(M).__name__}")
     return keys
+
+
+def flat_positions(W):
+    """int64 device array (nnz,): the flat position ``row * n_in + col`` of every stored entry of a
+    device matrix, in the order of ``W.values`` read flat (implements
+    :func:`purerigl.kernels.host_topology.flat_positions`). Ascending for DeviceCSR and
+    DeviceCondensed; a DeviceDiagonal's entries go diagonal by diagonal."""
+    if isinstance(W, DeviceDiagonal):
+        n_out, n_in = W.shape
+        keys = empty((int(W.values.size),), np.int64)
+        launch(_diagonal_keys, keys.shape[0], W.offsets, min(n_out, n_in), n_out, n_in, keys)
+        return keys
+    return flat_keys(W)
 
 
 def source_of(old, new):

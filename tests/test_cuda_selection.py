@@ -1,0 +1,518 @@
+"""The selection operations (registry.SELECTION_OPS): host versions against oracles, cuda against host.
+
+Pins down:
+
+- every function of :mod:`purerigl.kernels.host_selection` against an oracle written another way
+  (Python loops, sets, ``sorted`` with an explicit key), on hypothesis-drawn tiny inputs with many
+  exact ties in |score| (scores drawn from {0, -0, ±0.5, ±1, ±2});
+- every function of :mod:`purerigl.kernels.cuda.selection` (Numba's CUDA simulator, blocks of 4
+  threads and :data:`~purerigl.kernels.cuda.selection.LANES` = 3, so inputs span several blocks and
+  several multi-entry chunks) against the host version on the same inputs: same values, dtypes and
+  shapes, bit for bit (``row_norms`` exactly on dyadic data, to 1e-6 relative on general floats);
+- the device functions return device arrays, refuse host arrays, and copy nothing between host and
+  device except the one int64 of :func:`compress` and of :func:`count_true`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from purerigl.errors import BackendError, DTypeError, FormatError, ShapeError
+from purerigl.kernels import host_selection as H
+
+SMALL_BLOCK = 4
+SMALL_LANES = 3
+EXAMPLES = 25  # per cuda test (the simulator runs one Python thread per thread)
+HOST_EXAMPLES = 60
+MAX = 24
+#: A handful of magnitudes, both signs (and -0): many exact ties in |score|.
+TIED = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0]
+
+cuda_settings = settings(max_examples=EXAMPLES, deadline=None)
+host_settings = settings(max_examples=HOST_EXAMPLES, deadline=None)
+
+
+@pytest.fixture(scope="module")
+def K():
+    """The selection module and a host-to-device copy, with THREADS_PER_BLOCK = 4 and LANES = 3."""
+    from purerigl.kernels import get_backend
+
+    try:
+        get_backend("cuda")
+    except BackendError as err:  # only with PURERIGL_TEST_REAL_GPU=1 on a machine without a GPU
+        pytest.skip(f"cuda backend unavailable: {err}")
+    from purerigl.kernels.cuda import _launch, selection
+
+    saved = _launch.THREADS_PER_BLOCK, selection.LANES
+    _launch.THREADS_PER_BLOCK, selection.LANES = SMALL_BLOCK, SMALL_LANES
+
+    class Kernels:
+        S = selection
+        launch = _launch
+
+        @staticmethod
+        def dev(a):
+            return _launch.to_device(np.asarray(a))
+
+    yield Kernels
+    _launch.THREADS_PER_BLOCK, selection.LANES = saved
+
+
+def same(got, want: np.ndarray) -> None:
+    """``got`` is a device array equal to the host array ``want``: values, dtype and shape."""
+    assert not isinstance(got, np.ndarray), "expected a device array"
+    g = got.copy_to_host()
+    assert g.dtype == want.dtype, (g.dtype, want.dtype)
+    assert g.shape == want.shape, (g.shape, want.shape)
+    assert np.array_equal(g, want), (g, want)
+
+
+# --------------------------------------------------------------------------------------------------
+# strategies
+
+
+def i64(values) -> np.ndarray:
+    return np.array(list(values), dtype=np.int64)
+
+
+shapes = st.tuples(st.integers(1, 5), st.integers(1, 6))
+tied_scores = st.lists(st.sampled_from(TIED), max_size=MAX).map(lambda v: np.array(v, dtype=np.float32))
+masks = st.lists(st.booleans(), max_size=MAX).map(lambda v: np.array(v, dtype=bool))
+
+
+@st.composite
+def sorted_positions(draw, shape):
+    """Ascending distinct positions of a ``shape`` layer."""
+    return i64(sorted(draw(st.sets(st.integers(0, shape[0] * shape[1] - 1), max_size=MAX))))
+
+
+@st.composite
+def layer_and_positions(draw):
+    shape = draw(shapes)
+    return shape, draw(sorted_positions(shape))
+
+
+@st.composite
+def ranked(draw, max_size=MAX):
+    """(scores, tags, n): tied scores, strictly increasing tags near both ends of [0, 2^32), any n."""
+    scores = draw(st.lists(st.sampled_from(TIED), max_size=max_size).map(lambda v: np.array(v, np.float32)))
+    ends = st.one_of(st.integers(0, 40), st.integers(2**32 - 41, 2**32 - 1))
+    tags = i64(sorted(draw(st.sets(ends, min_size=scores.size, max_size=scores.size))))
+    return scores, tags, draw(st.integers(0, scores.size + 2))
+
+
+@st.composite
+def segmented(draw):
+    """(scores, starts, counts, eligible or None): up to 6 segments of 0..6 entries (some empty)."""
+    lengths = draw(st.lists(st.integers(0, 6), max_size=6))
+    starts = i64(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
+    size = int(starts[-1])
+    scores = np.array(draw(st.lists(st.sampled_from(TIED), min_size=size, max_size=size)), np.float32)
+    counts = i64(draw(st.lists(st.integers(0, 7), min_size=len(lengths), max_size=len(lengths))))
+    eligible = draw(st.none() | st.lists(st.booleans(), min_size=size, max_size=size).map(lambda v: np.array(v, dtype=bool)))
+    return scores, starts, counts, eligible
+
+
+@st.composite
+def csr_like(draw):
+    """(shape, indptr, cols): each row some distinct columns, ascending."""
+    n_out, n_in = draw(shapes)
+    rows = [sorted(draw(st.sets(st.integers(0, n_in - 1)))) for _ in range(n_out)]
+    indptr = i64(np.concatenate([[0], np.cumsum([len(r) for r in rows])]))
+    return (n_out, n_in), indptr, i64(c for r in rows for c in r)
+
+
+@st.composite
+def free_draws(draw):
+    """(shape, kept, rows, ranks): ascending kept positions and pairs (row, rank < free columns of row)."""
+    shape, kept = draw(layer_and_positions())
+    n_out, n_in = shape
+    free = [n_in - int(np.count_nonzero(kept // n_in == r)) for r in range(n_out)]
+    open_rows = [r for r in range(n_out) if free[r]]
+    pairs = draw(st.lists(st.sampled_from(open_rows), max_size=MAX)) if open_rows else []
+    ranks = [draw(st.integers(0, free[r] - 1)) for r in pairs]
+    return shape, kept, i64(pairs), i64(ranks)
+
+
+@st.composite
+def condensed_layout(draw):
+    """(shape, rows, flat): ascending active rows, each holding the same number k of columns."""
+    n_out, n_in = draw(shapes)
+    rows = sorted(draw(st.sets(st.integers(0, n_out - 1))))
+    k = draw(st.integers(1, n_in)) if rows else 0  # an active row holds at least one entry
+    flat = [r * n_in + c for r in rows for c in sorted(draw(st.sets(st.integers(0, n_in - 1), min_size=k, max_size=k)))]
+    return (n_out, n_in), i64(rows), i64(flat)
+
+
+# --------------------------------------------------------------------------------------------------
+# host versions against oracles
+
+
+@host_settings
+@given(data=st.data(), shape=shapes, m=st.integers(0, MAX))
+def test_host_flat_of_and_csr_positions(data, shape, m):
+    n_out, n_in = shape
+    rows = data.draw(st.lists(st.integers(0, n_out - 1), min_size=m, max_size=m))
+    cols = data.draw(st.lists(st.integers(0, n_in - 1), min_size=m, max_size=m))
+    got = H.flat_of(i64(rows), i64(cols), n_in)
+    assert got.dtype == np.int64 and got.tolist() == [r * n_in + c for r, c in zip(rows, cols)]
+    shape, indptr, cols = data.draw(csr_like())
+    want = [i * shape[1] + int(c) for i in range(shape[0]) for c in cols[indptr[i]:indptr[i + 1]]]
+    got = H.csr_positions(indptr, cols, shape[1])
+    assert got.dtype == np.int64 and got.tolist() == want
+
+
+@host_settings
+@given(data=st.data(), n=st.integers(0, MAX), a=masks, keep=st.booleans())
+def test_host_plumbing(data, n, a, keep):
+    assert H.arange(n).dtype == np.int64 and H.arange(n).tolist() == list(range(n))
+    values = np.arange(a.size, dtype=np.int64) * 7 - 3
+    assert H.compress(values, a, keep).tolist() == [v for v, m in zip(values.tolist(), a) if m == keep]
+    assert H.count_true(a) == sum(bool(m) for m in a)
+    if a.size:
+        idx = data.draw(st.lists(st.integers(0, a.size - 1), max_size=MAX))
+        assert H.take(values, i64(idx)).tolist() == [int(values[i]) for i in idx]
+        mask = H.indicator(i64(idx), a.size)
+        assert mask.dtype == bool and mask.tolist() == [i in set(idx) for i in range(a.size)]
+    assert H.indicator(i64([]), n).tolist() == [False] * n
+
+
+@host_settings
+@given(data=st.data(), found=st.sets(st.integers(0, 30)), values=st.lists(st.integers(-3, 33), max_size=MAX))
+def test_host_sets_of_positions(data, found, values):
+    sorted_array = i64(sorted(found))
+    got = H.in_sorted(i64(values), sorted_array)
+    assert got.dtype == bool and got.tolist() == [v in found for v in values]
+    side = data.draw(st.lists(st.booleans(), min_size=len(found), max_size=len(found)))
+    a = i64(v for v, s in zip(sorted(found), side) if s)
+    b = i64(v for v, s in zip(sorted(found), side) if not s)
+    assert H.merge_sorted(a, b).tolist() == sorted(found)
+    shape = data.draw(shapes)
+    flat = data.draw(st.lists(st.integers(0, shape[0] * shape[1] - 1), max_size=MAX))  # any order
+    row_mask = np.array(data.draw(st.lists(st.booleans(), min_size=shape[0], max_size=shape[0])))
+    assert H.rows_selected(i64(flat), row_mask, shape[1]).tolist() == [bool(row_mask[p // shape[1]]) for p in flat]
+    tally = Counter(p // shape[1] for p in flat)
+    counts = H.row_counts(i64(flat), shape)
+    assert counts.dtype == np.int64 and counts.tolist() == [tally[r] for r in range(shape[0])]
+
+
+@host_settings
+@given(case=ranked(max_size=40))
+def test_host_top_positions_is_the_sorted_prefix(case):
+    scores, tags, n = case
+    best = sorted(range(scores.size), key=lambda e: (-abs(float(scores[e])), e))[:n]
+    got = H.top_positions(scores, tags, n)
+    assert got.dtype == np.int64 and got.tolist() == sorted(int(tags[e]) for e in best)
+
+
+@host_settings
+@given(case=segmented())
+def test_host_segment_top_per_segment(case):
+    scores, starts, counts, eligible = case
+    ok = np.ones(scores.size, bool) if eligible is None else eligible
+    want = np.zeros(scores.size, dtype=bool)
+    for q in range(counts.size):
+        members = [f for f in range(starts[q], starts[q + 1]) if ok[f]]
+        members.sort(key=lambda f: (-abs(float(scores[f])), f))
+        want[members[: counts[q]]] = True
+    got = H.segment_top(scores, starts, counts, eligible)
+    assert got.dtype == bool and np.array_equal(got, want)
+
+
+@host_settings
+@given(K_=st.integers(0, 5), L=st.integers(0, 6), seed=st.integers(0, 2**16))
+def test_host_row_norms(K_, L, seed):
+    rng = np.random.default_rng(seed)
+    dyadic = (rng.integers(-8, 9, (K_, L)) / 2).astype(np.float32)  # multiples of 0.5, |v| <= 4: exact
+    want = np.array([math.sqrt(sum(float(v) ** 2 for v in row)) for row in dyadic], dtype=np.float32)
+    got = H.row_norms(dyadic)
+    assert got.dtype == np.float32 and got.shape == (K_,) and np.array_equal(got, want)
+    general = rng.standard_normal((K_, L)).astype(np.float32)
+    want = np.array([math.sqrt(sum(float(v) ** 2 for v in row)) for row in general], dtype=np.float32)
+    np.testing.assert_allclose(H.row_norms(general), want, rtol=1e-6)
+
+
+@host_settings
+@given(case=free_draws())
+def test_host_columns_not_in_is_the_ranked_free_column(case):
+    (n_out, n_in), kept, rows, ranks = case
+    held = set(kept.tolist())
+    want = [[c for c in range(n_in) if r * n_in + c not in held][k] for r, k in zip(rows.tolist(), ranks.tolist())]
+    got = H.columns_not_in(kept, (n_out, n_in), rows, ranks)
+    assert got.dtype == np.int64 and got.tolist() == want
+
+
+@host_settings
+@given(data=st.data(), case=layer_and_positions(), layout=condensed_layout(), shape=shapes)
+def test_host_structures_hold_the_positions(data, case, layout, shape):
+    (n_out, n_in), flat = case
+    M = H.csr_from_positions(flat, (n_out, n_in))
+    entries = [(i, int(c)) for i in range(n_out) for c in M.indices[M.indptr[i]:M.indptr[i + 1]]]
+    assert entries == [divmod(int(p), n_in) for p in flat] and M.indptr.size == n_out + 1
+    assert M.values.dtype == np.float32 and not M.values.any() and M.values.size == flat.size
+    (n_out, n_in), rows, flat = layout
+    C = H.condensed_from_positions(rows, flat, (n_out, n_in))
+    k = flat.size // rows.size if rows.size else 0
+    assert C.rows.tolist() == rows.tolist() and C.indices.shape == (rows.size, k)
+    assert [int(r) * n_in + int(c) for r, row in zip(C.rows, C.indices) for c in row] == flat.tolist()
+    assert C.values.shape == (rows.size, k) and not C.values.any()
+    offsets = data.draw(st.sets(st.integers(0, max(shape) - 1)))  # P = max(n_out, n_in) diagonals
+    D = H.diagonal_from_offsets(i64(sorted(offsets)), shape)
+    assert D.offsets.dtype == np.int32 and D.offsets.tolist() == sorted(offsets)
+    assert D.values.shape == (len(offsets), min(shape)) and not D.values.any()
+
+
+# --------------------------------------------------------------------------------------------------
+# cuda against host
+
+
+@cuda_settings
+@given(data=st.data(), shape=shapes, m=st.integers(0, MAX))
+def test_cuda_flat_of_and_csr_positions(K, data, shape, m):
+    n_out, n_in = shape
+    rows = i64(data.draw(st.lists(st.integers(0, n_out - 1), min_size=m, max_size=m)))
+    cols = i64(data.draw(st.lists(st.integers(0, n_in - 1), min_size=m, max_size=m)))
+    same(K.S.flat_of(K.dev(rows), K.dev(cols), n_in), H.flat_of(rows, cols, n_in))
+    shape, indptr, cols = data.draw(csr_like())
+    same(K.S.csr_positions(K.dev(indptr), K.dev(cols), shape[1]), H.csr_positions(indptr, cols, shape[1]))
+
+
+@cuda_settings
+@given(data=st.data(), n=st.integers(0, MAX), dtype=st.sampled_from([np.float32, np.int64, np.int32, np.bool_]))
+def test_cuda_arange_take_indicator(K, data, n, dtype):
+    same(K.S.arange(n), H.arange(n))
+    a = (np.arange(n) * 3 - 5).astype(dtype)
+    idx = i64(data.draw(st.lists(st.integers(0, n - 1), max_size=MAX))) if n else i64([])
+    same(K.S.take(K.dev(a), K.dev(idx)), H.take(a, idx))
+    same(K.S.indicator(K.dev(idx), n), H.indicator(idx, n))
+    if idx.size % 2 == 0:  # a 2-D index array: the result has its shape
+        idx2 = idx.reshape(2, -1)
+        same(K.S.take(K.dev(a), K.dev(idx2)), H.take(a, idx2))
+
+
+@cuda_settings
+@given(mask=masks, keep=st.booleans(), dtype=st.sampled_from([np.int64, np.float32, np.bool_]))
+def test_cuda_compress_and_count_true(K, mask, keep, dtype):
+    a = (np.arange(mask.size) * 7 - 20).astype(dtype)
+    same(K.S.compress(K.dev(a), K.dev(mask), keep), H.compress(a, mask, keep))
+    assert K.S.compress(K.dev(a), K.dev(mask)).copy_to_host().tolist() == H.compress(a, mask).tolist()
+    got = K.S.count_true(K.dev(mask))
+    assert type(got) is int and got == H.count_true(mask)
+    if mask.size % 2 == 0:  # 2-D operands are read flat, as on the host
+        a2, m2 = a.reshape(2, -1), mask.reshape(2, -1)
+        same(K.S.compress(K.dev(a2), K.dev(m2), keep), H.compress(a2, m2, keep))
+        assert K.S.count_true(K.dev(m2)) == H.count_true(m2)
+
+
+@cuda_settings
+@given(data=st.data(), found=st.sets(st.integers(0, 30)), values=st.lists(st.integers(-3, 33), max_size=MAX),
+       dtype=st.sampled_from([np.int64, np.int32]))
+def test_cuda_in_sorted_and_merge_sorted(K, data, found, values, dtype):
+    sorted_array = np.array(sorted(found), dtype=dtype)
+    vals = i64(values)
+    same(K.S.in_sorted(K.dev(vals), K.dev(sorted_array)), H.in_sorted(vals, sorted_array))
+    if vals.size % 2 == 0:
+        same(K.S.in_sorted(K.dev(vals.reshape(2, -1)), K.dev(sorted_array)), H.in_sorted(vals.reshape(2, -1), sorted_array))
+    side = data.draw(st.lists(st.booleans(), min_size=len(found), max_size=len(found)))
+    a = i64(v for v, s in zip(sorted(found), side) if s)
+    b = i64(v for v, s in zip(sorted(found), side) if not s)
+    same(K.S.merge_sorted(K.dev(a), K.dev(b)), H.merge_sorted(a, b))
+    # overlapping lists with repeats (outside the spec): still the host's stable sort
+    c, d = (i64(sorted(data.draw(st.lists(st.integers(0, 6), max_size=8)))) for _ in range(2))
+    same(K.S.merge_sorted(K.dev(c), K.dev(d)), H.merge_sorted(c, d))
+
+
+@cuda_settings
+@given(data=st.data(), case=layer_and_positions())
+def test_cuda_rows_selected_and_row_counts(K, data, case):
+    shape, flat = case
+    row_mask = np.array(data.draw(st.lists(st.booleans(), min_size=shape[0], max_size=shape[0])))
+    same(K.S.rows_selected(K.dev(flat), K.dev(row_mask), shape[1]), H.rows_selected(flat, row_mask, shape[1]))
+    same(K.S.row_counts(K.dev(flat), shape), H.row_counts(flat, shape))
+
+
+@cuda_settings
+@given(case=ranked())
+def test_cuda_top_positions(K, case):
+    scores, tags, n = case
+    same(K.S.top_positions(K.dev(scores), K.dev(tags), n), H.top_positions(scores, tags, n))
+
+
+@cuda_settings
+@given(case=segmented())
+def test_cuda_segment_top(K, case):
+    scores, starts, counts, eligible = case
+    want = H.segment_top(scores, starts, counts, eligible)
+    el = None if eligible is None else K.dev(eligible)
+    same(K.S.segment_top(K.dev(scores), K.dev(starts), K.dev(counts), el), want)
+
+
+@cuda_settings
+@given(K_=st.integers(0, 5), L=st.integers(0, 6), seed=st.integers(0, 2**16))
+def test_cuda_row_norms(K, K_, L, seed):
+    rng = np.random.default_rng(seed)
+    dyadic = (rng.integers(-8, 9, (K_, L)) / 2).astype(np.float32)  # exact sums in any order
+    same(K.S.row_norms(K.dev(dyadic)), H.row_norms(dyadic))
+    general = (rng.standard_normal((K_, L)) * 10.0 ** rng.integers(-3, 4)).astype(np.float32)
+    got = K.S.row_norms(K.dev(general)).copy_to_host()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, H.row_norms(general), rtol=1e-6)  # einsum may sum in another order
+    if K.launch.SIMULATOR:  # float64 squares summed in ascending t, no fused multiply-add: exact
+        want = []
+        for row in general:
+            acc = 0.0
+            for v in row:
+                acc += float(v) * float(v)
+            want.append(math.sqrt(acc))
+        assert np.array_equal(got, np.array(want, dtype=np.float32))
+
+
+@cuda_settings
+@given(case=free_draws())
+def test_cuda_columns_not_in(K, case):
+    shape, kept, rows, ranks = case
+    same(K.S.columns_not_in(K.dev(kept), shape, K.dev(rows), K.dev(ranks)), H.columns_not_in(kept, shape, rows, ranks))
+
+
+@cuda_settings
+@given(data=st.data(), case=layer_and_positions(), layout=condensed_layout(), shape=shapes,
+       dtype=st.sampled_from([np.int64, np.int32]))
+def test_cuda_structures(K, data, case, layout, shape, dtype):
+    (n_out, n_in), flat = case
+    got, want = K.S.csr_from_positions(K.dev(flat), (n_out, n_in)), H.csr_from_positions(flat, (n_out, n_in))
+    assert type(got).__name__ == "DeviceCSR" and got.shape == want.shape
+    for name in ("indptr", "indices", "values"):
+        same(getattr(got, name), getattr(want, name))
+    layout_shape, rows, flat = layout
+    rows_d = K.dev(rows.astype(dtype))
+    got = K.S.condensed_from_positions(rows_d, K.dev(flat), layout_shape)
+    want = H.condensed_from_positions(rows.astype(dtype), flat, layout_shape)
+    assert type(got).__name__ == "DeviceCondensed" and got.shape == want.shape
+    assert got.rows is not rows_d  # a new array, as on the host
+    for name in ("rows", "indices", "values"):
+        same(getattr(got, name), getattr(want, name))
+    offsets = np.array(sorted(data.draw(st.sets(st.integers(0, max(shape) - 1)))), dtype=dtype)
+    got, want = K.S.diagonal_from_offsets(K.dev(offsets), shape), H.diagonal_from_offsets(offsets, shape)
+    assert type(got).__name__ == "DeviceDiagonal" and got.shape == want.shape
+    for name in ("offsets", "values"):
+        same(getattr(got, name), getattr(want, name))
+
+
+def test_cuda_compress_spans_many_chunks(K):
+    """More entries than lanes x block: chunks of several entries, a ragged last chunk."""
+    rng = np.random.default_rng(5)
+    for size in (1, 2, 3, 4, 7, 29, 61):
+        a = rng.integers(-9, 9, size).astype(np.int64)
+        mask = rng.random(size) < 0.5
+        same(K.S.compress(K.dev(a), K.dev(mask)), H.compress(a, mask))
+        same(K.S.compress(K.dev(a), K.dev(mask), False), H.compress(a, mask, False))
+        assert K.S.count_true(K.dev(mask)) == H.count_true(mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# device API: no host arrays, no hidden copies
+
+
+def _host_args():
+    """name -> arguments of one call on host data (ints and shapes stay as they are)."""
+    flat = i64([1, 4, 6])
+    return {
+        "flat_of": (i64([0, 1]), i64([1, 2]), 3),
+        "csr_positions": (i64([0, 1, 3]), i64([2, 0, 1]), 3),
+        "take": (i64([5, 6, 7]), i64([2, 0])),
+        "compress": (i64([5, 6, 7]), np.array([True, False, True])),
+        "count_true": (np.array([True, False, True]),),
+        "indicator": (i64([0, 2]), 4),
+        "in_sorted": (i64([1, 2]), flat),
+        "merge_sorted": (i64([0, 5]), flat),
+        "rows_selected": (flat, np.array([True, False, True]), 3),
+        "row_counts": (flat, (3, 3)),
+        "top_positions": (np.array([1.0, -2.0, 0.5], np.float32), flat, 2),
+        "segment_top": (np.array([1.0, -2.0, 0.5], np.float32), i64([0, 2, 3]), i64([1, 1]),
+                        np.array([True, True, False])),
+        "row_norms": (np.ones((2, 3), np.float32),),
+        "columns_not_in": (flat, (3, 3), i64([0, 2]), i64([1, 0])),
+        "csr_from_positions": (flat, (3, 3)),
+        "condensed_from_positions": (np.array([0, 2], np.int32), i64([1, 2, 6, 8]), (3, 3)),
+        "diagonal_from_offsets": (i64([0, 2]), (3, 4)),
+    }
+
+
+_HOST_ARRAY_CASES = [
+    (name, i) for name, args in _host_args().items() for i, a in enumerate(args) if isinstance(a, np.ndarray)
+]
+
+
+@pytest.mark.parametrize(("name", "position"), _HOST_ARRAY_CASES)
+def test_cuda_refuses_host_arrays(K, name, position):
+    args = [a if i == position or not isinstance(a, np.ndarray) else K.dev(a) for i, a in enumerate(_host_args()[name])]
+    with pytest.raises(DTypeError, match="must be a numba device array"):
+        getattr(K.S, name)(*args)
+
+
+def test_cuda_refuses_wrong_dtypes_and_sizes(K):
+    d = K.dev
+    with pytest.raises(DTypeError, match="int64"):
+        K.S.merge_sorted(d(np.array([1, 2], np.int32)), d(i64([3])))
+    with pytest.raises(DTypeError, match="bool"):
+        K.S.compress(d(i64([1, 2])), d(i64([1, 0])))
+    with pytest.raises(DTypeError, match="float32"):
+        K.S.top_positions(d(np.ones(2)), d(i64([0, 1])), 1)
+    with pytest.raises(ShapeError, match="must match"):
+        K.S.flat_of(d(i64([1, 2])), d(i64([1])), 3)
+    with pytest.raises(ShapeError, match="equal length"):
+        K.S.condensed_from_positions(d(np.array([0, 1], np.int32)), d(i64([0, 1, 4])), (2, 3))
+    with pytest.raises(FormatError, match="k >= 1"):
+        K.S.condensed_from_positions(d(np.array([0, 1], np.int32)), d(i64([])), (2, 3))
+
+
+def test_cuda_copies_only_the_output_sizes(K, monkeypatch):
+    """Every call on device inputs copies nothing between host and device, except one int64 back for
+    compress and for count_true; no host array reaches a kernel."""
+    from numba.cuda.simulator import kernel as sim_kernel
+
+    if not K.launch.SIMULATOR:
+        pytest.skip("counts the simulator's copies")
+    calls = {name: [K.dev(a) if isinstance(a, np.ndarray) else a for a in args] for name, args in _host_args().items()}
+    calls["arange"] = [5]
+    calls["segment_top (all eligible)"] = calls["segment_top"][:3]
+    log: list[tuple[str, tuple]] = []
+    device_type = type(K.launch.empty((1,)))
+    real_to_device, real_copy_to_host = K.launch.cuda.to_device, device_type.copy_to_host
+    real_copy_to_device, real_wrap_arg = device_type.copy_to_device, sim_kernel.wrap_arg
+
+    def to_device(ary, *args, **kwargs):
+        log.append(("in", tuple(np.shape(ary))))
+        return real_to_device(ary, *args, **kwargs)
+
+    def copy_to_host(self, *args, **kwargs):
+        log.append(("out", tuple(self.shape)))
+        return real_copy_to_host(self, *args, **kwargs)
+
+    def copy_to_device(self, ary, *args, **kwargs):
+        log.append(("in", tuple(self.shape)))
+        return real_copy_to_device(self, ary, *args, **kwargs)
+
+    def wrap_arg(value, *args, **kwargs):
+        if isinstance(value, np.ndarray) and value.ndim > 0:
+            log.append(("hidden", value.shape))
+        return real_wrap_arg(value, *args, **kwargs)
+
+    monkeypatch.setattr(K.launch.cuda, "to_device", to_device)
+    monkeypatch.setattr(device_type, "copy_to_host", copy_to_host)
+    monkeypatch.setattr(device_type, "copy_to_device", copy_to_device)
+    monkeypatch.setattr(sim_kernel, "wrap_arg", wrap_arg)
+    copies = {}
+    for name, args in calls.items():
+        log.clear()
+        getattr(K.S, name.split()[0])(*args)
+        copies[name] = list(log)
+    want = {name: [] for name in calls}
+    want["compress"] = want["count_true"] = [("out", (1,))]
+    assert copies == want
