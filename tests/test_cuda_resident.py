@@ -58,7 +58,7 @@ def _data(n_train=32, n_test=8, n_features=10, n_classes=3, seed=0):
     return from_arrays("tiny", x[:n_train], y[:n_train], x[n_train:], y[n_train:], n_classes=n_classes)
 
 
-def _trainer(backend, method="rigl", fmt="csr", optimizer="sgd", dense_last=False, delta_t=2, data=None):
+def _trainer(backend, method="rigl", fmt="csr", optimizer="sgd", dense_last=False, delta_t=2, data=None, **options):
     """A 10-12-3 MLP at 70% trained by a Trainer with ``method`` updating every ``delta_t`` steps."""
     data = data or _data()
     model = build_mlp(10, "12", 3, fmt=fmt, sparsity=0.7, backend=backend, rng=0,
@@ -66,7 +66,7 @@ def _trainer(backend, method="rigl", fmt="csr", optimizer="sgd", dense_last=Fals
     config = TrainConfig(epochs=1, batch_size=B, lr=0.05, optimizer=optimizer, seed=0)
     budgets = {lin.name: lin.W.nnz for lin in model.sparse_layers()}
     # t_end far beyond the run: the drop fraction stays near alpha, so every update changes both layers
-    updater = DSTUpdater(make_method(method, fmt), UpdateSchedule(delta_t=delta_t, alpha=0.3, t_end=100),
+    updater = DSTUpdater(make_method(method, fmt, **options), UpdateSchedule(delta_t=delta_t, alpha=0.3, t_end=100),
                          budgets, seed=0)
     return Trainer(model, data, config, topology=updater)
 
@@ -121,7 +121,7 @@ def test_trainer_on_cuda_matches_cpu(cuda, method, fmt, optimizer, dense_last):
 
 
 class CopyLog:
-    """Every host <-> device copy of the simulator, in order: ("in" | "out" | "hidden", shape).
+    """Every host <-> device copy of the simulator, in order: ("in" | "out" | "hidden", shape, dtype).
 
     "hidden" is a host array handed straight to a kernel (a real GPU copies it in and out silently).
     """
@@ -140,20 +140,20 @@ class CopyLog:
         real_wrap_arg = sim_kernel.wrap_arg
 
         def to_device(ary, *args, **kwargs):
-            log.append(("in", tuple(np.shape(ary))))
+            log.append(("in", tuple(np.shape(ary)), np.asarray(ary).dtype))
             return real_to_device(ary, *args, **kwargs)
 
         def copy_to_host(self, *args, **kwargs):
-            log.append(("out", tuple(self.shape)))
+            log.append(("out", tuple(self.shape), self.dtype))
             return real_copy_to_host(self, *args, **kwargs)
 
         def copy_to_device(self, ary, *args, **kwargs):
-            log.append(("in", tuple(self.shape)))
+            log.append(("in", tuple(self.shape), self.dtype))
             return real_copy_to_device(self, ary, *args, **kwargs)
 
         def wrap_arg(value, *args, **kwargs):
             if isinstance(value, np.ndarray) and value.ndim > 0:
-                log.append(("hidden", value.shape))
+                log.append(("hidden", value.shape, value.dtype))
             return real_wrap_arg(value, *args, **kwargs)
 
         monkeypatch.setattr(_launch.cuda, "to_device", to_device)
@@ -177,13 +177,15 @@ class CopyLog:
         return out
 
 
-def _copies_per_step(cuda, monkeypatch, method, fmt, growth_ops):
+def _copies_per_step(cuda, monkeypatch, method, fmt, growth_ops, method_object=None, **options):
     """Train one epoch (4 steps, topology updates after steps 2 and 4) with every copy logged;
     returns (trainer, steps) where each step is a list of events, and the events inside the backend's
     ``growth_ops`` are bracketed by ("mark", "growth") / ("mark", "end growth")."""
     import purerigl.kernels.cuda as cuda_module
 
-    trainer = _trainer(cuda, method, fmt, "sgd")  # SGD with momentum: one state array
+    trainer = _trainer(cuda, method, fmt, "sgd", **options)  # SGD with momentum: one state array
+    if method_object is not None:  # a method make_method does not know
+        trainer.topology.method = method_object
     trainer.warm_up()
     trainer.topology.begin(trainer.model)
     log = CopyLog(monkeypatch)
@@ -217,6 +219,11 @@ def _split_update(step):
     return growth, outside
 
 
+def _shapes(events):
+    """The (kind, shape) of each logged copy (its dtype left out)."""
+    return [event[:2] for event in events]
+
+
 BATCH = [("in", (B, 10)), ("in", (B,)), ("out", (2,))]  # X (B, n_in), y (B,), (loss sum, correct)
 
 
@@ -228,44 +235,100 @@ def test_a_step_copies_only_the_batch_in_and_the_loss_out(cuda, monkeypatch):
     from purerigl.kernels.cuda import structure
 
     trainer, steps = _copies_per_step(cuda, monkeypatch, "rigl", "csr", ["topk_grad"])
-    assert steps[0] == BATCH
-    assert steps[2] == BATCH
+    assert _shapes(steps[0]) == BATCH
+    assert _shapes(steps[2]) == BATCH
     layers = trainer.model.sparse_layers()
     for step in (steps[1], steps[3]):
-        assert step[:3] == BATCH  # the step itself is the same; the update follows
+        assert _shapes(step[:3]) == BATCH  # the step itself is the same; the update follows
         growth, outside = _split_update(step[3:])
         nnz = [lin.matrix.values.size for lin in layers]  # rigl keeps nnz constant
-        assert outside == [("out", (min(structure.LANES, n),)) for n in nnz]  # count_kept per layer
-        assert growth and set(growth) == {("out", (1,))}  # one candidate count per tile, nothing else
+        assert _shapes(outside) == [("out", (min(structure.LANES, n),)) for n in nnz]  # count_kept per layer
+        assert growth and set(_shapes(growth)) == {("out", (1,))}  # one candidate count per tile, nothing else
     assert trainer.topology.n_updates == 2
 
 
+@pytest.mark.parametrize(
+    "method, fmt, growth_ops",
+    [("set", "csr", []), ("set", "condensed", []), ("srigl", "condensed", ["topk_grad", "topk_grad_rows"]),
+     ("gse", "csr", []), ("gse", "condensed", []), ("dynadiag", "diagonal", ["diag_grad_norms"])],
+)
+def test_every_method_updates_on_the_device(cuda, monkeypatch, method, fmt, growth_ops):
+    """The other built-in methods are resident too: in an update step no float array crosses (no
+    values, bias, batch, gradient or optimizer state) and no host array is handed to a kernel; what
+    crosses is integer or bool vectors no longer than the update needs (the host generator's draws
+    and their membership bits for SET and GSE, per-row counts of length n_out for SRigL) and counts."""
+    trainer, steps = _copies_per_step(cuda, monkeypatch, method, fmt, growth_ops)
+    layers = trainer.model.sparse_layers()
+    longest = max(2 * lin.matrix.values.size + 16 for lin in layers)  # SET's first draw, GSE's candidates
+    longest = max(longest, max(lin.shape[0] + 1 for lin in layers))  # SRigL's per-row vectors
+    for step in (steps[1], steps[3]):
+        assert _shapes(step[:3]) == BATCH
+        growth, outside = _split_update(step[3:])
+        crossing = outside + growth
+        assert crossing, "an update copies at least the kept count"
+        assert not [e for e in crossing if e[0] == "hidden"], crossing
+        floats = [e for e in crossing if np.dtype(e[2]).kind == "f"]
+        assert floats == [], f"{method}: float arrays crossed: {floats}"
+        too_long = [e for e in crossing if int(np.prod(e[1])) > longest]
+        assert too_long == [], too_long
+    assert trainer.topology.n_updates == 2
+
+
+def test_graest_reads_the_batch_on_the_host(cuda, monkeypatch):
+    """GSE's GraBo and GraEst draw from marginals of X and dY computed on the host (so the draws are
+    the cpu backend's): per layer and update X and dY come out once, and no other float array."""
+    trainer, steps = _copies_per_step(cuda, monkeypatch, "gse", "csr", [], gse_sampler="graest")
+    for step in (steps[1], steps[3]):
+        _, outside = _split_update(step[3:])
+        floats = [e[:2] for e in outside if np.dtype(e[2]).kind == "f"]
+        want = []
+        for lin in trainer.model.sparse_layers():
+            want += [("out", (B, lin.shape[1])), ("out", (B, lin.shape[0]))]
+        assert floats == want
+
+
+class _MoveOneConnection:
+    """A user's host method (``resident = False``): reads ``layer.W`` on the host and moves the
+    smallest connection of the first row to the first free column of that row."""
+
+    name = "host-move"
+    resident = False
+    formats = ("csr",)
+
+    def update(self, u):
+        from purerigl.dst.topology import apply_structure, csr_from_flat, flat_positions
+
+        W = u.layer.W
+        flat = np.sort(flat_positions(W))
+        first_row = flat[flat < W.n_in]
+        free = np.setdiff1d(np.arange(W.n_in), first_row)
+        if first_row.size == 0 or free.size == 0:
+            return {"kept": W.nnz, "grown": 0, "dropped": 0}
+        smallest = first_row[np.argmin(np.abs(W.values[: first_row.size]))]
+        new = csr_from_flat(np.r_[flat[flat != smallest], free[0]], W.shape)
+        return apply_structure(u.layer, u.optimizer, new)
+
+
 def test_a_host_method_on_cuda_copies_what_the_updater_documents(cuda, monkeypatch):
-    """SRigL (not resident) on cuda: per sparse layer and update, the host copies are refreshed
-    (values, bias), X and dY come out, the growth selections (the salient top-k and the per-row
-    top-k) copy their operands, and the new structure goes in (rows, indices, values); the remap of
-    values and momentum stays on the device."""
+    """A method with ``resident = False`` still runs on cuda: per sparse layer and update the host
+    copies are refreshed (values, bias), the new structure goes in (indptr, indices, values) and the
+    ``kept`` count comes out; the remap of values and momentum stays on the device."""
     from purerigl.kernels.cuda import structure
 
-    trainer, steps = _copies_per_step(cuda, monkeypatch, "srigl", "condensed", ["topk_grad", "topk_grad_rows"])
-    layers = trainer.model.sparse_layers()
+    trainer, steps = _copies_per_step(cuda, monkeypatch, "rigl", "csr", [], method_object=_MoveOneConnection())
     for step in (steps[1], steps[3]):
-        assert step[:3] == BATCH
-        growth, outside = _split_update(step[3:])
-        assert growth and all(kind in ("in", "out") for kind, _ in growth)
+        assert _shapes(step[:3]) == BATCH
+        _, outside = _split_update(step[3:])
         expected = []
-        for lin in layers:
-            n_active, k = lin.W.indices.shape
-            rows, cols = lin.shape
+        for lin in trainer.model.sparse_layers():
+            nnz = lin.W.nnz
             expected += [
-                ("out", lin.W.values.shape), ("out", (rows,)),  # sync_to_host: values, bias
-                ("out", (B, cols)), ("out", (B, rows)),  # last_input, last_output_grad
-                ("in", (n_active,)), ("in", (n_active, k)), ("in", (n_active, k)),  # the new structure
-                ("out", (min(structure.LANES, n_active * k),)),  # count_kept
+                ("out", (nnz,)), ("out", (lin.shape[0],)),  # sync_to_host: values, bias
+                ("in", (lin.shape[0] + 1,)), ("in", (nnz,)), ("in", (nnz,)),  # the new structure
+                ("out", (min(structure.LANES, nnz),)),  # count_kept
             ]
-        # SRigL keeps k and the active rows in this short run, so the shapes after the update are the
-        # shapes before it
-        assert outside == expected
+        assert [e[:2] for e in outside] == expected
+    assert trainer.topology.n_updates == 2
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,14 +31,15 @@ def cuda():
         pytest.fail(f"the cuda backend should run under the simulator: {err}")
 
 
-def _run(method, fmt, backend, steps=8, delta_t=2, seed=0):
-    """Train a 10-12-3 MLP at 70% for ``steps`` SGD steps with a topology update every ``delta_t``."""
+def _run(method, fmt, backend, steps=8, delta_t=2, seed=0, **options):
+    """Train a 10-12-3 MLP at 70% for ``steps`` SGD steps with a topology update every ``delta_t``
+    (``options`` go to :func:`make_method`)."""
     rng = np.random.default_rng(seed)
     model = build_mlp(10, "12", 3, fmt=fmt, sparsity=0.7, backend=backend, rng=seed)
     opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
     budgets = {lin.name: lin.W.nnz for lin in model.sparse_layers()}
-    updater = DSTUpdater(make_method(method, fmt), UpdateSchedule(delta_t=delta_t, alpha=0.3, t_end=steps),
-                         budgets, seed=seed)
+    updater = DSTUpdater(make_method(method, fmt, **options),
+                         UpdateSchedule(delta_t=delta_t, alpha=0.3, t_end=steps), budgets, seed=seed)
     updater.begin(model)
     snapshots = []
     to_device = model.backend.to_device
@@ -55,13 +56,20 @@ def _run(method, fmt, backend, steps=8, delta_t=2, seed=0):
 
 
 @pytest.mark.parametrize(
-    "method, fmt",
-    [("static", "condensed"), ("set", "csr"), ("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"),
-     ("dynadiag", "diagonal")],
+    "method, fmt, options",
+    [("static", "condensed", {}), ("set", "csr", {}), ("set", "condensed", {}), ("rigl", "csr", {}),
+     ("srigl", "condensed", {}), ("srigl", "condensed", {"gamma_sal": 0.9}), ("gse", "csr", {}),
+     ("gse", "condensed", {"gse_sampler": "grabo"}), ("gse", "csr", {"gse_sampler": "graest"}),
+     ("dynadiag", "diagonal", {})],
+    ids=["static", "set-csr", "set-condensed", "rigl", "srigl", "srigl-ablating", "gse-uniform",
+         "gse-condensed-grabo", "gse-graest", "dynadiag"],
 )
-def test_cuda_run_has_the_cpu_topology_after_every_step(cuda, method, fmt):
-    cpu_model, cpu_steps = _run(method, fmt, "cpu")
-    gpu_model, gpu_steps = _run(method, fmt, cuda)
+def test_cuda_run_has_the_cpu_topology_after_every_step(cuda, method, fmt, options):
+    """Every method, written once with backend operations, chooses the same sets on cuda as on cpu
+    (SRigL with gamma_sal 0.9 ablates neurons in this run; the SET and GSE draws come from the same
+    host generator)."""
+    cpu_model, cpu_steps = _run(method, fmt, "cpu", **options)
+    gpu_model, gpu_steps = _run(method, fmt, cuda, **options)
     for step, (a, b) in enumerate(zip(cpu_steps, gpu_steps), 1):
         for layer, (pa, pb) in enumerate(zip(a, b)):
             assert np.array_equal(pa, pb), f"{method}: layer {layer} differs after step {step}"

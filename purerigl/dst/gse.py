@@ -67,6 +67,18 @@ Where purerigl differs from the paper and the official code
   RigL (all inactive positions are candidates); purerigl reads :math:`|A|` from the storage and always
   samples.
 - GraEst signs are independent draws from the generator, not the official 4-wise independent hash.
+
+Where it runs
+-------------
+The rule is written with the layer backend's operations (:data:`~purerigl.kernels.registry.SELECTION_OPS`,
+:data:`~purerigl.kernels.registry.TOPOLOGY_OPS`) on ``layer.matrix`` and ``layer.saved_batch()``. The
+candidates are drawn by the updater's host generator (so a seed gives the same candidates on every
+backend); on cuda the distinct pairs go to the device, one membership bit per pair comes back (the
+discarding of active pairs), the surviving candidates go in, and the gradient at them, both
+selections, the new structure and the remap run on the device. GraBo and GraEst compute their
+marginals on the host from a copy of X and dY (float64 sums whose order must match the cpu
+backend's for the draws to match); the uniform sampler reads no batch at all. The weights and the
+optimizer state never cross.
 """
 
 from __future__ import annotations

@@ -59,6 +59,17 @@ purerigl fixes these behaviours of the official code on purpose (PAPERS.md 3.3):
 
 One detail follows PAPERS.md rather than the last official code: the floor uses
 :math:`\\lfloor C / n_{in} \\rfloor` rows (the official code rounds up).
+
+Where it runs: every step is written with the layer backend's operations
+(:data:`~purerigl.kernels.registry.TOPOLOGY_OPS`, :data:`~purerigl.kernels.registry.SELECTION_OPS`)
+on ``layer.matrix`` and ``layer.saved_batch()``, so on the cuda backend the salient set, the drop,
+the trim, the growth selection, the new structure and the remap run on the device. The decisions
+that are small host logic stay on the host and read per-row integer vectors (length n_out): the
+active rows before the update, the salient counts (for :func:`neurons_to_ablate`), the kept count
+per row (for each row's growth need) and the fan-in check of the result; the active mask, the
+needs and the segment bounds go back in. The values, the batch and the optimizer state never cross.
+The SET variant's column draw is made by the host generator (the ranks of the chosen columns among
+each row's free columns) and turned into columns on the device (``columns_not_in``).
 """
 
 from __future__ import annotations

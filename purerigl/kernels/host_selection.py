@@ -120,7 +120,8 @@ def rows_selected(flat: np.ndarray, row_mask: np.ndarray, n_in: int) -> np.ndarr
 
 
 def row_counts(flat: np.ndarray, shape) -> np.ndarray:
-    """int64 (n_out,): how many of the positions ``flat`` lie in each row of a ``shape`` layer."""
+    """int64 (n_out,): how many of the ascending positions ``flat`` lie in each row of a ``shape`` layer
+    (the host counts any order; the device version needs them ascending)."""
     n_out, n_in = int(shape[0]), int(shape[1])
     return np.bincount(np.asarray(flat, dtype=np.int64) // n_in, minlength=n_out).astype(np.int64)
 
@@ -205,14 +206,13 @@ def columns_not_in(kept: np.ndarray, shape, rows: np.ndarray, ranks: np.ndarray)
     kept = np.asarray(kept, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.int64)
     ranks = np.asarray(ranks, dtype=np.int64)
+    kept_rows = kept // n_in
     starts = np.searchsorted(kept, np.arange(n_out + 1, dtype=np.int64) * n_in)  # row bounds in kept
-    cols = kept - (kept // n_in) * n_in
-    free_before = cols - (np.arange(kept.size) - starts[kept // n_in])  # k_i - i within the row
-    out = np.empty(rows.size, dtype=np.int64)
-    for m in range(rows.size):  # one binary search per pair
-        lo, hi = starts[rows[m]], starts[rows[m] + 1]
-        out[m] = ranks[m] + np.searchsorted(free_before[lo:hi], ranks[m], side="right")
-    return out
+    free_before = (kept - kept_rows * n_in) - (np.arange(kept.size) - starts[kept_rows])  # k_i - i, in [0, n_in]
+    # One search over all rows at once: row-major keys row * (n_in + 1) + (k_i - i) ascend through kept.
+    keys = kept_rows * (n_in + 1) + free_before
+    t = np.searchsorted(keys, rows * (n_in + 1) + ranks, side="right") - starts[rows]
+    return ranks + t
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,5 +239,5 @@ def condensed_from_positions(rows: np.ndarray, flat: np.ndarray, shape) -> Conde
 def diagonal_from_offsets(offsets: np.ndarray, shape) -> Diagonal:
     """A Diagonal structure (values 0) with the ascending ``offsets``."""
     n_out, n_in = int(shape[0]), int(shape[1])
-    offsets = np.asarray(offsets, dtype=np.int32)
+    offsets = np.array(offsets, dtype=np.int32)  # a copy: the new matrix shares no array with its caller
     return Diagonal(offsets, np.zeros((offsets.size, min(n_out, n_in)), dtype=np.float32), (n_out, n_in))

@@ -54,6 +54,11 @@ from .arrays import (
 from .condensed import DeviceCondensed
 from .csr import DeviceCSR
 from .diagonal import DeviceDiagonal
+from .selection import (  # the selection operations the DST methods are written with (registry.SELECTION_OPS)
+    arange, columns_not_in, compress, condensed_from_positions, count_true, csr_from_positions, csr_positions,
+    diagonal_from_offsets, flat_of, in_sorted, indicator, merge_sorted, row_counts, row_norms, rows_selected,
+    segment_top, take, top_positions,
+)
 from .structure import (  # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
     count_kept, csr_with_positions, exclusion_of, flat_positions, keep_by_magnitude, remap_by_source, source_of,
 )
@@ -73,6 +78,10 @@ __all__ = [
     # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
     "count_kept", "csr_with_positions", "exclusion_of", "flat_positions", "keep_by_magnitude", "remap_by_source",
     "source_of",
+    # the selection operations the DST methods are written with (registry.SELECTION_OPS)
+    "arange", "columns_not_in", "compress", "condensed_from_positions", "count_true", "csr_from_positions",
+    "csr_positions", "diagonal_from_offsets", "flat_of", "in_sorted", "indicator", "merge_sorted", "row_counts",
+    "row_norms", "rows_selected", "segment_top", "take", "top_positions",
 ]
 
 _DEVICE_TYPES = {Condensed: DeviceCondensed, Diagonal: DeviceDiagonal, CSR: DeviceCSR}

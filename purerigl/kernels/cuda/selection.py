@@ -45,7 +45,7 @@ from .diagonal import DeviceDiagonal
 from .elementwise import check_device
 from .elementwise import flat as _flat
 from .growth import _exclusive_scan
-from .structure import _columns, _csr_arrays, _csr_keys, _low_halves, _magnitude_keys, _positions_from_low_halves
+from .structure import _columns, _csr_arrays, _csr_keys, top_tags
 
 __all__ = [
     "arange", "columns_not_in", "compress", "condensed_from_positions", "count_true", "csr_from_positions",
@@ -176,7 +176,7 @@ def _segment_top(scores, starts, counts, eligible, all_eligible, chosen):
                 break
             if all_eligible or eligible[f]:
                 v = abs(scores[f])
-                if v > s or (v == s and f <= e):
+                if v > s or (v == s and f < e):
                     ahead += 1
         chosen[e] = ahead < c
 
@@ -263,20 +263,6 @@ def _kept_offsets(mask, keep: bool):
     launch(_count_chunks, n_lanes, mask, keep, chunk, offsets)
     launch(_exclusive_scan, 1, offsets, total)
     return offsets, chunk, int(to_host(total)[0])
-
-
-def _top_tags(value_bits, tags, n: int):
-    """int64 device array (n,), ascending: the tags of the n largest rank keys (1 <= n <= size)."""
-    size = int(tags.shape[0])
-    out = empty((n,), np.int64)
-    ranked = empty((1, T.next_pow2(size)), np.int64)  # (1, width): the row layout of the bitonic sort
-    launch(_magnitude_keys, ranked.shape[1], value_bits, tags, size, ranked)
-    T.sort_rows_descending(ranked, launch)
-    low = ranked[:, : T.next_pow2(n)]
-    launch(_low_halves, low.shape[1], low, n)
-    T.sort_rows_descending(low, launch)
-    launch(_positions_from_low_halves, n, low, out)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -426,18 +412,18 @@ def top_positions(scores, tags, n: int):
 
     .. math:: \\operatorname{top}_n \\{ \\mathrm{tags}_e \\text{ by } |s_e| \\}
 
-    ``scores`` float32 (size,), ``tags`` int64 (size,) strictly increasing in [0, 2^32) (not checked:
+    ``scores`` float32 (size,), ``tags`` int64 or int32 (size,) strictly increasing in [0, 2^32) (not checked:
     that would read them back). Rank keys ``bits(|s|) << 32 | (2^32 - 1 - tag)`` sorted descending
     (bitonic, O(size log^2 size)); the low halves of the first n sorted again give the tags ascending.
     Copies: none.
     """
     check_device("scores", scores, np.float32)
-    check_device("tags", tags, np.int64, ndim=1)
+    _int32_or_64("tags", tags)
     _same_size("scores", scores, "tags", tags)
     n = max(0, min(int(n), int(tags.shape[0])))
     if n == 0:
         return empty((0,), np.int64)
-    return _top_tags(_flat(scores).view(np.int32), tags, n)
+    return top_tags(_flat(scores).view(np.int32), tags, n)
 
 
 def segment_top(scores, starts, counts, eligible=None):

@@ -47,7 +47,7 @@ from .topology import remap_by_source as _gather
 from .topology import source_by_position
 
 __all__ = [
-    "count_kept", "csr_with_positions", "exclusion_of", "flat_keys", "flat_positions", "keep_by_magnitude", "remap_by_source",
+    "count_kept", "csr_with_positions", "exclusion_of", "flat_keys", "flat_positions", "top_tags", "keep_by_magnitude", "remap_by_source",
     "source_of",
 ]
 
@@ -263,27 +263,37 @@ def count_kept(source) -> int:
     return int(lanes.copy_to_host().sum())
 
 
+def top_tags(value_bits, tags, n: int):
+    """int64 device array (n,), ascending: the tags of the n entries of largest |value| (1 <= n <=
+    size), equal |value|: the lower tag first.
+
+    ``value_bits`` is the int32 view of float32 values (size,), ``tags`` strictly increasing integers
+    below 2^32 (size,). Each entry gets the rank key ``bits(|v|) << 32 | (2^32 - 1 - tag)``, the keys
+    are sorted descending by the bitonic network, and the low halves of the first n sorted again
+    give their tags ascending.
+    """
+    size = int(tags.shape[0])
+    out = empty((n,), np.int64)
+    ranked = empty((1, T.next_pow2(size)), np.int64)  # (1, width): the row layout of the bitonic sort
+    launch(_magnitude_keys, ranked.shape[1], value_bits, tags, size, ranked)
+    T.sort_rows_descending(ranked, launch)
+    low = ranked[:, : T.next_pow2(n)]
+    launch(_low_halves, low.shape[1], low, n)
+    T.sort_rows_descending(low, launch)
+    launch(_positions_from_low_halves, n, low, out)
+    return out
+
+
 def keep_by_magnitude(W, n_keep: int):
     """Flat positions (int64 device array, ascending) of the ``n_keep`` entries of the DeviceCSR or
     DeviceCondensed ``W`` with the largest |w| layer-wide; equal |w|: the lower position is kept
     (implements :func:`purerigl.kernels.host_topology.keep_by_magnitude`)."""
     _check_flat_range(W.shape)
     keys = flat_keys(W)
-    nnz = keys.shape[0]
-    n_keep = max(0, min(int(n_keep), nnz))
-    out = empty((n_keep,), np.int64)
+    n_keep = max(0, min(int(n_keep), keys.shape[0]))
     if n_keep == 0:
-        return out
-    width = T.next_pow2(nnz)
-    ranked = empty((1, width), np.int64)  # (1, width): the row layout of the bitonic sort
-    launch(_magnitude_keys, width, _flat_view(W.values).view(np.int32), keys, nnz, ranked)
-    T.sort_rows_descending(ranked, launch)
-    low_width = T.next_pow2(n_keep)
-    low = ranked[:, :low_width]
-    launch(_low_halves, low_width, low, n_keep)
-    T.sort_rows_descending(low, launch)
-    launch(_positions_from_low_halves, n_keep, low, out)
-    return out
+        return empty((0,), np.int64)
+    return top_tags(_flat_view(W.values).view(np.int32), keys, n_keep)
 
 
 def _csr_arrays(positions, n: int, shape):
