@@ -1,4 +1,5 @@
-"""``purerigl check``: self-test a backend on this machine against SciPy CSR products.
+"""``purerigl check``: self-test a backend on this machine against SciPy CSR products, and its DST
+updates against the reference backend.
 
 Exit code 0 when every check passes, 1 when any fails, 2 on bad input (e.g. an unknown backend).
 """
@@ -12,6 +13,7 @@ import click
 
 from ._options import backend_option, seed_option
 from ._selftest import Result, run_selftest, selftest_plan
+from ._update_selftest import run_update_selftest
 
 
 def format_table(results: list[Result]) -> str:
@@ -52,6 +54,9 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     and square shapes (and the 3072 -> 768 layer at 90% sparsity unless --quick), batch 1 and 33.
     With --tiny (chosen automatically for the cuda backend on Numba's CUDA simulator, whose kernels
     run as Python threads) the shapes are at most 12 wide and the batches 1 and 3.
+    Then one topology update of every DST method (RigL, SET, SRigL with and without ablation, GSE
+    with each sampler, DynaDiag) against the reference backend, on integer data where both must agree
+    exactly: structure, values, momentum and statistics.
     Exits with 1 if any check fails.
     """
     simulated = bool(getattr(backend.module, "on_simulator", lambda: False)())
@@ -59,6 +64,7 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     cases, batches = selftest_plan(quick=quick, tiny=tiny)
     t0 = time.perf_counter()
     results = run_selftest(backend, seed=seed, cases=cases, batches=batches)
+    results += run_update_selftest(backend, seed=seed, tiny=tiny)
     seconds = time.perf_counter() - t0
     failed = [r for r in results if not r.passed]
     if as_json:

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import purerigl
 from purerigl.cli._options import backend_status
 from purerigl.cli._selftest import QUICK_CASES, TINY_BATCHES, TINY_CASES, run_selftest
+from purerigl.cli._update_selftest import UPDATE_METHODS
 from purerigl.cli.main import COMMANDS, main
 from purerigl.kernels import reference
 
@@ -110,7 +111,7 @@ def test_check_reference_passes(runner):
     assert result.exit_code == 0, result.output
     assert "max abs err" in result.output and "tolerance" in result.output
     n_rows = 3 * 4 * len(QUICK_CASES) * 2  # formats x ops x shapes x batches
-    assert result.output.count("PASS") == n_rows
+    assert result.output.count("PASS") == n_rows + len(UPDATE_METHODS)  # and one update per method
     assert "FAIL" not in result.output
 
 
@@ -139,8 +140,9 @@ def test_check_cuda_on_the_simulator(runner):
     result = runner.invoke(main, ["check", "--backend", "cuda", "--quick"])
     assert result.exit_code == 0, result.output
     assert "CUDA simulator" in result.output
-    assert result.output.count("PASS") == 3 * 4 * len(TINY_CASES) * len(TINY_BATCHES)
+    assert result.output.count("PASS") == 3 * 4 * len(TINY_CASES) * len(TINY_BATCHES) + len(UPDATE_METHODS)
     assert "FAIL" not in result.output
+    assert "update srigl 0.9" in result.output  # every method's update ran on the device, exactly as the reference
 
 
 def test_check_tiny_json(runner):
@@ -151,7 +153,7 @@ def test_check_tiny_json(runner):
     assert report["passed"] and report["tiny"] and not report["simulator"]
     assert [tuple(c["shape"]) for c in report["cases"]] == [shape for shape, _, _ in TINY_CASES]
     assert report["batches"] == list(TINY_BATCHES)
-    assert report["n_checks"] == 3 * 4 * len(TINY_CASES) * len(TINY_BATCHES)
+    assert report["n_checks"] == 3 * 4 * len(TINY_CASES) * len(TINY_BATCHES) + len(UPDATE_METHODS)
 
 
 @pytest.mark.parametrize("command", [["check", "--quick"], ["train", "--epochs", "1", "--hidden", "8"]])
