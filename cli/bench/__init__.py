@@ -1,6 +1,6 @@
 """``purerigl bench``: timings of the kernels, of a training step and of a topology update (issue 6).
 
-Three subcommands, one set of rules (DESIGN.md section 7, the same as ``benchmarks/bench_matmul.py``):
+Four subcommands, one set of rules (DESIGN.md section 7, the same as ``benchmarks/bench_matmul.py``):
 every comparison is a ratio measured in this process on the same inputs; warm-up (Numba compilation)
 is excluded; the median of many runs (``--budget`` seconds per product, at least 5 runs) is
 reported with :func:`purerigl.cli._timing.time_call`; every product is checked against SciPy before
@@ -12,6 +12,9 @@ average) and the exact command, every option spelled out.
   of an MLP per method and format, against the dense network trained by the same code.
 - ``bench growth``: one topology update per method on a square layer as it widens, beside one dense
   ``dY^T X`` product.
+- ``bench gpu``: the cuda backend on a GPU: ``matmul`` per format against the GPU's dense GEMM and
+  CSR SpMM (PyTorch and/or CuPy) timed with CUDA events, and a training step and topology update per
+  method on cuda against cpu; one prepared command for a short GPU session (see ``gpu.py``).
 
 A call that takes longer than ``--max-call`` seconds is not repeated: its time is that of one call
 (``runs`` = 1 in the JSON), so that the full grid finishes on a 2-core machine. ``--quick`` shrinks
@@ -30,4 +33,4 @@ def bench() -> None:
     """Time kernels, training steps and topology updates against NumPy dense and SciPy CSR."""
 
 
-from . import growth, kernels, train  # noqa: E402,F401 (registers the subcommands on the group)
+from . import gpu, growth, kernels, train  # noqa: E402,F401 (registers the subcommands on the group)

@@ -81,7 +81,11 @@ def machine_meta() -> dict:
 
 def command_line(ctx: click.Context) -> str:
     """The command with every option spelled out (defaults included), so that it reproduces the run."""
-    words = ["purerigl", *ctx.command_path.split()[1:]]  # the root's name is "main" when invoked from Python
+    names, c = [], ctx
+    while c.parent is not None:  # the subcommands' names; the root is "purerigl" however it was started
+        names.append(c.info_name)
+        c = c.parent
+    words = ["purerigl", *reversed(names)]
     for param in ctx.command.params:
         if not isinstance(param, click.Option) or param.name in ("help",):
             continue

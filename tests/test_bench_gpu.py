@@ -1,0 +1,292 @@
+"""`purerigl bench gpu` on Numba's CUDA simulator (conftest turns it on): exit codes, rows, headers.
+
+Never timings (DESIGN.md section 7): on the simulator they mean nothing. CuPy and PyTorch are not
+installed here, so the baseline columns are exercised with a NumPy stand-in that has the same adapter
+interface (:class:`HostLibrary`); the torch and CuPy adapters themselves only run on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from purerigl.cli.bench import _gpu_devices as devices
+from purerigl.cli.bench import _gpu_report as gpu_report
+from purerigl.cli.bench import gpu
+from purerigl.cli.main import main
+from purerigl.dst import METHODS
+from purerigl.formats import FORMATS
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def run(args):
+    return CliRunner().invoke(main, ["bench", "gpu", *args])
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Fewer simulated threads per block: the simulator starts one Python thread per thread of a block."""
+    from purerigl.kernels.cuda import _launch
+
+    monkeypatch.setattr(_launch, "THREADS_PER_BLOCK", 8)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One full ``--quick`` run (kernels and train) without baseline libraries: (result, report, markdown)."""
+    from purerigl.kernels.cuda import _launch
+
+    out = tmp_path_factory.mktemp("gpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_launch, "THREADS_PER_BLOCK", 8)
+        result = run(["--quick", "--libraries", "none", "--json", str(out / "g.json"), "--out-md", str(out / "g.md")])
+    assert result.exit_code == 0, result.output
+    return result, json.loads((out / "g.json").read_text()), (out / "g.md").read_text()
+
+
+def table_rows(md: str, first_head: str) -> list[list[str]]:
+    """The cells of the markdown table whose header starts with ``| first_head |``."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_head} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+class _Event:
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+class HostLibrary:
+    """A baseline library on the host (NumPy dense, SciPy CSR) with the adapter interface of
+    :class:`purerigl.cli.bench._gpu_devices.TorchLibrary`, standing in for torch/CuPy here."""
+
+    name = "torch"
+    timed = True
+
+    def describe(self):
+        return {"version": "host stand-in"}
+
+    def synchronize(self):
+        pass
+
+    def event(self):
+        return _Event()
+
+    def elapsed_ms(self, start, end):
+        return (end.t - start.t) * 1e3
+
+    def upload(self, a):
+        return np.ascontiguousarray(a)
+
+    def dense_weight(self, W_dense):
+        return np.ascontiguousarray(W_dense.T)
+
+    def sparse_weight(self, S):
+        return S
+
+    def dense_product(self, WT, X):
+        return devices.Product(lambda: X @ WT, np.asarray)
+
+    def csr_product(self, S, X):
+        XT = X.T
+        return devices.Product(lambda: S @ XT, lambda YT: np.asarray(YT).T)
+
+
+# ------------------------------------------------------------------------------------------ full run
+
+
+def test_quick_run_has_a_checked_timed_row_per_format_sparsity_batch(quick_run):
+    _, report, md = quick_run
+    q = gpu.QUICK
+    n = len(q["sparsities"]) * len(q["batches"]) * len(FORMATS)
+    rows = report["kernels"]
+    assert len(rows) == n
+    assert {(r["format"], r["sparsity"], r["batch"]) for r in rows} == {
+        (f, s, b) for f in FORMATS for s in q["sparsities"] for b in q["batches"]}
+    for r in rows:
+        assert r["purerigl"]["ok"] and r["purerigl"]["max_abs_err"] <= r["purerigl"]["tol"]
+        assert r["purerigl_ms"] > 0 and r["purerigl_gbps"] > 0 and r["baselines"] == {}
+    assert report["failures"] == [] and report["meta"]["gpu"]["simulator"] is True
+    assert len(table_rows(md, "format")) == n
+    assert all(cells[6:] == ["n/a"] * 4 for cells in table_rows(md, "format"))
+
+
+def test_quick_markdown_header_names_the_simulator_command_and_paper(quick_run):
+    result, report, md = quick_run
+    assert gpu_report.SIMULATOR_WARNING in md and gpu_report.PAPER_REFERENCE in md
+    assert "command: `purerigl bench gpu --part all --shape 12x48" in md and "--quick" in md
+    assert "- GPU: numba CUDA simulator" in md and "- libraries: none" in md
+    assert md in result.output  # the markdown is also printed
+    assert report["meta"]["estimate_s"] > 0 and report["meta"]["plan"].startswith("plan: ")
+
+
+def test_quick_train_part_has_cpu_and_cuda_times_per_method(quick_run):
+    _, report, md = quick_run
+    rows = report["train"]
+    assert [r["method"] for r in rows] == list(METHODS) * len(gpu.QUICK["train_batches"])
+    assert report["errors"] == []
+    for r in rows:
+        for backend in ("cpu", "cuda"):
+            assert r[backend]["step_ms"] > 0
+            assert (r[backend]["update_ms"] is None) == (r["method"] == "static")
+        assert r["step_speedup"] > 0
+    assert report["meta"]["train"]["arch"] == "10-8-3"
+    assert "synthetic inputs" in md and len(table_rows(md, "network")) == len(rows)
+
+
+# ------------------------------------------------------------------------------------------ libraries
+
+
+def test_auto_without_cupy_or_torch_reads_na(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" raises ImportError
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    path = tmp_path / "g.json"
+    result = run(["--quick", "--part", "kernels", "--format", "csr", "--batch", "1", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(path.read_text())
+    assert report["meta"]["libraries"] == {} and report["train"] is None
+    notes = " ".join(report["meta"]["notes"])
+    assert "torch is not usable here" in notes and "cupy is not usable here" in notes
+    assert [r["baselines"] for r in report["kernels"]] == [{}]
+    assert "Measured here: not in this grid" in result.output
+
+
+def test_named_library_that_does_not_import_exits_2(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    result = run(["--quick", "--part", "kernels", "--libraries", "torch"])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--libraries" in errors[0] and "torch is not usable here" in errors[0]
+
+
+def test_a_library_fills_its_baseline_columns(monkeypatch, tmp_path):
+    monkeypatch.setitem(devices.LOADERS, "torch", HostLibrary)
+    path = tmp_path / "g.json"
+    result = run(["--quick", "--part", "kernels", "--libraries", "torch", "--format", "condensed", "--format", "csr",
+                  "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(path.read_text())
+    assert report["meta"]["libraries"] == {"torch": {"version": "host stand-in"}}
+    for r in report["kernels"]:
+        b = r["baselines"]["torch"]
+        assert b["dense"]["ok"] and b["csr"]["ok"] and b["dense_ms"] > 0 and b["csr_ms"] > 0
+        assert b["dense_ratio"] == pytest.approx(b["dense_ms"] / r["purerigl_ms"])
+        assert b["csr"]["timing"]["event_ms"] is not None  # a timed clock: its events give the time
+    by_batch = {}
+    for r in report["kernels"]:  # the dense time is measured once per batch and shared by the formats
+        by_batch.setdefault(r["batch"], set()).add(r["baselines"]["torch"]["dense_ms"])
+    assert all(len(times) == 1 for times in by_batch.values())
+    cells = table_rows(result.output, "format")
+    assert all(c[6] != "n/a" and c[8].endswith("x") for c in cells)
+    assert "dense ms [torch]" in result.output
+
+
+def test_paper_line_shows_the_condensed_ratios_at_batch_256_and_90_percent():
+    row = {"format": "condensed", "batch": 256, "sparsity": 0.9,
+           "baselines": {"torch": {"dense_ratio": 0.5, "csr_ratio": 3.25}}}
+    lines = gpu_report.paper_lines([row], ["torch"])
+    assert lines[0] == f"Reference: {gpu_report.PAPER_REFERENCE}."
+    assert "torch: 0.50x vs dense, 3.25x vs CSR" in lines[1]
+    assert "n/a" in gpu_report.paper_lines([row], [])[1]
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def test_time_device_uses_events_of_a_timed_clock_and_batches_fast_calls():
+    calls = []
+    t = devices.time_device(lambda: calls.append(1), HostLibrary(), budget_s=0.01, max_call_s=1.0, min_runs=3)
+    assert t["event_ms"] is not None and t["ms"] == t["event_ms"] and t["wall_ms"] > 0
+    assert t["samples"] >= 3 and 1 <= t["calls_per_sample"] <= devices.MAX_PER_SAMPLE
+    assert len(calls) == 3 + t["samples"] * t["calls_per_sample"]  # 2 warm-up calls and 1 sizing call
+
+
+def test_time_device_falls_back_to_the_wall_clock_when_events_fail():
+    class BrokenEvents(HostLibrary):
+        def elapsed_ms(self, start, end):
+            raise RuntimeError("no timing")
+
+    t = devices.time_device(lambda: None, BrokenEvents(), budget_s=0.0, max_call_s=1.0, min_runs=2)
+    assert t["event_ms"] is None and t["ms"] == t["wall_ms"] > 0 and "no timing" in t["event_error"]
+
+
+def test_time_device_times_a_slow_call_once():
+    t = devices.time_device(lambda: time.sleep(0.002), HostLibrary(), budget_s=1.0, max_call_s=0.001)
+    assert t["samples"] == 1 and t["event_ms"] is None and t["ms"] >= 2.0
+
+
+# ------------------------------------------------------------------------------------------ failures
+
+
+def test_a_wrong_purerigl_product_fails_the_command(monkeypatch, tmp_path):
+    import purerigl.kernels.cuda as cuda_module
+
+    monkeypatch.setattr(cuda_module, "matmul", lambda W, X, out=None: cuda_module.zeros(tuple(out.shape)))
+    path, md = tmp_path / "g.json", tmp_path / "g.md"
+    result = run(["--quick", "--part", "kernels", "--libraries", "none", "--format", "csr", "--json", str(path),
+                  "--out-md", str(md)])
+    assert result.exit_code == 1
+    assert "disagreed with the float64 reference" in result.output and "Traceback" not in result.output
+    report = json.loads(path.read_text())  # written before the command failed
+    assert all(not r["purerigl"]["ok"] and r["purerigl_ms"] is None for r in report["kernels"])
+    assert len(report["failures"]) == len(report["kernels"]) and "WRONG" in md.read_text()
+
+
+def test_no_usable_cuda_backend_exits_2(monkeypatch):
+    from purerigl.kernels.cuda import _launch
+
+    monkeypatch.setattr(_launch, "unavailable_reason", lambda: "numba.cuda finds no usable NVIDIA GPU (test)")
+    result = run(["--quick"])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "backend 'cuda' is unavailable" in errors[0] and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["--libraries", "mkl"], "--libraries"),
+        (["--part", "everything"], "--part"),
+        (["--sparsity", "1.5"], "--sparsity"),
+        (["--batch", "0"], "--batch"),
+        (["--format", "coo"], "--format"),
+        (["--method", "magic"], "--method"),
+        (["--shape", "12"], "--shape"),
+        (["--quick", "--hidden", "a,b"], "--hidden"),
+        (["--quick", "--part", "train", "--hidden", "2", "--train-sparsity", "0.9"], "k = 0"),
+    ],
+)
+def test_bad_option_exits_2_with_one_line_error(args, word):
+    result = run(args)
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and word in errors[0]
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(), reason="shared MNIST files not present")
+def test_train_part_reads_mnist_from_data_dir(tmp_path):
+    path = tmp_path / "g.json"
+    result = run(["--quick", "--part", "train", "--method", "static", "--data-dir", str(MNIST), "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(path.read_text())
+    assert report["kernels"] is None and report["meta"]["train"]["arch"] == "784-8-10"
+    assert report["meta"]["train"]["inputs"].startswith("MNIST training images")
+    assert [r["method"] for r in report["train"]] == ["static"] and report["train"][0]["cuda"]["step_ms"] > 0
