@@ -169,8 +169,15 @@ def segment_top(scores: np.ndarray, starts: np.ndarray, counts: np.ndarray, elig
     starts = np.asarray(starts, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
     size = scores.size
-    seg = np.repeat(np.arange(counts.size, dtype=np.int64), np.diff(starts))  # segment of each entry
     ok = np.ones(size, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).reshape(-1)
+    lengths = np.diff(starts)
+    if counts.size and size and np.all(lengths == lengths[0]):  # equal segments (the rows of a Condensed)
+        keys = np.where(ok, scores, -1.0).reshape(counts.size, -1)  # (n_seg, L); ineligible below all
+        order = np.argsort(-keys, axis=1, kind="stable")  # best first, lower index first on ties
+        rank = np.empty(keys.shape, dtype=np.int64)
+        np.put_along_axis(rank, order, np.broadcast_to(np.arange(keys.shape[1]), keys.shape), axis=1)
+        return ok & (rank < counts[:, None]).reshape(-1)
+    seg = np.repeat(np.arange(counts.size, dtype=np.int64), lengths)  # segment of each entry
     # eligible entries first, then by segment, larger |score| first, lower index first
     order = np.lexsort((np.arange(size), -scores, ~ok, seg))
     first = starts[seg[order]]  # start of the entry's segment, in sorted order
