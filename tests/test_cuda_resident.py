@@ -374,3 +374,38 @@ def test_set_backend_moves_a_model_and_predict_stays_on_the_host_interface(cuda)
     model.set_backend("cpu")
     for b, p in zip(before, model.parameters()):
         assert p.value is p.host and np.array_equal(p.value, b)
+
+
+def test_an_optimizer_follows_its_parameters_to_another_backend(cuda):
+    """After ``Model.set_backend`` the optimizer refuses to step until ``follow_parameters()`` moves
+    its state; then its momentum is the very state it had, it steps on the device, and it comes back."""
+    from purerigl.optim import SGD
+    from purerigl.optim.base import OptimizerError
+
+    model = build_mlp(10, "12", 3, fmt="csr", sparsity=0.7, backend="cpu", rng=0)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    X = np.random.default_rng(2).standard_normal((4, 10)).astype(np.float32)
+    y = np.array([0, 1, 2, 0])
+
+    def step():
+        logits = model.forward(model.backend.to_device(X))
+        _, dlogits, _ = model.backend.softmax_cross_entropy(logits, model.backend.to_device(y))
+        model.backward(dlogits)
+        opt.step()
+
+    step()
+    before = opt.state_dict()
+    model.set_backend(cuda)
+    with pytest.raises(OptimizerError, match="follow_parameters"):
+        opt.step()
+    opt.follow_parameters()
+    after = opt.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        assert np.array_equal(before[key], after[key]), key
+    assert all(not isinstance(a, np.ndarray) for state in opt._state for a in state.values())
+    step()  # on the device
+    model.set_backend("cpu")
+    opt.follow_parameters()
+    step()
+    assert opt.steps == 3

@@ -129,7 +129,8 @@ class MLP:
             lin.sync_to_device()
 
     def set_backend(self, backend) -> None:
-        """Move every layer to ``backend`` (call before building an optimizer: its state is not moved)."""
+        """Move every layer to ``backend``. An optimizer built before follows with
+        ``optimizer.follow_parameters()`` (its step refuses moved parameters until then)."""
         b = get_backend(backend)
         for lin in self.linears:
             lin.set_backend(b)

@@ -110,6 +110,7 @@ class Optimizer:
             {s: p.backend.zeros(p.value.shape) for s in self.state_names}
             for p in self.params
         ]
+        self._state_backends = [p.backend for p in self.params]  # where each parameter's state lives
 
     # ---------------------------------------------------------------------------------------------
     # stepping
@@ -138,7 +139,26 @@ class Optimizer:
     def _update(self, param: Parameter, state: dict[str, np.ndarray], lr: float) -> None:
         raise NotImplementedError
 
+    def follow_parameters(self) -> None:
+        """Move the state of every parameter that changed backend (``Model.set_backend``) to where
+        the parameter lives now: one copy through the host per state array, values unchanged.
+
+        Until this is called, :meth:`step` refuses such a parameter instead of copying silently.
+        """
+        for i, p in enumerate(self.params):
+            old = self._state_backends[i]
+            if p.backend is old:
+                continue
+            for name, arr in self._state[i].items():
+                self._state[i][name] = p.backend.to_device(np.array(old.to_host(arr), dtype=np.float32, copy=True))
+            self._state_backends[i] = p.backend
+
     def _check_layout(self, i: int, p: Parameter) -> None:
+        if p.backend is not self._state_backends[i]:
+            raise OptimizerError(
+                f"parameter {p.name!r} moved to backend {p.backend.name!r} but its optimizer state is on "
+                f"{self._state_backends[i].name!r}; call optimizer.follow_parameters() after set_backend"
+            )
         if p.value.shape != self._shapes[i]:
             raise OptimizerError(
                 f"parameter {p.name!r} has shape {p.value.shape} but its optimizer state is laid "
@@ -228,9 +248,9 @@ class Optimizer:
             Host arrays (copied from the device on cuda), safe to keep: later steps do not change it.
         """
         d: dict[str, np.ndarray] = {STEP_KEY: np.array(self.steps, dtype=np.int64)}
-        for p, state in zip(self.params, self._state):
+        for p, state, backend in zip(self.params, self._state, self._state_backends):
             for name, arr in state.items():
-                d[f"{p.name}.{name}"] = np.array(p.backend.to_host(arr), copy=True)
+                d[f"{p.name}.{name}"] = np.array(backend.to_host(arr), copy=True)
         return d
 
     def load_state_dict(self, d: Mapping[str, np.ndarray]) -> None:
@@ -276,6 +296,7 @@ class Optimizer:
                 host = np.array(d[f"{p.name}.{name}"], dtype=np.float32, copy=True)
                 self._state[i][name] = p.backend.to_device(host)
             self._shapes[i] = p.value.shape
+            self._state_backends[i] = p.backend
         self.steps = int(np.asarray(d[STEP_KEY]))
 
     def __repr__(self) -> str:
