@@ -45,6 +45,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .._rank_key import INDEX_MASK, rank_key
 from ._layout import transpose
 
 #: Entries of G per tile (512 KiB of float32, one tile per task).
@@ -68,10 +69,6 @@ MIN_SAMPLE_RANK = 64
 
 #: Keys a topk_grad_rows row may buffer beyond 2 * its count before cutting back.
 MIN_ROW_SLACK = 64
-
-#: Low 32 bits of a rank key: 2^32 - 1 - index, so a lower index gives a larger key.
-INDEX_MASK = np.int64(0xFFFFFFFF)
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,11 +123,9 @@ def _gradient_tile(dYT, XT, rows, G):
                     g0[j + 3] = s03
 
 
-@njit(cache=True, inline="always")
-def _key(score_bits, index):
-    """Rank key of a score (its float32 bits as a non-negative int) at ``index`` < 2^32: larger key =
-    ranks higher."""
-    return (np.int64(score_bits) << 32) | (INDEX_MASK - np.int64(index))
+#: The rank key of the shared tie rule (:mod:`purerigl.kernels._rank_key`), the same Python function
+#: that the cuda backend compiles for the device.
+_key = njit(cache=True, inline="always")(rank_key)
 
 
 @njit(cache=True)

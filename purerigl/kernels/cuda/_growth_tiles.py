@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _rank_key
 from ._launch import cuda
 
-#: Low 32 bits of a rank key: 2^32 - 1 - index, so a lower index gives a larger key.
-INDEX_MASK = np.int64(0xFFFFFFFF)
-
-#: Key of an excluded position (or of padding): below every real key.
-NO_KEY = np.int64(-1)
+INDEX_MASK = _rank_key.INDEX_MASK  # low 32 bits of a rank key: 2^32 - 1 - index
+NO_KEY = _rank_key.NO_KEY  # the key of an excluded position or of padding, below every real key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,10 +62,9 @@ def sort_rows_descending(A, launch) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@cuda.jit(device=True)
-def rank_key(g_bits, index):
-    """Rank key of a float32 g (given as its int32 bit pattern) at ``index`` < 2^32."""
-    return (np.int64(g_bits & 0x7FFFFFFF) << 32) | (INDEX_MASK - np.int64(index))
+#: The rank key of the shared tie rule (:mod:`purerigl.kernels._rank_key`), the same Python function
+#: that the cpu backend compiles with njit.
+rank_key = cuda.jit(device=True)(_rank_key.rank_key)
 
 
 @cuda.jit(device=True)
