@@ -300,39 +300,25 @@ def test_every_backend_has_the_array_ops(name):
 
 
 @pytest.mark.parametrize("name", sorted(registry.BACKENDS))
-def test_every_backend_has_the_topology_ops(name):
-    """Every backend defines every topology op with host_topology's parameters (names and order); the
-    host backends use host_topology's functions themselves, and a Backend forwards them."""
-    from purerigl.kernels import host_topology
-    from purerigl.kernels.registry import TOPOLOGY_OPS
-
+@pytest.mark.parametrize("ops, host_module, probe", [
+    ("TOPOLOGY_OPS", "host_topology", "source_of"),
+    ("SELECTION_OPS", "host_selection", "segment_top"),
+])
+def test_every_backend_has_the_topology_and_selection_ops(name, ops, host_module, probe):
+    """Every backend defines every topology and selection op with the host module's parameters
+    (names and order); the host backends use the host functions themselves, and a Backend forwards
+    them."""
+    host = importlib.import_module(f"purerigl.kernels.{host_module}")
+    names = getattr(registry, ops)
+    if ops == "SELECTION_OPS":
+        assert sorted(names) == sorted(host.__all__)
     module = importlib.import_module(registry.BACKENDS[name])
-    for op in TOPOLOGY_OPS:
+    for op in names:
         fn = getattr(module, op, None)
         assert callable(fn), f"{name}: {op} missing"
         assert list(inspect.signature(fn).parameters) == list(
-            inspect.signature(getattr(host_topology, op)).parameters
+            inspect.signature(getattr(host, op)).parameters
         ), f"{name}: {op} parameters"
         if name in ("reference", "cpu"):
-            assert fn is getattr(host_topology, op)
-    assert get_backend(name).source_of is module.source_of
-
-
-@pytest.mark.parametrize("name", sorted(registry.BACKENDS))
-def test_every_backend_has_the_selection_ops(name):
-    """Every backend defines every selection op with host_selection's parameters (names and order);
-    the host backends use host_selection's functions themselves, and a Backend forwards them."""
-    from purerigl.kernels import host_selection
-    from purerigl.kernels.registry import SELECTION_OPS
-
-    assert sorted(SELECTION_OPS) == sorted(host_selection.__all__)
-    module = importlib.import_module(registry.BACKENDS[name])
-    for op in SELECTION_OPS:
-        fn = getattr(module, op, None)
-        assert callable(fn), f"{name}: {op} missing"
-        assert list(inspect.signature(fn).parameters) == list(
-            inspect.signature(getattr(host_selection, op)).parameters
-        ), f"{name}: {op} parameters"
-        if name in ("reference", "cpu"):
-            assert fn is getattr(host_selection, op)
-    assert get_backend(name).segment_top is module.segment_top
+            assert fn is getattr(host, op)
+    assert getattr(get_backend(name), probe) is getattr(module, probe)
