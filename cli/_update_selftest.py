@@ -53,13 +53,12 @@ def _layer(W, backend):
 
 def _train(layer, opt, X, dY) -> None:
     """One SGD step on (X, dY), then a forward and backward on them again (the batch the update reads)."""
-    ops = layer.backend
-    for _ in range(2):
-        layer.forward(ops.to_device(X))
-        layer.backward(ops.to_device(dY))
-        if opt is not None:
-            opt.step()
-            opt = None
+    X, dY = layer.backend.to_device(X), layer.backend.to_device(dY)
+    layer.forward(X)
+    layer.backward(dY)
+    opt.step()
+    layer.forward(X)
+    layer.backward(dY)
 
 
 def _state(layer, opt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

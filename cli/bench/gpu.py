@@ -53,7 +53,9 @@ from .._options import SHAPE, seed_option
 from .._selftest import compare
 from ..demo import stored_bytes
 from . import bench
-from ._gpu_devices import MAX_PER_SAMPLE, SAMPLE_S, Product, PureriglClock, _one_line, gpu_meta, load_libraries, time_device
+from ._gpu_devices import (
+    MAX_PER_SAMPLE, SAMPLE_S, Product, PureriglClock, _one_line, gpu_meta, load_libraries, time_device,
+)
 from ._gpu_report import SIMULATOR_WARNING, _fmt_ms, plan_text, row_failures, train_errors, write_outputs
 from ._shared import MAX_DENSE, command_line, machine_meta, measure, quick_default, thread_limit
 from .train import _train_step_fn, _update_fn

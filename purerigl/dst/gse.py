@@ -88,7 +88,7 @@ import math
 import numpy as np
 
 from ..formats._base import ceil_count, sorted_unique
-from .base import LayerUpdate, Method, MethodError, format_of
+from .base import LayerUpdate, Method, MethodError, format_of, saved_batch_of
 from .samplers import Sampler, get_sampler, uniform
 from .topology import apply_structure
 
@@ -194,7 +194,8 @@ class GSE(Method):
         g = ops.grad_at(X, dY, rows, cols)
         grown = ops.top_positions(g, ops.flat_of(rows, cols, n_in), k)  # S ascending: the shared tie rule
         kept = ops.keep_by_magnitude(M, nnz - k)  # the k smallest |w| are the ones not kept
-        stats = apply_structure(layer, u.optimizer, ops.csr_from_positions(ops.merge_sorted(kept, grown), layer.shape))
+        new = ops.csr_from_positions(ops.merge_sorted(kept, grown), layer.shape)
+        stats = apply_structure(layer, u.optimizer, new)
         stats["candidates"] = int(S.size)
         return stats
 
@@ -210,7 +211,8 @@ class GSE(Method):
         # The sampler sees the compact (R, n_in) sub-layer of the active rows: compact row r is
         # layer row rows[r] (ascending, so compact and layer positions sort alike).
         rows = ops.to_host(M.rows).astype(np.int64)  # (R,)
-        S = self._candidates(u.rng, layer, R, n_in, nnz, ops.flat_positions(M), rows=rows)  # compact
+        active = ops.flat_positions(M)  # (nnz,) ascending layer positions
+        S = self._candidates(u.rng, layer, R, n_in, nnz, active, rows=rows)  # compact positions
         s_rows, s_cols = np.divmod(S, n_in)
         per_row = np.bincount(s_rows, minlength=R)  # |S_r|
         k_r = np.minimum(n_change, per_row)
@@ -223,7 +225,7 @@ class GSE(Method):
         grown = ops.compress(ops.flat_of(layer_rows, cols, n_in), grow)
         keep = ops.segment_top(M.values.reshape(-1), ops.to_device(np.arange(R + 1, dtype=np.int64) * K),
                                ops.to_device((K - k_r).astype(np.int64)))
-        kept = ops.compress(ops.flat_positions(M), keep)
+        kept = ops.compress(active, keep)
         new = ops.condensed_from_positions(M.rows, ops.merge_sorted(kept, grown), layer.shape)
         stats = apply_structure(layer, u.optimizer, new)
         stats["candidates"] = int(S.size)
@@ -269,12 +271,7 @@ def _unchanged(nnz: int, candidates: int) -> dict:
 
 def _batch(layer):
     """The layer's last X (B, n_in) and dY (B, n_out) as backend arrays, or a clear error."""
-    X, dY = layer.saved_batch()
-    if X is None or dY is None:
-        raise MethodError(
-            "gse needs the layer's last input and output gradient: run a forward and a backward "
-            "pass on the layer before updating its topology"
-        )
+    X, dY = saved_batch_of(layer, "gse")
     n_out, n_in = layer.shape
     fits = len(X.shape) == 2 and len(dY.shape) == 2 and X.shape[0] == dY.shape[0]
     if not (fits and X.shape[1] == n_in and dY.shape[1] == n_out):

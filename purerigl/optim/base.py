@@ -147,14 +147,14 @@ class Optimizer:
         """
         for i, p in enumerate(self.params):
             old = self._state_backends[i]
-            if p.backend is old:
+            if p.backend == old:  # Backend compares by name and module
                 continue
             for name, arr in self._state[i].items():
                 self._state[i][name] = p.backend.to_device(np.array(old.to_host(arr), dtype=np.float32, copy=True))
             self._state_backends[i] = p.backend
 
     def _check_layout(self, i: int, p: Parameter) -> None:
-        if p.backend is not self._state_backends[i]:
+        if p.backend != self._state_backends[i]:
             raise OptimizerError(
                 f"parameter {p.name!r} moved to backend {p.backend.name!r} but its optimizer state is on "
                 f"{self._state_backends[i].name!r}; call optimizer.follow_parameters() after set_backend"

@@ -5,7 +5,8 @@ Same functions, signatures and semantics as :mod:`purerigl.kernels.reference` an
 :mod:`purerigl.kernels._checks` functions (so all backends accept and refuse exactly the same inputs),
 ``out=`` filled and returned. Each call copies its operands to the device, launches the kernels and
 copies the result back. The kernels live one module per format (:mod:`.condensed`, :mod:`.diagonal`,
-:mod:`.csr`) plus :mod:`.pairs` for ``grad_at`` and :mod:`.growth` for the growth selections; the
+:mod:`.csr`) plus :mod:`.pairs` for ``grad_at`` and :mod:`.growth_ops` / :mod:`.growth` for the growth
+selections; the
 shared per-element sums are in :mod:`._device`, the launch configuration in :mod:`._launch`.
 
 Device-level entry points, for chaining ops without host round trips (a GPU-resident training step):
@@ -54,6 +55,8 @@ from .arrays import (
 from .condensed import DeviceCondensed
 from .csr import DeviceCSR
 from .diagonal import DeviceDiagonal
+from .elementwise import check_device
+from .growth_ops import diag_grad_norms, topk_grad, topk_grad_rows  # the growth selections (registry.OPS)
 from .selection import (  # the selection operations the DST methods are written with (registry.SELECTION_OPS)
     arange, columns_not_in, compress, condensed_from_positions, count_true, csr_from_positions, csr_positions,
     diagonal_from_offsets, flat_of, in_sorted, indicator, merge_sorted, row_counts, row_norms, rows_selected,
@@ -164,25 +167,11 @@ def _module_for(Wd):
     return module
 
 
-def _check_device(name: str, A, shape: tuple, dtype=np.float32):
-    """A device array of this dtype and exact shape (a host array is refused: no hidden copies)."""
-    if not _launch.is_device_array(A):
-        raise DTypeError(
-            f"{name} must be a numba device array (cuda.to_device), got {type(A).__name__}; "
-            "the host functions (matmul, ...) take NumPy arrays"
-        )
-    if A.dtype != dtype:
-        raise DTypeError(f"{name} must be {np.dtype(dtype).name}, got {A.dtype}")
-    if tuple(A.shape) != tuple(shape):
-        raise ShapeError(f"{name} has shape {tuple(A.shape)}, expected {tuple(shape)}")
-    return A
-
-
 def _device_out(out, shape: tuple):
     """``out`` checked, or a new uninitialised float32 device array (the kernels write every element)."""
     if out is None:
         return _launch.empty(shape, np.float32)
-    return _check_device("out", out, shape)
+    return check_device("out", out, np.float32, shape=shape)
 
 
 def _dims(name: str, A) -> tuple[int, int]:
@@ -212,7 +201,7 @@ def matmul_device(W, X, out=None):
     module = _module_for(W)
     n_out, n_in = W.shape
     B = _dims("X", X)[0]
-    _check_device("X", X, (B, n_in))
+    check_device("X", X, np.float32, shape=(B, n_in))
     return module.matmul(W, X, _device_out(out, (B, n_out)))
 
 
@@ -234,7 +223,7 @@ def matmul_t_device(W, dY, out=None):
     module = _module_for(W)
     n_out, n_in = W.shape
     B = _dims("dY", dY)[0]
-    _check_device("dY", dY, (B, n_out))
+    check_device("dY", dY, np.float32, shape=(B, n_out))
     return module.matmul_t(W, dY, _device_out(out, (B, n_in)))
 
 
@@ -257,8 +246,8 @@ def sddmm_device(W, X, dY, out=None):
     module = _module_for(W)
     n_out, n_in = W.shape
     B = _dims("X", X)[0]
-    _check_device("X", X, (B, n_in))
-    _check_device("dY", dY, (B, n_out))
+    check_device("X", X, np.float32, shape=(B, n_in))
+    check_device("dY", dY, np.float32, shape=(B, n_out))
     return module.sddmm(W, X, dY, _device_out(out, tuple(W.values.shape)))
 
 
@@ -280,10 +269,10 @@ def grad_at_device(X, dY, rows, cols, out=None):
     g : float32 device array, shape (m,)
     """
     B = _dims("X", X)[0]
-    _check_device("dY", dY, (B, _dims("dY", dY)[1]))
+    check_device("dY", dY, np.float32, shape=(B, _dims("dY", dY)[1]))
     m = int(rows.shape[0]) if _launch.is_device_array(rows) else 0
-    _check_device("rows", rows, (m,), np.int64)
-    _check_device("cols", cols, (m,), np.int64)
+    check_device("rows", rows, np.int64, shape=(m,))
+    check_device("cols", cols, np.int64, shape=(m,))
     return pairs.grad_at(X, dY, rows, cols, _device_out(out, (m,)))
 
 
@@ -412,123 +401,3 @@ def grad_at(
     to = _launch.to_device
     grad_at_device(to(X), to(dY), to(rows), to(cols)).copy_to_host(out)
     return out
-
-
-def topk_grad(X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray, exclude_indices: np.ndarray):
-    """The m positions of largest gradient magnitude over the whole layer, excluded positions aside (RigL).
-
-    Implements :func:`purerigl.kernels.reference.topk_grad` (kernels in :mod:`.growth`).
-
-    .. math:: \\mathrm{top}_m \\{ (i, j) \\notin E : |G[i, j]| \\}, \\qquad G[i, j] = \\sum_b dY[b, i] X[b, j]
-
-    Ranked by the float32 score |G[i, j]|, larger first; equal scores: lower flat index
-    ``i * n_in + j`` first.
-
-    Parameters
-    ----------
-    X : float32 ndarray, shape (B, n_in)
-    dY : float32 ndarray, shape (B, n_out)
-    m : int >= 0
-    exclude_indptr : integer ndarray, shape (n_out + 1,)
-    exclude_indices : integer ndarray, shape (nnz,)
-        The excluded set, CSR-like, strictly increasing within each row.
-
-    Returns
-    -------
-    rows, cols : int64 ndarrays, shape (min(m, n_out * n_in - nnz),), sorted by ``rows * n_in + cols``.
-
-    Given device arrays (X, dY and the excluded set, as a resident DST update holds them) it takes
-    and returns device arrays: nothing is copied but one candidate count per gradient tile. Their
-    checks are cheap (types, dtypes, shapes); the exclusion's order is trusted.
-    """
-    from . import growth  # imported on first use
-
-    if _launch.is_device_array(X):
-        m = _checks.check_count(m)
-        _device_growth_operands(X, dY)
-        n_out = dY.shape[1]
-        _check_device("exclude_indptr", exclude_indptr, (n_out + 1,), np.int64)
-        if not _launch.is_device_array(exclude_indices) or exclude_indices.ndim != 1:
-            raise DTypeError("exclude_indices must be a 1-D numba device array when X is one")
-        return growth.topk_grad_device(X, dY, m, exclude_indptr, exclude_indices)
-    X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
-    return growth.topk_grad(X, dY, m, indptr, indices)
-
-
-def _device_growth_operands(X, dY) -> None:
-    """Cheap checks of device X (B, n_in) and dY (B, n_out) for a growth selection."""
-    B, n_in = _dims("X", X)
-    B2, n_out = _dims("dY", dY)
-    if B != B2:
-        raise ShapeError(f"X has batch {B} but dY has batch {B2}")
-    for name, A in (("X", X), ("dY", dY)):
-        if A.dtype != np.float32:
-            raise DTypeError(f"{name} must be float32, got {A.dtype}")
-
-
-def topk_grad_rows(
-    X: np.ndarray, dY: np.ndarray, counts: np.ndarray, exclude_indptr: np.ndarray, exclude_indices: np.ndarray
-):
-    """Per row i, the counts[i] columns of largest gradient magnitude among those not excluded (SRigL).
-
-    Implements :func:`purerigl.kernels.reference.topk_grad_rows` (kernels in :mod:`.growth`).
-
-    .. math:: C_i = \\mathrm{top}_{c_i} \\{ j : (i, j) \\notin E, \\text{ by } |G[i, j]| \\},
-              \\qquad c_i = \\min(\\mathrm{counts}[i], n_{in} - |E_i|)
-
-    Parameters
-    ----------
-    X : float32 ndarray, shape (B, n_in)
-    dY : float32 ndarray, shape (B, n_out)
-    counts : integer ndarray, shape (n_out,), >= 0
-    exclude_indptr, exclude_indices : the excluded set, as in :func:`topk_grad`
-
-    Returns
-    -------
-    indptr : int64 ndarray, shape (n_out + 1,)
-    cols : int64 ndarray, shape (sum c_i,), ascending within each row; equal scores: lower column first
-
-    Given device arrays (X, dY, counts and the excluded set) it takes and returns device arrays:
-    nothing is copied but two sizes (the number of chosen columns and of rows that need the
-    gradient). Their checks are cheap (types, dtypes, shapes); counts >= 0 and the exclusion's order
-    are trusted.
-    """
-    from . import growth  # imported on first use
-
-    if _launch.is_device_array(X):
-        _device_growth_operands(X, dY)
-        n_out = dY.shape[1]
-        _check_device("counts", counts, (n_out,), np.int64)
-        _check_device("exclude_indptr", exclude_indptr, (n_out + 1,), np.int64)
-        if not _launch.is_device_array(exclude_indices) or exclude_indices.ndim != 1:
-            raise DTypeError("exclude_indices must be a 1-D numba device array when X is one")
-        return growth.topk_grad_rows_device(X, dY, counts, exclude_indptr, exclude_indices)
-    X, dY, counts, indptr, indices = _checks.topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices)
-    return growth.topk_grad_rows(X, dY, counts, indptr, indices)
-
-
-def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
-    """The L2 norm of the gradient along each of the P wrap-around diagonals (DynaDiag growth scores).
-
-    Implements :func:`purerigl.kernels.reference.diag_grad_norms` (kernels in :mod:`.growth`).
-
-    .. math:: S[d] = \\Big( \\sum_{t=0}^{L-1} G[\\mathrm{row}(d, t), \\mathrm{col}(d, t)]^2 \\Big)^{1/2}
-
-    Parameters
-    ----------
-    X : float32 ndarray, shape (B, n_in)
-    dY : float32 ndarray, shape (B, n_out)
-
-    Returns
-    -------
-    S : float32 ndarray, shape (P,), P = max(n_out, n_in)
-
-    Given device arrays X and dY it returns a float32 device array and copies nothing.
-    """
-    from . import growth  # imported on first use
-
-    if _launch.is_device_array(X):
-        _device_growth_operands(X, dY)
-        return growth.diag_grad_norms_device(X, dY)
-    X, dY = _checks.growth_operands(X, dY)
-    return growth.diag_grad_norms(X, dY)

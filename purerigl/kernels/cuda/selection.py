@@ -22,7 +22,8 @@ depend on the data only, never on block size or thread timing:
   it; O(segment length) per entry, meant for short segments (the rows of a layer).
 - :func:`row_norms`: one thread per row, float64 squares summed in ascending column order.
 - structures with zero values (:func:`csr_from_positions`, :func:`condensed_from_positions`,
-  :func:`diagonal_from_offsets`): one binary search per row, one division per entry.
+  :func:`diagonal_from_offsets`): one binary search per row, one division per entry; they live in
+  :mod:`.structure` (the other structure operations use them) and are re-exported here.
 
 Host-device traffic: none, except the output size of :func:`compress` and the count of
 :func:`count_true` (one int64 each). Tags and positions that are ranked must lie in [0, 2^32).
@@ -34,18 +35,18 @@ import math
 
 import numpy as np
 
-from ...errors import DTypeError, FormatError, ShapeError
+from ...errors import ShapeError
 from . import _growth_tiles as T
 from ._device import find_sorted, lower_bound, segment_of
 from ._launch import cuda, empty, launch, to_host
-from .arrays import zeros
-from .condensed import DeviceCondensed
-from .csr import DeviceCSR
-from .diagonal import DeviceDiagonal
 from .elementwise import check_device
 from .elementwise import flat as _flat
+from .growth import _arange as _arange_device
 from .growth import _exclusive_scan
-from .structure import _columns, _csr_arrays, _csr_keys, top_tags
+from .structure import (  # the structure builders live there, re-exported here (registry.SELECTION_OPS)
+    _csr_keys, _flat_of, _int32_or_64, _merge, condensed_from_positions, csr_from_positions, diagonal_from_offsets,
+    top_tags,
+)
 
 __all__ = [
     "arange", "columns_not_in", "compress", "condensed_from_positions", "count_true", "csr_from_positions",
@@ -60,22 +61,6 @@ LANES = 1 << 10
 
 # --------------------------------------------------------------------------------------------------
 # Kernels
-
-
-@cuda.jit
-def _flat_of(rows, cols, n_in, out):
-    """out[e] = rows[e] * n_in + cols[e]."""
-    e = cuda.grid(1)
-    if e < out.shape[0]:
-        out[e] = np.int64(rows[e]) * n_in + cols[e]
-
-
-@cuda.jit
-def _arange(out):
-    """out[i] = i."""
-    i = cuda.grid(1)
-    if i < out.shape[0]:
-        out[i] = i
 
 
 @cuda.jit
@@ -124,20 +109,6 @@ def _in_sorted(values, sorted_array, out):
     e = cuda.grid(1)
     if e < out.shape[0]:
         out[e] = find_sorted(sorted_array, 0, sorted_array.shape[0], values[e]) >= 0
-
-
-@cuda.jit
-def _merge(a, b, out):
-    """a[i] goes to i + |{b < a[i]}|, b[j] to j + |{a <= b[j]}|: the stable merge of a then b."""
-    n_a = a.shape[0]
-    n_b = b.shape[0]
-    e = cuda.grid(1)
-    if e < n_a:
-        out[e + lower_bound(b, 0, n_b, a[e])] = a[e]
-    elif e < n_a + n_b:
-        j = e - n_a
-        v = b[j]
-        out[j + lower_bound(a, 0, n_a, v + 1)] = v  # integers: a <= v  <=>  a < v + 1
 
 
 @cuda.jit
@@ -214,14 +185,6 @@ def _columns_not_in(kept, n_in, rows, ranks, out):
         out[m] = rank + (a - lo)
 
 
-@cuda.jit
-def _to_int32(a, out):
-    """out[i] = int32(a[i])."""
-    i = cuda.grid(1)
-    if i < out.shape[0]:
-        out[i] = np.int32(a[i])
-
-
 # --------------------------------------------------------------------------------------------------
 # Checks and helpers
 
@@ -234,22 +197,6 @@ def _array(name: str, A):
 def _same_size(name_a: str, a, name_b: str, b) -> None:
     if int(a.size) != int(b.size):
         raise ShapeError(f"{name_a} has {a.size} entries, {name_b} has {b.size}: they must match")
-
-
-def _int32_or_64(name: str, A, ndim: int | None = 1):
-    """``A`` after checking that it is an int32 or int64 device array (1-D unless ``ndim`` is None)."""
-    check_device(name, A, dtype=None, ndim=ndim)
-    if A.dtype not in (np.int32, np.int64):
-        raise DTypeError(f"{name} must be int32 or int64, got {A.dtype}")
-    return A
-
-
-def _int32_copy(a):
-    """A new int32 device array holding the 1-D integer device array ``a`` (copied on the device: the
-    new structure shares no array with its caller's)."""
-    out = empty((int(a.shape[0]),), np.int32)
-    launch(_to_int32, out.shape[0], a, out)
-    return out
 
 
 def _kept_offsets(mask, keep: bool):
@@ -297,9 +244,7 @@ def csr_positions(indptr, cols, n_in: int):
 def arange(n: int):
     """int64 device array (n,): ``i`` at i (implements :func:`purerigl.kernels.host_selection.arange`).
     Copies: none."""
-    out = empty((max(0, int(n)),), np.int64)
-    launch(_arange, out.shape[0], out)
-    return out
+    return _arange_device(max(0, int(n)))
 
 
 def take(a, idx):
@@ -487,50 +432,3 @@ def columns_not_in(kept, shape, rows, ranks):
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# New structures (values zero)
-
-
-def csr_from_positions(flat, shape) -> DeviceCSR:
-    """The DeviceCSR (values 0) holding the ascending distinct int64 positions ``flat``: indptr[r] =
-    ``|{p < r n_in}|`` (one binary search per row), indices = p mod n_in (int32) (implements
-    :func:`purerigl.kernels.host_selection.csr_from_positions`, which also sorts unsorted positions).
-    Copies: none."""
-    shape = (int(shape[0]), int(shape[1]))
-    check_device("flat", flat, np.int64, ndim=1)
-    n = int(flat.shape[0])
-    indptr, indices = _csr_arrays(flat, n, shape)
-    return DeviceCSR(shape, indptr, indices, zeros((n,), np.float32))
-
-
-def condensed_from_positions(rows, flat, shape) -> DeviceCondensed:
-    """The DeviceCondensed (values 0) with the ascending active ``rows`` holding the ascending int64
-    positions ``flat``, k = len(flat) / len(rows) per active row: indices[a, t] = flat[a k + t] mod n_in
-    (int32) (implements :func:`purerigl.kernels.host_selection.condensed_from_positions`).
-
-    ``rows`` int32 or int64, copied to a new int32 array on the device. The caller has checked the
-    counts (:func:`row_counts`). Copies: none between host and device.
-    """
-    shape = (int(shape[0]), int(shape[1]))
-    _int32_or_64("rows", rows)
-    check_device("flat", flat, np.int64, ndim=1)
-    n_active, n = int(rows.shape[0]), int(flat.shape[0])
-    k = n // n_active if n_active else 0
-    if n_active * k != n:
-        raise ShapeError(f"{n} positions do not split into {n_active} active rows of equal length")
-    if n_active and not k:
-        raise FormatError(f"{n_active} active rows with fan-in k=0; an active row needs k >= 1")
-    indices = empty((n_active, k), np.int32)
-    launch(_columns, n, flat, shape[1], _flat(indices))
-    return DeviceCondensed(shape, _int32_copy(rows), indices, zeros((n_active, k), np.float32))
-
-
-def diagonal_from_offsets(offsets, shape) -> DeviceDiagonal:
-    """The DeviceDiagonal (values 0, (K, min(n_out, n_in))) with the ascending ``offsets`` (implements
-    :func:`purerigl.kernels.host_selection.diagonal_from_offsets`). ``offsets`` int64 or int32, copied
-    to a new int32 array on the device; their range [0, max(n_out, n_in)) is trusted (checking it would
-    read them back). Copies: none between host and device."""
-    shape = (int(shape[0]), int(shape[1]))
-    _int32_or_64("offsets", offsets)
-    K = int(offsets.shape[0])
-    return DeviceDiagonal(shape, _int32_copy(offsets), zeros((K, min(shape)), np.float32))

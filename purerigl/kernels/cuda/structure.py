@@ -25,6 +25,10 @@ as stored; every step below relies on that and keeps it:
   one binary search per row (``indptr[r]`` = the number of positions below ``r * n_in``) and one
   division per entry; two disjoint sorted lists are merged by rank (each element's place is its own
   index plus the number of smaller elements of the other list, found by binary search): no atomics.
+- the structure builders of :data:`~purerigl.kernels.registry.SELECTION_OPS` (re-exported by
+  :mod:`.selection`): :func:`csr_from_positions`, :func:`condensed_from_positions` and
+  :func:`diagonal_from_offsets` make a new matrix with zero values from sorted positions or
+  offsets, copying nothing between host and device.
 
 Flat positions must fit the rank key's 32 bits: n_out * n_in <= 2^32, as for the growth kernels.
 """
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import FormatTypeError, ShapeError
+from ...errors import DTypeError, FormatError, FormatTypeError, ShapeError
 from . import _growth_tiles as T
 from ._device import find_sorted, lower_bound, segment_of
 from ._launch import cuda, empty, launch
@@ -47,8 +51,8 @@ from .topology import remap_by_source as _gather
 from .topology import source_by_position
 
 __all__ = [
-    "count_kept", "csr_with_positions", "exclusion_of", "flat_keys", "flat_positions", "top_tags", "keep_by_magnitude", "remap_by_source",
-    "source_of",
+    "condensed_from_positions", "count_kept", "csr_from_positions", "csr_with_positions", "diagonal_from_offsets",
+    "exclusion_of", "flat_keys", "flat_positions", "keep_by_magnitude", "remap_by_source", "source_of", "top_tags",
 ]
 
 #: Lanes of :func:`count_kept` (each counts every LANES-th entry).
@@ -154,28 +158,33 @@ def _columns(positions, n_in, cols):
 
 
 @cuda.jit
-def _merge_disjoint(a, rows, cols, n_in, out):
-    """Merge the ascending positions ``a`` with the ascending positions rows * n_in + cols (disjoint
-    from ``a``) into ``out``, ascending: element e goes to e + (number of smaller elements of the
-    other list)."""
+def _flat_of(rows, cols, n_in, out):
+    """out[e] = rows[e] * n_in + cols[e]."""
+    e = cuda.grid(1)
+    if e < out.shape[0]:
+        out[e] = np.int64(rows[e]) * n_in + cols[e]
+
+
+@cuda.jit
+def _merge(a, b, out):
+    """a[i] goes to i + |{b < a[i]}|, b[j] to j + |{a <= b[j]}|: the stable merge of a then b."""
     n_a = a.shape[0]
-    n_b = rows.shape[0]
+    n_b = b.shape[0]
     e = cuda.grid(1)
     if e < n_a:
-        v = a[e]
-        lo = 0  # the number of grown positions < v
-        hi = n_b
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if rows[mid] * n_in + cols[mid] < v:
-                lo = mid + 1
-            else:
-                hi = mid
-        out[e + lo] = v
+        out[e + lower_bound(b, 0, n_b, a[e])] = a[e]
     elif e < n_a + n_b:
-        g = e - n_a
-        v = rows[g] * n_in + cols[g]
-        out[g + lower_bound(a, 0, n_a, v)] = v
+        j = e - n_a
+        v = b[j]
+        out[j + lower_bound(a, 0, n_a, v + 1)] = v  # integers: a <= v  <=>  a < v + 1
+
+
+@cuda.jit
+def _to_int32(a, out):
+    """out[i] = int32(a[i])."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i] = np.int32(a[i])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,8 +332,69 @@ def csr_with_positions(kept, rows, cols, shape) -> DeviceCSR:
     kept = check_device("kept", kept, np.int64, ndim=1)
     rows = check_device("rows", rows, np.int64, ndim=1)
     cols = check_device("cols", cols, np.int64, ndim=1)
-    n = int(kept.shape[0]) + int(rows.shape[0])
-    merged = empty((n,), np.int64)
-    launch(_merge_disjoint, n, kept, rows, cols, shape[1], merged)
-    indptr, indices = _csr_arrays(merged, n, shape)
+    grown = empty((int(rows.shape[0]),), np.int64)
+    launch(_flat_of, grown.shape[0], rows, cols, shape[1], grown)
+    merged = empty((int(kept.shape[0]) + grown.shape[0],), np.int64)
+    launch(_merge, merged.shape[0], kept, grown, merged)
+    return csr_from_positions(merged, shape)
+
+
+def _int32_or_64(name: str, A, ndim: int | None = 1):
+    """``A`` after checking that it is an int32 or int64 device array (1-D unless ``ndim`` is None)."""
+    check_device(name, A, dtype=None, ndim=ndim)
+    if A.dtype not in (np.int32, np.int64):
+        raise DTypeError(f"{name} must be int32 or int64, got {A.dtype}")
+    return A
+
+
+def _int32_copy(a):
+    """A new int32 device array holding the 1-D integer device array ``a`` (copied on the device: the
+    new structure shares no array with its caller's)."""
+    out = empty((int(a.shape[0]),), np.int32)
+    launch(_to_int32, out.shape[0], a, out)
+    return out
+
+
+def csr_from_positions(flat, shape) -> DeviceCSR:
+    """The DeviceCSR (values 0) holding the ascending distinct int64 positions ``flat``: indptr[r] =
+    ``|{p < r n_in}|`` (one binary search per row), indices = p mod n_in (int32) (implements
+    :func:`purerigl.kernels.host_selection.csr_from_positions`, which also sorts unsorted positions).
+    Copies: none."""
+    shape = (int(shape[0]), int(shape[1]))
+    check_device("flat", flat, np.int64, ndim=1)
+    n = int(flat.shape[0])
+    indptr, indices = _csr_arrays(flat, n, shape)
     return DeviceCSR(shape, indptr, indices, zeros((n,), np.float32))
+
+
+def condensed_from_positions(rows, flat, shape) -> DeviceCondensed:
+    """The DeviceCondensed (values 0) with the ascending active ``rows`` holding the ascending int64
+    positions ``flat``, k = len(flat) / len(rows) per active row: indices[a, t] = flat[a k + t] mod n_in
+    (int32) (implements :func:`purerigl.kernels.host_selection.condensed_from_positions`).
+
+    ``rows`` int32 or int64, copied to a new int32 array on the device. The caller has checked the
+    counts (:func:`row_counts`). Copies: none between host and device.
+    """
+    shape = (int(shape[0]), int(shape[1]))
+    _int32_or_64("rows", rows)
+    check_device("flat", flat, np.int64, ndim=1)
+    n_active, n = int(rows.shape[0]), int(flat.shape[0])
+    k = n // n_active if n_active else 0
+    if n_active * k != n:
+        raise ShapeError(f"{n} positions do not split into {n_active} active rows of equal length")
+    if n_active and not k:
+        raise FormatError(f"{n_active} active rows with fan-in k=0; an active row needs k >= 1")
+    indices = empty((n_active, k), np.int32)
+    launch(_columns, n, flat, shape[1], _flat_view(indices))
+    return DeviceCondensed(shape, _int32_copy(rows), indices, zeros((n_active, k), np.float32))
+
+
+def diagonal_from_offsets(offsets, shape) -> DeviceDiagonal:
+    """The DeviceDiagonal (values 0, (K, min(n_out, n_in))) with the ascending ``offsets`` (implements
+    :func:`purerigl.kernels.host_selection.diagonal_from_offsets`). ``offsets`` int64 or int32, copied
+    to a new int32 array on the device; their range [0, max(n_out, n_in)) is trusted (checking it would
+    read them back). Copies: none between host and device."""
+    shape = (int(shape[0]), int(shape[1]))
+    _int32_or_64("offsets", offsets)
+    K = int(offsets.shape[0])
+    return DeviceDiagonal(shape, _int32_copy(offsets), zeros((K, min(shape)), np.float32))
