@@ -4,7 +4,8 @@ For a layer of shape (n_out, n_in), N = n_out * n_in, at sparsity s the connecti
 
 .. math:: C = N - \\lfloor s N \\rfloor
 
-(the uniform count of PAPERS.md 1.3). Each format rounds the budget to what it can hold:
+(the uniform count of PAPERS.md 1.3), computed exactly (:func:`layer_budget`). Each format rounds the
+budget to what it can hold:
 
 - CSR stores exactly C entries;
 - Condensed stores k = floor(C / n_out) per row (k * n_out <= C); C < n_out (k = 0) is an error;
@@ -32,10 +33,16 @@ def check_sparsity(sparsity) -> float:
 
 
 def layer_budget(shape, sparsity: float) -> int:
-    """C = N - floor(s * N): the number of connections a layer of this shape may hold."""
+    """C = N - floor(s * N): the number of connections a layer of this shape may hold.
+
+    Exact at any size: ``s`` is read as the number it spells (a float 0.9 as 9/10, 15 / 22 as 15/22;
+    a Fraction or Decimal as it is; see :func:`purerigl.formats._base.exact_fraction`) and the floor is
+    taken in integers, so ``layer_budget((32768, 32768), 0.9) == N - (9 * N) // 10``.
+    """
     n_out, n_in = shape
     total = n_out * n_in
-    return total - floor_count(check_sparsity(sparsity) * total)
+    check_sparsity(sparsity)
+    return total - floor_count(sparsity, total)
 
 
 def structure_count(fmt: str, shape, budget: int) -> int:

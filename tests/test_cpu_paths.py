@@ -56,8 +56,9 @@ def test_condensed_uint32_indices_past_65536_inputs(B):
     """n_in > 65536: the indices are read through a uint32 view (no copy), columns above 65535 included."""
     n_in = 70_003
     W = Condensed.random((4, n_in), None, rng=2, k=40)
-    W.indices[:, -1] = n_in - 1 - np.arange(4)  # the last columns are read (rows stay increasing)
-    W = Condensed(W.rows, np.sort(W.indices, axis=1), W.values, W.shape)
+    indices = W.indices.copy()  # structure is read-only: edit a copy, build a new matrix
+    indices[:, -1] = n_in - 1 - np.arange(4)  # the last columns are read (rows stay increasing)
+    W = Condensed(W.rows, np.sort(indices, axis=1), W.values, W.shape)
     ix = condensed._indices(W)
     assert ix.dtype == np.uint32 and np.shares_memory(ix, W.indices)
     _check_all_ops(W, B)

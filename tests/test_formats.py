@@ -172,10 +172,15 @@ def test_csr_row_boundaries_are_not_order_errors():
     assert W.validate(full=True) is W
 
 
-def test_validate_rechecks_arrays_mutated_after_construction():
-    """validate() re-runs the cheap checks, so an index broken after construction is caught."""
+def test_validate_rechecks_arrays_replaced_after_construction():
+    """validate() re-runs the cheap checks, so an index array replaced after construction is caught
+    (structure cannot be broken in place: the arrays are read-only, tests/test_structure_readonly.py)."""
     W = Condensed(C_ROWS, C_IDX.copy(), C_VAL, (3, 5))
-    W.indices[1, 1] = 7
+    with pytest.raises(ValueError, match="read-only"):
+        W.indices[1, 1] = 7
+    broken = W.indices.copy()
+    broken[1, 1] = 7
+    W.indices = broken
     with pytest.raises(FormatError, match=r"indices holds 7"):
         W.validate(full=False)
 
@@ -188,9 +193,12 @@ def test_drawn_matrices_are_valid(W):
 
 @given(S.sparse_matrices(), st.data())
 def test_swapping_two_entries_of_a_row_breaks_full_validation(W, data):
-    """Swapping two stored positions inside one row (Condensed, CSR) or two offsets (Diagonal) is caught."""
+    """Swapping two stored positions inside one row (Condensed, CSR) or two offsets (Diagonal) is caught.
+
+    The structure arrays are read-only: the swap is made in copies, and a new matrix built from them."""
+    structure = {name: getattr(W, name).copy() for name in type(W).STRUCTURE}
     if isinstance(W, Diagonal):
-        target = W.offsets
+        target = structure["offsets"]
         if target.size < 2:
             return
         i = data.draw(st.integers(0, target.size - 2))
@@ -198,7 +206,7 @@ def test_swapping_two_entries_of_a_row_breaks_full_validation(W, data):
     elif isinstance(W, Condensed):
         if W.k < 2 or W.n_active == 0:
             return
-        target = W.indices[data.draw(st.integers(0, W.n_active - 1))]
+        target = structure["indices"][data.draw(st.integers(0, W.n_active - 1))]
         i = data.draw(st.integers(0, W.k - 2))
         j = data.draw(st.integers(i + 1, W.k - 1))
     else:
@@ -206,12 +214,13 @@ def test_swapping_two_entries_of_a_row_breaks_full_validation(W, data):
         if not long_rows:
             return
         r = data.draw(st.sampled_from(long_rows))
-        target = W.indices[W.indptr[r]:W.indptr[r + 1]]
+        target = structure["indices"][W.indptr[r]:W.indptr[r + 1]]
         i = data.draw(st.integers(0, target.size - 2))
         j = data.draw(st.integers(i + 1, target.size - 1))
     target[[i, j]] = target[[j, i]]
+    broken = type(W)(**structure, values=W.values, shape=W.shape)  # cheap checks only: it builds
     with pytest.raises(FormatError):
-        W.validate(full=True)
+        broken.validate(full=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,15 +272,18 @@ def test_to_dense_default_limit():
 
 @given(S.sparse_matrices())
 def test_copy_is_independent(W):
-    """copy() equals the original and shares no memory: writing the copy leaves the original intact."""
+    """copy() equals the original and shares no memory: writing the copy's values leaves the original
+    intact (its structure arrays are read-only, as every matrix's)."""
     before = {k: v.copy() for k, v in array_attrs(W).items()}
     C = W.copy()
     assert type(C) is type(W) and C.shape == W.shape
     for name, a in array_attrs(C).items():
         assert np.array_equal(a, before[name])
         assert not np.shares_memory(a, getattr(W, name)), name
-        if a.size:
-            a[...] = a + 1 if name == "values" else 0
+        if name != "values":
+            assert not a.flags.writeable, name
+        elif a.size:
+            a[...] = a + 1
     for name, a in array_attrs(W).items():
         assert np.array_equal(a, before[name]), f"{name} changed through the copy"
 

@@ -8,6 +8,10 @@ stores only its active entries; structure is always read from the stored indices
 from __future__ import annotations
 
 import math
+import numbers
+import operator
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import scipy.sparse
@@ -18,26 +22,57 @@ from ..errors import DensifyError, FormatError, FormatTypeError
 DEFAULT_MAX_DENSE_ELEMENTS = 1 << 24
 
 
-def _snap(x: float) -> int | None:
-    """The integer nearest to x if x is within binary rounding of it, else None."""
-    nearest = round(x)
-    return int(nearest) if abs(x - nearest) <= 1e-9 * max(1.0, abs(x)) else None
+#: The largest denominator of the fraction a float count factor is read as (see :func:`exact_fraction`).
+RATIO_MAX_DENOMINATOR = 10**6
 
 
-def floor_count(x: float) -> int:
-    """floor(x) for a count computed in floating point: 15/22 * 22 gives 15, not 14.
+def exact_fraction(x) -> Fraction:
+    """``x`` as an exact rational number: the factor a count is computed from.
 
-    A product like ``density * n`` that is mathematically an integer can land just below it in
-    binary floating point; values within 1e-9 (relative) of an integer are taken as that integer.
+    Integers (Python or NumPy), :class:`fractions.Fraction`, :class:`decimal.Decimal` and decimal
+    strings (``"0.9"``, ``"15/22"``) are taken exactly as they are. A float only approximates what was
+    typed or computed (``0.9`` is 0.9000000000000000222..., ``15 / 22 * 22`` is 14.999999999999998), so
+    it is read as the number it spells, by this rule:
+
+    1. the fraction with denominator at most :data:`RATIO_MAX_DENOMINATOR` (10**6) that rounds to
+       ``x``, when there is one: ``0.9`` is 9/10, ``0.28`` is 7/25, ``15 / 22`` is 15/22;
+    2. otherwise the shortest decimal that rounds to ``x`` (``repr(x)``): ``0.1234567`` is
+       1234567/10**7, ``0.1 + 0.2`` is 30000000000000004/10**17.
+
+    For ``|x| < 1`` this reads exactly every decimal with at most 9 places after the point (two such
+    numbers, or one and a ratio with denominator <= 10**6, differ by at least 1e-15, more than the
+    2**-53 that rounds to one float) and every ratio ``p / q`` of integers with ``q <= 10**6`` (two such
+    ratios differ by at least 1e-12). A longer decimal is read as typed unless a ratio with denominator
+    <= 10**6 rounds to the same float (a few in 100,000 random 15-digit decimals). A factor built in code
+    as a ratio with a larger denominator, or a decimal that must be exact whatever its length, should
+    be passed as a Fraction (or a count computed in integers). NumPy floats are read by their float64
+    value.
     """
-    snapped = _snap(x)
-    return snapped if snapped is not None else math.floor(x)
+    if isinstance(x, (numbers.Rational, Decimal, str)):
+        return Fraction(x)
+    f = float(x)
+    if not math.isfinite(f):
+        raise ValueError(f"a count factor must be finite, got {x!r}")
+    near = Fraction(f).limit_denominator(RATIO_MAX_DENOMINATOR)
+    return near if float(near) == f else Fraction(repr(f))
 
 
-def ceil_count(x: float) -> int:
-    """ceil(x) for a count computed in floating point: 7/25 * 25 gives 7, not 8 (see floor_count)."""
-    snapped = _snap(x)
-    return snapped if snapped is not None else math.ceil(x)
+def floor_count(x, n: int = 1) -> int:
+    """floor(x * n), exact: ``x`` read by :func:`exact_fraction`, ``n`` an integer.
+
+    Pass the factors separately (``floor_count(alpha, nnz)``, not ``floor_count(alpha * nnz)``): the
+    float product has already been rounded, so ``15 / 22 * 22`` lands on 14.999999999999998 while
+    ``floor_count(15 / 22, 22)`` is 15. A single float is floored exactly (``floor_count(799382.99947)``
+    is 799382), at any magnitude; nothing within a tolerance of an integer is snapped to it.
+    """
+    f = exact_fraction(x) * operator.index(n)
+    return f.numerator // f.denominator
+
+
+def ceil_count(x, n: int = 1) -> int:
+    """ceil(x * n), exact (see :func:`floor_count`): ``ceil_count(7 / 25, 25)`` is 7, not 8."""
+    f = exact_fraction(x) * operator.index(n)
+    return -(-f.numerator // f.denominator)
 
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -56,6 +91,27 @@ def sorted_unique(a: np.ndarray) -> np.ndarray:
     return s[keep]
 
 
+def read_only(a: np.ndarray) -> np.ndarray:
+    """Mark the array ``a`` read-only and return it (for an array just built that nobody else holds)."""
+    a.flags.writeable = False
+    return a
+
+
+def frozen(a: np.ndarray) -> np.ndarray:
+    """A read-only array equal to ``a``, leaving the caller's array as it is.
+
+    ``a`` itself when it is read-only all the way down (``a`` and every array whose memory it views
+    are read-only, the last one owning its memory), so read-only structure is shared between matrices
+    at no cost; otherwise a read-only copy, so that no writeable array the caller holds can change it.
+    """
+    x = a
+    while isinstance(x, np.ndarray) and not x.flags.writeable:
+        if x.base is None:
+            return a
+        x = x.base
+    return read_only(a.copy())
+
+
 def check_shape(shape) -> tuple[int, int]:
     """Return ``shape`` as a tuple of two positive Python ints, or raise FormatError."""
     try:
@@ -67,13 +123,16 @@ def check_shape(shape) -> tuple[int, int]:
     return n_out, n_in
 
 
-def as_index_array(name: str, a, dtype, ndim: int) -> np.ndarray:
+def as_index_array(name: str, a, dtype, ndim: int, structure: bool = False) -> np.ndarray:
     """Return ``a`` as a C-contiguous integer array of ``dtype`` and ``ndim`` dimensions.
 
     Integer arrays of another width are converted when every value fits; anything else is refused.
+    ``structure``: return it read-only (a conversion is frozen as it is, ``a`` itself goes through
+    :func:`frozen`: shared if read-only, else copied).
     """
     if not isinstance(a, np.ndarray):
         raise FormatTypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    given = a
     if a.ndim != ndim:
         raise FormatError(f"{name} must have {ndim} dimension(s), got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.integer):
@@ -85,7 +144,10 @@ def as_index_array(name: str, a, dtype, ndim: int) -> np.ndarray:
                 f"{name} has values in [{a.min()}, {a.max()}], outside the range of {np.dtype(dtype).name}"
             )
         a = a.astype(dtype)
-    return np.ascontiguousarray(a)
+    out = np.ascontiguousarray(a)
+    if not structure:
+        return out
+    return read_only(out) if out is not given and out.base is None else frozen(out)
 
 
 def as_value_array(name: str, a, ndim: int) -> np.ndarray:
@@ -149,9 +211,35 @@ def check_density(density) -> float:
 
 
 class SparseFormat:
-    """Base class of the three formats. Subclasses set ``shape`` and implement the abstract parts."""
+    """Base class of the three formats. Subclasses set ``shape`` and implement the abstract parts.
+
+    Structure arrays are read-only. The arrays named in :attr:`STRUCTURE` (the row and column
+    indices, the offsets) are stored read-only whenever they are set, in the constructor or by a
+    later assignment (:func:`frozen`): an array that is already read-only all the way down is kept
+    as it is (shared), any other is copied first, so the caller's array is never made read-only
+    and no writeable array can change a matrix's structure. An in-place edit such as
+    ``W.indices[0] = ...`` raises NumPy's ``ValueError: assignment destination is read-only``; to
+    change the structure, build a new matrix (``Condensed(rows, indices, values, shape)``). Kernels may
+    cache layouts derived from the structure per matrix object (the cpu backend does), which this
+    keeps valid. ``values`` stays writeable: it is trained in place, and no kernel caches it. (An
+    array the caller froze itself is shared: it must have no writeable view left, and its flag must
+    not be set back.)
+    """
 
     shape: tuple[int, int]
+
+    #: Names of the structure arrays, stored read-only (see the class docstring).
+    STRUCTURE: tuple[str, ...] = ()
+
+    def __setattr__(self, name, value):
+        if name in self.STRUCTURE and isinstance(value, np.ndarray):
+            value = frozen(value)
+        super().__setattr__(name, value)
+
+    def __setstate__(self, state):
+        """Unpickling and ``copy.deepcopy`` go through :meth:`__setattr__`, so structure stays read-only."""
+        for name, value in state.items():
+            setattr(self, name, value)
 
     @property
     def n_out(self) -> int:

@@ -25,6 +25,7 @@ from ._base import (
     check_strictly_increasing_rows,
     floor_count,
     kaiming_values,
+    read_only,
 )
 
 
@@ -41,12 +42,20 @@ class Condensed(SparseFormat):
         The weights at those positions.
     shape : (int, int)
         ``(n_out, n_in)``.
+
+    Structure is read-only: ``rows`` and ``indices`` are stored read-only (a writeable array passed in
+    is copied first, the caller's array is left as it is; a read-only one is shared). An in-place edit
+    raises NumPy's ``ValueError: assignment destination is read-only``: the structure arrays are
+    read-only, so build a new matrix (``Condensed(rows, indices, values, shape)``) to change the
+    structure. ``values`` is kept as passed (no copy) and stays writeable: training updates it in place.
     """
+
+    STRUCTURE = ("rows", "indices")
 
     def __init__(self, rows, indices, values, shape):
         self.shape = check_shape(shape)
-        self.rows = as_index_array("rows", rows, np.int32, 1)
-        self.indices = as_index_array("indices", indices, np.int32, 2)
+        self.rows = as_index_array("rows", rows, np.int32, 1, structure=True)
+        self.indices = as_index_array("indices", indices, np.int32, 2, structure=True)
         self.values = as_value_array("values", values, 2)
         n_out, n_in = self.shape
         n_active = self.rows.shape[0]
@@ -87,14 +96,21 @@ class Condensed(SparseFormat):
         return self.n_active * self.k
 
     def validate(self, full: bool = True) -> "Condensed":
-        """Check the invariants; ``full`` adds the O(nnz) order check of the indices. Returns ``self``."""
+        """Check the invariants; ``full`` adds the O(nnz) order check of the indices. Returns ``self``.
+
+        ``rows`` and ``indices`` are read-only, so a matrix that passed stays valid; to change the
+        structure, build a new matrix (``Condensed(rows, indices, values, shape)``), which is validated
+        on construction.
+        """
         Condensed(self.rows, self.indices, self.values, self.shape)
         if full:
             check_strictly_increasing_rows("indices", self.indices)
         return self
 
     def copy(self) -> "Condensed":
-        return Condensed(self.rows.copy(), self.indices.copy(), self.values.copy(), self.shape)
+        """An independent copy: no memory shared with ``self`` (its structure read-only as always)."""
+        rows, indices = read_only(self.rows.copy()), read_only(self.indices.copy())
+        return Condensed(rows, indices, self.values.copy(), self.shape)
 
     def row_fan_in(self) -> np.ndarray:
         """int64 (n_out,): number of stored inputs of every output row (k if active, else 0)."""
@@ -120,12 +136,14 @@ class Condensed(SparseFormat):
         n_out, n_in = check_shape(shape)
         rng = as_generator(rng)
         if k is None:
-            k = max(1, floor_count(check_density(density) * n_in))
+            check_density(density)
+            k = max(1, floor_count(density, n_in))
         elif not 1 <= k <= n_in:
             raise FormatError(f"fan-in k={k} must be in [1, n_in={n_in}]")
         indices = np.empty((n_out, k), dtype=np.int32)
         for r in range(n_out):
             chosen = rng.choice(n_in, size=k, replace=False)
             indices[r] = np.sort(chosen)
+        read_only(indices)
         values = kaiming_values(rng, np.full((n_out, k), k))
         return cls(np.arange(n_out, dtype=np.int32), indices, values, (n_out, n_in))

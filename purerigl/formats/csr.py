@@ -21,6 +21,7 @@ from ._base import (
     check_shape,
     floor_count,
     kaiming_values,
+    read_only,
     sorted_unique,
 )
 
@@ -57,12 +58,20 @@ class CSR(SparseFormat):
     values : float32 ndarray, shape (nnz,)
     shape : (int, int)
         ``(n_out, n_in)``.
+
+    Structure is read-only: ``indptr`` and ``indices`` are stored read-only (a writeable array passed in
+    is copied first, the caller's array is left as it is; a read-only one is shared). An in-place edit
+    raises NumPy's ``ValueError: assignment destination is read-only``: the structure arrays are
+    read-only, so build a new matrix (``CSR(indptr, indices, values, shape)``) to change the structure.
+    ``values`` is kept as passed (no copy) and stays writeable: training updates it in place.
     """
+
+    STRUCTURE = ("indptr", "indices")
 
     def __init__(self, indptr, indices, values, shape):
         self.shape = check_shape(shape)
-        self.indptr = as_index_array("indptr", indptr, np.int64, 1)
-        self.indices = as_index_array("indices", indices, np.int32, 1)
+        self.indptr = as_index_array("indptr", indptr, np.int64, 1, structure=True)
+        self.indices = as_index_array("indices", indices, np.int32, 1, structure=True)
         self.values = as_value_array("values", values, 1)
         n_out, n_in = self.shape
         if self.indptr.shape[0] != n_out + 1:
@@ -81,7 +90,11 @@ class CSR(SparseFormat):
         return self.indices.shape[0]
 
     def validate(self, full: bool = True) -> "CSR":
-        """Check the invariants; ``full`` adds monotone indptr and sorted, unique rows. Returns ``self``."""
+        """Check the invariants; ``full`` adds monotone indptr and sorted, unique rows. Returns ``self``.
+
+        ``indptr`` and ``indices`` are read-only, so a matrix that passed stays valid; to change the
+        structure, build a new matrix (``CSR(indptr, indices, values, shape)``).
+        """
         CSR(self.indptr, self.indices, self.values, self.shape)
         if full:
             counts = np.diff(self.indptr)
@@ -103,7 +116,9 @@ class CSR(SparseFormat):
         return self
 
     def copy(self) -> "CSR":
-        return CSR(self.indptr.copy(), self.indices.copy(), self.values.copy(), self.shape)
+        """An independent copy: no memory shared with ``self`` (its structure read-only as always)."""
+        indptr, indices = read_only(self.indptr.copy()), read_only(self.indices.copy())
+        return CSR(indptr, indices, self.values.copy(), self.shape)
 
     def row_fan_in(self) -> np.ndarray:
         """int64 (n_out,): number of stored entries of every row."""
@@ -121,7 +136,9 @@ class CSR(SparseFormat):
         m = scipy.sparse.csr_array(m, copy=True)  # a copy: sorting must not reorder the caller's arrays
         m.sum_duplicates()
         m.sort_indices()
-        return cls(m.indptr.astype(np.int64), m.indices, m.data.astype(np.float32), m.shape)
+        # m is our own copy: its structure is handed over read-only rather than copied again.
+        indptr, indices = read_only(m.indptr.astype(np.int64)), read_only(m.indices)
+        return cls(indptr, indices, m.data.astype(np.float32), m.shape)
 
     @classmethod
     def random(cls, shape, density: float | None, rng=None, *, nnz: int | None = None) -> "CSR":
@@ -133,7 +150,8 @@ class CSR(SparseFormat):
         n_out, n_in = check_shape(shape)
         rng = as_generator(rng)
         if nnz is None:
-            nnz = floor_count(check_density(density) * n_out * n_in)
+            check_density(density)
+            nnz = floor_count(density, n_out * n_in)
         elif not 1 <= nnz <= n_out * n_in:
             raise FormatError(f"nnz={nnz} must be in [1, n_out * n_in = {n_out * n_in}]")
         if nnz < 1:
@@ -146,4 +164,4 @@ class CSR(SparseFormat):
         indptr = np.zeros(n_out + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         values = kaiming_values(rng, counts[rows])
-        return cls(indptr, cols.astype(np.int32), values, (n_out, n_in))
+        return cls(read_only(indptr), read_only(cols.astype(np.int32)), values, (n_out, n_in))

@@ -32,6 +32,7 @@ from ._base import (
     check_density,
     check_shape,
     kaiming_values,
+    read_only,
 )
 from .condensed import Condensed
 
@@ -47,11 +48,19 @@ class Diagonal(SparseFormat):
         ``values[k, t]`` is element t of diagonal ``offsets[k]``, ``L = min(n_out, n_in)``.
     shape : (int, int)
         ``(n_out, n_in)``.
+
+    Structure is read-only: ``offsets`` are stored read-only (a writeable array passed in is copied
+    first, the caller's array is left as it is; a read-only one is shared). An in-place edit raises
+    NumPy's ``ValueError: assignment destination is read-only``: the structure arrays are read-only, so
+    build a new matrix (``Diagonal(offsets, values, shape)``) to change the structure. ``values`` is
+    kept as passed (no copy) and stays writeable: training updates it in place.
     """
+
+    STRUCTURE = ("offsets",)
 
     def __init__(self, offsets, values, shape):
         self.shape = check_shape(shape)
-        self.offsets = as_index_array("offsets", offsets, np.int32, 1)
+        self.offsets = as_index_array("offsets", offsets, np.int32, 1, structure=True)
         self.values = as_value_array("values", values, 2)
         if self.values.shape != (self.K, self.L):
             raise FormatError(
@@ -85,7 +94,11 @@ class Diagonal(SparseFormat):
         return self.K * self.L
 
     def validate(self, full: bool = True) -> "Diagonal":
-        """Check the invariants; ``full`` adds strictly increasing offsets. Returns ``self``."""
+        """Check the invariants; ``full`` adds strictly increasing offsets. Returns ``self``.
+
+        ``offsets`` is read-only, so a matrix that passed stays valid; to change the structure, build
+        a new matrix (``Diagonal(offsets, values, shape)``).
+        """
         Diagonal(self.offsets, self.values, self.shape)
         if full and self.K > 1:
             steps = np.diff(self.offsets.astype(np.int64))
@@ -98,7 +111,8 @@ class Diagonal(SparseFormat):
         return self
 
     def copy(self) -> "Diagonal":
-        return Diagonal(self.offsets.copy(), self.values.copy(), self.shape)
+        """An independent copy: no memory shared with ``self`` (its structure read-only as always)."""
+        return Diagonal(read_only(self.offsets.copy()), self.values.copy(), self.shape)
 
     def positions(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, cols), each int64 of shape (K, L): where every stored value sits in the matrix."""
@@ -148,8 +162,8 @@ class Diagonal(SparseFormat):
             cols = t
         order = np.argsort(cols, axis=1, kind="stable")
         return Condensed(
-            np.arange(self.n_out, dtype=np.int32),
-            np.take_along_axis(cols, order, axis=1).astype(np.int32),
+            read_only(np.arange(self.n_out, dtype=np.int32)),  # new arrays: handed over, not copied
+            read_only(np.take_along_axis(cols, order, axis=1).astype(np.int32)),
             np.ascontiguousarray(np.take_along_axis(vals, order, axis=1)),
             self.shape,
         )
@@ -158,7 +172,8 @@ class Diagonal(SparseFormat):
     def count_for_density(shape, density: float) -> int:
         """K = max(1, ceil(density * max(n_out, n_in))): diagonals stored at this density."""
         n_out, n_in = check_shape(shape)
-        return max(1, ceil_count(check_density(density) * max(n_out, n_in)))
+        check_density(density)
+        return max(1, ceil_count(density, max(n_out, n_in)))
 
     @classmethod
     def random(cls, shape, density: float | None, rng=None, *, K: int | None = None) -> "Diagonal":
@@ -174,7 +189,7 @@ class Diagonal(SparseFormat):
             K = cls.count_for_density((n_out, n_in), density)
         elif not 1 <= K <= P:
             raise FormatError(f"K={K} diagonals must be in [1, P={P}]")
-        offsets = np.sort(rng.choice(P, size=K, replace=False)).astype(np.int32)
+        offsets = read_only(np.sort(rng.choice(P, size=K, replace=False)).astype(np.int32))
         layout = cls(offsets, np.zeros((K, L), dtype=np.float32), (n_out, n_in))
         rows, _ = layout.positions()
         layout.values[...] = kaiming_values(rng, layout.row_fan_in()[rows])

@@ -5,9 +5,10 @@ uint16 (half the bytes; unsigned, so a gather needs no negative-index wrap check
 view, and a column-major copy of the structure (below). Building one costs O(nnz), as much as a
 product at batch 1, so it is built once per format object and kept in a weak-keyed table: the entry
 dies with the object, and it is rebuilt if the object's structure array is *replaced* (an identity
-check). The structure of a format object must therefore not be modified in place once a product has
-used it; the library never does (DST methods build a new object at every topology change), and only
-``values`` (read afresh on every call) changes between steps.
+check). The structure cannot be modified in place behind the cache: the formats store their
+structure arrays read-only (see :class:`purerigl.formats.SparseFormat`), so a change of structure is a
+new object (DST methods build one at every topology change) or a new array, and only ``values`` (read
+afresh on every call) changes between steps.
 
 Column-major structure. ``matmul_t`` (dX = dY W) over row-major storage is a scatter. Given, for every
 input column j, the list of the stored entries in column j (``col_ptr``, ``entry`` = flat position in
@@ -23,6 +24,8 @@ import weakref
 
 import numpy as np
 from numba import njit, prange
+
+from ._cache import CACHE
 
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -53,7 +56,7 @@ def narrow_indices(indices: np.ndarray, n_in: int) -> np.ndarray:
     return indices.view(np.uint32)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def _build_columns(flat_cols, entry_rows, n_in):
     """Counting sort of the entries by column (stable: within a column, in storage order = row order).
 
@@ -87,7 +90,7 @@ def columns(W, flat_cols: np.ndarray, entry_rows, source):
 COL_BLOCK = 16
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def matmul_t_columns(col_ptr, entry, row, values, dYT, dXT):
     """dXT[j, :] = sum_{q in column j} values[entry[q]] dYT[row[q], :]; parallel over column blocks.
 
