@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
+
 #: Rows of A per parallel task: 16 float32 of one column of A fill one 64-byte line of AT.
 ROW_BLOCK = 16
 
@@ -20,7 +22,7 @@ ROW_BLOCK = 16
 COL_BLOCK = 64
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _transpose_into(A, AT):
     """AT[j, i] = A[i, j] for A (n, m) and AT (m, n); parallel over blocks of ROW_BLOCK rows of A.
 

@@ -28,6 +28,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._columns import columns, matmul_t_columns, narrow_indices
 from ._columns import cached as _cached
 from ._layout import transpose
@@ -49,7 +50,7 @@ CHUNK_WORK = 1 << 15
 SERIAL_WORK = 1 << 15
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _gather_dot(v, idx, x):
     """sum_t v[t] * x[idx[t]] in float32, with four interleaved partial sums (fixed order)."""
     n = v.shape[0]
@@ -68,7 +69,7 @@ def _gather_dot(v, idx, x):
     return (a0 + a1) + (a2 + a3)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _tree_dot(a, b, tmp):
     """sum_i a[i] b[i] in float32 for contiguous a, b of length n <= len(tmp), a power of two.
 
@@ -98,7 +99,7 @@ def _tree_dot(a, b, tmp):
     return tmp[0]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _matmul_rowdot(rows, indices, values, X, Y):
     """Y[b, rows[r]] = sum_t values[r, t] X[b, indices[r, t]]; parallel over active rows r.
 
@@ -114,7 +115,7 @@ def _matmul_rowdot(rows, indices, values, X, Y):
             Y[b, i] = _gather_dot(values[r], indices[r], X[b])
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def _matmul_rowdot_serial(rows, indices, values, X, Y):
     """:func:`_matmul_rowdot` on one thread, for small work (bit-identical: same dot products)."""
     n_active = indices.shape[0]
@@ -125,7 +126,7 @@ def _matmul_rowdot_serial(rows, indices, values, X, Y):
             Y[b, i] = _gather_dot(values[r], indices[r], X[b])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _matmul_transposed(rows, indices, values, XT, YT, block):
     """YT[rows[r], b] = sum_t values[r, t] XT[indices[r, t], b]; parallel over (batch block, row).
 
@@ -148,7 +149,7 @@ def _matmul_transposed(rows, indices, values, XT, YT, block):
                 acc[b] += v * x[b]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _matmul_t_chunks(rows, indices, values, dY, n_chunks, dX):
     """dX[b, j] = sum over entries (r, t) with indices[r, t] == j of values[r, t] dY[b, rows[r]].
 
@@ -182,7 +183,7 @@ def _matmul_t_chunks(rows, indices, values, dY, n_chunks, dX):
                 dst[j] += src[j]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _sddmm_transposed(rows, indices, XT, dYT, dW):
     """dW[r, t] = sum_b dYT[rows[r], b] XT[indices[r, t], b]; parallel over active rows r.
 

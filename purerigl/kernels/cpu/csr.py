@@ -25,6 +25,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._columns import columns, matmul_t_columns
 from ._layout import transpose
 
@@ -41,7 +42,7 @@ MAX_CHUNKS = 8
 CHUNK_WORK = 1 << 15
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _gather_dot(v, idx, x):
     """sum_t v[t] * x[idx[t]] in float32, with four interleaved partial sums (fixed order)."""
     n = v.shape[0]
@@ -60,7 +61,7 @@ def _gather_dot(v, idx, x):
     return (a0 + a1) + (a2 + a3)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _tree_dot(a, b, tmp):
     """sum_i a[i] b[i] in float32 for contiguous a, b of length n <= len(tmp), a power of two.
 
@@ -90,7 +91,7 @@ def _tree_dot(a, b, tmp):
     return tmp[0]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _matmul_rowdot(indptr, indices, values, X, Y):
     """Y[b, i] = sum_{e in row i} values[e] X[b, indices[e]]; parallel over rows i.
 
@@ -105,7 +106,7 @@ def _matmul_rowdot(indptr, indices, values, X, Y):
             Y[b, i] = _gather_dot(values[e0:e1], indices[e0:e1], X[b])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _matmul_transposed(indptr, indices, values, XT, YT, block):
     """YT[i, b] = sum_{e in row i} values[e] XT[indices[e], b]; parallel over (batch block, row).
 
@@ -127,7 +128,7 @@ def _matmul_transposed(indptr, indices, values, XT, YT, block):
                 acc[b] += v * x[b]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _matmul_t_chunks(indptr, indices, values, dY, chunk_rows, dX):
     """dX[b, j] = sum over entries e with indices[e] == j of values[e] dY[b, row(e)].
 
@@ -159,7 +160,7 @@ def _matmul_t_chunks(indptr, indices, values, dY, chunk_rows, dX):
                 dst[j] += src[j]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _sddmm_transposed(indptr, indices, XT, dYT, dW):
     """dW[e] = sum_b dYT[row(e), b] XT[indices[e], b]; parallel over rows.
 

@@ -36,6 +36,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
+
 #: Batch items per tile of the gathers: a tile of V is reused across this many rows of S.
 B_BLOCK = 4
 
@@ -49,14 +51,14 @@ T_BLOCK = 384
 K_BLOCK = 8
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _fma_into(o, v, s):
     """o[i] += v[i] * s[i] over equal-length contiguous vectors (a loop LLVM vectorises)."""
     for i in range(o.shape[0]):
         o[i] += v[i] * s[i]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _gather_plus(offsets, V, S, out, p_block):
     """out[b, p] = sum_k V[k, p] S[b, (p + d_k) mod M] for p < L; parallel over (batch, p) tiles.
 
@@ -83,7 +85,7 @@ def _gather_plus(offsets, V, S, out, p_block):
                     _fma_into(out[b, split:p1], V[k, split:p1], S[b, split + d - M : p1 + d - M])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _gather_minus(offsets, V, S, out, p_block):
     """out[b, p] = sum_k [u < L] V[k, u] S[b, u], u = (p - d_k) mod M, p < M; parallel over tiles.
 
@@ -114,7 +116,7 @@ def _gather_minus(offsets, V, S, out, p_block):
                     _fma_into(out[b, p0:hi_wrap], V[k, u0:u1], S[b, u0:u1])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _sddmm_diagonals(offsets, A, S, dV):
     """dV[k, t] = sum_b A[b, t] S[b, (t + d_k) mod M] for t < L; parallel over (k, t) tiles.
 

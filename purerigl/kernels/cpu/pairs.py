@@ -14,13 +14,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._layout import transpose
 
 #: Pairs per parallel task (one scratch buffer per task).
 PAIR_BLOCK = 256
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _tree_dot(a, b, tmp):
     """sum_i a[i] b[i] in float32 for contiguous a, b of length n <= len(tmp), a power of two.
 
@@ -50,7 +51,7 @@ def _tree_dot(a, b, tmp):
     return tmp[0]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _grad_at_transposed(XT, dYT, rows, cols, g):
     """g[p] = sum_b dYT[rows[p], b] XT[cols[p], b]; parallel over blocks of PAIR_BLOCK pairs.
 
