@@ -13,8 +13,9 @@ The scores printed next to each decision come from the methods' own helper funct
 the dense gradient G is formed **only for display** (a 4 x 6 toy), never by the methods.
 
 :func:`examples_markdown` returns the markdown; :func:`update_document` puts it between the markers
-of docs/tour.md; ``python -m purerigl.tour`` rewrites docs/tour.md (``--check``: exit 1 if it is out
-of date). tests/test_tour.py fails when the file and the code disagree.
+of docs/tour.md and regenerates the page's code excerpts (the real source of ``SparseLinear.forward``
+and the others, :mod:`purerigl.excerpts`); ``python -m purerigl.tour`` rewrites docs/tour.md
+(``--check``: exit 1 if it is out of date). tests/test_tour.py fails when the file and the code disagree.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from .dst import make_method
+from .excerpts import fill_excerpts
 from .dst.base import LayerUpdate
-from .dst.dynadiag import diagonal_norms
+from .dst.dynadiag import diagonal_norms, swap_count
 from .dst.rigl import keep_by_magnitude
 from .dst.samplers import get_sampler
 from .dst.srigl import ablation_threshold, neurons_to_ablate, salient_counts
-from .dst.topology import rank_order
+from .dst.topology import rank_order, tie_salt
+from .kernels._rank_key import tie_rank
 from .formats import CSR, Condensed, Diagonal
 from .formats._base import ceil_count, floor_count
 from .kernels.reference import triples
@@ -43,6 +46,7 @@ BUDGET = 8  # connections: k = 2 per row (condensed), 8 entries (csr), K = 2 dia
 ALPHA = 0.5  # drop fraction of this update
 LR, MOMENTUM = 0.5, 0.9
 SEED = 3
+SALT = tie_salt(SEED, 0, 0)  # the tie rule's salt of the first update of the first sparse layer
 BEGIN = "<!-- BEGIN GENERATED EXAMPLES: python -m purerigl.tour rewrites this part; do not edit by hand -->"
 END = "<!-- END GENERATED EXAMPLES -->"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "tour.md"
@@ -129,8 +133,10 @@ def _ranked(pairs, n: int | None = None) -> str:
 
 
 def _by_magnitude(cells: dict) -> list:
-    """(position, |w|) best first, lower flat position first on ties (the shared rule)."""
-    return sorted(((p, abs(v)) for p, v in cells.items()), key=lambda e: (-e[1], e[0]))
+    """(position, |w|) best first; equal |w| by the smaller tie rank of the position (the shared rule)."""
+    n_in = SHAPE[1]
+    return sorted(((p, abs(v)) for p, v in cells.items()),
+                  key=lambda e: (-e[1], int(tie_rank(e[0][0] * n_in + e[0][1], SALT))))
 
 
 def _result(layer, optimizer, before: dict, stats: dict, rule_dropped=None) -> list[str]:
@@ -178,7 +184,7 @@ def _not_kept_by_G(G, kept_flat) -> list:
 def _update(method, layer, optimizer) -> dict:
     """The call DSTUpdater.after_step makes for one layer (updater's generator seeded the same way)."""
     u = LayerUpdate(layer=layer, optimizer=optimizer, alpha=ALPHA, rng=np.random.default_rng([SEED, 0x5D57]),
-                    budget=BUDGET, is_output=False)
+                    budget=BUDGET, is_output=False, salt=SALT)
     return method.update(u)
 
 
@@ -199,8 +205,8 @@ def _section(name: str, fmt: str, title: str, options: dict) -> list[str]:
                       f"trained as it is. `update()` returned `{stats}`.", ""]
 
     if name in ("set", "rigl"):
-        n_prune = floor_count(ALPHA * nnz)
-        kept = keep_by_magnitude(W, nnz - n_prune)
+        n_prune = floor_count(ALPHA, nnz)
+        kept = keep_by_magnitude(W, nnz - n_prune, SALT)
         ranked = _by_magnitude(before)
         rule_dropped = {p for p, _ in ranked[nnz - n_prune:]}
         out += [f"n_prune = floor({ALPHA} x {nnz}) = {n_prune}. Drop score |w|, best first: {_ranked(ranked)}; "
@@ -213,8 +219,8 @@ def _section(name: str, fmt: str, title: str, options: dict) -> list[str]:
             out += [f"Grow: {n_prune} positions drawn uniformly at random among those not kept (just-dropped "
                     "ones included), from the updater's seeded generator. No gradient is read.", ""]
     elif name == "srigl":
-        n_prune = floor_count(ALPHA * nnz)
-        counts = salient_counts(W, X, dY, nnz - n_prune, n_prune, layer.backend)
+        n_prune = floor_count(ALPHA, nnz)
+        counts = salient_counts(W, X, dY, nnz - n_prune, n_prune, layer.backend, SALT)
         k_ref = BUDGET // SHAPE[0]
         tau = ablation_threshold(method.gamma_sal, k_ref)
         ablate = np.flatnonzero(neurons_to_ablate(counts, BUDGET, SHAPE[1], method.gamma_sal)).tolist()
@@ -251,10 +257,10 @@ def _section(name: str, fmt: str, title: str, options: dict) -> list[str]:
         method.sampler = recording_uniform  # the real uniform sampler, its draws recorded for display
         stats = _update(method, layer, optimizer)
         S = sorted(recorded["pairs"] - set(before))
-        k = min(ceil_count(ALPHA * nnz), len(S))
+        k = min(ceil_count(ALPHA, nnz), len(S))
         ranked = sorted(((p, abs(G[p])) for p in S), key=lambda e: (-e[1], e[0]))
         out += [
-            f"Sample ceil(gamma |A|) = {ceil_count(method.gamma * nnz)} pairs uniformly (gamma = "
+            f"Sample ceil(gamma |A|) = {ceil_count(method.gamma, nnz)} pairs uniformly (gamma = "
             f"{method.gamma:g}); distinct and not active: S = {_pos(S)}. Only on S is the gradient computed "
             f"(`grad_at`); |g| best first: {_ranked(ranked)}.",
             "",
@@ -264,12 +270,13 @@ def _section(name: str, fmt: str, title: str, options: dict) -> list[str]:
         ]
         return out + _result(layer, optimizer, before, stats) + [""]
     else:  # dynadiag
-        q = floor_count(ALPHA * W.K)
+        q = swap_count(ALPHA, W.K)
         norms = diagonal_norms(W)
         S = np.asarray(layer.backend.diag_grad_norms(X, dY))
-        dropped = W.offsets[rank_order(norms)[W.K - q:]].tolist()
+        dropped = W.offsets[rank_order(norms, W.offsets, SALT)[W.K - q:]].tolist()
         out += [
-            f"K = {W.K} stored diagonals of P = {W.P} (length L = {W.L}), q = floor({ALPHA} x {W.K}) = {q}. "
+            f"K = {W.K} stored diagonals of P = {W.P} (length L = {W.L}), q = max(1, floor({ALPHA} x {W.K})) = {q} "
+            "(at least one diagonal while alpha_t > 0). "
             "Drop score, the L2 norm of each stored diagonal's values: "
             + ", ".join(f"d={d} {n:.3f}" for d, n in zip(W.offsets.tolist(), norms))
             + f"; the {q} smallest are dropped: d = {dropped}.",
@@ -313,7 +320,9 @@ def examples_markdown() -> str:
         f"connections, backend `reference`) on the batch X below ({BATCH} samples, labels "
         f"{labels.tolist()}), with softmax cross-entropy and SGD (lr {LR}, momentum {MOMENTUM}), then calls "
         f"the method's `update()` with drop fraction alpha = {ALPHA}, as `DSTUpdater` does. Generated by "
-        "`purerigl/tour.py` (seed {SEED}); ties are broken by the lower position.".replace("{SEED}", str(SEED)),
+        "`purerigl/tour.py` (seed {SEED}); equal scores are ordered by the tie rule, a permutation of the "
+        "positions salted per update (`tie_salt(seed, update, layer)`, here {SALT}; see "
+        "`purerigl/kernels/_rank_key.py`).".replace("{SEED}", str(SEED)).replace("{SALT}", str(SALT)),
         "",
         "X:",
         "",
@@ -341,13 +350,14 @@ def examples_markdown() -> str:
 
 
 def update_document(text: str, examples: str | None = None) -> str:
-    """``text`` with the part between :data:`BEGIN` and :data:`END` replaced by the examples."""
+    """``text`` with the part between :data:`BEGIN` and :data:`END` replaced by the examples, and every
+    code excerpt regenerated from the source (:func:`purerigl.excerpts.fill_excerpts`)."""
     if BEGIN not in text or END not in text:
         raise ValueError(f"the document lacks the markers {BEGIN!r} ... {END!r}")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     body = examples if examples is not None else examples_markdown()
-    return f"{head}{BEGIN}\n\n{body}\n{END}{tail}"
+    return fill_excerpts(f"{head}{BEGIN}\n\n{body}\n{END}{tail}")
 
 
 def main(argv=None) -> int:

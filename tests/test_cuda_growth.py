@@ -5,10 +5,14 @@ Pins down (DESIGN.md sections 3 and 6):
 
 - ``topk_grad``, ``topk_grad_rows`` and ``diag_grad_norms`` return exactly what the reference and
   cpu backends return (same dtypes, same order, same index sets), and what a brute force on the dense
-  G = dY^T X returns: sort by (-|G|, flat index), take the first m (per row: the first counts[i]);
-- the shared tie rule (equal scores: lower flat index, within a row lower column), with deliberate
-  ties; excluded positions are never chosen; m = 0, m >= available, empty exclusion, rows fully
-  excluded, counts 0, counts >= available; tall, wide, square and 1 x 1 layers for the norms;
+  G = dY^T X returns: sort by (-|G|, tie_rank(flat, salt)), take the first m (per row: the first
+  counts[i]), the results ascending by position;
+- the shared tie rule of :mod:`purerigl.kernels._rank_key` (equal scores: the smaller tie rank of the
+  flat position, in the per-row selection too, so rows order their ties differently), with deliberate
+  ties (dyadic values, all-zero rows and gradients) and the salt drawn over [0, 2^32) (0 and 2^32 - 1
+  included); the device tie rank and its inverse agree with the host's; excluded positions are never
+  chosen; m = 0, m >= available, empty exclusion, rows fully excluded, counts 0, counts >= available;
+  tall, wide, square and 1 x 1 layers for the norms;
 - the result does not depend on the tile size, the compaction lanes, the block size or the threads
   per launch (all patched tiny, so tiny layers span several tiles, blocks and grid-stride rounds),
   and the running top-k's cut-back and threshold path is taken;
@@ -23,6 +27,7 @@ thread per CUDA thread: hence the few examples per property and the patched-down
 from __future__ import annotations
 
 import contextlib
+import types
 from unittest import mock
 
 import numpy as np
@@ -32,9 +37,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import TIES
 
-from purerigl.errors import OperandError
-from purerigl.kernels import cpu, get_backend, reference
-from purerigl.kernels.cuda import _launch, growth
+from purerigl.errors import OperandError, ShapeError
+from purerigl.kernels import _rank_key, cpu, get_backend, reference
+from purerigl.kernels._rank_key import tie_ranks
+from purerigl.kernels.cuda import _growth_tiles, _launch, growth, growth_ops
 from purerigl.kernels.cuda._launch import cuda
 
 pytestmark = pytest.mark.skipif(  # only with PURERIGL_TEST_REAL_GPU=1 on a machine without a GPU
@@ -44,6 +50,9 @@ pytestmark = pytest.mark.skipif(  # only with PURERIGL_TEST_REAL_GPU=1 on a mach
 EXAMPLES = settings(max_examples=12, deadline=None)
 
 MAX_DIM = 8
+
+#: The tie rule's salt: both ends of [0, 2^32) and anything between.
+salts = st.one_of(st.just(0), st.just(2**32 - 1), st.integers(0, 2**32 - 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,21 +90,25 @@ def exclusion_csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return indptr, np.nonzero(mask)[1].astype(np.int32)
 
 
-def brute_topk(X, dY, excluded, m) -> np.ndarray:
-    """Flat indices of the top m of |G| over non-excluded positions, ties to the lower flat, ascending."""
+def brute_topk(X, dY, excluded, m, salt=0) -> np.ndarray:
+    """Flat indices of the top m of |G| over non-excluded positions, ties to the smaller
+    tie_rank(flat, salt), ascending."""
     scores = np.abs(dense_grad(X, dY)).ravel()
     flat = np.flatnonzero(~excluded.ravel())
-    order = np.lexsort((flat, -scores[flat]))  # -score first, then flat
+    order = np.lexsort((tie_ranks(flat, salt), -scores[flat]))  # -score first, then the tie rank
     return np.sort(flat[order[:m]])
 
 
-def brute_rows(X, dY, excluded, counts) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr, cols) of each row's top counts[i] non-excluded columns, ties to the lower column."""
+def brute_rows(X, dY, excluded, counts, salt=0) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, cols) of each row's top counts[i] non-excluded columns, ties to the smaller tie rank of
+    the flat position i * n_in + j."""
     G = np.abs(dense_grad(X, dY))
+    n_in = G.shape[1]
     chosen = []
     for i in range(G.shape[0]):
         cols = np.flatnonzero(~excluded[i])
-        chosen.append(np.sort(cols[np.lexsort((cols, -G[i, cols]))[: counts[i]]]))
+        ties = tie_ranks(i * n_in + cols, salt)
+        chosen.append(np.sort(cols[np.lexsort((ties, -G[i, cols]))[: counts[i]]]))
     indptr = np.concatenate([[0], np.cumsum([c.size for c in chosen])]).astype(np.int64)
     return indptr, np.concatenate([np.empty(0, dtype=np.int64), *chosen]).astype(np.int64)
 
@@ -120,11 +133,13 @@ def dyadic(shape):
 
 @st.composite
 def problems(draw, orientation: str | None = None):
-    """(X, dY, excluded): tiny dyadic operands (tall, wide or square); each row of the exclusion mask
-    empty, full or random."""
+    """(X, dY, excluded): tiny dyadic operands (tall, wide or square), some dY columns all zero (rows
+    of G all tied at 0); each row of the exclusion mask empty, full or random."""
     n_out, n_in = draw(S.shapes(orientation, max_dim=MAX_DIM))
     B = draw(st.integers(1, 4))
     X, dY = draw(dyadic((B, n_in))), draw(dyadic((B, n_out)))
+    dead = np.array(draw(st.lists(st.booleans(), min_size=n_out, max_size=n_out)), dtype=bool)
+    dY[:, dead] = 0.0  # a unit that was off for the whole batch: its row of G is all zero
     row = st.one_of(
         st.just([False] * n_in), st.just([True] * n_in), st.lists(st.booleans(), min_size=n_in, max_size=n_in)
     )
@@ -149,33 +164,33 @@ def assert_same(got, want):
 
 
 @EXAMPLES
-@given(problem=problems(), config=configs, data=st.data())
-def test_topk_grad_matches_brute_force_and_backends(problem, config, data):
+@given(problem=problems(), config=configs, salt=salts, data=st.data())
+def test_topk_grad_matches_brute_force_and_backends(problem, config, salt, data):
     X, dY, excluded = problem
     N = excluded.size
     m = data.draw(st.one_of(st.just(0), st.just(1), st.integers(0, N), st.integers(N, N + 3)), label="m")
     indptr, indices = exclusion_csr(excluded)
     with tiny_config(**config):
-        got = growth.topk_grad(X, dY, m, indptr, indices)
-    want = reference.topk_grad(X, dY, m, indptr, indices)
+        got = growth.topk_grad(X, dY, m, indptr, indices, salt)
+    want = reference.topk_grad(X, dY, m, indptr, indices, salt)
     assert_same(got, want)
-    assert_same(got, cpu.topk_grad(X, dY, m, indptr, indices))
-    assert_same(got[0] * X.shape[1] + got[1], brute_topk(X, dY, excluded, m))
+    assert_same(got, cpu.topk_grad(X, dY, m, indptr, indices, salt))
+    assert_same(got[0] * X.shape[1] + got[1], brute_topk(X, dY, excluded, m, salt))
 
 
 @EXAMPLES
-@given(problem=problems(), config=configs, data=st.data())
-def test_topk_grad_rows_matches_brute_force_and_backends(problem, config, data):
+@given(problem=problems(), config=configs, salt=salts, data=st.data())
+def test_topk_grad_rows_matches_brute_force_and_backends(problem, config, salt, data):
     X, dY, excluded = problem
     n_out, n_in = excluded.shape
     count = st.one_of(st.just(0), st.integers(0, n_in), st.integers(n_in, n_in + 2))
     counts = np.array(data.draw(st.lists(count, min_size=n_out, max_size=n_out), label="counts"), dtype=np.int64)
     indptr, indices = exclusion_csr(excluded)
     with tiny_config(**config):
-        got = growth.topk_grad_rows(X, dY, counts, indptr, indices)
-    assert_same(got, reference.topk_grad_rows(X, dY, counts, indptr, indices))
-    assert_same(got, cpu.topk_grad_rows(X, dY, counts, indptr, indices))
-    assert_same(got, brute_rows(X, dY, excluded, counts))
+        got = growth.topk_grad_rows(X, dY, counts, indptr, indices, salt)
+    assert_same(got, reference.topk_grad_rows(X, dY, counts, indptr, indices, salt))
+    assert_same(got, cpu.topk_grad_rows(X, dY, counts, indptr, indices, salt))
+    assert_same(got, brute_rows(X, dY, excluded, counts, salt))
 
 
 @EXAMPLES
@@ -193,8 +208,8 @@ def test_diag_grad_norms_matches_brute_force_and_backends(problem, config):
 
 
 @EXAMPLES
-@given(data=st.data(), config=configs)
-def test_topk_grad_running_pool_on_long_thin_layers(data, config):
+@given(data=st.data(), config=configs, salt=salts)
+def test_topk_grad_running_pool_on_long_thin_layers(data, config, salt):
     """Many tiny tiles and a small m: the pool is cut back and its threshold raised many times, with
     scores in any order (many distinct levels, some ties); still exactly the brute force."""
     n_out, n_in = data.draw(st.integers(2, 24), label="n_out"), data.draw(st.integers(1, 3), label="n_in")
@@ -206,8 +221,8 @@ def test_topk_grad_running_pool_on_long_thin_layers(data, config):
     excluded = excluded.reshape(n_out, n_in)
     m = data.draw(st.integers(1, 4), label="m")
     with tiny_config(**{**config, "tile": min(config["tile"], 3)}):
-        rows, cols = growth.topk_grad(X, dY, m, *exclusion_csr(excluded))
-    np.testing.assert_array_equal(rows * n_in + cols, brute_topk(X, dY, excluded, m))
+        rows, cols = growth.topk_grad(X, dY, m, *exclusion_csr(excluded), salt)
+    np.testing.assert_array_equal(rows * n_in + cols, brute_topk(X, dY, excluded, m, salt))
 
 
 def test_threshold_is_the_kth_kept_key():
@@ -226,25 +241,37 @@ def test_threshold_is_the_kth_kept_key():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_topk_grad_tie_rule_by_hand():
-    """All |g| equal: the lowest available flat indices win; a larger score jumps the queue."""
+def by_tie_rank(positions, salt):
+    """``positions`` (Python ints) best first among equal scores: smaller tie rank first, each rank
+    computed one position at a time on Python ints (not through the array helper)."""
+    return sorted(positions, key=lambda p: _rank_key.tie_rank(p, salt))
+
+
+@pytest.mark.parametrize("salt", [0, 1, 0x9E3779B9, 2**32 - 1])
+def test_topk_grad_tie_rule_by_hand(salt):
+    """All |g| equal: the available positions of smallest tie rank win, whatever their place; a larger
+    score jumps the queue."""
     X = np.ones((2, 4), dtype=np.float32)  # G[i, :] = sum_b dY[b, i]: |G| = 1, 1, 0 by row
     dY = np.array([[0.5, -0.5, 1.0], [0.5, -0.5, -1.0]], dtype=np.float32)
     excluded = np.zeros((3, 4), dtype=bool)
     excluded[0, 1] = True
     indptr, indices = exclusion_csr(excluded)
+    tied = [p for p in range(8) if p != 1]  # rows 0 and 1, |G| = 1 (row 2: |G| = 0)
     with tiny_config(tile=4, lanes=2):
-        rows, cols = growth.topk_grad(X, dY, 3, indptr, indices)
-        np.testing.assert_array_equal(rows * 4 + cols, [0, 2, 3])
-        rows, cols = growth.topk_grad(X, dY, 12, indptr, indices)  # more than the 11 available
+        rows, cols = growth.topk_grad(X, dY, 3, indptr, indices, salt)
+        np.testing.assert_array_equal(rows * 4 + cols, sorted(by_tie_rank(tied, salt)[:3]))
+        rows, cols = growth.topk_grad(X, dY, 12, indptr, indices, salt)  # more than the 11 available
         np.testing.assert_array_equal(rows * 4 + cols, np.delete(np.arange(12), 1))
         X[:, 3] = 2.0  # G[0, 3] = G[1, 3] = 2 now rank first
-        rows, cols = growth.topk_grad(X, dY, 3, indptr, indices)
-        np.testing.assert_array_equal(rows * 4 + cols, [0, 3, 7])
+        rows, cols = growth.topk_grad(X, dY, 3, indptr, indices, salt)
+        rest = by_tie_rank([p for p in tied if p not in (3, 7)], salt)
+        np.testing.assert_array_equal(rows * 4 + cols, sorted([3, 7, rest[0]]))
 
 
-def test_topk_grad_rows_tie_rule_by_hand():
-    """Equal scores within a row: the lower columns win; counts 0 and counts > available."""
+@pytest.mark.parametrize("salt", [0, 7, 2**32 - 1])
+def test_topk_grad_rows_tie_rule_by_hand(salt):
+    """Equal scores within a row: the columns whose flat position has the smaller tie rank win;
+    counts 0 and counts > available."""
     X = np.array([[1.0, -1.0, 1.0, 0.5, -1.0]], dtype=np.float32)  # |G[i, j]| = |dY_i| |X_j|
     dY = np.array([[1.0, 0.5, 1.0, 1.0]], dtype=np.float32)
     excluded = np.zeros((4, 5), dtype=bool)
@@ -252,9 +279,52 @@ def test_topk_grad_rows_tie_rule_by_hand():
     excluded[3] = True  # a row with nothing available
     counts = np.array([2, 0, 9, 4], dtype=np.int64)
     with tiny_config(tile=5, lanes=2):
-        indptr, cols = growth.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded))
+        indptr, cols = growth.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded), salt)
     np.testing.assert_array_equal(indptr, [0, 2, 2, 5, 5])
-    np.testing.assert_array_equal(cols, [1, 2, 0, 3, 4])
+    row0 = by_tie_rank([1, 2, 4], salt)[:2]  # |G[0, j]| = 1 at columns 1, 2, 4 (flat 1, 2, 4), 0.5 at 3
+    np.testing.assert_array_equal(cols, sorted(row0) + [0, 3, 4])
+
+
+def test_tied_rows_order_their_ties_differently():
+    """An all-zero gradient (every score tied at 0): each row takes the columns whose flat positions
+    have the smallest tie ranks, so the rows do not all take columns 0, 1, ...; the salt reorders them,
+    and all three backends agree."""
+    n_out, n_in = 6, 16
+    X = np.ones((2, n_in), dtype=np.float32)
+    dY = np.zeros((2, n_out), dtype=np.float32)
+    indptr, indices = exclusion_csr(np.zeros((n_out, n_in), dtype=bool))
+    counts = np.full(n_out, 3, dtype=np.int64)
+    chosen = {}
+    for salt in (0, 1, 2**32 - 1):
+        with tiny_config(tile=20, lanes=3):
+            got = growth.topk_grad_rows(X, dY, counts, indptr, indices, salt)
+            flat = growth.topk_grad(X, dY, 5, indptr, indices, salt)
+        assert_same(got, reference.topk_grad_rows(X, dY, counts, indptr, indices, salt))
+        assert_same(got, cpu.topk_grad_rows(X, dY, counts, indptr, indices, salt))
+        assert_same(flat, reference.topk_grad(X, dY, 5, indptr, indices, salt))
+        rows = [tuple(got[1][got[0][i]:got[0][i + 1]]) for i in range(n_out)]
+        want = [tuple(sorted(j - i * n_in for j in by_tie_rank(range(i * n_in, (i + 1) * n_in), salt)[:3]))
+                for i in range(n_out)]
+        assert rows == want
+        assert len(set(rows)) > 1  # rows differ
+        assert (flat[0] * n_in + flat[1]).tolist() != list(range(5))  # no positional bias
+        chosen[salt] = rows
+    assert chosen[0] != chosen[1] != chosen[2**32 - 1]
+
+
+def test_device_tie_rule_is_the_shared_text():
+    """The device tie rule is compiled from the very functions of purerigl.kernels._rank_key (what the
+    host and cpu backends run), its inner calls bound to device functions; the ops tests above check
+    what it computes (salts and tags at both ends of [0, 2^32), negative scores)."""
+    T = _growth_tiles
+
+    def source(f):  # the Python function a device function was made from (simulator or real compiler)
+        return getattr(f, "py_func", None) or f.fn
+
+    for name in ("tie_rank", "tie_unrank", "rank_key", "index_of_key"):
+        assert source(getattr(T, name)).__code__ is getattr(_rank_key, name).__code__, name
+    assert source(T.rank_key).__globals__["tie_rank"] is T.tie_rank
+    assert source(T.index_of_key).__globals__["tie_unrank"] is T.tie_unrank
 
 
 def test_topk_grad_rows_returns_columns_ascending_not_by_score():
@@ -263,10 +333,11 @@ def test_topk_grad_rows_returns_columns_ascending_not_by_score():
     dY = np.array([[1.0, -1.0]], dtype=np.float32)
     excluded = np.zeros((2, 5), dtype=bool)
     excluded[1, 3] = True
-    with tiny_config(tile=5, lanes=2):
-        indptr, cols = growth.topk_grad_rows(X, dY, np.array([3, 2]), *exclusion_csr(excluded))
-    np.testing.assert_array_equal(indptr, [0, 3, 5])
-    np.testing.assert_array_equal(cols, [0, 1, 3, 0, 1])
+    for salt in (0, 2**32 - 1):  # no ties: the same columns whatever the salt
+        with tiny_config(tile=5, lanes=2):
+            indptr, cols = growth.topk_grad_rows(X, dY, np.array([3, 2]), *exclusion_csr(excluded), salt)
+        np.testing.assert_array_equal(indptr, [0, 3, 5])
+        np.testing.assert_array_equal(cols, [0, 1, 3, 0, 1])
 
 
 def test_diag_grad_norms_by_hand():
@@ -283,7 +354,8 @@ def test_diag_grad_norms_by_hand():
     "n_out, n_in, B", [(3, 4, 0), (0, 4, 2), (3, 0, 2), (1, 1, 1)], ids=["batch0", "no-rows", "no-cols", "1x1"]
 )
 def test_degenerate_shapes_match_reference(n_out, n_in, B):
-    """Batch 0 (G = 0: lowest indices win), empty layers and 1 x 1, against the reference."""
+    """Batch 0 (G = 0: every position tied, the tie ranks decide), empty layers and 1 x 1, against the
+    reference, for a few salts."""
     X = np.full((B, n_in), 0.5, dtype=np.float32)
     dY = np.full((B, n_out), -1.0, dtype=np.float32)
     excluded = np.zeros((n_out, n_in), dtype=bool)
@@ -292,10 +364,12 @@ def test_degenerate_shapes_match_reference(n_out, n_in, B):
     indptr, indices = exclusion_csr(excluded)
     counts = np.full(n_out, 2, dtype=np.int64)
     with tiny_config(tile=3):
-        for m in (0, 2, excluded.size + 1):
-            assert_same(growth.topk_grad(X, dY, m, indptr, indices), reference.topk_grad(X, dY, m, indptr, indices))
-        assert_same(growth.topk_grad_rows(X, dY, counts, indptr, indices),
-                    reference.topk_grad_rows(X, dY, counts, indptr, indices))
+        for salt in (0, 5, 2**32 - 1):
+            for m in (0, 2, excluded.size + 1):
+                assert_same(growth.topk_grad(X, dY, m, indptr, indices, salt),
+                            reference.topk_grad(X, dY, m, indptr, indices, salt))
+            assert_same(growth.topk_grad_rows(X, dY, counts, indptr, indices, salt),
+                        reference.topk_grad_rows(X, dY, counts, indptr, indices, salt))
         assert_same(growth.diag_grad_norms(X, dY), reference.diag_grad_norms(X, dY))
 
 
@@ -327,28 +401,28 @@ def general_problem():
     return X, dY, excluded
 
 
-def run_all(X, dY, excluded, m=10, count=3):
+def run_all(X, dY, excluded, m=10, count=3, salt=0):
     indptr, indices = exclusion_csr(excluded)
     counts = np.full(dY.shape[1], count, dtype=np.int64)
     return (
-        growth.topk_grad(X, dY, m, indptr, indices),
-        growth.topk_grad_rows(X, dY, counts, indptr, indices),
+        growth.topk_grad(X, dY, m, indptr, indices, salt),
+        growth.topk_grad_rows(X, dY, counts, indptr, indices, salt),
         growth.diag_grad_norms(X, dY),
     )
 
 
-@pytest.mark.parametrize("m, count", [(1, 1), (10, 3), (40, 6)])
-def test_general_data_matches_reference_and_cpu(general_problem, m, count):
+@pytest.mark.parametrize("m, count, salt", [(1, 1, 0), (10, 3, 2**32 - 1), (40, 6, 12345)])
+def test_general_data_matches_reference_and_cpu(general_problem, m, count, salt):
     """General float32 data (fixed seed, no near-ties at any boundary): the same sets as the
     reference and cpu backends, and norms equal to float32 rounding."""
     X, dY, excluded = general_problem
     indptr, indices = exclusion_csr(excluded)
     counts = np.full(dY.shape[1], count, dtype=np.int64)
     with tiny_config(tile=8, lanes=3):
-        got = run_all(X, dY, excluded, m, count)
+        got = run_all(X, dY, excluded, m, count, salt)
     for backend in (reference, cpu):
-        assert_same(got[0], backend.topk_grad(X, dY, m, indptr, indices))
-        assert_same(got[1], backend.topk_grad_rows(X, dY, counts, indptr, indices))
+        assert_same(got[0], backend.topk_grad(X, dY, m, indptr, indices, salt))
+        assert_same(got[1], backend.topk_grad_rows(X, dY, counts, indptr, indices, salt))
         np.testing.assert_allclose(got[2], backend.diag_grad_norms(X, dY), rtol=1e-5)
 
 
@@ -356,11 +430,12 @@ def test_results_do_not_depend_on_the_launch_configuration(general_problem):
     """General float32 data: G is computed by the same code wherever an entry sits, so every tile
     size, lane count, block size and thread cap gives bit-identical results."""
     X, dY, excluded = general_problem
+    X = np.round(X)  # integer values: many exact ties, which the salted tie ranks must order the same way
     with tiny_config(tile=1 << 10, lanes=64, block=4, grid_threads=64):  # one tile
-        want = run_all(X, dY, excluded)
+        want = run_all(X, dY, excluded, salt=99)
     for config in ({"tile": 1, "lanes": 1, "grid_threads": 1}, {"tile": 8, "lanes": 3, "block": 3, "grid_threads": 5}):
         with tiny_config(**config):
-            assert_same(run_all(X, dY, excluded), want)
+            assert_same(run_all(X, dY, excluded, salt=99), want)
 
 
 def test_running_topk_cuts_back_and_raises_its_threshold(general_problem):
@@ -411,9 +486,62 @@ def test_backend_dispatch_checks_operands_and_calls_these_kernels(general_proble
     indptr, indices = exclusion_csr(excluded)
     backend = get_backend("cuda")
     with tiny_config():
-        want = run_all(X, dY, excluded, m=5, count=2)
-        assert_same(backend.topk_grad(np.asfortranarray(X), dY, np.int32(5), indptr.astype(np.int32), indices), want[0])
-        assert_same(backend.topk_grad_rows(X, dY, np.full(9, 2, dtype=np.uint8), indptr, indices), want[1])
+        want = run_all(X, dY, excluded, m=5, count=2, salt=3)
+        assert_same(backend.topk_grad(np.asfortranarray(X), dY, np.int32(5), indptr.astype(np.int32), indices,
+                                      np.uint32(3)), want[0])
+        assert_same(backend.topk_grad_rows(X, dY, np.full(9, 2, dtype=np.uint8), indptr, indices, salt=3), want[1])
         assert_same(backend.diag_grad_norms(X, dY), want[2])
     with pytest.raises(OperandError):
         backend.topk_grad(X, dY, -1, indptr, indices)
+
+
+@pytest.mark.parametrize("salt", [-1, 2**32, 1.0, True, None])
+def test_a_bad_salt_is_refused_like_the_reference(general_problem, salt):
+    """A salt outside [0, 2^32) or not an integer: OperandError from the host and the device entry
+    points alike, as from the reference."""
+    X, dY, excluded = general_problem
+    indptr, indices = exclusion_csr(excluded)
+    counts = np.full(dY.shape[1], 2, dtype=np.int64)
+    dev = [cuda.to_device(a) for a in (X, dY, counts, indptr, indices.astype(np.int64))]
+    calls = [
+        lambda: reference.topk_grad(X, dY, 3, indptr, indices, salt),
+        lambda: growth_ops.topk_grad(X, dY, 3, indptr, indices, salt),
+        lambda: growth_ops.topk_grad(dev[0], dev[1], 3, dev[3], dev[4], salt),
+        lambda: reference.topk_grad_rows(X, dY, counts, indptr, indices, salt),
+        lambda: growth_ops.topk_grad_rows(X, dY, counts, indptr, indices, salt),
+        lambda: growth_ops.topk_grad_rows(dev[0], dev[1], dev[2], dev[3], dev[4], salt),
+    ]
+    for call in calls:
+        with pytest.raises(OperandError, match="salt"):
+            call()
+
+
+@EXAMPLES
+@given(problem=problems(), salt=salts, data=st.data())
+def test_device_entry_points_take_the_salt(problem, salt, data):
+    """Given device arrays, topk_grad and topk_grad_rows return device arrays equal to the host
+    entry points' results for the same salt."""
+    X, dY, excluded = problem
+    n_out, n_in = excluded.shape
+    m = data.draw(st.integers(0, excluded.size + 1), label="m")
+    counts = np.array(data.draw(st.lists(st.integers(0, n_in), min_size=n_out, max_size=n_out)), dtype=np.int64)
+    indptr, indices = exclusion_csr(excluded)
+    dev = [cuda.to_device(a) for a in (X, dY, counts, indptr, indices.astype(np.int64))]
+    with tiny_config():
+        rows, cols = growth_ops.topk_grad(dev[0], dev[1], m, dev[3], dev[4], salt)
+        assert_same((rows.copy_to_host(), cols.copy_to_host()), reference.topk_grad(X, dY, m, indptr, indices, salt))
+        out_indptr, out_cols = growth_ops.topk_grad_rows(*dev, salt=salt)
+        assert_same((out_indptr.copy_to_host(), out_cols.copy_to_host()),
+                    reference.topk_grad_rows(X, dY, counts, indptr, indices, salt))
+
+
+def test_device_entry_points_refuse_layers_beyond_32_bit_positions():
+    """Ties are ranked by the flat position in 32 bits: a device layer of more than 2^32 positions is
+    refused before any kernel runs (checked on shapes only: stand-ins with a shape, no memory spent)."""
+    X, dY = types.SimpleNamespace(shape=(1, 2**16 + 1)), types.SimpleNamespace(shape=(1, 2**16))
+    with mock.patch.object(_launch, "is_device_array", return_value=True), \
+            mock.patch.object(growth_ops, "check_device"):
+        with pytest.raises(ShapeError, match="2\\*\\*32"):
+            growth_ops.topk_grad(X, dY, 1, None, None)
+        with pytest.raises(ShapeError, match="2\\*\\*32"):
+            growth_ops.topk_grad_rows(X, dY, None, None, None)

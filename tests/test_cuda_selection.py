@@ -4,7 +4,9 @@ Pins down:
 
 - every function of :mod:`purerigl.kernels.host_selection` against an oracle written another way
   (Python loops, sets, ``sorted`` with an explicit key), on hypothesis-drawn tiny inputs with many
-  exact ties in |score| (scores drawn from {0, -0, ±0.5, ±1, ±2});
+  exact ties in |score| (scores drawn from {0, -0, ±0.5, ±1, ±2}); the rankings (``top_positions``,
+  ``segment_top``) order equal magnitudes by the shared tie rule of :mod:`purerigl.kernels._rank_key`
+  (smaller ``tie_rank(tag, salt)`` first), the salt drawn over [0, 2^32) with both ends included;
 - every function of :mod:`purerigl.kernels.cuda.selection` (Numba's CUDA simulator, blocks of 4
   threads and :data:`~purerigl.kernels.cuda.selection.LANES` = 3, so inputs span several blocks and
   several multi-entry chunks) against the host version on the same inputs: same values, dtypes and
@@ -23,8 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from purerigl.errors import BackendError, DTypeError, FormatError, ShapeError
+from purerigl.errors import BackendError, DTypeError, FormatError, OperandError, ShapeError
 from purerigl.kernels import host_selection as H
+from purerigl.kernels._rank_key import tie_rank
 
 SMALL_BLOCK = 4
 SMALL_LANES = 3
@@ -33,6 +36,9 @@ HOST_EXAMPLES = 60
 MAX = 24
 #: A handful of magnitudes, both signs (and -0): many exact ties in |score|.
 TIED = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0]
+
+#: The tie rule's salt: both ends of [0, 2^32) and anything between.
+salts = st.one_of(st.just(0), st.just(2**32 - 1), st.integers(0, 2**32 - 1))
 
 cuda_settings = settings(max_examples=EXAMPLES, deadline=None)
 host_settings = settings(max_examples=HOST_EXAMPLES, deadline=None)
@@ -98,26 +104,38 @@ def layer_and_positions(draw):
     return shape, draw(sorted_positions(shape))
 
 
+#: Tags (positions) near both ends of [0, 2^32).
+tag_values = st.one_of(st.integers(0, 40), st.integers(2**32 - 41, 2**32 - 1))
+
+
+def best_first(scores, tags, members, salt):
+    """The entries ``members`` best first: larger |score|, then smaller tie rank of the tag (each rank
+    computed on Python ints, one at a time)."""
+    return sorted(members, key=lambda e: (-abs(float(scores[e])), tie_rank(int(tags[e]), salt)))
+
+
 @st.composite
 def ranked(draw, max_size=MAX):
-    """(scores, tags, n): tied scores, strictly increasing tags near both ends of [0, 2^32), any n."""
+    """(scores, tags, n, salt): tied scores, strictly increasing tags near both ends of [0, 2^32), any
+    n, any salt."""
     scores = draw(st.lists(st.sampled_from(TIED), max_size=max_size).map(lambda v: np.array(v, np.float32)))
-    ends = st.one_of(st.integers(0, 40), st.integers(2**32 - 41, 2**32 - 1))
-    tags = i64(sorted(draw(st.sets(ends, min_size=scores.size, max_size=scores.size))))
-    return scores, tags, draw(st.integers(0, scores.size + 2))
+    tags = i64(sorted(draw(st.sets(tag_values, min_size=scores.size, max_size=scores.size))))
+    return scores, tags, draw(st.integers(0, scores.size + 2)), draw(salts)
 
 
 @st.composite
 def segmented(draw):
-    """(scores, starts, counts, eligible or None): up to 6 segments of 0..6 entries (some empty)."""
+    """(scores, tags, starts, counts, eligible or None, salt): up to 6 segments of 0..6 entries (some
+    empty), tied scores, distinct tags near both ends of [0, 2^32) in any order, any salt."""
     lengths = draw(st.lists(st.integers(0, 6), max_size=6))
     starts = i64(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
     size = int(starts[-1])
     scores = np.array(draw(st.lists(st.sampled_from(TIED), min_size=size, max_size=size)), np.float32)
+    tags = i64(draw(st.lists(tag_values, min_size=size, max_size=size, unique=True)))
     counts = i64(draw(st.lists(st.integers(0, 7), min_size=len(lengths), max_size=len(lengths))))
     flags = st.lists(st.booleans(), min_size=size, max_size=size).map(lambda v: np.array(v, dtype=bool))
     eligible = draw(st.none() | flags)
-    return scores, starts, counts, eligible
+    return scores, tags, starts, counts, eligible, draw(salts)
 
 
 @st.composite
@@ -203,27 +221,30 @@ def test_host_sets_of_positions(data, found, values):
     assert counts.dtype == np.int64 and counts.tolist() == [tally[r] for r in range(shape[0])]
 
 
+def segment_top_oracle(scores, tags, starts, counts, eligible, salt) -> np.ndarray:
+    ok = np.ones(scores.size, bool) if eligible is None else eligible
+    want = np.zeros(scores.size, dtype=bool)
+    for q in range(counts.size):
+        members = [f for f in range(starts[q], starts[q + 1]) if ok[f]]
+        want[best_first(scores, tags, members, salt)[: counts[q]]] = True
+    return want
+
+
 @host_settings
 @given(case=ranked(max_size=40))
 def test_host_top_positions_is_the_sorted_prefix(case):
-    scores, tags, n = case
-    best = sorted(range(scores.size), key=lambda e: (-abs(float(scores[e])), e))[:n]
-    got = H.top_positions(scores, tags, n)
+    scores, tags, n, salt = case
+    best = best_first(scores, tags, range(scores.size), salt)[:n]
+    got = H.top_positions(scores, tags, n, salt)
     assert got.dtype == np.int64 and got.tolist() == sorted(int(tags[e]) for e in best)
 
 
 @host_settings
 @given(case=segmented())
 def test_host_segment_top_per_segment(case):
-    scores, starts, counts, eligible = case
-    ok = np.ones(scores.size, bool) if eligible is None else eligible
-    want = np.zeros(scores.size, dtype=bool)
-    for q in range(counts.size):
-        members = [f for f in range(starts[q], starts[q + 1]) if ok[f]]
-        members.sort(key=lambda f: (-abs(float(scores[f])), f))
-        want[members[: counts[q]]] = True
-    got = H.segment_top(scores, starts, counts, eligible)
-    assert got.dtype == bool and np.array_equal(got, want)
+    scores, tags, starts, counts, eligible, salt = case
+    got = H.segment_top(scores, tags, starts, counts, eligible, salt)
+    assert got.dtype == bool and np.array_equal(got, segment_top_oracle(scores, tags, starts, counts, eligible, salt))
 
 
 @host_settings
@@ -340,19 +361,55 @@ def test_cuda_rows_selected_and_row_counts(K, data, case):
 
 
 @cuda_settings
-@given(case=ranked())
-def test_cuda_top_positions(K, case):
-    scores, tags, n = case
-    same(K.S.top_positions(K.dev(scores), K.dev(tags), n), H.top_positions(scores, tags, n))
+@given(case=ranked(), dtype=st.sampled_from([np.int64, np.int32]))
+def test_cuda_top_positions(K, case, dtype):
+    scores, tags, n, salt = case
+    want = H.top_positions(scores, tags, n, salt)
+    assert want.tolist() == sorted(int(tags[e]) for e in best_first(scores, tags, range(scores.size), salt)[:n])
+    same(K.S.top_positions(K.dev(scores), K.dev(tags), n, salt), want)
+    if dtype is np.int32 and (tags < 2**31).all():  # int32 tags (offsets, indices): the same tags
+        same(K.S.top_positions(K.dev(scores), K.dev(tags.astype(np.int32)), n, salt), want)
 
 
 @cuda_settings
 @given(case=segmented())
 def test_cuda_segment_top(K, case):
-    scores, starts, counts, eligible = case
-    want = H.segment_top(scores, starts, counts, eligible)
+    scores, tags, starts, counts, eligible, salt = case
+    want = H.segment_top(scores, tags, starts, counts, eligible, salt)
+    assert np.array_equal(want, segment_top_oracle(scores, tags, starts, counts, eligible, salt))
     el = None if eligible is None else K.dev(eligible)
-    same(K.S.segment_top(K.dev(scores), K.dev(starts), K.dev(counts), el), want)
+    same(K.S.segment_top(K.dev(scores), K.dev(tags), K.dev(starts), K.dev(counts), el, salt), want)
+
+
+def test_cuda_rankings_follow_the_salted_tie_rule(K):
+    """All scores equal (the rows of a layer whose gradient is zero): the tie ranks alone decide, so
+    the choice is not the lowest tags, it changes with the salt, and segments of equal length choose
+    different places; cuda equals host for every salt."""
+    n_seg, length, c = 6, 12, 3
+    scores = np.zeros(n_seg * length, np.float32)
+    tags = np.arange(n_seg * length, dtype=np.int64)  # flat positions of a 6 x 12 layer
+    starts = np.arange(n_seg + 1, dtype=np.int64) * length
+    counts = np.full(n_seg, c, dtype=np.int64)
+    picks = {}
+    for salt in (0, 1, 2**32 - 1):
+        top = H.top_positions(scores, tags, 5, salt)
+        same(K.S.top_positions(K.dev(scores), K.dev(tags), 5, salt), top)
+        assert top.tolist() != list(range(5))
+        chosen = H.segment_top(scores, tags, starts, counts, None, salt)
+        same(K.S.segment_top(K.dev(scores), K.dev(tags), K.dev(starts), K.dev(counts), None, salt), chosen)
+        places = [tuple(np.flatnonzero(row)) for row in chosen.reshape(n_seg, length)]
+        assert all(len(p) == c for p in places) and len(set(places)) > 1
+        picks[salt] = (top.tolist(), places)
+    assert picks[0] != picks[1] and picks[1] != picks[2**32 - 1]
+
+
+@pytest.mark.parametrize("salt", [-1, 2**32, 0.5, True])
+def test_cuda_rankings_refuse_a_bad_salt(K, salt):
+    scores, tags = K.dev(np.ones(3, np.float32)), K.dev(i64([0, 1, 2]))
+    with pytest.raises(OperandError, match="salt"):
+        K.S.top_positions(scores, tags, 2, salt)
+    with pytest.raises(OperandError, match="salt"):
+        K.S.segment_top(scores, tags, K.dev(i64([0, 3])), K.dev(i64([1])), None, salt)
 
 
 @cuda_settings
@@ -450,7 +507,7 @@ def _host_args():
         "rows_selected": (flat, np.array([True, False, True]), 3),
         "row_counts": (flat, (3, 3)),
         "top_positions": (np.array([1.0, -2.0, 0.5], np.float32), flat, 2),
-        "segment_top": (np.array([1.0, -2.0, 0.5], np.float32), i64([0, 2, 3]), i64([1, 1]),
+        "segment_top": (np.array([1.0, -2.0, 0.5], np.float32), i64([7, 3, 5]), i64([0, 2, 3]), i64([1, 1]),
                         np.array([True, True, False])),
         "row_norms": (np.ones((2, 3), np.float32),),
         "columns_not_in": (flat, (3, 3), i64([0, 2]), i64([1, 0])),
@@ -480,6 +537,10 @@ def test_cuda_refuses_wrong_dtypes_and_sizes(K):
         K.S.compress(d(i64([1, 2])), d(i64([1, 0])))
     with pytest.raises(DTypeError, match="float32"):
         K.S.top_positions(d(np.ones(2)), d(i64([0, 1])), 1)
+    with pytest.raises(DTypeError, match="tags"):
+        K.S.segment_top(d(np.ones(2, np.float32)), d(np.ones(2)), d(i64([0, 2])), d(i64([1])))
+    with pytest.raises(ShapeError, match="must match"):
+        K.S.segment_top(d(np.ones(2, np.float32)), d(i64([0])), d(i64([0, 2])), d(i64([1])))
     with pytest.raises(ShapeError, match="must match"):
         K.S.flat_of(d(i64([1, 2])), d(i64([1])), 3)
     with pytest.raises(ShapeError, match="equal length"):
@@ -497,7 +558,7 @@ def test_cuda_copies_only_the_output_sizes(K, monkeypatch):
         pytest.skip("counts the simulator's copies")
     calls = {name: [K.dev(a) if isinstance(a, np.ndarray) else a for a in args] for name, args in _host_args().items()}
     calls["arange"] = [5]
-    calls["segment_top (all eligible)"] = calls["segment_top"][:3]
+    calls["segment_top (all eligible)"] = calls["segment_top"][:4]
     log: list[tuple[str, tuple]] = []
     device_type = type(K.launch.empty((1,)))
     real_to_device, real_copy_to_host = K.launch.cuda.to_device, device_type.copy_to_host

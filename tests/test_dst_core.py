@@ -20,6 +20,7 @@ from purerigl.dst.schedule import ScheduleError, drop_fraction, is_update_step
 from purerigl.dst.set_method import SET, random_free_positions
 from purerigl.dst.topology import apply_structure, csr_from_flat, flat_positions, rank_order, source_of, top_mask
 from purerigl.dst.updater import DSTUpdater
+from purerigl.kernels._rank_key import tie_rank, tie_ranks
 from purerigl.nn import SparseLinear, build_mlp, softmax_cross_entropy
 from purerigl.optim import SGD, Adam
 
@@ -60,9 +61,30 @@ def test_schedule_from_fraction_and_errors():
 # tie rule and the shared topology step
 
 
-def test_rank_order_breaks_ties_by_lower_index():
-    assert rank_order(np.array([1.0, 3.0, 3.0, 2.0, 3.0])).tolist() == [1, 2, 4, 3, 0]
+@pytest.mark.parametrize("salt", [0, 1, 12345, 2**32 - 1])
+def test_rank_order_breaks_ties_by_tie_rank(salt):
+    """Higher score first; among the three equal scores 3.0 the order is that of their tie ranks
+    ``tie_rank(p, salt)``, not of their positions."""
+    scores = np.array([1.0, 3.0, 3.0, 2.0, 3.0])
+    tied = np.array([1, 2, 4])
+    by_rank = tied[np.argsort(tie_ranks(tied, salt))].tolist()
+    assert rank_order(scores, salt=salt).tolist() == by_rank + [3, 0]
+    positions = np.array([40, 7, 19, 3, 11])  # explicit positions: the ranks of 7, 19, 11
+    tied_pos = positions[tied]
+    expect = tied[np.argsort(tie_ranks(tied_pos, salt))].tolist() + [3, 0]
+    assert rank_order(scores, positions, salt=salt).tolist() == expect
+
+
+def test_rank_order_tie_order_depends_on_salt():
+    """The salt permutes the tie order: over a few salts the first of 8 equal scores is not always 0."""
+    firsts = {int(rank_order(np.zeros(8), salt=s)[0]) for s in range(16)}
+    assert len(firsts) > 1
+
+
+def test_top_mask_without_ties_prefers_lower_index():
+    """top_mask's own default (no tie ranks given): the lower index among equal scores."""
     assert top_mask(np.array([2.0, 2.0, 2.0]), 2).tolist() == [True, True, False]
+    assert top_mask(np.array([2.0, 2.0, 2.0]), 2, ties=np.array([5, 1, 3])).tolist() == [False, True, True]
 
 
 def _layer_with_momentum(W, seed=0):
@@ -105,13 +127,27 @@ def test_apply_structure_keeps_old_and_zeroes_new(make):
 @given(
     st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.0]), min_size=0, max_size=40),  # few values: many ties
     st.integers(-2, 45),
+    st.one_of(st.just(0), st.just(2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.data(),
 )
-def test_top_mask_selects_the_first_n_of_rank_order(values, n):
-    """The selection in top_mask picks exactly the set the full sort (rank_order) puts first."""
+def test_top_mask_selects_the_first_n_of_rank_order(values, n, salt, data):
+    """rank_order is the full sort by (larger score, smaller ``tie_rank(position, salt)``), and the
+    selection in top_mask, given those tie ranks, picks exactly the set rank_order puts first.
+    Without tie ranks top_mask breaks ties by the lower index."""
     scores = np.array(values, dtype=np.float32)
+    positions = np.array(
+        data.draw(st.lists(st.integers(0, 2**32 - 1), unique=True, min_size=scores.size, max_size=scores.size)),
+        dtype=np.int64,
+    )
+    order = rank_order(scores, positions, salt)
+    by_hand = sorted(range(scores.size), key=lambda e: (-float(scores[e]), int(tie_rank(int(positions[e]), salt))))
+    assert order.tolist() == by_hand
     want = np.zeros(scores.size, dtype=bool)
-    want[rank_order(scores)[: max(n, 0)]] = True
-    assert np.array_equal(top_mask(scores, n), want)
+    want[order[: max(n, 0)]] = True
+    assert np.array_equal(top_mask(scores, n, tie_ranks(positions, salt)), want)
+    by_index = np.zeros(scores.size, dtype=bool)  # ties=None: the indices are the tie ranks
+    by_index[sorted(range(scores.size), key=lambda e: (-float(scores[e]), e))[: max(n, 0)]] = True
+    assert np.array_equal(top_mask(scores, n), by_index)
 
 
 @given(st.lists(st.integers(0, 30), max_size=20), st.lists(st.integers(-5, 35), max_size=30))
@@ -173,31 +209,34 @@ def _trained_csr_layer(backend, shape=(7, 11), density=0.35, batch=5, seed=0, ti
     return layer, opt, X.astype(np.float64), dY.astype(np.float64)
 
 
-def _brute_force_rigl(W, X, dY, alpha):
-    """Kept and grown flat position sets by the rule, on dense arrays (float64)."""
+def _brute_force_rigl(W, X, dY, alpha, salt=0):
+    """Kept and grown flat position sets by the rule, on dense arrays (float64); equal scores go to the
+    smaller ``tie_rank(flat, salt)``."""
     n = W.nnz
-    n_prune = floor_count(alpha * n)
+    n_prune = floor_count(alpha, n)
     flat = flat_positions(W)
     order = np.argsort(flat)
     flat, mag = flat[order], np.abs(W.values.astype(np.float64)[order])
-    keep_idx = np.lexsort((flat, -mag))[: n - n_prune]
+    keep_idx = np.lexsort((tie_ranks(flat, salt), -mag))[: n - n_prune]
     kept = np.sort(flat[keep_idx])
     G = np.abs(dY.T @ X).astype(np.float32).ravel().astype(np.float64)
     candidates = np.setdiff1d(np.arange(G.size), kept)
-    grow_idx = np.lexsort((candidates, -G[candidates]))[:n_prune]
+    grow_idx = np.lexsort((tie_ranks(candidates, salt), -G[candidates]))[:n_prune]
     return kept, np.sort(candidates[grow_idx])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.9])
-def test_rigl_update_matches_brute_force(backend, ties, alpha):
+@pytest.mark.parametrize("salt", [0, 0x2545F491, 2**32 - 1])
+def test_rigl_update_matches_brute_force(backend, ties, alpha, salt):
     """RigL: nnz constant; kept = top n_keep |w| layer-wide, grown = top n_prune |G| among positions not
-    kept (just-dropped eligible), ties to the lower flat position; new weights and momentum exactly 0."""
+    kept (just-dropped eligible), ties to the smaller tie rank of the flat position under the update's
+    salt; new weights and momentum exactly 0."""
     layer, opt, X, dY = _trained_csr_layer(backend, ties=ties)
     old = layer.W.copy()
-    kept, grown = _brute_force_rigl(old, X, dY, alpha)
-    RigL().update(LayerUpdate(layer, opt, alpha, np.random.default_rng(0), old.nnz))
+    kept, grown = _brute_force_rigl(old, X, dY, alpha, salt)
+    RigL().update(LayerUpdate(layer, opt, alpha, np.random.default_rng(0), old.nnz, salt=salt))
     W = layer.W.validate(full=True)
     assert W.nnz == old.nnz
     assert np.array_equal(np.sort(flat_positions(W)), np.union1d(kept, grown))
@@ -212,7 +251,7 @@ def test_rigl_update_matches_brute_force(backend, ties, alpha):
 def test_set_update_drops_by_magnitude_and_grows_at_free_positions(backend):
     layer, opt, X, dY = _trained_csr_layer(backend, shape=(9, 13), density=0.3)
     old = layer.W.copy()
-    n_prune = floor_count(0.4 * old.nnz)
+    n_prune = floor_count(0.4, old.nnz)
     kept, _ = _brute_force_rigl(old, X, dY, 0.4)
     SET().update(LayerUpdate(layer, opt, 0.4, np.random.default_rng(7), old.nnz))
     now = np.sort(flat_positions(layer.W.validate(full=True)))

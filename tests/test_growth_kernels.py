@@ -3,10 +3,15 @@
 Pins down (DESIGN.md section 3, PAPERS.md invariants 10 and 11):
 
 - ``topk_grad`` returns the layer-wide top-m of |G| (G = dY^T X) among the non-excluded positions,
-  sorted by flat index, with the shared tie rule (larger |g| first, then lower flat index); m = 0 and
-  m larger than what is available work;
+  sorted by flat index, with the shared tie rule (larger |g| first, then the smaller tie rank
+  ``tie_rank(flat, salt)``, :mod:`purerigl.kernels._rank_key`); m = 0 and m larger than what is
+  available work;
 - ``topk_grad_rows`` returns, per row, the top counts[i] non-excluded columns (all of them if fewer),
-  ascending, with ties to the lower column; counts 0 and counts larger than available work;
+  ascending, with ties to the smaller tie rank of the flat position ``i * n_in + j`` (not of the
+  column); counts 0 and counts larger than available work;
+- the salt is drawn over [0, 2^32) (0 and 2^32 - 1 included) and a bad salt is refused; where the
+  gradient is all zero (a dead ReLU row) the chosen columns are spread uniformly over the salts, not
+  piled on columns 0, 1, 2, ... (a chi-square test);
 - ``diag_grad_norms`` equals the L2 norm of G along each wrap-around diagonal (tall, wide, square,
   P = 1);
 - the reference and cpu backends return identical index sets on the same inputs;
@@ -38,12 +43,19 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import strategies as S
+from scipy.stats import chisquare
+
+from purerigl.dst.topology import tie_salt
 from purerigl.errors import DTypeError, OperandError, PureriglError, ShapeError
 from purerigl.kernels import get_backend, reference_growth
+from purerigl.kernels._rank_key import tie_rank, tie_ranks
 from purerigl.kernels.cpu import growth as cpu_growth
 
 #: Score tolerance for general float32 data, relative to the largest |G| entry's term sum.
 TOL = 1e-5
+
+#: The tie rule's salt: both ends of [0, 2^32) and anything between.
+salts = st.one_of(st.just(0), st.just(2**32 - 1), st.integers(0, 2**32 - 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,20 +79,23 @@ def exclusion_csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return indptr, np.nonzero(mask)[1].astype(np.int32)  # row-major: sorted within each row
 
 
-def brute_topk(G, excluded, m) -> np.ndarray:
-    """Flat indices of the top m of |G| among non-excluded positions (tie: lower flat), ascending."""
+def brute_topk(G, excluded, m, salt=0) -> np.ndarray:
+    """Flat indices of the top m of |G| among non-excluded positions, ascending (ties: the smaller
+    ``tie_rank(flat, salt)`` first)."""
     scores = np.abs(G).ravel()
     flat = np.flatnonzero(~excluded.ravel())
-    order = np.lexsort((flat, -scores[flat]))
+    order = np.lexsort((tie_ranks(flat, salt), -scores[flat]))
     return np.sort(flat[order[:m]])
 
 
-def brute_rows(G, excluded, counts) -> list[np.ndarray]:
-    """Per row, the top counts[i] non-excluded columns (tie: lower column), ascending."""
+def brute_rows(G, excluded, counts, salt=0) -> list[np.ndarray]:
+    """Per row, the top counts[i] non-excluded columns, ascending (ties: the smaller tie rank of the
+    flat position ``i * n_in + j``, not of the column)."""
+    n_in = G.shape[1]
     out = []
     for i in range(G.shape[0]):
         cols = np.flatnonzero(~excluded[i])
-        order = np.lexsort((cols, -np.abs(G[i, cols])))
+        order = np.lexsort((tie_ranks(i * n_in + cols, salt), -np.abs(G[i, cols])))
         out.append(np.sort(cols[order[: counts[i]]]))
     return out
 
@@ -134,49 +149,83 @@ def assert_valid_topk(flat, G, excluded, m, tol):
 # --------------------------------------------------------------------------------------------------
 
 
-@given(problem=growth_problems(), data=st.data())
-def test_topk_grad_matches_brute_force(backend, problem, data):
+@given(problem=growth_problems(), salt=salts, data=st.data())
+def test_topk_grad_matches_brute_force(backend, problem, salt, data):
     """Layer-wide top-m of |G| over the non-excluded positions; exact (ties included) on dyadic data."""
     X, dY, excluded, exact = problem
     n_out, n_in = dY.shape[1], X.shape[1]
     N = n_out * n_in
     m = data.draw(st.one_of(st.just(0), st.just(1), st.integers(0, N), st.integers(N, 2 * N + 3)), label="m")
     indptr, indices = exclusion_csr(excluded)
-    rows, cols = backend.topk_grad(X, dY, m, indptr, indices)
+    rows, cols = backend.topk_grad(X, dY, m, indptr, indices, salt)
     assert rows.dtype == np.int64 and cols.dtype == np.int64
     assert np.all((0 <= cols) & (cols < n_in)) and np.all((0 <= rows) & (rows < n_out))
     flat = rows * n_in + cols
     G = dense_grad(X, dY)
     if exact:
-        np.testing.assert_array_equal(flat, brute_topk(G, excluded, m))
+        np.testing.assert_array_equal(flat, brute_topk(G, excluded, m, salt))
     else:
         assert_valid_topk(flat, G, excluded, m, TOL * (1 + grad_scale(X, dY)))
 
 
-def test_topk_grad_tie_rule_by_hand(backend):
-    """All |g| equal: the m lowest available flat indices win; then one larger score jumps the queue."""
+def by_tie_rank(positions, salt) -> list[int]:
+    """``positions`` (Python ints) from the smallest tie rank to the largest, one at a time."""
+    return sorted(positions, key=lambda p: int(tie_rank(p, salt)))
+
+
+@pytest.mark.parametrize("salt", [0, 1, 0x9E3779B9, 2**32 - 1])
+def test_topk_grad_tie_rule_by_hand(backend, salt):
+    """All |g| equal: the m available positions of smallest tie rank win (not the lowest flat
+    indices); then larger scores jump the queue, and the ties behind them go by tie rank again."""
     X = np.ones((2, 4), dtype=np.float32)  # G = dY^T X: row i is constant sum_b dY[b, i]
     dY = np.array([[0.5, -0.5, 1.0], [0.5, -0.5, -1.0]], dtype=np.float32)  # |G| = 1, 1, 0 by row
     excluded = np.zeros((3, 4), dtype=bool)
     excluded[0, 1] = True
     indptr, indices = exclusion_csr(excluded)
-    rows, cols = backend.topk_grad(X, dY, 3, indptr, indices)
-    np.testing.assert_array_equal(rows * 4 + cols, [0, 2, 3])  # 1 is excluded
-    rows, cols = backend.topk_grad(X, dY, 12, indptr, indices)  # more than available (11)
+    ones = [0, 2, 3, 4, 5, 6, 7]  # the available positions of score 1 (1 is excluded)
+    rows, cols = backend.topk_grad(X, dY, 3, indptr, indices, salt)
+    np.testing.assert_array_equal(rows * 4 + cols, sorted(by_tie_rank(ones, salt)[:3]))
+    rows, cols = backend.topk_grad(X, dY, 9, indptr, indices, salt)  # all seven 1s, two of the 0s
+    np.testing.assert_array_equal(rows * 4 + cols, sorted(ones + by_tie_rank([8, 9, 10, 11], salt)[:2]))
+    rows, cols = backend.topk_grad(X, dY, 12, indptr, indices, salt)  # more than available (11)
     np.testing.assert_array_equal(rows * 4 + cols, np.delete(np.arange(12), 1))
     X[:, 3] = 2.0  # column 3 doubles: G[0, 3] = G[1, 3] = 2 now rank first
-    rows, cols = backend.topk_grad(X, dY, 3, indptr, indices)
-    np.testing.assert_array_equal(rows * 4 + cols, [0, 3, 7])
+    rows, cols = backend.topk_grad(X, dY, 3, indptr, indices, salt)
+    np.testing.assert_array_equal(rows * 4 + cols, sorted([3, 7] + by_tie_rank([0, 2, 4, 5, 6], salt)[:1]))
 
 
-def test_topk_grad_zero_batch(backend):
-    """Batch 0: G = 0 everywhere, so the lowest available flat indices are chosen."""
+def test_topk_grad_tie_rule_pinned():
+    """The tie ranks are fixed numbers (the same sets in every run and on every backend): with salt 0
+    the 12 positions of a 3 x 4 layer rank 0, 9, 7, 11, 5, 1, 10, 2, 8, 6, 4, 3, and the salt changes
+    the order."""
+    assert by_tie_rank(range(12), 0) == [0, 9, 7, 11, 5, 1, 10, 2, 8, 6, 4, 3]
+    X, dY = np.zeros((1, 4), dtype=np.float32), np.zeros((1, 3), dtype=np.float32)  # G = 0 everywhere
+    none = exclusion_csr(np.zeros((3, 4), dtype=bool))
+    for name in ("reference", "cpu"):
+        rows, cols = get_backend(name).topk_grad(X, dY, 4, *none, 0)
+        np.testing.assert_array_equal(rows * 4 + cols, [0, 7, 9, 11])
+    chosen = {tuple(get_backend("cpu").topk_grad(X, dY, 4, *none, s)[1]) for s in (0, 1, 2, 3, 2**32 - 1)}
+    assert len(chosen) > 1
+
+
+@pytest.mark.parametrize("salt", [0, 12345, 2**32 - 1])
+def test_topk_grad_zero_batch(backend, salt):
+    """Batch 0: G = 0 everywhere, so the available positions of smallest tie rank are chosen (per row
+    too: the smallest tie ranks of the row's flat positions)."""
     X = np.zeros((0, 5), dtype=np.float32)
     dY = np.zeros((0, 4), dtype=np.float32)
     excluded = np.zeros((4, 5), dtype=bool)
     excluded[0, :3] = True
-    rows, cols = backend.topk_grad(X, dY, 4, *exclusion_csr(excluded))
-    np.testing.assert_array_equal(rows * 5 + cols, [3, 4, 5, 6])
+    available = [p for p in range(20) if not excluded.ravel()[p]]
+    rows, cols = backend.topk_grad(X, dY, 4, *exclusion_csr(excluded), salt)
+    np.testing.assert_array_equal(rows * 5 + cols, sorted(by_tie_rank(available, salt)[:4]))
+    counts = np.array([3, 2, 0, 5], dtype=np.int64)
+    indptr, cols = backend.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded), salt)
+    np.testing.assert_array_equal(indptr, [0, 2, 4, 4, 9])
+    for i in range(4):
+        mine = [p for p in available if p // 5 == i]
+        want = sorted(p - 5 * i for p in by_tie_rank(mine, salt)[: counts[i]])
+        np.testing.assert_array_equal(cols[indptr[i] : indptr[i + 1]], want, err_msg=f"row {i}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,8 +233,8 @@ def test_topk_grad_zero_batch(backend):
 # --------------------------------------------------------------------------------------------------
 
 
-@given(problem=growth_problems(), data=st.data())
-def test_topk_grad_rows_matches_brute_force(backend, problem, data):
+@given(problem=growth_problems(), salt=salts, data=st.data())
+def test_topk_grad_rows_matches_brute_force(backend, problem, salt, data):
     """Per-row top-counts[i] among non-excluded columns, ascending; exact (ties included) on dyadic data."""
     X, dY, excluded, exact = problem
     n_out, n_in = dY.shape[1], X.shape[1]
@@ -194,13 +243,13 @@ def test_topk_grad_rows_matches_brute_force(backend, problem, data):
                            min_size=n_out, max_size=n_out), label="counts"),
         dtype=np.int64,
     )
-    indptr, cols = backend.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded))
+    indptr, cols = backend.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded), salt)
     assert indptr.dtype == np.int64 and cols.dtype == np.int64
     assert indptr.shape == (n_out + 1,) and indptr[0] == 0 and indptr[-1] == cols.size
     available = (~excluded).sum(axis=1)
     np.testing.assert_array_equal(np.diff(indptr), np.minimum(counts, available))
     G = dense_grad(X, dY)
-    want = brute_rows(G, excluded, counts)
+    want = brute_rows(G, excluded, counts, salt)
     tol = TOL * (1 + grad_scale(X, dY))
     for i in range(n_out):
         got = cols[indptr[i] : indptr[i + 1]]
@@ -210,16 +259,77 @@ def test_topk_grad_rows_matches_brute_force(backend, problem, data):
             assert_valid_topk(got, G[i : i + 1], excluded[i : i + 1], counts[i], tol)
 
 
-def test_topk_grad_rows_tie_rule_by_hand(backend):
-    """Equal scores within a row: the lower columns win; counts 0 and counts > available."""
+@pytest.mark.parametrize("salt", [0, 7, 0xDEADBEEF, 2**32 - 1])
+def test_topk_grad_rows_tie_rule_by_hand(backend, salt):
+    """Equal scores within a row: the smaller tie rank of the flat position wins; counts 0 and
+    counts > available."""
     X = np.array([[1.0, -1.0, 1.0, 0.5, -1.0]], dtype=np.float32)  # |G[i, j]| = |dY_i| * |X_j|
     dY = np.array([[1.0, 0.5, 1.0]], dtype=np.float32)
     excluded = np.zeros((3, 5), dtype=bool)
     excluded[0, 0] = excluded[2, [1, 2]] = True
     counts = np.array([2, 0, 9], dtype=np.int64)
-    indptr, cols = backend.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded))
+    indptr, cols = backend.topk_grad_rows(X, dY, counts, *exclusion_csr(excluded), salt)
     np.testing.assert_array_equal(indptr, [0, 2, 2, 5])
-    np.testing.assert_array_equal(cols, [1, 2, 0, 3, 4])
+    # row 0: columns 1, 2, 4 (flat 1, 2, 4) score 1 and tie, column 3 scores 0.5; row 2: all it has
+    np.testing.assert_array_equal(cols[:2], sorted(by_tie_rank([1, 2, 4], salt)[:2]))
+    np.testing.assert_array_equal(cols[2:], [0, 3, 4])
+
+
+def test_zero_gradient_rows_grow_uniformly_over_the_salts():
+    """The point of the salted tie rule. A row whose gradient is all zero (dY = 0 there: a dead ReLU)
+    grows 4 of its 61 available columns; over 400 salts (those the DST updater derives, the two ends of
+    the range among them) every available column is chosen about equally often (chi-square against
+    the uniform distribution, p > 1e-3), never an excluded one, where the old rule grew columns 0-3
+    every time. Likewise ``topk_grad`` on a layer whose gradient is zero but at two positions: those
+    two always, the other 4 spread uniformly over the 62 zero positions. The row with a gradient grows
+    the same columns whatever the salt (its scores do not tie), and reference and cpu return
+    identical sets for every salt."""
+    n_in = 64
+    rng = np.random.default_rng(2024)
+    salts_ = [0, 2**32 - 1] + [tie_salt(7, u, 0) for u in range(398)]
+    ref, cpu = get_backend("reference"), get_backend("cpu")
+
+    # topk_grad_rows: row 0 has a gradient, row 1 none
+    X = rng.standard_normal((3, n_in)).astype(np.float32)
+    dY = rng.standard_normal((3, 2)).astype(np.float32)
+    dY[:, 1] = 0.0
+    excluded = np.zeros((2, n_in), dtype=bool)
+    excluded[0, [1, 2]] = excluded[1, [5, 17, 40]] = True
+    ex = exclusion_csr(excluded)
+    counts = np.array([4, 4], dtype=np.int64)
+    live = brute_rows(dense_grad(X, dY)[:1], excluded[:1], counts[:1])[0]
+    hits = np.zeros(n_in)
+    for salt in salts_:
+        indptr, cols = ref.topk_grad_rows(X, dY, counts, *ex, salt)
+        cpu_indptr, cpu_cols = cpu.topk_grad_rows(X, dY, counts, *ex, salt)
+        np.testing.assert_array_equal(cpu_indptr, indptr)
+        np.testing.assert_array_equal(cpu_cols, cols)
+        np.testing.assert_array_equal(indptr, [0, 4, 8])
+        np.testing.assert_array_equal(cols[:4], live)
+        hits[cols[4:]] += 1
+    assert hits[excluded[1]].sum() == 0
+    assert hits.sum() == 4 * len(salts_)
+    p = chisquare(hits[~excluded[1]]).pvalue
+    assert p > 1e-3, (p, hits.tolist())
+
+    # topk_grad: G = 0 except G[0, 0] and G[0, 1]
+    X = np.zeros((2, 16), dtype=np.float32)
+    X[:, :2] = [[1.0, -2.0], [0.5, 3.0]]
+    dY = np.zeros((2, 4), dtype=np.float32)
+    dY[:, 0] = [1.0, 1.0]
+    none = exclusion_csr(np.zeros((4, 16), dtype=bool))
+    hits = np.zeros(64)
+    for salt in salts_:
+        rows, cols = ref.topk_grad(X, dY, 6, *none, salt)
+        cpu_rows, cpu_cols = cpu.topk_grad(X, dY, 6, *none, salt)
+        np.testing.assert_array_equal(cpu_rows, rows)
+        np.testing.assert_array_equal(cpu_cols, cols)
+        flat = rows * 16 + cols
+        assert flat[:2].tolist() == [0, 1]  # the two non-zero scores, always
+        hits[flat[2:]] += 1
+    assert hits.sum() == 4 * len(salts_)
+    p = chisquare(hits[2:]).pvalue
+    assert p > 1e-3, (p, hits.tolist())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,8 +395,8 @@ def assert_same_up_to_near_ties(got, want, scores, error, rel=1e-6):
     )
 
 
-@given(problem=growth_problems(), data=st.data())
-def test_backends_return_identical_sets(problem, data):
+@given(problem=growth_problems(), salt=salts, data=st.data())
+def test_backends_return_identical_sets(problem, salt, data):
     """reference and cpu agree on hypothesis-drawn problems (exactly on dyadic data)."""
     X, dY, excluded, exact = problem
     ref, cpu = get_backend("reference"), get_backend("cpu")
@@ -294,8 +404,9 @@ def test_backends_return_identical_sets(problem, data):
     m = data.draw(st.integers(0, n_out * n_in + 1), label="m")
     counts = np.array(data.draw(st.lists(st.integers(0, n_in + 1), min_size=n_out, max_size=n_out)), dtype=np.int64)
     indptr, indices = exclusion_csr(excluded)
-    a, b = ref.topk_grad(X, dY, m, indptr, indices), cpu.topk_grad(X, dY, m, indptr, indices)
-    c, d = ref.topk_grad_rows(X, dY, counts, indptr, indices), cpu.topk_grad_rows(X, dY, counts, indptr, indices)
+    a, b = ref.topk_grad(X, dY, m, indptr, indices, salt), cpu.topk_grad(X, dY, m, indptr, indices, salt)
+    c = ref.topk_grad_rows(X, dY, counts, indptr, indices, salt)
+    d = cpu.topk_grad_rows(X, dY, counts, indptr, indices, salt)
     if exact:
         for u, v in zip(a + c, b + d):
             np.testing.assert_array_equal(u, v)
@@ -348,8 +459,8 @@ def test_diag_norms_agree_on_a_larger_layer(larger_problem):
     )
 
 
-@given(problem=growth_problems(), data=st.data())
-def test_tiny_tiles_change_nothing(problem, data):
+@given(problem=growth_problems(), salt=salts, data=st.data())
+def test_tiny_tiles_change_nothing(problem, salt, data):
     """Tiles of a single row and a minimal buffer (constant compaction): the same results as the
     default tiling, in both backends, and identical to each other on dyadic data."""
     X, dY, excluded, exact = problem
@@ -371,8 +482,8 @@ def test_tiny_tiles_change_nothing(problem, data):
             for name in ("reference", "cpu"):
                 B = get_backend(name)
                 results[tiny, name] = (
-                    B.topk_grad(X, dY, m, indptr, indices),
-                    B.topk_grad_rows(X, dY, counts, indptr, indices),
+                    B.topk_grad(X, dY, m, indptr, indices, salt),
+                    B.topk_grad_rows(X, dY, counts, indptr, indices, salt),
                     B.diag_grad_norms(X, dY),
                 )
     # cpu: G's entries do not depend on the tiling, so even general data gives identical sets
@@ -505,24 +616,36 @@ BAD_EXCLUSION = [
 
 
 def call(backend, op, **overrides):
+    """The op on the baseline operands with ``overrides``; the salt is passed only when overridden
+    (else the op's default, 0)."""
     args = dict(X=X0, dY=DY0, exclude_indptr=INDPTR0, exclude_indices=INDICES0)
     args.update(overrides)
+    salt = (args["salt"],) if "salt" in args else ()
     if op == "topk_grad":
-        return backend.topk_grad(args["X"], args["dY"], args.get("m", 2), args["exclude_indptr"], args["exclude_indices"])
+        return backend.topk_grad(
+            args["X"], args["dY"], args.get("m", 2), args["exclude_indptr"], args["exclude_indices"], *salt
+        )
     if op == "topk_grad_rows":
         return backend.topk_grad_rows(
-            args["X"], args["dY"], args.get("counts", COUNTS0), args["exclude_indptr"], args["exclude_indices"]
+            args["X"], args["dY"], args.get("counts", COUNTS0), args["exclude_indptr"], args["exclude_indices"], *salt
         )
     return backend.diag_grad_norms(args["X"], args["dY"])
 
 
 def test_good_operands_pass(backend):
-    """The baseline of the bad-operand cases is accepted (rows of 1, 0 and 2 excluded columns)."""
+    """The baseline of the bad-operand cases is accepted (rows of 1, 0 and 2 excluded columns). Every
+    |G| is 2, so the tie rule alone chooses: with the default salt 0 the available positions in order
+    of tie rank are 0, 9, 7, 5, 1, 10, 6, 4, 3."""
+    available = [0, 1, 3, 4, 5, 6, 7, 9, 10]  # 2, 8 and 11 are excluded
+    assert by_tie_rank(available, 0) == [0, 9, 7, 5, 1, 10, 6, 4, 3]
     rows, cols = call(backend, "topk_grad")
-    np.testing.assert_array_equal(rows * 4 + cols, [0, 1])
+    np.testing.assert_array_equal(rows * 4 + cols, [0, 9])
+    for salt in (0, 5, 2**32 - 1):
+        rows, cols = call(backend, "topk_grad", salt=salt)
+        np.testing.assert_array_equal(rows * 4 + cols, sorted(by_tie_rank(available, salt)[:2]))
     indptr, cols = call(backend, "topk_grad_rows")
     np.testing.assert_array_equal(indptr, [0, 1, 1, 3])
-    np.testing.assert_array_equal(cols, [0, 1, 2])
+    np.testing.assert_array_equal(cols, [0, 1, 2])  # row 0: position 0 (tie rank 0) of 0, 1, 3
     np.testing.assert_allclose(call(backend, "diag_grad_norms"), np.full(4, np.sqrt(3 * 2.0**2)), rtol=1e-6)
 
 
@@ -563,6 +686,45 @@ def test_bad_m(backend, m, error):
 def test_bad_counts(backend, counts, error):
     with pytest.raises(error, match="counts"):
         call(backend, "topk_grad_rows", counts=counts)
+
+
+@pytest.mark.parametrize("op", ["topk_grad", "topk_grad_rows"])
+@pytest.mark.parametrize(
+    "salt, match",
+    [
+        (-1, r"salt must be in \[0, 2\*\*32\), got -1"),
+        (2**32, r"salt must be in \[0, 2\*\*32\), got 4294967296"),
+        (np.int64(-5), r"salt must be in \[0, 2\*\*32\), got -5"),
+        (2**64, r"salt must be in \[0, 2\*\*32\)"),
+        (2.0, r"salt must be an integer in \[0, 2\*\*32\), got 2\.0"),
+        (np.float32(1.0), r"salt must be an integer"),
+        ("3", r"salt must be an integer"),
+        (None, r"salt must be an integer"),
+        (True, r"salt must be an integer"),
+        (np.bool_(False), r"salt must be an integer"),
+        (np.array([1]), r"salt must be an integer"),
+    ],
+    ids=["-1", "2**32", "int64 -5", "2**64", "float", "float32", "str", "None", "bool", "np.bool_", "array"],
+)
+def test_bad_salt(backend, op, salt, match):
+    """A salt that is not an integer in [0, 2^32) is refused with an error that names it, in both
+    backends."""
+    with pytest.raises(OperandError, match=match):
+        call(backend, op, salt=salt)
+
+
+def test_salt_integer_types_are_accepted(backend):
+    """Any integer type holding the same value gives the same sets."""
+    X, dY = np.zeros((1, 6), dtype=np.float32), np.zeros((1, 5), dtype=np.float32)  # all ties
+    none = exclusion_csr(np.zeros((5, 6), dtype=bool))
+    counts = np.full(5, 2, dtype=np.int64)
+    for value in (0, 3, 2**31, 2**32 - 1):
+        want = backend.topk_grad(X, dY, 7, *none, value)
+        want_rows = backend.topk_grad_rows(X, dY, counts, *none, value)
+        for typed in (np.int64(value), np.uint32(value), np.uint64(value)):
+            for u, v in zip(want + want_rows, backend.topk_grad(X, dY, 7, *none, typed)
+                            + backend.topk_grad_rows(X, dY, counts, *none, typed)):
+                np.testing.assert_array_equal(u, v)
 
 
 def test_errors_are_the_builtin_kinds_too():

@@ -7,8 +7,9 @@ gradient G = dY^T X in float64 and plain Python sorting:
   |S| <= ceil(gamma |A|);
 - k = min(ceil(alpha |A|), |S|) (CSR) or, per active row of a condensed layer,
   k_r = min(ceil(alpha K), |S_r|);
-- dropped = the k smallest |w| of the pre-update actives (higher flat position first on ties),
-  grown = the top-k |G| over S (lower flat position first on ties); |A| unchanged;
+- dropped = the k smallest |w| of the pre-update actives, grown = the top-k |G| over S; |A|
+  unchanged. Equal scores go to the smaller tie rank ``tie_rank(p, salt)`` of the flat position p
+  (kept / grown first), with the update's salt drawn per test (0, 2**32 - 1 and random ones);
 - kept values and momentum are bit-exact, new values and momentum exactly 0;
 - alpha = 0 changes nothing; the same seed gives the same topology on every backend;
 - with a sampler that covers every position, GSE equals RigL restricted to growing positions that
@@ -32,6 +33,7 @@ from purerigl.dst import samplers
 from purerigl.dst.base import LayerUpdate, MethodError
 from purerigl.dst.gse import GSE
 from purerigl.formats import CSR, Condensed, Diagonal
+from purerigl.kernels._rank_key import tie_rank
 from purerigl.nn.layers import SparseLinear
 from purerigl.optim import SGD
 
@@ -122,19 +124,20 @@ def _dense_grad(layer):
 # brute-force expectations (plain Python, float64, independent of purerigl's selection code)
 
 
-def _expected_csr(before, S, G, n_in, alpha):
-    """(k, dropped, grown) of the CSR rule."""
+def _expected_csr(before, S, G, n_in, alpha, salt):
+    """(k, dropped, grown) of the CSR rule; ties by the smaller ``tie_rank(p, salt)`` first."""
     A = sorted(before)
     k = min(math.ceil(alpha * len(A) - 1e-9), len(S))
-    by_keep = sorted(A, key=lambda p: (-abs(float(before[p][0])), p))  # best kept first
+    by_keep = sorted(A, key=lambda p: (-abs(float(before[p][0])), tie_rank(p, salt)))  # best kept first
     dropped = set(by_keep[len(A) - k :]) if k else set()
-    by_grow = sorted(S, key=lambda p: (-abs(G[divmod(p, n_in)]), p))
+    by_grow = sorted(S, key=lambda p: (-abs(G[divmod(p, n_in)]), tie_rank(p, salt)))
     grown = set(by_grow[:k])
     return k, dropped, grown
 
 
-def _expected_condensed(before, S, G, n_in, alpha, K):
-    """(k_total, dropped, grown) of the per-row condensed rule."""
+def _expected_condensed(before, S, G, n_in, alpha, K, salt):
+    """(k_total, dropped, grown) of the per-row condensed rule; ties by the smaller tie rank of the
+    layer's flat position p (not of the column), ``tie_rank(p, salt)``, first."""
     rows = sorted({p // n_in for p in before})
     dropped, grown, total = set(), set(), 0
     for i in rows:
@@ -143,15 +146,16 @@ def _expected_condensed(before, S, G, n_in, alpha, K):
         assert len(A_r) == K
         k_r = min(math.ceil(alpha * K - 1e-9), len(S_r))
         total += k_r
-        by_keep = sorted(A_r, key=lambda p: (-abs(float(before[p][0])), p))
+        by_keep = sorted(A_r, key=lambda p: (-abs(float(before[p][0])), tie_rank(p, salt)))
         if k_r:
             dropped |= set(by_keep[K - k_r :])
-        grown |= set(sorted(S_r, key=lambda p: (-abs(G[divmod(p, n_in)]), p))[:k_r])
+        grown |= set(sorted(S_r, key=lambda p: (-abs(G[divmod(p, n_in)]), tie_rank(p, salt)))[:k_r])
     return total, dropped, grown
 
 
-def _run_and_check(layer, opt, alpha, gamma, sampler_name, seed, K=None):
-    """One update with a recorded sampler; every invariant checked against the brute force."""
+def _run_and_check(layer, opt, alpha, gamma, sampler_name, seed, K=None, salt=0):
+    """One update (tie salt ``salt``) with a recorded sampler; every invariant checked against the
+    brute force."""
     W0 = layer.W
     n_out, n_in = W0.shape
     before = _state(layer, opt)
@@ -159,7 +163,7 @@ def _run_and_check(layer, opt, alpha, gamma, sampler_name, seed, K=None):
     G = _dense_grad(layer)
     recorded, log = _recording(samplers.SAMPLERS[sampler_name])
     stats = GSE(gamma=gamma, sampler=recorded).update(
-        LayerUpdate(layer, opt, alpha, np.random.default_rng(seed), budget=len(A))
+        LayerUpdate(layer, opt, alpha, np.random.default_rng(seed), budget=len(A), salt=salt)
     )
     layer.W.validate(full=True)
     assert layer.W.nnz == len(A)
@@ -181,9 +185,9 @@ def _run_and_check(layer, opt, alpha, gamma, sampler_name, seed, K=None):
     assert len(S) <= n_samples and not (set(S) & A)
     assert stats["candidates"] == len(S)
     if K is None:
-        k, dropped, grown = _expected_csr(before, S, G, n_in, alpha)
+        k, dropped, grown = _expected_csr(before, S, G, n_in, alpha, salt)
     else:
-        k, dropped, grown = _expected_condensed(before, S, G, n_in, alpha, K)
+        k, dropped, grown = _expected_condensed(before, S, G, n_in, alpha, K, salt)
     assert not (grown & A)  # grown ones were inactive, hence never among the dropped
     expected = (A - dropped) | grown
     after = _state(layer, opt)
@@ -199,6 +203,9 @@ def _run_and_check(layer, opt, alpha, gamma, sampler_name, seed, K=None):
 #: (the dev profile still runs many).
 _half = settings(max_examples=max(10, settings().max_examples // 2))
 
+#: Tie salts: the ends of the range [0, 2**32) as well as anything in it.
+_salts = st.one_of(st.sampled_from([0, 2**32 - 1]), st.integers(0, 2**32 - 1))
+
 _common = dict(
     n_out=st.integers(1, 10),
     n_in=st.integers(1, 10),
@@ -207,33 +214,35 @@ _common = dict(
     sampler=st.sampled_from(sorted(samplers.SAMPLERS)),
     ties=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
+    salt=_salts,
 )
 
 
 @_half
 @given(density=st.floats(0.05, 1.0), **_common)
-def test_csr_update_matches_brute_force(backend, n_out, n_in, density, alpha, gamma, sampler, ties, seed):
+def test_csr_update_matches_brute_force(backend, n_out, n_in, density, alpha, gamma, sampler, ties, seed, salt):
     layer, opt = _layer("csr", (n_out, n_in), seed, backend, density=density, ties=ties)
-    _run_and_check(layer, opt, alpha, gamma, sampler, seed + 1)
+    _run_and_check(layer, opt, alpha, gamma, sampler, seed + 1, salt=salt)
 
 
 @_half
 @given(data=st.data(), **_common)
-def test_condensed_update_matches_brute_force(backend, data, n_out, n_in, alpha, gamma, sampler, ties, seed):
+def test_condensed_update_matches_brute_force(backend, data, n_out, n_in, alpha, gamma, sampler, ties, seed, salt):
     K = data.draw(st.integers(1, n_in), label="K")
     n_active = data.draw(st.integers(1, n_out), label="n_active")
     layer, opt = _layer("condensed", (n_out, n_in), seed, backend, ties=ties, k=K, n_active=n_active)
     rows_before = layer.W.rows.copy()
-    _run_and_check(layer, opt, alpha, gamma, sampler, seed + 1, K=K)
+    _run_and_check(layer, opt, alpha, gamma, sampler, seed + 1, K=K, salt=salt)
     np.testing.assert_array_equal(layer.W.rows, rows_before)  # ablated rows stay ablated
     assert layer.W.k == K
 
 
 def test_csr_large_gamma_many_changes():
     """A deterministic case with a full budget of changes, ties in |w| and |g|, both kinds of rows."""
-    layer, opt = _layer("csr", (12, 15), seed=5, density=0.2, ties=True)
-    stats = _run_and_check(layer, opt, alpha=0.5, gamma=4.0, sampler_name="uniform", seed=6)
-    assert stats["grown"] == math.ceil(0.5 * 36)
+    for salt in (0, 2**32 - 1, 0x5EED1234):  # the same layer, ties decided by three permutations
+        layer, opt = _layer("csr", (12, 15), seed=5, density=0.2, ties=True)
+        stats = _run_and_check(layer, opt, alpha=0.5, gamma=4.0, sampler_name="uniform", seed=6, salt=salt)
+        assert stats["grown"] == math.ceil(0.5 * 36)
 
 
 def test_k_limited_by_candidates():
@@ -246,8 +255,8 @@ def test_k_limited_by_candidates():
 
 def test_condensed_rows_keep_fan_in_exactly():
     layer, opt = _layer("condensed", (9, 20), seed=3, k=6, n_active=7)
-    for step in range(5):
-        _run_and_check(layer, opt, alpha=0.4, gamma=1.0, sampler_name="uniform", seed=100 + step, K=6)
+    for step, salt in enumerate((0, 2**32 - 1, 77, 0x9E3779B9, 123456789)):
+        _run_and_check(layer, opt, alpha=0.4, gamma=1.0, sampler_name="uniform", seed=100 + step, K=6, salt=salt)
         assert layer.W.n_active == 7 and layer.W.k == 6
 
 
@@ -285,7 +294,7 @@ def test_same_seed_same_topology_on_every_backend(fmt, sampler):
         for _ in range(2):
             layer, opt = _layer(fmt, (10, 14), seed=9, backend=backend, ties=True)
             GSE(gamma=1.5, sampler=sampler).update(
-                LayerUpdate(layer, opt, 0.3, np.random.default_rng(21), budget=layer.W.nnz)
+                LayerUpdate(layer, opt, 0.3, np.random.default_rng(21), budget=layer.W.nnz, salt=0xC0FFEE)
             )
             topologies.append(layer.W.to_scipy())
     for t in topologies[1:]:
@@ -304,25 +313,26 @@ def _full_sampler(rng, n_out, n_in, n_samples, X, dY):
     return np.divmod(np.arange(n_out * n_in, dtype=np.int64), n_in)
 
 
-def _rigl_restricted(before, G, shape, k):
-    """Brute-force RigL, count k, growing only among positions inactive *before* the update."""
+def _rigl_restricted(before, G, shape, k, salt=0):
+    """Brute-force RigL, count k, growing only among positions inactive *before* the update; ties by
+    the smaller ``tie_rank(p, salt)``."""
     n_out, n_in = shape
     A = set(before)
-    by_keep = sorted(A, key=lambda p: (-abs(float(before[p][0])), p))
+    by_keep = sorted(A, key=lambda p: (-abs(float(before[p][0])), tie_rank(p, salt)))
     kept = set(by_keep[: len(A) - k])
     inactive_before = [p for p in range(n_out * n_in) if p not in A]
-    grown = sorted(inactive_before, key=lambda p: (-abs(G[divmod(p, n_in)]), p))[:k]
+    grown = sorted(inactive_before, key=lambda p: (-abs(G[divmod(p, n_in)]), tie_rank(p, salt)))[:k]
     return kept | set(grown)
 
 
-def _rigl_standard(before, G, shape, k):
+def _rigl_standard(before, G, shape, k, salt=0):
     """Brute-force standard RigL, count k: grow among all non-kept positions, just-dropped included."""
     n_out, n_in = shape
     A = set(before)
-    by_keep = sorted(A, key=lambda p: (-abs(float(before[p][0])), p))
+    by_keep = sorted(A, key=lambda p: (-abs(float(before[p][0])), tie_rank(p, salt)))
     kept = set(by_keep[: len(A) - k])
     others = [p for p in range(n_out * n_in) if p not in kept]
-    grown = sorted(others, key=lambda p: (-abs(G[divmod(p, n_in)]), p))[:k]
+    grown = sorted(others, key=lambda p: (-abs(G[divmod(p, n_in)]), tie_rank(p, salt)))[:k]
     return kept | set(grown)
 
 
@@ -334,8 +344,9 @@ def _rigl_standard(before, G, shape, k):
     alpha=st.sampled_from([0.1, 0.3, 0.5, 1.0]),
     ties=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
+    salt=_salts,
 )
-def test_full_candidate_set_equals_restricted_rigl(backend, n_out, n_in, density, alpha, ties, seed):
+def test_full_candidate_set_equals_restricted_rigl(backend, n_out, n_in, density, alpha, ties, seed, salt):
     layer, opt = _layer("csr", (n_out, n_in), seed, backend, density=density, ties=ties)
     before = _state(layer, opt)
     nnz, N = len(before), n_out * n_in
@@ -343,10 +354,10 @@ def test_full_candidate_set_equals_restricted_rigl(backend, n_out, n_in, density
     # equal counts: GSE's k = min(ceil(alpha nnz), |S|) with S = all N - nnz inactive positions
     k = min(math.ceil(alpha * nnz - 1e-9), N - nnz)
     stats = GSE(gamma=N / nnz, sampler=_full_sampler).update(
-        LayerUpdate(layer, opt, alpha, np.random.default_rng(seed), budget=nnz)
+        LayerUpdate(layer, opt, alpha, np.random.default_rng(seed), budget=nnz, salt=salt)
     )
     assert stats["candidates"] == N - nnz and stats["grown"] == k
-    assert set(_state(layer, opt)) == _rigl_restricted(before, G, (n_out, n_in), k)
+    assert set(_state(layer, opt)) == _rigl_restricted(before, G, (n_out, n_in), k, salt)
 
 
 def test_full_candidate_set_differs_from_standard_rigl_when_a_dropped_position_ranks_high():

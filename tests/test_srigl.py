@@ -3,8 +3,10 @@
 Every update is checked against :func:`oracle_update`, an independent, loop-by-loop transcription of
 PAPERS.md 3.2-3.3 over a dense float64 gradient ``G = dY^T X`` and the stored entries read from the
 raw arrays. With integer-valued X and dY every |G| is an exact small integer in float32 as in float64,
-so the kernels' choices must equal the brute force exactly, ties included (lower flat position /
-column first). Float inputs are checked by optimality with a tolerance instead. The growth scores
+so the kernels' choices must equal the brute force exactly, ties included: equal scores go to the
+smaller tie rank ``tie_rank(row * n_in + col, salt)`` of the flat position, layer-wide and within a
+row alike (:mod:`purerigl.kernels._rank_key`). The salts vary from update to update (0, 2**32 - 1 and
+seeded draws, :func:`salt_for`), so ties are decided by many different permutations. Float inputs are checked by optimality with a tolerance instead. The growth scores
 come from the backends' own ``topk_grad`` / ``topk_grad_rows``, as in training.
 
 After every update (:func:`check_update`): every active row holds exactly k strictly increasing
@@ -27,6 +29,7 @@ from purerigl.dst.base import LayerUpdate, MethodError
 from purerigl.dst.srigl import SETCondensed, SRigL, neurons_to_ablate
 from purerigl.formats import CSR, Condensed
 from purerigl.kernels import get_backend
+from purerigl.kernels._rank_key import tie_rank
 from purerigl.nn import SparseLinear
 from purerigl.optim import SGD
 
@@ -120,8 +123,22 @@ def dense_grad(layer) -> np.ndarray:
     return layer.last_output_grad.T.astype(np.float64) @ layer.last_input.astype(np.float64)
 
 
-def run_update(method, layer, opt, rng, alpha, budget, is_output=False):
-    u = LayerUpdate(layer=layer, optimizer=opt, alpha=alpha, rng=rng, budget=budget, is_output=is_output)
+#: The ends of the salt range, always among the salts a test draws.
+SALT_ENDS = (0, 2**32 - 1)
+
+
+def salt_for(seed: int, step: int = 0) -> int:
+    """The tie salt of a test's update number ``step``: in turn 0, 2**32 - 1 and two seeded draws from
+    [0, 2**32), so that consecutive updates (and tests) decide ties by different permutations."""
+    choice = (seed + step) % 4
+    if choice < len(SALT_ENDS):
+        return SALT_ENDS[choice]
+    return int(np.random.default_rng([seed, step]).integers(0, 2**32))
+
+
+def run_update(method, layer, opt, rng, alpha, budget, is_output=False, salt=0):
+    u = LayerUpdate(layer=layer, optimizer=opt, alpha=alpha, rng=rng, budget=budget, is_output=is_output,
+                    salt=salt)
     return method.update(u)
 
 
@@ -129,22 +146,24 @@ def run_update(method, layer, opt, rng, alpha, budget, is_output=False):
 # the brute force
 
 
-def oracle_update(before: dict, G: np.ndarray, shape, alpha, budget, gamma, is_output, active=None):
+def oracle_update(before: dict, G: np.ndarray, shape, alpha, budget, gamma, is_output, active=None, salt=0):
     """PAPERS.md 3.2-3.3 on dense arrays, one loop at a time.
 
     Returns (new positions set, active rows list, k, kept-by-rule set) for gradient growth. If
-    ``active`` is given the ablation decision is taken from it instead (float tests).
+    ``active`` is given the ablation decision is taken from it instead (float tests). Every sort
+    breaks equal scores by the smaller tie rank of the flat position under ``salt`` (within a row
+    too: the flat position, not the column).
     """
     n_out, n_in = shape
-    flat = lambda rc: rc[0] * n_in + rc[1]  # noqa: E731
+    rank = {(i, j): int(tie_rank(i * n_in + j, salt)) for i in range(n_out) for j in range(n_in)}
     n = len(before)
     n_prune = math.floor(Fraction(alpha).limit_denominator(10**6) * n)
     n_keep = n - n_prune
-    by_mag = sorted(before, key=lambda rc: (-abs(float(before[rc][0])), flat(rc)))
+    by_mag = sorted(before, key=lambda rc: (-abs(float(before[rc][0])), rank[rc]))
     if active is None:
         if gamma > 0 and not is_output:
             everything = [(i, j) for i in range(n_out) for j in range(n_in)]
-            by_grad = sorted(everything, key=lambda rc: (-abs(G[rc]), flat(rc)))
+            by_grad = sorted(everything, key=lambda rc: (-abs(G[rc]), rank[rc]))
             salient = set(by_mag[:n_keep]) | set(by_grad[:n_prune])
             counts = [sum(1 for rc in salient if rc[0] == i) for i in range(n_out)]
             if gamma >= 1:
@@ -159,13 +178,13 @@ def oracle_update(before: dict, G: np.ndarray, shape, alpha, budget, gamma, is_o
     k = budget // len(active)
     kept = [rc for rc in by_mag if rc[0] in active][:n_keep]
     per_row = {i: [] for i in active}
-    for rc in sorted(kept, key=lambda rc: (-abs(float(before[rc][0])), rc[1])):
+    for rc in sorted(kept, key=lambda rc: (-abs(float(before[rc][0])), rank[rc])):
         if len(per_row[rc[0]]) < k:
             per_row[rc[0]].append(rc)
     new, kept_rule = set(), set()
     for i in active:
         mine = {c for _, c in per_row[i]}
-        free = sorted((c for c in range(n_in) if c not in mine), key=lambda c: (-abs(G[i, c]), c))
+        free = sorted((c for c in range(n_in) if c not in mine), key=lambda c: (-abs(G[i, c]), rank[i, c]))
         new |= set(per_row[i]) | {(i, c) for c in free[: k - len(mine)]}
         kept_rule |= set(per_row[i])
     return new, active, k, kept_rule
@@ -234,8 +253,9 @@ def test_updates_match_brute_force(backend_name, shape, k, budget, gamma, alpha,
             layer.W.values[...] = np.round(layer.W.values * 2) / 2
         before = snapshot(layer, opt)
         G = dense_grad(layer)
-        want, active, want_k, _ = oracle_update(before, G, shape, alpha, budget, gamma, False)
-        stats = run_update(method, layer, opt, rng, alpha, budget)
+        salt = salt_for(seed, step)
+        want, active, want_k, _ = oracle_update(before, G, shape, alpha, budget, gamma, False, salt=salt)
+        stats = run_update(method, layer, opt, rng, alpha, budget, salt=salt)
         check_update(layer, opt, before, budget, stats, ablation=gamma > 0)
         assert layer.W.rows.tolist() == active and layer.W.k == want_k
         assert positions(layer.W) == want
@@ -250,13 +270,14 @@ def test_float_inputs_optimal_drop_trim_and_growth(backend_name):
     shape, budget = (8, 20), 40
     layer, opt, rng = make_layer(shape, 5, seed=11, backend=backend, integer=False, batch=6)
     method = SRigL(gamma_sal=0.3)
-    for _ in range(4):
+    for step in range(4):
         before = snapshot(layer, opt)
         G = np.abs(dense_grad(layer))
-        stats = run_update(method, layer, opt, rng, 0.3, budget)
+        salt = salt_for(11, step)
+        stats = run_update(method, layer, opt, rng, 0.3, budget, salt=salt)
         check_update(layer, opt, before, budget, stats)
         W = layer.W
-        _, _, k, kept = oracle_update(before, G, shape, 0.3, budget, 0.3, False, active=W.rows.tolist())
+        _, _, k, kept = oracle_update(before, G, shape, 0.3, budget, 0.3, False, active=W.rows.tolist(), salt=salt)
         new = positions(W)
         assert kept <= new  # kept by magnitude (layer-wide), trimmed by magnitude per row
         tol = 1e-5 * (1.0 + G.max())
@@ -412,10 +433,11 @@ def test_hand_case_ablates_third_row(backend_name):
 def test_hand_case_floor_keeps_every_row(backend_name):
     layer, opt, Gt = hand_case_layer(15, get_backend(backend_name))
     before = snapshot(layer, opt)
-    stats = run_update(SRigL(gamma_sal=0.3), layer, opt, np.random.default_rng(0), 1 / 3, 30)
+    salt = salt_for(15, 3)  # a seeded draw
+    stats = run_update(SRigL(gamma_sal=0.3), layer, opt, np.random.default_rng(0), 1 / 3, 30, salt=salt)
     check_update(layer, opt, before, 30, stats)
     assert layer.W.rows.tolist() == [0, 1, 2] and layer.W.k == 10 and stats["ablated"] == 0
-    want, _, _, _ = oracle_update(before, Gt, (3, 15), 1 / 3, 30, 0.3, False)
+    want, _, _, _ = oracle_update(before, Gt, (3, 15), 1 / 3, 30, 0.3, False, salt=salt)
     assert positions(layer.W) == want
 
 
@@ -423,10 +445,12 @@ def test_hand_case_floor_keeps_every_row(backend_name):
 def test_output_layer_is_never_ablated(backend_name):
     layer, opt, Gt = hand_case_layer(20, get_backend(backend_name))
     before = snapshot(layer, opt)
-    stats = run_update(SRigL(gamma_sal=0.3), layer, opt, np.random.default_rng(0), 1 / 3, 30, is_output=True)
+    salt = 2**32 - 1
+    stats = run_update(SRigL(gamma_sal=0.3), layer, opt, np.random.default_rng(0), 1 / 3, 30, is_output=True,
+                       salt=salt)
     check_update(layer, opt, before, 30, stats)
     assert layer.W.rows.tolist() == [0, 1, 2] and layer.W.k == 10
-    want, _, _, _ = oracle_update(before, Gt, (3, 20), 1 / 3, 30, 0.3, True)
+    want, _, _, _ = oracle_update(before, Gt, (3, 20), 1 / 3, 30, 0.3, True, salt=salt)
     assert positions(layer.W) == want
     # a strongly ablating gamma changes nothing for the output layer either
     layer2, opt2, _ = make_layer((8, 20), 5, seed=9, backend=get_backend(backend_name))
@@ -445,16 +469,17 @@ def test_ablated_row_revives_and_overfull_rows_trim_by_magnitude(backend_name):
     layer.forward(np.eye(20, dtype=np.float32))
     layer.backward(Gt.T.astype(np.float32))
     before = snapshot(layer, opt)
-    stats = run_update(SRigL(gamma_sal=0.3), layer, opt, np.random.default_rng(0), 0.2, 30)
+    salt = salt_for(20, 2)  # a seeded draw
+    stats = run_update(SRigL(gamma_sal=0.3), layer, opt, np.random.default_rng(0), 0.2, 30, salt=salt)
     check_update(layer, opt, before, 30, stats)
     W = layer.W
     assert W.rows.tolist() == [0, 1, 2] and W.k == 10
     for r in (0, 1):
         old = [(c, v) for (rr, c), (v, _) in before.items() if rr == r]
-        old.sort(key=lambda cv: (-abs(cv[1]), cv[0]))
+        old.sort(key=lambda cv: (-abs(cv[1]), tie_rank(r * 20 + cv[0], salt)))
         assert W.indices[r].tolist() == sorted(c for c, _ in old[:10])  # all 10 survivors kept, no growth
     assert W.indices[2].tolist() == list(range(10, 20)) and np.all(W.values[2] == 0.0)  # largest |G[2, j]|
-    want, _, _, _ = oracle_update(before, Gt, (3, 20), 0.2, 30, 0.3, False)
+    want, _, _, _ = oracle_update(before, Gt, (3, 20), 0.2, 30, 0.3, False, salt=salt)
     assert positions(W) == want
 
 
@@ -470,8 +495,8 @@ def test_same_inputs_same_topology(integer):
     results = []
     for name in names:
         layer, opt, rng = make_layer((8, 20), 5, seed=21, backend=get_backend(name), integer=integer)
-        for _ in range(3):
-            run_update(SRigL(gamma_sal=0.5), layer, opt, rng, 0.4, 40)
+        for step in range(3):
+            run_update(SRigL(gamma_sal=0.5), layer, opt, rng, 0.4, 40, salt=salt_for(21, step))
             train_step(layer, opt, rng, integer=integer)
         results.append((layer.W.rows.copy(), layer.W.indices.copy(), layer.W.values.copy()))
     for rows, indices, values in results[1:]:
@@ -533,13 +558,14 @@ def test_errors():
 def test_set_condensed_keeps_k_and_grows_only_off_the_kept_set():
     layer, opt, rng = make_layer((8, 20), 5, seed=8, backend=get_backend("reference"))
     method = SETCondensed()
-    for _ in range(3):
+    for step in range(3):
         before = snapshot(layer, opt)
-        stats = run_update(method, layer, opt, rng, 0.4, 40)
+        salt = salt_for(8, step)
+        stats = run_update(method, layer, opt, rng, 0.4, 40, salt=salt)
         check_update(layer, opt, before, 40, stats, ablation=False)
         assert layer.W.rows.tolist() == list(range(8)) and layer.W.k == 5
         assert stats["grown"] == stats["dropped"] and stats["dropped"] + stats["regrown"] == 16
-        _, _, _, kept = oracle_update(before, np.zeros((8, 20)), (8, 20), 0.4, 40, 0.0, False)
+        _, _, _, kept = oracle_update(before, np.zeros((8, 20)), (8, 20), 0.4, 40, 0.0, False, salt=salt)
         new = positions(layer.W)
         assert kept <= new  # the layer-wide magnitude keep
         for i in range(8):  # every row refilled to k with columns outside its kept set

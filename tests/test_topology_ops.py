@@ -2,11 +2,14 @@
 
 Pins down:
 
-- the host versions (:mod:`purerigl.kernels.host_topology`) against oracles built another way (a
-  dict from position to value, a full sort with Python's ``sorted``);
+- the host versions (:mod:`purerigl.kernels.host_topology`) against oracles built another way (the
+  positions written out from DESIGN.md section 2's definitions with plain loops over the raw arrays,
+  a dict from position to value, a full sort with Python's ``sorted``), on tall, wide and square
+  shapes; and ``flat_positions``, ``to_scipy()`` and ``Diagonal.positions()`` against those positions;
 - the cuda versions (Numba's CUDA simulator, blocks of 4 threads so that inputs span several blocks)
-  against the host versions, on the same inputs, with many exact ties in |w|: the same kept sets,
-  the same sources, the same remapped values (bit for bit: a gather), the same CSR arrays;
+  against the host versions, on the same inputs, with many exact ties in |w|: the same kept sets
+  (equal |w|: the smaller ``tie_rank(p, salt)`` kept, the salt drawn over [0, 2^32)), the same
+  sources, the same remapped values (bit for bit: a gather), the same CSR arrays;
 - ``cuda.topk_grad`` on device arrays returns device arrays equal to its host path;
 - RigL's update of a layer on cuda (everything on the device) gives the structure, values and
   optimizer state of the same update on cpu, and the host ``W`` read afterwards is that matrix;
@@ -20,11 +23,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from purerigl.errors import FormatTypeError, ShapeError
+from purerigl.errors import FormatTypeError, OperandError, ShapeError
 from purerigl.formats import CSR, Condensed, Diagonal
-from purerigl.kernels import get_backend, host_topology
+from purerigl.kernels import get_backend, host_selection, host_topology
+from purerigl.kernels._rank_key import tie_rank
 
 SMALL_BLOCK = 4
+
+#: The tie rule's salt: both ends of [0, 2^32) and anything between.
+salts = st.one_of(st.just(0), st.just(2**32 - 1), st.integers(0, 2**32 - 1))
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +58,48 @@ def _random_matrix(fmt: str, seed: int, shape=(7, 9), density=0.4):
     return W
 
 
+def _storage_positions(W) -> list[int]:
+    """Oracle: the flat position ``row * n_in + col`` of every stored value, in the order of
+    ``W.values.ravel()``, written out from the definitions of DESIGN.md section 2 with plain Python
+    loops over the raw arrays (no method of the format, no SciPy, no NumPy indexing):
+
+    - Condensed: value (r, t) sits at (rows[r], indices[r, t]);
+    - Diagonal: value (k, t) of offset d = offsets[k] sits at ((t + d) mod n_out, t) when
+      n_out >= n_in, else at (t, (t + d) mod n_in), for t < L = min(n_out, n_in);
+    - CSR: value e, with indptr[i] <= e < indptr[i + 1], sits at (i, indices[e]).
+    """
+    n_out, n_in = (int(n) for n in W.shape)
+    flat = []
+    if isinstance(W, Condensed):
+        for r, row in enumerate(W.rows.tolist()):
+            for t in range(W.indices.shape[1]):
+                flat.append(row * n_in + int(W.indices[r, t]))
+    elif isinstance(W, Diagonal):
+        L = min(n_out, n_in)
+        for d in W.offsets.tolist():
+            for t in range(L):
+                row, col = ((t + d) % n_out, t) if n_out >= n_in else (t, (t + d) % n_in)
+                flat.append(row * n_in + col)
+    elif isinstance(W, CSR):
+        indptr, indices = W.indptr.tolist(), W.indices.tolist()
+        for i in range(n_out):
+            for e in range(indptr[i], indptr[i + 1]):
+                flat.append(i * n_in + indices[e])
+    else:
+        raise TypeError(type(W).__name__)
+    return flat
+
+
 def _positions(W) -> dict[int, float]:
-    """Oracle: {flat position: value} of every stored entry, through SciPy (explicit zeros kept)."""
-    coo = W.to_scipy().tocoo()
-    return {int(r) * W.n_in + int(c): float(v) for r, c, v in zip(coo.row, coo.col, coo.data)}
+    """Oracle: {flat position: value} of every stored entry (explicit zeros kept), from
+    :func:`_storage_positions`; no position is stored twice."""
+    flat = _storage_positions(W)
+    assert len(set(flat)) == len(flat) == W.values.size
+    return dict(zip(flat, W.values.ravel().tolist()))
+
+
+#: tall, wide and square shapes (the Diagonal rule differs between tall and wide), and thin ones
+SHAPES = [(7, 9), (9, 7), (6, 6), (1, 5), (5, 1), (4, 10), (10, 4)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -62,29 +107,56 @@ def _positions(W) -> dict[int, float]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed", "diagonal"]), frac=st.floats(0, 1))
-def test_host_keep_by_magnitude_is_the_sorted_prefix(seed, fmt, frac):
+@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed", "diagonal"]), frac=st.floats(0, 1),
+       salt=salts)
+def test_host_keep_by_magnitude_is_the_sorted_prefix(seed, fmt, frac, salt):
     W = _random_matrix(fmt, seed)
     entries = _positions(W)
     n_keep = int(frac * len(entries))
-    want = sorted(sorted(entries, key=lambda p: (-abs(entries[p]), p))[:n_keep])
-    got = host_topology.keep_by_magnitude(W, n_keep)
+    want = sorted(sorted(entries, key=lambda p: (-abs(entries[p]), tie_rank(p, salt)))[:n_keep])
+    got = host_topology.keep_by_magnitude(W, n_keep, salt)
     assert got.dtype == np.int64 and got.tolist() == want
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed", "diagonal"]))
-def test_host_source_and_remap_follow_the_positions(seed, fmt):
-    old, new = _random_matrix(fmt, seed), _random_matrix(fmt, seed + 1)
+@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed", "diagonal"]), shape=st.sampled_from(SHAPES))
+def test_host_source_and_remap_follow_the_positions(seed, fmt, shape):
+    old, new = _random_matrix(fmt, seed, shape=shape), _random_matrix(fmt, seed + 1, shape=shape)
     old_entries = _positions(old)
     source = host_topology.source_of(old, new)
     assert source.shape == new.values.shape
     out = host_topology.remap_by_source(old.values, source)
-    new_flat = host_topology.flat_positions(new)
+    new_flat = _storage_positions(new)
     for e, p in enumerate(new_flat):
         assert out.ravel()[e] == np.float32(old_entries.get(int(p), 0.0))
         assert (source.ravel()[e] >= 0) == (int(p) in old_entries)
-    assert host_topology.count_kept(source) == len(set(map(int, new_flat)) & set(old_entries))
+    assert host_topology.count_kept(source) == len(set(new_flat) & set(old_entries))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed", "diagonal"]), shape=st.sampled_from(SHAPES))
+def test_host_flat_positions_follow_the_storage_definitions(seed, fmt, shape):
+    """flat_positions, the format's to_scipy() and (Diagonal) positions() put every stored value where
+    DESIGN.md section 2 says, value for value, tall, wide and square."""
+    W = _random_matrix(fmt, seed, shape=shape)
+    want = _storage_positions(W)
+    got = host_topology.flat_positions(W)
+    assert got.dtype == np.int64 and got.tolist() == want
+    coo = W.to_scipy().tocoo()
+    via_scipy = {int(r) * W.n_in + int(c): float(v) for r, c, v in zip(coo.row, coo.col, coo.data)}
+    assert via_scipy == _positions(W)
+    if fmt == "diagonal":
+        rows, cols = W.positions()
+        assert (rows * W.n_in + cols).ravel().tolist() == want
+
+
+def test_storage_oracle_on_a_hand_worked_wide_and_tall_diagonal():
+    """The oracle itself, on matrices small enough to check by hand: offsets (0, 2), L = 3."""
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    wide = Diagonal(np.array([0, 2], np.int32), values, (3, 5))  # (t, (t + d) mod 5)
+    assert _storage_positions(wide) == [0 * 5 + 0, 1 * 5 + 1, 2 * 5 + 2, 0 * 5 + 2, 1 * 5 + 3, 2 * 5 + 4]
+    tall = Diagonal(np.array([0, 2], np.int32), values, (5, 3))  # ((t + d) mod 5, t)
+    assert _storage_positions(tall) == [0 * 3 + 0, 1 * 3 + 1, 2 * 3 + 2, 2 * 3 + 0, 3 * 3 + 1, 4 * 3 + 2]
 
 
 def test_host_csr_with_positions_and_exclusion():
@@ -104,12 +176,51 @@ def test_host_csr_with_positions_and_exclusion():
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed"]), frac=st.floats(0, 1))
-def test_cuda_keep_by_magnitude_matches_host(cuda, seed, fmt, frac):
+@given(seed=st.integers(0, 2**16), fmt=st.sampled_from(["csr", "condensed"]), frac=st.floats(0, 1), salt=salts)
+def test_cuda_keep_by_magnitude_matches_host(cuda, seed, fmt, frac, salt):
     W = _random_matrix(fmt, seed)
     n_keep = int(frac * W.nnz)
-    got = cuda.keep_by_magnitude(cuda.to_device(W), n_keep)
-    assert np.array_equal(cuda.to_host(got), host_topology.keep_by_magnitude(W, n_keep))
+    got = cuda.keep_by_magnitude(cuda.to_device(W), n_keep, salt)
+    assert np.array_equal(cuda.to_host(got), host_topology.keep_by_magnitude(W, n_keep, salt))
+    entries = _positions(W)  # the oracle, another way: Python's sort, one tie rank at a time
+    want = sorted(sorted(entries, key=lambda p: (-abs(entries[p]), tie_rank(p, salt)))[:n_keep])
+    assert cuda.to_host(got).tolist() == want
+
+
+def test_cuda_keep_by_magnitude_all_tied(cuda):
+    """Every |w| equal: the tie ranks alone choose, not the lowest positions; the salt changes the
+    choice; cuda equals host."""
+    W = _random_matrix("csr", 3, shape=(8, 10), density=0.6)
+    W.values[...] = np.where(np.arange(W.nnz) % 2, 1.0, -1.0).astype(np.float32)
+    n_keep = W.nnz // 3
+    kept = {}
+    for salt in (0, 1, 2**32 - 1):
+        got = cuda.to_host(cuda.keep_by_magnitude(cuda.to_device(W), n_keep, salt))
+        assert np.array_equal(got, host_topology.keep_by_magnitude(W, n_keep, salt))
+        assert got.tolist() != sorted(_positions(W))[:n_keep]
+        kept[salt] = got.tolist()
+    assert kept[0] != kept[1] and kept[1] != kept[2**32 - 1]
+
+
+@pytest.mark.parametrize("salt", [-1, 2**32, 2.0, False])
+def test_cuda_keep_by_magnitude_refuses_a_bad_salt(cuda, salt):
+    with pytest.raises(OperandError, match="salt"):
+        cuda.keep_by_magnitude(cuda.to_device(_random_matrix("csr", 1)), 3, salt)
+
+
+@pytest.mark.parametrize("salt", [-1, 2**32, 2.0, False, None])
+def test_host_ops_refuse_a_bad_salt(salt):
+    """The host selection ops check the salt as the cuda ones do, instead of hashing whatever
+    arrives (a float or a negative salt would silently give another tie order)."""
+    W = _random_matrix("csr", 1)
+    scores = np.zeros(4, dtype=np.float32)
+    tags = np.arange(4, dtype=np.int64)
+    with pytest.raises(OperandError, match="salt"):
+        host_topology.keep_by_magnitude(W, 3, salt)
+    with pytest.raises(OperandError, match="salt"):
+        host_selection.top_positions(scores, tags, 2, salt)
+    with pytest.raises(OperandError, match="salt"):
+        host_selection.segment_top(scores, tags, np.array([0, 2, 4]), np.array([1, 1]), salt=salt)
 
 
 @settings(max_examples=12, deadline=None)

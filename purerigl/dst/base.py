@@ -37,6 +37,9 @@ class LayerUpdate:
         The layer's connection budget C_l (SRigL re-derives its fan-in from it).
     is_output : bool
         True for the network's last layer (never ablated).
+    salt : int
+        The tie rule's salt for this layer and update (:func:`purerigl.dst.topology.tie_salt`): every
+        selection of the update orders equal scores by ``tie_rank(position, salt)``.
     """
 
     layer: object
@@ -45,6 +48,7 @@ class LayerUpdate:
     rng: np.random.Generator
     budget: int
     is_output: bool = False
+    salt: int = 0
 
 
 def format_of(M) -> str:

@@ -27,8 +27,8 @@ One update of one CSR layer (:math:`A` = active set, :math:`\alpha` = the schedu
    the shared step (:func:`purerigl.dst.topology.apply_structure`) installs it: kept connections keep
    value and optimizer state bit for bit, new ones start at exactly 0 with zero state.
 
-Ties follow the shared rule of :mod:`purerigl.dst.topology`: among equal scores the lower flat
-position ``row * n_in + col`` ranks higher (is grown first, is kept first).
+Ties follow the shared rule of :mod:`purerigl.dst.topology`: among equal scores the position of
+smaller tie rank ``tie_rank(row * n_in + col, salt)`` ranks higher (is grown first, is kept first).
 
 Invariants (PAPERS.md section 7, 24-26): :math:`S \cap A = \emptyset`;
 :math:`|S| \le \lceil \gamma |A| \rceil`; :math:`k = \min(\lceil \alpha |A| \rceil, |S|)`; :math:`|A|`
@@ -49,9 +49,9 @@ row keeps exactly its fan-in :math:`K` (ablated rows stay ablated). With :math:`
    de-duplicate, discard actives. :math:`S_r` is the set of candidates in row :math:`r`.
 2. Compute :math:`g` on :math:`S = \bigcup_r S_r`.
 3. For every active row :math:`r`: :math:`k_r = \min(\lceil \alpha K \rceil, |S_r|)`.
-4. Grow the :math:`k_r` candidates of :math:`S_r` of largest :math:`|g|` (lower column first on ties).
-5. Drop the :math:`k_r` entries of row :math:`r` of smallest :math:`|w|` (on ties the higher column
-   is dropped first, i.e. the lower column is kept).
+4. Grow the :math:`k_r` candidates of :math:`S_r` of largest :math:`|g|` (ties: the tie rule).
+5. Drop the :math:`k_r` entries of row :math:`r` of smallest :math:`|w|` (ties: the tie rule decides
+   which are kept).
 6. Row :math:`r` keeps :math:`K - k_r + k_r = K` entries; :math:`|A|` is unchanged.
 
 Where purerigl differs from the paper and the official code
@@ -181,7 +181,7 @@ class GSE(Method):
         layer, ops = u.layer, u.layer.backend
         n_out, n_in = layer.shape
         nnz = int(M.values.size)
-        n_change = ceil_count(alpha * nnz)
+        n_change = ceil_count(alpha, nnz)
         if n_change == 0:
             return _unchanged(nnz, 0)
         X, dY = _batch(layer)
@@ -192,8 +192,8 @@ class GSE(Method):
             return _unchanged(nnz, S.size)
         rows, cols = (ops.to_device(a) for a in np.divmod(S, n_in))
         g = ops.grad_at(X, dY, rows, cols)
-        grown = ops.top_positions(g, ops.flat_of(rows, cols, n_in), k)  # S ascending: the shared tie rule
-        kept = ops.keep_by_magnitude(M, nnz - k)  # the k smallest |w| are the ones not kept
+        grown = ops.top_positions(g, ops.flat_of(rows, cols, n_in), k, u.salt)  # S ascending
+        kept = ops.keep_by_magnitude(M, nnz - k, u.salt)  # the k smallest |w| are the ones not kept
         new = ops.csr_from_positions(ops.merge_sorted(kept, grown), layer.shape)
         stats = apply_structure(layer, u.optimizer, new)
         stats["candidates"] = int(S.size)
@@ -204,7 +204,7 @@ class GSE(Method):
         n_out, n_in = layer.shape
         R, K = (int(d) for d in M.indices.shape)
         nnz = R * K
-        n_change = ceil_count(alpha * K) if R else 0
+        n_change = ceil_count(alpha, K) if R else 0
         if n_change == 0:
             return _unchanged(nnz, 0)
         X, dY = _batch(layer)
@@ -221,10 +221,11 @@ class GSE(Method):
         layer_rows, cols = ops.to_device(rows[s_rows]), ops.to_device(s_cols)
         g = ops.grad_at(X, dY, layer_rows, cols)
         # grow: per row r the k_r candidates of largest |g|; drop: the k_r smallest |w| of row r
-        grow = ops.segment_top(g, ops.to_device(_starts(per_row)), ops.to_device(k_r))
-        grown = ops.compress(ops.flat_of(layer_rows, cols, n_in), grow)
-        keep = ops.segment_top(M.values.reshape(-1), ops.to_device(np.arange(R + 1, dtype=np.int64) * K),
-                               ops.to_device((K - k_r).astype(np.int64)))
+        candidates = ops.flat_of(layer_rows, cols, n_in)
+        grow = ops.segment_top(g, candidates, ops.to_device(_starts(per_row)), ops.to_device(k_r), salt=u.salt)
+        grown = ops.compress(candidates, grow)
+        keep = ops.segment_top(M.values.reshape(-1), active, ops.to_device(np.arange(R + 1, dtype=np.int64) * K),
+                               ops.to_device((K - k_r).astype(np.int64)), salt=u.salt)
         kept = ops.compress(active, keep)
         new = ops.condensed_from_positions(M.rows, ops.merge_sorted(kept, grown), layer.shape)
         stats = apply_structure(layer, u.optimizer, new)
@@ -245,7 +246,7 @@ class GSE(Method):
         dY on cuda); the uniform sampler reads nothing.
         """
         ops = layer.backend
-        n_samples = ceil_count(self.gamma * nnz)
+        n_samples = ceil_count(self.gamma, nnz)
         X = dY = None
         if self.sampler is not uniform:
             X, dY = layer.last_input, layer.last_output_grad

@@ -17,7 +17,8 @@ One update of one layer with active set A (n = |A| = nnz) and drop fraction alph
    optimizer state; a connection dropped and regrown in the same update keeps its value and state
    (:func:`purerigl.dst.topology.apply_structure`).
 
-Ties (equal |w| or |g|): the lower flat position ``row * n_in + col`` ranks higher, on every backend.
+Ties (equal |w| or |g|): the position of smaller tie rank ``tie_rank(row * n_in + col, salt)`` ranks
+higher, on every backend (a salted permutation: no position is preferred, :mod:`purerigl.dst.topology`).
 
 Invariants: nnz constant; every dropped |w| <= every kept |w|; every grown |g| >= the |g| of every
 position not kept and not grown.
@@ -49,7 +50,7 @@ class MagnitudeDropCSR(Method):
 
     def update(self, u: LayerUpdate) -> dict:
         nnz = int(u.layer.matrix.values.size)
-        n_prune = floor_count(u.alpha * nnz)
+        n_prune = floor_count(u.alpha, nnz)
         if n_prune == 0:
             return {"kept": nnz, "grown": 0, "dropped": 0}
         new = self.new_structure(u, nnz - n_prune, n_prune)
@@ -68,7 +69,7 @@ class RigL(MagnitudeDropCSR):
         layer = u.layer
         ops = layer.backend
         X, dY = layer.saved_batch()
-        kept = ops.keep_by_magnitude(layer.matrix, n_keep)  # flat positions, ascending
+        kept = ops.keep_by_magnitude(layer.matrix, n_keep, u.salt)  # flat positions, ascending
         ex_indptr, ex_cols = ops.exclusion_of(kept, layer.shape)
-        rows, cols = ops.topk_grad(X, dY, n_grow, ex_indptr, ex_cols)
+        rows, cols = ops.topk_grad(X, dY, n_grow, ex_indptr, ex_cols, u.salt)
         return ops.csr_with_positions(kept, rows, cols, layer.shape)

@@ -7,7 +7,7 @@ Official code: dcmocanu/sparse-evolutionary-artificial-neural-networks (PAPERS.m
 One update of one layer (n = nnz, drop fraction alpha_t):
 
 1. n_prune = floor(alpha_t * n); keep the n - n_prune entries with the largest |w| layer-wide
-   (ties: lower flat position kept).
+   (ties: the smaller tie rank ``tie_rank(row * n_in + col, salt)`` kept).
 2. Grow n_prune positions drawn uniformly at random among the positions not kept (just-dropped ones
    eligible), without replacement, from the updater's seeded generator.
 3. New connections start at 0 with zero optimizer state (the shared step); nnz is unchanged.
@@ -91,6 +91,6 @@ class SET(MagnitudeDropCSR):
         layer = u.layer
         ops = layer.backend
         n_out, n_in = layer.shape
-        kept = ops.keep_by_magnitude(layer.matrix, n_keep)  # flat positions, ascending
+        kept = ops.keep_by_magnitude(layer.matrix, n_keep, u.salt)  # flat positions, ascending
         grown = random_free_positions(u.rng, n_out * n_in, kept, n_grow, ops)
         return ops.csr_from_positions(ops.merge_sorted(kept, ops.to_device(grown)), layer.shape)

@@ -33,8 +33,9 @@ update is:
    connections keep value and optimizer state; new ones start at exactly 0 with zero state; every
    active row is checked to hold exactly k strictly increasing columns.
 
-Ties: equal |w| keep the lower flat position ``row * n_in + col`` (layer-wide) or the lower column
-(within a row); equal |G| grow the lower flat position / column. Every backend returns the same sets.
+Ties: equal |w| keep, and equal |G| grow, the position of smaller tie rank
+``tie_rank(row * n_in + col, salt)`` (layer-wide and within a row alike; the salt changes with every
+update and layer, :mod:`purerigl.dst.topology`). Every backend returns the same sets.
 
 Invariants after every update: every active row holds exactly k strictly increasing columns in
 [0, n_in); :math:`k \\, n_{active} \\le C < (k + 1) \\, n_{active}`; at least
@@ -109,7 +110,7 @@ def ablation_threshold(gamma_sal: float, k_ref: int) -> int:
         return 0
     if gamma_sal >= 1:
         return int(math.ceil(gamma_sal))
-    return max(1, floor_count(gamma_sal * k_ref))
+    return max(1, floor_count(gamma_sal, k_ref))
 
 
 def neurons_to_ablate(counts, k_ref_budget: int, n_in: int, gamma_sal: float) -> np.ndarray:
@@ -199,7 +200,7 @@ def constant_fan_in(budget: int, n_active: int, n_in: int) -> int:
 # the salient set (written with backend operations: runs where the matrix lives)
 
 
-def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend) -> np.ndarray:
+def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend, salt: int = 0) -> np.ndarray:
     """Salient entries per output neuron (PAPERS.md 3.3 step 1).
 
     .. math::
@@ -216,6 +217,8 @@ def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend) -> np.ndarray:
     X, dY : arrays of the backend, (B, n_in) and (B, n_out)
     n_keep, n_prune : int
     backend : Backend
+    salt : int
+        The tie rule's salt of the update (equal scores: smaller ``tie_rank(position, salt)`` first).
 
     Returns
     -------
@@ -224,11 +227,11 @@ def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend) -> np.ndarray:
     ops = backend
     n_out, n_in = W.shape
     flat = ops.flat_positions(W)  # ascending: Condensed rows ascending, columns increasing
-    salient = ops.top_positions(W.values.reshape(-1), flat, n_keep)
+    salient = ops.top_positions(W.values.reshape(-1), flat, n_keep, salt)
     if n_prune > 0:
         none_indptr = ops.to_device(np.zeros(n_out + 1, dtype=np.int64))  # exclude nothing
         none_cols = ops.to_device(np.zeros(0, dtype=np.int32))
-        g_rows, g_cols = ops.topk_grad(X, dY, int(n_prune), none_indptr, none_cols)
+        g_rows, g_cols = ops.topk_grad(X, dY, int(n_prune), none_indptr, none_cols, salt)
         grad = ops.flat_of(g_rows, g_cols, n_in)  # ascending
         salient = ops.merge_sorted(salient, ops.compress(grad, ops.in_sorted(grad, salient), keep=False))
     return ops.to_host(ops.row_counts(salient, W.shape)).astype(np.int64)
@@ -302,7 +305,7 @@ class SRigL(Method):
 
         # 1. counts
         n = int(M.values.size)
-        n_prune = floor_count(alpha * n)
+        n_prune = floor_count(alpha, n)
         n_keep = n - n_prune
 
         # 2. ablation (recomputed from scratch), 3. fan-in
@@ -310,7 +313,7 @@ class SRigL(Method):
         was_active[ops.to_host(M.rows)] = True
         if self.gamma_sal > 0 and not u.is_output:
             X, dY = saved_batch_of(u.layer, self.name)
-            counts = salient_counts(M, X, dY, n_keep, n_prune, ops)
+            counts = salient_counts(M, X, dY, n_keep, n_prune, ops, u.salt)
             active = ~neurons_to_ablate(counts, budget, n_in, self.gamma_sal)
         else:
             active = np.ones(n_out, dtype=bool)
@@ -342,15 +345,15 @@ class SRigL(Method):
 
         # 4. drop layer-wide: the n_keep largest |w| among the entries of rows that stay active
         if active.all():
-            kept = ops.top_positions(values, flat, n_keep)
+            kept = ops.top_positions(values, flat, n_keep, u.salt)
         else:
             stays = ops.rows_selected(flat, ops.to_device(active), n_in)
-            kept = ops.top_positions(ops.compress(values, stays), ops.compress(flat, stays), n_keep)
-        # 5. trim: a row keeping more than k entries keeps its k largest |w| (ties: lower column)
+            kept = ops.top_positions(ops.compress(values, stays), ops.compress(flat, stays), n_keep, u.salt)
+        # 5. trim: a row keeping more than k entries keeps its k largest |w| (ties: the tie rule)
         if k < k_old:
             row_starts = ops.to_device(np.arange(R_old + 1, dtype=np.int64) * k_old)  # stored rows
-            keep = ops.segment_top(values, row_starts, ops.to_device(np.full(R_old, k, dtype=np.int64)),
-                                   ops.in_sorted(flat, kept))
+            keep = ops.segment_top(values, flat, row_starts, ops.to_device(np.full(R_old, k, dtype=np.int64)),
+                                   ops.in_sorted(flat, kept), salt=u.salt)
             kept = ops.compress(flat, keep)
 
         # 6. grow per row: an active row keeping c_r < k entries grows k - c_r
@@ -385,7 +388,7 @@ class SRigL(Method):
             return ops.to_device(np.zeros(0, dtype=np.int64))
         X, dY = saved_batch_of(u.layer, self.name)
         ex_indptr, ex_cols = ops.exclusion_of(kept, u.layer.shape)
-        indptr, cols = ops.topk_grad_rows(X, dY, ops.to_device(need), ex_indptr, ex_cols)
+        indptr, cols = ops.topk_grad_rows(X, dY, ops.to_device(need), ex_indptr, ex_cols, u.salt)
         return ops.csr_positions(indptr, cols, u.layer.shape[1])
 
     @staticmethod
@@ -415,8 +418,8 @@ class SRigL(Method):
 class SETCondensed(SRigL):
     """SET on condensed storage: SRigL's drop and per-row refill with **random** growth, no ablation.
 
-    Every row keeps exactly k: the layer-wide magnitude drop removes n_prune entries (ties: lower
-    flat position kept), and each row regrows as many uniformly random columns, among those it does
+    Every row keeps exactly k: the layer-wide magnitude drop removes n_prune entries (ties: the
+    tie rule), and each row regrows as many uniformly random columns, among those it does
     not keep (just-dropped ones eligible), as it lost, drawn from the updater's generator, rows in
     ascending order. No gradient is read. Unlike the paper's SET (PAPERS.md 6) the drop is one
     magnitude ranking rather than separate fractions of the positive and negative weights, and new

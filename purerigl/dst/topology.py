@@ -12,8 +12,12 @@ Positions are matched by their flat index ``row * n_in + col``, so the rule hold
 and even across formats. Nothing dense is allocated: the cost is O(nnz log nnz).
 
 Tie rule shared by all selections (so every backend picks the same sets): among equal scores the
-entry with the **lower index** (flat position for layer-wide choices, column within a row) ranks
-higher: it is kept before, or grown before, an equal-scored entry with a higher index.
+entry whose position p (flat index ``row * n_in + col``, or a diagonal's offset) has the smaller
+**tie rank** :math:`r_s(p)` ranks higher: it is kept before, or grown before, the other. The rank is a
+salted permutation of the positions (:mod:`purerigl.kernels._rank_key`); the salt s of an update is
+:func:`tie_salt` (seed, update number, layer), so ties favour no position (an all-zero gradient grows
+uniformly over the free positions, not into columns 0, 1, 2, ...), change from update to update, and
+are the same on every backend and in every run with the same seed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import SparseFormat
+from ..kernels._rank_key import tie_ranks
 from ..kernels.host_topology import (  # noqa: F401 - the host versions of the shared selection steps
     csr_from_flat,
     exclusion_of,
@@ -72,7 +77,26 @@ def _nnz(M) -> int:
     return int(M.values.size)
 
 
-def rank_order(scores: np.ndarray) -> np.ndarray:
-    """Indices of ``scores`` (1-D) from best to worst: higher score first, lower index first on ties."""
+def tie_salt(seed: int, update: int, layer: int) -> int:
+    """The tie rule's salt of one layer's update: 32 bits of NumPy's ``SeedSequence([seed, update,
+    layer])`` (a well-mixed, platform-independent hash of the three numbers).
+
+    Parameters
+    ----------
+    seed : int >= 0
+        The run's seed.
+    update : int >= 0
+        How many topology updates came before this one (0 for the first).
+    layer : int >= 0
+        The layer's number among the network's sparse layers.
+    """
+    state = np.random.SeedSequence([int(seed), int(update), int(layer), 0x7153]).generate_state(1, np.uint32)
+    return int(state[0])
+
+
+def rank_order(scores: np.ndarray, positions: np.ndarray | None = None, salt: int = 0) -> np.ndarray:
+    """Indices of ``scores`` (1-D) from best to worst: higher score first; equal scores by the smaller
+    tie rank ``tie_rank(positions[e], salt)`` (``positions`` default: the indices)."""
     scores = np.asarray(scores)
-    return np.lexsort((np.arange(scores.size), -scores.astype(np.float64)))
+    positions = np.arange(scores.size) if positions is None else np.asarray(positions)
+    return np.lexsort((tie_ranks(positions, salt), -scores.astype(np.float64)))

@@ -3,7 +3,10 @@
 :class:`DSTUpdater` implements the loop's topology hook. After every optimizer step it asks the
 schedule whether this step updates; if so, every sparse layer is handed to the method with the decayed
 drop fraction alpha_t. Once per epoch it reports the topology: nnz, density, fan-in range, ablated
-neurons and the fraction of connections changed since the previous epoch, per layer.
+neurons, the fraction of connections changed since the previous epoch and the number of this epoch's
+updates that left the layer's structure as it was (nothing grown and nothing dropped, as counted by
+:func:`~purerigl.dst.topology.apply_structure`: a connection dropped and regrown in the same update
+counts as kept), per layer.
 
 Device-resident training (the cuda backend). Every built-in method is written with its layer
 backend's operations (``Method.resident``: :data:`~purerigl.kernels.registry.TOPOLOGY_OPS` and
@@ -30,7 +33,7 @@ import numpy as np
 from ..train import TopologyUpdater
 from .base import LayerUpdate, Method
 from .schedule import UpdateSchedule
-from .topology import flat_positions
+from .topology import flat_positions, tie_salt
 
 
 class DSTUpdater(TopologyUpdater):
@@ -43,7 +46,8 @@ class DSTUpdater(TopologyUpdater):
     budgets : dict[str, int]
         Connection budget C_l of each sparse layer, by layer name.
     seed : int
-        Seeds the updater's own generator (random growth, candidate samplers).
+        Seeds the updater's own generator (random growth, candidate samplers) and the tie rule's salts
+        (:func:`purerigl.dst.topology.tie_salt` of seed, update number and layer).
     """
 
     def __init__(self, method: Method, schedule: UpdateSchedule, budgets: dict, seed: int = 0):
@@ -51,9 +55,11 @@ class DSTUpdater(TopologyUpdater):
         self.name = method.name
         self.schedule = schedule
         self.budgets = dict(budgets)
+        self.seed = int(seed)
         self.rng = np.random.default_rng([seed, 0x5D57])  # independent of the shuffling generator
         self.n_updates = 0
         self._previous: dict[str, np.ndarray] = {}
+        self._unchanged: dict[str, int] = {}  # per layer: this epoch's updates that changed nothing
 
     def begin(self, model) -> None:
         """Remember the structure at the start (or resumption) of training, for the 'changed' statistic."""
@@ -64,10 +70,10 @@ class DSTUpdater(TopologyUpdater):
             return {}
         alpha = self.schedule.drop_fraction(step)
         last = model.linears[-1]
-        for layer in model.sparse_layers():
+        for number, layer in enumerate(model.sparse_layers()):
             if not self.method.resident:
                 layer.sync_to_host()  # the method reads W.values on the host (no-op on a host backend)
-            self.method.update(
+            stats = self.method.update(
                 LayerUpdate(
                     layer=layer,
                     optimizer=optimizer,
@@ -75,13 +81,17 @@ class DSTUpdater(TopologyUpdater):
                     rng=self.rng,
                     budget=self.budgets[layer.name],
                     is_output=layer is last,
+                    salt=tie_salt(self.seed, self.n_updates, number),
                 )
             )
+            if isinstance(stats, dict) and stats.get("grown") == 0 and stats.get("dropped") == 0:  # new == old
+                self._unchanged[layer.name] = self._unchanged.get(layer.name, 0) + 1
         self.n_updates += 1
         return {}
 
     def epoch_stats(self, model) -> dict:
-        """Per-layer topology of the model now, and the fraction changed since the last call."""
+        """Per-layer topology of the model now, the fraction changed since the last call and how many
+        updates since the last call changed nothing (``updates_unchanged``, then reset)."""
         layers = []
         for layer in model.sparse_layers():
             W = layer.W
@@ -99,12 +109,17 @@ class DSTUpdater(TopologyUpdater):
                     "fan_in_max": int(fan_in.max()),
                     "ablated": int(W.n_out - getattr(W, "n_active", W.n_out)),
                     "changed": changed,
+                    "updates_unchanged": self._unchanged.get(layer.name, 0),
                 }
             )
+        self._unchanged = {}
         return {"topology_updates": self.n_updates, "layers": layers}
 
     def state_dict(self) -> dict:
-        return {"method": self.name, "rng_state": self.rng.bit_generator.state, "n_updates": self.n_updates}
+        return {
+            "method": self.name, "rng_state": self.rng.bit_generator.state, "n_updates": self.n_updates,
+            "unchanged": dict(self._unchanged),  # empty at an epoch's end, where checkpoints are written
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -113,3 +128,4 @@ class DSTUpdater(TopologyUpdater):
             raise ValueError(f"checkpoint was trained with method {state.get('method')!r}, not {self.name!r}")
         self.rng.bit_generator.state = state["rng_state"]
         self.n_updates = int(state["n_updates"])
+        self._unchanged = {str(k): int(v) for k, v in state.get("unchanged", {}).items()}

@@ -202,6 +202,19 @@ def topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices):
 def topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices):
     X, dY = growth_operands(X, dY)
     n_out, n_in = dY.shape[1], X.shape[1]
+    if n_out * n_in > MAX_GROWTH_POSITIONS:  # ties are ranked by the flat position
+        raise ShapeError(
+            f"topk_grad_rows supports at most 2**32 positions, the layer has {n_out} x {n_in} = {n_out * n_in}"
+        )
     counts = check_counts(counts, n_out)
     indptr, indices = check_exclusion(exclude_indptr, exclude_indices, n_out, n_in)
     return X, dY, counts, indptr, indices
+
+
+def check_salt(salt) -> int:
+    """The tie rule's salt (:mod:`purerigl.kernels._rank_key`) as a Python int in [0, 2^32)."""
+    if isinstance(salt, (bool, np.bool_)) or not isinstance(salt, (int, np.integer)):
+        raise OperandError(f"salt must be an integer in [0, 2**32), got {salt!r}")
+    if not 0 <= int(salt) < 1 << 32:
+        raise OperandError(f"salt must be in [0, 2**32), got {int(salt)}")
+    return int(salt)

@@ -9,8 +9,9 @@ Conventions (shared with :mod:`purerigl.kernels.host_topology`):
 
 - a **position** is the flat index ``p = row * n_in + col`` (int64); a **sorted position list** is
   strictly increasing;
-- scores are float32 and ranked by **magnitude** |s|, larger first; among equal magnitudes the lower
-  index (or lower tag) ranks higher: the shared tie rule of :mod:`purerigl.dst.topology`;
+- scores are float32 and ranked by **magnitude** |s|, larger first; among equal magnitudes the entry
+  whose position (tag) has the smaller tie rank ``tie_rank(tag, salt)`` ranks higher: the shared tie
+  rule of :mod:`purerigl.kernels._rank_key`;
 - masks are bool arrays; counts and indices are int64.
 
 Operations:
@@ -33,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import CSR, Condensed, Diagonal
+from ._checks import check_salt
+from ._rank_key import tie_ranks
 from .host_topology import csr_from_flat, top_mask
 
 __all__ = [
@@ -130,42 +133,50 @@ def row_counts(flat: np.ndarray, shape) -> np.ndarray:
 # ranking
 
 
-def top_positions(scores: np.ndarray, tags: np.ndarray, n: int) -> np.ndarray:
+def top_positions(scores: np.ndarray, tags: np.ndarray, n: int, salt: int = 0) -> np.ndarray:
     """int64 (min(n, size),), ascending: the ``tags`` of the ``n`` entries of largest |scores|.
 
-    .. math:: \\operatorname{top}_n \\{ \\mathrm{tags}_e \\text{ by } |s_e| \\}
+    .. math:: \\operatorname{top}_n \\{ \\mathrm{tags}_e \\text{ by } (|s_e|, -r_{salt}(\\mathrm{tags}_e)) \\}
 
     Parameters
     ----------
     scores : float32 ndarray, shape (size,)
     tags : int64 ndarray, shape (size,)
         Strictly increasing, in [0, 2^32) (positions, offsets, indices): equal magnitudes rank the
-        lower tag first.
+        tag of smaller tie rank ``tie_rank(tag, salt)`` first.
     n : int >= 0
+    salt : int in [0, 2^32)
     """
+    salt = check_salt(salt)
     scores = np.asarray(scores).reshape(-1)
     tags = np.asarray(tags, dtype=np.int64).reshape(-1)
-    return tags[top_mask(np.abs(scores), n)]  # tags ascending: index order is tag order
+    return tags[top_mask(np.abs(scores), n, tie_ranks(tags, salt))]  # tags ascending: index order is tag order
 
 
-def segment_top(scores: np.ndarray, starts: np.ndarray, counts: np.ndarray, eligible=None) -> np.ndarray:
+def segment_top(scores: np.ndarray, tags: np.ndarray, starts: np.ndarray, counts: np.ndarray, eligible=None,
+                salt: int = 0) -> np.ndarray:
     """bool (size,): in each segment, the ``counts[q]`` eligible entries of largest |scores|.
 
     .. math:: \\mathrm{chosen}_e \\iff e \\in \\operatorname{top}_{c_q}
               \\{ f \\in [s_q, s_{q+1}) : \\mathrm{eligible}_f \\text{ by } |\\mathrm{scores}_f| \\}
 
     A segment with fewer than ``counts[q]`` eligible entries has all of them chosen; an ineligible
-    entry is never chosen. Equal magnitudes: the lower index first.
+    entry is never chosen. Equal magnitudes: the smaller tie rank ``tie_rank(tags_e, salt)`` first.
 
     Parameters
     ----------
     scores : float32 ndarray, shape (size,)
+    tags : int64 ndarray, shape (size,)
+        The position of every entry (distinct, in [0, 2^32)): what the tie rule ranks.
     starts : int64 ndarray, shape (n_seg + 1,)
         Non-decreasing, ``starts[0] = 0``, ``starts[-1] = size``: segment q is ``[starts[q], starts[q+1])``.
     counts : int64 ndarray, shape (n_seg,), >= 0
     eligible : bool ndarray, shape (size,), optional (all eligible)
+    salt : int in [0, 2^32)
     """
+    salt = check_salt(salt)
     scores = np.abs(np.asarray(scores).reshape(-1)).astype(np.float64)
+    ties = tie_ranks(np.asarray(tags).reshape(-1), salt)
     starts = np.asarray(starts, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
     size = scores.size
@@ -173,13 +184,13 @@ def segment_top(scores: np.ndarray, starts: np.ndarray, counts: np.ndarray, elig
     lengths = np.diff(starts)
     if counts.size and size and np.all(lengths == lengths[0]):  # equal segments (the rows of a Condensed)
         keys = np.where(ok, scores, -1.0).reshape(counts.size, -1)  # (n_seg, L); ineligible below all
-        order = np.argsort(-keys, axis=1, kind="stable")  # best first, lower index first on ties
+        order = np.lexsort((ties.reshape(keys.shape), -keys), axis=-1)  # per segment: best first
         rank = np.empty(keys.shape, dtype=np.int64)
         np.put_along_axis(rank, order, np.broadcast_to(np.arange(keys.shape[1]), keys.shape), axis=1)
         return ok & (rank < counts[:, None]).reshape(-1)
     seg = np.repeat(np.arange(counts.size, dtype=np.int64), lengths)  # segment of each entry
-    # eligible entries first, then by segment, larger |score| first, lower index first
-    order = np.lexsort((np.arange(size), -scores, ~ok, seg))
+    # eligible entries first, then by segment, larger |score| first, smaller tie rank first
+    order = np.lexsort((ties, -scores, ~ok, seg))
     first = starts[seg[order]]  # start of the entry's segment, in sorted order
     rank = np.empty(size, dtype=np.int64)
     rank[order] = np.arange(size) - first

@@ -7,7 +7,8 @@ device arrays (same names, signatures and results). The list of names is
 :data:`purerigl.kernels.registry.TOPOLOGY_OPS`.
 
 Positions are flat indices ``row * n_in + col`` (int64). Every selection follows the shared tie rule
-of :mod:`purerigl.dst.topology`: among equal scores the lower flat index ranks higher.
+of :mod:`purerigl.kernels._rank_key`: among equal scores the smaller tie rank ``tie_rank(p, salt)``
+ranks higher (a salted permutation of the positions, so no position is preferred).
 
 - :func:`flat_positions`: the flat index of every stored entry, in storage order.
 - :func:`source_of` / :func:`remap_by_source`: match the entries of a new structure to the old one
@@ -24,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import CSR, SparseFormat
+from ._checks import check_salt
+from ._rank_key import tie_ranks
 
 __all__ = [
     "count_kept", "csr_from_flat", "csr_with_positions", "exclusion_of", "flat_positions", "keep_by_magnitude",
@@ -86,12 +89,19 @@ def count_kept(source: np.ndarray) -> int:
     return int(np.count_nonzero(source >= 0))
 
 
-def top_mask(scores: np.ndarray, n: int) -> np.ndarray:
-    """bool mask of the ``n`` best entries of the 1-D ``scores`` under the shared tie rule.
+def top_mask(scores: np.ndarray, n: int, ties: np.ndarray | None = None) -> np.ndarray:
+    """bool mask of the ``n`` best entries of the 1-D ``scores``: larger score first, then smaller tie.
 
-    The same set as ``rank_order(scores)[:n]`` (:func:`purerigl.dst.topology.rank_order`), found by
-    selection in O(size) instead of a sort: the n-th largest score t splits the entries into those
-    above t (all chosen) and those equal to t, of which the lowest indices fill the remaining places.
+    The same set as ``rank_order(scores, ties)[:n]`` (:func:`purerigl.dst.topology.rank_order`), found
+    by selection in O(size) instead of a sort: the n-th largest score t splits the entries into those
+    above t (all chosen) and those equal to t, of which the smallest ``ties`` fill the remaining places.
+
+    Parameters
+    ----------
+    scores : ndarray, shape (size,)
+    n : int
+    ties : int64 ndarray, shape (size,), distinct, optional
+        The tie ranks (smaller first among equal scores); the entries' indices if omitted.
     """
     scores = np.asarray(scores)
     size = scores.size
@@ -104,19 +114,20 @@ def top_mask(scores: np.ndarray, n: int) -> np.ndarray:
         return mask
     threshold = np.partition(scores, size - n)[size - n]  # the n-th largest score
     np.greater(scores, threshold, out=mask)
-    ties = np.flatnonzero(scores == threshold)  # ascending index: the tie rule's order
-    mask[ties[: n - int(mask.sum())]] = True
+    ties_at = np.flatnonzero(scores == threshold)  # the entries tied at the threshold, by index
+    if ties is not None:
+        ties_at = ties_at[np.argsort(np.asarray(ties)[ties_at], kind="stable")]
+    mask[ties_at[: n - int(mask.sum())]] = True
     return mask
 
 
-def keep_by_magnitude(W: SparseFormat, n_keep: int) -> np.ndarray:
+def keep_by_magnitude(W: SparseFormat, n_keep: int, salt: int = 0) -> np.ndarray:
     """Flat positions (int64, sorted ascending) of the ``n_keep`` entries of W with the largest |w|
-    layer-wide. Ranking is over entries in flat-position order, so equal magnitudes keep the lower
-    position."""
+    layer-wide; equal magnitudes keep the smaller tie rank ``tie_rank(p, salt)``."""
+    salt = check_salt(salt)
     flat = flat_positions(W)
-    order = np.argsort(flat, kind="stable")  # entries in flat-position order
-    keep = top_mask(np.abs(W.values.ravel()[order]), n_keep)
-    return flat[order][keep]
+    keep = top_mask(np.abs(W.values.ravel()), n_keep, tie_ranks(flat, salt))
+    return np.sort(flat[keep])
 
 
 def csr_from_flat(flat: np.ndarray, shape) -> CSR:

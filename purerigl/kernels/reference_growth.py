@@ -10,16 +10,18 @@ into a small running result before the next one is computed: a running top-m (Ri
 top-c_i of the rows of the tile (SRigL), or per-diagonal sums of squares (DynaDiag). Extra memory is
 O(m + tile) or O(nnz_out + tile) or O(P + tile), never O(n_out * n_in).
 
-Scores and ties (shared by every backend, see :mod:`purerigl.dst.topology`): a position's score is
-``|G[i, j]|`` **as a float32**. The reference sums in float64 and rounds the scores to float32 before
-ranking, the cpu backend sums in float32; where both float32 sums agree (always, for small dyadic
-inputs) the two rank the very same numbers. Larger score ranks higher; among equal scores the lower
-flat index ``i * n_in + j`` ranks higher (within one row: the lower column).
+Scores and ties (shared by every backend, see :mod:`purerigl.kernels._rank_key`): a position's score
+is ``|G[i, j]|`` **as a float32**. The reference sums in float64 and rounds the scores to float32
+before ranking, the cpu backend sums in float32; where both float32 sums agree (always, for small
+dyadic inputs) the two rank the very same numbers. Larger score ranks higher; among equal scores the
+position ``p = i * n_in + j`` of smaller tie rank ``tie_rank(p, salt)`` ranks higher (in both
+selections, the per-row one included: every row orders its ties differently).
 
 Operands (checked by :mod:`purerigl.kernels._checks`, identically in every backend): X and dY are
 2-D float32 with the same batch and only finite values; the excluded set E is CSR-like, ``indptr``
 (n_out + 1,) and ``indices`` strictly increasing within each row, in [0, n_in); m and counts are
-non-negative integers. ``topk_grad`` takes layers of at most 2^32 positions.
+non-negative integers; the salt is an integer in [0, 2^32). Both selections take layers of at most
+2^32 positions.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
+from ._rank_key import tie_ranks
 
 #: Entries of G per tile (256 KiB in float64).
 TILE_ELEMS = 1 << 15
@@ -56,16 +59,17 @@ def _score_tiles(X, dY, exclude_indptr, exclude_indices):
         yield r0, r1, scores
 
 
-def topk_grad(X, dY, m, exclude_indptr, exclude_indices):
+def topk_grad(X, dY, m, exclude_indptr, exclude_indices, salt=0):
     """The m positions of largest gradient magnitude over the whole layer, excluded positions aside (RigL).
 
     .. math:: \\mathrm{top}_m \\{ (i, j) \\notin E : |G[i, j]| \\}, \\qquad G[i, j] = \\sum_b dY[b, i] X[b, j]
 
-    Ranked by the float32 score |G[i, j]|, larger first; equal scores: lower ``i * n_in + j`` first.
-    G is streamed in tiles of rows. A running list holds the best m positions seen so far; the m-th
-    of their scores is a threshold that a later position (higher flat index) must exceed strictly.
-    The positions of each tile above the threshold wait in a pending pool, merged into the running
-    list (and the threshold raised) whenever the pool reaches m / 4 positions, and at the end.
+    Ranked by the float32 score |G[i, j]|, larger first; equal scores: smaller tie rank
+    ``tie_rank(i * n_in + j, salt)`` first. G is streamed in tiles of rows. A running list holds the
+    best m positions seen so far; the m-th of them is a threshold that a later position must beat
+    (a larger score, or an equal score and a smaller tie rank). The positions of each tile that beat
+    it wait in a pending pool, merged into the running list (and the threshold raised) whenever the
+    pool reaches m / 4 positions, and at the end.
 
     Parameters
     ----------
@@ -76,48 +80,55 @@ def topk_grad(X, dY, m, exclude_indptr, exclude_indices):
     exclude_indices : integer ndarray, shape (nnz,)
         The excluded set E, CSR-like: row i excludes ``exclude_indices[exclude_indptr[i]:exclude_indptr[i+1]]``
         (strictly increasing within the row).
+    salt : int in [0, 2^32)
+        Chooses the order among equal scores (:mod:`purerigl.kernels._rank_key`).
 
     Returns
     -------
     rows, cols : int64 ndarrays, shape (min(m, n_out * n_in - nnz),), sorted by ``rows * n_in + cols``.
     """
     X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
+    salt = _checks.check_salt(salt)
     n_in = X.shape[1]
-    best_flat = np.empty(0, dtype=np.int64)  # running top m, best first
-    best_score = np.empty(0, dtype=np.float32)
-    pending_flat, pending_score = [best_flat], [best_score]  # the running list, then new candidates
+    best = [np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)]
+    pending = [best]  # (flat, score, tie rank) of the running list, then of new candidates
     n_pending = 0
     if m > 0:
         for r0, r1, scores in _score_tiles(X, dY, indptr, indices):
             scores = scores.ravel()  # (tile,): flat index r0 * n_in + position
-            threshold = best_score[-1] if best_flat.size == m else EXCLUDED
-            new = np.flatnonzero(scores > threshold)
-            pending_flat.append(r0 * n_in + new)
-            pending_score.append(scores[new])
+            flat = r0 * n_in + np.arange(scores.size, dtype=np.int64)
+            ties = tie_ranks(flat, salt)
+            if best[0].size == m:  # beat the m-th best: larger score, or equal and smaller tie rank
+                beats = (scores > best[1][-1]) | ((scores == best[1][-1]) & (ties < best[2][-1]))
+            else:
+                beats = scores > EXCLUDED
+            new = np.flatnonzero(beats)
+            pending.append([flat[new], scores[new], ties[new]])
             n_pending += new.size
             if n_pending >= -(-m // 4):
-                best_flat, best_score = _best(pending_flat, pending_score, m)
-                pending_flat, pending_score, n_pending = [best_flat], [best_score], 0
-        best_flat, _ = _best(pending_flat, pending_score, m)
-    flat = np.sort(best_flat)
+                best = _best(pending, m)
+                pending, n_pending = [best], 0
+        best = _best(pending, m)
+    flat = np.sort(best[0])
     return flat // max(n_in, 1), flat % max(n_in, 1)
 
 
-def _best(flats, scores, m):
-    """The m best of the concatenated candidates, best first: score descending, then flat ascending."""
-    flat, score = np.concatenate(flats), np.concatenate(scores)
-    order = np.lexsort((flat, -score))[:m]
-    return flat[order], score[order]
+def _best(candidates, m):
+    """The m best of the concatenated (flat, score, tie rank) candidates, best first: score
+    descending, then tie rank ascending."""
+    flat, score, ties = (np.concatenate(part) for part in zip(*candidates))
+    order = np.lexsort((ties, -score))[:m]
+    return [flat[order], score[order], ties[order]]
 
 
-def topk_grad_rows(X, dY, counts, exclude_indptr, exclude_indices):
+def topk_grad_rows(X, dY, counts, exclude_indptr, exclude_indices, salt=0):
     """Per row i, the counts[i] columns of largest gradient magnitude among those not excluded (SRigL).
 
     .. math:: C_i = \\mathrm{top}_{c_i} \\{ j : (i, j) \\notin E, \\text{ by } |G[i, j]| \\},
               \\qquad c_i = \\min(\\mathrm{counts}[i], n_{in} - |E_i|)
 
-    Equal scores: the lower column first. A row with fewer than counts[i] available columns returns
-    all of them.
+    Equal scores: the smaller tie rank ``tie_rank(i * n_in + j, salt)`` first. A row with fewer than
+    counts[i] available columns returns all of them.
 
     Parameters
     ----------
@@ -125,6 +136,7 @@ def topk_grad_rows(X, dY, counts, exclude_indptr, exclude_indices):
     dY : float32 ndarray, shape (B, n_out)
     counts : integer ndarray, shape (n_out,), >= 0
     exclude_indptr, exclude_indices : the excluded set, as in :func:`topk_grad`
+    salt : int in [0, 2^32), as in :func:`topk_grad`
 
     Returns
     -------
@@ -134,13 +146,15 @@ def topk_grad_rows(X, dY, counts, exclude_indptr, exclude_indices):
     X, dY, counts, ex_indptr, ex_indices = _checks.topk_grad_rows_operands(
         X, dY, counts, exclude_indptr, exclude_indices
     )
+    salt = _checks.check_salt(salt)
     n_out, n_in = dY.shape[1], X.shape[1]
     take = np.minimum(counts, n_in - np.diff(ex_indptr))  # c_i, (n_out,)
     indptr = np.zeros(n_out + 1, dtype=np.int64)
     np.cumsum(take, out=indptr[1:])
     cols = np.empty(indptr[-1], dtype=np.int64)
     for r0, r1, scores in _score_tiles(X, dY, ex_indptr, ex_indices):
-        order = np.argsort(-scores, axis=1, kind="stable")  # (r1 - r0, n_in): best first, ties by column
+        flat = np.arange(r0 * n_in, r1 * n_in, dtype=np.int64).reshape(scores.shape)  # (r1 - r0, n_in)
+        order = np.lexsort((tie_ranks(flat, salt), -scores), axis=-1)  # per row: best first
         for i in range(r0, r1):
             cols[indptr[i] : indptr[i + 1]] = np.sort(order[i - r0, : take[i]])
     return indptr, cols

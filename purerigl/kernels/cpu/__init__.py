@@ -154,7 +154,9 @@ def grad_at(
     return pairs.grad_at(X, dY, rows, cols, out)
 
 
-def topk_grad(X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray, exclude_indices: np.ndarray):
+def topk_grad(
+    X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray, exclude_indices: np.ndarray, salt: int = 0
+):
     """The m positions of largest gradient magnitude over the whole layer, excluded positions aside (RigL).
 
     Implements :func:`purerigl.kernels.reference.topk_grad`; G = dY^T X is streamed in tiles of rows
@@ -162,8 +164,8 @@ def topk_grad(X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray,
 
     .. math:: \\mathrm{top}_m \\{ (i, j) \\notin E : |G[i, j]| \\}, \\qquad G[i, j] = \\sum_b dY[b, i] X[b, j]
 
-    Ranked by the float32 score |G[i, j]| (summed in float32), larger first; equal scores: lower flat
-    index ``i * n_in + j`` first.
+    Ranked by the float32 score |G[i, j]| (summed in float32), larger first; equal scores: smaller tie
+    rank ``tie_rank(i * n_in + j, salt)`` first (:mod:`purerigl.kernels._rank_key`).
 
     Parameters
     ----------
@@ -173,17 +175,24 @@ def topk_grad(X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray,
     exclude_indptr : integer ndarray, shape (n_out + 1,)
     exclude_indices : integer ndarray, shape (nnz,)
         The excluded set, CSR-like, strictly increasing within each row.
+    salt : int in [0, 2^32)
+        Chooses the order among equal scores.
 
     Returns
     -------
     rows, cols : int64 ndarrays, shape (min(m, n_out * n_in - nnz),), sorted by ``rows * n_in + cols``.
     """
     X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
-    return growth.topk_grad(X, dY, m, indptr, indices)
+    return growth.topk_grad(X, dY, m, indptr, indices, _checks.check_salt(salt))
 
 
 def topk_grad_rows(
-    X: np.ndarray, dY: np.ndarray, counts: np.ndarray, exclude_indptr: np.ndarray, exclude_indices: np.ndarray
+    X: np.ndarray,
+    dY: np.ndarray,
+    counts: np.ndarray,
+    exclude_indptr: np.ndarray,
+    exclude_indices: np.ndarray,
+    salt: int = 0,
 ):
     """Per row i, the counts[i] columns of largest gradient magnitude among those not excluded (SRigL).
 
@@ -198,14 +207,16 @@ def topk_grad_rows(
     dY : float32 ndarray, shape (B, n_out)
     counts : integer ndarray, shape (n_out,), >= 0
     exclude_indptr, exclude_indices : the excluded set, as in :func:`topk_grad`
+    salt : int in [0, 2^32), as in :func:`topk_grad`
 
     Returns
     -------
     indptr : int64 ndarray, shape (n_out + 1,)
-    cols : int64 ndarray, shape (sum c_i,), ascending within each row; equal scores: lower column first
+    cols : int64 ndarray, shape (sum c_i,), ascending within each row; equal scores: smaller tie rank
+        ``tie_rank(i * n_in + j, salt)`` first
     """
     X, dY, counts, indptr, indices = _checks.topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices)
-    return growth.topk_grad_rows(X, dY, counts, indptr, indices)
+    return growth.topk_grad_rows(X, dY, counts, indptr, indices, _checks.check_salt(salt))
 
 
 def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:

@@ -4,21 +4,21 @@ G = dY^T X (n_out, n_in) is never stored. Each kernel is one parallel region who
 **tiles of whole rows** (at most :data:`TILE_ELEMS` entries, one private float32 buffer per task) and
 fold every tile into a small result before computing the next:
 
-- ``topk_grad``: every position gets an int64 **rank key** ``bits(|g|) << 32 | (2^32 - 1 - flat)``.
-  For non-negative float32 the bit pattern orders like the value, so a larger key is exactly "larger
-  score, or equal score and lower flat index": the shared tie rule, with no two keys equal. Each
-  worker takes every n_workers-th tile and keeps a buffer of at most m + max(m, 4096) keys of the
-  positions scoring above its threshold; when the buffer is full it is cut back to its m largest keys
-  (in-place quickselect) and the m-th score becomes the threshold: a later position (higher flat
-  index) must score strictly more. The workers' survivors are merged by one more selection and
-  radix-sorted by flat index. The top m of distinct keys does not depend on how the positions were
+- ``topk_grad``: every position gets an int64 **rank key** ``bits(|g|) << 32 | (2^32 - 1 - r)``,
+  r = ``tie_rank(flat, salt)`` (:mod:`purerigl.kernels._rank_key`). For non-negative float32 the bit
+  pattern orders like the value, so a larger key is exactly "larger score, or equal score and smaller
+  tie rank": the shared tie rule, with no two keys equal. Each worker takes every n_workers-th tile
+  and keeps a buffer of at most m + max(m, 4096) keys of the positions whose key exceeds its
+  threshold; when the buffer is full it is cut back to its m largest keys (in-place quickselect) and
+  the m-th key becomes the threshold. The workers' survivors are merged by one more selection,
+  decoded to flat indices (``index_of_key``) and radix-sorted. The top m of distinct keys does not depend on how the positions were
   split, so neither does the result. The threshold starts at a score that about 2m positions exceed,
   estimated from a sample of :data:`SAMPLE_SIZE` positions; it only filters, and if fewer than m
   positions pass it the scan is redone without it. Extra memory O(workers * (m + tile)).
 - ``topk_grad_rows``: the output layout is known in advance (c_i = min(counts[i], available_i)), so
-  tiles of the rows that need ranking run in parallel, each row keeping a running top c_i of keys
-  ``bits << 32 | (2^32 - 1 - col)`` as above and writing the chosen columns, ascending, to its own
-  slice. Rows that take nothing or everything need no gradient at all.
+  tiles of the rows that need ranking run in parallel, each row keeping a running top c_i of the
+  same keys (of the flat position, so every row orders its ties differently) and writing the chosen
+  columns, ascending, to its own slice. Rows that take nothing or everything need no gradient at all.
 - ``diag_grad_norms``: position (i, j) lies on diagonal (i - j) mod n_out (tall, square) or
   (j - i) mod n_in (wide). The tiles are split into at most :data:`DIAG_CHUNKS` fixed groups (by shape
   only), each adding its squares in float64 into a private (P,) accumulator; the groups are summed in
@@ -35,8 +35,9 @@ every selection, does not depend on the tiling, on the thread count or on timing
 Scores are these float32 sums; the reference rounds float64 sums to float32. The two backends pick
 identical sets except, rarely, where two positions' scores agree to float32 rounding.
 
-Numba's on-disk cache only watches the file a function is defined in, so the helpers the kernels
-call are defined here.
+Numba's on-disk cache watches only the file a kernel is defined in; the rank key is compiled in from
+:mod:`purerigl.kernels._rank_key`, so the cpu kernels' cache is stamped with the source of every
+kernel module (:mod:`purerigl.kernels.cpu._cache`): an edit to the rank key recompiles them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .._rank_key import INDEX_MASK, rank_key
+from .._rank_key import index_of_key, rank_key
+from ._cache import CACHE
 from ._layout import transpose
 
 #: Entries of G per tile (512 KiB of float32, one tile per task).
@@ -76,7 +78,7 @@ MIN_ROW_SLACK = 64
 # --------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=CACHE, fastmath={"reassoc", "contract"})
 def _gradient_tile(dYT, XT, rows, G):
     """G[t, j] = sum_b dYT[rows[t], b] XT[j, b] for t < len(rows) and every j < n_in.
 
@@ -123,12 +125,13 @@ def _gradient_tile(dYT, XT, rows, G):
                     g0[j + 3] = s03
 
 
-#: The rank key of the shared tie rule (:mod:`purerigl.kernels._rank_key`), the same Python function
-#: that the cuda backend compiles for the device.
-_key = njit(cache=True, inline="always")(rank_key)
+#: The rank key of the shared tie rule and its inverse (:mod:`purerigl.kernels._rank_key`), the same
+#: Python functions that the cuda backend compiles for the device.
+_key = njit(cache=CACHE, inline="always")(rank_key)
+_index_of_key = njit(cache=CACHE, inline="always")(index_of_key)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def _nth_element(a, lo, hi, kth):
     """Rearrange the distinct values a[lo:hi] so that a[kth] holds what sorting would put there, with
     only smaller values before it and larger after.
@@ -160,7 +163,7 @@ def _nth_element(a, lo, hi, kth):
     a[lo:hi].sort()
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def _keep_largest(keys, n, k):
     """Move the k largest of the distinct keys[:n] (0 < k <= n) to keys[:k], in no particular order;
     return the smallest of them."""
@@ -174,16 +177,16 @@ def _keep_largest(keys, n, k):
     return smallest
 
 
-@njit(cache=True)
-def _scan_row(g_bits, ex_cols, base, keys, n, k, threshold):
+@njit(cache=CACHE)
+def _scan_row(g_bits, ex_cols, base, salt, keys, n, k, threshold):
     """Fold one row of G into a running top k: return the new (n, threshold).
 
     ``g_bits`` is the row as int32 bit patterns; it is overwritten with the score bits (``& 0x7FFFFFFF``
     gives |g|'s bits, ordered like |g|) and -1 at the excluded columns ``ex_cols``. ``base`` is the
-    index of column 0. Every column whose score bits exceed ``threshold`` (>= -1) appends its key
-    (index ``base + j``) to keys[n:]. When the buffer is full it is cut back to its k largest keys and
-    the threshold becomes the k-th score: later columns have higher indices, so they must score
-    strictly more to rank above it.
+    flat index of column 0. Every column whose rank key (position ``base + j``, ``salt``) exceeds the
+    key ``threshold`` (>= -1) appends it to keys[n:]; a score below the threshold's own score is
+    skipped without computing the key. When the buffer is full it is cut back to its k largest keys and
+    the threshold becomes the k-th of them.
     """
     capacity = keys.shape[0]
     for j in range(g_bits.shape[0]):
@@ -192,18 +195,21 @@ def _scan_row(g_bits, ex_cols, base, keys, n, k, threshold):
         g_bits[ex_cols[e]] = -1
     for j in range(g_bits.shape[0]):
         s = g_bits[j]
-        if s > threshold:
+        if s < 0 or s < (threshold >> 32):
+            continue
+        key = _key(s, base + j, salt)
+        if key > threshold:
             if n == capacity:
-                threshold = _keep_largest(keys, n, k) >> 32
+                threshold = _keep_largest(keys, n, k)
                 n = k
-                if s <= threshold:
+                if key <= threshold:
                     continue
-            keys[n] = _key(s, base + j)
+            keys[n] = key
             n += 1
     return n, threshold
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=CACHE, fastmath={"reassoc", "contract"})
 def _sample_scores(dYT, XT, ex_indptr, ex_indices, scores):
     """|G| at up to len(scores) evenly spaced flat positions s * N // n_samples that are not excluded,
     into scores[:n]; returns n. Used only to pick a starting threshold (see :func:`topk_grad`)."""
@@ -230,7 +236,7 @@ def _sample_scores(dYT, XT, ex_indptr, ex_indices, scores):
     return n
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def _radix_sort(a):
     """Sort the non-negative int64 values a (< 2^33) ascending, in place: three passes of 11 bits."""
     n = a.shape[0]
@@ -250,8 +256,8 @@ def _radix_sort(a):
     a[:] = src  # after an odd number of passes the result sits in the scratch array
 
 
-@njit(cache=True)
-def _finish_topk(best, n_best, k, n_in):
+@njit(cache=CACHE)
+def _finish_topk(best, n_best, k, n_in, salt):
     """Merge the workers' keys, keep the k largest, and return their (rows, cols) by flat index."""
     merged = np.empty(n_best.sum(), dtype=np.int64)
     n = 0
@@ -261,7 +267,7 @@ def _finish_topk(best, n_best, k, n_in):
     _keep_largest(merged, n, k)
     flat = np.empty(k, dtype=np.int64)
     for t in range(k):
-        flat[t] = INDEX_MASK - (merged[t] & INDEX_MASK)
+        flat[t] = _index_of_key(merged[t], salt)
     _radix_sort(flat)
     rows = flat // n_in
     return rows, flat - rows * n_in
@@ -272,10 +278,10 @@ def _finish_topk(best, n_best, k, n_in):
 # --------------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
-def _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, capacity, threshold0, best, n_best):
+@njit(parallel=True, cache=CACHE)
+def _topk_workers(dYT, XT, ex_indptr, ex_indices, salt, k, tile_rows, capacity, threshold0, best, n_best):
     """Worker w (of best.shape[0]) scans tiles w, w + n_workers, ... and leaves in best[w, :n_best[w]]
-    its top k keys among the positions whose score bits exceed ``threshold0`` (-1: all of them)."""
+    its top k keys among the positions whose rank key exceeds ``threshold0`` (-1: all of them)."""
     n_out = dYT.shape[0]
     n_in = XT.shape[0]
     n_workers = best.shape[0]
@@ -286,7 +292,7 @@ def _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, capacity, thresh
         rows = np.empty(tile_rows, dtype=np.int64)
         keys = np.empty(capacity, dtype=np.int64)
         n = 0
-        threshold = np.int64(threshold0)  # score bits a position must exceed to enter the buffer
+        threshold = np.int64(threshold0)  # the rank key a position must exceed to enter the buffer
         for tile in range(w, n_tiles, n_workers):
             r0 = tile * tile_rows
             r1 = min(n_out, r0 + tile_rows)
@@ -296,7 +302,7 @@ def _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, capacity, thresh
             for t in range(r1 - r0):
                 i = r0 + t
                 ex_cols = ex_indices[ex_indptr[i] : ex_indptr[i + 1]]
-                n, threshold = _scan_row(G_bits[t], ex_cols, i * n_in, keys, n, k, threshold)
+                n, threshold = _scan_row(G_bits[t], ex_cols, i * n_in, salt, keys, n, k, threshold)
         if n > k:
             _keep_largest(keys, n, k)
             n = k
@@ -304,8 +310,8 @@ def _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, capacity, thresh
         n_best[w] = n
 
 
-@njit(parallel=True, cache=True)
-def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, take, out_indptr, out_cols):
+@njit(parallel=True, cache=CACHE)
+def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, salt, take, out_indptr, out_cols):
     """Every row i in ``ranked``: its take[i] best columns, ascending, into out_cols's slice of row i."""
     n_in = XT.shape[0]
     n_tiles = (ranked.shape[0] + tile_rows - 1) // tile_rows
@@ -321,10 +327,10 @@ def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, take, out_in
             c = take[i]
             keys = scratch[: 2 * c + MIN_ROW_SLACK]
             ex_cols = ex_indices[ex_indptr[i] : ex_indptr[i + 1]]
-            n, _ = _scan_row(G_bits[t], ex_cols, 0, keys, 0, c, np.int64(-1))
+            n, _ = _scan_row(G_bits[t], ex_cols, i * n_in, salt, keys, 0, c, np.int64(-1))
             _keep_largest(keys, n, c)
             for q in range(c):
-                chosen[INDEX_MASK - (keys[q] & INDEX_MASK)] = True
+                chosen[_index_of_key(keys[q], salt) - i * n_in] = True
             q = out_indptr[i]
             for j in range(n_in):  # the chosen columns in ascending order, and the mask cleared
                 if chosen[j]:
@@ -333,7 +339,7 @@ def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, take, out_in
                     chosen[j] = False
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _complete_rows(n_in, ex_indptr, ex_indices, take, ranked_mask, out_indptr, out_cols):
     """Every row taking all its available columns: the complement of its excluded columns, ascending."""
     for i in prange(take.shape[0]):
@@ -350,7 +356,7 @@ def _complete_rows(n_in, ex_indptr, ex_indices, take, ranked_mask, out_indptr, o
                 pos += 1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE)
 def _diagonal_squares(dYT, XT, tile_rows, partial):
     """partial[c, d] = sum of G[i, j]^2 over the positions (i, j) of diagonal d in the rows of group
     c: d = (i - j) mod n_out if n_out >= n_in, else (j - i) mod n_in. Group c holds the run of tiles
@@ -401,8 +407,9 @@ def _buffer_capacity(k: int) -> int:
 
 
 def _starting_threshold(dYT, XT, ex_indptr, ex_indices, k, n_available) -> int:
-    """Score bits that about 2k positions should exceed, estimated from SAMPLE_SIZE sampled positions;
-    -1 (no threshold) when the layer is small or k is not a small fraction of it."""
+    """A rank key that about 2k positions should exceed: the largest key of a score that about 2k
+    positions exceed, estimated from SAMPLE_SIZE sampled positions; -1 (no threshold) when the layer
+    is small or k is not a small fraction of it."""
     if n_available < 4 * SAMPLE_SIZE:
         return -1
     scores = np.empty(SAMPLE_SIZE, dtype=np.float32)
@@ -411,10 +418,11 @@ def _starting_threshold(dYT, XT, ex_indptr, ex_indices, k, n_available) -> int:
     if rank < MIN_SAMPLE_RANK or rank >= n:
         return -1
     scores = scores[:n]
-    return int(np.partition(scores, n - 1 - rank)[n - 1 - rank : n - rank].view(np.int32)[0])
+    bits = int(np.partition(scores, n - 1 - rank)[n - 1 - rank : n - rank].view(np.int32)[0])
+    return (bits << 32) | 0xFFFFFFFF  # a key above it has a larger score
 
 
-def topk_grad(X, dY, m, ex_indptr, ex_indices):
+def topk_grad(X, dY, m, ex_indptr, ex_indices, salt=0):
     """(rows, cols) int64 of the top min(m, available) positions of |G|, by flat index ascending.
 
     A starting threshold from a sample spares the workers most of the positions that a running top-k
@@ -433,14 +441,15 @@ def topk_grad(X, dY, m, ex_indptr, ex_indices):
     n_best = np.zeros(n_workers, dtype=np.int64)
     threshold = _starting_threshold(dYT, XT, ex_indptr, ex_indices, k, n_available)
     while True:
-        _topk_workers(dYT, XT, ex_indptr, ex_indices, k, tile_rows, _buffer_capacity(k), threshold, best, n_best)
+        _topk_workers(dYT, XT, ex_indptr, ex_indices, salt, k, tile_rows, _buffer_capacity(k), threshold, best,
+                      n_best)
         if threshold < 0 or n_best.sum() >= k:  # at least k positions exceed the threshold
             break
         threshold = -1
-    return _finish_topk(best, n_best, k, n_in)
+    return _finish_topk(best, n_best, k, n_in, salt)
 
 
-def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices):
+def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices, salt=0):
     """(indptr, cols): per row the top min(counts[i], available_i) columns of |G[i, :]|, ascending."""
     n_out, n_in = dY.shape[1], X.shape[1]
     available = n_in - np.diff(ex_indptr)  # (n_out,)
@@ -453,7 +462,8 @@ def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices):
     ranked = np.flatnonzero(ranked_mask).astype(np.int64)
     if ranked.size:
         tile_rows = _tile_rows(n_in)
-        _rows_select(transpose(dY), transpose(X), ranked, tile_rows, ex_indptr, ex_indices, take, indptr, cols)
+        _rows_select(transpose(dY), transpose(X), ranked, tile_rows, ex_indptr, ex_indices, salt, take, indptr,
+                     cols)
     return indptr, cols
 
 

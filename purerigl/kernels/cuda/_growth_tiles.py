@@ -11,10 +11,14 @@ Used by :mod:`purerigl.kernels.cuda.growth`, which holds the tile constants and 
 - every kernel here and in :mod:`.growth` loops over its work items with a grid-stride loop, so a
   launch may have fewer threads than items (tests cap them at a handful: the simulator runs one
   Python thread per thread).
-- :func:`rank_key`: the int64 key ``bits(|g|) << 32 | (2^32 - 1 - index)``. The float32 bit pattern
-  of a non-negative number orders like the number, so a larger key is exactly "larger score, or equal
-  score and lower index": the shared tie rule, and no two positions share a key. Excluded positions
-  get the key -1, below every real key (>= 0).
+- :func:`rank_key`: the int64 key ``bits(|g|) << 32 | (2^32 - 1 - tie_rank(p, salt))`` of the shared
+  tie rule (:mod:`purerigl.kernels._rank_key`), p the entry's position (flat index ``i * n_in + j``,
+  or a tag) and ``salt`` the caller's 32-bit salt. The float32 bit pattern of a non-negative number
+  orders like the number, so a larger key is exactly "larger score, or equal score and smaller tie
+  rank"; tie_rank is a permutation of [0, 2^32), so no two positions share a key. Excluded positions
+  get the key -1, below every real key (>= 0). :func:`index_of_key` recovers p from a key (through
+  :func:`tie_unrank`): after a selection by keys, the chosen positions are decoded and sorted again
+  to come back ascending by position.
 - :func:`sort_rows_descending`: a bitonic sorting network over each row of an (n_rows, W) int64
   array, W a power of two: log2(W) (log2(W) + 1) / 2 launches of one compare-exchange per pair of
   entries. A sorting network makes the same comparisons whatever the data, so the result depends on
@@ -23,12 +27,14 @@ Used by :mod:`purerigl.kernels.cuda.growth`, which holds the tile constants and 
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 
 from .. import _rank_key
 from ._launch import cuda
 
-INDEX_MASK = _rank_key.INDEX_MASK  # low 32 bits of a rank key: 2^32 - 1 - index
+INDEX_MASK = _rank_key.INDEX_MASK  # low 32 bits of a rank key: 2^32 - 1 - tie rank
 NO_KEY = _rank_key.NO_KEY  # the key of an excluded position or of padding, below every real key
 
 
@@ -62,9 +68,26 @@ def sort_rows_descending(A, launch) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-#: The rank key of the shared tie rule (:mod:`purerigl.kernels._rank_key`), the same Python function
-#: that the cpu backend compiles with njit.
-rank_key = cuda.jit(device=True)(_rank_key.rank_key)
+def _device_function(fn, **callees):
+    """``cuda.jit(device=True)`` of the plain Python ``fn`` of :mod:`purerigl.kernels._rank_key`, its
+    calls to other functions of that module bound to their device versions ``callees``: the text
+    compiled is exactly ``fn``'s, and its callees are device functions whether or not the installed
+    numba-cuda would compile a call to a plain Python function by itself (0.30 does; older releases
+    refuse an untyped global)."""
+    namespace = dict(fn.__globals__, **callees)
+    rebound = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    rebound.__doc__, rebound.__qualname__, rebound.__module__ = fn.__doc__, fn.__qualname__, fn.__module__
+    return cuda.jit(device=True)(rebound)
+
+
+#: The shared tie rule (:mod:`purerigl.kernels._rank_key`) on the device: the same Python functions
+#: that the cpu backend compiles with njit. ``tie_rank(p, salt)`` / ``tie_unrank(r, salt)``: the
+#: salted permutation of positions and its inverse; ``rank_key(score_bits, p, salt)``: the int64 key
+#: (give it int64 operands: the score's int32 bits widened first); ``index_of_key(key, salt)``: p.
+tie_rank = _device_function(_rank_key.tie_rank)
+tie_unrank = _device_function(_rank_key.tie_unrank)
+rank_key = _device_function(_rank_key.rank_key, tie_rank=tie_rank)
+index_of_key = _device_function(_rank_key.index_of_key, tie_unrank=tie_unrank)
 
 
 @cuda.jit(device=True)

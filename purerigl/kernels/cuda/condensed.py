@@ -26,7 +26,13 @@ from ._launch import cuda, launch, to_device
 @dataclass(frozen=True)
 class DeviceCondensed:
     """A Condensed matrix on the device: ``rows`` int32 (n_active,), ``indices`` int32 (n_active, k),
-    ``values`` float32 (n_active, k), all device arrays (``values`` may be updated in place)."""
+    ``values`` float32 (n_active, k), all device arrays (``values`` may be updated in place).
+
+    The structure (``rows``, ``indices``) must not be written in place. Device arrays cannot be made
+    read-only as the host formats' structure arrays are (:class:`purerigl.formats.SparseFormat`); what
+    holds instead: :meth:`from_host` copies (the host matrix and the device one share no memory), no
+    kernel caches anything derived from the structure (every product reads it afresh; ``matmul_t``
+    rebuilds its column index per call), and a topology update builds a new device matrix."""
 
     shape: tuple[int, int]
     rows: object

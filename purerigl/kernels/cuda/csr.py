@@ -23,7 +23,13 @@ from ._launch import cuda, launch, to_device
 @dataclass(frozen=True)
 class DeviceCSR:
     """A CSR matrix on the device: ``indptr`` int64 (n_out + 1,), ``indices`` int32 (nnz,), ``values``
-    float32 (nnz,), all device arrays (``values`` may be updated in place)."""
+    float32 (nnz,), all device arrays (``values`` may be updated in place).
+
+    The structure (``indptr``, ``indices``) must not be written in place. Device arrays cannot be made
+    read-only as the host formats' structure arrays are (:class:`purerigl.formats.SparseFormat`); what
+    holds instead: :meth:`from_host` copies (the host matrix and the device one share no memory), no
+    kernel caches anything derived from the structure (every product reads it afresh; ``matmul_t``
+    rebuilds its column index per call), and a topology update builds a new device matrix."""
 
     shape: tuple[int, int]
     indptr: object

@@ -38,7 +38,13 @@ from ._launch import cuda, launch, to_device
 @dataclass(frozen=True)
 class DeviceDiagonal:
     """A Diagonal matrix on the device: ``offsets`` int32 (K,), ``values`` float32 (K, L), device arrays
-    (``values`` may be updated in place)."""
+    (``values`` may be updated in place).
+
+    The structure (``offsets``) must not be written in place. Device arrays cannot be made read-only as
+    the host formats' structure arrays are (:class:`purerigl.formats.SparseFormat`); what holds instead:
+    :meth:`from_host` copies (the host matrix and the device one share no memory), no kernel caches
+    anything derived from the structure (every product reads it afresh), and a topology update builds a
+    new device matrix."""
 
     shape: tuple[int, int]
     offsets: object

@@ -7,14 +7,18 @@ Every DST grow rule ranks the dense weight gradient of a layer, for X (B, n_in) 
 G is never stored whole, on the host or on the device. Each selection walks G in **tiles of rows**:
 a kernel computes ``G[rows, :]`` (at most :data:`TILE_ELEMS` entries, float32 sums over the batch,
 :func:`._growth_tiles.gradient_tile`) into one device buffer, and further kernels fold that tile into a
-small device-side result before the next tile is computed. Scores and ties are those of every backend:
-the score of (i, j) is the float32 |G[i, j]|, larger first; equal scores: lower flat index
-``i * n_in + j`` first (within a row: lower column). Both are captured exactly by the int64 rank key
+small device-side result before the next tile is computed. Scores and ties are those of every backend
+(:mod:`purerigl.kernels._rank_key`): the score of (i, j) is the float32 |G[i, j]|, larger first; equal
+scores: the flat position ``p = i * n_in + j`` of smaller tie rank :math:`r_s(p)` =
+``tie_rank(p, salt)`` first (in the per-row selection too: the tie rank of the flat position, not of
+the column, so every row orders its ties differently). Both are captured exactly by the int64 rank key
 
-.. math:: \\kappa(i, j) = \\mathrm{bits}(|G[i, j]|) \\cdot 2^{32} + (2^{32} - 1 - \\mathrm{index})
+.. math:: \\kappa(i, j) = \\mathrm{bits}(|G[i, j]|) \\cdot 2^{32} + (2^{32} - 1 - r_s(i \\, n_{in} + j))
 
 (larger key ranks higher, all keys distinct; excluded positions get -1), so every selection below is
-"the largest keys", which does not depend on tiling, block size or timing.
+"the largest keys", which does not depend on tiling, block size or timing. Every comparison is on
+whole keys. A chosen key is decoded back to its position with ``index_of_key(key, salt)`` (the
+inverse of the tie rank), and the positions are sorted again to come back ascending.
 
 - ``topk_grad`` (implements :func:`purerigl.kernels.reference.topk_grad`, RigL): a device pool holds
   candidate keys, and a device threshold :math:`\\tau` (initially -1) the k-th largest key kept so far,
@@ -25,17 +29,18 @@ the score of (i, j) is the float32 |G[i, j]|, larger first; equal scores: lower 
   back to the host (it decides when to cut back).
   When the pool holds more than k + s keys (:math:`s = \\max(k, \\text{tile})`) it is sorted
   (bitonic, descending), cut back to its first k, and :math:`\\tau` becomes the k-th: any key below it
-  is outranked by k kept keys, so it can never be in the result. At the end the pool is cut to k, the
-  keys' low halves (:math:`2^{32} - 1 - \\mathrm{flat}`) sorted descending give the flat indices
-  ascending. Extra device memory O(k + tile).
+  is outranked by k kept keys, so it can never be in the result. At the end the pool is cut to k, each
+  key is decoded to its flat position p and replaced by :math:`2^{32} - 1 - p`; sorted descending
+  these give the flat indices ascending. Extra device memory O(k + tile).
 - ``topk_grad_rows`` (implements :func:`purerigl.kernels.reference.topk_grad_rows`, SRigL): the
   output layout is known in advance, :math:`c_i = \\min(\\mathrm{counts}[i], n_{in} - |E_i|)`. Rows
   with :math:`c_i = 0` need nothing, rows with :math:`c_i = n_{in} - |E_i|` take the complement of
   their excluded columns (one work item per row, no gradient). The other rows go through tiles: each row
-  of the tile becomes keys :math:`\\mathrm{bits}(|g|) \\cdot 2^{32} + 2^{32} - 1 - j` padded with -1 to
-  a power of two W, each row is sorted descending, its first :math:`c_i` keys are its choice; their low
-  halves sorted descending again give the chosen columns ascending, written straight into the row's
-  slice of the output. Extra device memory O(nnz_out + tile).
+  of the tile becomes keys :math:`\\kappa(i, j)` padded with -1 to a power of two W, each row is
+  sorted descending, its first :math:`c_i` keys are its choice; each is decoded to its column
+  :math:`j = p - i \\, n_{in}` and replaced by :math:`2^{32} - 1 - j`, and these sorted descending
+  again give the chosen columns ascending, written straight into the row's slice of the output. Extra
+  device memory O(nnz_out + tile).
 - ``diag_grad_norms`` (implements :func:`purerigl.kernels.reference.diag_grad_norms`, DynaDiag): with
   P = max(n_out, n_in), position (i, j) lies on diagonal :math:`d = (i - j) \\bmod n_{out}` (tall or
   square) or :math:`d = (j - i) \\bmod n_{in}` (wide), and a row of G meets each diagonal at most once.
@@ -98,25 +103,27 @@ def _tile_rows(n_in: int, n_rows: int) -> int:
 
 
 @cuda.jit(device=True)
-def _tile_key(G_bits, p, r0, n_in, ex_indptr, ex_indices):
-    """Rank key of the tile's p-th entry (row-major), position (r0 + p // n_in, p % n_in); -1 if excluded."""
+def _tile_key(G_bits, p, r0, n_in, ex_indptr, ex_indices, salt):
+    """Rank key of the tile's p-th entry (row-major), position (r0 + p // n_in, p % n_in), its ties
+    ranked by ``tie_rank(flat, salt)``; -1 if excluded."""
     t = p // n_in
     j = p - t * n_in
     i = r0 + t
     if T.is_excluded(ex_indptr, ex_indices, i, j):
         return T.NO_KEY
-    return T.rank_key(G_bits[t, j], i * n_in + j)
+    return T.rank_key(np.int64(G_bits[t, j]), np.int64(i) * n_in + j, salt)
 
 
 @cuda.jit
-def _count_candidates(G_bits, n_pos, r0, ex_indptr, ex_indices, tau, lane_counts):
-    """lane_counts[l] = how many of the tile's positions l, l + n_lanes, ... have a key > tau[0]."""
+def _count_candidates(G_bits, n_pos, r0, ex_indptr, ex_indices, salt, tau, lane_counts):
+    """lane_counts[l] = how many of the tile's positions l, l + n_lanes, ... have a key > tau[0]
+    (whole keys: a larger score, or an equal score and a smaller tie rank)."""
     n_lanes = lane_counts.shape[0]
     n_in = G_bits.shape[1]
     for lane in range(cuda.grid(1), n_lanes, cuda.gridsize(1)):
         count = 0
         for p in range(lane, n_pos, n_lanes):
-            if _tile_key(G_bits, p, r0, n_in, ex_indptr, ex_indices) > tau[0]:
+            if _tile_key(G_bits, p, r0, n_in, ex_indptr, ex_indices, salt) > tau[0]:
                 count += 1
         lane_counts[lane] = count
 
@@ -135,14 +142,14 @@ def _exclusive_scan(counts, total):
 
 
 @cuda.jit
-def _scatter_candidates(G_bits, n_pos, r0, ex_indptr, ex_indices, tau, lane_offsets, pool, n_pool):
+def _scatter_candidates(G_bits, n_pos, r0, ex_indptr, ex_indices, salt, tau, lane_offsets, pool, n_pool):
     """Lane l writes its keys > tau[0], in its scan order, to pool[n_pool + lane_offsets[l]:]."""
     n_lanes = lane_offsets.shape[0]
     n_in = G_bits.shape[1]
     for lane in range(cuda.grid(1), n_lanes, cuda.gridsize(1)):
         q = n_pool + lane_offsets[lane]
         for p in range(lane, n_pos, n_lanes):
-            key = _tile_key(G_bits, p, r0, n_in, ex_indptr, ex_indices)
+            key = _tile_key(G_bits, p, r0, n_in, ex_indptr, ex_indices, salt)
             if key > tau[0]:
                 pool[q] = key
                 q += 1
@@ -156,17 +163,19 @@ def _set_threshold(pool, k, tau):
 
 
 @cuda.jit
-def _low_halves(pool, k, width):
-    """pool[t] <- pool[t] & INDEX_MASK (= 2^32 - 1 - flat) for t < k, -1 for k <= t < width."""
+def _reversed_positions(pool, k, width, salt):
+    """pool[t] <- 2^32 - 1 - flat for t < k, flat = index_of_key(pool[t], salt) the position the key was
+    made for; -1 for k <= t < width (sorted descending, the flat positions come out ascending)."""
     for t in range(cuda.grid(1), width, cuda.gridsize(1)):
-        pool[t] = pool[t] & T.INDEX_MASK if t < k else T.NO_KEY
+        pool[t] = T.INDEX_MASK - T.index_of_key(pool[t], salt) if t < k else T.NO_KEY
 
 
 class _RunningTopK:
     """The k largest rank keys seen so far, in a device pool of O(k + tile) keys (see module doc)."""
 
-    def __init__(self, k: int, tile_size: int):
+    def __init__(self, k: int, tile_size: int, salt: int):
         self.k = k
+        self.salt = np.int64(salt)  # the tie rule's salt (keys are made and decoded with it)
         self.slack = max(k, tile_size)  # new keys taken in between two cuts, at least
         self.pool = cuda.device_array((1, T.next_pow2(k + self.slack + tile_size)), dtype=np.int64)
         self.n = 0  # keys in the pool
@@ -180,12 +189,13 @@ class _RunningTopK:
         """Add the keys > tau of the tile G_bits[:n_rows] (rows r0, r0 + 1, ...); cut back when full."""
         n_pos = n_rows * G_bits.shape[1]
         lanes = self.lane_counts[: min(self.n_lanes, n_pos)]
-        _run(_count_candidates, lanes.shape[0], G_bits, n_pos, r0, ex_indptr, ex_indices, self.tau, lanes)
+        _run(_count_candidates, lanes.shape[0], G_bits, n_pos, r0, ex_indptr, ex_indices, self.salt, self.tau,
+             lanes)
         _run(_exclusive_scan, 1, lanes, self.n_new)
         n_new = int(self.n_new.copy_to_host()[0])
         if n_new:
-            _run(_scatter_candidates, lanes.shape[0], G_bits, n_pos, r0, ex_indptr, ex_indices, self.tau,
-                 lanes, self.pool[0], self.n)
+            _run(_scatter_candidates, lanes.shape[0], G_bits, n_pos, r0, ex_indptr, ex_indices, self.salt,
+                 self.tau, lanes, self.pool[0], self.n)
             self.n += n_new
         if self.n > self.k + self.slack:
             self._cut()
@@ -203,16 +213,17 @@ class _RunningTopK:
         if self.n > self.k:
             self._cut()
         width = T.next_pow2(self.k)
-        _run(_low_halves, width, self.pool[0], self.k, width)
+        _run(_reversed_positions, width, self.pool[0], self.k, width, self.salt)
         _sort_rows_descending(self.pool[:, :width])
         flat = cuda.device_array(self.k, dtype=np.int64)
-        _run(_flat_from_low_halves, self.k, self.pool[0], flat)
+        _run(_flat_from_reversed, self.k, self.pool[0], flat)
         return flat
 
 
 @cuda.jit
-def _flat_from_low_halves(pool, flat):
-    """flat[t] = 2^32 - 1 - pool[t]: the low halves sorted descending give the indices ascending."""
+def _flat_from_reversed(pool, flat):
+    """flat[t] = 2^32 - 1 - pool[t]: the reversed positions sorted descending give the flat indices
+    ascending."""
     for t in range(cuda.grid(1), flat.shape[0], cuda.gridsize(1)):
         flat[t] = T.INDEX_MASK - pool[t]
 
@@ -225,20 +236,21 @@ def _split_flat(flat, n_in, rows, cols):
         cols[t] = flat[t] - rows[t] * n_in
 
 
-def topk_grad(X, dY, m, ex_indptr, ex_indices):
-    """(rows, cols) int64 of the top min(m, available) positions of |G|, by flat index ascending.
+def topk_grad(X, dY, m, ex_indptr, ex_indices, salt=0):
+    """(rows, cols) int64 of the top min(m, available) positions of |G|, by flat index ascending; equal
+    scores: the smaller ``tie_rank(flat, salt)`` first.
 
-    Implements :func:`purerigl.kernels.reference.topk_grad` (operands already checked).
+    Implements :func:`purerigl.kernels.reference.topk_grad` (operands and salt already checked).
     """
     d_X, d_dY = cuda.to_device(X), cuda.to_device(dY)
     d_indptr, d_indices = cuda.to_device(ex_indptr), cuda.to_device(ex_indices)
-    rows, cols = topk_grad_device(d_X, d_dY, m, d_indptr, d_indices)
+    rows, cols = topk_grad_device(d_X, d_dY, m, d_indptr, d_indices, salt)
     return rows.copy_to_host(), cols.copy_to_host()
 
 
-def topk_grad_device(d_X, d_dY, m, d_indptr, d_indices):
+def topk_grad_device(d_X, d_dY, m, d_indptr, d_indices, salt=0):
     """:func:`topk_grad` on device arrays: (rows, cols) int64 device arrays, nothing copied but one
-    candidate count per tile (operands already checked)."""
+    candidate count per tile (operands and salt already checked)."""
     n_out, n_in = d_dY.shape[1], d_X.shape[1]
     k = max(0, min(m, n_out * n_in - d_indices.shape[0]))
     rows = cuda.device_array(k, dtype=np.int64)
@@ -249,7 +261,7 @@ def topk_grad_device(d_X, d_dY, m, d_indptr, d_indices):
     tile_rows = _tile_rows(n_in, n_out)
     G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
     G_bits = G.view(np.int32)
-    top = _RunningTopK(k, tile_rows * n_in)
+    top = _RunningTopK(k, tile_rows * n_in, salt)
     for r0 in range(0, n_out, tile_rows):
         n_rows = min(tile_rows, n_out - r0)
         _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, all_rows, r0, n_rows, G)
@@ -295,28 +307,35 @@ def _complete_rows(n_in, ex_indptr, ex_indices, take, out_indptr, out_cols):
 
 
 @cuda.jit
-def _row_keys(G_bits, rows, start, n_rows, ex_indptr, ex_indices, K):
-    """K[t, j] = rank key of (rows[start + t], j) with index j, -1 if excluded or j >= n_in (padding)."""
+def _row_keys(G_bits, rows, start, n_rows, ex_indptr, ex_indices, salt, K):
+    """K[t, j] = rank key of (i, j), i = rows[start + t], at the flat position i * n_in + j (ties:
+    ``tie_rank(i * n_in + j, salt)``), -1 if excluded or j >= n_in (padding)."""
     W = K.shape[1]
+    n_in = G_bits.shape[1]
     for p in range(cuda.grid(1), n_rows * W, cuda.gridsize(1)):
         t = p // W
         j = p - t * W
         i = rows[start + t]
-        if j >= G_bits.shape[1] or T.is_excluded(ex_indptr, ex_indices, i, j):
+        if j >= n_in or T.is_excluded(ex_indptr, ex_indices, i, j):
             K[t, j] = T.NO_KEY
         else:
-            K[t, j] = T.rank_key(G_bits[t, j], j)
+            K[t, j] = T.rank_key(np.int64(G_bits[t, j]), np.int64(i) * n_in + j, salt)
 
 
 @cuda.jit
-def _chosen_low_halves(K, rows, start, n_rows, take):
-    """On rows sorted descending: K[t, q] <- K[t, q] & INDEX_MASK (= 2^32 - 1 - column) for the first
-    take[row] entries, -1 after them."""
+def _chosen_reversed_columns(K, rows, start, n_rows, take, n_in, salt):
+    """On rows sorted descending: K[t, q] <- 2^32 - 1 - j for the first take[i] entries, i = rows[start
+    + t], j = index_of_key(K[t, q], salt) - i * n_in the column the key was made for; -1 after them
+    (sorted descending again, the chosen columns come out ascending)."""
     W = K.shape[1]
     for p in range(cuda.grid(1), n_rows * W, cuda.gridsize(1)):
         t = p // W
         q = p - t * W
-        K[t, q] = K[t, q] & T.INDEX_MASK if q < take[rows[start + t]] else T.NO_KEY
+        i = rows[start + t]
+        if q < take[i]:
+            K[t, q] = T.INDEX_MASK - (T.index_of_key(K[t, q], salt) - np.int64(i) * n_in)
+        else:
+            K[t, q] = T.NO_KEY
 
 
 @cuda.jit
@@ -331,21 +350,22 @@ def _write_columns(K, rows, start, n_rows, take, out_indptr, out_cols):
             out_cols[out_indptr[i] + q] = T.INDEX_MASK - K[t, q]
 
 
-def _select_ranked_rows(d_X, d_dY, d_rows, n_ranked, d_take, d_indptr, d_indices, d_out_indptr, d_out_cols):
-    """The rows ``d_rows[:n_ranked]`` (int64 device array): their take[i] best columns, ascending, into
-    d_out_cols."""
+def _select_ranked_rows(d_X, d_dY, d_rows, n_ranked, d_take, d_indptr, d_indices, d_out_indptr, d_out_cols, salt):
+    """The rows ``d_rows[:n_ranked]`` (int64 device array): their take[i] best columns (ties by
+    ``tie_rank(i * n_in + j, salt)``), ascending, into d_out_cols."""
     n_in = d_X.shape[1]
     W = T.next_pow2(n_in)
     tile_rows = _tile_rows(n_in, n_ranked)
     G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
     G_bits = G.view(np.int32)
     K = cuda.device_array((tile_rows, W), dtype=np.int64)
+    salt = np.int64(salt)
     for s in range(0, n_ranked, tile_rows):
         n_rows = min(tile_rows, n_ranked - s)
         _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, d_rows, s, n_rows, G)
-        _run(_row_keys, n_rows * W, G_bits, d_rows, s, n_rows, d_indptr, d_indices, K)
+        _run(_row_keys, n_rows * W, G_bits, d_rows, s, n_rows, d_indptr, d_indices, salt, K)
         _sort_rows_descending(K[:n_rows])  # each row: best first
-        _run(_chosen_low_halves, n_rows * W, K, d_rows, s, n_rows, d_take)
+        _run(_chosen_reversed_columns, n_rows * W, K, d_rows, s, n_rows, d_take, n_in, salt)
         _sort_rows_descending(K[:n_rows])  # each row: its chosen columns ascending
         _run(_write_columns, n_rows * W, K, d_rows, s, n_rows, d_take, d_out_indptr, d_out_cols)
 
@@ -373,20 +393,21 @@ def _row_plan(n_in, counts, ex_indptr, take, out_indptr, ranked, sizes):
     sizes[1] = n_ranked
 
 
-def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices):
-    """(indptr, cols): per row the top min(counts[i], available_i) columns of |G[i, :]|, ascending.
+def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices, salt=0):
+    """(indptr, cols): per row the top min(counts[i], available_i) columns of |G[i, :]|, ascending; equal
+    scores: the smaller ``tie_rank(i * n_in + j, salt)`` first.
 
-    Implements :func:`purerigl.kernels.reference.topk_grad_rows` (operands already checked).
+    Implements :func:`purerigl.kernels.reference.topk_grad_rows` (operands and salt already checked).
     """
     to = cuda.to_device
-    indptr, cols = topk_grad_rows_device(to(X), to(dY), to(counts), to(ex_indptr), to(ex_indices))
+    indptr, cols = topk_grad_rows_device(to(X), to(dY), to(counts), to(ex_indptr), to(ex_indices), salt)
     return indptr.copy_to_host(), cols.copy_to_host()
 
 
-def topk_grad_rows_device(d_X, d_dY, d_counts, d_indptr, d_indices):
+def topk_grad_rows_device(d_X, d_dY, d_counts, d_indptr, d_indices, salt=0):
     """:func:`topk_grad_rows` on device arrays: (indptr, cols) int64 device arrays. Two numbers come
     back to the host (the number of chosen columns and of rows that need the gradient), to size the
-    output and the tiles (operands already checked)."""
+    output and the tiles (operands and salt already checked)."""
     n_out, n_in = d_dY.shape[1], d_X.shape[1]
     d_take = cuda.device_array(n_out, dtype=np.int64)
     d_out_indptr = cuda.device_array(n_out + 1, dtype=np.int64)
@@ -399,7 +420,8 @@ def topk_grad_rows_device(d_X, d_dY, d_counts, d_indptr, d_indices):
         return d_out_indptr, d_cols
     _run(_complete_rows, n_out, n_in, d_indptr, d_indices, d_take, d_out_indptr, d_cols)
     if n_ranked:
-        _select_ranked_rows(d_X, d_dY, d_ranked, n_ranked, d_take, d_indptr, d_indices, d_out_indptr, d_cols)
+        _select_ranked_rows(d_X, d_dY, d_ranked, n_ranked, d_take, d_indptr, d_indices, d_out_indptr, d_cols,
+                            salt)
     return d_out_indptr, d_cols
 
 

@@ -2,9 +2,12 @@
 
 Same names, signatures and results as :mod:`purerigl.kernels.host_selection`, on numba device arrays
 (host NumPy arrays are refused: no hidden copies). Positions are flat indices ``p = row * n_in + col``
-(int64); scores are float32, ranked by |s|, larger first, the lower index (or tag) first among equal
-magnitudes. Every kernel runs one thread per independent output and uses no atomics, so results
-depend on the data only, never on block size or thread timing:
+(int64); scores are float32, ranked by |s|, larger first; among equal magnitudes the entry whose tag
+(position) has the smaller tie rank ``tie_rank(tag, salt)`` first, ``salt`` chosen by the caller: the
+shared tie rule of :mod:`purerigl.kernels._rank_key`, compared as one int64 rank key
+``bits(|s|) << 32 | (2^32 - 1 - tie_rank(tag, salt))`` per entry. Every kernel runs one thread per
+independent output and uses no atomics, so results depend on the data only, never on block size or
+thread timing:
 
 - element-wise maps (:func:`flat_of`, :func:`csr_positions`, :func:`arange`, :func:`take`,
   :func:`rows_selected`): one thread per output; the row of a CSR entry by a binary search of indptr.
@@ -16,10 +19,12 @@ depend on the data only, never on block size or thread timing:
 - sets of sorted positions (:func:`in_sorted`, :func:`row_counts`, :func:`columns_not_in`): binary
   searches, one per output; :func:`merge_sorted` merges by rank (each element's place is its own index
   plus the number of elements of the other list before it).
-- :func:`top_positions`: rank keys ``bits(|s|) << 32 | (2^32 - 1 - tag)`` sorted descending by the
-  bitonic network of :mod:`._growth_tiles`, as :func:`.structure.keep_by_magnitude` does.
-- :func:`segment_top`: one thread per entry counts the eligible entries of its segment that outrank
-  it; O(segment length) per entry, meant for short segments (the rows of a layer).
+- :func:`top_positions`: rank keys sorted descending by the bitonic network of :mod:`._growth_tiles`,
+  the first n decoded back to their tags and sorted ascending, as :func:`.structure.keep_by_magnitude`
+  does.
+- :func:`segment_top`: one thread per entry counts the eligible entries of its segment whose rank key
+  is larger than its own (larger |score|, or equal |score| and smaller tie rank of the tag);
+  O(segment length) per entry, meant for short segments (the rows of a layer).
 - :func:`row_norms`: one thread per row, float64 squares summed in ascending column order.
 - structures with zero values (:func:`csr_from_positions`, :func:`condensed_from_positions`,
   :func:`diagonal_from_offsets`): one binary search per row, one division per entry; they live in
@@ -36,6 +41,7 @@ import math
 import numpy as np
 
 from ...errors import ShapeError
+from .. import _checks
 from . import _growth_tiles as T
 from ._device import find_sorted, lower_bound, segment_of
 from ._launch import cuda, empty, launch, to_host
@@ -130,9 +136,10 @@ def _row_counts(flat, n_in, counts):
 
 
 @cuda.jit
-def _segment_top(scores, starts, counts, eligible, all_eligible, chosen):
-    """chosen[e] = e eligible and fewer than counts[q] eligible entries of its segment q outrank it
-    (larger |score|, or equal |score| and lower index)."""
+def _segment_top(score_bits, tags, starts, counts, eligible, all_eligible, salt, chosen):
+    """chosen[e] = e eligible and fewer than counts[q] eligible entries of its segment q outrank it:
+    have a larger rank key (larger |score|, or equal |score| and smaller ``tie_rank(tag, salt)``).
+    ``score_bits``: the int32 view of the float32 scores."""
     e = cuda.grid(1)
     if e < chosen.shape[0]:
         if not (all_eligible or eligible[e]):
@@ -140,14 +147,13 @@ def _segment_top(scores, starts, counts, eligible, all_eligible, chosen):
             return
         q = segment_of(starts, e)
         c = counts[q]
-        s = abs(scores[e])
+        key = T.rank_key(np.int64(score_bits[e]), np.int64(tags[e]), salt)
         ahead = 0
         for f in range(starts[q], starts[q + 1]):
             if ahead >= c:
                 break
             if all_eligible or eligible[f]:
-                v = abs(scores[f])
-                if v > s or (v == s and f < e):
+                if T.rank_key(np.int64(score_bits[f]), np.int64(tags[f]), salt) > key:
                     ahead += 1
         chosen[e] = ahead < c
 
@@ -351,42 +357,51 @@ def row_counts(flat, shape):
 # Ranking
 
 
-def top_positions(scores, tags, n: int):
+def top_positions(scores, tags, n: int, salt: int = 0):
     """int64 device array (min(n, size),), ascending: the ``tags`` of the ``n`` entries of largest
-    |scores| (implements :func:`purerigl.kernels.host_selection.top_positions`).
+    |scores|, equal magnitudes: the tag of smaller tie rank ``tie_rank(tag, salt)`` first (implements
+    :func:`purerigl.kernels.host_selection.top_positions`).
 
-    .. math:: \\operatorname{top}_n \\{ \\mathrm{tags}_e \\text{ by } |s_e| \\}
+    .. math:: \\operatorname{top}_n \\{ \\mathrm{tags}_e \\text{ by } (|s_e|, -r_{salt}(\\mathrm{tags}_e)) \\}
 
-    ``scores`` float32 (size,), ``tags`` int64 or int32 (size,) strictly increasing in [0, 2^32) (not checked:
-    that would read them back). Rank keys ``bits(|s|) << 32 | (2^32 - 1 - tag)`` sorted descending
-    (bitonic, O(size log^2 size)); the low halves of the first n sorted again give the tags ascending.
+    ``scores`` float32 (size,), ``tags`` int64 or int32 (size,) strictly increasing in [0, 2^32) (not
+    checked: that would read them back), ``salt`` an int in [0, 2^32). Rank keys
+    ``bits(|s|) << 32 | (2^32 - 1 - tie_rank(tag, salt))`` sorted descending (bitonic,
+    O(size log^2 size)); the first n decoded to their tags and sorted again give the tags ascending.
     Copies: none.
     """
     check_device("scores", scores, np.float32)
     _int32_or_64("tags", tags)
     _same_size("scores", scores, "tags", tags)
+    salt = _checks.check_salt(salt)
     n = max(0, min(int(n), int(tags.shape[0])))
     if n == 0:
         return empty((0,), np.int64)
-    return top_tags(_flat(scores).view(np.int32), tags, n)
+    return top_tags(_flat(scores).view(np.int32), tags, n, salt)
 
 
-def segment_top(scores, starts, counts, eligible=None):
+def segment_top(scores, tags, starts, counts, eligible=None, salt: int = 0):
     """bool device array (size,): in each segment q = [starts[q], starts[q+1]), the ``counts[q]``
-    eligible entries of largest |scores|, the lower index first on ties (implements
-    :func:`purerigl.kernels.host_selection.segment_top`).
+    eligible entries of largest |scores|, equal magnitudes: the entry whose tag has the smaller tie
+    rank ``tie_rank(tag, salt)`` first (implements :func:`purerigl.kernels.host_selection.segment_top`).
 
     .. math:: \\mathrm{chosen}_e \\iff \\mathrm{eligible}_e \\wedge |\\{ f \\in \\mathrm{seg}(e) :
-              \\mathrm{eligible}_f, (|s_f|, -f) > (|s_e|, -e) \\}| < c_{\\mathrm{seg}(e)}
+              \\mathrm{eligible}_f, \\kappa_f > \\kappa_e \\}| < c_{\\mathrm{seg}(e)}, \\qquad
+              \\kappa_e = \\mathrm{bits}(|s_e|) \\cdot 2^{32} + 2^{32} - 1 - r_{salt}(\\mathrm{tags}_e)
 
-    One thread per entry finds its segment by binary search and scans it: O(segment length) per entry
-    (O(sum of squared segment lengths) in all), meant for short segments such as the rows of a layer.
-    ``scores`` float32 (size,), ``starts`` int64 (n_seg + 1,) with starts[-1] = size (not checked),
-    ``counts`` int64 (n_seg,), ``eligible`` bool (size,) or None (all). Copies: none.
+    One thread per entry finds its segment by binary search and scans it, comparing whole rank keys:
+    O(segment length) per entry (O(sum of squared segment lengths) in all), meant for short segments
+    such as the rows of a layer. ``scores`` float32 (size,), ``tags`` int64 or int32 (size,) distinct
+    in [0, 2^32) (not checked), ``starts`` int64 (n_seg + 1,) with starts[-1] = size (not checked),
+    ``counts`` int64 (n_seg,), ``eligible`` bool (size,) or None (all), ``salt`` an int in [0, 2^32).
+    Copies: none.
     """
     check_device("scores", scores, np.float32, ndim=1)
+    _int32_or_64("tags", tags)
+    _same_size("scores", scores, "tags", tags)
     check_device("starts", starts, np.int64, ndim=1)
     check_device("counts", counts, np.int64, shape=(int(starts.shape[0]) - 1,))
+    salt = _checks.check_salt(salt)
     all_eligible = eligible is None
     if all_eligible:
         eligible = empty((1,), np.bool_)  # never read
@@ -394,7 +409,8 @@ def segment_top(scores, starts, counts, eligible=None):
         check_device("eligible", eligible, np.bool_, ndim=1)
         _same_size("scores", scores, "eligible", eligible)
     out = empty((int(scores.shape[0]),), np.bool_)
-    launch(_segment_top, out.shape[0], scores, starts, counts, eligible, all_eligible, out)
+    launch(_segment_top, out.shape[0], scores.view(np.int32), tags, starts, counts, eligible, all_eligible,
+           np.int64(salt), out)
     return out
 
 

@@ -16,11 +16,13 @@ as stored; every step below relies on that and keeps it:
 - :func:`remap_by_source`: one thread per new entry gathers ``old[source]`` or writes 0.
 - :func:`count_kept`: per-lane counts in a grid-stride loop, summed on the host (the only number an
   update sends back, besides the candidate counts of :func:`.growth.topk_grad`).
-- :func:`keep_by_magnitude`: each entry gets the rank key ``bits(|w|) << 32 | (2^32 - 1 - p)``
-  (:func:`._growth_tiles.rank_key`: larger |w| first, lower p first on ties: the shared rule), the
-  keys are sorted descending by the bitonic network of :mod:`._growth_tiles`, and the low halves of
-  the first ``n_keep`` sorted again give their positions ascending. O(nnz log^2 nnz) work, O(nnz)
-  memory, deterministic (a sorting network compares the same pairs whatever the data).
+- :func:`keep_by_magnitude`: each entry gets the rank key
+  ``bits(|w|) << 32 | (2^32 - 1 - tie_rank(p, salt))`` (:func:`._growth_tiles.rank_key`: larger |w|
+  first, the smaller tie rank first on ties: the shared rule of :mod:`purerigl.kernels._rank_key`),
+  the keys are sorted descending by the bitonic network of :mod:`._growth_tiles`, the first
+  ``n_keep`` are decoded to their positions (:func:`._growth_tiles.index_of_key`) and sorted again to
+  come back ascending. O(nnz log^2 nnz) work, O(nnz) memory, deterministic (a sorting network
+  compares the same pairs whatever the data).
 - :func:`exclusion_of` / :func:`csr_with_positions`: a sorted position list becomes CSR arrays with
   one binary search per row (``indptr[r]`` = the number of positions below ``r * n_in``) and one
   division per entry; two disjoint sorted lists are merged by rank (each element's place is its own
@@ -38,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import DTypeError, FormatError, FormatTypeError, ShapeError
+from .. import _checks
 from . import _growth_tiles as T
 from ._device import find_sorted, lower_bound, segment_of
 from ._launch import cuda, empty, launch
@@ -117,27 +120,29 @@ def _count_nonnegative(source, lane_counts):
 
 
 @cuda.jit
-def _magnitude_keys(value_bits, keys, n, out):
-    """out[e] = rank key of |w_e| at position keys[e] for e < n; NO_KEY (padding) up to out's width."""
+def _magnitude_keys(value_bits, keys, n, salt, out):
+    """out[e] = rank key of |w_e| at position keys[e] (ties: ``tie_rank(keys[e], salt)``) for e < n;
+    NO_KEY (padding) up to out's width."""
     e = cuda.grid(1)
     if e < out.shape[1]:
-        out[0, e] = T.rank_key(value_bits[e], keys[e]) if e < n else T.NO_KEY
+        out[0, e] = T.rank_key(np.int64(value_bits[e]), np.int64(keys[e]), salt) if e < n else T.NO_KEY
 
 
 @cuda.jit
-def _low_halves(sorted_keys, k):
-    """sorted_keys[0, t] <- its low half (2^32 - 1 - p) for t < k, NO_KEY beyond (to sort again)."""
+def _reversed_positions(sorted_keys, k, salt):
+    """sorted_keys[0, t] <- 2^32 - 1 - p for t < k, p = index_of_key(key, salt) the position the key
+    was made for; NO_KEY beyond (to sort again: descending, the positions come out ascending)."""
     t = cuda.grid(1)
     if t < sorted_keys.shape[1]:
-        sorted_keys[0, t] = sorted_keys[0, t] & T.INDEX_MASK if t < k else T.NO_KEY
+        sorted_keys[0, t] = T.INDEX_MASK - T.index_of_key(sorted_keys[0, t], salt) if t < k else T.NO_KEY
 
 
 @cuda.jit
-def _positions_from_low_halves(sorted_low, out):
-    """out[t] = 2^32 - 1 - sorted_low[0, t]: descending low halves give ascending positions."""
+def _positions_from_reversed(sorted_reversed, out):
+    """out[t] = 2^32 - 1 - sorted_reversed[0, t]: descending reversed positions give ascending ones."""
     t = cuda.grid(1)
     if t < out.shape[0]:
-        out[t] = T.INDEX_MASK - sorted_low[0, t]
+        out[t] = T.INDEX_MASK - sorted_reversed[0, t]
 
 
 @cuda.jit
@@ -272,37 +277,42 @@ def count_kept(source) -> int:
     return int(lanes.copy_to_host().sum())
 
 
-def top_tags(value_bits, tags, n: int):
+def top_tags(value_bits, tags, n: int, salt: int = 0):
     """int64 device array (n,), ascending: the tags of the n entries of largest |value| (1 <= n <=
-    size), equal |value|: the lower tag first.
+    size), equal |value|: the tag of smaller tie rank ``tie_rank(tag, salt)`` first (the shared rule of
+    :mod:`purerigl.kernels._rank_key`).
 
-    ``value_bits`` is the int32 view of float32 values (size,), ``tags`` strictly increasing integers
-    below 2^32 (size,). Each entry gets the rank key ``bits(|v|) << 32 | (2^32 - 1 - tag)``, the keys
-    are sorted descending by the bitonic network, and the low halves of the first n sorted again
-    give their tags ascending.
+    ``value_bits`` is the int32 view of float32 values (size,), ``tags`` distinct integers in
+    [0, 2^32) (size,), ``salt`` in [0, 2^32) (checked by the caller). Each entry gets the rank key
+    ``bits(|v|) << 32 | (2^32 - 1 - tie_rank(tag, salt))``, the keys are sorted descending by the
+    bitonic network, the first n are decoded to their tags and these, reversed (2^32 - 1 - tag) and
+    sorted descending again, give the tags ascending.
     """
     size = int(tags.shape[0])
+    salt = np.int64(salt)
     out = empty((n,), np.int64)
     ranked = empty((1, T.next_pow2(size)), np.int64)  # (1, width): the row layout of the bitonic sort
-    launch(_magnitude_keys, ranked.shape[1], value_bits, tags, size, ranked)
+    launch(_magnitude_keys, ranked.shape[1], value_bits, tags, size, salt, ranked)
     T.sort_rows_descending(ranked, launch)
-    low = ranked[:, : T.next_pow2(n)]
-    launch(_low_halves, low.shape[1], low, n)
-    T.sort_rows_descending(low, launch)
-    launch(_positions_from_low_halves, n, low, out)
+    chosen = ranked[:, : T.next_pow2(n)]
+    launch(_reversed_positions, chosen.shape[1], chosen, n, salt)
+    T.sort_rows_descending(chosen, launch)
+    launch(_positions_from_reversed, n, chosen, out)
     return out
 
 
-def keep_by_magnitude(W, n_keep: int):
+def keep_by_magnitude(W, n_keep: int, salt: int = 0):
     """Flat positions (int64 device array, ascending) of the ``n_keep`` entries of the DeviceCSR or
-    DeviceCondensed ``W`` with the largest |w| layer-wide; equal |w|: the lower position is kept
-    (implements :func:`purerigl.kernels.host_topology.keep_by_magnitude`)."""
+    DeviceCondensed ``W`` with the largest |w| layer-wide; equal |w|: the position of smaller tie rank
+    ``tie_rank(p, salt)`` is kept (the shared rule of :mod:`purerigl.kernels._rank_key`; implements
+    :func:`purerigl.kernels.host_topology.keep_by_magnitude`)."""
+    salt = _checks.check_salt(salt)
     _check_flat_range(W.shape)
     keys = flat_keys(W)
     n_keep = max(0, min(int(n_keep), keys.shape[0]))
     if n_keep == 0:
         return empty((0,), np.int64)
-    return top_tags(_flat_view(W.values).view(np.int32), keys, n_keep)
+    return top_tags(_flat_view(W.values).view(np.int32), keys, n_keep, salt)
 
 
 def _csr_arrays(positions, n: int, shape):
