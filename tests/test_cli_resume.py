@@ -285,7 +285,8 @@ def test_condensed_layer_without_inputs_is_a_usage_error(tmp_path):
     """At 90% a 10 x 8 layer keeps 8 connections for 10 rows: the condensed format would need k = 0,
     which the command refuses (naming the layer and the sparsity that keeps k = 1) instead of silently
     training at density 1/8; CSR stores the 8 connections exactly and trains."""
-    args = ["train", "--epochs", 1, "--hidden", 8, "--sparsity", 0.9, "--no-progress", "--backend", "cpu"]
+    args = ["train", "--method", "static", "--epochs", 1, "--hidden", 8, "--sparsity", 0.9, "--no-progress",
+            "--backend", "cpu"]
     result = invoke(args + ["--out", tmp_path / "c"])
     assert_usage_error(result, "layer1", "10 x 8", "k = 0", "0.875")
     assert not (tmp_path / "c").exists()

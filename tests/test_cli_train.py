@@ -48,8 +48,9 @@ def assert_usage_error(result, *words):
 
 
 def train_args(out, run="condensed", *extra):
+    """A 2-epoch digits run of the static baseline in format ``run`` (the dense network for "dense")."""
     args = ["train", "--epochs", 2, "--hidden", 32, "--out", out, "--no-progress", "--backend", "cpu"]
-    args += ["--sparsity", 0] if run == "dense" else ["--format", run]
+    args += ["--sparsity", 0] if run == "dense" else ["--method", "static", "--format", run]
     return args + list(extra)
 
 

@@ -1,5 +1,6 @@
 """DynaDiag (PAPERS.md 4.4, invariants 17, 18, 23): drop/grow of whole diagonals against a dense
-brute force in float64, value and optimizer-state carry-over, tie rule, alpha = 0, determinism."""
+brute force in float64, value and optimizer-state carry-over, tie rule, alpha = 0, at least one
+diagonal per update while alpha > 0, determinism."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from purerigl.dst import LayerUpdate, MethodError
-from purerigl.dst.dynadiag import DynaDiag, diagonal_norms
+from purerigl.dst.dynadiag import DynaDiag, diagonal_norms, swap_count
 from purerigl.formats import CSR, Diagonal
 from purerigl.formats._base import floor_count
+from purerigl.kernels._rank_key import tie_rank
 from purerigl.nn import SparseLinear
 from purerigl.optim import SGD
 
@@ -42,20 +44,20 @@ def brute_grad_norms(X, dY) -> np.ndarray:
     return np.sqrt((G[rows, cols] ** 2).sum(axis=1))
 
 
-def best(scores: dict, n: int) -> set:
-    """The n keys with the largest scores; ties: lower key first."""
-    return set(sorted(scores, key=lambda d: (-scores[d], d))[:n])
+def best(scores: dict, n: int, salt: int = 0) -> set:
+    """The n keys (offsets) with the largest scores; ties: the smaller ``tie_rank(key, salt)`` first."""
+    return set(sorted(scores, key=lambda d: (-scores[d], tie_rank(d, salt)))[:n])
 
 
-def expected_offsets(old_offsets, old_values, S, alpha) -> tuple[set, set, int, dict]:
+def expected_offsets(old_offsets, old_values, S, alpha, salt=0) -> tuple[set, set, int, dict]:
     """(kept, new offset set, q, norms) by the rule of PAPERS.md 4.4, computed the slow way."""
     K = len(old_offsets)
-    q = floor_count(alpha * K)  # floor, snapping products within rounding of an integer
+    q = min(K, max(1, floor_count(alpha, K))) if alpha > 0 else 0  # floor(alpha K) exact, >= 1 while alpha > 0
     norms = {int(d): math.sqrt(float(np.sum(old_values[k].astype(np.float64) ** 2)))
              for k, d in enumerate(old_offsets)}
-    kept = best(norms, K - q)
+    kept = best(norms, K - q, salt)
     eligible = {d: float(S[d]) for d in range(len(S)) if d not in kept}
-    grown = best(eligible, q)
+    grown = best(eligible, q, salt)
     return kept, kept | grown, q, norms
 
 
@@ -101,8 +103,8 @@ def snapshot(layer, opt) -> dict:
     return {int(d): (W.values[k].copy(), mom[k].copy()) for k, d in enumerate(W.offsets)}
 
 
-def run_update(layer, opt, alpha, seed=0):
-    u = LayerUpdate(layer, opt, alpha, np.random.default_rng(seed), budget=layer.W.nnz)
+def run_update(layer, opt, alpha, seed=0, salt=0):
+    u = LayerUpdate(layer, opt, alpha, np.random.default_rng(seed), budget=layer.W.nnz, salt=salt)
     return DynaDiag().update(u)
 
 
@@ -110,7 +112,7 @@ def run_update(layer, opt, alpha, seed=0):
 # the checks every update must pass
 
 
-def check_update(layer, opt, before: dict, alpha: float, X, dY, stats: dict) -> tuple[set, set]:
+def check_update(layer, opt, before: dict, alpha: float, X, dY, stats: dict, salt: int = 0) -> tuple[set, set]:
     """Assert invariants 17, 18 and 23 against the brute force; return (old, new) offset sets."""
     W = layer.W
     old_offsets = np.array(sorted(before), dtype=np.int64)
@@ -128,7 +130,7 @@ def check_update(layer, opt, before: dict, alpha: float, X, dY, stats: dict) -> 
 
     # Drop and grow sets equal the brute force (float64 norms, dense G).
     S = brute_grad_norms(X, dY)
-    kept, expected_new, q, norms = expected_offsets(old_offsets, old_values, S, alpha)
+    kept, expected_new, q, norms = expected_offsets(old_offsets, old_values, S, alpha, salt)
     new = {int(d) for d in W.offsets}
     old = set(before)
     assert new == expected_new
@@ -220,22 +222,31 @@ def test_dropped_and_regrown_keeps_values_and_state(backend, shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ties_go_to_the_lower_offset(backend):
-    rng = np.random.default_rng(0)
-    shape = (6, 6)
-    layer, opt = make_layer(shape, 4, backend, rng, offsets=[1, 3, 4, 5])
-    train_steps(layer, opt, rng)
-    layer.W.values[...] = 1.0  # equal norms: keep the lower offsets 1, 3; drop 4, 5
-    set_batch(layer, np.zeros((2, 6), np.float32), np.zeros((2, 6), np.float32))  # S = 0 everywhere
-    before = snapshot(layer, opt)
-    stats = run_update(layer, opt, 0.5)
-    # Grow ties: the lowest offsets not kept, 0 and 2 (not the just-dropped 4, 5).
-    assert layer.W.offsets.tolist() == [0, 1, 2, 3]
-    check_update(layer, opt, before, 0.5, np.zeros((2, 6)), np.zeros((2, 6)), stats)
+def test_ties_go_to_the_smaller_tie_rank_of_the_offset(backend):
+    """Equal norms and S = 0 everywhere: the tie rank ``tie_rank(offset, salt)`` alone decides which
+    diagonals stay and which grow (a just-dropped one may be regrown), and the salt changes it."""
+    results = {}
+    for salt in (0, 1, 0xDEADBEEF, 2**32 - 1):
+        rng = np.random.default_rng(0)
+        shape = (6, 6)
+        layer, opt = make_layer(shape, 4, backend, rng, offsets=[1, 3, 4, 5])
+        train_steps(layer, opt, rng)
+        layer.W.values[...] = 1.0  # equal norms
+        set_batch(layer, np.zeros((2, 6), np.float32), np.zeros((2, 6), np.float32))  # S = 0 everywhere
+        before = snapshot(layer, opt)
+        stats = run_update(layer, opt, 0.5, salt=salt)  # q = 2
+        by_rank = [d for _, d in sorted((int(tie_rank(d, salt)), d) for d in range(6))]
+        kept = [d for d in by_rank if d in (1, 3, 4, 5)][:2]  # the 2 stored offsets of smallest rank
+        grown = [d for d in by_rank if d not in kept][:2]  # the 2 others of smallest rank
+        assert layer.W.offsets.tolist() == sorted(kept + grown), salt
+        check_update(layer, opt, before, 0.5, np.zeros((2, 6)), np.zeros((2, 6)), stats, salt)
+        results[salt] = layer.W.offsets.tolist()
+    assert results[0] == [0, 1, 2, 5]  # salt 0 ranks the offsets 0, 5, 1, 2, 4, 3
+    assert len({tuple(r) for r in results.values()}) > 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("alpha", [0.0, 0.2])  # K = 4: floor(0.2 * 4) = 0 too
+@pytest.mark.parametrize("alpha", [0.0])
 def test_alpha_zero_changes_nothing(backend, alpha):
     rng = np.random.default_rng(1)
     layer, opt = make_layer((8, 8), 4, backend, rng)
@@ -259,6 +270,45 @@ def test_alpha_zero_changes_nothing(backend, alpha):
     np.testing.assert_array_equal(W.offsets, offsets)
     np.testing.assert_array_equal(W.values, values)
     np.testing.assert_array_equal(momentum_of(layer, opt), mom)
+
+
+def test_swap_count_is_at_least_one_while_alpha_is_above_zero():
+    """q = min(K, max(1, floor(alpha K))) for alpha > 0, 0 for alpha = 0 or K = 0: a plain floor would
+    leave every layer with K < 1 / alpha unchanged forever (K <= 3 at alpha 0.3)."""
+    for K in range(0, 12):
+        for alpha in (0.0, 1e-9, 0.05, 0.2, 0.3, 1 / 3, 0.5, 0.99, 1.0):
+            q = swap_count(alpha, K)
+            if alpha == 0 or K == 0:
+                assert q == 0, (alpha, K)
+            else:
+                assert q == max(1, math.floor(alpha * K + 1e-12)) and 1 <= q <= K, (alpha, K, q)
+    assert swap_count(0.3, 3) == 1 and swap_count(0.3, 1) == 1 and swap_count(0.3, 10) == 3
+    assert swap_count(1.0, 3) == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("K, alpha", [(1, 0.3), (3, 0.3), (4, 0.2), (3, 1e-6)])
+def test_few_diagonals_still_change_while_alpha_is_above_zero(backend, K, alpha):
+    """A layer with floor(alpha K) = 0 replaces exactly one diagonal: the weakest goes, the offset with
+    the largest gradient norm comes (here one that was not stored), new values and momentum at 0."""
+    rng = np.random.default_rng(5)
+    shape = (8, 8)
+    offsets = [1, 3, 6][:K] if K <= 3 else [1, 3, 5, 6]
+    layer, opt = make_layer(shape, K, backend, rng, offsets=offsets)
+    train_steps(layer, opt, rng)
+    weakest = offsets[-1]
+    layer.W.values[offsets.index(weakest)] = 1e-3  # the smallest norm: dropped
+    # G = dY^T X with X = I: G = dY^T; offset 7 (never stored) gets by far the largest norm
+    G = rng.standard_normal(shape) * 0.01
+    rows, cols = all_diagonals(shape)
+    G[rows[7], cols[7]] = 10.0
+    X, dY = np.eye(8, dtype=np.float32), G.T.astype(np.float32)
+    set_batch(layer, X, dY)
+    before = snapshot(layer, opt)
+    stats = run_update(layer, opt, alpha)
+    old, new = check_update(layer, opt, before, alpha, X, dY, stats)
+    assert new == (old - {weakest}) | {7}
+    assert stats["grown"] == stats["dropped"] == 8  # one diagonal of length L = 8
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -299,13 +349,15 @@ def test_method_uses_the_backend_op():
             return S
 
     layer.backend = Spy()
-    run_update(layer, opt, 1.0)  # q = K = 3: everything may be replaced
+    salt = 0x5EED
+    run_update(layer, opt, 1.0, salt=salt)  # q = K = 3: everything may be replaced
     assert len(calls) == 1 and calls[0][0] is X and calls[0][1] is dY
     new = set(layer.W.offsets.tolist())
     assert {4, 9} <= new
     assert len(new) == 3
     third = (new - {4, 9}).pop()
-    assert third == min(set(range(12)) - {4, 9})  # remaining ties: lowest offset
+    # remaining ties (S = 0): the offset of smallest tie rank
+    assert third == min(set(range(12)) - {4, 9}, key=lambda d: int(tie_rank(d, salt)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,9 +372,10 @@ def test_method_uses_the_backend_op():
     alpha=st.one_of(st.sampled_from([0.0, 0.3, 0.5, 1.0]), st.floats(0.0, 1.0)),
     ties=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
+    salt=st.one_of(st.sampled_from([0, 2**32 - 1]), st.integers(0, 2**32 - 1)),
     backend=st.sampled_from(BACKENDS),
 )
-def test_update_invariants_property(orientation, small, extra, k_frac, alpha, ties, seed, backend):
+def test_update_invariants_property(orientation, small, extra, k_frac, alpha, ties, seed, salt, backend):
     if orientation == "square":
         shape = (small, small)
     elif orientation == "tall":
@@ -345,8 +398,8 @@ def test_update_invariants_property(orientation, small, extra, k_frac, alpha, ti
     else:
         X, dY = train_steps(layer, opt, rng, steps=2, B=B)
     before = snapshot(layer, opt)
-    stats = run_update(layer, opt, alpha)
-    check_update(layer, opt, before, alpha, X, dY, stats)
+    stats = run_update(layer, opt, alpha, salt=salt)
+    check_update(layer, opt, before, alpha, X, dY, stats, salt)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,15 @@ only). The rule below is purerigl's always-sparse variant (PAPERS.md 4.4), close
 
 A layer W (n_out, n_in) stores K of its :math:`P = \\max(n_{out}, n_{in})` diagonals, each of length
 :math:`L = \\min(n_{out}, n_{in})` (:class:`~purerigl.formats.Diagonal`). One update of one layer with
-drop fraction :math:`\\alpha_t`, :math:`q = \\lfloor \\alpha_t K \\rfloor`:
+drop fraction :math:`\\alpha_t` replaces q diagonals (:func:`swap_count`),
+
+.. math:: q = \\min\\big(K, \\max(1, \\lfloor \\alpha_t K \\rfloor)\\big) \\text{ while } \\alpha_t > 0,
+          \\qquad q = 0 \\text{ when } \\alpha_t = 0:
+
+at least one diagonal while the schedule's drop fraction is above 0. A plain
+:math:`\\lfloor \\alpha_t K \\rfloor` would be 0 for every layer with :math:`K < 1 / \\alpha_t` (K <= 3 at
+the default alpha 0.3), and such layers would never change at all: at 99% with uniform budgets, the
+100 x 300 and 10 x 100 layers of the 784-300-100-10 MLP (K = 3 and K = 1).
 
 1. **Drop**: score every active diagonal k by the L2 norm of its values,
    :math:`\\lVert V_k \\rVert_2 = \\sqrt{\\sum_t V_{k,t}^2}`; keep the K - q highest.
@@ -26,8 +34,8 @@ drop fraction :math:`\\alpha_t`, :math:`q = \\lfloor \\alpha_t K \\rfloor`:
 
 Both steps rank float32 scores: the value norms are summed in float64 and rounded once to float32
 (the backend's ``row_norms``), the gradient norms come as float32 from ``diag_grad_norms``. Ties
-(equal scores in step 1 or in step 2): the lower offset ranks higher, on every backend (the shared
-rule of :mod:`purerigl.dst.topology`).
+(equal scores in step 1 or in step 2): the offset of smaller tie rank ``tie_rank(d, salt)`` ranks
+higher, on every backend (the shared rule of :mod:`purerigl.dst.topology`).
 
 Where it runs: the rule is written with the layer backend's operations
 (:data:`purerigl.kernels.registry.SELECTION_OPS` and ``TOPOLOGY_OPS``) on ``layer.matrix`` and
@@ -38,7 +46,9 @@ compactions and a few small index arrays (none larger than P) cross to the host.
 Invariants after every update: K unchanged (so nnz = K L and density K / P); offsets strictly
 increasing in [0, P); the q dropped diagonals have the smallest norms, the q grown the largest
 :math:`S_d` among the offsets inactive after the drop; new diagonals hold exact zeros with zero
-optimizer state; :math:`\\alpha_t = 0` (q = 0) leaves the layer untouched.
+optimizer state; while :math:`\\alpha_t > 0` at least one diagonal is dropped (q >= 1; it may be
+regrown at once if its gradient norm ranks among the q best); :math:`\\alpha_t = 0` (q = 0) leaves
+the layer untouched.
 
 Deliberate difference from the official code: the official layer stores **all** P diagonals densely
 (``V`` of shape (P, L), dense-equivalent memory) and gates them with a soft top-K,
@@ -57,7 +67,22 @@ from ..formats._base import floor_count
 from .base import LayerUpdate, Method, MethodError, format_of, saved_batch_of
 from .topology import apply_structure
 
-__all__ = ["DynaDiag", "diagonal_norms"]
+__all__ = ["DynaDiag", "diagonal_norms", "swap_count"]
+
+
+def swap_count(alpha: float, K: int) -> int:
+    """q, the number of diagonals one update drops and grows: at least one while ``alpha`` > 0.
+
+    .. math:: q = \\min\\big(K, \\max(1, \\lfloor \\alpha K \\rfloor)\\big) \\text{ if } \\alpha > 0,
+              \\qquad q = 0 \\text{ if } \\alpha = 0 \\text{ or } K = 0
+
+    The floor is exact (:func:`~purerigl.formats._base.floor_count`, RigL's rounding of n_prune).
+    At most K: there is always room to grow q, since the P - K + q offsets not kept (the q just
+    dropped among them) are eligible.
+    """
+    if not alpha > 0.0 or K <= 0:
+        return 0
+    return min(K, max(1, floor_count(alpha, K)))
 
 
 def diagonal_norms(W: Diagonal) -> np.ndarray:
@@ -79,7 +104,8 @@ class DynaDiag(Method):
     formats = ("diagonal",)
 
     def update(self, u: LayerUpdate) -> dict:
-        """Drop the ``q = floor(alpha K)`` weakest diagonals of ``u.layer`` and grow as many.
+        """Drop the ``q = swap_count(alpha, K)`` weakest diagonals of ``u.layer`` (at least one while
+        ``alpha`` > 0) and grow as many.
 
         .. math::
 
@@ -119,14 +145,14 @@ class DynaDiag(Method):
         ops = layer.backend
         K = int(M.values.shape[0])
         P = max(layer.shape)
-        q = floor_count(alpha * K)  # the same rounding as RigL's n_prune
+        q = swap_count(alpha, K)  # floor(alpha K) as RigL's n_prune, but at least 1 while alpha > 0
         if q == 0:
             return {"kept": int(M.values.size), "grown": 0, "dropped": 0, "diagonals": K}
         X, dY = saved_batch_of(layer, "dynadiag")
 
-        # 1. Drop: keep the K - q diagonals with the largest norms (ties: the lower offset; the
-        #    offsets are strictly increasing, so they are valid tags).
-        kept = ops.top_positions(ops.row_norms(M.values), M.offsets, K - q)  # offsets, ascending
+        # 1. Drop: keep the K - q diagonals with the largest norms (ties: the tie rule on the offsets;
+        #    they are strictly increasing, so they are valid tags).
+        kept = ops.top_positions(ops.row_norms(M.values), M.offsets, K - q, u.salt)  # offsets, ascending
 
         # 2. Grow: the q largest gradient norms among the offsets not kept (just-dropped included).
         S = ops.diag_grad_norms(X, dY)  # (P,)
@@ -136,7 +162,7 @@ class DynaDiag(Method):
             )
         is_kept = ops.indicator(kept, P)
         grown = ops.top_positions(ops.compress(S, is_kept, keep=False),
-                                  ops.compress(ops.arange(P), is_kept, keep=False), q)
+                                  ops.compress(ops.arange(P), is_kept, keep=False), q, u.salt)
 
         # 3. Apply: values and optimizer state follow the positions (PAPERS.md 1.2).
         new = ops.diagonal_from_offsets(ops.merge_sorted(kept, grown), layer.shape)
