@@ -1,5 +1,5 @@
 """``purerigl check``: self-test a backend on this machine against SciPy CSR products, and its DST
-updates against the reference backend.
+updates against the methods' plain NumPy specifications (:mod:`purerigl.dst.spec`).
 
 Exit code 0 when every check passes, 1 when any fails, 2 on bad input (e.g. an unknown backend).
 """
@@ -54,9 +54,10 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     and square shapes (and the 3072 -> 768 layer at 90% sparsity unless --quick), batch 1 and 33.
     With --tiny (chosen automatically for the cuda backend on Numba's CUDA simulator, whose kernels
     run as Python threads) the shapes are at most 12 wide and the batches 1 and 3.
-    Then one topology update of every DST method (RigL, SET, SRigL with and without ablation, GSE
-    with each sampler, DynaDiag) against the reference backend, on integer data where both must agree
-    exactly: structure, values, momentum and statistics.
+    Then one topology update of every DST method (static, RigL, SET on CSR and condensed, SRigL with
+    and without ablation, GSE with each sampler, DynaDiag) on the backend against the method's NumPy
+    specification (purerigl/dst/spec/), on integer data where both must agree exactly: structure,
+    values, momentum and statistics.
     Exits with 1 if any check fails.
     """
     simulated = bool(getattr(backend.module, "on_simulator", lambda: False)())
@@ -84,7 +85,10 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
         }
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(f"purerigl check: backend {backend.name!r}, seed {seed}, oracle: SciPy CSR in float64")
+        click.echo(f"purerigl check: backend {backend.name!r}, seed {seed}")
+        click.echo("  products (matmul, matmul_t, sddmm, grad_at): against SciPy CSR in float64")
+        click.echo(f"  updates: {backend.name!r}'s fast update of each method against its NumPy specification "
+                   "(purerigl/dst/spec/<method>.py), exact")
         if simulated:
             click.echo("running on Numba's CUDA simulator (slow): tiny shapes only")
         click.echo(format_table(results))
