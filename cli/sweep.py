@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -146,6 +147,24 @@ def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -
     return rows, png
 
 
+#: ``purerigl train`` options that every cell's own arguments set (Budget.train_args, run_cell).
+_SWEEP_SET = {"--dataset", "--data-dir", "--hidden", "--epochs", "--batch-size", "--lr", "--optimizer", "--momentum",
+              "--weight-decay", "--schedule", "--backend", "--method", "--sparsity", "--distribution", "--seed",
+              "--out", "--resume", "--overwrite"}
+
+
+def _train_args(ctx, param, value):
+    """--train-args split like a shell would, refusing the options the sweep sets itself."""
+    try:
+        args = tuple(shlex.split(value or ""))
+    except ValueError as error:
+        raise click.BadParameter(f"cannot split {value!r}: {error}") from None
+    for arg in args:
+        if arg.split("=", 1)[0] in _SWEEP_SET:
+            raise click.BadParameter(f"{arg.split('=', 1)[0]} is set by the sweep itself; use its own option")
+    return args
+
+
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/sweep"),
               show_default=True, help="Sweep directory: cells/<cell>/ run directories and the results.")
@@ -173,9 +192,12 @@ def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -
               help="Numba and BLAS threads of each cell's training process.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Address of an existing Dask scheduler (tcp://host:8786) instead of a local cluster.")
+@click.option("--train-args", default="", metavar="ARGS", callback=_train_args,
+              help="More `purerigl train` options for every cell, one quoted string (for example "
+                   "--train-args '--gamma-sal 0.9'); not those the sweep sets itself.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their state; train nothing.")
 def sweep(out, methods, sparsities, seeds, dataset, data_dir, hidden, epochs, batch_size, lr, momentum,
-          weight_decay, schedule, distribution, workers, threads_per_run, scheduler, dry_run):
+          weight_decay, schedule, distribution, workers, threads_per_run, scheduler, train_args, dry_run):
     """Train a grid of methods x sparsities x seeds and write the accuracy table and plot.
 
     Cells already done in OUT are skipped and interrupted ones resumed, so the same command can be
@@ -188,7 +210,7 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, hidden, epochs, ba
     budget = Budget(
         dataset=dataset, data_dir=None if data_dir is None else str(Path(data_dir).resolve()), hidden=hidden,
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, distribution=distribution,
+        schedule=schedule, distribution=distribution, extra=train_args,
     )
     states = {cell: cell_state(out / "cells" / cell.name) for cell in cells}
     todo = [cell for cell in cells if states[cell] != "done"]

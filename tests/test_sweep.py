@@ -210,6 +210,19 @@ def test_rerun_skips_done_cells_and_resumes_interrupted_ones(finished_sweep):
     assert dry.exit_code == 0 and "0 to run" in dry.output and "done" in dry.output
 
 
+def test_train_args_reach_every_cell_and_the_budget(tmp_path):
+    """--train-args is added to every cell's train command and recorded in the budget, so a rerun
+    with other extra options is a changed budget."""
+    out = tmp_path / "s"
+    result = _sweep(out, "--methods", "rigl", "--seeds", "0", "--train-args", "--delta-t 7 --alpha 0.25")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "cells" / "rigl-s50-seed0" / "config.json").read_text())
+    assert config["options"]["delta_t"] == 7 and config["options"]["alpha"] == 0.25
+    assert json.loads((out / "sweep.json").read_text())["budget"]["extra"] == ["--delta-t", "7", "--alpha", "0.25"]
+    again = _sweep(out, "--methods", "rigl", "--seeds", "0", "--train-args", "--delta-t 8 --alpha 0.25")
+    assert again.exit_code == 2 and "another budget" in again.output
+
+
 def test_a_changed_budget_is_refused(finished_sweep):
     out, _ = finished_sweep
     result = _sweep(out, "--lr", "0.2")
@@ -244,6 +257,9 @@ def test_an_existing_scheduler_runs_the_cells(tmp_path):
         (["--seeds", "a"], "integers"),
         (["--methods", "rigl,magic"], "magic"),
         (["--hidden", "16,-3"], "hidden"),
+        (["--train-args", "--method srigl"], "--method is set by the sweep itself"),
+        (["--train-args", "--seed=3"], "--seed is set by the sweep itself"),
+        (["--train-args", "--gamma-sal '0.9"], "cannot split"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(tmp_path, extra, words):
