@@ -363,9 +363,18 @@ def update_document(text: str, examples: str | None = None) -> str:
 def main(argv=None) -> int:
     """``python -m purerigl.tour [--check] [PATH]``: rewrite docs/tour.md (or check it is current)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        sys.stdout.write(main.__doc__.strip("`").split("``")[0] + "\n")
+        return 0
     check = "--check" in args
     paths = [a for a in args if a != "--check"]
+    if len(paths) > 1 or any(a.startswith("-") for a in paths):
+        sys.stderr.write(f"usage: python -m purerigl.tour [--check] [PATH]; got {' '.join(args)}\n")
+        return 2
     path = Path(paths[0]) if paths else DOC
+    if not path.is_file():
+        sys.stderr.write(f"no such file: {path}\n")
+        return 2
     text = path.read_text(encoding="utf-8")
     new = update_document(text)
     if check:

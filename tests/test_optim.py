@@ -10,6 +10,8 @@ Two independent oracles, both in float64:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -262,28 +264,70 @@ def test_sgd_first_step_buffer_equals_gradient():
     np.testing.assert_array_equal(opt.state_arrays(p)["momentum_buffer"], expected_buf)
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_matches_torch_if_available(name):
-    torch = pytest.importorskip("torch")
+def _torch():
+    """torch, or a skip where it is not installed; with ``PURERIGL_REQUIRE_TORCH=1`` (set by .ci/run,
+    which installs the ``torch`` extra) a missing torch fails instead of skipping."""
+    if os.environ.get("PURERIGL_REQUIRE_TORCH") == "1":
+        import torch
+
+        return torch
+    return pytest.importorskip("torch")
+
+
+#: Every optimizer and every option it has, each against torch.optim: (name, keyword arguments).
+TORCH_CASES = [
+    ("sgd", dict()),
+    ("sgd", dict(weight_decay=0.05)),
+    ("sgd", dict(momentum=0.9)),
+    ("sgd", dict(momentum=0.9, weight_decay=5e-4)),
+    ("sgd", dict(momentum=0.8, nesterov=True)),
+    ("sgd", dict(momentum=0.8, nesterov=True, weight_decay=0.01)),
+    ("adam", dict()),
+    ("adam", dict(weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6)),
+    ("adamw", dict()),  # AdamW's default weight decay, 0.01 in both libraries
+    ("adamw", dict(weight_decay=0.3, betas=(0.5, 0.9))),
+    ("adamw", dict(weight_decay=0.0)),
+]
+
+
+@pytest.mark.parametrize(
+    "name, kw", TORCH_CASES,
+    ids=[f"{n}-" + ("-".join(f"{k}={v}" for k, v in kw.items()) or "defaults") for n, kw in TORCH_CASES],
+)
+def test_matches_torch_optim(name, kw):
+    """Weights after every step and the optimizer state at the end equal torch.optim's (float32 both),
+    with a learning rate that changes every step and parameters with and without weight decay."""
+    torch = _torch()
     params = _params()
     grads = _grads(params, N_STEPS)
-    kw = dict(weight_decay=0.01)
-    if name == "sgd":
-        kw.update(momentum=0.9, nesterov=True)
+    lrs = [1e-2, 3e-3, 2e-2, 5e-3, 1e-2] if name != "sgd" else [0.1, 0.05, 0.2, 0.01, 0.07]
+    opt = make_optimizer(name, params, 123.0, **kw)
+    torch_kw = {k: v for k, v in kw.items() if k != "weight_decay"}
+    wd = opt.weight_decay
     tparams = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
-    topt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    # torch has no per-parameter decay flag: use parameter groups
-    groups = [{"params": [tp], "weight_decay": kw["weight_decay"] if p.decay else 0.0}
-              for tp, p in zip(tparams, params)]
-    topt = topt(groups, lr=0.01, **{k: v for k, v in kw.items() if k != "weight_decay"})
-    opt = make_optimizer(name, params, 0.01, **kw)
-    for gs in grads:
+    # torch has no per-parameter decay flag: one parameter group per parameter
+    groups = [{"params": [tp], "weight_decay": wd if p.decay else 0.0} for tp, p in zip(tparams, params)]
+    topt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](
+        groups, lr=123.0, **torch_kw
+    )
+    for t, gs in enumerate(grads):
+        for group in topt.param_groups:
+            group["lr"] = lrs[t]
         for tp, g in zip(tparams, gs):
             tp.grad = torch.tensor(g)
         topt.step()
-    _run(opt, grads)
+        for p, g in zip(params, gs):
+            p.grad[...] = g
+        opt.step(lr=lrs[t])
+        for p, tp in zip(params, tparams):
+            assert tp.dtype == torch.float32
+            np.testing.assert_allclose(p.value, tp.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=f"step {t} {p.name}")
     for p, tp in zip(params, tparams):
-        np.testing.assert_allclose(p.value, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+        ours, theirs = opt.state_arrays(p), topt.state[tp]
+        assert set(ours) == {k for k in theirs if k != "step"}, (sorted(ours), sorted(theirs))
+        for key, arr in ours.items():
+            np.testing.assert_allclose(arr, theirs[key].numpy(), rtol=1e-5, atol=1e-7, err_msg=f"{p.name} {key}")
+    assert opt.steps == N_STEPS and opt.lr == 123.0
 
 
 # --------------------------------------------------------------------------------------------------
