@@ -41,7 +41,7 @@ from purerigl.dst import UpdateSchedule, make_method
 from purerigl.dst.distribution import layer_budgets
 from purerigl.dst.updater import DSTUpdater
 from purerigl.nn import build_mlp, parse_hidden
-from purerigl.train import TrainConfig, Trainer
+from purerigl.training.loop import TrainConfig, Trainer
 
 
 def peak_rss_bytes() -> int:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from purerigl.checkpoint import load_model
+from purerigl.training.checkpoint import load_model
 from purerigl.data import DATASETS, load_dataset
-from purerigl.train import evaluate as evaluate_model
+from purerigl.training.loop import evaluate as evaluate_model
 
 from ._options import backend_option
 

@@ -1,4 +1,4 @@
-"""``purerigl inspect MODEL.npz``: a per-layer summary of a saved model (the numbers: purerigl.summary)."""
+"""``purerigl inspect MODEL.npz``: a per-layer summary of a saved model (the numbers: purerigl.report.summary)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from purerigl.summary import inspect_model_file
+from purerigl.report.summary import inspect_model_file
 
 COLUMNS = (
     ("layer", "<"), ("format", "<"), ("shape", ">"), ("nnz", ">"), ("density", ">"),
@@ -41,7 +41,7 @@ def _cells(row: dict) -> list[str]:
 
 
 def format_report(report: dict) -> str:
-    """The text table of :func:`purerigl.summary.inspect_model_file`'s result."""
+    """The text table of :func:`purerigl.report.summary.inspect_model_file`'s result."""
     head = f"{report['kind']} {report['file']}"
     if report["epoch"] is not None:
         head += f" (after epoch {report['epoch']}; its optimizer state is counted in no layer)"

@@ -1,4 +1,4 @@
-"""``purerigl plot RUN_DIR``: PNG figures of a training run (the drawing: purerigl.plots)."""
+"""``purerigl plot RUN_DIR``: PNG figures of a training run (the drawing: purerigl.report.plots)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from purerigl.plots import require_matplotlib, write_run_plots
+from purerigl.report.plots import require_matplotlib, write_run_plots
 
 
 @click.command()

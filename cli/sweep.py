@@ -5,7 +5,7 @@ Every cell is one ``purerigl train`` process (a subprocess of a Dask worker, its
 ``LocalCluster`` of worker processes on this machine by default, or an existing cluster with
 ``--scheduler ADDRESS`` (then ``OUT`` must be a path every worker can read and write, and purerigl
 must be installed on every worker). Finished cells are skipped and interrupted ones resumed from
-their checkpoint (see :mod:`purerigl.sweep` for the states), so running the same command again after
+their checkpoint (see :mod:`purerigl.report.sweep` for the states), so running the same command again after
 a crash, or with more seeds, only trains what is missing. At the end it writes ``OUT/results.md``,
 ``OUT/results.json`` and ``OUT/accuracy_vs_sparsity.png``.
 """
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import click
 
-from purerigl.checkpoint import atomic_write
+from purerigl.training.checkpoint import atomic_write
 from purerigl.data import DATASETS
 from purerigl.dst.distribution import DISTRIBUTIONS
-from purerigl.lr_schedule import SCHEDULES
-from purerigl.sweep import (
+from purerigl.optim.lr_schedule import SCHEDULES
+from purerigl.report.sweep import (
     SWEEP_METHODS, Budget, Cell, aggregate, cell_state, check_budget, collect_results, make_grid, markdown_table,
     write_failure, write_result,
 )
@@ -136,7 +136,7 @@ def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -
     png = None
     if rows:
         try:
-            from purerigl.sweep_plot import plot_accuracy_vs_sparsity
+            from purerigl.report.sweep_plot import plot_accuracy_vs_sparsity
 
             png = plot_accuracy_vs_sparsity(
                 rows, out / "accuracy_vs_sparsity.png",

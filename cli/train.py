@@ -23,18 +23,18 @@ import numpy as np
 from click.core import ParameterSource
 
 from purerigl import get_backend
-from purerigl.checkpoint import atomic_write, load_training_state, save_model, save_training_checkpoint
+from purerigl.training.checkpoint import atomic_write, load_training_state, save_model, save_training_checkpoint
 from purerigl.data import DATASETS, load_dataset
 from purerigl.dst import METHOD_FORMATS, METHODS, UpdateSchedule, make_method, resolve_format
 from purerigl.dst.distribution import DISTRIBUTIONS, layer_budgets
 from purerigl.dst.samplers import SAMPLERS
 from purerigl.dst.schedule import AUTO_DELTA_T_MAX, AUTO_MIN_UPDATES
 from purerigl.dst.updater import DSTUpdater
-from purerigl.lr_schedule import SCHEDULES
+from purerigl.optim.lr_schedule import SCHEDULES
 from purerigl.nn import build_mlp, parse_hidden
 from purerigl.optim import OPTIMIZERS
-from purerigl.sparsity import FORMAT_NAMES
-from purerigl.train import TrainConfig, Trainer, TrainingDiverged
+from purerigl.formats.budget import FORMAT_NAMES
+from purerigl.training.loop import TrainConfig, Trainer, TrainingDiverged
 
 from ._options import backend_option, seed_option
 from ._report import epoch_line, epoch_table_header

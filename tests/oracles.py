@@ -1,6 +1,6 @@
 """Oracles for the sparse formats and operations, built by a different route than purerigl's own code.
 
-Nothing here calls ``W.to_scipy()``, ``W.positions()``, ``W.row_fan_in()``, ``reference.triples`` or any
+Nothing here calls ``W.to_scipy()``, ``W.positions()``, ``W.row_fan_in()``, ``purerigl.formats.triples`` or any
 backend: every stored entry is read straight from the raw arrays (``rows``/``indices``/``values``,
 ``offsets``/``values``, ``indptr``/``indices``/``values``) with explicit Python loops that follow the
 format definitions of DESIGN.md section 2. Two independent products are offered on top:

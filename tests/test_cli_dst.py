@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from purerigl.checkpoint import load_model
+from purerigl.training.checkpoint import load_model
 from test_cli_train import assert_usage_error, invoke
 
 METHODS = {

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from purerigl.cli.main import main
 
 from purerigl.formats import CSR, Condensed, Diagonal
-from purerigl.plots import connectivity_image
+from purerigl.report.plots import connectivity_image
 
 pytest.importorskip("matplotlib")
 

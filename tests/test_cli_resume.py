@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import purerigl.cli.train as cli_train
-from purerigl.train import Trainer
+from purerigl.training.loop import Trainer
 from test_cli_train import assert_usage_error, invoke
 
 METHODS = ["static", "set", "rigl", "srigl", "gse", "dynadiag", "dense"]

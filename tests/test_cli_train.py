@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from purerigl.checkpoint import load_model
+from purerigl.training.checkpoint import load_model
 from purerigl.cli.main import main
 
 FORMATS = ["condensed", "diagonal", "csr"]

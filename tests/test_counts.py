@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from purerigl.formats import CSR, Condensed, Diagonal
 from purerigl.formats._base import RATIO_MAX_DENOMINATOR, ceil_count, exact_fraction, floor_count
-from purerigl.sparsity import layer_budget
+from purerigl.formats.budget import layer_budget
 
 N_BIG = 32768 * 32768  # 2**30
 

@@ -2,7 +2,7 @@
 
 Pins down:
 
-- a short :class:`~purerigl.train.Trainer` run with DST on cuda (forward, loss, backward and the
+- a short :class:`~purerigl.training.loop.Trainer` run with DST on cuda (forward, loss, backward and the
   optimizer on device arrays) has the topology of the same run on cpu after every step, and values
   equal to float32 rounding; also with a dense last layer and with Adam;
 - residency: with every host <-> device copy counted (``cuda.to_device``, ``copy_to_device``,
@@ -28,7 +28,7 @@ from purerigl.dst.topology import flat_positions
 from purerigl.dst.updater import DSTUpdater
 from purerigl.kernels import get_backend
 from purerigl.nn import build_mlp
-from purerigl.train import TrainConfig, Trainer
+from purerigl.training.loop import TrainConfig, Trainer
 
 SMALL_BLOCK = 4
 B = 8  # batch size of every run here
@@ -338,7 +338,7 @@ def test_a_host_method_on_cuda_copies_what_the_updater_documents(cuda, monkeypat
 
 
 def test_cli_train_on_cuda_writes_the_cpu_model(cuda, tmp_path, monkeypatch):
-    from purerigl.checkpoint import load_model
+    from purerigl.training.checkpoint import load_model
     from purerigl.cli import train as train_command
     from purerigl.cli.main import main
 

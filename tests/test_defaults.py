@@ -22,7 +22,7 @@ from purerigl.dst.base import Method
 from purerigl.dst.schedule import UpdateSchedule, auto_delta_t, drop_fraction, is_update_step
 from purerigl.dst.updater import DSTUpdater
 from purerigl.nn import build_mlp
-from purerigl.sweep import Budget, Cell
+from purerigl.report.sweep import Budget, Cell
 from test_cli_resume import Killed, assert_same_run
 from test_cli_train import assert_usage_error, invoke
 

@@ -15,7 +15,7 @@ from purerigl.dst.distribution import (
     layer_densities,
 )
 from purerigl.errors import PureriglError
-from purerigl.sparsity import layer_budget
+from purerigl.formats.budget import layer_budget
 
 MNIST = [(300, 784), (100, 300), (10, 100)]  # (n_out, n_in) of the 784-300-100-10 MLP
 

@@ -18,7 +18,7 @@ import pytest
 from purerigl.dst import LayerUpdate, make_method
 from purerigl.nn import SparseLinear
 from purerigl.optim import SGD
-from purerigl.sparsity import random_layer
+from purerigl.formats.budget import random_layer
 
 N = 4096
 DENSE_BYTES = N * N * 4

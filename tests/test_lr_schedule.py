@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from purerigl.lr_schedule import (
+from purerigl.optim.lr_schedule import (
     SCHEDULES,
     ConstantSchedule,
     CosineSchedule,

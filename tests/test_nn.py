@@ -390,7 +390,7 @@ def _budget(shape, s):
 @pytest.mark.parametrize("sparsity", [0.9, 0.57, 0.29, 0.5, 0.99])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_build_mlp_structure_counts_follow_the_budget(fmt, sparsity):
-    """Every sparse layer stores what purerigl/sparsity.py promises for C = N - floor(s N): csr
+    """Every sparse layer stores what purerigl/formats/budget.py promises for C = N - floor(s N): csr
     nnz = C; condensed all rows active with k = floor(C / n_out) (a budget below n_out, k = 0, is a
     ModelError naming the layer); diagonal K = max(1, ceil(C / L)). Sparsities like 0.57 on N = 100
     (0.57 * 100 = 56.999... in binary) check the robust floor."""

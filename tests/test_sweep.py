@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from purerigl.sweep import (
+from purerigl.report.sweep import (
     SWEEP_METHODS, Budget, Cell, SweepError, aggregate, cell_state, check_budget, make_grid, markdown_table,
     summarize_run,
 )

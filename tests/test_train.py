@@ -1,4 +1,4 @@
-"""The training loop (``purerigl.train``) and checkpoints (``purerigl.checkpoint``).
+"""The training loop (``purerigl.training.loop``) and checkpoints (``purerigl.training.checkpoint``).
 
 Pins down: a short run learns (every format and the dense baseline); the metrics dicts; static
 training keeps the sparse structure; bit-identical determinism and exact resume from a training
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from purerigl.checkpoint import (
+from purerigl.training.checkpoint import (
     CheckpointError,
     atomic_write,
     load_model,
@@ -32,7 +32,7 @@ from purerigl.checkpoint import (
 from purerigl.data import from_arrays
 from purerigl.formats import CSR, Condensed, Diagonal
 from purerigl.nn import build_mlp, softmax_cross_entropy
-from purerigl.train import (
+from purerigl.training.loop import (
     PHASES,
     TopologyUpdater,
     TrainConfig,

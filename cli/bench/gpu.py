@@ -47,7 +47,7 @@ from purerigl.dst import METHODS, make_method, resolve_format
 from purerigl.formats import FORMATS
 from purerigl.nn import build_mlp, parse_hidden
 from purerigl.optim import make_optimizer
-from purerigl.sparsity import layer_budget, random_layer
+from purerigl.formats.budget import layer_budget, random_layer
 
 from .._options import SHAPE, seed_option
 from .._selftest import compare

@@ -10,7 +10,7 @@ import numpy as np
 from purerigl.dst import LayerUpdate, make_method
 from purerigl.nn import SparseLinear
 from purerigl.optim import make_optimizer
-from purerigl.sparsity import layer_budget, random_layer
+from purerigl.formats.budget import layer_budget, random_layer
 
 from . import bench
 from ._shared import (

@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from purerigl.formats import Condensed
-from purerigl.sparsity import random_layer
+from purerigl.formats.budget import random_layer
 
 from .._options import SHAPE
 from .._selftest import compare, slot_positions

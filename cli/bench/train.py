@@ -83,7 +83,7 @@ def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max
                 method = make_method(method_name, fmt)
                 budgets = {layer.name: int(layer.W.nnz) for layer in model.sparse_layers()}
                 if method_name == "srigl":  # SRigL re-derives its fan-in from the layer budget
-                    from purerigl.sparsity import layer_budget
+                    from purerigl.formats.budget import layer_budget
 
                     budgets = {layer.name: layer_budget(layer.shape, sparsity) for layer in model.sparse_layers()}
                 t_up = measure(_update_fn(model, optimizer, method, budgets, np.random.default_rng(seed)),

@@ -1,4 +1,5 @@
-"""Data sets for purerigl: loading, splitting, normalising and batching.
+"""Data sets for purerigl: loading, splitting, normalising and batching. Imports only errors (it
+knows nothing of the formats or the models).
 
 Public API:
 

@@ -1,4 +1,5 @@
-"""Dynamic sparse training: each method in its own module, one shared topology step, one schedule.
+"""Dynamic sparse training: each method in its own module, one shared topology step, one schedule;
+:mod:`.spec` states each method in plain NumPy. Imports formats, kernels, nn and optim.
 
 A DST method is storage x drop rule x grow rule x schedule (DESIGN.md 1):
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import PureriglError
+from ..nn import MLP
 
 
 class MethodError(PureriglError, ValueError):
@@ -92,3 +93,31 @@ class Method:
             raise MethodError(
                 f"method {self.name!r} cannot use format {fmt!r}; it works on: {', '.join(self.formats)}"
             )
+
+
+class TopologyUpdater:
+    """Interface of a DST method plugged into the training loop (:class:`purerigl.training.Trainer`);
+    the base class never changes anything (the static baseline).
+
+    ``after_step`` runs after every optimizer step with the number of steps completed; it may rewrite
+    the sparse layers' structure (and must then remap the optimizer state). It returns a dict of
+    statistics to merge into the epoch metrics, or an empty dict.
+    """
+
+    name = "static"
+
+    def begin(self, model: MLP) -> None:
+        """Called once before the first (or first resumed) epoch."""
+
+    def after_step(self, step: int, model: MLP, optimizer) -> dict:
+        return {}
+
+    def epoch_stats(self, model: MLP) -> dict:
+        """Topology statistics merged into each epoch's metrics."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

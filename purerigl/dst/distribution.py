@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from fractions import Fraction
 
 from ..errors import PureriglError
-from ..sparsity import layer_budget
+from ..formats.budget import layer_budget
 
 __all__ = ["DISTRIBUTIONS", "DistributionError", "layer_budgets", "layer_densities"]
 

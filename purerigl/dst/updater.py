@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..train import TopologyUpdater
-from .base import LayerUpdate, Method
+from .base import LayerUpdate, Method, TopologyUpdater
 from .schedule import UpdateSchedule
 from .topology import flat_positions, tie_salt
 

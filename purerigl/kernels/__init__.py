@@ -1,4 +1,6 @@
-"""Sparse operations: one NumPy spec (``reference``) and compiled backends with the same signatures."""
+"""Sparse operations: one NumPy spec (``reference``) and compiled backends with the same signatures;
+the loss maths and the tie rule live here too. Imports only formats and errors.
+"""
 
 from .registry import OPS, Backend, available_backends, get_backend
 

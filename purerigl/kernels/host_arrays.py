@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ..nn.loss import softmax_cross_entropy as _softmax_cross_entropy
+from .host_loss import softmax_cross_entropy as _softmax_cross_entropy
 
 __all__ = [
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import CSR, SparseFormat
+from ..formats.triples import triples
 from ._checks import check_salt
 from ._rank_key import tie_ranks
 
@@ -36,8 +37,6 @@ __all__ = [
 
 def flat_positions(W: SparseFormat) -> np.ndarray:
     """int64 (nnz,): ``row * n_in + col`` of every stored entry, in the order of ``W.values.ravel()``."""
-    from .reference import triples  # the spec's (row, col, value) walk of every format
-
     rows, cols, _ = triples(W)
     return rows * W.n_in + cols
 

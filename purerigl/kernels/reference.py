@@ -4,7 +4,7 @@ Never compiled, never fast. Every other backend has the same functions with the 
 tested against an oracle computed by a different route (SciPy CSR products, masked dense products).
 
 One idea carries the whole file: any stored matrix is a list of triples ``(row[e], col[e], value[e])``
-laid out in the order of ``W.values.ravel()`` (:func:`triples`). With that list, for a weight matrix W
+laid out in the order of ``W.values.ravel()`` (:func:`purerigl.formats.triples.triples`). With that list, for a weight matrix W
 of shape (n_out, n_in), an input X of shape (B, n_in) and an output gradient dY of shape (B, n_out):
 
 .. math::
@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import CSR, Condensed, Diagonal
+from ..formats.triples import triples
 from . import _checks
 from .host_topology import (  # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
     count_kept, csr_with_positions, exclusion_of, flat_positions, keep_by_magnitude, remap_by_source, source_of,
@@ -49,7 +50,6 @@ __all__ = [
     "sddmm",
     "topk_grad",
     "topk_grad_rows",
-    "triples",
     # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "to_device", "to_host", "zeros",
@@ -64,28 +64,6 @@ __all__ = [
 ]
 
 NAME = "reference"
-
-
-def triples(W) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, values) of every stored entry, flat, in the order of ``W.values.ravel()``.
-
-    - Condensed: entry (r, t) sits at (rows[r], indices[r, t]).
-    - Diagonal: entry (k, t) sits at ((t + d_k) mod n_out, t) if tall or square, (t, (t + d_k) mod n_in) if wide.
-    - CSR: entry e of row i (indptr[i] <= e < indptr[i+1]) sits at (i, indices[e]).
-    """
-    if isinstance(W, Condensed):
-        rows = np.repeat(W.rows.astype(np.int64), W.k)  # (n_active * k,)
-        cols = W.indices.astype(np.int64).ravel()
-    elif isinstance(W, Diagonal):
-        rows, cols = W.positions()  # each (K, L)
-        rows, cols = rows.ravel(), cols.ravel()
-    elif isinstance(W, CSR):
-        rows = np.repeat(np.arange(W.n_out, dtype=np.int64), np.diff(W.indptr))  # (nnz,)
-        cols = W.indices.astype(np.int64)
-    else:
-        _checks.check_format(W)
-        raise AssertionError("unreachable")
-    return rows, cols, W.values.ravel()
 
 
 def matmul(W, X, out=None):

@@ -1,7 +1,9 @@
-"""Neural-network building blocks over sparse formats."""
+"""Neural-network building blocks over sparse formats: parameters, layers, the MLP and its loss.
+Imports formats and kernels (never optim, dst or above).
+"""
 
 from .layers import Dense, ReLU, SparseLinear
-from .loss import softmax_cross_entropy
+from ..kernels.host_loss import softmax_cross_entropy
 from .model import MLP, ModelError, build_mlp, parse_hidden
 from .parameter import Parameter
 

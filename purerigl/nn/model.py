@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import FormatError, PureriglError
 from ..formats import SparseFormat
 from ..kernels import get_backend
-from ..sparsity import (
+from ..formats.budget import (
     FORMAT_NAMES,
     check_sparsity,
     layer_budget,

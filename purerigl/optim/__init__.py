@@ -18,7 +18,8 @@ DST ports), so Adam's bias correction for a newly grown entry uses the global st
 
 Optimizers: :class:`SGD` (momentum, Nesterov, L2 weight decay), :class:`Adam` (L2 weight decay) and
 :class:`AdamW` (decoupled weight decay), all with PyTorch's update equations. :func:`make_optimizer`
-builds one by name.
+builds one by name. :mod:`.lr_schedule`: constant, step and cosine learning rates with warm-up.
+Imports nn (the parameters) and below.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ layer costs O(nnz + n_out + n_in) time and memory whatever its shape:
 
 - **fan-in** of output neuron i: the number of stored entries in row i (an ablated or empty row
   has 0); **fan-out** of input j: the number of stored entries in column j. Both are ``np.bincount``
-  of the (row, col) positions of the stored entries (:func:`purerigl.kernels.reference.triples`).
+  of the (row, col) positions of the stored entries (:func:`purerigl.formats.triples.triples`).
   Means are over all n_out rows / all n_in columns, empty ones included.
 - **bytes**: what the layer's arrays occupy (values + index arrays + bias, at their real dtypes),
   against a dense float32 layer of the same shape (``(n_out * n_in + n_out) * 4``: weight + bias).
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_model
-from .errors import PureriglError
-from .formats import CSR, Condensed, Diagonal
-from .kernels.reference import triples
-from .nn import Dense, SparseLinear
+from ..training.checkpoint import load_model
+from ..errors import PureriglError
+from ..formats import CSR, Condensed, Diagonal
+from ..formats.triples import triples
+from ..nn import Dense, SparseLinear
 
 #: Bytes of one float32 weight of the dense layer a sparse one is compared with.
 DENSE_BYTES_PER_WEIGHT = 4

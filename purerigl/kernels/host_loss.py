@@ -1,4 +1,8 @@
-"""Softmax cross-entropy, mean over the batch, with its fused gradient."""
+"""Softmax cross-entropy, mean over the batch, with its fused gradient, on host arrays.
+
+The maths of the loss (the cuda backend has its own kernel, :mod:`purerigl.kernels.cuda.loss`, tested
+against this); :func:`purerigl.nn.softmax_cross_entropy` is this function.
+"""
 
 from __future__ import annotations
 

@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .data import Dataset, iterate_batches
-from .errors import PureriglError
-from .lr_schedule import make_schedule
-from .nn import MLP
-from .optim import make_optimizer
+from ..data import Dataset, iterate_batches
+from ..dst.base import TopologyUpdater
+from ..errors import PureriglError
+from ..optim.lr_schedule import make_schedule
+from ..nn import MLP
+from ..optim import make_optimizer
 
 PHASES = ("forward", "backward", "optimizer", "topology")
 
@@ -74,33 +75,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class TopologyUpdater:
-    """Interface of a DST method plugged into the loop; the base class never changes anything.
-
-    ``after_step`` runs after every optimizer step with the number of steps completed; it may rewrite
-    the sparse layers' structure (and must then remap the optimizer state). It returns a dict of
-    statistics to merge into the epoch metrics, or an empty dict.
-    """
-
-    name = "static"
-
-    def begin(self, model: MLP) -> None:
-        """Called once before the first (or first resumed) epoch."""
-
-    def after_step(self, step: int, model: MLP, optimizer) -> dict:
-        return {}
-
-    def epoch_stats(self, model: MLP) -> dict:
-        """Topology statistics merged into each epoch's metrics."""
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def evaluate(model: MLP, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_model
-from .errors import PureriglError
-from .formats import Condensed, Diagonal
-from .kernels.reference import triples
-from .nn import SparseLinear
+from ..training.checkpoint import load_model
+from ..errors import PureriglError
+from ..formats import Condensed, Diagonal
+from ..formats.triples import triples
+from ..nn import SparseLinear
 from .summary import fan_in_out
 
 #: Layers with at most this many positions are drawn as their exact mask (512 x 1024).

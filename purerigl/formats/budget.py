@@ -14,9 +14,11 @@ budget to what it can hold:
 
 from __future__ import annotations
 
-from .errors import FormatError
-from .formats import CSR, Condensed, Diagonal
-from .formats._base import floor_count
+from ..errors import FormatError
+from .condensed import Condensed
+from .csr import CSR
+from .diagonal import Diagonal
+from ._base import floor_count
 
 FORMAT_NAMES = ("condensed", "diagonal", "csr")
 

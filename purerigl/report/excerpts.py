@@ -5,7 +5,7 @@ A markdown file marks an excerpt with two HTML comments (invisible once rendered
     <!-- BEGIN EXCERPT purerigl/nn/layers.py SparseLinear.forward -->
     <!-- END EXCERPT -->
 
-    <!-- BEGIN EXCERPT purerigl/train.py Trainer.run_epoch from "for xb, yb" to "t4 = clock()" -->
+    <!-- BEGIN EXCERPT purerigl/training/loop.py Trainer.run_epoch from "for xb, yb" to "t4 = clock()" -->
     <!-- END EXCERPT -->
 
 :func:`fill_excerpts` replaces what lies between them with a caption linking the file and a fenced
@@ -13,7 +13,7 @@ A markdown file marks an excerpt with two HTML comments (invisible once rendered
 file with :mod:`ast` (no import): its lines from the ``def`` line to the end, the docstring left out,
 dedented. With ``from "A" to "B"`` only the lines from the first one containing A through the first
 one after it containing B are shown. A name or line that no longer exists is an
-:class:`ExcerptError` naming the marker. ``python -m purerigl.tour`` fills docs/tour.md's excerpts;
+:class:`ExcerptError` naming the marker. ``python -m purerigl.report.tour`` fills docs/tour.md's excerpts;
 tests/test_tour.py fails when any document's excerpt differs from the code.
 """
 
@@ -25,7 +25,7 @@ import textwrap
 from pathlib import Path
 
 #: The repository root: excerpt paths are relative to it.
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: One excerpt: its markers and whatever lies between them now.
 MARKER = re.compile(

@@ -25,8 +25,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .checkpoint import atomic_write
-from .errors import PureriglError
+from ..training.checkpoint import atomic_write
+from ..errors import PureriglError
 
 #: Methods a sweep can run: "dense" (the same code with dense NumPy layers) and the DST methods.
 SWEEP_METHODS = ("dense", "static", "set", "rigl", "srigl", "gse", "dynadiag")

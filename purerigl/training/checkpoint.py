@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PureriglError
-from .formats import CSR, Condensed, Diagonal
-from .nn import MLP, Dense, SparseLinear
+from ..errors import PureriglError
+from ..formats import CSR, Condensed, Diagonal
+from ..nn import MLP, Dense, SparseLinear
 
 SCHEMA = "purerigl.model"
 SCHEMA_VERSION = 1
@@ -200,7 +200,7 @@ def load_model(path, backend=None) -> tuple[MLP, dict]:
 
 
 def load_training_state(path, trainer) -> dict:
-    """Restore a :class:`~purerigl.train.Trainer` (built with the same config) from a training checkpoint.
+    """Restore a :class:`~purerigl.training.loop.Trainer` (built with the same config) from a training checkpoint.
 
     Returns the checkpoint's ``meta``. Raises :class:`CheckpointError` for a model file, a checkpoint of
     another run (layers, training options, optimizer state or DST method that do not fit) or malformed

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import PureriglError
+from ..errors import PureriglError
 
 __all__ = [
     "SCHEDULES",

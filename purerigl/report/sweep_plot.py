@@ -16,7 +16,7 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> 
 
     Parameters
     ----------
-    rows : list of dicts from :func:`purerigl.sweep.aggregate`
+    rows : list of dicts from :func:`purerigl.report.sweep.aggregate`
     path : where the PNG goes
     title : figure title (the budget, say)
 
