@@ -4,8 +4,7 @@ The batch-heavy kernels work on ``X^T`` of shape (n_in, B), so that the innermos
 batch contiguously. NumPy's ``np.ascontiguousarray(X.T)`` is single-threaded and walks one side with
 a large stride; this transpose reads rows contiguously, writes whole cache lines and runs on all cores.
 
-Only stand-alone kernels live here: Numba's on-disk cache watches just the file a function is defined
-in, so a helper that other kernels *inline* must be defined in the kernel's own module.
+The small helpers other kernels inline (the dot products) are in :mod:`._dot`.
 """
 
 from __future__ import annotations

@@ -16,10 +16,7 @@ column-major copy of the structure (:mod:`._columns`).
 Determinism. Every parallel loop writes disjoint outputs and sums in a fixed order. Partitions that
 change a summation order (the row chunks of the small-batch matmul_t) depend only on the shapes;
 the others (batch blocks) may follow the thread count but leave every sum's order unchanged. Results
-are therefore bit-identical from run to run, and also across thread counts.
-
-Numba's on-disk cache only watches the file a function is defined in, so the small helpers the
-kernels inline are defined here rather than shared with the other formats' modules.
+are therefore bit-identical from run to run, and also across thread counts. The dot products the kernels inline are :mod:`._dot`'s.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
+from ._dot import gather_dot, tree_dot
 from ._columns import columns, matmul_t_columns, narrow_indices
 from ._columns import cached as _cached
 from ._layout import transpose
@@ -50,55 +48,6 @@ CHUNK_WORK = 1 << 15
 SERIAL_WORK = 1 << 15
 
 
-@njit(cache=CACHE, inline="always")
-def _gather_dot(v, idx, x):
-    """sum_t v[t] * x[idx[t]] in float32, with four interleaved partial sums (fixed order)."""
-    n = v.shape[0]
-    n4 = n - n % 4
-    a0 = np.float32(0.0)
-    a1 = np.float32(0.0)
-    a2 = np.float32(0.0)
-    a3 = np.float32(0.0)
-    for t in range(0, n4, 4):
-        a0 += v[t] * x[idx[t]]
-        a1 += v[t + 1] * x[idx[t + 1]]
-        a2 += v[t + 2] * x[idx[t + 2]]
-        a3 += v[t + 3] * x[idx[t + 3]]
-    for t in range(n4, n):
-        a0 += v[t] * x[idx[t]]
-    return (a0 + a1) + (a2 + a3)
-
-
-@njit(cache=CACHE, inline="always")
-def _tree_dot(a, b, tmp):
-    """sum_i a[i] b[i] in float32 for contiguous a, b of length n <= len(tmp), a power of two.
-
-    Up to 8 terms: a running sum. Longer: the products go into the scratch ``tmp`` (zero-padded),
-    which is then summed by pairwise halving. Either way the order is fixed by n alone; the halving is
-    more accurate than a running sum and every step of it is a loop LLVM vectorises (a running sum is
-    a serial chain that it may not reorder without fastmath).
-    """
-    n = a.shape[0]
-    m = tmp.shape[0]
-    if m <= 8:
-        s = np.float32(0.0)
-        for i in range(n):
-            s += a[i] * b[i]
-        return s
-    for i in range(n):
-        tmp[i] = a[i] * b[i]
-    for i in range(n, m):
-        tmp[i] = 0.0
-    h = m
-    while h > 1:
-        h //= 2
-        lo = tmp[:h]
-        hi = tmp[h : 2 * h]
-        for i in range(h):
-            lo[i] += hi[i]
-    return tmp[0]
-
-
 @njit(parallel=True, cache=CACHE)
 def _matmul_rowdot(rows, indices, values, X, Y):
     """Y[b, rows[r]] = sum_t values[r, t] X[b, indices[r, t]]; parallel over active rows r.
@@ -112,7 +61,7 @@ def _matmul_rowdot(rows, indices, values, X, Y):
     for r in prange(n_active):
         i = rows[r]
         for b in range(B):
-            Y[b, i] = _gather_dot(values[r], indices[r], X[b])
+            Y[b, i] = gather_dot(values[r], indices[r], X[b])
 
 
 @njit(cache=CACHE)
@@ -123,7 +72,7 @@ def _matmul_rowdot_serial(rows, indices, values, X, Y):
     for r in range(n_active):
         i = rows[r]
         for b in range(B):
-            Y[b, i] = _gather_dot(values[r], indices[r], X[b])
+            Y[b, i] = gather_dot(values[r], indices[r], X[b])
 
 
 @njit(parallel=True, cache=CACHE)
@@ -194,10 +143,10 @@ def _sddmm_transposed(rows, indices, XT, dYT, dW):
     while m < XT.shape[1]:
         m *= 2
     for r in prange(n_active):
-        tmp = np.empty(m, dtype=np.float32)  # scratch of _tree_dot, one per row
+        tmp = np.empty(m, dtype=np.float32)  # scratch of tree_dot, one per row
         g = dYT[rows[r]]  # (B,) view
         for t in range(k):
-            dW[r, t] = _tree_dot(g, XT[indices[r, t]], tmp)
+            dW[r, t] = tree_dot(g, XT[indices[r, t]], tmp)
 
 
 def _batch_block(B: int, parallel: bool) -> int:

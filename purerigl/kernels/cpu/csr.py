@@ -13,10 +13,7 @@ larger batch the kernels work on ``XT = X^T`` (n_in, B) so the innermost loop ru
 Determinism. Every parallel loop writes disjoint outputs and sums in a fixed order. Partitions that
 change a summation order (the row chunks of the small-batch matmul_t) depend only on the shapes and
 the structure; the others (batch blocks) may follow the thread count but leave every sum's order
-unchanged. Results are bit-identical from run to run, and also across thread counts.
-
-Numba's on-disk cache only watches the file a function is defined in, so the small helpers the
-kernels inline are defined here rather than shared with the other formats' modules.
+unchanged. Results are bit-identical from run to run, and also across thread counts. The dot products the kernels inline are :mod:`._dot`'s.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
+from ._dot import gather_dot, tree_dot
 from ._columns import columns, matmul_t_columns
 from ._layout import transpose
 
@@ -42,55 +40,6 @@ MAX_CHUNKS = 8
 CHUNK_WORK = 1 << 15
 
 
-@njit(cache=CACHE, inline="always")
-def _gather_dot(v, idx, x):
-    """sum_t v[t] * x[idx[t]] in float32, with four interleaved partial sums (fixed order)."""
-    n = v.shape[0]
-    n4 = n - n % 4
-    a0 = np.float32(0.0)
-    a1 = np.float32(0.0)
-    a2 = np.float32(0.0)
-    a3 = np.float32(0.0)
-    for t in range(0, n4, 4):
-        a0 += v[t] * x[idx[t]]
-        a1 += v[t + 1] * x[idx[t + 1]]
-        a2 += v[t + 2] * x[idx[t + 2]]
-        a3 += v[t + 3] * x[idx[t + 3]]
-    for t in range(n4, n):
-        a0 += v[t] * x[idx[t]]
-    return (a0 + a1) + (a2 + a3)
-
-
-@njit(cache=CACHE, inline="always")
-def _tree_dot(a, b, tmp):
-    """sum_i a[i] b[i] in float32 for contiguous a, b of length n <= len(tmp), a power of two.
-
-    Up to 8 terms: a running sum. Longer: the products go into the scratch ``tmp`` (zero-padded),
-    which is then summed by pairwise halving. Either way the order is fixed by n alone; the halving is
-    more accurate than a running sum and every step of it is a loop LLVM vectorises (a running sum is
-    a serial chain that it may not reorder without fastmath).
-    """
-    n = a.shape[0]
-    m = tmp.shape[0]
-    if m <= 8:
-        s = np.float32(0.0)
-        for i in range(n):
-            s += a[i] * b[i]
-        return s
-    for i in range(n):
-        tmp[i] = a[i] * b[i]
-    for i in range(n, m):
-        tmp[i] = 0.0
-    h = m
-    while h > 1:
-        h //= 2
-        lo = tmp[:h]
-        hi = tmp[h : 2 * h]
-        for i in range(h):
-            lo[i] += hi[i]
-    return tmp[0]
-
-
 @njit(parallel=True, cache=CACHE)
 def _matmul_rowdot(indptr, indices, values, X, Y):
     """Y[b, i] = sum_{e in row i} values[e] X[b, indices[e]]; parallel over rows i.
@@ -103,7 +52,7 @@ def _matmul_rowdot(indptr, indices, values, X, Y):
         e0 = indptr[i]
         e1 = indptr[i + 1]
         for b in range(B):
-            Y[b, i] = _gather_dot(values[e0:e1], indices[e0:e1], X[b])
+            Y[b, i] = gather_dot(values[e0:e1], indices[e0:e1], X[b])
 
 
 @njit(parallel=True, cache=CACHE)
@@ -171,10 +120,10 @@ def _sddmm_transposed(indptr, indices, XT, dYT, dW):
     while m < XT.shape[1]:
         m *= 2
     for i in prange(n_out):
-        tmp = np.empty(m, dtype=np.float32)  # scratch of _tree_dot, one per row
+        tmp = np.empty(m, dtype=np.float32)  # scratch of tree_dot, one per row
         g = dYT[i]  # (B,) view
         for e in range(indptr[i], indptr[i + 1]):
-            dW[e] = _tree_dot(g, XT[indices[e]], tmp)
+            dW[e] = tree_dot(g, XT[indices[e]], tmp)
 
 
 def _batch_block(B: int, parallel: bool) -> int:

@@ -5,8 +5,7 @@ independent dot product over the batch, so the kernel runs in parallel over bloc
 shared writes. It works on the transposed operands ``XT = X^T`` (n_in, B) and ``dYT = dY^T``
 (n_out, B), so each dot product reads two contiguous rows.
 
-Numba's on-disk cache only watches the file a function is defined in, so the small helper the kernel
-inlines is defined here rather than shared with the formats' modules.
+The dot product it inlines is :func:`._dot.tree_dot`, shared with the formats' modules.
 """
 
 from __future__ import annotations
@@ -15,40 +14,11 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
+from ._dot import tree_dot
 from ._layout import transpose
 
 #: Pairs per parallel task (one scratch buffer per task).
 PAIR_BLOCK = 256
-
-
-@njit(cache=CACHE, inline="always")
-def _tree_dot(a, b, tmp):
-    """sum_i a[i] b[i] in float32 for contiguous a, b of length n <= len(tmp), a power of two.
-
-    Up to 8 terms: a running sum. Longer: the products go into the scratch ``tmp`` (zero-padded),
-    which is then summed by pairwise halving. Either way the order is fixed by n alone; the halving is
-    more accurate than a running sum and every step of it is a loop LLVM vectorises (a running sum is
-    a serial chain that it may not reorder without fastmath).
-    """
-    n = a.shape[0]
-    m = tmp.shape[0]
-    if m <= 8:
-        s = np.float32(0.0)
-        for i in range(n):
-            s += a[i] * b[i]
-        return s
-    for i in range(n):
-        tmp[i] = a[i] * b[i]
-    for i in range(n, m):
-        tmp[i] = 0.0
-    h = m
-    while h > 1:
-        h //= 2
-        lo = tmp[:h]
-        hi = tmp[h : 2 * h]
-        for i in range(h):
-            lo[i] += hi[i]
-    return tmp[0]
 
 
 @njit(parallel=True, cache=CACHE)
@@ -63,9 +33,9 @@ def _grad_at_transposed(XT, dYT, rows, cols, g):
         m *= 2
     n_tasks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
     for task in prange(n_tasks):
-        tmp = np.empty(m, dtype=np.float32)  # scratch of _tree_dot, one per task
+        tmp = np.empty(m, dtype=np.float32)  # scratch of tree_dot, one per task
         for p in range(task * PAIR_BLOCK, min(n_pairs, (task + 1) * PAIR_BLOCK)):
-            g[p] = _tree_dot(dYT[rows[p]], XT[cols[p]], tmp)
+            g[p] = tree_dot(dYT[rows[p]], XT[cols[p]], tmp)
 
 
 def grad_at(X: np.ndarray, dY: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray):
