@@ -12,7 +12,7 @@ inputs span several blocks. Each kernel is compared with the real purerigl code:
   :class:`~purerigl.optim.AdamW` stepping a real Parameter with the same gradients (rtol 1e-6; bit-exact
   on the simulator, where no multiply-add is fused);
 - ``remap_by_position`` / ``source_by_position`` / ``remap_by_source``: a dict lookup built here, and
-  :func:`purerigl.dst.topology.source_of` with :meth:`~purerigl.optim.Optimizer.remap_state`.
+  :func:`purerigl.kernels.host_topology.source_of` with :meth:`~purerigl.optim.Optimizer.remap_state`.
 """
 
 from __future__ import annotations
@@ -354,7 +354,8 @@ def _csr_from_flat(flat, shape, rng):
 @given(data=st.data(), shape=S.shapes(max_dim=6))
 def test_remap_matches_apply_structure_and_remap_state(K, data, shape):
     """On real CSR structures: source_of's indices, and the values and Adam state apply_structure leaves."""
-    from purerigl.dst.topology import apply_structure, flat_positions, source_of
+    from purerigl.dst.topology import apply_structure
+    from purerigl.kernels.host_topology import flat_positions, source_of
     from purerigl.nn import SparseLinear
 
     n = shape[0] * shape[1]

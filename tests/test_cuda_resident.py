@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from purerigl.data.datasets import from_arrays
 from purerigl.dst import UpdateSchedule, make_method
-from purerigl.dst.topology import flat_positions
+from purerigl.kernels.host_topology import flat_positions
 from purerigl.dst.updater import DSTUpdater
 from purerigl.kernels import get_backend
 from purerigl.nn import build_mlp
@@ -290,15 +290,16 @@ def test_graest_reads_the_batch_on_the_host(cuda, monkeypatch):
 
 
 class _MoveOneConnection:
-    """A user's host method (``resident = False``): reads ``layer.W`` on the host and moves the
+    """A user's host method (``runs_on_backend = False``): reads ``layer.W`` on the host and moves the
     smallest connection of the first row to the first free column of that row."""
 
     name = "host-move"
-    resident = False
+    runs_on_backend = False
     formats = ("csr",)
 
     def update(self, u):
-        from purerigl.dst.topology import apply_structure, csr_from_flat, flat_positions
+        from purerigl.dst.topology import apply_structure
+        from purerigl.kernels.host_topology import csr_from_positions, flat_positions
 
         W = u.layer.W
         flat = np.sort(flat_positions(W))
@@ -307,12 +308,12 @@ class _MoveOneConnection:
         if first_row.size == 0 or free.size == 0:
             return {"kept": W.nnz, "grown": 0, "dropped": 0}
         smallest = first_row[np.argmin(np.abs(W.values[: first_row.size]))]
-        new = csr_from_flat(np.r_[flat[flat != smallest], free[0]], W.shape)
+        new = csr_from_positions(np.r_[flat[flat != smallest], free[0]], W.shape)
         return apply_structure(u.layer, u.optimizer, new)
 
 
 def test_a_host_method_on_cuda_copies_what_the_updater_documents(cuda, monkeypatch):
-    """A method with ``resident = False`` still runs on cuda: per sparse layer and update the host
+    """A method with ``runs_on_backend = False`` still runs on cuda: per sparse layer and update the host
     copies are refreshed (values, bias), the new structure goes in (indptr, indices, values) and the
     ``kept`` count comes out; the remap of values and momentum stays on the device."""
     from purerigl.kernels.cuda import structure

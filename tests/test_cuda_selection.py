@@ -1,4 +1,6 @@
-"""The selection operations (registry.SELECTION_OPS): host versions against oracles, cuda against host.
+"""The update operations on positions, masks and scores (registry.UPDATE_OPS, the part in
+:mod:`purerigl.kernels.host_selection`, and the structure builders): host versions against oracles, cuda
+against host.
 
 Pins down:
 
@@ -26,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from purerigl.errors import BackendError, DTypeError, FormatError, OperandError, ShapeError
-from purerigl.kernels import host_selection as H
+from purerigl.kernels import reference as H  # the host update operations (host_selection, host_topology)
 from purerigl.kernels._rank_key import tie_rank
 
 SMALL_BLOCK = 4
@@ -46,20 +48,22 @@ host_settings = settings(max_examples=HOST_EXAMPLES, deadline=None)
 
 @pytest.fixture(scope="module")
 def K():
-    """The selection module and a host-to-device copy, with THREADS_PER_BLOCK = 4 and LANES = 3."""
+    """The cuda backend's update operations and a host-to-device copy, with THREADS_PER_BLOCK = 4 and
+    LANES = 3."""
     from purerigl.kernels import get_backend
 
     try:
         get_backend("cuda")
     except BackendError as err:  # only with PURERIGL_TEST_REAL_GPU=1 on a machine without a GPU
         pytest.skip(f"cuda backend unavailable: {err}")
+    from purerigl.kernels import cuda as cuda_backend
     from purerigl.kernels.cuda import _launch, selection
 
     saved = _launch.THREADS_PER_BLOCK, selection.LANES
     _launch.THREADS_PER_BLOCK, selection.LANES = SMALL_BLOCK, SMALL_LANES
 
     class Kernels:
-        S = selection
+        S = cuda_backend
         launch = _launch
 
         @staticmethod
@@ -196,7 +200,6 @@ def test_host_plumbing(data, n, a, keep):
     assert H.count_true(a) == sum(bool(m) for m in a)
     if a.size:
         idx = data.draw(st.lists(st.integers(0, a.size - 1), max_size=MAX))
-        assert H.take(values, i64(idx)).tolist() == [int(values[i]) for i in idx]
         mask = H.indicator(i64(idx), a.size)
         assert mask.dtype == bool and mask.tolist() == [i in set(idx) for i in range(a.size)]
     assert H.indicator(i64([]), n).tolist() == [False] * n
@@ -306,16 +309,11 @@ def test_cuda_flat_of_and_csr_positions(K, data, shape, m):
 
 
 @cuda_settings
-@given(data=st.data(), n=st.integers(0, MAX), dtype=st.sampled_from([np.float32, np.int64, np.int32, np.bool_]))
-def test_cuda_arange_take_indicator(K, data, n, dtype):
+@given(data=st.data(), n=st.integers(0, MAX))
+def test_cuda_arange_indicator(K, data, n):
     same(K.S.arange(n), H.arange(n))
-    a = (np.arange(n) * 3 - 5).astype(dtype)
     idx = i64(data.draw(st.lists(st.integers(0, n - 1), max_size=MAX))) if n else i64([])
-    same(K.S.take(K.dev(a), K.dev(idx)), H.take(a, idx))
     same(K.S.indicator(K.dev(idx), n), H.indicator(idx, n))
-    if idx.size % 2 == 0:  # a 2-D index array: the result has its shape
-        idx2 = idx.reshape(2, -1)
-        same(K.S.take(K.dev(a), K.dev(idx2)), H.take(a, idx2))
 
 
 @cuda_settings
@@ -498,7 +496,6 @@ def _host_args():
     return {
         "flat_of": (i64([0, 1]), i64([1, 2]), 3),
         "csr_positions": (i64([0, 1, 3]), i64([2, 0, 1]), 3),
-        "take": (i64([5, 6, 7]), i64([2, 0])),
         "compress": (i64([5, 6, 7]), np.array([True, False, True])),
         "count_true": (np.array([True, False, True]),),
         "indicator": (i64([0, 2]), 4),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from purerigl.dst import UpdateSchedule, make_method
-from purerigl.dst.topology import flat_positions
+from purerigl.kernels.host_topology import flat_positions
 from purerigl.dst.updater import DSTUpdater
 from purerigl.kernels import get_backend
 from purerigl.nn import build_mlp

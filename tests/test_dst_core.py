@@ -18,7 +18,8 @@ from purerigl.dst.rigl import RigL
 from purerigl.formats._base import floor_count
 from purerigl.dst.schedule import ScheduleError, drop_fraction, is_update_step
 from purerigl.dst.set_method import SET, random_free_positions
-from purerigl.dst.topology import apply_structure, csr_from_flat, flat_positions, rank_order, source_of, top_mask
+from purerigl.dst.topology import apply_structure, rank_order
+from purerigl.kernels.host_topology import csr_from_positions, flat_positions, source_of, top_mask
 from purerigl.dst.updater import DSTUpdater
 from purerigl.kernels._rank_key import tie_rank, tie_ranks
 from purerigl.nn import SparseLinear, build_mlp, softmax_cross_entropy
@@ -113,7 +114,7 @@ def test_apply_structure_keeps_old_and_zeroes_new(make):
     rng = np.random.default_rng(3)
     keep = rng.choice(old_flat, size=old_flat.size // 2, replace=False)
     fresh = random_free_positions(rng, 54, np.sort(old_flat), 5)
-    new = csr_from_flat(np.concatenate([keep, fresh]), (6, 9))
+    new = csr_from_positions(np.concatenate([keep, fresh]), (6, 9))
     stats = apply_structure(layer, opt, new)
     assert stats == {"kept": keep.size, "grown": 5, "dropped": old_flat.size - keep.size}
     assert layer.W is new and layer.weight.value is new.values
@@ -152,7 +153,7 @@ def test_top_mask_selects_the_first_n_of_rank_order(values, n, salt, data):
 
 @given(st.lists(st.integers(0, 30), max_size=20), st.lists(st.integers(-5, 35), max_size=30))
 def test_in_sorted_is_np_isin(taken, values):
-    from purerigl.dst.set_method import in_sorted
+    from purerigl.kernels.host_selection import in_sorted
 
     taken = np.unique(np.array(taken, dtype=np.int64))
     values = np.array(values, dtype=np.int64)
@@ -182,7 +183,7 @@ def test_apply_structure_with_adam_state():
     layer.weight.grad[...] = 1.0
     opt.step()
     flat = flat_positions(layer.W)
-    new = csr_from_flat(np.concatenate([flat[1:], random_free_positions(np.random.default_rng(0), 20, flat, 1)]), (4, 5))
+    new = csr_from_positions(np.concatenate([flat[1:], random_free_positions(np.random.default_rng(0), 20, flat, 1)]), (4, 5))
     apply_structure(layer, opt, new)
     st_ = opt.state_arrays(layer.weight)
     new_entry = ~np.isin(flat_positions(new), flat)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from purerigl.dst import LayerUpdate, MethodError
+from purerigl.dst import LayerUpdate, MethodError, resolve_format
 from purerigl.dst.dynadiag import DynaDiag, diagonal_norms, swap_count
 from purerigl.formats import CSR, Diagonal
 from purerigl.formats._base import floor_count
@@ -420,9 +420,9 @@ def test_errors():
     with pytest.raises(MethodError, match="Diagonal"):
         DynaDiag().update(LayerUpdate(csr, None, 0.5, rng, budget=8))
     assert DynaDiag().name == "dynadiag" and DynaDiag().formats == ("diagonal",)
-    DynaDiag().check_format("diagonal")
+    assert resolve_format("dynadiag", None) == "diagonal"
     with pytest.raises(MethodError):
-        DynaDiag().check_format("csr")
+        resolve_format("dynadiag", "csr")
 
 
 def test_optimizer_none_is_allowed():

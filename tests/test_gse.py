@@ -29,7 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from purerigl.dst import samplers
+from purerigl.dst import resolve_format, samplers
 from purerigl.dst.base import LayerUpdate, MethodError
 from purerigl.dst.gse import GSE
 from purerigl.formats import CSR, Condensed, Diagonal
@@ -397,7 +397,7 @@ def test_options_and_errors():
     with pytest.raises(MethodError, match="uniform, grabo, graest"):
         GSE(sampler="nope")
     with pytest.raises(MethodError, match="diagonal"):
-        GSE().check_format("diagonal")
+        resolve_format("gse", "diagonal")
 
     layer, opt = _layer("csr", (6, 8), seed=0)
     u = LayerUpdate(layer, opt, 0.3, np.random.default_rng(0), budget=layer.W.nnz)

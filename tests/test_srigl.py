@@ -539,8 +539,6 @@ def test_errors():
     for bad in (-0.1, float("nan"), "0.3", True):
         with pytest.raises(MethodError):
             SRigL(gamma_sal=bad)
-    with pytest.raises(MethodError, match="grow"):
-        SRigL(grow="magnitude")
     csr = SparseLinear(CSR.random((4, 5), 0.5, 0), backend=backend)
     with pytest.raises(MethodError, match="Condensed"):
         run_update(SRigL(), csr, None, rng, 0.3, 4)

@@ -1,4 +1,5 @@
-"""The topology-change operations (registry.TOPOLOGY_OPS) on every backend, and the device RigL update.
+"""The update operations of :mod:`purerigl.kernels.host_topology` (registry.UPDATE_OPS) on every backend, and the
+device RigL update.
 
 Pins down:
 
@@ -159,11 +160,11 @@ def test_storage_oracle_on_a_hand_worked_wide_and_tall_diagonal():
     assert _storage_positions(tall) == [0 * 3 + 0, 1 * 3 + 1, 2 * 3 + 2, 2 * 3 + 0, 3 * 3 + 1, 4 * 3 + 2]
 
 
-def test_host_csr_with_positions_and_exclusion():
+def test_host_csr_from_positions_and_exclusion():
     shape = (4, 6)
     kept = np.array([1, 5, 13, 20], dtype=np.int64)  # (0, 1), (0, 5), (2, 1), (3, 2)
-    rows, cols = np.array([0, 2, 3]), np.array([3, 0, 4])  # flat 3, 12, 22
-    M = host_topology.csr_with_positions(kept, rows, cols, shape)
+    grown = np.array([3, 12, 22], dtype=np.int64)  # (0, 3), (2, 0), (3, 4)
+    M = host_topology.csr_from_positions(np.concatenate([kept, grown]), shape)  # the host sorts them
     assert M.indptr.tolist() == [0, 3, 3, 5, 7]
     assert (M.indptr.size, M.indices.tolist()) == (5, [1, 3, 5, 0, 1, 2, 4])
     assert not M.values.any()
@@ -257,9 +258,8 @@ def test_cuda_structure_builders_match_host(cuda, seed, n_out, n_in):
     chosen = rng.permutation(total)[: rng.integers(0, total + 1)]
     split = rng.integers(0, chosen.size + 1)
     kept, grown = np.sort(chosen[:split]).astype(np.int64), np.sort(chosen[split:]).astype(np.int64)
-    rows, cols = np.divmod(grown, n_in)
-    want = host_topology.csr_with_positions(kept, rows, cols, (n_out, n_in))
-    got = cuda.to_host(cuda.csr_with_positions(cuda.to_device(kept), cuda.to_device(rows), cuda.to_device(cols),
+    want = host_topology.csr_from_positions(np.concatenate([kept, grown]), (n_out, n_in))
+    got = cuda.to_host(cuda.csr_from_positions(cuda.merge_sorted(cuda.to_device(kept), cuda.to_device(grown)),
                                                (n_out, n_in)))
     assert isinstance(got, CSR) and got.shape == want.shape
     for name in ("indptr", "indices", "values"):

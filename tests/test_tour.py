@@ -60,7 +60,10 @@ def test_check_mode_reports_a_stale_document(tmp_path, capsys):
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: Python blocks outside excerpt markers, each run by a test: (document, what runs it).
-RUN_BY_TESTS = {"docs/checkpoints.md": "tests/test_train.py runs its load_and_predict on a saved model"}
+RUN_BY_TESTS = {
+    "docs/checkpoints.md": "tests/test_train.py runs its load_and_predict on a saved model",
+    "docs/verify.md": "tests/test_verify_update.py runs its PyTorch dump around a small RigL and verifies the files",
+}
 
 
 @pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -147,7 +150,7 @@ def _tour_objects() -> dict:
 
 def test_names_in_the_tour_text_exist():
     """Every name the tour's hand-written text puts in backticks (``Trainer.run_epoch``,
-    ``layer.saved_batch()``, ``self._Wr``, ``topk_grad``, ...) exists in the code."""
+    ``layer.saved_batch()``, ``self._matrix``, ``topk_grad``, ...) exists in the code."""
     text = DOC.read_text(encoding="utf-8").split(tour.BEGIN)[0]
     text = excerpts.MARKER.sub("", text)
     names, functions, selves = _tour_objects()

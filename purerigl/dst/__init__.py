@@ -19,18 +19,26 @@ When: :mod:`.schedule`. How much per layer: :mod:`.distribution`. The step that 
 from __future__ import annotations
 
 from .base import LayerUpdate, Method, MethodError
+from .dynadiag import DynaDiag
+from .gse import GSE
+from .rigl import RigL
 from .schedule import UpdateSchedule
+from .set_method import SET
+from .srigl import SETCondensed, SRigL
 
-#: Method names, and the storage formats each can use (its default first).
-METHOD_FORMATS = {
-    "static": ("condensed", "diagonal", "csr"),
-    "set": ("csr", "condensed"),
-    "rigl": ("csr",),
-    "srigl": ("condensed",),
-    "gse": ("csr", "condensed"),
-    "dynadiag": ("diagonal",),
+#: Method names and the classes that implement each, one per storage format it can use (a class's
+#: ``formats`` say which; the first is the method's default).
+METHOD_CLASSES: dict[str, tuple[type[Method], ...]] = {
+    "static": (Method,),
+    "set": (SET, SETCondensed),
+    "rigl": (RigL,),
+    "srigl": (SRigL,),
+    "gse": (GSE,),
+    "dynadiag": (DynaDiag,),
 }
-METHODS = tuple(METHOD_FORMATS)
+#: Method names, and the storage formats each can use (its default first), read from the classes.
+METHOD_FORMATS = {name: tuple(f for cls in classes for f in cls.formats) for name, classes in METHOD_CLASSES.items()}
+METHODS = tuple(METHOD_CLASSES)
 
 
 def resolve_format(method: str, fmt: str | None) -> str:
@@ -48,35 +56,17 @@ def resolve_format(method: str, fmt: str | None) -> str:
 def make_method(name: str, fmt: str, *, gamma_sal: float = 0.3, gse_gamma: float = 1.0, gse_sampler: str = "uniform") -> Method:
     """The method object for ``name`` on storage ``fmt`` (checked with :func:`resolve_format`)."""
     fmt = resolve_format(name, fmt)
-    if name == "static":
-        return Method()
-    if name == "rigl":
-        from .rigl import RigL
-
-        return RigL()
-    if name == "set":
-        if fmt == "csr":
-            from .set_method import SET
-
-            return SET()
-        from .srigl import SETCondensed
-
-        return SETCondensed()
-    if name == "srigl":
-        from .srigl import SRigL
-
+    cls = next(c for c in METHOD_CLASSES[name] if fmt in c.formats)
+    if cls is SRigL:
         return SRigL(gamma_sal=gamma_sal)
-    if name == "gse":
-        from .gse import GSE
-
+    if cls is GSE:
         return GSE(gamma=gse_gamma, sampler=gse_sampler)
-    from .dynadiag import DynaDiag
-
-    return DynaDiag()
+    return cls()
 
 
 __all__ = [
     "METHODS",
+    "METHOD_CLASSES",
     "METHOD_FORMATS",
     "LayerUpdate",
     "Method",

@@ -77,22 +77,18 @@ class Method:
     formats: tuple[str, ...] = ("condensed", "diagonal", "csr")
 
     #: True when :meth:`update` is written with the layer backend's operations only (``layer.matrix``,
-    #: ``layer.saved_batch()``, :data:`~purerigl.kernels.registry.TOPOLOGY_OPS`), so it runs where the
+    #: ``layer.saved_batch()``, :data:`~purerigl.kernels.registry.UPDATE_OPS`), so it runs where the
     #: backend computes; False when it reads host arrays (``layer.W``, ``layer.last_input``), which the
     #: updater then refreshes from the device first (:class:`purerigl.dst.updater.DSTUpdater`). Static
-    #: (this class) changes nothing and reads no array: resident. Each subclass says which it is.
-    resident: bool = True
+    #: (this class) changes nothing and reads no array: True. Each subclass says which it is. (Not to be
+    #: confused with :attr:`purerigl.kernels.registry.Backend.resident`: whether a backend's arrays
+    #: live off the host.)
+    runs_on_backend: bool = True
 
     def update(self, u: LayerUpdate) -> dict:
         """Change ``u.layer``'s structure; return statistics (kept, grown, dropped, ...). Static: nothing."""
         nnz = int(u.layer.matrix.values.size)
         return {"kept": nnz, "grown": 0, "dropped": 0}
-
-    def check_format(self, fmt: str) -> None:
-        if fmt not in self.formats:
-            raise MethodError(
-                f"method {self.name!r} cannot use format {fmt!r}; it works on: {', '.join(self.formats)}"
-            )
 
 
 class TopologyUpdater:

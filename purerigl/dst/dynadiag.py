@@ -38,7 +38,7 @@ Both steps rank float32 scores: the value norms are summed in float64 and rounde
 higher, on every backend (the shared rule of :mod:`purerigl.dst.topology`).
 
 Where it runs: the rule is written with the layer backend's operations
-(:data:`purerigl.kernels.registry.SELECTION_OPS` and ``TOPOLOGY_OPS``) on ``layer.matrix`` and
+(:data:`purerigl.kernels.registry.UPDATE_OPS`) on ``layer.matrix`` and
 ``layer.saved_batch()``, so on the cuda backend the whole update runs on the device: the norms, the
 two selections, the new offsets and the remap; only the ``kept`` count, the sizes of two
 compactions and a few small index arrays (none larger than P) cross to the host.
@@ -100,7 +100,7 @@ class DynaDiag(Method):
     gradient norm (see the module docstring for the rule and its invariants)."""
 
     name = "dynadiag"
-    resident = True  # written with backend operations only: runs on the device on cuda
+    runs_on_backend = True  # written with backend operations only: runs on the device on cuda
     formats = ("diagonal",)
 
     def update(self, u: LayerUpdate) -> dict:

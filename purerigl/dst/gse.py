@@ -70,8 +70,8 @@ Where purerigl differs from the paper and the official code
 
 Where it runs
 -------------
-The rule is written with the layer backend's operations (:data:`~purerigl.kernels.registry.SELECTION_OPS`,
-:data:`~purerigl.kernels.registry.TOPOLOGY_OPS`) on ``layer.matrix`` and ``layer.saved_batch()``. The
+The rule is written with the layer backend's operations (:data:`~purerigl.kernels.registry.UPDATE_OPS`)
+on ``layer.matrix`` and ``layer.saved_batch()``. The
 candidates are drawn by the updater's host generator (so a seed gives the same candidates on every
 backend); on cuda the distinct pairs go to the device, one membership bit per pair comes back (the
 discarding of active pairs), the surviving candidates go in, and the gradient at them, both
@@ -124,7 +124,7 @@ class GSE(Method):
     """
 
     name = "gse"
-    resident = True  # written with backend operations: the structure never leaves the backend
+    runs_on_backend = True  # written with backend operations: the structure never leaves the backend
     formats = ("csr", "condensed")
 
     def __init__(self, gamma: float = 1.0, sampler: str | Sampler = "uniform"):

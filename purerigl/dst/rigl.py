@@ -23,8 +23,8 @@ higher, on every backend (a salted permutation: no position is preferred, :mod:`
 Invariants: nnz constant; every dropped |w| <= every kept |w|; every grown |g| >= the |g| of every
 position not kept and not grown.
 
-Where it runs: the rule is written with the layer backend's topology operations
-(:data:`purerigl.kernels.registry.TOPOLOGY_OPS`) on ``layer.matrix`` and the batch the layer kept
+Where it runs: the rule is written with the layer backend's update operations
+(:data:`purerigl.kernels.registry.UPDATE_OPS`) on ``layer.matrix`` and the batch the layer kept
 (``layer.saved_batch()``), so on the cuda backend the whole update (drop, growth selection, new
 structure, value and optimizer-state remap) runs on the device: only the ``kept`` count and one
 candidate count per gradient tile come back to the host.
@@ -33,12 +33,11 @@ candidate count per gradient tile come back to the host.
 from __future__ import annotations
 
 from ..formats._base import floor_count
-from ..kernels.host_topology import keep_by_magnitude  # noqa: F401 - the host drop, re-exported here
 from .base import LayerUpdate, Method
 from .topology import apply_structure
 
 
-class MagnitudeDropCSR(Method):
+class DropAndRegrowCSR(Method):
     """Shared shape of the unstructured methods: drop floor(alpha_t nnz) smallest |w| layer-wide, then
     grow as many positions chosen among those not kept; nnz stays constant."""
 
@@ -57,11 +56,11 @@ class MagnitudeDropCSR(Method):
         return apply_structure(u.layer, u.optimizer, new)
 
 
-class RigL(MagnitudeDropCSR):
+class RigL(DropAndRegrowCSR):
     """RigL on CSR storage: layer-wide magnitude drop, layer-wide gradient growth."""
 
     name = "rigl"
-    resident = True  # written with backend operations only: runs on the device on cuda
+    runs_on_backend = True  # written with backend operations only: runs on the device on cuda
 
     def new_structure(self, u: LayerUpdate, n_keep: int, n_grow: int):
         """Kept = the n_keep largest |w|; grown = the n_grow largest |G| outside kept (G streamed by the
@@ -71,5 +70,6 @@ class RigL(MagnitudeDropCSR):
         X, dY = layer.saved_batch()
         kept = ops.keep_by_magnitude(layer.matrix, n_keep, u.salt)  # flat positions, ascending
         ex_indptr, ex_cols = ops.exclusion_of(kept, layer.shape)
-        rows, cols = ops.topk_grad(X, dY, n_grow, ex_indptr, ex_cols, u.salt)
-        return ops.csr_with_positions(kept, rows, cols, layer.shape)
+        rows, cols = ops.topk_grad(X, dY, n_grow, ex_indptr, ex_cols, u.salt)  # ascending by position
+        grown = ops.flat_of(rows, cols, layer.shape[1])
+        return ops.csr_from_positions(ops.merge_sorted(kept, grown), layer.shape)

@@ -32,9 +32,9 @@ import numpy as np
 from ..formats._base import sorted_unique
 from ..kernels.host_selection import in_sorted
 from .base import LayerUpdate
-from .rigl import MagnitudeDropCSR
+from .rigl import DropAndRegrowCSR
 
-__all__ = ["SET", "in_sorted", "random_free_positions"]
+__all__ = ["SET", "random_free_positions"]
 
 
 def random_free_positions(rng: np.random.Generator, total: int, taken, n: int, ops=None) -> np.ndarray:
@@ -74,11 +74,11 @@ def random_free_positions(rng: np.random.Generator, total: int, taken, n: int, o
     return chosen
 
 
-class SET(MagnitudeDropCSR):
+class SET(DropAndRegrowCSR):
     """SET on CSR storage: layer-wide magnitude drop, uniformly random regrowth."""
 
     name = "set"
-    resident = True  # written with backend operations: the structure never leaves the backend
+    runs_on_backend = True  # written with backend operations: the structure never leaves the backend
 
     def new_structure(self, u: LayerUpdate, n_keep: int, n_grow: int):
         """Kept = the n_keep largest |w|; grown = n_grow positions drawn uniformly among those not kept

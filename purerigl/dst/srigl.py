@@ -27,7 +27,8 @@ update is:
 5. **Trim**: a row holding more than k kept entries keeps only its k largest |w|.
 6. **Grow, per row**: an active row with c_r < k kept entries grows the top :math:`k - c_r` of
    :math:`|G_{rj}|` over the columns j it does not keep (just-dropped columns are eligible), via the
-   backend's streamed ``topk_grad_rows``. The SET variant (``grow="random"``) draws the columns
+   backend's streamed ``topk_grad_rows``. SET on condensed storage (:class:`SETCondensed`: steps 1
+   and 3-7 without ablation, shared through :class:`DropAndRegrowCondensed`) draws the columns
    uniformly at random instead.
 7. **Apply** (:func:`~purerigl.dst.topology.apply_structure`): kept and dropped-and-regrown
    connections keep value and optimizer state; new ones start at exactly 0 with zero state; every
@@ -62,14 +63,13 @@ One detail follows PAPERS.md rather than the last official code: the floor uses
 :math:`\\lfloor C / n_{in} \\rfloor` rows (the official code rounds up).
 
 Where it runs: every step is written with the layer backend's operations
-(:data:`~purerigl.kernels.registry.TOPOLOGY_OPS`, :data:`~purerigl.kernels.registry.SELECTION_OPS`)
-on ``layer.matrix`` and ``layer.saved_batch()``, so on the cuda backend the salient set, the drop,
+(:data:`~purerigl.kernels.registry.UPDATE_OPS`) on ``layer.matrix`` and ``layer.saved_batch()``, so on the cuda backend the salient set, the drop,
 the trim, the growth selection, the new structure and the remap run on the device. The decisions
 that are small host logic stay on the host and read per-row integer vectors (length n_out): the
 active rows before the update, the salient counts (for :func:`neurons_to_ablate`), the kept count
 per row (for each row's growth need) and the fan-in check of the result; the active mask, the
 needs and the segment bounds go back in. The values, the batch and the optimizer state never cross.
-The SET variant's column draw is made by the host generator (the ranks of the chosen columns among
+SET on condensed storage's column draw is made by the host generator (the ranks of the chosen columns among
 each row's free columns) and turned into columns on the device (``columns_not_in``).
 """
 
@@ -82,9 +82,6 @@ import numpy as np
 from ..formats._base import floor_count
 from .base import LayerUpdate, Method, MethodError, format_of, saved_batch_of
 from .topology import apply_structure
-
-GROW_RULES = ("gradient", "random")
-
 
 # --------------------------------------------------------------------------------------------------
 # pure decisions
@@ -113,7 +110,7 @@ def ablation_threshold(gamma_sal: float, k_ref: int) -> int:
     return max(1, floor_count(gamma_sal, k_ref))
 
 
-def neurons_to_ablate(counts, k_ref_budget: int, n_in: int, gamma_sal: float) -> np.ndarray:
+def neurons_to_ablate(counts, budget: int, n_in: int, gamma_sal: float) -> np.ndarray:
     """Which output neurons to ablate, from their salient counts (PAPERS.md 3.3 steps 2-4).
 
     With :math:`K_{ref} = \\lfloor C / n_{out} \\rfloor`, tau from :func:`ablation_threshold` and
@@ -133,7 +130,7 @@ def neurons_to_ablate(counts, k_ref_budget: int, n_in: int, gamma_sal: float) ->
     ----------
     counts : int array-like, shape (n_out,)
         Salient entries per output neuron (:func:`salient_counts`).
-    k_ref_budget : int
+    budget : int
         The layer's connection budget C.
     n_in : int
         Dense fan-in F.
@@ -164,8 +161,8 @@ def neurons_to_ablate(counts, k_ref_budget: int, n_in: int, gamma_sal: float) ->
     none = np.zeros(n_out, dtype=bool)
     if gamma_sal == 0 or n_out == 0:
         return none
-    tau = ablation_threshold(gamma_sal, int(k_ref_budget) // n_out)
-    min_neurons = int(k_ref_budget) // int(n_in)
+    tau = ablation_threshold(gamma_sal, int(budget) // n_out)
+    min_neurons = int(budget) // int(n_in)
     if min_neurons >= n_out:
         return none
     floor_count_at = int(np.sort(counts)[::-1][min_neurons])
@@ -238,43 +235,72 @@ def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend, salt: int = 0) 
 
 
 # --------------------------------------------------------------------------------------------------
-# the method
+# the grow rules: the columns each active row adds (flat positions, ascending, outside ``kept``)
 
 
-class SRigL(Method):
-    """SRigL on condensed storage: layer-wide magnitude drop, per-row trim, per-row gradient growth,
-    neuron ablation (see the module docstring for the rule).
+def _grow_by_gradient(u: LayerUpdate, kept, need: np.ndarray, method: str):
+    """Per row r, the top need[r] columns of |G[r, :]| outside the kept positions (streamed by the
+    backend's ``topk_grad_rows``); their flat positions, ascending."""
+    ops = u.layer.backend
+    if not need.any():
+        return ops.to_device(np.zeros(0, dtype=np.int64))
+    X, dY = saved_batch_of(u.layer, method)
+    ex_indptr, ex_cols = ops.exclusion_of(kept, u.layer.shape)
+    indptr, cols = ops.topk_grad_rows(X, dY, ops.to_device(need), ex_indptr, ex_cols, u.salt)
+    return ops.csr_positions(indptr, cols, u.layer.shape[1])
 
-    Parameters
-    ----------
-    gamma_sal : float
-        Minimum salient fraction of the reference fan-in a neuron needs to stay active (0.3 in the
-        paper's CNN runs, 0.95 for ViT); ``>= 1`` is an absolute count; 0 disables ablation.
-    grow : {"gradient", "random"}
-        "gradient" is SRigL; "random" grows uniformly random columns (SET on condensed storage).
+
+def _grow_at_random(u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):
+    """Per row r (ascending), need[r] distinct columns drawn uniformly among the n_in - c_r it does
+    not keep; their flat positions, ascending.
+
+    The updater's host generator draws, per row, which of the row's free columns to take (their
+    ranks among the free columns, ``rng.choice(n_free, need, replace=False)``: the very draws of
+    ``rng.choice(free_columns, ...)``); the backend's ``columns_not_in`` turns ranks into columns
+    where the structure lives.
+    """
+    ops = u.layer.backend
+    n_in = u.layer.shape[1]
+    rows, ranks = [], []
+    for r in np.flatnonzero(need):
+        chosen = np.sort(u.rng.choice(n_in - int(kept_per_row[r]), size=int(need[r]), replace=False))
+        rows.append(np.full(chosen.size, r, dtype=np.int64))
+        ranks.append(chosen.astype(np.int64))
+    if not rows:
+        return ops.to_device(np.zeros(0, dtype=np.int64))
+    d_rows = ops.to_device(np.concatenate(rows))
+    cols = ops.columns_not_in(kept, u.layer.shape, d_rows, ops.to_device(np.concatenate(ranks)))
+    return ops.flat_of(d_rows, cols, n_in)
+
+
+# --------------------------------------------------------------------------------------------------
+# the methods
+
+
+class DropAndRegrowCondensed(Method):
+    """What SRigL and SET on condensed storage share: every active row holds exactly k connections.
+
+    One update (module docstring): drop the smallest |w| layer-wide among the rows that stay active,
+    trim a row that keeps more than k to its k largest |w|, refill every active row that keeps fewer
+    to k with the subclass's grow rule (:meth:`_grow`), and apply. Which rows stay active is
+    :meth:`_active_rows` (here: all of them; SRigL ablates neurons).
     """
 
-    name = "srigl"
-    resident = True  # written with backend operations: the weights never leave the backend
     formats = ("condensed",)
+    runs_on_backend = True  # written with backend operations: the weights never leave the backend
 
-    def __init__(self, gamma_sal: float = 0.3, grow: str = "gradient"):
-        if isinstance(gamma_sal, bool) or not isinstance(gamma_sal, (int, float, np.integer, np.floating)):
-            raise MethodError(f"gamma_sal must be a real number >= 0, got {gamma_sal!r}")
-        if not math.isfinite(gamma_sal) or gamma_sal < 0:
-            raise MethodError(f"gamma_sal must be a finite number >= 0, got {gamma_sal!r}")
-        if grow not in GROW_RULES:
-            raise MethodError(f"grow must be one of {', '.join(GROW_RULES)}, got {grow!r}")
-        self.gamma_sal = float(gamma_sal)
-        self.grow = grow
+    def _active_rows(self, u: LayerUpdate, n_keep: int, n_prune: int) -> np.ndarray:
+        """bool (n_out,): the rows that hold k connections after the update (here every row)."""
+        return np.ones(u.layer.shape[0], dtype=bool)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(gamma_sal={self.gamma_sal}, grow={self.grow!r})"
+    def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):  # pragma: no cover
+        """Per row r, need[r] columns outside ``kept``; their flat positions, ascending."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------------
 
     def update(self, u: LayerUpdate) -> dict:
-        """One SRigL update of ``u.layer`` (module docstring, steps 1-7).
+        """One update of ``u.layer`` (module docstring, steps 1-7; step 2 only in SRigL).
 
         Nothing changes (the layer keeps its very arrays) when n_prune = 0, the active rows are the
         same and the budget gives the current k; with n_prune = 0 but a new active set or k (a row
@@ -308,15 +334,10 @@ class SRigL(Method):
         n_prune = floor_count(alpha, n)
         n_keep = n - n_prune
 
-        # 2. ablation (recomputed from scratch), 3. fan-in
+        # 2. ablation (SRigL: recomputed from scratch), 3. fan-in
         was_active = np.zeros(n_out, dtype=bool)
         was_active[ops.to_host(M.rows)] = True
-        if self.gamma_sal > 0 and not u.is_output:
-            X, dY = saved_batch_of(u.layer, self.name)
-            counts = salient_counts(M, X, dY, n_keep, n_prune, ops, u.salt)
-            active = ~neurons_to_ablate(counts, budget, n_in, self.gamma_sal)
-        else:
-            active = np.ones(n_out, dtype=bool)
+        active = self._active_rows(u, n_keep, n_prune)
         n_active = int(active.sum())
         k = constant_fan_in(budget, n_active, n_in)
         k_old = int(M.indices.shape[1]) if n else 0
@@ -359,10 +380,7 @@ class SRigL(Method):
         # 6. grow per row: an active row keeping c_r < k entries grows k - c_r
         kept_per_row = ops.to_host(ops.row_counts(kept, shape))
         need = np.where(active, k - kept_per_row, 0).astype(np.int64)
-        if self.grow == "gradient":
-            grown = self._grow_gradient(u, kept, need)
-        else:
-            grown = self._grow_random(u, kept, need, kept_per_row)
+        grown = self._grow(u, kept, need, kept_per_row)
         regrown = ops.count_true(ops.in_sorted(grown, flat))  # grown is outside kept: in flat = dropped
 
         # 7. the new structure, checked: exactly k columns in every active row, none elsewhere
@@ -378,44 +396,44 @@ class SRigL(Method):
         rows = ops.to_device(np.flatnonzero(active).astype(np.int32))
         return ops.condensed_from_positions(rows, positions, shape), int(regrown)
 
-    # ----------------------------------------------------------------------------------------------
 
-    def _grow_gradient(self, u: LayerUpdate, kept, need: np.ndarray):
-        """Per row r, the top need[r] columns of |G[r, :]| outside the kept positions (streamed by the
-        backend's ``topk_grad_rows``); their flat positions, ascending."""
-        ops = u.layer.backend
-        if not need.any():
-            return ops.to_device(np.zeros(0, dtype=np.int64))
+class SRigL(DropAndRegrowCondensed):
+    """SRigL on condensed storage: layer-wide magnitude drop, per-row trim, per-row gradient growth,
+    neuron ablation (see the module docstring for the rule).
+
+    Parameters
+    ----------
+    gamma_sal : float
+        Minimum salient fraction of the reference fan-in a neuron needs to stay active (0.3 in the
+        paper's CNN runs, 0.95 for ViT); ``>= 1`` is an absolute count; 0 disables ablation.
+    """
+
+    name = "srigl"
+
+    def __init__(self, gamma_sal: float = 0.3):
+        if isinstance(gamma_sal, bool) or not isinstance(gamma_sal, (int, float, np.integer, np.floating)):
+            raise MethodError(f"gamma_sal must be a real number >= 0, got {gamma_sal!r}")
+        if not math.isfinite(gamma_sal) or gamma_sal < 0:
+            raise MethodError(f"gamma_sal must be a finite number >= 0, got {gamma_sal!r}")
+        self.gamma_sal = float(gamma_sal)
+
+    def __repr__(self) -> str:
+        return f"SRigL(gamma_sal={self.gamma_sal})"
+
+    def _active_rows(self, u: LayerUpdate, n_keep: int, n_prune: int) -> np.ndarray:
+        """Step 2: the rows that are not ablated (all of them with ``gamma_sal = 0`` or on the output
+        layer), from the salient counts of the current weights and the batch's gradient."""
+        if self.gamma_sal == 0 or u.is_output:
+            return super()._active_rows(u, n_keep, n_prune)
         X, dY = saved_batch_of(u.layer, self.name)
-        ex_indptr, ex_cols = ops.exclusion_of(kept, u.layer.shape)
-        indptr, cols = ops.topk_grad_rows(X, dY, ops.to_device(need), ex_indptr, ex_cols, u.salt)
-        return ops.csr_positions(indptr, cols, u.layer.shape[1])
+        counts = salient_counts(u.layer.matrix, X, dY, n_keep, n_prune, u.layer.backend, u.salt)
+        return ~neurons_to_ablate(counts, int(u.budget), u.layer.shape[1], self.gamma_sal)
 
-    @staticmethod
-    def _grow_random(u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):
-        """Per row r (ascending), need[r] distinct columns drawn uniformly among the n_in - c_r it does
-        not keep; their flat positions, ascending.
-
-        The updater's host generator draws, per row, which of the row's free columns to take (their
-        ranks among the free columns, ``rng.choice(n_free, need, replace=False)``: the very draws of
-        ``rng.choice(free_columns, ...)``); the backend's ``columns_not_in`` turns ranks into columns
-        where the structure lives.
-        """
-        ops = u.layer.backend
-        n_in = u.layer.shape[1]
-        rows, ranks = [], []
-        for r in np.flatnonzero(need):
-            chosen = np.sort(u.rng.choice(n_in - int(kept_per_row[r]), size=int(need[r]), replace=False))
-            rows.append(np.full(chosen.size, r, dtype=np.int64))
-            ranks.append(chosen.astype(np.int64))
-        if not rows:
-            return ops.to_device(np.zeros(0, dtype=np.int64))
-        d_rows = ops.to_device(np.concatenate(rows))
-        cols = ops.columns_not_in(kept, u.layer.shape, d_rows, ops.to_device(np.concatenate(ranks)))
-        return ops.flat_of(d_rows, cols, n_in)
+    def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):
+        return _grow_by_gradient(u, kept, need, self.name)
 
 
-class SETCondensed(SRigL):
+class SETCondensed(DropAndRegrowCondensed):
     """SET on condensed storage: SRigL's drop and per-row refill with **random** growth, no ablation.
 
     Every row keeps exactly k: the layer-wide magnitude drop removes n_prune entries (ties: the
@@ -427,10 +445,9 @@ class SETCondensed(SRigL):
     """
 
     name = "set"
-    formats = ("condensed",)
-
-    def __init__(self):
-        super().__init__(gamma_sal=0.0, grow="random")
 
     def __repr__(self) -> str:
         return "SETCondensed()"
+
+    def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):
+        return _grow_at_random(u, kept, need, kept_per_row)

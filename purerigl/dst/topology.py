@@ -26,14 +26,6 @@ import numpy as np
 
 from ..formats import SparseFormat
 from ..kernels._rank_key import tie_ranks
-from ..kernels.host_topology import (  # noqa: F401 - the host versions of the shared selection steps
-    csr_from_flat,
-    exclusion_of,
-    flat_positions,
-    keep_by_magnitude,
-    source_of,
-    top_mask,
-)
 
 
 def apply_structure(layer, optimizer, new) -> dict:
@@ -43,8 +35,8 @@ def apply_structure(layer, optimizer, new) -> dict:
     optimizer's state for the layer's weight is remapped the same way (``optimizer.remap_state``);
     ``optimizer`` may be None (no state to carry).
 
-    The step runs where the layer's backend computes, through its topology operations
-    (:data:`purerigl.kernels.registry.TOPOLOGY_OPS`): ``source_of`` matches the new entries to the
+    The step runs where the layer's backend computes, through its update operations
+    (:data:`purerigl.kernels.registry.UPDATE_OPS`): ``source_of`` matches the new entries to the
     old ones by flat position, ``remap_by_source`` carries the values (and, inside
     ``remap_state``, each optimizer state array). ``new`` is a host format (Condensed, Diagonal,
     CSR) or, on a device backend, a matrix of that backend (what a method computed there); a host

@@ -9,8 +9,8 @@ updates that left the layer's structure as it was (nothing grown and nothing dro
 counts as kept), per layer.
 
 Device-resident training (the cuda backend). Every built-in method is written with its layer
-backend's operations (``Method.resident``: :data:`~purerigl.kernels.registry.TOPOLOGY_OPS` and
-:data:`~purerigl.kernels.registry.SELECTION_OPS` on ``layer.matrix`` and ``layer.saved_batch()``), so
+backend's operations (``Method.runs_on_backend``: :data:`~purerigl.kernels.registry.UPDATE_OPS` on
+``layer.matrix`` and ``layer.saved_batch()``), so
 it updates a layer where it lives: scoring, selections, the new structure and the value and
 optimizer-state remap run on the device. The values, the bias, the batch, the gradients and the
 optimizer state never cross; what does, per sparse layer and update, is small and named in each
@@ -19,7 +19,7 @@ candidate count per gradient tile), the draws of the host generator going in (SE
 storage, GSE's candidates, so a seed gives the same topology on every backend) with one membership
 bit per draw coming back, and per-row integer vectors of length n_out (SRigL's salient and kept
 counts, its active rows). GSE's GraBo and GraEst samplers read the batch on the host (a copy of X and
-dY), so that their draws too are the cpu backend's. A method with ``resident = False`` (one a user
+dY), so that their draws too are the cpu backend's. A method with ``runs_on_backend = False`` (one a user
 wrote with host arrays) still works: per sparse layer and update the updater first refreshes the host
 copies (:meth:`SparseLinear.sync_to_host`: the values and the bias), the method reads the last X and
 dY (``last_input`` / ``last_output_grad``, one copy each), and the structure it returns goes to the
@@ -32,7 +32,8 @@ import numpy as np
 
 from .base import LayerUpdate, Method, TopologyUpdater
 from .schedule import UpdateSchedule
-from .topology import flat_positions, tie_salt
+from ..kernels.host_topology import flat_positions
+from .topology import tie_salt
 
 
 class DSTUpdater(TopologyUpdater):
@@ -70,7 +71,7 @@ class DSTUpdater(TopologyUpdater):
         alpha = self.schedule.drop_fraction(step)
         last = model.linears[-1]
         for number, layer in enumerate(model.sparse_layers()):
-            if not self.method.resident:
+            if not self.method.runs_on_backend:
                 layer.sync_to_host()  # the method reads W.values on the host (no-op on a host backend)
             stats = self.method.update(
                 LayerUpdate(

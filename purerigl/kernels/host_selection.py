@@ -3,7 +3,7 @@
 The building blocks that SET, SRigL, GSE and DynaDiag write their rules with, so that each rule is
 written once and runs where its backend computes: here on host arrays, in
 :mod:`purerigl.kernels.cuda.selection` on device arrays (same names, signatures and results). The
-list of names is part of :data:`purerigl.kernels.registry.TOPOLOGY_OPS`.
+list of names is :data:`purerigl.kernels.registry.UPDATE_OPS` (with :mod:`purerigl.kernels.host_topology`).
 
 Conventions (shared with :mod:`purerigl.kernels.host_topology`):
 
@@ -18,30 +18,31 @@ Operations:
 
 - building positions: :func:`flat_of` (rows, cols), :func:`csr_positions` (indptr, cols),
   :func:`arange`;
-- array plumbing: :func:`take`, :func:`compress`, :func:`count_true`, :func:`indicator`;
+- array plumbing: :func:`compress`, :func:`count_true`, :func:`indicator`;
 - sets of positions: :func:`in_sorted`, :func:`merge_sorted`, :func:`rows_selected`,
   :func:`row_counts`;
 - ranking: :func:`top_positions` (one layer-wide top-n), :func:`segment_top` (a top-n per
   segment), :func:`row_norms` (L2 norm of each row of values);
 - random growth: :func:`columns_not_in` (the m-th free column of a row, so a host generator's draw
   turns into columns where the structure lives);
-- new structures with zero values: :func:`csr_from_positions`, :func:`condensed_from_positions`,
-  :func:`diagonal_from_offsets`.
+- new structures with zero values: :func:`condensed_from_positions`, :func:`diagonal_from_offsets`
+  (the CSR one, :func:`~purerigl.kernels.host_topology.csr_from_positions`, lives with the drop
+  that also builds CSR sets).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..formats import CSR, Condensed, Diagonal
+from ..formats import Condensed, Diagonal
 from ._checks import check_salt
 from ._rank_key import tie_ranks
-from .host_topology import csr_from_flat, top_mask
+from .host_topology import top_mask
 
 __all__ = [
-    "arange", "columns_not_in", "compress", "condensed_from_positions", "count_true", "csr_from_positions",
-    "csr_positions", "diagonal_from_offsets", "flat_of", "in_sorted", "indicator", "merge_sorted", "row_counts",
-    "row_norms", "rows_selected", "segment_top", "take", "top_positions",
+    "arange", "columns_not_in", "compress", "condensed_from_positions", "count_true", "csr_positions",
+    "diagonal_from_offsets", "flat_of", "in_sorted", "indicator", "merge_sorted", "row_counts", "row_norms",
+    "rows_selected", "segment_top", "top_positions",
 ]
 
 
@@ -65,11 +66,6 @@ def csr_positions(indptr: np.ndarray, cols: np.ndarray, n_in: int) -> np.ndarray
 def arange(n: int) -> np.ndarray:
     """int64 (n,): 0, 1, ..., n - 1."""
     return np.arange(int(n), dtype=np.int64)
-
-
-def take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``a[idx]`` for a 1-D array ``a`` and int64 indices in [0, a.size)."""
-    return np.asarray(a).reshape(-1)[np.asarray(idx, dtype=np.int64)]
 
 
 def compress(a: np.ndarray, mask: np.ndarray, keep: bool = True) -> np.ndarray:
@@ -235,11 +231,6 @@ def columns_not_in(kept: np.ndarray, shape, rows: np.ndarray, ranks: np.ndarray)
 
 # --------------------------------------------------------------------------------------------------
 # new structures (values zero)
-
-
-def csr_from_positions(flat: np.ndarray, shape) -> CSR:
-    """A CSR structure (values 0) holding the ascending distinct positions ``flat``."""
-    return csr_from_flat(flat, shape)
 
 
 def condensed_from_positions(rows: np.ndarray, flat: np.ndarray, shape) -> Condensed:

@@ -4,7 +4,7 @@ A DST method decides which connections a layer keeps and grows; these operations
 parts of that decision that touch every connection, so that the method's rule is written once and
 runs where its backend computes: here on host arrays, in :mod:`purerigl.kernels.cuda.structure` on
 device arrays (same names, signatures and results). The list of names is
-:data:`purerigl.kernels.registry.TOPOLOGY_OPS`.
+:data:`purerigl.kernels.registry.UPDATE_OPS` (with :mod:`purerigl.kernels.host_selection`).
 
 Positions are flat indices ``row * n_in + col`` (int64). Every selection follows the shared tie rule
 of :mod:`purerigl.kernels._rank_key`: among equal scores the smaller tie rank ``tie_rank(p, salt)``
@@ -17,7 +17,8 @@ ranks higher (a salted permutation of the positions, so no position is preferred
 - :func:`count_kept`: how many new entries have a source (the ``kept`` statistic).
 - :func:`keep_by_magnitude`: the ``n_keep`` entries of largest |w| layer-wide (RigL's and SET's drop).
 - :func:`exclusion_of`: a sorted set of positions in the CSR-like form the growth kernels exclude.
-- :func:`csr_with_positions`: the CSR structure (values 0) of kept positions plus grown (rows, cols).
+- :func:`csr_from_positions`: the CSR structure (values 0) of a set of positions (a method's new
+  active set; also the exclusion's form).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ._checks import check_salt
 from ._rank_key import tie_ranks
 
 __all__ = [
-    "count_kept", "csr_from_flat", "csr_with_positions", "exclusion_of", "flat_positions", "keep_by_magnitude",
+    "count_kept", "csr_from_positions", "exclusion_of", "flat_positions", "keep_by_magnitude",
     "remap_by_source", "source_of", "top_mask",
 ]
 
@@ -129,8 +130,9 @@ def keep_by_magnitude(W: SparseFormat, n_keep: int, salt: int = 0) -> np.ndarray
     return np.sort(flat[keep])
 
 
-def csr_from_flat(flat: np.ndarray, shape) -> CSR:
-    """A CSR structure (values zero) holding the given distinct flat positions ``row * n_in + col``."""
+def csr_from_positions(flat: np.ndarray, shape) -> CSR:
+    """A CSR structure (values 0) holding the distinct flat positions ``flat`` (``row * n_in + col``,
+    in any order: they are sorted here; the cuda version takes them ascending)."""
     n_out, n_in = shape
     flat = np.sort(np.asarray(flat, dtype=np.int64))
     rows, cols = np.divmod(flat, n_in)
@@ -142,12 +144,5 @@ def csr_from_flat(flat: np.ndarray, shape) -> CSR:
 def exclusion_of(flat: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
     """(indptr int64 (n_out+1,), cols int32): a CSR-like set of positions, sorted within each row,
     in the form the growth kernels take for the positions they must not return."""
-    S = csr_from_flat(flat, shape)
+    S = csr_from_positions(flat, shape)
     return S.indptr, S.indices
-
-
-def csr_with_positions(kept: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> CSR:
-    """The CSR structure (values 0) of the flat positions ``kept`` together with the positions
-    ``(rows, cols)`` (disjoint from ``kept``): RigL's and SET's new active set."""
-    grown = np.asarray(rows, dtype=np.int64) * int(shape[1]) + np.asarray(cols, dtype=np.int64)
-    return csr_from_flat(np.concatenate([np.asarray(kept, dtype=np.int64), grown]), shape)

@@ -3,8 +3,7 @@
 The backend is chosen by the argument, else the environment variable ``PURERIGL_BACKEND``, else
 ``"cpu"``. Every backend exposes the functions listed in :data:`OPS` with the signatures of the
 reference backend, the array operations of a training step listed in :data:`ARRAY_OPS` and the
-topology-change operations of a DST update listed in :data:`TOPOLOGY_OPS` and the selection
-operations the methods are written with, listed in :data:`SELECTION_OPS`.
+operations a DST update is written with, listed in :data:`UPDATE_OPS`.
 
 Backend modules are imported only when asked for (so importing purerigl never imports numba.cuda).
 A backend module that may not run on every machine defines ``check_available()``, which
@@ -39,25 +38,25 @@ ARRAY_OPS = (
     "softmax_cross_entropy", "sgd_step", "adam_step",
 )
 
-#: The topology-change operations of a DST update (host: :mod:`purerigl.kernels.host_topology`,
-#: cuda: :mod:`purerigl.kernels.cuda.structure`). They take and return what the backend computes on
-#: (host formats and arrays, or device matrices and arrays), so a method whose rule is written with
-#: them (RigL) updates a layer without leaving the backend, and :func:`purerigl.dst.apply_structure`
-#: remaps values and optimizer state there.
-TOPOLOGY_OPS = (
-    "source_of", "remap_by_source", "count_kept", "keep_by_magnitude", "exclusion_of", "csr_with_positions",
-    "flat_positions",
-)
-
-#: The selection operations the DST methods write their rules with (host:
-#: :mod:`purerigl.kernels.host_selection`, cuda: :mod:`purerigl.kernels.cuda.selection`): positions,
-#: masks, compaction, merges, layer-wide and per-segment top-n by magnitude, row norms, the columns a
-#: host generator's draw names, and new structures with zero values. With them and
-#: :data:`TOPOLOGY_OPS`, every built-in method updates a layer where its backend computes.
-SELECTION_OPS = (
-    "flat_of", "csr_positions", "arange", "take", "compress", "count_true", "indicator", "in_sorted",
-    "merge_sorted", "rows_selected", "row_counts", "top_positions", "segment_top", "row_norms",
-    "columns_not_in", "csr_from_positions", "condensed_from_positions", "diagonal_from_offsets",
+#: The operations a DST update is written with (host, for the reference and cpu backends:
+#: :mod:`purerigl.kernels.host_topology` and :mod:`purerigl.kernels.host_selection`; cuda:
+#: :mod:`purerigl.kernels.cuda.structure` and :mod:`purerigl.kernels.cuda.selection`). They take and
+#: return what the backend computes on (host formats and arrays, or device matrices and arrays), so a
+#: method whose rule is written with them updates a layer without leaving the backend, and
+#: :func:`purerigl.dst.topology.apply_structure` remaps values and optimizer state there.
+UPDATE_OPS = (
+    # positions p = row * n_in + col of stored entries, of (rows, cols), of a CSR-like set; 0..n-1
+    "flat_positions", "flat_of", "csr_positions", "arange",
+    # masks and compaction
+    "compress", "count_true", "indicator",
+    # sets of sorted positions
+    "in_sorted", "merge_sorted", "rows_selected", "row_counts", "exclusion_of", "columns_not_in",
+    # ranking by magnitude (ties: the tie rule of purerigl.kernels._rank_key)
+    "keep_by_magnitude", "top_positions", "segment_top", "row_norms",
+    # new structures with zero values
+    "csr_from_positions", "condensed_from_positions", "diagonal_from_offsets",
+    # the shared step: match new entries to old ones and carry values and optimizer state across
+    "source_of", "remap_by_source", "count_kept",
 )
 
 #: Known backends and the module that implements each.
@@ -66,9 +65,6 @@ BACKENDS = {
     "cpu": "purerigl.kernels.cpu",
     "cuda": "purerigl.kernels.cuda",
 }
-
-#: Backends that are planned but not part of this version, with the reason given to the user.
-UNAVAILABLE: dict[str, str] = {}
 
 DEFAULT_BACKEND = "cpu"
 ENV_VAR = "PURERIGL_BACKEND"
@@ -82,7 +78,7 @@ class Backend:
     module: ModuleType
 
     def __getattr__(self, op):
-        if op in OPS or op in ARRAY_OPS or op in TOPOLOGY_OPS or op in SELECTION_OPS:
+        if op in OPS or op in ARRAY_OPS or op in UPDATE_OPS:
             return getattr(self.module, op)
         raise AttributeError(f"backend {self.name!r} has no attribute {op!r}")
 
@@ -104,7 +100,7 @@ class Backend:
 
 def available_backends() -> list[str]:
     """Names that :func:`get_backend` accepts, whether or not they can run here."""
-    return sorted(BACKENDS) + sorted(UNAVAILABLE)
+    return sorted(BACKENDS)
 
 
 def get_backend(name: str | Backend | None = None) -> Backend:
@@ -122,8 +118,6 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     if name is None:
         name, source = os.environ.get(ENV_VAR) or DEFAULT_BACKEND, ENV_VAR
     key = str(name).strip().lower()
-    if key in UNAVAILABLE:
-        raise BackendError(f"backend {name!r}: {UNAVAILABLE[key]}")
     if key not in BACKENDS:
         where = f" (from {ENV_VAR})" if source == ENV_VAR else ""
         raise BackendError(

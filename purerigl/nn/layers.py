@@ -64,15 +64,15 @@ class SparseLinear:
         self.name = name
         self.needs_input_grad = needs_input_grad
         b = np.zeros(W.n_out, dtype=np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
-        self._Wr = self.backend.to_device(W)  # what the products read: W itself on a host backend
-        self.weight = Parameter(f"{name}.values", self._Wr.values, backend=self.backend, host=W.values)
+        self._matrix = self.backend.to_device(W)  # what the products read: W itself on a host backend
+        self.weight = Parameter(f"{name}.values", self._matrix.values, backend=self.backend, host=W.values)
         self.bias = Parameter(f"{name}.bias", b, backend=self.backend)
         self._X = self._dY = None  # backend arrays of the last forward / backward
         self._X_host = self._dY_host = None  # their host copies, made on first access
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self._Wr.shape)
+        return tuple(self._matrix.shape)
 
     @property
     def W(self) -> SparseFormat:
@@ -84,7 +84,7 @@ class SparseLinear:
         included, to the host.
         """
         if self._W is None:
-            self._W = self.backend.to_host(self._Wr)
+            self._W = self.backend.to_host(self._matrix)
             self.weight.host = self._W.values
         elif self._values_stale:  # the structure is known, its values were remapped on the device
             self.weight.sync_to_host()
@@ -95,8 +95,8 @@ class SparseLinear:
     def matrix(self):
         """The weight matrix where the backend computes: ``W`` itself on a host backend, its device
         copy (``DeviceCondensed`` / ``DeviceDiagonal`` / ``DeviceCSR``) on cuda. Its ``values`` is the
-        weight parameter's ``value``. Resident DST methods read and replace this one."""
-        return self._Wr
+        weight parameter's ``value``. DST methods that run on the backend read and replace this one."""
+        return self._matrix
 
     def saved_batch(self):
         """(X, dY): the input of the last forward and the output gradient of the last backward, as
@@ -128,7 +128,7 @@ class SparseLinear:
         .. math:: Y = X W^T + \\mathbf{1} b^T
         """
         self._X, self._X_host = X, None
-        Y = self.backend.matmul(self._Wr, X)
+        Y = self.backend.matmul(self._matrix, X)
         return self.backend.add_bias(Y, self.bias.value)
 
     def backward(self, dY):
@@ -137,11 +137,11 @@ class SparseLinear:
         .. math:: dW_e = \\sum_b dY_{b, i_e} X_{b, j_e}, \\qquad db = \\sum_b dY_b, \\qquad dX = dY W
         """
         self._dY, self._dY_host = dY, None
-        self.backend.sddmm(self._Wr, self._X, dY, out=self.weight.grad)
+        self.backend.sddmm(self._matrix, self._X, dY, out=self.weight.grad)
         self.backend.bias_grad(dY, self.bias.grad)
         if not self.needs_input_grad:
             return None
-        return self.backend.matmul_t(self._Wr, dY)
+        return self.backend.matmul_t(self._matrix, dY)
 
     def set_structure(self, W, host: SparseFormat | None = None) -> None:
         """Install a new sparse matrix (after a topology change); the weight parameter follows it.
@@ -157,15 +157,15 @@ class SparseLinear:
             raise ValueError(f"new structure has shape {tuple(W.shape)}, layer has {self.shape}")
         if isinstance(W, SparseFormat):
             self._W, self._values_stale = W, False
-            self._Wr = self.backend.to_device(W)
-            self.weight.replace(self._Wr.values, host=W.values)
+            self._matrix = self.backend.to_device(W)
+            self.weight.replace(self._matrix.values, host=W.values)
         elif host is not None:
             self._W, self._values_stale = host, True
-            self._Wr = W
+            self._matrix = W
             self.weight.replace(W.values, host=host.values)
         else:
             self._W = None  # rebuilt from the device on first access
-            self._Wr = W
+            self._matrix = W
             self.weight.replace(W.values, host=np.empty(W.values.shape, dtype=np.float32))
 
     def sync_to_host(self) -> None:
@@ -186,15 +186,15 @@ class SparseLinear:
         self.sync_to_host()
         W = self.W  # the host matrix, values current
         self.backend = get_backend(backend)
-        self._Wr = self.backend.to_device(W)
+        self._matrix = self.backend.to_device(W)
         for p in self.parameters():
             p.backend = self.backend
-        self.weight.replace(self._Wr.values, host=W.values)
+        self.weight.replace(self._matrix.values, host=W.values)
         self.bias.replace(self.backend.to_device(self.bias.host), host=self.bias.host)
         self._X = self._dY = self._X_host = self._dY_host = None
 
     def __repr__(self) -> str:
-        shown = self._W if self._W is not None else self._Wr  # never copies
+        shown = self._W if self._W is not None else self._matrix  # never copies
         return f"SparseLinear({shown!r}, backend={self.backend.name!r})"
 
 

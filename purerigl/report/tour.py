@@ -29,11 +29,11 @@ from ..dst import make_method
 from .excerpts import fill_excerpts
 from ..dst.base import LayerUpdate
 from ..dst.dynadiag import diagonal_norms, swap_count
-from ..dst.rigl import keep_by_magnitude
 from ..dst.samplers import get_sampler
 from ..dst.srigl import ablation_threshold, neurons_to_ablate, salient_counts
 from ..dst.topology import rank_order, tie_salt
 from ..kernels._rank_key import tie_rank
+from ..kernels.host_topology import keep_by_magnitude
 from ..formats import CSR, Condensed, Diagonal
 from ..formats._base import ceil_count, floor_count
 from ..formats.triples import triples
@@ -360,32 +360,49 @@ def update_document(text: str, examples: str | None = None) -> str:
     return fill_excerpts(f"{head}{BEGIN}\n\n{body}\n{END}{tail}")
 
 
+def _regenerated(path: Path) -> str:
+    """The text ``path`` should hold: docs/tour.md's examples and excerpts, or any other document's
+    excerpts (:func:`purerigl.report.excerpts.fill_excerpts`)."""
+    text = path.read_text(encoding="utf-8")
+    return update_document(text) if BEGIN in text else fill_excerpts(text)
+
+
+def _documents() -> list[Path]:
+    """README.md and every docs/*.md: the documents that may quote code."""
+    root = DOC.parents[1]
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
 def main(argv=None) -> int:
-    """``python -m purerigl.report.tour [--check] [PATH]``: rewrite docs/tour.md (or check it is current)."""
+    """``python -m purerigl.report.tour [--check] [PATH]``: regenerate docs/tour.md's examples and the
+    code excerpts of README.md and docs/*.md (or only PATH); ``--check``: exit 1 if one is stale."""
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
-        sys.stdout.write(main.__doc__.strip("`").split("``")[0] + "\n")
+        sys.stdout.write(main.__doc__.strip("`").replace("``", "") + "\n")
         return 0
     check = "--check" in args
     paths = [a for a in args if a != "--check"]
     if len(paths) > 1 or any(a.startswith("-") for a in paths):
         sys.stderr.write(f"usage: python -m purerigl.report.tour [--check] [PATH]; got {' '.join(args)}\n")
         return 2
-    path = Path(paths[0]) if paths else DOC
-    if not path.is_file():
-        sys.stderr.write(f"no such file: {path}\n")
-        return 2
-    text = path.read_text(encoding="utf-8")
-    new = update_document(text)
-    if check:
+    documents = [Path(paths[0])] if paths else _documents()
+    for path in documents:
+        if not path.is_file():
+            sys.stderr.write(f"no such file: {path}\n")
+            return 2
+    stale = 0
+    for path in documents:
+        text = path.read_text(encoding="utf-8")
+        new = _regenerated(path)
+        if check:
+            if new != text:
+                sys.stderr.write(f"{path} is out of date; run: python -m purerigl.report.tour\n")
+                stale += 1
+            continue
         if new != text:
-            sys.stderr.write(f"{path} is out of date; run: python -m purerigl.report.tour\n")
-            return 1
-        return 0
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-    sys.stdout.write(f"{'updated' if new != text else 'already current'}: {path}\n")
-    return 0
+            path.write_text(new, encoding="utf-8")
+        sys.stdout.write(f"{'updated' if new != text else 'already current'}: {path}\n")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

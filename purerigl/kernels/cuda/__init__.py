@@ -57,13 +57,13 @@ from .csr import DeviceCSR
 from .diagonal import DeviceDiagonal
 from .elementwise import check_device
 from .growth_ops import diag_grad_norms, topk_grad, topk_grad_rows  # the growth selections (registry.OPS)
-from .selection import (  # the selection operations the DST methods are written with (registry.SELECTION_OPS)
-    arange, columns_not_in, compress, condensed_from_positions, count_true, csr_from_positions, csr_positions,
-    diagonal_from_offsets, flat_of, in_sorted, indicator, merge_sorted, row_counts, row_norms, rows_selected,
-    segment_top, take, top_positions,
+from .structure import (  # the operations a DST update is written with (registry.UPDATE_OPS)
+    condensed_from_positions, count_kept, csr_from_positions, diagonal_from_offsets, exclusion_of, flat_positions,
+    keep_by_magnitude, remap_by_source, source_of,
 )
-from .structure import (  # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
-    count_kept, csr_with_positions, exclusion_of, flat_positions, keep_by_magnitude, remap_by_source, source_of,
+from .selection import (  # registry.UPDATE_OPS, continued
+    arange, columns_not_in, compress, count_true, csr_positions, flat_of, in_sorted, indicator, merge_sorted,
+    row_counts, row_norms, rows_selected, segment_top, top_positions,
 )
 
 NAME = "cuda"
@@ -78,13 +78,11 @@ __all__ = [
     # the array operations of a training step (registry.ARRAY_OPS)
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "zeros", "zeros_like",
-    # the topology-change operations of a DST update (registry.TOPOLOGY_OPS)
-    "count_kept", "csr_with_positions", "exclusion_of", "flat_positions", "keep_by_magnitude", "remap_by_source",
-    "source_of",
-    # the selection operations the DST methods are written with (registry.SELECTION_OPS)
-    "arange", "columns_not_in", "compress", "condensed_from_positions", "count_true", "csr_from_positions",
-    "csr_positions", "diagonal_from_offsets", "flat_of", "in_sorted", "indicator", "merge_sorted", "row_counts",
-    "row_norms", "rows_selected", "segment_top", "take", "top_positions",
+    # the operations a DST update is written with (registry.UPDATE_OPS)
+    "arange", "columns_not_in", "compress", "condensed_from_positions", "count_kept", "count_true",
+    "csr_from_positions", "csr_positions", "diagonal_from_offsets", "exclusion_of", "flat_of",
+    "flat_positions", "in_sorted", "indicator", "keep_by_magnitude", "merge_sorted", "remap_by_source",
+    "row_counts", "row_norms", "rows_selected", "segment_top", "source_of", "top_positions",
 ]
 
 _DEVICE_TYPES = {Condensed: DeviceCondensed, Diagonal: DeviceDiagonal, CSR: DeviceCSR}

@@ -1,4 +1,4 @@
-"""The selection operations of a DST update on the device (registry.SELECTION_OPS, cuda).
+"""The operations of a DST update on positions, masks and scores, on the device (registry.UPDATE_OPS, cuda).
 
 Same names, signatures and results as :mod:`purerigl.kernels.host_selection`, on numba device arrays
 (host NumPy arrays are refused: no hidden copies). Positions are flat indices ``p = row * n_in + col``
@@ -9,7 +9,7 @@ shared tie rule of :mod:`purerigl.kernels._rank_key`, compared as one int64 rank
 independent output and uses no atomics, so results depend on the data only, never on block size or
 thread timing:
 
-- element-wise maps (:func:`flat_of`, :func:`csr_positions`, :func:`arange`, :func:`take`,
+- element-wise maps (:func:`flat_of`, :func:`csr_positions`, :func:`arange`,
   :func:`rows_selected`): one thread per output; the row of a CSR entry by a binary search of indptr.
 - :func:`compress` / :func:`count_true`: :data:`LANES` lanes each take a **contiguous** chunk of the
   mask and count its selected entries; one thread turns the counts into offsets (an exclusive scan),
@@ -26,9 +26,6 @@ thread timing:
   is larger than its own (larger |score|, or equal |score| and smaller tie rank of the tag);
   O(segment length) per entry, meant for short segments (the rows of a layer).
 - :func:`row_norms`: one thread per row, float64 squares summed in ascending column order.
-- structures with zero values (:func:`csr_from_positions`, :func:`condensed_from_positions`,
-  :func:`diagonal_from_offsets`): one binary search per row, one division per entry; they live in
-  :mod:`.structure` (the other structure operations use them) and are re-exported here.
 
 Host-device traffic: none, except the output size of :func:`compress` and the count of
 :func:`count_true` (one int64 each). Tags and positions that are ranked must lie in [0, 2^32).
@@ -49,15 +46,11 @@ from .elementwise import check_device
 from .elementwise import flat as _flat
 from .growth import _arange as _arange_device
 from .growth import _exclusive_scan
-from .structure import (  # the structure builders live there, re-exported here (registry.SELECTION_OPS)
-    _csr_keys, _flat_of, _int32_or_64, _merge, condensed_from_positions, csr_from_positions, diagonal_from_offsets,
-    top_tags,
-)
+from .structure import _csr_keys, _flat_of, _int32_or_64, _merge, top_tags
 
 __all__ = [
-    "arange", "columns_not_in", "compress", "condensed_from_positions", "count_true", "csr_from_positions",
-    "csr_positions", "diagonal_from_offsets", "flat_of", "in_sorted", "indicator", "merge_sorted", "row_counts",
-    "row_norms", "rows_selected", "segment_top", "take", "top_positions",
+    "arange", "columns_not_in", "compress", "count_true", "csr_positions", "flat_of", "in_sorted", "indicator",
+    "merge_sorted", "row_counts", "row_norms", "rows_selected", "segment_top", "top_positions",
 ]
 
 #: Most lanes of :func:`compress` and :func:`count_true` (each takes one contiguous chunk); read at
@@ -67,14 +60,6 @@ LANES = 1 << 10
 
 # --------------------------------------------------------------------------------------------------
 # Kernels
-
-
-@cuda.jit
-def _take(a, idx, out):
-    """out[i] = a[idx[i]]."""
-    i = cuda.grid(1)
-    if i < out.shape[0]:
-        out[i] = a[idx[i]]
 
 
 @cuda.jit
@@ -251,17 +236,6 @@ def arange(n: int):
     """int64 device array (n,): ``i`` at i (implements :func:`purerigl.kernels.host_selection.arange`).
     Copies: none."""
     return _arange_device(max(0, int(n)))
-
-
-def take(a, idx):
-    """``a[idx]`` shaped like ``idx``, a's dtype: ``out_i = a[idx_i]`` for the (flattened) device array
-    ``a`` and int64 ``idx`` in [0, a.size) (implements :func:`purerigl.kernels.host_selection.take`).
-    Copies: none."""
-    _array("a", a)
-    check_device("idx", idx, np.int64)
-    out = empty(tuple(idx.shape), a.dtype)
-    launch(_take, out.size, _flat(a), _flat(idx), _flat(out))
-    return out
 
 
 def compress(a, mask, keep: bool = True):

@@ -1,4 +1,4 @@
-"""The topology-change operations of a DST update on the device (registry.TOPOLOGY_OPS, cuda).
+"""The operations of a DST update that touch whole structures, on the device (registry.UPDATE_OPS, cuda).
 
 Same names, signatures and results as :mod:`purerigl.kernels.host_topology`, on device matrices
 (:class:`.csr.DeviceCSR`, :class:`.condensed.DeviceCondensed`, :class:`.diagonal.DeviceDiagonal`) and
@@ -23,14 +23,12 @@ as stored; every step below relies on that and keeps it:
   ``n_keep`` are decoded to their positions (:func:`._growth_tiles.index_of_key`) and sorted again to
   come back ascending. O(nnz log^2 nnz) work, O(nnz) memory, deterministic (a sorting network
   compares the same pairs whatever the data).
-- :func:`exclusion_of` / :func:`csr_with_positions`: a sorted position list becomes CSR arrays with
+- :func:`exclusion_of` / :func:`csr_from_positions`: a sorted position list becomes CSR arrays with
   one binary search per row (``indptr[r]`` = the number of positions below ``r * n_in``) and one
-  division per entry; two disjoint sorted lists are merged by rank (each element's place is its own
-  index plus the number of smaller elements of the other list, found by binary search): no atomics.
-- the structure builders of :data:`~purerigl.kernels.registry.SELECTION_OPS` (re-exported by
-  :mod:`.selection`): :func:`csr_from_positions`, :func:`condensed_from_positions` and
-  :func:`diagonal_from_offsets` make a new matrix with zero values from sorted positions or
-  offsets, copying nothing between host and device.
+  division per entry: no atomics.
+- :func:`csr_from_positions`, :func:`condensed_from_positions` and :func:`diagonal_from_offsets` make
+  a new matrix with zero values from sorted positions or offsets, copying nothing between host and
+  device.
 
 Flat positions must fit the rank key's 32 bits: n_out * n_in <= 2^32, as for the growth kernels.
 """
@@ -54,7 +52,7 @@ from .topology import remap_by_source as _gather
 from .topology import source_by_position
 
 __all__ = [
-    "condensed_from_positions", "count_kept", "csr_from_positions", "csr_with_positions", "diagonal_from_offsets",
+    "condensed_from_positions", "count_kept", "csr_from_positions", "diagonal_from_offsets",
     "exclusion_of", "flat_keys", "flat_positions", "keep_by_magnitude", "remap_by_source", "source_of", "top_tags",
 ]
 
@@ -333,22 +331,6 @@ def exclusion_of(flat, shape):
     return _csr_arrays(positions, int(positions.shape[0]), tuple(shape))
 
 
-def csr_with_positions(kept, rows, cols, shape) -> DeviceCSR:
-    """The DeviceCSR (values 0) of the ascending flat positions ``kept`` and the positions
-    ``(rows, cols)``, ascending by ``rows * n_in + cols`` and disjoint from ``kept`` (as
-    :func:`purerigl.kernels.cuda.topk_grad` returns them) (implements
-    :func:`purerigl.kernels.host_topology.csr_with_positions`)."""
-    shape = (int(shape[0]), int(shape[1]))
-    kept = check_device("kept", kept, np.int64, ndim=1)
-    rows = check_device("rows", rows, np.int64, ndim=1)
-    cols = check_device("cols", cols, np.int64, ndim=1)
-    grown = empty((int(rows.shape[0]),), np.int64)
-    launch(_flat_of, grown.shape[0], rows, cols, shape[1], grown)
-    merged = empty((int(kept.shape[0]) + grown.shape[0],), np.int64)
-    launch(_merge, merged.shape[0], kept, grown, merged)
-    return csr_from_positions(merged, shape)
-
-
 def _int32_or_64(name: str, A, ndim: int | None = 1):
     """``A`` after checking that it is an int32 or int64 device array (1-D unless ``ndim`` is None)."""
     check_device(name, A, dtype=None, ndim=ndim)
@@ -368,7 +350,7 @@ def _int32_copy(a):
 def csr_from_positions(flat, shape) -> DeviceCSR:
     """The DeviceCSR (values 0) holding the ascending distinct int64 positions ``flat``: indptr[r] =
     ``|{p < r n_in}|`` (one binary search per row), indices = p mod n_in (int32) (implements
-    :func:`purerigl.kernels.host_selection.csr_from_positions`, which also sorts unsorted positions).
+    :func:`purerigl.kernels.host_topology.csr_from_positions`, which also sorts unsorted positions).
     Copies: none."""
     shape = (int(shape[0]), int(shape[1]))
     check_device("flat", flat, np.int64, ndim=1)

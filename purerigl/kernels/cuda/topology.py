@@ -8,7 +8,7 @@ thread per new entry, O(nnz_new log nnz_old), nothing dense):
 
 - :func:`remap_by_position` does the search and the copy of one array in one launch;
 - :func:`source_by_position` does only the search, returning the source indices of
-  :func:`purerigl.dst.topology.source_of`, and :func:`remap_by_source` copies any number of arrays
+  :func:`purerigl.kernels.host_topology.source_of`, and :func:`remap_by_source` copies any number of arrays
   (the values and each optimizer state array) with them, like :meth:`purerigl.optim.Optimizer.remap_state`.
 
 Key order. Condensed and CSR store their entries in ascending flat order (rows ascending, columns
@@ -117,7 +117,7 @@ def remap_by_position(old_keys_d, old_vals_d, new_keys_d, out_d=None):
 def source_by_position(old_keys_d, new_keys_d, out_d=None):
     """For each new entry, the index of the same position among the old entries, or -1.
 
-    Mirrors :func:`purerigl.dst.topology.source_of` for keys in ascending order (there the old keys
+    Mirrors :func:`purerigl.kernels.host_topology.source_of` for keys in ascending order (there the old keys
     are sorted by ``argsort``; here they must already be sorted, and the index is into them).
 
     .. math:: \\mathrm{source}[e] = j \\text{ if } \\mathrm{old\\_keys}[j] = \\mathrm{new\\_keys}[e]
