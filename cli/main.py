@@ -22,6 +22,7 @@ from .inspect import inspect
 from .plot import plot
 from .sweep import sweep
 from .train import train
+from .verify_update import verify_update
 
 #: Every subcommand of ``purerigl`` (``--help`` lists them alphabetically with their first doc line).
 COMMANDS = [
@@ -34,6 +35,7 @@ COMMANDS = [
     sweep,
     inspect,
     plot,
+    verify_update,
 ]
 
 

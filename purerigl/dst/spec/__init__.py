@@ -5,7 +5,8 @@ Each function reads like its paper's algorithm box: host arrays of the stored fo
 out (:class:`Update`). No backend operation, no device array, no streaming: a specification may build
 the dense gradient G = dY^T X (through :func:`._common.dense_gradient`, which refuses large layers),
 because it is a statement of the rule and the oracle the fast versions are held to, never the path
-that trains.
+that trains. A :class:`Step` may also carry that G itself (``Step.G``, read through
+:func:`._common.step_gradient`): ``purerigl verify-update`` scores a researcher's own gradient so.
 
 The fast versions (:mod:`purerigl.dst.rigl`, :mod:`~purerigl.dst.srigl`, ...) are written with the
 backend operations so that one text runs on host arrays (reference, cpu) and on the GPU (cuda); they
@@ -28,7 +29,7 @@ DynaDiag (diag-rigl)            diagonal              :mod:`.dynadiag`
 from __future__ import annotations
 
 from . import dynadiag, gse, rigl, set_, srigl, static
-from ._common import MAX_DENSE_GRADIENT, SpecError, Step, Update, dense_gradient, positions
+from ._common import MAX_DENSE_GRADIENT, SpecError, Step, Update, dense_gradient, positions, step_gradient
 
 #: method name -> its specification ``update(step, **options)``.
 SPECS = {
@@ -60,4 +61,4 @@ def spec_source(method: str) -> str:
 
 
 __all__ = ["MAX_DENSE_GRADIENT", "SPECS", "SpecError", "Step", "Update", "dense_gradient", "positions",
-           "spec_source", "spec_update"]
+           "spec_source", "spec_update", "step_gradient"]

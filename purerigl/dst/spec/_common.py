@@ -47,6 +47,10 @@ class Step:
         The network's last layer (SRigL never ablates it).
     state : dict of str to ndarray
         Optimizer state arrays laid out like ``W.values`` (momentum, Adam's moments).
+    G : float ndarray, shape (n_out, n_in), optional
+        The dense gradient :math:`G = dY^T X` the update scores, when it is known already (a
+        researcher's own gradient, ``purerigl verify-update``): the specifications then rank this G
+        instead of building it from X and dY (which may be None). See :func:`step_gradient`.
     """
 
     W: object
@@ -58,6 +62,7 @@ class Step:
     rng: np.random.Generator | None = None
     is_output: bool = False
     state: dict = field(default_factory=dict)
+    G: np.ndarray | None = None
 
 
 @dataclass
@@ -97,6 +102,17 @@ def dense_gradient(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
             f"than its limit of {MAX_DENSE_GRADIENT}; run the method itself (it streams G)"
         )
     return dY.T.astype(np.float64) @ X.astype(np.float64)
+
+
+def step_gradient(step: Step) -> np.ndarray:
+    """float64 (n_out, n_in): the gradient ``step`` scores, ``step.G`` when given, else
+    :func:`dense_gradient` of ``step.X`` and ``step.dY``."""
+    if step.G is None:
+        return dense_gradient(step.X, step.dY)
+    G = np.asarray(step.G, dtype=np.float64)
+    if G.shape != tuple(step.W.shape):
+        raise SpecError(f"the given gradient G has shape {G.shape}, the layer {tuple(step.W.shape)}")
+    return G
 
 
 def scores_of(a: np.ndarray) -> np.ndarray:

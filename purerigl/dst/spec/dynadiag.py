@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...formats._base import floor_count
-from ._common import Step, Update, best, carry, dense_gradient, diagonal_of, unchanged
+from ._common import Step, Update, best, carry, diagonal_of, step_gradient, unchanged
 
 
 def _diagonal_of_positions(n_out: int, n_in: int) -> np.ndarray:
@@ -36,7 +36,7 @@ def update(step: Step) -> Update:
         return unchanged(step, diagonals=K)
     norms = np.sqrt(np.sum(W.values.astype(np.float64) ** 2, axis=1)).astype(np.float32)
     kept = best(norms, W.offsets.astype(np.int64), K - q, salt)  # 2.
-    G = dense_gradient(step.X, step.dY)
+    G = step_gradient(step)
     S = np.sqrt(np.bincount(_diagonal_of_positions(n_out, n_in).ravel(), weights=(G * G).ravel(), minlength=P))
     others = np.setdiff1d(np.arange(P, dtype=np.int64), kept)
     grown = best(S.astype(np.float32)[others], others, q, salt)  # 3.

@@ -24,7 +24,7 @@ import numpy as np
 from ...formats import Condensed
 from ...formats._base import ceil_count
 from ..samplers import get_sampler
-from ._common import Step, Update, best, carry, condensed_of, csr_of, dense_gradient, positions, scores_of, unchanged
+from ._common import Step, Update, best, carry, condensed_of, csr_of, positions, scores_of, step_gradient, unchanged
 
 
 def _candidates(step: Step, sampler, gamma, n_rows, n_in, nnz, rows=None) -> np.ndarray:
@@ -53,7 +53,7 @@ def update(step: Step, gamma: float = 1.0, sampler: str = "uniform") -> Update:
     k = min(n_change, S.size)  # 3.
     if k == 0:
         return unchanged(step, candidates=int(S.size))
-    G = dense_gradient(step.X, step.dY)
+    G = step_gradient(step)
     grown = best(scores_of(G.ravel()[S]), S, k, salt)  # 4.
     kept = best(w, A, A.size - k, salt)
     result = carry(step, csr_of(np.concatenate([kept, grown]), W.shape))
@@ -74,7 +74,7 @@ def _update_condensed(step: Step, gamma: float, sample) -> Update:
     k_r = [min(n_change, int(np.sum(S // n_in == r))) for r in range(R)]
     if not any(k_r):
         return unchanged(step, candidates=int(S.size))
-    G = dense_gradient(step.X, step.dY)
+    G = step_gradient(step)
     A = positions(W).reshape(R, K)  # (R, K): row r's layer positions
     new = []
     for r in range(R):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...formats._base import floor_count
-from ._common import Step, Update, best, carry, csr_of, dense_gradient, positions, scores_of, unchanged
+from ._common import Step, Update, best, carry, csr_of, positions, scores_of, step_gradient, unchanged
 
 
 def update(step: Step) -> Update:
@@ -26,7 +26,7 @@ def update(step: Step) -> Update:
     if n_prune == 0:
         return unchanged(step)
     kept = best(scores_of(W.values.ravel()), A, A.size - n_prune, salt)  # 2.
-    G = dense_gradient(step.X, step.dY)
+    G = step_gradient(step)
     not_kept = np.setdiff1d(np.arange(n_out * n_in, dtype=np.int64), kept)
     grown = best(scores_of(G.ravel()[not_kept]), not_kept, n_prune, salt)  # 3.
     return carry(step, csr_of(np.concatenate([kept, grown]), W.shape))  # 4.

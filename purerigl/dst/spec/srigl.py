@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from ...formats._base import floor_count
-from ._common import Step, Update, best, carry, condensed_of, dense_gradient, positions, scores_of, unchanged
+from ._common import Step, Update, best, carry, condensed_of, positions, scores_of, step_gradient, unchanged
 
 
 def update(step: Step, gamma_sal: float = 0.3, grow: str = "gradient") -> Update:
@@ -41,7 +41,7 @@ def update(step: Step, gamma_sal: float = 0.3, grow: str = "gradient") -> Update
 
     active = set(range(n_out))  # 2.
     if gamma_sal > 0 and not step.is_output:
-        G = dense_gradient(step.X, step.dY)
+        G = step_gradient(step)
         everything = np.arange(n_out * n_in, dtype=np.int64)
         salient = set(best(scores_of(W.values.ravel()), A, n_keep, salt).tolist())
         salient |= set(best(scores_of(G.ravel()), everything, n_prune, salt).tolist())
@@ -77,7 +77,7 @@ def update(step: Step, gamma_sal: float = 0.3, grow: str = "gradient") -> Update
             grown += free[np.sort(step.rng.choice(free.size, size=need, replace=False))].tolist()
         else:
             if G is None:
-                G = dense_gradient(step.X, step.dY)
+                G = step_gradient(step)
             grown += best(scores_of(G.ravel()[free]), free, need, salt).tolist()
 
     new = [p for mine in row_of.values() for p in mine] + grown
