@@ -7,8 +7,8 @@ Pins down:
   statistics (purerigl.dst.spec.agreement, on integer data where every sum is exact);
 - the specifications keep the promises of their methods (nnz or fan-in, new weights 0) on their own;
 - the dense gradient helper refuses a layer above its limit; a method without a spec is refused.
-(The cuda backend is held to the same specifications under the simulator in tests/test_cuda_train.py
-and by ``purerigl check --backend cuda``.)
+(The cuda backend is held to the same specifications under the simulator, on tiny layers, by
+tests/test_update_selftest.py and ``purerigl check --backend cuda``.)
 """
 
 from __future__ import annotations

@@ -39,6 +39,14 @@ def test_every_update_check_passes(backend):
     assert {r.op.split()[1] for r in results} == {"static", "rigl", "set", "srigl", "gse", "dynadiag"}
 
 
+def test_every_update_check_passes_on_cuda():
+    """The cuda backend (the simulator, tiny layers): every method's fast update on device arrays
+    equals its NumPy specification."""
+    results = run_update_selftest(get_backend("cuda"), seed=3, tiny=True)
+    assert len(results) == len(UPDATE_METHODS)
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
+
+
 def _reversed_tie_rule(monkeypatch):
     """Plant a bug in the shared host selection: equal scores ranked by the *larger* tie rank."""
     original = host_topology.top_mask
