@@ -4,10 +4,13 @@
   :class:`purerigl.Backend` to the command, or stops with exit 2 naming the valid backends.
 - :func:`seed_option`: ``--seed N``.
 - :data:`SHAPE`: a ``N_OUTxN_IN`` parameter type (``768x3072``).
+- :class:`FiniteFloatRange`: click's ``FloatRange`` that also refuses ``nan`` and ``inf`` (click's
+  range checks compare, and every comparison with nan is false, so ``nan`` passed them).
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import click
@@ -15,6 +18,16 @@ import click
 from purerigl import OPS, available_backends, get_backend
 from purerigl.errors import BackendError
 from purerigl.kernels.registry import DEFAULT_BACKEND, ENV_VAR
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float in a range, finite: ``nan`` and ``inf`` are refused with the option's name (exit 2)."""
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def missing_ops(backend) -> list[str]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from purerigl.formats import FORMATS
 
-from ._options import SHAPE, backend_option, seed_option
+from ._options import FiniteFloatRange, SHAPE, backend_option, seed_option
 from ._selftest import compare
 from ._timing import time_call
 
@@ -56,7 +56,7 @@ def demo_rows(backend, shape, sparsity: float, batch: int, seed: int, budget_s: 
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Rows of X.")
 @click.option(
     "--sparsity",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=FiniteFloatRange(0.0, 1.0, max_open=True),
     default=0.9,
     show_default=True,
     help="Fraction of weights that are zero, in [0, 1).",

@@ -31,6 +31,8 @@ from purerigl.report.sweep import (
     write_failure, write_result,
 )
 
+from ._options import FiniteFloatRange
+
 #: Lines of a failed cell's train.log kept in failed.json and shown.
 LOG_TAIL_LINES = 5
 
@@ -180,9 +182,9 @@ def _train_args(ctx, param, value):
 @click.option("--hidden", default="300,100", show_default=True, help="Hidden widths, comma-separated.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=0.05, show_default=True)
+@click.option("--momentum", type=FiniteFloatRange(0, 1, max_open=True), default=0.9, show_default=True)
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default="cosine", show_default=True)
 @click.option("--distribution", type=click.Choice(sorted(DISTRIBUTIONS)), default="erk", show_default=True,
               help="How the sparsity is spread over the layers.")

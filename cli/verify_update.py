@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from purerigl.dst.verify import LAYER_FORMATS, report_dict, verify_files
+from ._options import FiniteFloatRange
 
 #: Items (positions, rows, diagonals) printed per finding before "... and N more" (--json has all).
 SHOWN = 12
@@ -57,9 +58,9 @@ def format_report(layers: list[dict], head: str) -> str:
               help="The method the update implements.")
 @click.argument("before", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("after", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--alpha", type=click.FloatRange(0.0, 1.0), required=True,
+@click.option("--alpha", type=FiniteFloatRange(0.0, 1.0), required=True,
               help="The drop fraction the step used (already decayed by the schedule).")
-@click.option("--gamma-sal", type=click.FloatRange(min=0.0), default=0.3, show_default=True,
+@click.option("--gamma-sal", type=FiniteFloatRange(min=0.0), default=0.3, show_default=True,
               help="SRigL neuron ablation threshold (0: no ablation), as in purerigl train.")
 @click.option("--salt", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="purerigl's tie salt (only its own answer depends on it, never the verdict).")

@@ -8,16 +8,14 @@ Every draw is a command line built from option values of three kinds, and a run 
   to a third of the epochs);
 - **invalid** items, refused whatever else is drawn: a value of ``OPTIONS[option][1]``, a method
   with a format it cannot use, ``--nesterov`` without SGD momentum, ``--alpha 0`` for a dynamic
-  method, a non-finite ``--gamma-sal`` / ``--gse-gamma`` / ``--lr-gamma`` where the method or
-  schedule reads it, MNIST from a missing data directory, or an unusable run directory (``--out`` a
+  method, MNIST from a missing data directory, or an unusable run directory (``--out`` a
   file or a finished run, ``--resume`` of nothing, of an empty directory, of a truncated checkpoint,
   of an edited config.json, with a differing run option or with ``--overwrite``). A draw holding
   exactly one of them must exit 2 with exactly one ``Error:`` line that names the offending option
   or value (with more, the line names one of them);
 - **risky** values, valid alone but not with everything (``--hidden 8`` at 90% in Condensed has
   k = 0, ``--dense-first`` above the global budget, ``--val-fraction 0.99`` below the batch size,
-  ``--delta-t 100`` beyond t_end, a huge ``--lr`` that diverges, a non-finite value of an option
-  the method or schedule does not read): a draw with them and nothing invalid ends in exit 0, or 2
+  ``--delta-t 100`` beyond t_end, a huge ``--lr`` that diverges): a draw with them and nothing invalid ends in exit 0, or 2
   with one ``Error:`` line, or 3 (training diverged) only with the huge --lr.
 
 Whatever the draw, no exception other than SystemExit escapes (CliRunner reports any other one as
@@ -71,8 +69,8 @@ OPTIONS = {
     "--delta-t": (["1", "3", *(["auto"] if DEFAULTS["--delta-t"] == "auto" else [])], ["0", "-1", "1.5", "x"]),
     "--alpha": (["0.3", "1"], ["1.5", "-0.1", "nan"]),
     "--t-end": (["0.75", "1"], ["0", "1.2", "nan", "-inf"]),
-    "--gamma-sal": (["0", "0.3", "0.95", "2"], ["-1"]),
-    "--gse-gamma": (["0.5", "1", "4"], ["0", "-1"]),
+    "--gamma-sal": (["0", "0.3", "0.95", "2"], ["-1", "nan", "inf"]),
+    "--gse-gamma": (["0.5", "1", "4"], ["0", "-1", "nan", "inf"]),
     "--gse-sampler": (["uniform", "grabo", "graest"], ["nope"]),
     "--epochs": (["1"], ["0", "-1", "x", "1.5"]),
     "--batch-size": (["16", "64", "200"], ["0", "-5", "100000", "x"]),
@@ -82,7 +80,7 @@ OPTIONS = {
     "--weight-decay": (["0", "1e-4"], ["-1", "nan", "inf"]),
     "--schedule": (["constant", "step", "cosine"], ["nope"]),
     "--lr-step-size": (["1", "2"], ["0", "-1", "x"]),
-    "--lr-gamma": (["0.1", "0.5", "1"], ["0", "1.5", "-1"]),
+    "--lr-gamma": (["0.1", "0.5", "1"], ["0", "1.5", "-1", "nan", "inf"]),
     "--warmup-steps": (["0", "5"], ["100000", "-1", "x"]),
     "--val-fraction": (["0", "0.2"], ["1", "-0.1", "nan"]),
     "--seed": (["0", "7"], ["-1", "x"]),
@@ -93,19 +91,14 @@ OPTIONS = {
 }
 #: Flags that never conflict with anything.
 FLAGS = ["--sparse-first", "--sparse-last", "--no-nesterov", "--progress", "--no-progress"]
-#: Options read only by some methods or schedules: (the option deciding, the values that read it).
-#: A non-finite value must be refused where it is read; elsewhere it is (for now) accepted unread.
-READ_BY = {"--gamma-sal": ("--method", {"srigl"}), "--gse-gamma": ("--method", {"gse"}),
-           "--lr-gamma": ("--schedule", {"step"})}
 #: Valid alone, not with everything (see the module docstring).
 RISKY = [("--hidden", "8"), ("--sparsity", "0.99"), ("--val-fraction", "0.99"), ("--batch-size", "500"),
          ("--lr", "1e6"), ("--dense-first",), ("--dense-last",), ("--delta-t", "100"), ("--t-end", "0.1"),
-         ("--alpha", "0"), *((option, "nan") for option in READ_BY)]
+         ("--alpha", "0")]
 #: Invalid items beyond one bad option value; those in METHOD_KINDS each decide the method, so a
 #: draw holds at most one of them.
-COMBINED_KINDS = ["mnist", "method-format", "nesterov", "alpha-zero", *(f"{o} non-finite" for o in READ_BY)]
-METHOD_KINDS = {"--method", "method-format", "alpha-zero",
-                *(f"{o} non-finite" for o, (decider, _) in READ_BY.items() if decider == "--method")}
+COMBINED_KINDS = ["mnist", "method-format", "nesterov", "alpha-zero"]
+METHOD_KINDS = {"--method", "method-format", "alpha-zero"}
 #: The finished run that the resume draws continue, and run options equal to / differing from its own.
 FINISHED = ["--epochs", "1", "--hidden", "8", "--sparsity", "0.5", "--method", "static"]
 SAME_AS_FINISHED = [("--epochs", "1"), ("--hidden", " 8 "), ("--sparsity", "0.5"), ("--method", "static"),
@@ -152,11 +145,6 @@ def fresh_draws(draw, only_valid=False):
         method = draw(st.sampled_from([m for m in METHOD_FORMATS if m != "static"]))
         wrong = draw(st.sampled_from([f for f in FORMATS if f not in METHOD_FORMATS[method]]))
         chosen["--method"], chosen["--format"] = (method, True), (wrong, True)
-    for option, (decider, readers) in READ_BY.items():
-        if f"{option} non-finite" in bad_kinds:
-            chosen[option] = (draw(st.sampled_from(["nan", "inf"])), True)
-            if not is_bad(decider):
-                chosen[decider] = (draw(st.sampled_from(sorted(readers))), False)
     if "alpha-zero" in bad_kinds:  # a dynamic run with --alpha 0 never changes its topology
         chosen["--alpha"] = ("0", True)
         if value("--method") == "static":
@@ -179,8 +167,6 @@ def fresh_draws(draw, only_valid=False):
             option = item[0]
             if len(item) == 1:
                 flags.append(option)
-            elif option in READ_BY and value(READ_BY[option][0]) in READ_BY[option][1]:
-                continue  # a non-finite value that is read is invalid, not risky
             else:
                 chosen[option] = (item[1], False)
             risky.append(item)
@@ -283,8 +269,6 @@ def _single_invalid_items():
                                 ("adamw", ["--optimizer", "adamw"]))]
     cases += [(f"alpha0-{m}", ["--alpha", "0", "--method", m], ("--alpha", "0"))
               for m in METHOD_FORMATS if m != "static"]
-    cases += [(f"{o}={v}-{r}", [o, v, decider, r], (o, v)) for o, (decider, readers) in READ_BY.items()
-              for r in sorted(readers) for v in ("nan", "inf")]
     return cases
 
 

@@ -16,7 +16,7 @@ import numba
 
 from purerigl.formats import FORMATS
 
-from .._options import backend_option, seed_option
+from .._options import FiniteFloatRange, backend_option, seed_option
 from .._timing import Timing, blas_info, blas_summary, time_call
 from ..info import library_versions, numba_threading
 
@@ -140,9 +140,9 @@ def header(meta: dict, title: str) -> list[str]:
 def common_options(fn):
     """``--budget``, ``--max-call``, ``--threads``, ``--json``, ``--quick``, ``--seed``, ``--backend``."""
     decorators = [
-        click.option("--budget", type=click.FloatRange(min=0.0), default=0.2, show_default=True,
+        click.option("--budget", type=FiniteFloatRange(min=0.0), default=0.2, show_default=True,
                      help="Seconds of timed runs per product (at least 5 runs)."),
-        click.option("--max-call", "max_call", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+        click.option("--max-call", "max_call", type=FiniteFloatRange(min=0.0), default=2.0, show_default=True,
                      help="A call slower than this many seconds is timed once, not repeated."),
         click.option("--threads", type=click.IntRange(1, numba.config.NUMBA_NUM_THREADS), default=None,
                      help="Threads for Numba and BLAS (BLAS via threadpoolctl).  [default: all]"),

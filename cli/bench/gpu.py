@@ -49,7 +49,7 @@ from purerigl.nn import build_mlp, parse_hidden
 from purerigl.optim import make_optimizer
 from purerigl.formats.budget import layer_budget, random_layer
 
-from .._options import SHAPE, seed_option
+from .._options import FiniteFloatRange, SHAPE, seed_option
 from .._selftest import compare
 from ..demo import stored_bytes
 from . import bench
@@ -401,7 +401,7 @@ def _train_meta(p: dict, data) -> dict:
 @click.option("--part", type=click.Choice(("kernels", "train", "all")), default="all", show_default=True,
               help="Which part to run.")
 @click.option("--shape", type=SHAPE, default="768x3072", show_default=True, help="Kernels: W shape N_OUTxN_IN.")
-@click.option("--sparsity", "sparsities", type=click.FloatRange(0.0, 1.0, max_open=True), multiple=True,
+@click.option("--sparsity", "sparsities", type=FiniteFloatRange(0.0, 1.0, max_open=True), multiple=True,
               default=DEFAULTS["sparsities"], show_default=True, help="Kernels: fraction of zero weights (repeatable).")
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, default=DEFAULTS["batches"],
               show_default=True, help="Kernels: batch size (repeatable).")
@@ -413,16 +413,16 @@ def _train_meta(p: dict, data) -> dict:
               help="Train: hidden widths, comma-separated (784 inputs, 10 classes).")
 @click.option("--train-batch", "train_batches", type=click.IntRange(min=1), multiple=True,
               default=DEFAULTS["train_batches"], show_default=True, help="Train: batch size (repeatable).")
-@click.option("--train-sparsity", "train_sparsity", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+@click.option("--train-sparsity", "train_sparsity", type=FiniteFloatRange(0.0, 1.0, min_open=True, max_open=True),
               default=DEFAULTS["train_sparsity"], show_default=True, help="Train: sparsity of every layer.")
 @click.option("--method", "methods", type=click.Choice(METHODS), multiple=True, default=METHODS, show_default=True,
               help="Train: DST method, each on its default format (repeatable).")
 @click.option("--data-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Train: directory with the MNIST files (inputs from its training set).  [default: synthetic "
                    "inputs of the same shape]")
-@click.option("--budget", type=click.FloatRange(min=0.0), default=DEFAULTS["budget"], show_default=True,
+@click.option("--budget", type=FiniteFloatRange(min=0.0), default=DEFAULTS["budget"], show_default=True,
               help="Seconds of timed runs per product or step (at least 5 runs).")
-@click.option("--max-call", "max_call", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+@click.option("--max-call", "max_call", type=FiniteFloatRange(min=0.0), default=2.0, show_default=True,
               help="A call slower than this many seconds is timed once, not repeated.")
 @click.option("--threads", type=click.IntRange(1, numba.config.NUMBA_NUM_THREADS), default=None,
               help="Threads for Numba and BLAS on the cpu side.  [default: all]")

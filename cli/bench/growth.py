@@ -12,6 +12,7 @@ from purerigl.nn import SparseLinear
 from purerigl.optim import make_optimizer
 from purerigl.formats.budget import layer_budget, random_layer
 
+from .._options import FiniteFloatRange
 from . import bench
 from ._shared import (
     GROWTH_METHODS,
@@ -109,7 +110,7 @@ def format_growth(report: dict) -> str:
 @click.option("--method", "methods", type=click.Choice([m for m, _ in GROWTH_METHODS]), multiple=True,
               default=tuple(m for m, _ in GROWTH_METHODS), show_default=True, help="Method (repeatable).")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size.")
-@click.option("--sparsity", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.99,
+@click.option("--sparsity", type=FiniteFloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.99,
               show_default=True, help="Sparsity of the layer.")
 @click.option("--fan-in", "fan_in", type=click.IntRange(min=1), default=None,
               help="Instead of --sparsity: this many connections per row at every width (nnz grows "

@@ -10,7 +10,7 @@ import numpy as np
 from purerigl.formats import Condensed
 from purerigl.formats.budget import random_layer
 
-from .._options import SHAPE
+from .._options import FiniteFloatRange, SHAPE
 from .._selftest import compare, slot_positions
 from .._timing import Timing, memcpy_bandwidth
 from ..demo import stored_bytes
@@ -178,7 +178,7 @@ def _us(x) -> str:
               help="W shape N_OUTxN_IN (repeatable).")
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1, 8, 64, 256, 2048),
               show_default=True, help="Batch size (repeatable).")
-@click.option("--sparsity", "sparsities", type=click.FloatRange(0.0, 1.0, max_open=True), multiple=True,
+@click.option("--sparsity", "sparsities", type=FiniteFloatRange(0.0, 1.0, max_open=True), multiple=True,
               default=(0.8, 0.9, 0.95, 0.99), show_default=True, help="Fraction of zero weights (repeatable).")
 @click.option("--op", "ops", type=click.Choice(OPS), multiple=True, default=OPS, show_default=True,
               help="Operation (repeatable).")

@@ -11,6 +11,7 @@ from purerigl.dst import LayerUpdate, make_method
 from purerigl.nn import build_mlp, parse_hidden
 from purerigl.optim import make_optimizer
 
+from .._options import FiniteFloatRange
 from . import bench
 from ._shared import (
     QUICK,
@@ -134,7 +135,7 @@ def format_train(report: dict) -> str:
 @click.option("--hidden", "hidden_list", multiple=True, default=("300,100", "4096,4096"), show_default=True,
               help="Hidden widths of one network, comma-separated (repeatable: one network each); "
                    "784 inputs, 10 classes.")
-@click.option("--sparsity", "sparsities", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+@click.option("--sparsity", "sparsities", type=FiniteFloatRange(0.0, 1.0, min_open=True, max_open=True),
               multiple=True, default=(0.9, 0.99), show_default=True, help="Sparsity (repeatable).")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size.")
 @click.option("--delta-t", "delta_t", type=click.IntRange(min=1), default=100, show_default=True,
