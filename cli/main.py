@@ -17,6 +17,7 @@ from .bench import bench
 from .check import check
 from .demo import demo
 from .evaluate import evaluate
+from .export import export
 from .info import info
 from .inspect import inspect
 from .plot import plot
@@ -36,6 +37,7 @@ COMMANDS = [
     inspect,
     plot,
     verify_update,
+    export,
 ]
 
 

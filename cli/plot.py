@@ -14,7 +14,7 @@ from purerigl.report.plots import require_matplotlib, write_run_plots
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Directory for the PNG files  [default: RUN_DIR/plots]")
 def plot(run_dir, out):
     """Draw a run's figures as PNG files: loss and accuracy per epoch (curves.png), per-layer density,
-    changed connections and ablated neurons per epoch (density.png), and for every sparse layer of
+    changed connections, explored positions (ever active) and ablated neurons per epoch (density.png), and for every sparse layer of
     model.npz its connectivity (layer<i>_connectivity.png: mask or block density, fan-in and fan-out
     histograms, ablated neurons or active diagonals).
 

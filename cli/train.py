@@ -36,7 +36,8 @@ from purerigl.optim import OPTIMIZERS
 from purerigl.formats.budget import FORMAT_NAMES
 from purerigl.training.loop import TrainConfig, Trainer, TrainingDiverged
 
-from ._options import backend_option, seed_option
+from ._init_masks import install_init_masks
+from ._options import FiniteFloatRange, backend_option, seed_option
 from ._report import epoch_line, epoch_table_header
 
 RUN_FILES = ("config.json", "metrics.jsonl", "model.npz", "checkpoint.npz")
@@ -44,6 +45,10 @@ RUN_FILES = ("config.json", "metrics.jsonl", "model.npz", "checkpoint.npz")
 #: Options that say how the run is written and shown, not what it computes; every other option of
 #: the command is a run option, stored in config.json["options"] and fixed for a --resume.
 SESSION_OPTIONS = ("out", "overwrite", "progress", "checkpoint_every", "resume")
+
+#: Run options added after runs were written without them, with the value such a run had in effect:
+#: ``--resume`` of an older run directory fills them in.
+ADDED_OPTIONS = {"grad_accumulation": 1, "init_masks": None}
 
 #: Exit code of a run stopped because the loss became NaN or Inf (0: done, 2: bad input).
 EXIT_DIVERGED = 3
@@ -131,7 +136,7 @@ def _canonical(name: str, value):
         return getattr(value, "name", value)
     if name == "hidden":
         return ",".join(str(w) for w in parse_hidden(value))
-    if name == "data_dir" and value is not None:
+    if name in ("data_dir", "init_masks") and value is not None:
         return str(Path(value).resolve())
     return value
 
@@ -146,11 +151,13 @@ def run_options(raw: dict) -> dict:
     return opts
 
 
-def build_run(opts: dict) -> tuple[Trainer, dict]:
+def build_run(opts: dict, resuming: bool = False) -> tuple[Trainer, dict]:
     """The Trainer of a run and the metadata its model files carry, from the canonical run options.
 
     A fresh run and ``--resume`` both build through here, so the model (initialised from ``seed``), the
     DST updater (seeded from ``seed``) and the schedules are exactly those of the original run.
+    ``opts["init_masks"]`` (a file of masks, ``--init-masks``) replaces the random structure of a fresh
+    run; ``resuming`` skips it, since the checkpoint restores the structure.
     """
     method, fmt, sparsity, seed = opts["method"], opts["fmt"], opts["sparsity"], opts["seed"]
     backend = get_backend(opts["backend"])
@@ -174,12 +181,15 @@ def build_run(opts: dict) -> tuple[Trainer, dict]:
         data.n_features, opts["hidden"], data.n_classes, fmt=fmt, sparsity=sparsity, backend=backend,
         rng=np.random.default_rng(seed), budgets=budgets,
     )
+    if opts.get("init_masks") is not None and not resuming:  # a resumed run's structure is in its checkpoint
+        install_init_masks(model, opts["init_masks"], budgets, fmt, seed)
     steps = config.epochs * -(-data.x_train.shape[0] // config.batch_size)
     updater = DSTUpdater(
         make_method(method, fmt, gamma_sal=opts["gamma_sal"], gse_gamma=opts["gse_gamma"], gse_sampler=opts["gse_sampler"]),
         UpdateSchedule.from_fraction(steps, delta_t=opts["delta_t"], alpha=opts["alpha"], t_end=opts["t_end"]),
         {f"layer{i}": b for i, b in enumerate(budgets)},
         seed=seed,
+        grad_accumulation=opts["grad_accumulation"],
     )
     trainer = Trainer(model, data, config, topology=updater)
     meta = {
@@ -244,6 +254,9 @@ def _read_run_config(ctx: click.Context, run: Path) -> tuple[dict, dict]:
     if not isinstance(stored, dict) or not isinstance(stored.get("options"), dict):
         raise click.UsageError(f"--resume {run} is not a run directory of purerigl train (no readable config.json)")
     names = {p.name for p in ctx.command.params} - set(SESSION_OPTIONS)
+    for name, value in ADDED_OPTIONS.items():  # a run written before the option existed ran as its default
+        if name in names:
+            stored["options"].setdefault(name, value)
     if set(stored["options"]) != names:
         raise click.UsageError(f"--resume {run}: config.json does not hold the options of this version of purerigl train")
     opts = run_options({name: _stored_value(ctx, run, name, v) for name, v in stored["options"].items()})
@@ -315,7 +328,7 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
 @click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default=None, help="Sparse storage format  [default: the method's own: condensed for static/srigl, csr for rigl/set/gse, diagonal for dynadiag]")
 @click.option(
     "--sparsity",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=FiniteFloatRange(0.0, 1.0, max_open=True),
     default=0.9,
     show_default=True,
     help="Fraction of zero weights per layer; 0 trains dense layers (NumPy BLAS).",
@@ -334,26 +347,46 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
     f"{AUTO_DELTA_T_MAX} steps apart (the RigL paper's {AUTO_DELTA_T_MAX}, which MNIST at batch 64 keeps; 17 on "
     "the embedded digits for 20 epochs). A dynamic run that would never update is refused.",
 )
-@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=None, help="Initial drop fraction  [default: 0.3; 0.2 for gse]")
-@click.option("--t-end", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.75, show_default=True, help="Fraction of all steps after which the topology is frozen.")
-@click.option("--gamma-sal", type=click.FloatRange(min=0.0), default=0.3, show_default=True, help="SRigL neuron ablation: a neuron with fewer than tau salient connections is ablated. 0: no ablation; "
+@click.option("--alpha", type=FiniteFloatRange(0.0, 1.0), default=None, help="Initial drop fraction  [default: 0.3; 0.2 for gse]")
+@click.option("--t-end", type=FiniteFloatRange(0.0, 1.0, min_open=True), default=0.75, show_default=True, help="Fraction of all steps after which the topology is frozen.")
+@click.option("--gamma-sal", type=FiniteFloatRange(min=0.0), default=0.3, show_default=True, help="SRigL neuron ablation: a neuron with fewer than tau salient connections is ablated. 0: no ablation; "
               "below 1 a fraction of the mean fan-in K_ref = floor(C / n_out), C the layer's connections: "
               "tau = max(1, floor(gamma_sal * K_ref)); "
               "from 1 on a count of connections: tau = ceil(gamma_sal).")
-@click.option("--gse-gamma", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True, help="GSE: candidates sampled per active connection.")
+@click.option("--gse-gamma", type=FiniteFloatRange(0.0, min_open=True), default=1.0, show_default=True, help="GSE: candidates sampled per active connection.")
 @click.option("--gse-sampler", type=click.Choice(SAMPLERS), default="uniform", show_default=True, help="GSE: candidate sampler.")
+@click.option(
+    "--grad-accumulation",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="RigL, SRigL, GSE, DynaDiag: score growth by the gradient summed over the last N batches "
+    "(SRigL's grad_accumulation_n), streamed from the N kept (X, dY) pairs of each sparse layer: memory "
+    "N * batch * (n_in + n_out) floats per layer, kept in checkpoint.npz too. 1: the last batch. SET ignores it.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=0.05, show_default=True, help="Base learning rate.")
+@click.option("--lr", type=FiniteFloatRange(0.0, min_open=True), default=0.05, show_default=True, help="Base learning rate.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
-@click.option("--momentum", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.9, show_default=True)
+@click.option("--momentum", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.9, show_default=True)
 @click.option("--nesterov/--no-nesterov", default=False, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0.0), default=1e-4, show_default=True)
+@click.option("--weight-decay", type=FiniteFloatRange(min=0.0), default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True, help="Learning-rate schedule.")
 @click.option("--lr-step-size", type=click.IntRange(min=1), default=None, help="Step schedule: epochs between decays  [default: a third of --epochs]")
-@click.option("--lr-gamma", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True, help="Step schedule: factor applied at each decay.")
+@click.option("--lr-gamma", type=FiniteFloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True, help="Step schedule: factor applied at each decay.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
+@click.option("--val-fraction", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
+@click.option(
+    "--init-masks",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Start from your masks instead of random ones: a .npz or .safetensors file with layer0.mask, "
+    "layer1.mask, ... (bool, n_out x n_in), each holding its layer's budget in the run's format (exit 2 "
+    "naming the layer otherwise); values are drawn as for a random start. Only a fresh run reads it "
+    "(--resume restores the structure from the checkpoint). See docs/interop.md.",
+)
 @seed_option
 @backend_option
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory  [default: runs/<time>-<dataset>-<method>-<format>-s<sparsity>]")
@@ -378,7 +411,7 @@ def train(ctx, **raw):
     session = {k: raw.pop(k) for k in SESSION_OPTIONS}
     if session["resume"] is not None:
         opts, every = _resume_options(ctx, raw, session)
-        trainer, meta = build_run(opts)
+        trainer, meta = build_run(opts, resuming=True)
         out = session["resume"]
         _remove_temporaries(out)
         load_training_state(out / "checkpoint.npz", trainer)
@@ -400,7 +433,7 @@ def train(ctx, **raw):
         run_config = {
             **meta, "format": fmt, "backend": opts["backend"],
             "dst": {k: opts[k] for k in ("distribution", "dense_first", "dense_last", "delta_t", "alpha", "t_end",
-                                         "gamma_sal", "gse_gamma", "gse_sampler")},
+                                         "gamma_sal", "gse_gamma", "gse_sampler", "grad_accumulation")},
             "schedule": {"delta_t": schedule.delta_t, "delta_t_auto": auto, "t_end_steps": schedule.t_end,
                          "total_steps": trainer.total_steps, "updates": schedule.n_updates(trainer.total_steps)},
             "data": trainer.data.describe(), "layers": trainer.model.describe(), "command": " ".join(sys.argv),

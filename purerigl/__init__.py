@@ -6,7 +6,7 @@ Formats: :class:`Condensed` (constant fan-in), :class:`Diagonal` (wrap-around di
 The package is built in layers (:data:`LAYERS`, lowest first); a module imports only from its own
 layer's package or from lower layers, and no imports form a cycle (``tests/test_layers.py``):
 
-errors -> formats, data -> kernels -> nn -> optim -> dst -> training -> report -> cli
+errors -> formats, data -> interop -> kernels -> nn -> optim -> dst -> training -> report -> cli
 """
 
 from .errors import (
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 LAYERS = (
     ("errors",),
     ("formats", "data"),  # the sparse matrices and their budgets; the data sets
+    ("interop",),  # the matrices to and from masked dense, SciPy, torch, mask files
     ("kernels",),  # the operations on them, per backend
     ("nn",),  # layers, models, parameters
     ("optim",),  # optimizers and learning-rate schedules

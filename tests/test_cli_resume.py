@@ -11,6 +11,7 @@ sparsity that would leave a condensed layer k = 0 inputs per row is a usage erro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,6 +78,23 @@ class Killed(Exception):
     """Stands for the process dying."""
 
 
+@contextlib.contextmanager
+def killed_at_the_second_checkpoint(monkeypatch):
+    """While active, ``purerigl train`` writes its first checkpoint and dies (raises :class:`Killed`)
+    while writing the second; yields the list of epochs whose checkpoint was written."""
+    save, written = cli_train.save_training_checkpoint, []
+
+    def dies_at_the_second(path, trainer, **meta):
+        if written:
+            raise Killed
+        save(path, trainer, **meta)
+        written.append(trainer.epoch)
+
+    with monkeypatch.context() as m:
+        m.setattr(cli_train, "save_training_checkpoint", dies_at_the_second)
+        yield written
+
+
 # --------------------------------------------------------------------------------------------------
 # exact resume
 
@@ -91,17 +109,7 @@ def test_resume_after_a_crash_is_bit_identical(method, tmp_path, monkeypatch):
     assert invoke(run_args(straight, method)).exit_code == 0
 
     crashed = tmp_path / "crashed"
-    save = cli_train.save_training_checkpoint
-    written = []
-
-    def dies_at_the_second(path, trainer, **meta):
-        if written:
-            raise Killed
-        save(path, trainer, **meta)
-        written.append(trainer.epoch)
-
-    with monkeypatch.context() as m:
-        m.setattr(cli_train, "save_training_checkpoint", dies_at_the_second)
+    with killed_at_the_second_checkpoint(monkeypatch) as written:
         result = invoke(run_args(crashed, method))
     assert isinstance(result.exception, Killed), result.output
     assert written == [1] and len(metrics(crashed)) == 2

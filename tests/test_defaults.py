@@ -16,14 +16,14 @@ import math
 import numpy as np
 import pytest
 
-import purerigl.cli.train as cli_train
 import purerigl.dst.schedule as schedule_module
 from purerigl.dst.base import Method
 from purerigl.dst.schedule import UpdateSchedule, auto_delta_t, drop_fraction, is_update_step
 from purerigl.dst.updater import DSTUpdater
 from purerigl.nn import build_mlp
 from purerigl.report.sweep import Budget, Cell
-from test_cli_resume import Killed, assert_same_run
+from purerigl.training.checkpoint import join_arrays, split_arrays
+from test_cli_resume import Killed, assert_same_run, killed_at_the_second_checkpoint
 from test_cli_train import assert_usage_error, invoke
 
 #: digits: 1438 training samples, 23 steps per epoch at the default batch of 64
@@ -143,16 +143,7 @@ def test_resume_keeps_the_delta_t_the_run_started_with(tmp_path, monkeypatch):
     assert invoke(short_run(straight, *args)).exit_code == 0
 
     crashed = tmp_path / "crashed"
-    save, written = cli_train.save_training_checkpoint, []
-
-    def dies_at_the_second(path, trainer, **meta):
-        if written:
-            raise Killed
-        save(path, trainer, **meta)
-        written.append(trainer.epoch)
-
-    with monkeypatch.context() as m:
-        m.setattr(cli_train, "save_training_checkpoint", dies_at_the_second)
+    with killed_at_the_second_checkpoint(monkeypatch):
         assert isinstance(invoke(short_run(crashed, *args)).exception, Killed)
 
     monkeypatch.setattr(schedule_module, "auto_delta_t", lambda t_end_steps: 7)  # auto changed meanwhile
@@ -236,7 +227,8 @@ def test_updates_unchanged_counts_per_layer_and_epoch():
     assert stats["topology_updates"] == 2
     assert [row["updates_unchanged"] for row in stats["layers"]] == [2, 1]
     updater.after_step(6, model, None)  # mid-epoch: layer0 moved, layer1 unchanged
-    state = json.loads(json.dumps(updater.state_dict()))  # as a checkpoint stores it
+    plain, arrays = split_arrays(updater.state_dict(), "topology")  # the explored sets are arrays
+    state = join_arrays(json.loads(json.dumps(plain)), arrays)  # as a checkpoint stores it
     other = DSTUpdater(Scripted([]), UpdateSchedule(delta_t=2, t_end=100), {"layer0": 15, "layer1": 8})
     other.load_state_dict(state)
     for u in (updater, other):

@@ -63,6 +63,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN_BY_TESTS = {
     "docs/checkpoints.md": "tests/test_train.py runs its load_and_predict on a saved model",
     "docs/verify.md": "tests/test_verify_update.py runs its PyTorch dump around a small RigL and verifies the files",
+    "docs/interop.md": "tests/test_interop.py runs its safetensors load_and_predict on exported models",
 }
 
 

@@ -27,7 +27,8 @@ class LayerUpdate:
     ----------
     layer : SparseLinear
         Its ``W`` (current structure and post-step weights), ``backend`` (growth kernels),
-        ``last_input`` X (B, n_in) and ``last_output_grad`` dY (B, n_out) of the batch just trained on.
+        ``last_input`` X (B, n_in) and ``last_output_grad`` dY (B, n_out) of the batch just trained on
+        (of the last N batches stacked, with gradient accumulation: ``SparseLinear.keep_batches``).
     optimizer : Optimizer
         Passed on to ``apply_structure`` to remap the state.
     alpha : float
@@ -84,6 +85,11 @@ class Method:
     #: confused with :attr:`purerigl.kernels.registry.Backend.resident`: whether a backend's arrays
     #: live off the host.)
     runs_on_backend: bool = True
+
+    #: True when the growth rule scores by the gradient G = dY^T X of ``layer.saved_batch()`` (RigL,
+    #: SRigL, GSE, DynaDiag): with ``DSTUpdater(grad_accumulation=N)`` the layers then keep their last
+    #: N batches and G is the sum of their gradients. False (static, SET): no batch beyond the last is kept.
+    scores_by_gradient: bool = False
 
     def update(self, u: LayerUpdate) -> dict:
         """Change ``u.layer``'s structure; return statistics (kept, grown, dropped, ...). Static: nothing."""

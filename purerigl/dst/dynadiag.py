@@ -100,6 +100,7 @@ class DynaDiag(Method):
     gradient norm (see the module docstring for the rule and its invariants)."""
 
     name = "dynadiag"
+    scores_by_gradient = True
     runs_on_backend = True  # written with backend operations only: runs on the device on cuda
     formats = ("diagonal",)
 

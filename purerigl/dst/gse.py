@@ -124,6 +124,7 @@ class GSE(Method):
     """
 
     name = "gse"
+    scores_by_gradient = True
     runs_on_backend = True  # written with backend operations: the structure never leaves the backend
     formats = ("csr", "condensed")
 

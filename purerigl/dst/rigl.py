@@ -61,6 +61,7 @@ class RigL(DropAndRegrowCSR):
 
     name = "rigl"
     runs_on_backend = True  # written with backend operations only: runs on the device on cuda
+    scores_by_gradient = True
 
     def new_structure(self, u: LayerUpdate, n_keep: int, n_grow: int):
         """Kept = the n_keep largest |w|; grown = the n_grow largest |G| outside kept (G streamed by the

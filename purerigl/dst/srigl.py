@@ -409,6 +409,7 @@ class SRigL(DropAndRegrowCondensed):
     """
 
     name = "srigl"
+    scores_by_gradient = True
 
     def __init__(self, gamma_sal: float = 0.3):
         if isinstance(gamma_sal, bool) or not isinstance(gamma_sal, (int, float, np.integer, np.floating)):

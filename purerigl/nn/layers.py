@@ -24,6 +24,16 @@ the structure changes only through :meth:`SparseLinear.set_structure`, which cop
 to the device. ``last_input`` / ``last_output_grad`` copy X / dY to the host on first access after
 each step (only a topology update reads them). On the host backends ``to_device(W)`` is ``W`` itself
 and none of this copies anything.
+
+Growth from accumulated gradients (``purerigl train --grad-accumulation N``). After
+:meth:`SparseLinear.keep_batches` ``(N)`` with N > 1, every backward also appends the step's (X, dY)
+pair to a ring of the last N pairs, kept on the backend (references to the arrays the step computed:
+device arrays on cuda, no copy), and :meth:`SparseLinear.saved_batch` returns their vertical stacking,
+oldest first: one larger batch whose G = dY^T X is the sum of the N batch gradients, so the streamed
+growth kernels read the accumulated gradient unchanged and the dense gradient is still never stored.
+Memory: N * B * (n_in + n_out) float32 per layer for the ring, plus the same again for the stacking
+made at a topology update (released at the next backward). N = 1 (the default) keeps nothing beyond
+the last X and dY.
 """
 
 from __future__ import annotations
@@ -68,7 +78,10 @@ class SparseLinear:
         self.weight = Parameter(f"{name}.values", self._matrix.values, backend=self.backend, host=W.values)
         self.bias = Parameter(f"{name}.bias", b, backend=self.backend)
         self._X = self._dY = None  # backend arrays of the last forward / backward
-        self._X_host = self._dY_host = None  # their host copies, made on first access
+        self._X_host = self._dY_host = None  # host copies of saved_batch(), made on first access
+        self._window = 1  # batches the growth scores read (keep_batches)
+        self._kept: list = []  # with _window > 1: the last _window (X, dY) pairs, oldest first
+        self._stacked = None  # their stacking (saved_batch), made on first use after each backward
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -101,22 +114,78 @@ class SparseLinear:
     def saved_batch(self):
         """(X, dY): the input of the last forward and the output gradient of the last backward, as
         arrays of the backend (device arrays on cuda; ``None`` before the first forward / backward).
-        Growth rules read G = dY^T X from them, never storing G."""
-        return self._X, self._dY
+        Growth rules read G = dY^T X from them, never storing G.
+
+        After :meth:`keep_batches` ``(N)`` with N > 1: the stacking of the kept pairs of the last
+        (up to) N backward passes, oldest first, X (sum of B_b, n_in) and dY (sum of B_b, n_out), whose
+        dY^T X is the sum of their gradients (``None, None`` while none is kept). Made on first use
+        after each backward (a copy on the backend; one pair is returned as it is).
+        """
+        if self._window == 1:
+            return self._X, self._dY
+        if not self._kept:
+            return None, None
+        if self._stacked is None:
+            self._stacked = tuple(_stack_rows(self.backend, [pair[k] for pair in self._kept]) for k in (0, 1))
+        return self._stacked
+
+    @property
+    def batches_kept(self) -> int:
+        """N of :meth:`keep_batches`: how many of the last batches :meth:`saved_batch` stacks (1: the last)."""
+        return self._window
+
+    def keep_batches(self, n: int) -> None:
+        """Let the growth scores read the gradient summed over the last ``n`` batches.
+
+        From now on every backward keeps its (X, dY) pair in a ring of the last ``n`` pairs (on the
+        backend: references, no copy) and :meth:`saved_batch` returns their stacking. Memory
+        O(n * B * (n_in + n_out)) for the ring, and as much again for the stacking while it is held.
+        ``n = 1`` (the default) keeps only the last X and dY, as without this call. Pairs already
+        kept stay (the newest ``n`` of them; none for ``n = 1``).
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"the number of batches to keep must be an integer >= 1, got {n!r}")
+        n = int(n)
+        kept = self._kept[-n:] if n > 1 else []
+        if n != self._window or len(kept) != len(self._kept):
+            self._window, self._kept = n, kept
+            self._stacked = self._X_host = self._dY_host = None
+
+    def kept_batches(self) -> list:
+        """The kept (X, dY) pairs, oldest first, as backend arrays (a new list; empty for N = 1).
+        Training checkpoints store them (:mod:`purerigl.training.checkpoint`) so that a resumed run
+        scores its first updates on the same batches."""
+        return list(self._kept)
+
+    def set_kept_batches(self, pairs) -> None:
+        """Replace the kept pairs by ``pairs`` [(X, dY), ...], oldest first (host or backend arrays,
+        moved to the backend): what :meth:`kept_batches` returned, or a checkpoint's copy of it. They
+        are read once :meth:`keep_batches` has set N > 1 (and cut to the newest N)."""
+        to = self.backend.to_device
+        self._kept = [(to(X), to(dY)) for X, dY in pairs]
+        if self._window > 1:
+            del self._kept[: -self._window]
+        self._stacked = self._X_host = self._dY_host = None
 
     @property
     def last_input(self) -> np.ndarray | None:
-        """X (B, n_in) of the last forward, on the host: DST growth scores read G = dY^T X from it,
-        never storing G. On cuda the first access after a forward copies X to the host."""
-        if self._X_host is None and self._X is not None:
-            self._X_host = self.backend.to_host(self._X)
+        """X of :meth:`saved_batch` on the host: (B, n_in) of the last forward, or the stacked
+        (sum of B_b, n_in) of the kept batches (:meth:`keep_batches`). DST growth scores read
+        G = dY^T X from it, never storing G. On cuda the first access after a step copies X to the host."""
+        if self._X_host is None:
+            X = self.saved_batch()[0]
+            if X is not None:
+                self._X_host = self.backend.to_host(X)
         return self._X_host
 
     @property
     def last_output_grad(self) -> np.ndarray | None:
-        """dY (B, n_out) of the last backward, on the host (copied on first access, like ``last_input``)."""
-        if self._dY_host is None and self._dY is not None:
-            self._dY_host = self.backend.to_host(self._dY)
+        """dY of :meth:`saved_batch` on the host: (B, n_out) of the last backward, or the stacked
+        (sum of B_b, n_out) of the kept batches (copied on first access, like ``last_input``)."""
+        if self._dY_host is None:
+            dY = self.saved_batch()[1]
+            if dY is not None:
+                self._dY_host = self.backend.to_host(dY)
         return self._dY_host
 
     def parameters(self) -> list[Parameter]:
@@ -137,6 +206,10 @@ class SparseLinear:
         .. math:: dW_e = \\sum_b dY_{b, i_e} X_{b, j_e}, \\qquad db = \\sum_b dY_b, \\qquad dX = dY W
         """
         self._dY, self._dY_host = dY, None
+        if self._window > 1:  # the ring of the last N pairs (keep_batches)
+            self._kept.append((self._X, dY))
+            del self._kept[: -self._window]
+            self._stacked = self._X_host = None
         self.backend.sddmm(self._matrix, self._X, dY, out=self.weight.grad)
         self.backend.bias_grad(dY, self.bias.grad)
         if not self.needs_input_grad:
@@ -182,7 +255,7 @@ class SparseLinear:
         self.bias.sync_to_device()
 
     def set_backend(self, backend) -> None:
-        """Move the layer to another backend (its gradients restart at zero)."""
+        """Move the layer to another backend (its gradients restart at zero, and no batch is kept)."""
         self.sync_to_host()
         W = self.W  # the host matrix, values current
         self.backend = get_backend(backend)
@@ -192,10 +265,26 @@ class SparseLinear:
         self.weight.replace(self._matrix.values, host=W.values)
         self.bias.replace(self.backend.to_device(self.bias.host), host=self.bias.host)
         self._X = self._dY = self._X_host = self._dY_host = None
+        self._kept, self._stacked = [], None
 
     def __repr__(self) -> str:
         shown = self._W if self._W is not None else self._matrix  # never copies
         return f"SparseLinear({shown!r}, backend={self.backend.name!r})"
+
+
+def _stack_rows(backend, parts):
+    """The vertical stacking of the 2-d backend arrays ``parts`` (same width), a new backend array
+    (``parts[0]`` itself when there is one): slice assignment, which NumPy arrays and numba device
+    arrays both implement (a device-to-device copy on cuda)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = backend.zeros((sum(int(p.shape[0]) for p in parts), int(parts[0].shape[1])), np.float32)
+    start = 0
+    for p in parts:
+        stop = start + int(p.shape[0])
+        out[start:stop] = p
+        start = stop
+    return out
 
 
 class Dense:

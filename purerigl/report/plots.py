@@ -159,8 +159,10 @@ def figure_curves(history: list[dict]):
 
 
 def figure_density(history: list[dict]):
-    """Per-layer density, fraction of connections changed and ablated neurons over training, from
-    the ``layers`` entries of metrics.jsonl; None when no epoch has any (a dense run)."""
+    """Per-layer density, fraction of connections changed, fraction of positions explored (ever
+    active) and ablated neurons over training, from the ``layers`` entries of metrics.jsonl; None
+    when no epoch has any (a dense run). The explored panel is left out for a metrics.jsonl written
+    before ``explored`` existed."""
     names = []
     for m in history:
         for row in m.get("layers") or []:
@@ -169,15 +171,17 @@ def figure_density(history: list[dict]):
     if not names:
         return None
 
-    def series(name, key):
+    def series(name, key, missing=math.nan):
         out = []
         for m in history:
             row = next((r for r in m.get("layers") or [] if r.get("layer") == name), {})
-            out.append(row.get(key, math.nan))
+            out.append(row.get(key, missing))
         return out
 
     panels = [("density", "density (stored / all positions)"),
               ("changed", "fraction new since the previous epoch")]
+    if any(v is not None for name in names for v in series(name, "explored", None)):
+        panels.append(("explored", "explored (ever active / all positions)"))
     if any(v and v > 0 for name in names for v in series(name, "ablated")):
         panels.append(("ablated", "ablated neurons"))
     fig = _new_figure(5 * len(panels), 4)

@@ -18,7 +18,13 @@ A **model file** (``model.npz``) holds plain arrays that any NumPy code can read
 A **training checkpoint** (``checkpoint.npz``) is a model file plus ``optim.<key>`` arrays (the
 optimizer's ``state_dict``) and a ``train`` entry in ``meta`` with ``epoch``, ``step``, the shuffling
 RNG's state and the topology method's state, which is all :func:`load_training_state` needs to
-continue a run exactly.
+continue a run exactly. An array in the topology method's state (at any depth of its dicts, e.g. the
+DST updater's ``explored`` sets) is stored as an array of its own, ``topology.<key>.<key>...``, and
+its place in ``meta`` holds ``{"npz": "<that array's name>"}`` (:func:`split_arrays` /
+:func:`join_arrays`). With ``--grad-accumulation N`` > 1 it also holds the batches each sparse layer
+keeps for its next growth scores, ``kept.layer{i}.x`` / ``.dy`` / ``.rows`` (:func:`kept_batch_arrays`:
+at most N * B * (n_in + n_out) float32 per layer), so that an update within N steps after the resume
+point scores the same batches as an uninterrupted run.
 
 Files are written atomically: to a temporary file in the same directory, flushed and fsynced, then
 renamed over the target, so a crash never leaves a half-written file under the real name.
@@ -108,15 +114,91 @@ def save_training_checkpoint(path, trainer, **meta) -> None:
     arrays = model_arrays(trainer.model)
     for key, value in trainer.optimizer.state_dict().items():
         arrays[f"optim.{key}"] = np.asarray(value)
+    topology, topology_arrays = split_arrays(trainer.topology.state_dict(), "topology")
+    arrays.update(topology_arrays)
+    arrays.update(kept_batch_arrays(trainer.model))
     train = {
         "epoch": trainer.epoch,
         "step": trainer.step,
         "rng_state": trainer.rng.bit_generator.state,
-        "topology": trainer.topology.state_dict(),
+        "topology": topology,
         "history": trainer.history,
     }
     arrays["meta"] = np.array(json.dumps(model_meta(trainer.model, train=train, **meta)))
     atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def kept_batch_arrays(model: MLP) -> dict[str, np.ndarray]:
+    """The (X, dY) pairs the sparse layers keep for accumulated growth scores
+    (:meth:`~purerigl.nn.SparseLinear.keep_batches`, ``--grad-accumulation N`` > 1), as host arrays:
+    per sparse layer ``i`` that keeps any, ``kept.layer{i}.x`` float32 (R, n_in) and
+    ``kept.layer{i}.dy`` float32 (R, n_out), the pairs stacked oldest first, and ``kept.layer{i}.rows``
+    int64 (n_pairs,), each pair's batch size (R their sum). Nothing for N = 1."""
+    arrays = {}
+    for i, lin in enumerate(model.linears):
+        pairs = lin.kept_batches() if isinstance(lin, SparseLinear) else []
+        if not pairs:
+            continue
+        xs = [np.asarray(lin.backend.to_host(X), dtype=np.float32) for X, _ in pairs]
+        dys = [np.asarray(lin.backend.to_host(dY), dtype=np.float32) for _, dY in pairs]
+        arrays[f"kept.layer{i}.x"] = np.concatenate(xs)
+        arrays[f"kept.layer{i}.dy"] = np.concatenate(dys)
+        arrays[f"kept.layer{i}.rows"] = np.array([x.shape[0] for x in xs], dtype=np.int64)
+    return arrays
+
+
+def _kept_pairs(path, i: int, shape, arrays: dict) -> list | None:
+    """The kept (X, dY) pairs of layer ``i`` stored by :func:`kept_batch_arrays` (None when there are
+    none); CheckpointError for arrays that do not fit the layer."""
+    keys = [f"kept.layer{i}.{k}" for k in ("x", "dy", "rows")]
+    if not any(k in arrays for k in keys):
+        return None
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise CheckpointError(f"{path}: lacks array {missing[0]!r} of layer{i}'s kept batches")
+    x, dy, rows = (arrays[k] for k in keys)
+    n_out, n_in = shape
+    if (x.dtype != np.float32 or dy.dtype != np.float32 or x.ndim != 2 or x.shape[1] != n_in
+            or dy.shape != (x.shape[0], n_out) or rows.ndim != 1 or rows.dtype.kind not in "iu"
+            or (rows < 1).any() or int(rows.sum()) != x.shape[0]):
+        raise CheckpointError(
+            f"{path}: layer{i}'s kept batches do not fit the layer ({n_out} x {n_in}): x {x.dtype} {x.shape}, "
+            f"dy {dy.dtype} {dy.shape}, rows {rows.dtype} {rows.shape} summing to {int(rows.sum())}"
+        )
+    bounds = np.cumsum(rows)[:-1]
+    return list(zip(np.split(x, bounds), np.split(dy, bounds)))
+
+
+def split_arrays(state: dict, prefix: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(JSON-able state, arrays): every ndarray in ``state`` or its nested dicts replaced by
+    ``{"npz": name}``, with ``name`` = ``prefix.<key>.<key>...`` the key it gets among the arrays."""
+    plain, arrays = {}, {}
+    for key, value in state.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, np.ndarray):
+            plain[key], arrays[name] = {"npz": name}, value
+        elif isinstance(value, dict):
+            plain[key], inner = split_arrays(value, name)
+            arrays.update(inner)
+        else:
+            plain[key] = value
+    return plain, arrays
+
+
+def join_arrays(state: dict, arrays: dict[str, np.ndarray]) -> dict:
+    """The inverse of :func:`split_arrays`: each ``{"npz": name}`` in ``state`` replaced by
+    ``arrays[name]``; CheckpointError naming an array that is missing."""
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict) and value.keys() == {"npz"} and isinstance(value["npz"], str):
+            if value["npz"] not in arrays:
+                raise CheckpointError(f"checkpoint lacks array {value['npz']!r} of the topology state")
+            out[key] = arrays[value["npz"]]
+        elif isinstance(value, dict):
+            out[key] = join_arrays(value, arrays)
+        else:
+            out[key] = value
+    return out
 
 
 def _open(path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -218,11 +300,14 @@ def load_training_state(path, trainer) -> dict:
     model, _ = load_model(path, backend="reference")  # host containers, copied into the run's layers
     if len(model.linears) != len(trainer.model.linears):
         raise CheckpointError(f"{path} holds {len(model.linears)} layers, the run has {len(trainer.model.linears)}")
-    for mine, saved in zip(trainer.model.linears, model.linears):
+    for i, (mine, saved) in enumerate(zip(trainer.model.linears, model.linears)):
         if type(mine) is not type(saved) or mine.shape != saved.shape:
             raise CheckpointError(f"{path}: layer {mine.name} is {saved!r}, the run has {mine!r}")
         if isinstance(mine, SparseLinear):
             mine.set_structure(saved.W)
+            kept = _kept_pairs(path, i, mine.shape, arrays)
+            if kept is not None:
+                mine.set_kept_batches(kept)
         else:
             mine.weight.host[...] = saved.weight.host
         mine.bias.host[...] = saved.bias.host
@@ -235,7 +320,7 @@ def load_training_state(path, trainer) -> dict:
     try:
         trainer.epoch, trainer.step = int(train["epoch"]), int(train["step"])
         trainer.rng.bit_generator.state = train["rng_state"]
-        trainer.topology.load_state_dict(train.get("topology", {}))
+        trainer.topology.load_state_dict(join_arrays(train.get("topology", {}), arrays))
         trainer.history = list(train.get("history", []))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: malformed training state in meta ({type(e).__name__}: {e})") from None

@@ -220,14 +220,18 @@ class Trainer:
 
     def warm_up(self) -> None:
         """One forward and backward pass on a first batch, discarded: compiles the kernels (Numba)
-        so that the first epoch's timings measure training, not compilation. Changes no state."""
+        so that the first epoch's timings measure training, not compilation. Changes no state (the
+        batches the sparse layers keep for accumulated growth scores are put back as they were)."""
         n = min(self.config.batch_size, self.data.x_train.shape[0])
         backend = self.model.backend
+        kept = [(layer, layer.kept_batches()) for layer in self.model.sparse_layers()]
         xb = backend.to_device(np.ascontiguousarray(self.data.x_train[:n]))
         _, dlogits, _ = backend.softmax_cross_entropy(self.model.forward(xb), backend.to_device(self.data.y_train[:n]))
         self.model.backward(dlogits)
         for p in self.model.parameters():
             p.backend.fill_zeros(p.grad)
+        for layer, pairs in kept:
+            layer.set_kept_batches(pairs)
         self._sync()
 
     def fit(self, on_epoch=None, on_batch=None, warm_up: bool = True) -> list[dict]:

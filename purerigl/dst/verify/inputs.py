@@ -4,12 +4,12 @@ structure built from its mask (never from nonzero values) in the storage of its 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ...errors import PureriglError
 from ...formats import CSR, Condensed, Diagonal
+from ...interop.files import read_arrays as interop_read_arrays
 from ..spec import MAX_DENSE_GRADIENT, dense_gradient, positions
 
 #: The methods verify-update checks, and the storage each layer is built in from its mask.
@@ -48,26 +48,8 @@ class LayerInput:
 
 def read_arrays(path) -> dict:
     """The named arrays of a ``.npz`` (no pickles) or ``.safetensors`` file (with the ``safetensors``
-    package), in file order."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return {key: data[key] for key in data.files}
-        except Exception as err:  # a corrupt or pickled archive is bad input, said in one line
-            raise VerifyInputError(f"{path}: cannot read it as .npz ({type(err).__name__}: {err})") from None
-    if suffix == ".safetensors":
-        try:
-            from safetensors.numpy import load_file
-        except ImportError:
-            raise VerifyInputError(f"{path}: reading .safetensors needs the safetensors package "
-                                   "(pip install 'purerigl[safetensors]'), or save .npz") from None
-        try:
-            return dict(load_file(str(path)))
-        except Exception as err:
-            raise VerifyInputError(f"{path}: cannot read it as .safetensors ({type(err).__name__}: {err})") from None
-    raise VerifyInputError(f"{path}: unknown file type {suffix or '(none)'!r}; give a .npz or .safetensors file")
+    package), in file order (:func:`purerigl.interop.read_arrays`, raising :class:`VerifyInputError`)."""
+    return interop_read_arrays(path, error=VerifyInputError)
 
 
 def _layer_names(arrays: dict) -> list[str]:
