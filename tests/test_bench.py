@@ -58,10 +58,13 @@ def test_kernels_quick_table_and_json(tmp_path):
     assert report["meta"]["memcpy_gbps"] > 0
     assert len(report["results"]) == n
     keys = {"shape", "batch", "sparsity", "op", "format", "nnz", "purerigl_us", "dense_us", "scipy_us",
-            "dense_ratio", "scipy_ratio", "purerigl_gbps", "memcpy_fraction", "runs", "max_abs_err", "tol"}
+            "dense_ratio", "scipy_ratio", "purerigl_gbps", "memcpy_fraction", "runs", "max_abs_err", "tol",
+            "limit_us", "limit_fraction", "dense_gmacs"}
+    assert report["meta"]["busy"] == 0 and "load: quiet mode" in out
     for r in report["results"]:
         assert keys <= set(r)
         assert (r["memcpy_fraction"] is not None) == (r["batch"] == 1)
+        assert (r["limit_us"] is not None) == (r["batch"] > 1)  # the limit column: batched regimes only
         assert (r["scipy_us"] is None) == (r["op"] == "sddmm")  # SciPy has no SDDMM
         assert r["max_abs_err"] <= r["tol"]
 
@@ -89,7 +92,8 @@ def test_train_quick_table_and_json(tmp_path):
     methods = {(r["method"], r["format"]) for r in report["results"]}
     assert methods == {("dense", "dense"), *TRAIN_METHODS}
     for r in report["results"]:
-        assert {"arch", "step_ms", "update_ms", "update_amortised_ms", "dense_ratio", "weights"} <= set(r)
+        assert {"arch", "step_ms", "update_ms", "update_amortised_ms", "dense_ratio", "weights", "limit_ms",
+                "limit_fraction"} <= set(r)
         assert (r["update_ms"] is None) == (r["method"] in ("dense", "static"))
 
 
@@ -107,7 +111,8 @@ def test_growth_quick_table_and_json(tmp_path):
     gse_only = [r for r in report["results"] if r["width"] in q["gse_widths"]]
     assert {r["method"] for r in gse_only} == {"gse"}
     for r in report["results"]:
-        assert {"width", "method", "format", "nnz", "update_ms", "dense_xtdy_ms", "update_over_dense"} <= set(r)
+        assert {"width", "method", "format", "nnz", "update_ms", "dense_xtdy_ms", "update_over_dense", "limit_ms",
+                "update_over_limit"} <= set(r)
 
 
 def test_growth_fan_in_keeps_connections_per_row_constant(tmp_path):

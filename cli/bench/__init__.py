@@ -16,6 +16,11 @@ average) and the exact command, every option spelled out.
   CSR SpMM (PyTorch and/or CuPy) timed with CUDA events, and a training step and topology update per
   method on cuda against cpu; one prepared command for a short GPU session (see ``gpu.py``).
 
+The batched rows of ``kernels``, ``train`` and ``growth`` carry a "limit" column (issue 19): the
+time of the sparse work's ``nnz * batch`` multiply-adds at the rate of the dense BLAS product measured
+in the same run (:func:`._shared.product_limit_s`), and the measured time as a fraction of it.
+``--busy N`` runs them beside N CPU-bound processes started and stopped by the bench (``_busy.py``).
+
 A call that takes longer than ``--max-call`` seconds is not repeated: its time is that of one call
 (``runs`` = 1 in the JSON), so that the full grid finishes on a 2-core machine. ``--quick`` shrinks
 every grid to a tiny configuration (for tests; the numbers mean nothing).

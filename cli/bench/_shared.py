@@ -19,6 +19,7 @@ from purerigl.formats import FORMATS
 from .._options import FiniteFloatRange, backend_option, seed_option
 from .._timing import Timing, blas_info, blas_summary, time_call
 from ..info import library_versions, numba_threading
+from ._busy import busy_option, load_text
 
 #: Largest dense matrix (elements) a baseline may allocate: 1 GiB of float32.
 MAX_DENSE = 1 << 28
@@ -130,6 +131,8 @@ def header(meta: dict, title: str) -> list[str]:
             f"load average (1/5/15 min) at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
             + (f"; at end: {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}" if end else "")
         )
+    if "busy" in meta:
+        lines.append(load_text(meta["busy"]))
     lines.append(
         f"timing: median of timed runs, ~{meta['budget_s']} s per product (at least 5 runs), warm-up "
         f"excluded; a call slower than {meta['max_call_s']} s is timed once"
@@ -138,7 +141,7 @@ def header(meta: dict, title: str) -> list[str]:
 
 
 def common_options(fn):
-    """``--budget``, ``--max-call``, ``--threads``, ``--json``, ``--quick``, ``--seed``, ``--backend``."""
+    """``--budget``, ``--max-call``, ``--threads``, ``--busy``, ``--json``, ``--quick``, ``--seed``, ``--backend``."""
     decorators = [
         click.option("--budget", type=FiniteFloatRange(min=0.0), default=0.2, show_default=True,
                      help="Seconds of timed runs per product (at least 5 runs)."),
@@ -146,6 +149,7 @@ def common_options(fn):
                      help="A call slower than this many seconds is timed once, not repeated."),
         click.option("--threads", type=click.IntRange(1, numba.config.NUMBA_NUM_THREADS), default=None,
                      help="Threads for Numba and BLAS (BLAS via threadpoolctl).  [default: all]"),
+        busy_option,
         click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Also write meta and results to this JSON file."),
         click.option("--quick", is_flag=True, help="A tiny configuration (for tests; timings mean nothing)."),
@@ -155,6 +159,18 @@ def common_options(fn):
     for d in reversed(decorators):
         fn = d(fn)
     return fn
+
+
+def product_limit_s(dense_s: float, nnz: int, n_out: int, n_in: int, batch: int) -> float:
+    """The "limit" of a batched sparse product (issue 19): the seconds its ``nnz * batch`` multiply-adds
+    take at the multiply-add rate of the dense BLAS product of the same shape and batch measured in the
+    same run, ``dense_s / (n_out * n_in * batch)`` seconds each.
+
+    It equals ``dense_s * nnz / (n_out * n_in)`` (the batch cancels). A kernel's "% of limit" is this
+    limit over its own time: 100% runs the sparse work at BLAS's rate, above 100% beats it.
+    """
+    seconds_per_mac = dense_s / (n_out * n_in * batch)
+    return nnz * batch * seconds_per_mac
 
 
 def thread_limit(threads):

@@ -14,6 +14,7 @@ from purerigl.formats.budget import layer_budget, random_layer
 
 from .._options import FiniteFloatRange
 from . import bench
+from ._busy import busy_processes
 from ._shared import (
     GROWTH_METHODS,
     MAX_DENSE,
@@ -26,6 +27,7 @@ from ._shared import (
     header,
     machine_meta,
     measure,
+    product_limit_s,
     quick_default,
     thread_limit,
 )
@@ -71,11 +73,17 @@ def run_growth(backend, widths, gse_widths, batch, sparsity, methods, *, budget_
 
             t = measure(update, budget_s=budget_s, max_call_s=max_call_s)
             ms = t.median_s * 1e3
+            nnz = int(layer.W.nnz)
+            # the sparse weight gradient at the stored entries (the sddmm every step does): nnz * batch
+            # multiply-adds at the rate of the dense dY^T X measured above (issue 19's limit)
+            limit_ms = product_limit_s(dense.median_s, nnz, width, width, batch) * 1e3 if dense else None
             results.append({
                 "width": width, "method": method_name, "format": fmt, "sparsity": sparsity_w, "batch": batch,
-                "nnz": int(layer.W.nnz), "update_ms": ms,
+                "nnz": nnz, "update_ms": ms,
                 "dense_xtdy_ms": dense.median_s * 1e3 if dense else None,
                 "update_over_dense": ms / (dense.median_s * 1e3) if dense else None,
+                "limit_ms": limit_ms,
+                "update_over_limit": ms / limit_ms if limit_ms else None,
                 "runs": {"update": t.runs, "dense": dense.runs if dense else 0},
             })
     return results, notes
@@ -88,18 +96,26 @@ def format_growth(report: dict) -> str:
     density = (f"fan-in {m['fan_in']} (sparsity 1 - {m['fan_in']}/width)" if m.get("fan_in")
                else f"sparsity {m['sparsity']}")
     lines += [f"batch {m['batch']}, {density}; update/dense: update time / dense dY^T X time "
-              "(< 1: the update is cheaper than forming the dense gradient)"]
+              "(< 1: the update is cheaper than forming the dense gradient)",
+              "limit: the layer's sparse gradient at its stored entries (nnz * batch multiply-adds, the sddmm of "
+              "every step) at the rate of the dense dY^T X measured in this run, i.e. dense ms * nnz / width^2; "
+              "upd/limit: update time in units of it (the update is not one product: a scale, not a bound)"]
     lines += [f"note: {n}" for n in report["notes"]]
     lines.append("")
     head = (f"{'width':>7} {'method':<9} {'format':<9} {'nnz':>11} {'update ms':>11} {'dense XtdY ms':>14} "
-            f"{'update/dense':>13}")
+            f"{'update/dense':>13} {'limit ms':>10} {'upd/limit':>10}")
     lines += [head, "-" * len(head)]
     for r in report["results"]:
         lines.append(
             f"{r['width']:>7} {r['method']:<9} {r['format']:<9} {r['nnz']:>11} {r['update_ms']:>11.3f} "
-            f"{_ms(r['dense_xtdy_ms']):>14} {_ratio(r['update_over_dense']):>13}"
+            f"{_ms(r['dense_xtdy_ms']):>14} {_ratio(r['update_over_dense']):>13} {_sig(r.get('limit_ms')):>10} "
+            f"{_ratio(r.get('update_over_limit')):>10}"
         )
     return "\n".join(lines)
+
+
+def _sig(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
 
 
 @bench.command()
@@ -117,8 +133,8 @@ def format_growth(report: dict) -> str:
               "linearly with the width, as in a wide sparse network), i.e. sparsity 1 - fan_in / width.")
 @common_options
 @click.pass_context
-def growth(ctx, widths, gse_widths, methods, batch, sparsity, fan_in, budget, max_call, threads, json_path, quick,
-           seed, backend):
+def growth(ctx, widths, gse_widths, methods, batch, sparsity, fan_in, budget, max_call, threads, busy, json_path,
+           quick, seed, backend):
     """One topology update per method as a square layer widens, beside one dense X^T dY product."""
     q = QUICK["growth"]
     widths = quick_default(ctx, "widths", widths, q["widths"])
@@ -131,13 +147,13 @@ def growth(ctx, widths, gse_widths, methods, batch, sparsity, fan_in, budget, ma
     if fan_in is not None and fan_in >= min((*widths, *gse_widths)):
         raise click.BadParameter(f"--fan-in {fan_in} must be below every width (smallest: "
                                  f"{min((*widths, *gse_widths))})", param_hint="'--fan-in'")
-    with thread_limit(threads):
+    with thread_limit(threads), busy_processes(busy):
         meta = machine_meta()
         results, notes = run_growth(backend, widths, gse_widths, batch, sparsity, chosen, budget_s=budget,
                                     max_call_s=max_call, seed=seed, fan_in=fan_in)
     meta.update(benchmark="growth", command=command_line(ctx), backend=backend.name, budget_s=budget,
                 max_call_s=max_call, seed=seed, batch=batch, sparsity=None if fan_in else sparsity, fan_in=fan_in,
-                alpha=0.3,
+                alpha=0.3, busy=busy,
                 loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                 widths=list(widths), gse_widths=list(gse_widths), methods=[m for m, _ in chosen])
     report = {"meta": meta, "notes": notes, "results": results}

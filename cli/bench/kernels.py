@@ -27,9 +27,11 @@ from ._shared import (
     header,
     machine_meta,
     measure,
+    product_limit_s,
     quick_default,
     thread_limit,
 )
+from ._busy import busy_processes
 
 # --------------------------------------------------------------------------------------------- kernels
 
@@ -123,6 +125,10 @@ def run_kernels(backend, shapes, batches, sparsities, ops, formats, *, budget_s,
                                                                compiled=True)
                         us = t_pr.median_us
                         gbps = _moved_bytes(op, W, X, dY) / (t_pr.median_s) / 1e9
+                        # the limit (issue 19), batched regimes only (batch 1 has %copy): nnz * batch
+                        # multiply-adds at the rate of the dense product measured above
+                        limit_s = (product_limit_s(t_dense.median_s, int(W.nnz), n_out, n_in, batch)
+                                   if t_dense and batch > 1 else None)
                         results.append({
                             "shape": [n_out, n_in], "batch": batch, "sparsity": sparsity, "op": op, "format": fmt,
                             "nnz": int(W.nnz), "stored_bytes": stored_bytes(W),
@@ -133,6 +139,9 @@ def run_kernels(backend, shapes, batches, sparsities, ops, formats, *, budget_s,
                             "scipy_ratio": t_sp.median_us / us if t_sp else None,
                             "purerigl_gbps": gbps,
                             "memcpy_fraction": gbps / memcpy if batch == 1 else None,
+                            "dense_gmacs": n_out * n_in * batch / t_dense.median_s / 1e9 if t_dense else None,
+                            "limit_us": None if limit_s is None else limit_s * 1e6,
+                            "limit_fraction": None if limit_s is None else limit_s / t_pr.median_s,
                             "runs": {"purerigl": t_pr.runs, "dense": t_dense.runs if t_dense else 0,
                                      "scipy": t_sp.runs if t_sp else 0},
                             "max_abs_err": err, "tol": tol,
@@ -152,19 +161,25 @@ def format_kernels(report: dict) -> str:
         "ops: matmul Y = X W^T; matmul_t dX = dY W; sddmm dW = (dY^T X) at stored entries",
         "ratios: baseline time / purerigl time (> 1: purerigl is faster); GB/s: stored matrix + input + output "
         "bytes per second; %copy at batch 1 only",
+        "limit (batch > 1): the time of the sparse product's nnz * batch multiply-adds at the rate of the dense "
+        "BLAS product measured in this run, i.e. dense us * nnz / (n_out * n_in); %limit = limit / purerigl time "
+        "(100%: the sparse work runs at BLAS's multiply-add rate)",
     ]
     lines += [f"note: {n}" for n in report["notes"]]
     lines.append("")
     head = (f"{'shape':>10} {'sparsity':>8} {'batch':>5} {'op':<8} {'format':<9} {'purerigl us':>12} "
-            f"{'dense us':>11} {'scipy us':>11} {'dense/pr':>9} {'scipy/pr':>9} {'GB/s':>7} {'%copy':>6}")
+            f"{'dense us':>11} {'scipy us':>11} {'dense/pr':>9} {'scipy/pr':>9} {'GB/s':>7} {'%copy':>6} "
+            f"{'limit us':>10} {'%limit':>7}")
     lines += [head, "-" * len(head)]
     for r in report["results"]:
         f = r["memcpy_fraction"]
+        lf = r.get("limit_fraction")
         lines.append(
             f"{str(r['shape'][0]) + 'x' + str(r['shape'][1]):>10} {r['sparsity']:>8.2f} {r['batch']:>5} {r['op']:<8} {r['format']:<9} "
             f"{r['purerigl_us']:>12.1f} {_us(r['dense_us']):>11} {_us(r['scipy_us']):>11} "
             f"{_ratio(r['dense_ratio']):>9} {_ratio(r['scipy_ratio']):>9} {r['purerigl_gbps']:>7.2f} "
-            f"{'-' if f is None else f'{f:.0%}':>6}"
+            f"{'-' if f is None else f'{f:.0%}':>6} {_us(r.get('limit_us')):>10} "
+            f"{'-' if lf is None else f'{lf:.0%}':>7}"
         )
     return "\n".join(lines)
 
@@ -186,8 +201,8 @@ def _us(x) -> str:
               show_default=True, help="Storage format (repeatable).")
 @common_options
 @click.pass_context
-def kernels(ctx, shapes, batches, sparsities, ops, formats, budget, max_call, threads, json_path, quick, seed,
-            backend):
+def kernels(ctx, shapes, batches, sparsities, ops, formats, budget, max_call, threads, busy, json_path, quick,
+            seed, backend):
     """matmul, matmul_t, sddmm per format against NumPy dense (BLAS) and SciPy CSR."""
     q = QUICK["kernels"]
     shapes = quick_default(ctx, "shapes", shapes, q["shapes"])
@@ -195,13 +210,13 @@ def kernels(ctx, shapes, batches, sparsities, ops, formats, budget, max_call, th
     sparsities = quick_default(ctx, "sparsities", sparsities, q["sparsities"])
     budget = quick_default(ctx, "budget", budget, 0.005)
     ctx.params.update(shapes=shapes, batches=batches, sparsities=sparsities, budget=budget)
-    with thread_limit(threads):
+    with thread_limit(threads), busy_processes(busy):
         meta = machine_meta()
         results, notes, memcpy = run_kernels(
             backend, shapes, batches, sparsities, ops, formats, budget_s=budget, max_call_s=max_call, seed=seed,
             memcpy_bytes=(1 << 22) if quick else (1 << 28))
     meta.update(benchmark="kernels", command=command_line(ctx), backend=backend.name, budget_s=budget,
-                max_call_s=max_call, memcpy_gbps=memcpy, seed=seed, dtype="float32",
+                max_call_s=max_call, memcpy_gbps=memcpy, seed=seed, dtype="float32", busy=busy,
                 loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                 shapes=[list(s) for s in shapes], batches=list(batches), sparsities=list(sparsities),
                 ops=list(ops), formats=list(formats))

@@ -13,7 +13,9 @@ from purerigl.optim import make_optimizer
 
 from .._options import FiniteFloatRange
 from . import bench
+from ._busy import busy_processes
 from ._shared import (
+    MAX_DENSE,
     QUICK,
     TRAIN_METHODS,
     _ms,
@@ -24,6 +26,7 @@ from ._shared import (
     header,
     machine_meta,
     measure,
+    product_limit_s,
     quick_default,
     thread_limit,
 )
@@ -59,14 +62,60 @@ def _update_fn(model, optimizer, method, budgets, rng, alpha=0.3):
     return update
 
 
-def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max_call_s, seed, repeat=1000,
-              n_features=784, n_classes=10):
+def dense_products(shapes, batch, rng, *, budget_s, max_call_s) -> list[dict | None]:
+    """Per layer shape (n_out, n_in): the medians (seconds) of the three dense BLAS products a training
+    step does with that layer at ``batch``, timed like ``bench kernels``' dense baseline: ``matmul``
+    X @ W^T, ``matmul_t`` dY @ W, ``sddmm`` (the whole dense gradient) dY^T @ X. ``None`` for a
+    layer above :data:`MAX_DENSE` elements."""
+    out = []
+    for n_out, n_in in shapes:
+        if n_out * n_in > MAX_DENSE:
+            out.append(None)
+            continue
+        W = rng.standard_normal((n_out, n_in)).astype(np.float32)
+        X = rng.standard_normal((batch, n_in)).astype(np.float32)
+        dY = rng.standard_normal((batch, n_out)).astype(np.float32)
+        WT, dYT = W.T, np.ascontiguousarray(dY.T)
+        calls = {"matmul": lambda: X @ WT, "matmul_t": lambda: dY @ W, "sddmm": lambda: dYT @ X}
+        out.append({op: measure(fn, budget_s=budget_s, max_call_s=max_call_s, compiled=True).median_s
+                    for op, fn in calls.items()})
+    return out
 
+
+def step_limit_s(model, products, batch) -> float | None:
+    """The limit of one training step (issue 19): the step's products (per linear layer: forward
+    ``matmul``, weight gradient ``sddmm``, and ``matmul_t`` unless the layer needs no input gradient),
+    each at its stored connections (``nnz * batch`` multiply-adds; all ``n_out * n_in`` for a dense
+    layer) and at the rate of the dense product of the same shape measured in this run, summed. The
+    rest of a step (bias, ReLU, loss, optimizer) is not counted."""
+    total = 0.0
+    for layer, times in zip(model.linears, products):
+        if times is None:
+            return None
+        n_out, n_in = layer.shape
+        W = getattr(layer, "W", None)
+        nnz = int(W.nnz) if W is not None else n_out * n_in
+        ops = ("matmul", "sddmm", "matmul_t") if layer.needs_input_grad else ("matmul", "sddmm")
+        total += sum(product_limit_s(times[op], nnz, n_out, n_in, batch) for op in ops)
+    return total
+
+
+def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max_call_s, seed, repeat=1000,
+              n_features=784, n_classes=10, products_out=None):
+    """Time each configuration's step and update; ``products_out`` (a list) receives the dense product
+    times behind the limit column, one dict per network."""
     rng = np.random.default_rng(seed)
     results = []
     for hidden in hidden_list:
         widths = (n_features, *parse_hidden(hidden), n_classes)
         arch = "-".join(str(w) for w in widths)
+        shapes = [(n_out, n_in) for n_in, n_out in zip(widths, widths[1:])]
+        products = dense_products(shapes, batch, np.random.default_rng(seed), budget_s=budget_s,
+                                  max_call_s=max_call_s)
+        if products_out is not None:
+            products_out.append({"arch": arch, "batch": batch, "layers": [
+                {"shape": list(shape), **({f"{op}_ms": t * 1e3 for op, t in times.items()} if times else {})}
+                for shape, times in zip(shapes, products)]})
         X = rng.standard_normal((batch, n_features)).astype(np.float32)
         y = rng.integers(0, n_classes, size=batch)
         configs = [("dense", "dense", 0.0)] + [(m, f, s) for s in sparsities for m, f in TRAIN_METHODS]
@@ -93,6 +142,7 @@ def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max
             if method_name == "dense":
                 dense_ms = step_ms
             amortised = step_ms + (update_ms or 0.0) / delta_t
+            limit_s = step_limit_s(model, products, batch)
             nnz = sum(int(p.value.size) for p in model.parameters() if p.name.endswith((".values", ".weight")))
             results.append({
                 "arch": arch, "method": method_name, "format": fmt, "sparsity": sparsity, "batch": batch,
@@ -102,6 +152,8 @@ def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max
                 "step_with_update_ms": amortised,
                 "dense_ratio": dense_ms / step_ms if dense_ms else None,
                 "dense_ratio_with_update": dense_ms / amortised if dense_ms else None,
+                "limit_ms": None if limit_s is None else limit_s * 1e3,
+                "limit_fraction": None if limit_s is None else limit_s / t_step.median_s,
                 "runs": {"step": t_step.runs, "update": runs_update},
             })
     return results
@@ -117,18 +169,30 @@ def format_train(report: dict) -> str:
         "dense = the same network with sparsity 0 (Dense layers, NumPy BLAS), trained by the same code",
         "dense/sparse: dense step time / sparse step time (> 1: sparse is faster); '+upd' includes the "
         "amortised update",
+        "limit: the step's products (per layer: matmul, sddmm, and matmul_t except in the first layer), each "
+        "nnz * batch multiply-adds at the rate of the dense BLAS product of that layer's shape measured in this "
+        "run; bias, ReLU, loss and optimizer are not counted; %limit = limit / step time",
         "",
     ]
     head = (f"{'network':<16} {'method':<9} {'format':<9} {'sparsity':>8} {'weights':>9} {'step ms':>9} "
-            f"{'update ms':>10} {'upd/dt ms':>9} {'dense/sp':>9} {'+upd':>7}")
+            f"{'update ms':>10} {'upd/dt ms':>9} {'dense/sp':>9} {'+upd':>7} {'limit ms':>9} {'%limit':>7}")
     lines += [head, "-" * len(head)]
     for r in report["results"]:
         lines.append(
             f"{r['arch']:<16} {r['method']:<9} {r['format']:<9} {r['sparsity']:>8.2f} {r['weights']:>9} "
             f"{r['step_ms']:>9.3f} {_ms(r['update_ms']):>10} {_ms(r['update_amortised_ms']):>9} "
-            f"{_ratio(r['dense_ratio']):>9} {_ratio(r['dense_ratio_with_update']):>7}"
+            f"{_ratio(r['dense_ratio']):>9} {_ratio(r['dense_ratio_with_update']):>7} "
+            f"{_sig(r.get('limit_ms')):>9} {_pct(r.get('limit_fraction')):>7}"
         )
     return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def _sig(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
 
 
 @bench.command()
@@ -144,8 +208,8 @@ def format_train(report: dict) -> str:
               help="Most timed runs per measurement.  [default: until --budget is spent]")
 @common_options
 @click.pass_context
-def train(ctx, hidden_list, sparsities, batch, delta_t, steps, budget, max_call, threads, json_path, quick, seed,
-          backend):
+def train(ctx, hidden_list, sparsities, batch, delta_t, steps, budget, max_call, threads, busy, json_path, quick,
+          seed, backend):
     """One training step and one topology update per method and format, against the dense network."""
 
     q = QUICK["train"]
@@ -158,12 +222,14 @@ def train(ctx, hidden_list, sparsities, batch, delta_t, steps, budget, max_call,
         except Exception as err:
             raise click.BadParameter(" ".join(str(err).split()), ctx=ctx, param_hint="'--hidden'") from None
     ctx.params.update(hidden_list=hidden_list, sparsities=sparsities, budget=budget)
-    with thread_limit(threads):
+    products: list = []
+    with thread_limit(threads), busy_processes(busy):
         meta = machine_meta()
         results = run_train(backend, hidden_list, sparsities, batch, delta_t, budget_s=budget, max_call_s=max_call,
-                            seed=seed, repeat=steps or 1000)
+                            seed=seed, repeat=steps or 1000, products_out=products)
     meta.update(benchmark="train", command=command_line(ctx), backend=backend.name, budget_s=budget,
-                max_call_s=max_call, seed=seed, batch=batch, delta_t=delta_t, optimizer="sgd momentum 0.9",
+                max_call_s=max_call, seed=seed, batch=batch, delta_t=delta_t, optimizer="sgd momentum 0.9", busy=busy,
+                dense_products=products,
                 loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                 hidden=list(hidden_list), sparsities=list(sparsities))
     report = {"meta": meta, "results": results}
