@@ -6,15 +6,20 @@ Pins down:
 
 - every function of :mod:`purerigl.kernels.host_selection` against an oracle written another way
   (Python loops, sets, ``sorted`` with an explicit key), on hypothesis-drawn tiny inputs with many
-  exact ties in |score| (scores drawn from {0, -0, ±0.5, ±1, ±2}); the rankings (``top_positions``,
-  ``segment_top``) order equal magnitudes by the shared tie rule of :mod:`purerigl.kernels._rank_key`
+  exact ties in |score| (scores drawn from {0, -0, ±0.5, ±1, ±2}); the rankings (``top_k``,
+  ``top_k_per_row``) order equal magnitudes by the shared tie rule of :mod:`purerigl.kernels._rank_key`
   (smaller ``tie_rank(tag, salt)`` first), the salt drawn over [0, 2^32) with both ends included;
 - every function of :mod:`purerigl.kernels.cuda.selection` (Numba's CUDA simulator, blocks of 4
   threads and :data:`~purerigl.kernels.cuda.selection.LANES` = 3, so inputs span several blocks and
   several multi-entry chunks) against the host version on the same inputs: same values, dtypes and
   shapes, bit for bit (``row_norms`` exactly on dyadic data, to 1e-6 relative on general floats);
-- the device functions return device arrays, refuse host arrays, and copy nothing between host and
-  device except the one int64 of :func:`compress` and of :func:`count_true`.
+- the device functions return device arrays and refuse host arrays, except the arguments documented
+  "host or backend" (small integer vectors a method computes on the host: per-row counts and masks,
+  active rows, a host generator's draws), which they copy in themselves; ``row_counts`` and
+  ``active_rows`` return host vectors, ``in_sorted`` of host values a host mask. On device operands
+  they copy nothing between host and device except the one int64 of :func:`compress` and of
+  :func:`count_true` (and of the rankings that compact their result), the per-row vectors that
+  ``row_counts`` / ``active_rows`` return and the row layout of ``top_k_per_row``.
 """
 
 from __future__ import annotations
@@ -128,18 +133,17 @@ def ranked(draw, max_size=MAX):
 
 
 @st.composite
-def segmented(draw):
-    """(scores, tags, starts, counts, eligible or None, salt): up to 6 segments of 0..6 entries (some
-    empty), tied scores, distinct tags near both ends of [0, 2^32) in any order, any salt."""
+def per_row(draw):
+    """(scores, tags, row_sizes, k, among or None, salt): up to 6 rows of 0..6 entries (some empty),
+    tied scores, distinct tags near both ends of [0, 2^32) in any order, any salt."""
     lengths = draw(st.lists(st.integers(0, 6), max_size=6))
-    starts = i64(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
-    size = int(starts[-1])
+    size = int(sum(lengths))
     scores = np.array(draw(st.lists(st.sampled_from(TIED), min_size=size, max_size=size)), np.float32)
     tags = i64(draw(st.lists(tag_values, min_size=size, max_size=size, unique=True)))
     counts = i64(draw(st.lists(st.integers(0, 7), min_size=len(lengths), max_size=len(lengths))))
     flags = st.lists(st.booleans(), min_size=size, max_size=size).map(lambda v: np.array(v, dtype=bool))
-    eligible = draw(st.none() | flags)
-    return scores, tags, starts, counts, eligible, draw(salts)
+    among = draw(st.none() | flags)
+    return scores, tags, i64(lengths), counts, among, draw(salts)
 
 
 @st.composite
@@ -218,36 +222,56 @@ def test_host_sets_of_positions(data, found, values):
     shape = data.draw(shapes)
     flat = data.draw(st.lists(st.integers(0, shape[0] * shape[1] - 1), max_size=MAX))  # any order
     row_mask = np.array(data.draw(st.lists(st.booleans(), min_size=shape[0], max_size=shape[0])))
-    assert H.rows_selected(i64(flat), row_mask, shape[1]).tolist() == [bool(row_mask[p // shape[1]]) for p in flat]
+    assert H.in_rows(i64(flat), row_mask, shape[1]).tolist() == [bool(row_mask[p // shape[1]]) for p in flat]
     tally = Counter(p // shape[1] for p in flat)
     counts = H.row_counts(i64(flat), shape)
     assert counts.dtype == np.int64 and counts.tolist() == [tally[r] for r in range(shape[0])]
+    rows = sorted(data.draw(st.sets(st.integers(0, shape[0] - 1))))
+    active = H.active_rows(H.condensed_from_positions(i64(rows), i64(r * shape[1] for r in rows), shape))
+    assert active.dtype == bool and active.tolist() == [r in rows for r in range(shape[0])]
 
 
-def segment_top_oracle(scores, tags, starts, counts, eligible, salt) -> np.ndarray:
-    ok = np.ones(scores.size, bool) if eligible is None else eligible
+def top_k_per_row_oracle(scores, tags, row_sizes, k, among, salt) -> np.ndarray:
+    """The chosen tags, in the order of ``tags``: each row's best k[q] among its eligible entries."""
+    ok = np.ones(scores.size, bool) if among is None else among
+    starts = np.concatenate([[0], np.cumsum(row_sizes)]).astype(int)
     want = np.zeros(scores.size, dtype=bool)
-    for q in range(counts.size):
+    for q in range(len(k)):
         members = [f for f in range(starts[q], starts[q + 1]) if ok[f]]
-        want[best_first(scores, tags, members, salt)[: counts[q]]] = True
-    return want
+        want[best_first(scores, tags, members, salt)[: k[q]]] = True
+    return tags[want]
 
 
 @host_settings
-@given(case=ranked(max_size=40))
-def test_host_top_positions_is_the_sorted_prefix(case):
+@given(case=ranked(max_size=40), among=st.lists(st.booleans(), min_size=1, max_size=5))
+def test_host_top_k_is_the_sorted_prefix(case, among):
     scores, tags, n, salt = case
+    mask = np.array([among[e % len(among)] for e in range(scores.size)], dtype=bool)
     best = best_first(scores, tags, range(scores.size), salt)[:n]
-    got = H.top_positions(scores, tags, n, salt)
+    got = H.top_k(scores, tags, n, salt)
+    assert got.dtype == np.int64 and got.tolist() == sorted(int(tags[e]) for e in best)
+    best = best_first(scores, tags, [e for e in range(scores.size) if mask[e]], salt)[:n]
+    got = H.top_k(scores, tags, n, salt, among=mask)
     assert got.dtype == np.int64 and got.tolist() == sorted(int(tags[e]) for e in best)
 
 
 @host_settings
-@given(case=segmented())
-def test_host_segment_top_per_segment(case):
-    scores, tags, starts, counts, eligible, salt = case
-    got = H.segment_top(scores, tags, starts, counts, eligible, salt)
-    assert got.dtype == bool and np.array_equal(got, segment_top_oracle(scores, tags, starts, counts, eligible, salt))
+@given(case=per_row())
+def test_host_top_k_per_row(case):
+    scores, tags, row_sizes, k, among, salt = case
+    got = H.top_k_per_row(scores, tags, row_sizes, k, salt, among=among)
+    assert got.dtype == np.int64 and np.array_equal(got, top_k_per_row_oracle(scores, tags, row_sizes, k, among, salt))
+
+
+def test_host_top_k_per_row_takes_ints_for_equal_rows():
+    """An int row size means rows of that length; an int k the same k in every row."""
+    scores = np.array([1, 3, 2, 0, 5, 4], np.float32)
+    tags = np.arange(6, dtype=np.int64)
+    assert H.top_k_per_row(scores, tags, 3, 1).tolist() == [1, 4]
+    assert H.top_k_per_row(scores, tags, 3, i64([2, 1])).tolist() == [1, 2, 4]
+    assert H.top_k_per_row(scores, tags, i64([2, 4]), 2).tolist() == [0, 1, 4, 5]
+    with pytest.raises(ShapeError, match="top_k_per_row"):
+        H.top_k_per_row(scores, tags, 4, i64([1, 1]))
 
 
 @host_settings
@@ -265,11 +289,11 @@ def test_host_row_norms(n_rows, L, seed):
 
 @host_settings
 @given(case=free_draws())
-def test_host_columns_not_in_is_the_ranked_free_column(case):
+def test_host_free_positions_is_the_ranked_free_column(case):
     (n_out, n_in), kept, rows, ranks = case
     held = set(kept.tolist())
-    want = [[c for c in range(n_in) if r * n_in + c not in held][k] for r, k in zip(rows.tolist(), ranks.tolist())]
-    got = H.columns_not_in(kept, (n_out, n_in), rows, ranks)
+    want = [r * n_in + [c for c in range(n_in) if r * n_in + c not in held][k] for r, k in zip(rows.tolist(), ranks.tolist())]
+    got = H.free_positions(kept, (n_out, n_in), rows, ranks)
     assert got.dtype == np.int64 and got.tolist() == want
 
 
@@ -337,6 +361,8 @@ def test_cuda_in_sorted_and_merge_sorted(K, data, found, values, dtype):
     sorted_array = np.array(sorted(found), dtype=dtype)
     vals = i64(values)
     same(K.S.in_sorted(K.dev(vals), K.dev(sorted_array)), H.in_sorted(vals, sorted_array))
+    on_host = K.S.in_sorted(vals, K.dev(sorted_array))  # host values (a draw): a host mask
+    assert isinstance(on_host, np.ndarray) and np.array_equal(on_host, H.in_sorted(vals, sorted_array))
     if vals.size % 2 == 0:  # any shape: the result has it
         vals2 = vals.reshape(2, -1)
         same(K.S.in_sorted(K.dev(vals2), K.dev(sorted_array)), H.in_sorted(vals2, sorted_array))
@@ -344,6 +370,7 @@ def test_cuda_in_sorted_and_merge_sorted(K, data, found, values, dtype):
     a = i64(v for v, s in zip(sorted(found), side) if s)
     b = i64(v for v, s in zip(sorted(found), side) if not s)
     same(K.S.merge_sorted(K.dev(a), K.dev(b)), H.merge_sorted(a, b))
+    same(K.S.merge_sorted(K.dev(a), b), H.merge_sorted(a, b))  # b: host or backend
     # overlapping lists with repeats (outside the spec): still the host's stable sort
     c, d = (i64(sorted(data.draw(st.lists(st.integers(0, 6), max_size=8)))) for _ in range(2))
     same(K.S.merge_sorted(K.dev(c), K.dev(d)), H.merge_sorted(c, d))
@@ -351,32 +378,43 @@ def test_cuda_in_sorted_and_merge_sorted(K, data, found, values, dtype):
 
 @cuda_settings
 @given(data=st.data(), case=layer_and_positions())
-def test_cuda_rows_selected_and_row_counts(K, data, case):
+def test_cuda_in_rows_row_counts_and_active_rows(K, data, case):
     shape, flat = case
     row_mask = np.array(data.draw(st.lists(st.booleans(), min_size=shape[0], max_size=shape[0])))
-    same(K.S.rows_selected(K.dev(flat), K.dev(row_mask), shape[1]), H.rows_selected(flat, row_mask, shape[1]))
-    same(K.S.row_counts(K.dev(flat), shape), H.row_counts(flat, shape))
+    want = H.in_rows(flat, row_mask, shape[1])
+    same(K.S.in_rows(K.dev(flat), K.dev(row_mask), shape[1]), want)
+    same(K.S.in_rows(K.dev(flat), row_mask, shape[1]), want)  # the row mask: host or backend
+    counts = K.S.row_counts(K.dev(flat), shape)  # a per-row vector, on the host
+    assert isinstance(counts, np.ndarray) and counts.dtype == np.int64
+    assert np.array_equal(counts, H.row_counts(flat, shape))
+    rows = i64(sorted(data.draw(st.sets(st.integers(0, shape[0] - 1)))))
+    C = H.condensed_from_positions(rows, rows * shape[1], shape)
+    active = K.S.active_rows(K.S.to_device(C))
+    assert isinstance(active, np.ndarray) and np.array_equal(active, H.active_rows(C))
 
 
 @cuda_settings
 @given(case=ranked(), dtype=st.sampled_from([np.int64, np.int32]))
-def test_cuda_top_positions(K, case, dtype):
+def test_cuda_top_k(K, case, dtype):
     scores, tags, n, salt = case
-    want = H.top_positions(scores, tags, n, salt)
+    want = H.top_k(scores, tags, n, salt)
     assert want.tolist() == sorted(int(tags[e]) for e in best_first(scores, tags, range(scores.size), salt)[:n])
-    same(K.S.top_positions(K.dev(scores), K.dev(tags), n, salt), want)
+    same(K.S.top_k(K.dev(scores), K.dev(tags), n, salt), want)
     if dtype is np.int32 and (tags < 2**31).all():  # int32 tags (offsets, indices): the same tags
-        same(K.S.top_positions(K.dev(scores), K.dev(tags.astype(np.int32)), n, salt), want)
+        same(K.S.top_k(K.dev(scores), K.dev(tags.astype(np.int32)), n, salt), want)
+    among = np.arange(scores.size) % 3 != 1
+    same(K.S.top_k(K.dev(scores), K.dev(tags), n, salt, among=K.dev(among)), H.top_k(scores, tags, n, salt, among=among))
 
 
 @cuda_settings
-@given(case=segmented())
-def test_cuda_segment_top(K, case):
-    scores, tags, starts, counts, eligible, salt = case
-    want = H.segment_top(scores, tags, starts, counts, eligible, salt)
-    assert np.array_equal(want, segment_top_oracle(scores, tags, starts, counts, eligible, salt))
-    el = None if eligible is None else K.dev(eligible)
-    same(K.S.segment_top(K.dev(scores), K.dev(tags), K.dev(starts), K.dev(counts), el, salt), want)
+@given(case=per_row())
+def test_cuda_top_k_per_row(K, case):
+    scores, tags, row_sizes, k, among, salt = case
+    want = H.top_k_per_row(scores, tags, row_sizes, k, salt, among=among)
+    assert np.array_equal(want, top_k_per_row_oracle(scores, tags, row_sizes, k, among, salt))
+    el = None if among is None else K.dev(among)
+    same(K.S.top_k_per_row(K.dev(scores), K.dev(tags), row_sizes, K.dev(k), salt, among=el), want)
+    same(K.S.top_k_per_row(K.dev(scores), K.dev(tags), row_sizes, k, salt, among=el), want)  # k: host or backend
 
 
 def test_cuda_rankings_follow_the_salted_tie_rule(K):
@@ -386,16 +424,14 @@ def test_cuda_rankings_follow_the_salted_tie_rule(K):
     n_seg, length, c = 6, 12, 3
     scores = np.zeros(n_seg * length, np.float32)
     tags = np.arange(n_seg * length, dtype=np.int64)  # flat positions of a 6 x 12 layer
-    starts = np.arange(n_seg + 1, dtype=np.int64) * length
-    counts = np.full(n_seg, c, dtype=np.int64)
     picks = {}
     for salt in (0, 1, 2**32 - 1):
-        top = H.top_positions(scores, tags, 5, salt)
-        same(K.S.top_positions(K.dev(scores), K.dev(tags), 5, salt), top)
+        top = H.top_k(scores, tags, 5, salt)
+        same(K.S.top_k(K.dev(scores), K.dev(tags), 5, salt), top)
         assert top.tolist() != list(range(5))
-        chosen = H.segment_top(scores, tags, starts, counts, None, salt)
-        same(K.S.segment_top(K.dev(scores), K.dev(tags), K.dev(starts), K.dev(counts), None, salt), chosen)
-        places = [tuple(np.flatnonzero(row)) for row in chosen.reshape(n_seg, length)]
+        chosen = H.top_k_per_row(scores, tags, length, c, salt)
+        same(K.S.top_k_per_row(K.dev(scores), K.dev(tags), length, c, salt), chosen)
+        places = [tuple(p % length for p in chosen[chosen // length == q]) for q in range(n_seg)]
         assert all(len(p) == c for p in places) and len(set(places)) > 1
         picks[salt] = (top.tolist(), places)
     assert picks[0] != picks[1] and picks[1] != picks[2**32 - 1]
@@ -405,9 +441,9 @@ def test_cuda_rankings_follow_the_salted_tie_rule(K):
 def test_cuda_rankings_refuse_a_bad_salt(K, salt):
     scores, tags = K.dev(np.ones(3, np.float32)), K.dev(i64([0, 1, 2]))
     with pytest.raises(OperandError, match="salt"):
-        K.S.top_positions(scores, tags, 2, salt)
+        K.S.top_k(scores, tags, 2, salt)
     with pytest.raises(OperandError, match="salt"):
-        K.S.segment_top(scores, tags, K.dev(i64([0, 3])), K.dev(i64([1])), None, salt)
+        K.S.top_k_per_row(scores, tags, 3, 1, salt)
 
 
 @cuda_settings
@@ -446,9 +482,11 @@ def test_cuda_row_norms_square_in_float64(K):
 
 @cuda_settings
 @given(case=free_draws())
-def test_cuda_columns_not_in(K, case):
+def test_cuda_free_positions(K, case):
     shape, kept, rows, ranks = case
-    same(K.S.columns_not_in(K.dev(kept), shape, K.dev(rows), K.dev(ranks)), H.columns_not_in(kept, shape, rows, ranks))
+    want = H.free_positions(kept, shape, rows, ranks)
+    same(K.S.free_positions(K.dev(kept), shape, K.dev(rows), K.dev(ranks)), want)
+    same(K.S.free_positions(K.dev(kept), shape, rows, ranks), want)  # the draw: host or backend
 
 
 @cuda_settings
@@ -466,6 +504,9 @@ def test_cuda_structures(K, data, case, layout, shape, dtype):
     want = H.condensed_from_positions(rows.astype(dtype), flat, layout_shape)
     assert type(got).__name__ == "DeviceCondensed" and got.shape == want.shape
     assert got.rows is not rows_d  # a new array, as on the host
+    for name in ("rows", "indices", "values"):
+        same(getattr(got, name), getattr(want, name))
+    got = K.S.condensed_from_positions(rows.astype(dtype), K.dev(flat), layout_shape)  # rows: host or backend
     for name in ("rows", "indices", "values"):
         same(getattr(got, name), getattr(want, name))
     offsets = np.array(sorted(data.draw(st.sets(st.integers(0, max(shape) - 1)))), dtype=dtype)
@@ -487,7 +528,7 @@ def test_cuda_compress_spans_many_chunks(K):
 
 
 # --------------------------------------------------------------------------------------------------
-# device API: no host arrays, no hidden copies
+# device API: no host arrays but the documented host vectors, no hidden copies
 
 
 def _host_args():
@@ -501,29 +542,67 @@ def _host_args():
         "indicator": (i64([0, 2]), 4),
         "in_sorted": (i64([1, 2]), flat),
         "merge_sorted": (i64([0, 5]), flat),
-        "rows_selected": (flat, np.array([True, False, True]), 3),
+        "in_rows": (flat, np.array([True, False, True]), 3),
         "row_counts": (flat, (3, 3)),
-        "top_positions": (np.array([1.0, -2.0, 0.5], np.float32), flat, 2),
-        "segment_top": (np.array([1.0, -2.0, 0.5], np.float32), i64([7, 3, 5]), i64([0, 2, 3]), i64([1, 1]),
-                        np.array([True, True, False])),
+        "top_k": (np.array([1.0, -2.0, 0.5], np.float32), flat, 2, 0, np.array([True, False, True])),
+        "top_k_per_row": (np.array([1.0, -2.0, 0.5], np.float32), i64([7, 3, 5]), i64([2, 1]), i64([1, 1]), 0,
+                          np.array([True, True, False])),
         "row_norms": (np.ones((2, 3), np.float32),),
-        "columns_not_in": (flat, (3, 3), i64([0, 2]), i64([1, 0])),
+        "free_positions": (flat, (3, 3), i64([0, 2]), i64([1, 0])),
         "csr_from_positions": (flat, (3, 3)),
         "condensed_from_positions": (np.array([0, 2], np.int32), i64([1, 2, 6, 8]), (3, 3)),
         "diagonal_from_offsets": (i64([0, 2]), (3, 4)),
     }
 
 
+#: The arguments documented "host or backend": small integer vectors a method computes on the host
+#: (per-row counts and masks, active rows, a host generator's draws), copied in by the operation.
+HOST_OR_BACKEND = {
+    "in_sorted": {0}, "merge_sorted": {1}, "in_rows": {1}, "top_k_per_row": {3}, "free_positions": {2, 3},
+    "condensed_from_positions": {0},
+}
+#: Arguments that are host data on every backend (the row layout of top_k_per_row is summed on the host).
+HOST_ONLY = {"top_k_per_row": {2}}
+
+
+def _on_device(K, name, host_at=()):
+    """The arguments of ``name`` with every array on the device except at ``host_at`` and HOST_ONLY."""
+    keep = set(host_at) | HOST_ONLY.get(name, set())
+    return [a if i in keep or not isinstance(a, np.ndarray) else K.dev(a) for i, a in enumerate(_host_args()[name])]
+
+
 _HOST_ARRAY_CASES = [
-    (name, i) for name, args in _host_args().items() for i, a in enumerate(args) if isinstance(a, np.ndarray)
+    (name, i) for name, args in _host_args().items() for i, a in enumerate(args)
+    if isinstance(a, np.ndarray) and i not in HOST_OR_BACKEND.get(name, set()) | HOST_ONLY.get(name, set())
 ]
 
 
 @pytest.mark.parametrize(("name", "position"), _HOST_ARRAY_CASES)
 def test_cuda_refuses_host_arrays(K, name, position):
-    args = [a if i == position or not isinstance(a, np.ndarray) else K.dev(a) for i, a in enumerate(_host_args()[name])]
+    """Values, scores, masks over entries and positions derived from a structure never cross
+    implicitly: a host array there is refused."""
     with pytest.raises(DTypeError, match="must be a numba device array"):
-        getattr(K.S, name)(*args)
+        getattr(K.S, name)(*_on_device(K, name, host_at=[position]))
+
+
+def _as_host(x):
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "copy_to_host"):
+        return x.copy_to_host()
+    return [getattr(x, f).copy_to_host() for f in ("rows", "indices", "values")]  # a DeviceCondensed
+
+
+@pytest.mark.parametrize(("name", "position"), [(n, i) for n, at in HOST_OR_BACKEND.items() for i in sorted(at)])
+def test_cuda_copies_in_the_documented_host_vectors(K, name, position):
+    """An argument documented "host or backend" may be a host array: the result is the one of the
+    device argument (in_sorted of host values: the same mask, on the host)."""
+    want = _as_host(getattr(K.S, name)(*_on_device(K, name)))
+    got = _as_host(getattr(K.S, name)(*_on_device(K, name, host_at=[position])))
+    if isinstance(want, list):
+        assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want))
+    else:
+        assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 def test_cuda_refuses_wrong_dtypes_and_sizes(K):
@@ -533,11 +612,15 @@ def test_cuda_refuses_wrong_dtypes_and_sizes(K):
     with pytest.raises(DTypeError, match="bool"):
         K.S.compress(d(i64([1, 2])), d(i64([1, 0])))
     with pytest.raises(DTypeError, match="float32"):
-        K.S.top_positions(d(np.ones(2)), d(i64([0, 1])), 1)
+        K.S.top_k(d(np.ones(2)), d(i64([0, 1])), 1)
     with pytest.raises(DTypeError, match="tags"):
-        K.S.segment_top(d(np.ones(2, np.float32)), d(np.ones(2)), d(i64([0, 2])), d(i64([1])))
+        K.S.top_k_per_row(d(np.ones(2, np.float32)), d(np.ones(2)), 2, 1)
     with pytest.raises(ShapeError, match="must match"):
-        K.S.segment_top(d(np.ones(2, np.float32)), d(i64([0])), d(i64([0, 2])), d(i64([1])))
+        K.S.top_k_per_row(d(np.ones(2, np.float32)), d(i64([0])), 2, 1)
+    with pytest.raises(ShapeError, match="top_k_per_row"):
+        K.S.top_k_per_row(d(np.ones(2, np.float32)), d(i64([0, 1])), 3, d(i64([1])))
+    with pytest.raises(DTypeError, match="row_sizes"):
+        K.S.top_k_per_row(d(np.ones(2, np.float32)), d(i64([0, 1])), d(i64([2])), 1)
     with pytest.raises(ShapeError, match="must match"):
         K.S.flat_of(d(i64([1, 2])), d(i64([1])), 3)
     with pytest.raises(ShapeError, match="equal length"):
@@ -548,14 +631,18 @@ def test_cuda_refuses_wrong_dtypes_and_sizes(K):
 
 def test_cuda_copies_only_the_output_sizes(K, monkeypatch):
     """Every call on device inputs copies nothing between host and device, except one int64 back for
-    compress and for count_true; no host array reaches a kernel."""
+    compress and count_true (and the rankings that compact: top_k with ``among``, top_k_per_row, which
+    also sends its row starts in), the counts that row_counts returns on the host, and the active rows
+    that active_rows reads; no host array reaches a kernel."""
     from numba.cuda.simulator import kernel as sim_kernel
 
     if not K.launch.SIMULATOR:
         pytest.skip("counts the simulator's copies")
-    calls = {name: [K.dev(a) if isinstance(a, np.ndarray) else a for a in args] for name, args in _host_args().items()}
+    calls = {name: _on_device(K, name) for name in _host_args()}
     calls["arange"] = [5]
-    calls["segment_top (all eligible)"] = calls["segment_top"][:4]
+    calls["top_k (every entry)"] = calls["top_k"][:4]
+    calls["top_k_per_row (every entry)"] = calls["top_k_per_row"][:5]
+    calls["active_rows"] = [K.S.condensed_from_positions(K.dev(np.array([0, 2], np.int32)), K.dev(i64([1, 7])), (3, 3))]
     log: list[tuple[str, tuple]] = []
     device_type = type(K.launch.empty((1,)))
     real_to_device, real_copy_to_host = K.launch.cuda.to_device, device_type.copy_to_host
@@ -589,4 +676,8 @@ def test_cuda_copies_only_the_output_sizes(K, monkeypatch):
         copies[name] = list(log)
     want = {name: [] for name in calls}
     want["compress"] = want["count_true"] = [("out", (1,))]
+    want["top_k"] = [("out", (1,)), ("out", (1,))]  # the compacted scores and tags
+    want["top_k_per_row"] = want["top_k_per_row (every entry)"] = [("in", (3,)), ("out", (1,))]  # starts; the size
+    want["row_counts"] = [("out", (3,))]
+    want["active_rows"] = [("out", (2,))]
     assert copies == want

@@ -301,7 +301,7 @@ def test_every_backend_has_the_array_ops(name):
 
 def test_update_ops_are_the_host_modules_operations():
     """UPDATE_OPS names every public operation of the two host modules (``top_mask``, the selection
-    ``keep_by_magnitude`` and ``top_positions`` are built on, is a helper), each once."""
+    ``keep_by_magnitude`` and ``top_k`` are built on, is a helper), each once."""
     from purerigl.kernels import host_selection, host_topology
 
     assert len(set(registry.UPDATE_OPS)) == len(registry.UPDATE_OPS)

@@ -219,9 +219,9 @@ def test_host_ops_refuse_a_bad_salt(salt):
     with pytest.raises(OperandError, match="salt"):
         host_topology.keep_by_magnitude(W, 3, salt)
     with pytest.raises(OperandError, match="salt"):
-        host_selection.top_positions(scores, tags, 2, salt)
+        host_selection.top_k(scores, tags, 2, salt)
     with pytest.raises(OperandError, match="salt"):
-        host_selection.segment_top(scores, tags, np.array([0, 2, 4]), np.array([1, 1]), salt=salt)
+        host_selection.top_k_per_row(scores, tags, 2, 1, salt)
 
 
 @settings(max_examples=12, deadline=None)

@@ -76,12 +76,12 @@ def test_a_bug_in_a_shared_selection_op_fails_on_every_backend(monkeypatch, back
 
 
 def test_a_faulty_selection_fails_the_checks_that_use_it():
-    def worst_instead_of_best(scores, tags, n, salt=0):  # the n smallest |scores|: a sign error in a kernel
-        return host_selection.top_positions(1.0 / (np.abs(scores) + 1.0), tags, n, salt)
+    def worst_instead_of_best(scores, tags, n, salt=0, among=None):  # the n smallest |scores|: a sign error in a kernel
+        return host_selection.top_k(1.0 / (np.abs(scores) + 1.0), tags, n, salt, among=among)
 
-    results = run_update_selftest(_broken(top_positions=worst_instead_of_best), seed=1)
+    results = run_update_selftest(_broken(top_k=worst_instead_of_best), seed=1)
     by_op = {r.op: r for r in results}
-    for op in ("update dynadiag", "update gse uniform", "update srigl 0.3"):  # all rank with top_positions
+    for op in ("update dynadiag", "update gse uniform", "update srigl 0.3"):  # all rank with top_k
         assert not by_op[op].passed, op
         assert "structure differs" in by_op[op].note and "purerigl/dst/spec/" in by_op[op].note
     assert by_op["update rigl"].passed  # RigL drops with keep_by_magnitude and grows with topk_grad

@@ -153,7 +153,7 @@ class DynaDiag(Method):
 
         # 1. Drop: keep the K - q diagonals with the largest norms (ties: the tie rule on the offsets;
         #    they are strictly increasing, so they are valid tags).
-        kept = ops.top_positions(ops.row_norms(M.values), M.offsets, K - q, u.salt)  # offsets, ascending
+        kept = ops.top_k(ops.row_norms(M.values), M.offsets, K - q, u.salt)  # offsets, ascending
 
         # 2. Grow: the q largest gradient norms among the offsets not kept (just-dropped included).
         S = ops.diag_grad_norms(X, dY)  # (P,)
@@ -162,8 +162,8 @@ class DynaDiag(Method):
                 f"backend {ops.name!r} diag_grad_norms returned shape {tuple(S.shape)}, expected (P,) = ({P},)"
             )
         is_kept = ops.indicator(kept, P)
-        grown = ops.top_positions(ops.compress(S, is_kept, keep=False),
-                                  ops.compress(ops.arange(P), is_kept, keep=False), q, u.salt)
+        grown = ops.top_k(ops.compress(S, is_kept, keep=False),
+                          ops.compress(ops.arange(P), is_kept, keep=False), q, u.salt)
 
         # 3. Apply: values and optimizer state follow the positions (PAPERS.md 1.2).
         new = ops.diagonal_from_offsets(ops.merge_sorted(kept, grown), layer.shape)

@@ -74,8 +74,10 @@ The rule is written with the layer backend's operations (:data:`~purerigl.kernel
 on ``layer.matrix`` and ``layer.saved_batch()``. The
 candidates are drawn by the updater's host generator (so a seed gives the same candidates on every
 backend); on cuda the distinct pairs go to the device, one membership bit per pair comes back (the
-discarding of active pairs), the surviving candidates go in, and the gradient at them, both
-selections, the new structure and the remap run on the device. GraBo and GraEst compute their
+discarding of active pairs: ``in_sorted`` given host positions returns a host mask), the surviving
+candidates go in (the one explicit ``to_device`` of the method: the pairs feed both ``grad_at`` and
+the ranking, so moving them once beats letting each operation copy them), and the gradient at them,
+both selections, the new structure and the remap run on the device. GraBo and GraEst compute their
 marginals on the host from a copy of X and dY (float64 sums whose order must match the cpu
 backend's for the draws to match); the uniform sampler reads no batch at all. The weights and the
 optimizer state never cross.
@@ -191,9 +193,9 @@ class GSE(Method):
         k = min(n_change, S.size)
         if k == 0:
             return _unchanged(nnz, S.size)
-        rows, cols = (ops.to_device(a) for a in np.divmod(S, n_in))
+        rows, cols = (ops.to_device(a) for a in np.divmod(S, n_in))  # the sampled candidates go in, once
         g = ops.grad_at(X, dY, rows, cols)
-        grown = ops.top_positions(g, ops.flat_of(rows, cols, n_in), k, u.salt)  # S ascending
+        grown = ops.top_k(g, ops.flat_of(rows, cols, n_in), k, u.salt)  # S ascending
         kept = ops.keep_by_magnitude(M, nnz - k, u.salt)  # the k smallest |w| are the ones not kept
         new = ops.csr_from_positions(ops.merge_sorted(kept, grown), layer.shape)
         stats = apply_structure(layer, u.optimizer, new)
@@ -211,7 +213,7 @@ class GSE(Method):
         X, dY = _batch(layer)
         # The sampler sees the compact (R, n_in) sub-layer of the active rows: compact row r is
         # layer row rows[r] (ascending, so compact and layer positions sort alike).
-        rows = ops.to_host(M.rows).astype(np.int64)  # (R,)
+        rows = np.flatnonzero(ops.active_rows(M))  # (R,)
         active = ops.flat_positions(M)  # (nnz,) ascending layer positions
         S = self._candidates(u.rng, layer, R, n_in, nnz, active, rows=rows)  # compact positions
         s_rows, s_cols = np.divmod(S, n_in)
@@ -219,15 +221,11 @@ class GSE(Method):
         k_r = np.minimum(n_change, per_row)
         if not k_r.any():
             return _unchanged(nnz, S.size)
-        layer_rows, cols = ops.to_device(rows[s_rows]), ops.to_device(s_cols)
+        layer_rows, cols = ops.to_device(rows[s_rows]), ops.to_device(s_cols)  # the candidates go in, once
         g = ops.grad_at(X, dY, layer_rows, cols)
         # grow: per row r the k_r candidates of largest |g|; drop: the k_r smallest |w| of row r
-        candidates = ops.flat_of(layer_rows, cols, n_in)
-        grow = ops.segment_top(g, candidates, ops.to_device(_starts(per_row)), ops.to_device(k_r), salt=u.salt)
-        grown = ops.compress(candidates, grow)
-        keep = ops.segment_top(M.values.reshape(-1), active, ops.to_device(np.arange(R + 1, dtype=np.int64) * K),
-                               ops.to_device((K - k_r).astype(np.int64)), salt=u.salt)
-        kept = ops.compress(active, keep)
+        grown = ops.top_k_per_row(g, ops.flat_of(layer_rows, cols, n_in), per_row, k_r, u.salt)
+        kept = ops.top_k_per_row(M.values.reshape(-1), active, K, K - k_r, u.salt)
         new = ops.condensed_from_positions(M.rows, ops.merge_sorted(kept, grown), layer.shape)
         stats = apply_structure(layer, u.optimizer, new)
         stats["candidates"] = int(S.size)
@@ -259,8 +257,7 @@ class GSE(Method):
         if S.size == 0:
             return S
         in_layer = S if rows is None else rows[S // n_in] * n_in + S % n_in
-        taken = ops.to_host(ops.in_sorted(ops.to_device(in_layer), active))
-        return S[~taken]
+        return S[~ops.in_sorted(in_layer, active)]  # host positions in: a host mask out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,13 +279,6 @@ def _batch(layer):
             f"fit its shape (n_out={n_out}, n_in={n_in})"
         )
     return X, dY
-
-
-def _starts(counts: np.ndarray) -> np.ndarray:
-    """int64 (len + 1,): segment starts of consecutive segments of the given sizes."""
-    starts = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    return starts
 
 
 def _check_pairs(name, rows, cols, n_out, n_in, n_samples) -> tuple[np.ndarray, np.ndarray]:

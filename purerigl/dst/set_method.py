@@ -49,8 +49,8 @@ def random_free_positions(rng: np.random.Generator, total: int, taken, n: int, o
     total : int
         Number of positions, n_out * n_in.
     taken : int64 array, ascending
-        A host array, or an array of the backend ``ops`` (then each round's draw goes to the backend,
-        ``ops.in_sorted`` tests it there and one bool per draw comes back).
+        A host array, or an array of the backend ``ops`` (then ``ops.in_sorted`` tests each round's
+        host draw where ``taken`` lives: on cuda the draw goes in and one bool per draw comes back).
     n : int
     ops : Backend, optional
 
@@ -61,13 +61,11 @@ def random_free_positions(rng: np.random.Generator, total: int, taken, n: int, o
     free = total - int(taken.size)
     if n > free:
         raise ValueError(f"cannot grow {n} connections: only {free} free positions")
+    member = in_sorted if ops is None else ops.in_sorted  # host draws in, a host mask out
     chosen = np.empty(0, dtype=np.int64)
     while chosen.size < n:
         draw = rng.integers(0, total, size=2 * (n - chosen.size) + 16, dtype=np.int64)
-        if ops is None:
-            draw = draw[~in_sorted(draw, taken)]
-        else:
-            draw = draw[~ops.to_host(ops.in_sorted(ops.to_device(draw), taken))]
+        draw = draw[~member(draw, taken)]
         chosen = sorted_unique(np.concatenate([chosen, draw]))
     if chosen.size > n:  # drop a uniformly random surplus so the result stays a uniform n-subset
         chosen = np.sort(rng.choice(chosen, size=n, replace=False))
@@ -93,4 +91,4 @@ class SET(DropAndRegrowCSR):
         n_out, n_in = layer.shape
         kept = ops.keep_by_magnitude(layer.matrix, n_keep, u.salt)  # flat positions, ascending
         grown = random_free_positions(u.rng, n_out * n_in, kept, n_grow, ops)
-        return ops.csr_from_positions(ops.merge_sorted(kept, ops.to_device(grown)), layer.shape)
+        return ops.csr_from_positions(ops.merge_sorted(kept, grown), layer.shape)  # grown: a host draw

@@ -65,12 +65,14 @@ One detail follows PAPERS.md rather than the last official code: the floor uses
 Where it runs: every step is written with the layer backend's operations
 (:data:`~purerigl.kernels.registry.UPDATE_OPS`) on ``layer.matrix`` and ``layer.saved_batch()``, so on the cuda backend the salient set, the drop,
 the trim, the growth selection, the new structure and the remap run on the device. The decisions
-that are small host logic stay on the host and read per-row integer vectors (length n_out): the
-active rows before the update, the salient counts (for :func:`neurons_to_ablate`), the kept count
-per row (for each row's growth need) and the fan-in check of the result; the active mask, the
-needs and the segment bounds go back in. The values, the batch and the optimizer state never cross.
-SET on condensed storage's column draw is made by the host generator (the ranks of the chosen columns among
-each row's free columns) and turned into columns on the device (``columns_not_in``).
+that are small host logic stay on the host and read per-row integer vectors (length n_out) that
+the operations return on the host (``active_rows``, ``row_counts``): the active rows before the
+update, the salient counts (for :func:`neurons_to_ablate`), the kept count per row (for each row's
+growth need) and the fan-in check of the result; the active mask, the needs and the new active rows
+go back in as host arguments that the operations copy in themselves, so the method's body holds no
+data movement. The values, the batch and the optimizer state never cross. SET on condensed
+storage's column draw is made by the host generator (the ranks of the chosen columns among each
+row's free columns) and turned into positions on the device (``free_positions``).
 """
 
 from __future__ import annotations
@@ -219,19 +221,19 @@ def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend, salt: int = 0) 
 
     Returns
     -------
-    int64 host ndarray, shape (n_out,) (on cuda the one array this step copies back)
+    int64 host ndarray, shape (n_out,) (``row_counts`` gives it on the host: on cuda the one array
+    this step copies back)
     """
     ops = backend
-    n_out, n_in = W.shape
+    n_in = W.shape[1]
     flat = ops.flat_positions(W)  # ascending: Condensed rows ascending, columns increasing
-    salient = ops.top_positions(W.values.reshape(-1), flat, n_keep, salt)
+    salient = ops.top_k(W.values.reshape(-1), flat, n_keep, salt)
     if n_prune > 0:
-        none_indptr = ops.to_device(np.zeros(n_out + 1, dtype=np.int64))  # exclude nothing
-        none_cols = ops.to_device(np.zeros(0, dtype=np.int32))
-        g_rows, g_cols = ops.topk_grad(X, dY, int(n_prune), none_indptr, none_cols, salt)
+        nothing = ops.exclusion_of(ops.arange(0), W.shape)  # every position is a candidate
+        g_rows, g_cols = ops.topk_grad(X, dY, int(n_prune), *nothing, salt)
         grad = ops.flat_of(g_rows, g_cols, n_in)  # ascending
         salient = ops.merge_sorted(salient, ops.compress(grad, ops.in_sorted(grad, salient), keep=False))
-    return ops.to_host(ops.row_counts(salient, W.shape)).astype(np.int64)
+    return ops.row_counts(salient, W.shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,11 +244,9 @@ def _grow_by_gradient(u: LayerUpdate, kept, need: np.ndarray, method: str):
     """Per row r, the top need[r] columns of |G[r, :]| outside the kept positions (streamed by the
     backend's ``topk_grad_rows``); their flat positions, ascending."""
     ops = u.layer.backend
-    if not need.any():
-        return ops.to_device(np.zeros(0, dtype=np.int64))
     X, dY = saved_batch_of(u.layer, method)
     ex_indptr, ex_cols = ops.exclusion_of(kept, u.layer.shape)
-    indptr, cols = ops.topk_grad_rows(X, dY, ops.to_device(need), ex_indptr, ex_cols, u.salt)
+    indptr, cols = ops.topk_grad_rows(X, dY, need, ex_indptr, ex_cols, u.salt)
     return ops.csr_positions(indptr, cols, u.layer.shape[1])
 
 
@@ -256,21 +256,16 @@ def _grow_at_random(u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.nda
 
     The updater's host generator draws, per row, which of the row's free columns to take (their
     ranks among the free columns, ``rng.choice(n_free, need, replace=False)``: the very draws of
-    ``rng.choice(free_columns, ...)``); the backend's ``columns_not_in`` turns ranks into columns
+    ``rng.choice(free_columns, ...)``); the backend's ``free_positions`` turns ranks into positions
     where the structure lives.
     """
-    ops = u.layer.backend
     n_in = u.layer.shape[1]
     rows, ranks = [], []
     for r in np.flatnonzero(need):
         chosen = np.sort(u.rng.choice(n_in - int(kept_per_row[r]), size=int(need[r]), replace=False))
         rows.append(np.full(chosen.size, r, dtype=np.int64))
         ranks.append(chosen.astype(np.int64))
-    if not rows:
-        return ops.to_device(np.zeros(0, dtype=np.int64))
-    d_rows = ops.to_device(np.concatenate(rows))
-    cols = ops.columns_not_in(kept, u.layer.shape, d_rows, ops.to_device(np.concatenate(ranks)))
-    return ops.flat_of(d_rows, cols, n_in)
+    return u.layer.backend.free_positions(kept, u.layer.shape, np.concatenate(rows), np.concatenate(ranks))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,7 +289,7 @@ class DropAndRegrowCondensed(Method):
         return np.ones(u.layer.shape[0], dtype=bool)
 
     def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):  # pragma: no cover
-        """Per row r, need[r] columns outside ``kept``; their flat positions, ascending."""
+        """Per row r, need[r] columns outside ``kept`` (some need[r] > 0); their flat positions, ascending."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------------
@@ -335,8 +330,7 @@ class DropAndRegrowCondensed(Method):
         n_keep = n - n_prune
 
         # 2. ablation (SRigL: recomputed from scratch), 3. fan-in
-        was_active = np.zeros(n_out, dtype=bool)
-        was_active[ops.to_host(M.rows)] = True
+        was_active = ops.active_rows(M)
         active = self._active_rows(u, n_keep, n_prune)
         n_active = int(active.sum())
         k = constant_fan_in(budget, n_active, n_in)
@@ -359,33 +353,29 @@ class DropAndRegrowCondensed(Method):
         layer, ops = u.layer, u.layer.backend
         M = layer.matrix
         shape = layer.shape
-        n_out, n_in = shape
-        R_old, k_old = (int(d) for d in M.indices.shape)
-        flat = ops.flat_positions(M)  # (R_old * k_old,) ascending
+        n_in = shape[1]
+        k_old = int(M.indices.shape[1])  # every stored row holds k_old entries
+        flat = ops.flat_positions(M)  # (stored rows * k_old,) ascending
         values = M.values.reshape(-1)
 
         # 4. drop layer-wide: the n_keep largest |w| among the entries of rows that stay active
-        if active.all():
-            kept = ops.top_positions(values, flat, n_keep, u.salt)
-        else:
-            stays = ops.rows_selected(flat, ops.to_device(active), n_in)
-            kept = ops.top_positions(ops.compress(values, stays), ops.compress(flat, stays), n_keep, u.salt)
+        stays = None if active.all() else ops.in_rows(flat, active, n_in)
+        kept = ops.top_k(values, flat, n_keep, u.salt, among=stays)
         # 5. trim: a row keeping more than k entries keeps its k largest |w| (ties: the tie rule)
         if k < k_old:
-            row_starts = ops.to_device(np.arange(R_old + 1, dtype=np.int64) * k_old)  # stored rows
-            keep = ops.segment_top(values, flat, row_starts, ops.to_device(np.full(R_old, k, dtype=np.int64)),
-                                   ops.in_sorted(flat, kept), salt=u.salt)
-            kept = ops.compress(flat, keep)
+            kept = ops.top_k_per_row(values, flat, k_old, k, u.salt, among=ops.in_sorted(flat, kept))
 
         # 6. grow per row: an active row keeping c_r < k entries grows k - c_r
-        kept_per_row = ops.to_host(ops.row_counts(kept, shape))
+        kept_per_row = ops.row_counts(kept, shape)
         need = np.where(active, k - kept_per_row, 0).astype(np.int64)
-        grown = self._grow(u, kept, need, kept_per_row)
-        regrown = ops.count_true(ops.in_sorted(grown, flat))  # grown is outside kept: in flat = dropped
+        positions, regrown = kept, 0
+        if need.any():
+            grown = self._grow(u, kept, need, kept_per_row)
+            regrown = ops.count_true(ops.in_sorted(grown, flat))  # grown is outside kept: in flat = dropped
+            positions = ops.merge_sorted(kept, grown)
 
         # 7. the new structure, checked: exactly k columns in every active row, none elsewhere
-        positions = ops.merge_sorted(kept, grown)
-        fan = ops.to_host(ops.row_counts(positions, shape))
+        fan = ops.row_counts(positions, shape)
         want = np.where(active, k, 0)
         if np.any(fan != want):
             bad = int(np.flatnonzero(fan != want)[0])
@@ -393,8 +383,7 @@ class DropAndRegrowCondensed(Method):
                 f"constant fan-in broken: row {bad} would hold {fan[bad]} connections, expected "
                 f"{want[bad]} (growth of backend {ops.name!r})"
             )
-        rows = ops.to_device(np.flatnonzero(active).astype(np.int32))
-        return ops.condensed_from_positions(rows, positions, shape), int(regrown)
+        return ops.condensed_from_positions(np.flatnonzero(active), positions, shape), int(regrown)
 
 
 class SRigL(DropAndRegrowCondensed):

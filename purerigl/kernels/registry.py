@@ -43,16 +43,24 @@ ARRAY_OPS = (
 #: :mod:`purerigl.kernels.cuda.structure` and :mod:`purerigl.kernels.cuda.selection`). They take and
 #: return what the backend computes on (host formats and arrays, or device matrices and arrays), so a
 #: method whose rule is written with them updates a layer without leaving the backend, and
-#: :func:`purerigl.dst.topology.apply_structure` remaps values and optimizer state there.
+#: :func:`purerigl.dst.topology.apply_structure` remaps values and optimizer state there. Two
+#: documented exceptions keep data movement out of the methods' bodies: an argument marked "host or
+#: backend" (a small integer vector the method computes on the host: a per-row count or mask of length
+#: n_out, the active rows, a host generator's draw) may be a host array, which the device version
+#: copies in itself; ``row_counts`` and ``active_rows`` return host vectors of length n_out on every
+#: backend, and ``in_sorted`` given host values returns a host mask. Values, batches and structures
+#: never cross implicitly: a device op refuses them as host arrays.
 UPDATE_OPS = (
     # positions p = row * n_in + col of stored entries, of (rows, cols), of a CSR-like set; 0..n-1
     "flat_positions", "flat_of", "csr_positions", "arange",
     # masks and compaction
     "compress", "count_true", "indicator",
     # sets of sorted positions
-    "in_sorted", "merge_sorted", "rows_selected", "row_counts", "exclusion_of", "columns_not_in",
+    "in_sorted", "merge_sorted", "in_rows", "exclusion_of", "free_positions",
+    # per-row facts for the host's decisions (host int64 / bool vectors of length n_out on every backend)
+    "row_counts", "active_rows",
     # ranking by magnitude (ties: the tie rule of purerigl.kernels._rank_key)
-    "keep_by_magnitude", "top_positions", "segment_top", "row_norms",
+    "keep_by_magnitude", "top_k", "top_k_per_row", "row_norms",
     # new structures with zero values
     "csr_from_positions", "condensed_from_positions", "diagonal_from_offsets",
     # the shared step: match new entries to old ones and carry values and optimizer state across

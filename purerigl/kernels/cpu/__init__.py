@@ -23,8 +23,9 @@ from ..host_topology import (  # the operations a DST update is written with (re
     count_kept, csr_from_positions, exclusion_of, flat_positions, keep_by_magnitude, remap_by_source, source_of,
 )
 from ..host_selection import (  # registry.UPDATE_OPS, continued
-    arange, columns_not_in, compress, condensed_from_positions, count_true, csr_positions, diagonal_from_offsets,
-    flat_of, in_sorted, indicator, merge_sorted, row_counts, row_norms, rows_selected, segment_top, top_positions,
+    active_rows, arange, compress, condensed_from_positions, count_true, csr_positions, diagonal_from_offsets,
+    flat_of, free_positions, in_rows, in_sorted, indicator, merge_sorted, row_counts, row_norms, top_k,
+    top_k_per_row,
 )
 from ..host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
     adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
@@ -41,10 +42,10 @@ __all__ = [
     "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "to_device", "to_host", "zeros",
     "zeros_like",
     # the operations a DST update is written with, on host arrays (registry.UPDATE_OPS)
-    "arange", "columns_not_in", "compress", "condensed_from_positions", "count_kept", "count_true",
+    "active_rows", "arange", "compress", "condensed_from_positions", "count_kept", "count_true",
     "csr_from_positions", "csr_positions", "diagonal_from_offsets", "exclusion_of", "flat_of",
-    "flat_positions", "in_sorted", "indicator", "keep_by_magnitude", "merge_sorted", "remap_by_source",
-    "row_counts", "row_norms", "rows_selected", "segment_top", "source_of", "top_positions",
+    "flat_positions", "free_positions", "in_rows", "in_sorted", "indicator", "keep_by_magnitude",
+    "merge_sorted", "remap_by_source", "row_counts", "row_norms", "source_of", "top_k", "top_k_per_row",
 ]
 
 

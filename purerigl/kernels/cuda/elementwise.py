@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from ...errors import DTypeError, ShapeError
-from ._launch import cuda, empty, is_device_array, launch
+from ._launch import cuda, empty, is_device_array, launch, to_device
 
 __all__ = ["adam_step", "add_bias", "bias_grad", "relu_backward", "relu_forward", "sgd_step"]
 
@@ -54,6 +54,21 @@ def check_device(name: str, A, dtype=np.float32, shape: tuple | None = None, ndi
     if shape is not None and tuple(A.shape) != tuple(shape):
         raise ShapeError(f"{name} has shape {tuple(A.shape)}, expected {tuple(shape)}")
     return A
+
+
+def device_or_copied(name: str, A, dtype, ndim: int | None = 1):
+    """``A`` as a device array of ``dtype``: a device array is checked as by :func:`check_device`; a
+    host ndarray is copied in (as ``dtype``, C-contiguous).
+
+    Only for the arguments the update operations document as "host or backend": small integer
+    vectors a method computes on the host (per-row counts and masks, active rows, a host generator's
+    draws). Values, batches and structures stay refused as host arrays (:func:`check_device`).
+    """
+    if isinstance(A, np.ndarray):
+        if ndim is not None and A.ndim != ndim:
+            raise ShapeError(f"{name} must be {ndim}-D, got shape {A.shape}")
+        return to_device(np.ascontiguousarray(A, dtype=dtype))
+    return check_device(name, A, dtype, ndim=ndim)
 
 
 def flat(A):

@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import DTypeError, ShapeError
 from .. import _checks
 from . import _launch
-from .elementwise import check_device
+from .elementwise import check_device, device_or_copied
 
 __all__ = ["diag_grad_norms", "topk_grad", "topk_grad_rows"]
 
@@ -104,9 +104,9 @@ def topk_grad_rows(
         rank ``tie_rank(i * n_in + j, salt)`` of the flat position first (not of the column: every row
         orders its ties differently)
 
-    Given device arrays (X, dY, counts and the excluded set) it takes and returns device arrays:
-    nothing is copied but two sizes (the number of chosen columns and of rows that need the
-    gradient). Their checks are cheap (types, dtypes, shapes); counts >= 0 and the exclusion's order
+    Given device arrays (X, dY and the excluded set) it takes and returns device arrays: nothing is
+    copied but two sizes (the number of chosen columns and of rows that need the gradient). ``counts``
+    may then be a device array or a host one (the per-row need the host decided; copied in). Their checks are cheap (types, dtypes, shapes); counts >= 0 and the exclusion's order
     are trusted.
     """
     from . import growth  # imported on first use
@@ -115,6 +115,7 @@ def topk_grad_rows(
         salt = _checks.check_salt(salt)
         _device_growth_operands("topk_grad_rows", X, dY)
         n_out = dY.shape[1]
+        counts = device_or_copied("counts", counts, np.int64)  # the per-row need: host or device
         check_device("counts", counts, np.int64, shape=(n_out,))
         check_device("exclude_indptr", exclude_indptr, np.int64, shape=(n_out + 1,))
         if not _launch.is_device_array(exclude_indices) or exclude_indices.ndim != 1:

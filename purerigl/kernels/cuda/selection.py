@@ -1,7 +1,11 @@
 """The operations of a DST update on positions, masks and scores, on the device (registry.UPDATE_OPS, cuda).
 
-Same names, signatures and results as :mod:`purerigl.kernels.host_selection`, on numba device arrays
-(host NumPy arrays are refused: no hidden copies). Positions are flat indices ``p = row * n_in + col``
+Same names, signatures and results as :mod:`purerigl.kernels.host_selection`, on numba device arrays.
+Host NumPy arrays are refused (no hidden copies) except where an argument is documented "host or
+backend": a small integer vector a method computes on the host (a per-row count or mask, a host
+generator's draw), which the operation copies in itself (:func:`.elementwise.device_or_copied`).
+:func:`row_counts` and :func:`active_rows` return host vectors of length n_out (the per-row facts the
+host logic decides with), and :func:`in_sorted` given host values returns a host mask. Positions are flat indices ``p = row * n_in + col``
 (int64); scores are float32, ranked by |s|, larger first; among equal magnitudes the entry whose tag
 (position) has the smaller tie rank ``tie_rank(tag, salt)`` first, ``salt`` chosen by the caller: the
 shared tie rule of :mod:`purerigl.kernels._rank_key`, compared as one int64 rank key
@@ -10,25 +14,28 @@ independent output and uses no atomics, so results depend on the data only, neve
 thread timing:
 
 - element-wise maps (:func:`flat_of`, :func:`csr_positions`, :func:`arange`,
-  :func:`rows_selected`): one thread per output; the row of a CSR entry by a binary search of indptr.
+  :func:`in_rows`): one thread per output; the row of a CSR entry by a binary search of indptr.
 - :func:`compress` / :func:`count_true`: :data:`LANES` lanes each take a **contiguous** chunk of the
   mask and count its selected entries; one thread turns the counts into offsets (an exclusive scan),
   and each lane writes its entries, in order, from its offset: an order-preserving compaction. The
   total is the one int copied back (it sizes the output).
 - :func:`indicator`: a fill, then one thread per index writes True (duplicates write the same value).
-- sets of sorted positions (:func:`in_sorted`, :func:`row_counts`, :func:`columns_not_in`): binary
+- sets of sorted positions (:func:`in_sorted`, :func:`row_counts`, :func:`free_positions`): binary
   searches, one per output; :func:`merge_sorted` merges by rank (each element's place is its own index
   plus the number of elements of the other list before it).
-- :func:`top_positions`: rank keys sorted descending by the bitonic network of :mod:`._growth_tiles`,
-  the first n decoded back to their tags and sorted ascending, as :func:`.structure.keep_by_magnitude`
-  does.
-- :func:`segment_top`: one thread per entry counts the eligible entries of its segment whose rank key
+- :func:`top_k`: rank keys sorted descending by the bitonic network of :mod:`._growth_tiles`,
+  the first k decoded back to their tags and sorted ascending, as :func:`.structure.keep_by_magnitude`
+  does (``among``: the entries compacted first).
+- :func:`top_k_per_row`: one thread per entry counts the eligible entries of its row whose rank key
   is larger than its own (larger |score|, or equal |score| and smaller tie rank of the tag);
-  O(segment length) per entry, meant for short segments (the rows of a layer).
+  O(row length) per entry, meant for short rows (the rows of a layer); the chosen tags compacted.
 - :func:`row_norms`: one thread per row, float64 squares summed in ascending column order.
 
-Host-device traffic: none, except the output size of :func:`compress` and the count of
-:func:`count_true` (one int64 each). Tags and positions that are ranked must lie in [0, 2^32).
+Host-device traffic: none on device operands, except the output size of :func:`compress` (and so of
+``top_k(among=...)`` and :func:`top_k_per_row`) and the count of :func:`count_true` (one int64 each),
+the per-row vectors :func:`row_counts` and :func:`active_rows` return, and the host arguments
+documented "host or backend" (copied in; :func:`in_sorted`'s host mask copied back). Tags and
+positions that are ranked must lie in [0, 2^32).
 """
 
 from __future__ import annotations
@@ -37,20 +44,21 @@ import math
 
 import numpy as np
 
-from ...errors import ShapeError
+from ...errors import DTypeError, ShapeError
 from .. import _checks
 from . import _growth_tiles as T
 from ._device import find_sorted, lower_bound, segment_of
-from ._launch import cuda, empty, launch, to_host
-from .elementwise import check_device
+from ..host_selection import _row_layout
+from ._launch import cuda, empty, is_device_array, launch, to_device, to_host
+from .elementwise import check_device, device_or_copied
 from .elementwise import flat as _flat
 from .growth import _arange as _arange_device
 from .growth import _exclusive_scan
 from .structure import _csr_keys, _flat_of, _int32_or_64, _merge, top_tags
 
 __all__ = [
-    "arange", "columns_not_in", "compress", "count_true", "csr_positions", "flat_of", "in_sorted", "indicator",
-    "merge_sorted", "row_counts", "row_norms", "rows_selected", "segment_top", "top_positions",
+    "active_rows", "arange", "compress", "count_true", "csr_positions", "flat_of", "free_positions", "in_rows",
+    "in_sorted", "indicator", "merge_sorted", "row_counts", "row_norms", "top_k", "top_k_per_row",
 ]
 
 #: Most lanes of :func:`compress` and :func:`count_true` (each takes one contiguous chunk); read at
@@ -103,7 +111,7 @@ def _in_sorted(values, sorted_array, out):
 
 
 @cuda.jit
-def _rows_selected(flat, row_mask, n_in, out):
+def _in_rows(flat, row_mask, n_in, out):
     """out[e] = row_mask[flat[e] // n_in]."""
     e = cuda.grid(1)
     if e < out.shape[0]:
@@ -121,8 +129,8 @@ def _row_counts(flat, n_in, counts):
 
 
 @cuda.jit
-def _segment_top(score_bits, tags, starts, counts, eligible, all_eligible, salt, chosen):
-    """chosen[e] = e eligible and fewer than counts[q] eligible entries of its segment q outrank it:
+def _top_k_per_row(score_bits, tags, starts, counts, eligible, all_eligible, salt, chosen):
+    """chosen[e] = e eligible and fewer than counts[q] eligible entries of its row q outrank it:
     have a larger rank key (larger |score|, or equal |score| and smaller ``tie_rank(tag, salt)``).
     ``score_bits``: the int32 view of the float32 scores."""
     e = cuda.grid(1)
@@ -156,9 +164,9 @@ def _row_norms(values, out):
 
 
 @cuda.jit
-def _columns_not_in(kept, n_in, rows, ranks, out):
-    """out[m] = ranks[m] + t, t = |{i : k_i - i <= ranks[m]}| over the kept columns k_0 < k_1 < ... of
-    row rows[m] (found by binary search: k_i - i never decreases)."""
+def _free_positions(kept, n_in, rows, ranks, out):
+    """out[m] = rows[m] * n_in + ranks[m] + t, t = |{i : k_i - i <= ranks[m]}| over the kept columns
+    k_0 < k_1 < ... of row rows[m] (found by binary search: k_i - i never decreases)."""
     m = cuda.grid(1)
     if m < out.shape[0]:
         r0 = np.int64(rows[m]) * n_in
@@ -173,7 +181,7 @@ def _columns_not_in(kept, n_in, rows, ranks, out):
                 a = mid + 1
             else:
                 b = mid
-        out[m] = rank + (a - lo)
+        out[m] = r0 + rank + (a - lo)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,109 +291,145 @@ def indicator(indices, size: int):
 
 
 def in_sorted(values, sorted_array):
-    """bool device array shaped like ``values``: ``out_e = (values_e in sorted_array)``, one binary
-    search of the ascending ``sorted_array`` per value (empty: all False) (implements
-    :func:`purerigl.kernels.host_selection.in_sorted`). Both int32 or int64. Copies: none."""
+    """bool array shaped like ``values``: ``out_e = (values_e in sorted_array)``, one binary search of
+    the ascending device ``sorted_array`` per value (empty: all False) (implements
+    :func:`purerigl.kernels.host_selection.in_sorted`). Both int32 or int64.
+
+    ``values`` host or backend: device values give a device mask (copies: none); host values (a
+    host generator's draw, int64) are copied in and their mask comes back as a host bool ndarray.
+    """
+    on_host = isinstance(values, np.ndarray)
+    if on_host:
+        values = to_device(np.ascontiguousarray(values, dtype=np.int64))
     _int32_or_64("values", values, ndim=None)
     _int32_or_64("sorted_array", sorted_array)
     out = empty(tuple(values.shape), np.bool_)
     launch(_in_sorted, out.size, _flat(values), sorted_array, _flat(out))
-    return out
+    return to_host(out) if on_host else out
 
 
 def merge_sorted(a, b):
     """int64 device array: the ascending union of the disjoint ascending int64 ``a`` and ``b``, each
     element placed at its own index plus the number of smaller elements of the other list (implements
     :func:`purerigl.kernels.host_selection.merge_sorted`; with equal elements, those of ``a`` first, as
-    the host's stable sort). Copies: none."""
+    the host's stable sort). ``b`` host or backend (a host generator's draw is copied in). Copies: none
+    on device operands."""
     check_device("a", a, np.int64, ndim=1)
-    check_device("b", b, np.int64, ndim=1)
+    b = device_or_copied("b", b, np.int64)
     out = empty((int(a.shape[0]) + int(b.shape[0]),), np.int64)
     launch(_merge, out.shape[0], a, b, out)
     return out
 
 
-def rows_selected(flat, row_mask, n_in: int):
-    """bool device array shaped like ``flat``: ``row_mask[flat // n_in]`` (implements
-    :func:`purerigl.kernels.host_selection.rows_selected`). ``flat`` int64, ``row_mask`` bool.
-    Copies: none."""
+def in_rows(flat, row_mask, n_in: int):
+    """bool device array shaped like ``flat``: ``row_mask[flat // n_in]``, whether each position lies in
+    a selected row (implements :func:`purerigl.kernels.host_selection.in_rows`). ``flat`` int64 device,
+    ``row_mask`` bool (n_out,), host or backend. Copies: none on device operands; a host ``row_mask`` in."""
     check_device("flat", flat, np.int64)
-    check_device("row_mask", row_mask, np.bool_, ndim=1)
+    row_mask = device_or_copied("row_mask", row_mask, np.bool_)
     out = empty(tuple(flat.shape), np.bool_)
-    launch(_rows_selected, out.size, _flat(flat), row_mask, int(n_in), _flat(out))
+    launch(_in_rows, out.size, _flat(flat), row_mask, int(n_in), _flat(out))
     return out
 
 
-def row_counts(flat, shape):
-    """int64 device array (n_out,): ``|{p in flat : p // n_in = r}|`` for the **ascending** int64
-    positions ``flat``, one pair of binary searches per row (implements
+def row_counts(flat, shape) -> np.ndarray:
+    """int64 **host** ndarray (n_out,): ``|{p in flat : p // n_in = r}|`` for the **ascending** int64
+    device positions ``flat``, one pair of binary searches per row (implements
     :func:`purerigl.kernels.host_selection.row_counts`, which also takes unsorted positions).
-    Copies: none."""
+    Copies: the counts back (a per-row vector for the host logic)."""
     check_device("flat", flat, np.int64, ndim=1)
     out = empty((int(shape[0]),), np.int64)
     launch(_row_counts, out.shape[0], flat, int(shape[1]), out)
-    return out
+    return to_host(out)
+
+
+def active_rows(W) -> np.ndarray:
+    """bool **host** ndarray (n_out,): True at the active rows ``W.rows`` of a DeviceCondensed
+    (implements :func:`purerigl.kernels.host_selection.active_rows`). Copies: ``W.rows`` back."""
+    check_device("W.rows", W.rows, dtype=None, ndim=1)
+    mask = np.zeros(int(W.shape[0]), dtype=bool)
+    mask[to_host(W.rows).astype(np.int64)] = True
+    return mask
 
 
 # --------------------------------------------------------------------------------------------------
 # Ranking
 
 
-def top_positions(scores, tags, n: int, salt: int = 0):
-    """int64 device array (min(n, size),), ascending: the ``tags`` of the ``n`` entries of largest
-    |scores|, equal magnitudes: the tag of smaller tie rank ``tie_rank(tag, salt)`` first (implements
-    :func:`purerigl.kernels.host_selection.top_positions`).
+def top_k(scores, tags, k: int, salt: int = 0, among=None):
+    """int64 device array (min(k, size),), ascending: the ``tags`` of the ``k`` entries of largest
+    |scores| (only those where the bool device array ``among`` is True, when given), equal magnitudes:
+    the tag of smaller tie rank ``tie_rank(tag, salt)`` first (implements
+    :func:`purerigl.kernels.host_selection.top_k`).
 
-    .. math:: \\operatorname{top}_n \\{ \\mathrm{tags}_e \\text{ by } (|s_e|, -r_{salt}(\\mathrm{tags}_e)) \\}
+    .. math:: \\operatorname{top}_k \\{ \\mathrm{tags}_e : \\mathrm{among}_e \\text{ by }
+              (|s_e|, -r_{salt}(\\mathrm{tags}_e)) \\}
 
     ``scores`` float32 (size,), ``tags`` int64 or int32 (size,) strictly increasing in [0, 2^32) (not
-    checked: that would read them back), ``salt`` an int in [0, 2^32). Rank keys
-    ``bits(|s|) << 32 | (2^32 - 1 - tie_rank(tag, salt))`` sorted descending (bitonic,
-    O(size log^2 size)); the first n decoded to their tags and sorted again give the tags ascending.
-    Copies: none.
+    checked: that would read them back), ``salt`` an int in [0, 2^32). ``among`` compacts scores and
+    tags first (:func:`compress`). Rank keys ``bits(|s|) << 32 | (2^32 - 1 - tie_rank(tag, salt))``
+    sorted descending (bitonic, O(size log^2 size)); the first k decoded to their tags and sorted again
+    give the tags ascending. Copies: none (with ``among``: the two compactions' sizes, one int64 each).
     """
     check_device("scores", scores, np.float32)
     _int32_or_64("tags", tags)
     _same_size("scores", scores, "tags", tags)
     salt = _checks.check_salt(salt)
-    n = max(0, min(int(n), int(tags.shape[0])))
-    if n == 0:
+    if among is not None:
+        check_device("among", among, np.bool_)
+        _same_size("scores", scores, "among", among)
+        scores, tags = compress(scores, among), compress(tags, among)
+    k = max(0, min(int(k), int(tags.shape[0])))
+    if k == 0:
         return empty((0,), np.int64)
-    return top_tags(_flat(scores).view(np.int32), tags, n, salt)
+    return top_tags(_flat(scores).view(np.int32), tags, k, salt)
 
 
-def segment_top(scores, tags, starts, counts, eligible=None, salt: int = 0):
-    """bool device array (size,): in each segment q = [starts[q], starts[q+1]), the ``counts[q]``
-    eligible entries of largest |scores|, equal magnitudes: the entry whose tag has the smaller tie
-    rank ``tie_rank(tag, salt)`` first (implements :func:`purerigl.kernels.host_selection.segment_top`).
+def top_k_per_row(scores, tags, row_sizes, k, salt: int = 0, among=None):
+    """int64 device array, in the order of ``tags``: in every row q (the next ``row_sizes[q]`` entries),
+    the tags of the ``k[q]`` eligible entries of largest |scores|, equal magnitudes: the entry whose tag
+    has the smaller tie rank ``tie_rank(tag, salt)`` first (implements
+    :func:`purerigl.kernels.host_selection.top_k_per_row`).
 
-    .. math:: \\mathrm{chosen}_e \\iff \\mathrm{eligible}_e \\wedge |\\{ f \\in \\mathrm{seg}(e) :
-              \\mathrm{eligible}_f, \\kappa_f > \\kappa_e \\}| < c_{\\mathrm{seg}(e)}, \\qquad
+    .. math:: \\mathrm{chosen}_e \\iff \\mathrm{among}_e \\wedge |\\{ f \\in \\mathrm{row}(e) :
+              \\mathrm{among}_f, \\kappa_f > \\kappa_e \\}| < k_{\\mathrm{row}(e)}, \\qquad
               \\kappa_e = \\mathrm{bits}(|s_e|) \\cdot 2^{32} + 2^{32} - 1 - r_{salt}(\\mathrm{tags}_e)
 
-    One thread per entry finds its segment by binary search and scans it, comparing whole rank keys:
-    O(segment length) per entry (O(sum of squared segment lengths) in all), meant for short segments
-    such as the rows of a layer. ``scores`` float32 (size,), ``tags`` int64 or int32 (size,) distinct
-    in [0, 2^32) (not checked), ``starts`` int64 (n_seg + 1,) with starts[-1] = size (not checked),
-    ``counts`` int64 (n_seg,), ``eligible`` bool (size,) or None (all), ``salt`` an int in [0, 2^32).
-    Copies: none.
+    One thread per entry finds its row by binary search and scans it, comparing whole rank keys:
+    O(row length) per entry (O(sum of squared row lengths) in all), meant for short rows such as the
+    rows of a layer; the chosen tags are then compacted (:func:`compress`). ``scores`` float32 (size,),
+    ``tags`` int64 (size,) distinct in [0, 2^32) (not checked), ``row_sizes`` an int or an
+    int64 host ndarray (n_rows,), ``k`` an int or int64 (n_rows,) host or backend, ``among`` bool
+    (size,) device array or None (all), ``salt`` an int in [0, 2^32). Copies: the row starts in, a host
+    ``k`` in, the output size back (one int64).
     """
     check_device("scores", scores, np.float32, ndim=1)
-    _int32_or_64("tags", tags)
+    check_device("tags", tags, np.int64, ndim=1)
     _same_size("scores", scores, "tags", tags)
-    check_device("starts", starts, np.int64, ndim=1)
-    check_device("counts", counts, np.int64, shape=(int(starts.shape[0]) - 1,))
     salt = _checks.check_salt(salt)
-    all_eligible = eligible is None
-    if all_eligible:
-        eligible = empty((1,), np.bool_)  # never read
+    size = int(scores.shape[0])
+    if is_device_array(row_sizes):
+        raise DTypeError("row_sizes must be an int or a host array (the row starts are summed on the host)")
+    if is_device_array(k):
+        check_device("k", k, np.int64, ndim=1)
+        sizes, _ = _row_layout(size, row_sizes, np.zeros(int(k.shape[0]), dtype=np.int64))
+        counts = k
     else:
-        check_device("eligible", eligible, np.bool_, ndim=1)
-        _same_size("scores", scores, "eligible", eligible)
-    out = empty((int(scores.shape[0]),), np.bool_)
-    launch(_segment_top, out.shape[0], scores.view(np.int32), tags, starts, counts, eligible, all_eligible,
-           np.int64(salt), out)
-    return out
+        sizes, counts = _row_layout(size, row_sizes, k)
+        counts = to_device(counts)
+    starts = np.zeros(sizes.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    starts = to_device(starts)
+    all_eligible = among is None
+    if all_eligible:
+        among = empty((1,), np.bool_)  # never read
+    else:
+        check_device("among", among, np.bool_, ndim=1)
+        _same_size("scores", scores, "among", among)
+    chosen = empty((size,), np.bool_)
+    launch(_top_k_per_row, size, scores.view(np.int32), tags, starts, counts, among, all_eligible,
+           np.int64(salt), chosen)
+    return compress(tags, chosen) if size else empty((0,), np.int64)
 
 
 def row_norms(values):
@@ -404,21 +448,20 @@ def row_norms(values):
 # Random growth
 
 
-def columns_not_in(kept, shape, rows, ranks):
-    """int64 device array (m,): free column number ``ranks[m]`` of row ``rows[m]``, the columns that the
-    ascending int64 positions ``kept`` do not hold (implements
-    :func:`purerigl.kernels.host_selection.columns_not_in`).
+def free_positions(kept, shape, rows, ranks):
+    """int64 device array (m,): the flat position of free column number ``ranks[m]`` of row ``rows[m]``,
+    free meaning not held by the ascending int64 device positions ``kept`` (implements
+    :func:`purerigl.kernels.host_selection.free_positions`).
 
     ``c = r + |{i : k_i - i <= r}|`` over the row's kept columns k_0 < k_1 < ...: one thread per pair,
     the row's slice of ``kept`` by two binary searches (``lower_bound`` of ``row * n_in``), then one
-    binary search on ``k_i - i``. ``rows``, ``ranks``: int64 (m,). Copies: none.
+    binary search on ``k_i - i``; the position is ``row * n_in + c``. ``rows``, ``ranks``: int64 (m,),
+    host or backend (a host generator's draw). Copies: host ``rows`` and ``ranks`` in.
     """
     check_device("kept", kept, np.int64, ndim=1)
-    check_device("rows", rows, np.int64, ndim=1)
-    check_device("ranks", ranks, np.int64, ndim=1)
+    rows = device_or_copied("rows", rows, np.int64)
+    ranks = device_or_copied("ranks", ranks, np.int64)
     _same_size("rows", rows, "ranks", ranks)
     out = empty((int(rows.shape[0]),), np.int64)
-    launch(_columns_not_in, out.shape[0], kept, int(shape[1]), rows, ranks, out)
+    launch(_free_positions, out.shape[0], kept, int(shape[1]), rows, ranks, out)
     return out
-
-

@@ -28,7 +28,8 @@ as stored; every step below relies on that and keeps it:
   division per entry: no atomics.
 - :func:`csr_from_positions`, :func:`condensed_from_positions` and :func:`diagonal_from_offsets` make
   a new matrix with zero values from sorted positions or offsets, copying nothing between host and
-  device.
+  device (except the active rows of a Condensed when the host decided them: ``rows`` is "host or
+  backend", see :mod:`.selection`).
 
 Flat positions must fit the rank key's 32 bits: n_out * n_in <= 2^32, as for the growth kernels.
 """
@@ -46,7 +47,7 @@ from .arrays import zeros
 from .condensed import DeviceCondensed
 from .csr import DeviceCSR
 from .diagonal import DeviceDiagonal
-from .elementwise import check_device
+from .elementwise import check_device, device_or_copied
 from .elementwise import flat as _flat_view
 from .topology import remap_by_source as _gather
 from .topology import source_by_position
@@ -364,11 +365,15 @@ def condensed_from_positions(rows, flat, shape) -> DeviceCondensed:
     positions ``flat``, k = len(flat) / len(rows) per active row: indices[a, t] = flat[a k + t] mod n_in
     (int32) (implements :func:`purerigl.kernels.host_selection.condensed_from_positions`).
 
-    ``rows`` int32 or int64, copied to a new int32 array on the device. The caller has checked the
-    counts (:func:`row_counts`). Copies: none between host and device.
+    ``rows`` int32 or int64, host or backend: a device array is copied to a new int32 array on the
+    device, a host one (the active rows the host decided) is copied in as int32. The caller has checked
+    the counts (:func:`row_counts`). Copies: a host ``rows`` in; none on device operands.
     """
     shape = (int(shape[0]), int(shape[1]))
-    _int32_or_64("rows", rows)
+    if isinstance(rows, np.ndarray):
+        rows = device_or_copied("rows", rows, np.int32)  # a new array already
+    else:
+        rows = _int32_copy(_int32_or_64("rows", rows))
     check_device("flat", flat, np.int64, ndim=1)
     n_active, n = int(rows.shape[0]), int(flat.shape[0])
     k = n // n_active if n_active else 0
@@ -378,7 +383,7 @@ def condensed_from_positions(rows, flat, shape) -> DeviceCondensed:
         raise FormatError(f"{n_active} active rows with fan-in k=0; an active row needs k >= 1")
     indices = empty((n_active, k), np.int32)
     launch(_columns, n, flat, shape[1], _flat_view(indices))
-    return DeviceCondensed(shape, _int32_copy(rows), indices, zeros((n_active, k), np.float32))
+    return DeviceCondensed(shape, rows, indices, zeros((n_active, k), np.float32))
 
 
 def diagonal_from_offsets(offsets, shape) -> DeviceDiagonal:
