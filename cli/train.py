@@ -44,7 +44,7 @@ RUN_FILES = ("config.json", "metrics.jsonl", "model.npz", "checkpoint.npz")
 
 #: Options that say how the run is written and shown, not what it computes; every other option of
 #: the command is a run option, stored in config.json["options"] and fixed for a --resume.
-SESSION_OPTIONS = ("out", "overwrite", "progress", "checkpoint_every", "resume")
+SESSION_OPTIONS = ("out", "overwrite", "progress", "checkpoint_every", "resume", "threads")
 
 #: Run options added after runs were written without them, with the value such a run had in effect:
 #: ``--resume`` of an older run directory fills them in.
@@ -401,6 +401,15 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
     "option given as well must be equal); ends exactly as an uninterrupted run would.",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar  [default: on a terminal]")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, numba.config.NUMBA_NUM_THREADS),
+    default=None,
+    metavar="N",
+    help="Numba threads of the cpu kernels (the results do not depend on it; 1 is the fastest choice on a "
+    "machine whose cores are busy with other work). Small products run on one thread whatever N is.  "
+    "[default: $NUMBA_NUM_THREADS, else all cores]",
+)
 @click.pass_context
 def train(ctx, **raw):
     """Train a sparse MLP with a DST method (default rigl; the fixed random topology: --method static).
@@ -409,6 +418,16 @@ def train(ctx, **raw):
     NaN or Inf, training stops (exit code 3), keeps the last checkpoint and writes no model.npz.
     """
     session = {k: raw.pop(k) for k in SESSION_OPTIONS}
+    previous_threads = numba.get_num_threads()
+    if session["threads"] is not None:
+        numba.set_num_threads(session["threads"])
+    try:
+        _train(ctx, raw, session)
+    finally:
+        numba.set_num_threads(previous_threads)
+
+
+def _train(ctx, raw: dict, session: dict) -> None:
     if session["resume"] is not None:
         opts, every = _resume_options(ctx, raw, session)
         trainer, meta = build_run(opts, resuming=True)

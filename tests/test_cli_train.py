@@ -221,3 +221,20 @@ def test_train_on_real_mnist(tmp_path):
     evaluated = invoke(["evaluate", out / "model.npz", "--data-dir", MNIST_DIR, "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["accuracy"] == last["test_accuracy"]
+
+
+def test_threads_option_sets_the_numba_threads_of_the_run(tmp_path):
+    """--threads N (issue 19): the run uses N Numba threads (config.json says so), the caller's count
+    is restored afterwards, and a count outside 1..NUMBA_NUM_THREADS exits 2 naming the option."""
+    import numba
+
+    before = numba.get_num_threads()
+    out = tmp_path / "run"
+    result = invoke(["train", "--method", "static", "--epochs", 1, "--hidden", "16", "--threads", 1, "--out", out,
+                     "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["threads"] == 1
+    assert "threads" not in json.loads((out / "config.json").read_text())["options"]  # not a run option
+    assert numba.get_num_threads() == before
+    for bad in (0, numba.config.NUMBA_NUM_THREADS + 1, "two"):
+        assert_usage_error(invoke(["train", "--threads", bad, "--out", tmp_path / "bad"]), "--threads")

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
+from ._serial import by_work
 
 #: Rows of A per parallel task: 16 float32 of one column of A fill one 64-byte line of AT.
 ROW_BLOCK = 16
@@ -52,5 +53,5 @@ def transpose(A: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
             return np.ascontiguousarray(A.T)  # same memory, shape (m, n)
         out = np.empty((A.shape[1], A.shape[0]), dtype=A.dtype)
     if A.size:
-        _transpose_into(A, out)
+        by_work(_transpose_into, A.size)(A, out)
     return out

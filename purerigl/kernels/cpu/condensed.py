@@ -30,6 +30,7 @@ from ._dot import gather_dot, tree_dot
 from ._columns import columns, matmul_t_columns, narrow_indices
 from ._columns import cached as _cached
 from ._layout import transpose
+from ._serial import by_work
 
 #: Batches at least this large use the transposed-operand kernels (see the module docstring).
 TRANSPOSED_MIN_BATCH = 4
@@ -181,7 +182,7 @@ def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
             _matmul_rowdot(W.rows, indices, W.values, X, out)
         return out
     YT = np.zeros((W.n_out, B), dtype=np.float32)  # (n_out, B)
-    _matmul_transposed(W.rows, indices, W.values, transpose(X), YT, _batch_block(B, False))
+    by_work(_matmul_transposed, W.nnz * B)(W.rows, indices, W.values, transpose(X), YT, _batch_block(B, False))
     transpose(YT, out)  # (n_out, B) -> (B, n_out)
     return out
 
@@ -206,11 +207,11 @@ def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     if B < TRANSPOSED_MIN_BATCH:
         work = W.nnz * max(B, 1)
         n_chunks = max(1, min(MAX_CHUNKS, W.n_active, work // CHUNK_WORK))
-        _matmul_t_chunks(W.rows, _indices(W), W.values, dY, n_chunks, out)
+        by_work(_matmul_t_chunks, work, B)(W.rows, _indices(W), W.values, dY, n_chunks, out)
         return out
     col_ptr, entry, row = _columns_of(W)
     dXT = np.zeros((W.n_in, B), dtype=np.float32)  # (n_in, B)
-    matmul_t_columns(col_ptr, entry, row, W.values.reshape(-1), transpose(dY), dXT)
+    by_work(matmul_t_columns, W.nnz * B)(col_ptr, entry, row, W.values.reshape(-1), transpose(dY), dXT)
     transpose(dXT, out)  # (n_in, B) -> (B, n_in)
     return out
 
@@ -219,5 +220,5 @@ def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dW[r, t] = sum_b dY[b, rows[r]] X[b, indices[r, t]] into ``out`` (n_active, k)."""
     if W.nnz == 0:
         return out
-    _sddmm_transposed(W.rows, _indices(W), transpose(X), transpose(dY), out)
+    by_work(_sddmm_transposed, W.nnz * X.shape[0], X.shape[0])(W.rows, _indices(W), transpose(X), transpose(dY), out)
     return out

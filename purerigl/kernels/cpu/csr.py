@@ -26,6 +26,7 @@ from ._cache import CACHE
 from ._dot import gather_dot, tree_dot
 from ._columns import columns, matmul_t_columns
 from ._layout import transpose
+from ._serial import by_work
 
 #: Batches at least this large use the transposed-operand kernels (see the module docstring).
 TRANSPOSED_MIN_BATCH = 4
@@ -162,10 +163,11 @@ def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Y = X W^T into the zeroed ``out`` (B, n_out); empty rows stay 0."""
     B = X.shape[0]
     if B < TRANSPOSED_MIN_BATCH:
-        _matmul_rowdot(W.indptr, _indices(W), W.values, X, out)
+        by_work(_matmul_rowdot, W.nnz * B, B)(W.indptr, _indices(W), W.values, X, out)
         return out
     YT = np.zeros((W.n_out, B), dtype=np.float32)  # (n_out, B)
-    _matmul_transposed(W.indptr, _indices(W), W.values, transpose(X), YT, _batch_block(B, False))
+    by_work(_matmul_transposed, W.nnz * B)(W.indptr, _indices(W), W.values, transpose(X), YT,
+                                           _batch_block(B, False))
     transpose(YT, out)  # (n_out, B) -> (B, n_out)
     return out
 
@@ -189,16 +191,16 @@ def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     if B < TRANSPOSED_MIN_BATCH:
         work = W.nnz * max(B, 1)
         n_chunks = max(1, min(MAX_CHUNKS, W.n_out, work // CHUNK_WORK))
-        _matmul_t_chunks(W.indptr, _indices(W), W.values, dY, _chunk_rows(W.indptr, n_chunks), out)
+        by_work(_matmul_t_chunks, work, B)(W.indptr, _indices(W), W.values, dY, _chunk_rows(W.indptr, n_chunks), out)
         return out
     col_ptr, entry, row = _columns_of(W)
     dXT = np.zeros((W.n_in, B), dtype=np.float32)  # (n_in, B)
-    matmul_t_columns(col_ptr, entry, row, W.values, transpose(dY), dXT)
+    by_work(matmul_t_columns, W.nnz * B)(col_ptr, entry, row, W.values, transpose(dY), dXT)
     transpose(dXT, out)  # (n_in, B) -> (B, n_in)
     return out
 
 
 def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dW[e] = sum_b dY[b, row(e)] X[b, indices[e]] into ``out`` (nnz,)."""
-    _sddmm_transposed(W.indptr, _indices(W), transpose(X), transpose(dY), out)
+    by_work(_sddmm_transposed, W.nnz * X.shape[0], X.shape[0])(W.indptr, _indices(W), transpose(X), transpose(dY), out)
     return out

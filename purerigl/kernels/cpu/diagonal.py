@@ -37,6 +37,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
+from ._serial import by_work
 
 #: Batch items per tile of the gathers: a tile of V is reused across this many rows of S.
 B_BLOCK = 4
@@ -154,27 +155,33 @@ def _p_block(n_positions: int, B: int) -> int:
 def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Y = X W^T into the zeroed ``out`` (B, n_out)."""
     block = _p_block(W.n_out, X.shape[0])
+    B = X.shape[0]
+    work = W.values.size * B
     if W.is_wide:
-        _gather_plus(W.offsets, W.values, X, out, block)  # out (B, L = n_out), S = X (B, M = n_in)
+        by_work(_gather_plus, work, B)(W.offsets, W.values, X, out, block)  # out (B, L = n_out), S = X (B, M = n_in)
     else:
-        _gather_minus(W.offsets, W.values, X, out, block)  # out (B, M = n_out), S = X (B, L = n_in)
+        by_work(_gather_minus, work, B)(W.offsets, W.values, X, out, block)  # out (B, M = n_out), S = X (B, L = n_in)
     return out
 
 
 def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dX = dY W into the zeroed ``out`` (B, n_in)."""
     block = _p_block(W.n_in, dY.shape[0])
+    B = dY.shape[0]
+    work = W.values.size * B
     if W.is_wide:
-        _gather_minus(W.offsets, W.values, dY, out, block)  # out (B, M = n_in), S = dY (B, L = n_out)
+        by_work(_gather_minus, work, B)(W.offsets, W.values, dY, out, block)  # out (B, M = n_in), S = dY (B, L = n_out)
     else:
-        _gather_plus(W.offsets, W.values, dY, out, block)  # out (B, L = n_in), S = dY (B, M = n_out)
+        by_work(_gather_plus, work, B)(W.offsets, W.values, dY, out, block)  # out (B, L = n_in), S = dY (B, M = n_out)
     return out
 
 
 def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dV[k, t] = G[row(k, t), col(k, t)], G = dY^T X, into the zeroed ``out`` (K, L)."""
+    B = X.shape[0]
+    work = W.values.size * B
     if W.is_wide:
-        _sddmm_diagonals(W.offsets, dY, X, out)  # A = dY (B, L = n_out), S = X (B, M = n_in)
+        by_work(_sddmm_diagonals, work, B)(W.offsets, dY, X, out)  # A = dY (B, L = n_out), S = X (B, M = n_in)
     else:
-        _sddmm_diagonals(W.offsets, X, dY, out)  # A = X (B, L = n_in), S = dY (B, M = n_out)
+        by_work(_sddmm_diagonals, work, B)(W.offsets, X, dY, out)  # A = X (B, L = n_in), S = dY (B, M = n_out)
     return out

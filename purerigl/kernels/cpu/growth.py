@@ -49,6 +49,7 @@ from numba import njit, prange
 from .._rank_key import index_of_key, rank_key
 from ._cache import CACHE
 from ._layout import transpose
+from ._serial import by_work
 
 #: Entries of G per tile (512 KiB of float32, one tile per task).
 TILE_ELEMS = 1 << 17
@@ -441,8 +442,8 @@ def topk_grad(X, dY, m, ex_indptr, ex_indices, salt=0):
     n_best = np.zeros(n_workers, dtype=np.int64)
     threshold = _starting_threshold(dYT, XT, ex_indptr, ex_indices, k, n_available)
     while True:
-        _topk_workers(dYT, XT, ex_indptr, ex_indices, salt, k, tile_rows, _buffer_capacity(k), threshold, best,
-                      n_best)
+        by_work(_topk_workers, n_out * n_in * X.shape[0], growth=True)(
+            dYT, XT, ex_indptr, ex_indices, salt, k, tile_rows, _buffer_capacity(k), threshold, best, n_best)
         if threshold < 0 or n_best.sum() >= k:  # at least k positions exceed the threshold
             break
         threshold = -1
@@ -458,12 +459,12 @@ def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices, salt=0):
     indptr = np.zeros(n_out + 1, dtype=np.int64)
     np.cumsum(take, out=indptr[1:])
     cols = np.empty(indptr[-1], dtype=np.int64)
-    _complete_rows(n_in, ex_indptr, ex_indices, take, ranked_mask, indptr, cols)
+    by_work(_complete_rows, n_out * n_in)(n_in, ex_indptr, ex_indices, take, ranked_mask, indptr, cols)
     ranked = np.flatnonzero(ranked_mask).astype(np.int64)
     if ranked.size:
         tile_rows = _tile_rows(n_in)
-        _rows_select(transpose(dY), transpose(X), ranked, tile_rows, ex_indptr, ex_indices, salt, take, indptr,
-                     cols)
+        by_work(_rows_select, ranked.size * n_in * X.shape[0], growth=True)(
+            transpose(dY), transpose(X), ranked, tile_rows, ex_indptr, ex_indices, salt, take, indptr, cols)
     return indptr, cols
 
 
@@ -476,7 +477,7 @@ def diag_grad_norms(X, dY):
     tile_rows = min(_tile_rows(n_in), n_out)
     n_groups = min(DIAG_CHUNKS, -(-n_out // tile_rows))
     partial = np.zeros((n_groups, P), dtype=np.float64)
-    _diagonal_squares(transpose(dY), transpose(X), tile_rows, partial)
+    by_work(_diagonal_squares, n_out * n_in * X.shape[0], growth=True)(transpose(dY), transpose(X), tile_rows, partial)
     sum_sq = partial[0].copy()
     for c in range(1, n_groups):  # fixed order
         sum_sq += partial[c]

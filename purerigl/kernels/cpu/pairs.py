@@ -16,6 +16,7 @@ from numba import njit, prange
 from ._cache import CACHE
 from ._dot import tree_dot
 from ._layout import transpose
+from ._serial import by_work
 
 #: Pairs per parallel task (one scratch buffer per task).
 PAIR_BLOCK = 256
@@ -41,5 +42,6 @@ def _grad_at_transposed(XT, dYT, rows, cols, g):
 def grad_at(X: np.ndarray, dY: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray):
     """g[p] = sum_b dY[b, rows[p]] X[b, cols[p]] into ``out`` (m,)."""
     if rows.shape[0]:
-        _grad_at_transposed(transpose(X), transpose(dY), rows, cols, out)
+        kernel = by_work(_grad_at_transposed, rows.shape[0] * X.shape[0], X.shape[0])
+        kernel(transpose(X), transpose(dY), rows, cols, out)
     return out
