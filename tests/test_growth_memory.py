@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from purerigl.kernels import get_backend
+from purerigl.kernels.cpu import _serial
 
 N_OUT = N_IN = 4096
 BATCH = 32
@@ -40,6 +41,14 @@ def layer():
     indices = cols.astype(np.int32)
     counts = np.full(N_OUT, int(0.3 * NNZ) // N_OUT, dtype=np.int64)  # SRigL-like regrowth per row
     return X, dY, indptr, indices, counts
+
+
+@pytest.fixture(autouse=True)
+def _kernels_chosen_by_work_only(monkeypatch):
+    """The cpu kernels choose between parallel and serial twin by work size only here, not by the
+    machine's load (kernels/cpu/_serial.py): the traced call runs what the warm-up call compiled."""
+    monkeypatch.setattr(_serial, "LOAD_CHECK", False)
+    monkeypatch.setattr(_serial, "_LOAD", [0.0, False])
 
 
 def peak_extra_bytes(fn, warm_up: bool = True) -> int:
