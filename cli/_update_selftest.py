@@ -34,6 +34,7 @@ UPDATE_METHODS = (
     ("gse", "csr", {"gse_sampler": "uniform"}),
     ("gse", "condensed", {"gse_sampler": "grabo"}),
     ("gse", "csr", {"gse_sampler": "graest"}),
+    ("diag-rigl", "diagonal", {}),
     ("dynadiag", "diagonal", {}),
 )
 #: (shape, density) of the layer each update check uses; the tiny one for the CUDA simulator.

@@ -55,7 +55,7 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     With --tiny (chosen automatically for the cuda backend on Numba's CUDA simulator, whose kernels
     run as Python threads) the shapes are at most 12 wide and the batches 1 and 3.
     Then one topology update of every DST method (static, RigL, SET on CSR and condensed, SRigL with
-    and without ablation, GSE with each sampler, DynaDiag) on the backend against the method's NumPy
+    and without ablation, GSE with each sampler, diag-rigl, DynaDiag) on the backend against the method's NumPy
     specification (purerigl/dst/spec/), on integer data where both must agree exactly: structure,
     values, momentum and statistics.
     Exits with 1 if any check fails.

@@ -12,7 +12,7 @@ from purerigl.report.summary import inspect_model_file
 COLUMNS = (
     ("layer", "<"), ("format", "<"), ("shape", ">"), ("nnz", ">"), ("density", ">"),
     ("fan-in min/mean/max", ">"), ("fan-out min/mean/max", ">"), ("ablated", ">"), ("diagonals", ">"),
-    ("bytes", ">"), ("dense bytes", ">"), ("ratio", ">"),
+    ("gates", "<"), ("bytes", ">"), ("dense bytes", ">"), ("ratio", ">"),
 )
 
 
@@ -28,6 +28,15 @@ def _fan(f: dict) -> str:
     return f"{f['min']} / {f['mean']:.2f} / {f['max']}"
 
 
+def _gates(g: dict | None) -> str:
+    """A DynaDiag layer's gates in a few words: frozen to K, or effective K of the stored, T and max gate."""
+    if g is None:
+        return "-"
+    if g["frozen"]:
+        return f"frozen to {g['k']}"
+    return f"eff. K {g['effective_k']} of {g['stored']} (K {g['k']}), T {g['temperature']:.3g}, max {g['max']:.3f}"
+
+
 def _cells(row: dict) -> list[str]:
     n_out, n_in = row["shape"]
     diag = row["diagonals"]
@@ -35,7 +44,7 @@ def _cells(row: dict) -> list[str]:
         row["layer"], row["format"], f"{n_out} x {n_in}", str(row["nnz"]), f"{row['density']:.4f}",
         _fan(row["fan_in"]), _fan(row["fan_out"]),
         "-" if row["ablated"] is None else f"{row['ablated']} of {n_out}",
-        "-" if diag is None else f"{diag['K']} of {diag['P']}",
+        "-" if diag is None else f"{diag['K']} of {diag['P']}", _gates(row.get("gates")),
         _size(row["bytes"]["total"]), _size(row["bytes"]["dense"]), f"{row['bytes_ratio']:.3f}",
     ]
 
@@ -50,7 +59,7 @@ def format_report(report: dict) -> str:
     total = report["total"]
     rows = [[name for name, _ in COLUMNS]] + [_cells(r) for r in report["layers"]]
     rows.append([
-        "total", "", "", str(total["nnz"]), f"{total['density']:.4f}", "", "", "", "",
+        "total", "", "", str(total["nnz"]), f"{total['density']:.4f}", "", "", "", "", "",
         _size(total["bytes"]["total"]), _size(total["bytes"]["dense"]), f"{total['bytes_ratio']:.3f}",
     ])
     widths = [max(len(r[c]) for r in rows) for c in range(len(COLUMNS))]
@@ -69,7 +78,8 @@ def format_report(report: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per-layer dicts and a total).")
 def inspect(model_path, as_json):
     """Per-layer summary of a saved model: format, shape, nnz, density, fan-in and fan-out, ablated
-    neurons, active diagonals and memory against a dense layer.
+    neurons, active diagonals, DynaDiag's gates (effective K = #(gate > 1e-6), temperature, the frozen
+    set; with --json every stored offset and the ten largest gates) and memory against a dense layer.
 
     MODEL.npz may also be a training checkpoint (checkpoint.npz) or a run directory (its model.npz,
     else its checkpoint.npz). Nothing is densified: every number comes from the stored indices.

@@ -36,6 +36,7 @@ from purerigl.optim import OPTIMIZERS
 from purerigl.formats.budget import FORMAT_NAMES
 from purerigl.training.loop import TrainConfig, Trainer, TrainingDiverged
 
+from . import _dynadiag
 from ._init_masks import install_init_masks
 from ._options import FiniteFloatRange, backend_option, seed_option
 from ._report import epoch_line, epoch_table_header
@@ -48,7 +49,7 @@ SESSION_OPTIONS = ("out", "overwrite", "progress", "checkpoint_every", "resume",
 
 #: Run options added after runs were written without them, with the value such a run had in effect:
 #: ``--resume`` of an older run directory fills them in.
-ADDED_OPTIONS = {"grad_accumulation": 1, "init_masks": None}
+ADDED_OPTIONS = {"grad_accumulation": 1, "init_masks": None, **_dynadiag.OPTION_DEFAULTS}
 
 #: Exit code of a run stopped because the loss became NaN or Inf (0: done, 2: bad input).
 EXIT_DIVERGED = 3
@@ -84,6 +85,8 @@ def is_dynamic(opts: dict) -> bool:
 def schedule_plan(opts: dict, trainer: Trainer, auto: bool) -> str:
     """The line ``purerigl train`` prints before training: how many topology updates are planned,
     delta_t and t_end in steps (``auto``: delta_t was derived from the run's length)."""
+    if is_dynamic(opts) and opts["method"] == "dynadiag":
+        return _dynadiag.plan(opts, trainer)
     if not is_dynamic(opts):
         return f"topology: fixed ({'dense' if opts['sparsity'] == 0 else 'static'}): nothing is dropped or grown"
     schedule, total = trainer.topology.schedule, trainer.total_steps
@@ -101,6 +104,8 @@ def check_schedule(opts: dict, trainer: Trainer) -> None:
     schedule, total = trainer.topology.schedule, trainer.total_steps
     if not is_dynamic(opts) or schedule.n_updates(total, changing=True) > 0:
         return
+    if opts["method"] == "dynadiag" and opts["dynadiag_soft"] == "all":
+        return  # every diagonal is stored: the gates alone choose, the schedule has nothing to swap
     method = opts["method"]
     if schedule.alpha == 0:
         raise click.UsageError(
@@ -184,13 +189,16 @@ def build_run(opts: dict, resuming: bool = False) -> tuple[Trainer, dict]:
     if opts.get("init_masks") is not None and not resuming:  # a resumed run's structure is in its checkpoint
         install_init_masks(model, opts["init_masks"], budgets, fmt, seed)
     steps = config.epochs * -(-data.x_train.shape[0] // config.batch_size)
-    updater = DSTUpdater(
-        make_method(method, fmt, gamma_sal=opts["gamma_sal"], gse_gamma=opts["gse_gamma"], gse_sampler=opts["gse_sampler"]),
-        UpdateSchedule.from_fraction(steps, delta_t=opts["delta_t"], alpha=opts["alpha"], t_end=opts["t_end"]),
-        {f"layer{i}": b for i, b in enumerate(budgets)},
-        seed=seed,
-        grad_accumulation=opts["grad_accumulation"],
-    )
+    schedule = UpdateSchedule.from_fraction(steps, delta_t=opts["delta_t"], alpha=opts["alpha"], t_end=opts["t_end"])
+    budget_of = {f"layer{i}": b for i, b in enumerate(budgets)}
+    if method == "dynadiag" and sparsity > 0:
+        updater = _dynadiag.build_dynadiag(opts, model, budget_of, schedule, config.epochs)
+    else:
+        updater = DSTUpdater(
+            make_method(method, fmt, gamma_sal=opts["gamma_sal"], gse_gamma=opts["gse_gamma"],
+                        gse_sampler=opts["gse_sampler"]),
+            schedule, budget_of, seed=seed, grad_accumulation=opts["grad_accumulation"],
+        )
     trainer = Trainer(model, data, config, topology=updater)
     meta = {
         "dataset": opts["dataset"],
@@ -254,6 +262,7 @@ def _read_run_config(ctx: click.Context, run: Path) -> tuple[dict, dict]:
     if not isinstance(stored, dict) or not isinstance(stored.get("options"), dict):
         raise click.UsageError(f"--resume {run} is not a run directory of purerigl train (no readable config.json)")
     names = {p.name for p in ctx.command.params} - set(SESSION_OPTIONS)
+    _dynadiag.legacy_method(stored["options"])
     for name, value in ADDED_OPTIONS.items():  # a run written before the option existed ran as its default
         if name in names:
             stored["options"].setdefault(name, value)
@@ -325,7 +334,7 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
 )
 @click.option("--hidden", default="300,100", show_default=True, help="Hidden widths, comma-separated ('' for none).")
 @click.option("--method", type=click.Choice(METHODS), default="rigl", show_default=True, help="DST method (static: the fixed random topology baseline).")
-@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default=None, help="Sparse storage format  [default: the method's own: condensed for static/srigl, csr for rigl/set/gse, diagonal for dynadiag]")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default=None, help="Sparse storage format  [default: the method's own: condensed for static/srigl, csr for rigl/set/gse, diagonal for diag-rigl and dynadiag]")
 @click.option(
     "--sparsity",
     type=FiniteFloatRange(0.0, 1.0, max_open=True),
@@ -361,10 +370,11 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
     default=1,
     show_default=True,
     metavar="N",
-    help="RigL, SRigL, GSE, DynaDiag: score growth by the gradient summed over the last N batches "
+    help="RigL, SRigL, GSE, diag-rigl: score growth by the gradient summed over the last N batches "
     "(SRigL's grad_accumulation_n), streamed from the N kept (X, dY) pairs of each sparse layer: memory "
     "N * batch * (n_in + n_out) floats per layer, kept in checkpoint.npz too. 1: the last batch. SET ignores it.",
 )
+@_dynadiag.dynadiag_options
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=FiniteFloatRange(0.0, min_open=True), default=0.05, show_default=True, help="Base learning rate.")
@@ -452,7 +462,8 @@ def _train(ctx, raw: dict, session: dict) -> None:
         run_config = {
             **meta, "format": fmt, "backend": opts["backend"],
             "dst": {k: opts[k] for k in ("distribution", "dense_first", "dense_last", "delta_t", "alpha", "t_end",
-                                         "gamma_sal", "gse_gamma", "gse_sampler", "grad_accumulation")},
+                                         "gamma_sal", "gse_gamma", "gse_sampler", "grad_accumulation",
+                                         *(_dynadiag.OPTION_DEFAULTS if opts["method"] == "dynadiag" else ()))},
             "schedule": {"delta_t": schedule.delta_t, "delta_t_auto": auto, "t_end_steps": schedule.t_end,
                          "total_steps": trainer.total_steps, "updates": schedule.n_updates(trainer.total_steps)},
             "data": trainer.data.describe(), "layers": trainer.model.describe(), "command": " ".join(sys.argv),

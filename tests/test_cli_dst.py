@@ -23,7 +23,7 @@ METHODS = {
     "rigl": "csr",
     "srigl": "condensed",
     "gse": "csr",
-    "dynadiag": "diagonal",
+    "diag-rigl": "diagonal",
 }
 
 
@@ -58,7 +58,7 @@ def test_method_trains_and_reports_topology(runs, method):
     assert meta["method"] == method
     for row, layer, start in zip(last["layers"], model.sparse_layers(), config["layers"]):
         assert row["nnz"] == layer.W.nnz
-        if method in ("static", "set", "rigl", "gse", "dynadiag"):
+        if method in ("static", "set", "rigl", "gse", "diag-rigl"):
             assert layer.W.nnz == start["nnz"]  # the budget is kept exactly
     assert last["test_accuracy"] > 0.5
 
@@ -74,7 +74,7 @@ def test_srigl_keeps_constant_fan_in_and_may_ablate(tmp_path):
     assert model.sparse_layers()[-1].W.n_active == 10  # the output layer is never ablated
 
 
-@pytest.mark.parametrize("method", ["rigl", "srigl", "dynadiag", "gse"])
+@pytest.mark.parametrize("method", ["rigl", "srigl", "diag-rigl", "gse"])
 def test_evaluate_reproduces_the_final_accuracy(runs, method):
     _, out = runs[method]
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
@@ -87,7 +87,7 @@ def test_evaluate_reproduces_the_final_accuracy(runs, method):
     "extra, words",
     [
         (["--method", "rigl", "--format", "condensed"], ["rigl", "condensed", "csr"]),
-        (["--method", "dynadiag", "--format", "csr"], ["dynadiag", "diagonal"]),
+        (["--method", "diag-rigl", "--format", "csr"], ["diag-rigl", "diagonal"]),
         (["--method", "nope"], ["--method", "nope"]),
         (["--delta-t", 0], ["--delta-t"]),
         (["--alpha", 1.5], ["--alpha"]),

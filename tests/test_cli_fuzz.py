@@ -47,6 +47,7 @@ METHOD_FORMATS = {
     "rigl": ("csr",),
     "srigl": ("condensed",),
     "gse": ("csr", "condensed"),
+    "diag-rigl": ("diagonal",),
     "dynadiag": ("diagonal",),
 }
 FORMATS = ("condensed", "diagonal", "csr")

@@ -19,7 +19,7 @@ CLEAN_ENV = {"PURERIGL_BACKEND": None, "PURERIGL_DATA": None}
 RUNS = {
     "srigl": ["--method", "srigl", "--gamma-sal", "0.9", "--delta-t", "5"],  # ablates neurons
     "rigl": ["--method", "rigl", "--delta-t", "5"],
-    "dynadiag": ["--method", "dynadiag", "--delta-t", "5"],
+    "diag-rigl": ["--method", "diag-rigl", "--delta-t", "5"],
     "dense": ["--sparsity", "0"],
 }
 
@@ -140,9 +140,9 @@ def test_text_table(name, runs):
     assert lines[0].startswith("model ") and "model.npz" in lines[0]
     assert "fan-in min/mean/max" in lines[1] and "dense bytes" in lines[1]
     assert [line.split()[0] for line in lines[2:5]] == ["layer0", "layer1", "total"]
-    fmt = {"srigl": "condensed", "rigl": "csr", "dynadiag": "diagonal", "dense": "dense"}[name]
+    fmt = {"srigl": "condensed", "rigl": "csr", "diag-rigl": "diagonal", "dense": "dense"}[name]
     assert lines[2].split()[1] == fmt
-    if name == "dynadiag":
+    if name == "diag-rigl":
         assert " of 64" in lines[2]  # K of P for the 48 x 64 layer
 
 

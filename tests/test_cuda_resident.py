@@ -252,7 +252,7 @@ def test_a_step_copies_only_the_batch_in_and_the_loss_out(cuda, monkeypatch):
 @pytest.mark.parametrize(
     "method, fmt, growth_ops",
     [("set", "csr", []), ("set", "condensed", []), ("srigl", "condensed", ["topk_grad", "topk_grad_rows"]),
-     ("gse", "csr", []), ("gse", "condensed", []), ("dynadiag", "diagonal", ["diag_grad_norms"])],
+     ("gse", "csr", []), ("gse", "condensed", []), ("diag-rigl", "diagonal", ["diag_grad_norms"])],
 )
 def test_every_method_updates_on_the_device(cuda, monkeypatch, method, fmt, growth_ops):
     """The other built-in methods are resident too: in an update step no float array crosses (no

@@ -61,9 +61,9 @@ def _run(method, fmt, backend, steps=6, delta_t=2, seed=0, **options):
     [("static", "condensed", {}), ("set", "csr", {}), ("set", "condensed", {}), ("rigl", "csr", {}),
      ("srigl", "condensed", {}), ("srigl", "condensed", {"gamma_sal": 0.9}), ("gse", "csr", {}),
      ("gse", "condensed", {"gse_sampler": "grabo"}), ("gse", "csr", {"gse_sampler": "graest"}),
-     ("dynadiag", "diagonal", {})],
+     ("diag-rigl", "diagonal", {})],
     ids=["static", "set-csr", "set-condensed", "rigl", "srigl", "srigl-ablating", "gse-uniform",
-         "gse-condensed-grabo", "gse-graest", "dynadiag"],
+         "gse-condensed-grabo", "gse-graest", "diag-rigl"],
 )
 def test_cuda_run_has_the_cpu_topology_after_every_step(cuda, method, fmt, options):
     """Every method, written once with backend operations, chooses the same sets on cuda as on cpu

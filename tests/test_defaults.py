@@ -5,7 +5,7 @@ Pins down: ``purerigl train`` with no options trains RigL (CSR), ``static`` bein
 where the data is large (the published MNIST sweep); the command prints its update plan, refuses a
 dynamic run whose schedule never changes the topology, and a resumed run keeps the delta_t it was
 started with; :meth:`UpdateSchedule.n_updates` and :func:`auto_delta_t` against a step-by-step count;
-the per-layer ``updates_unchanged`` statistic; a DynaDiag layer with few diagonals changes in training.
+the per-layer ``updates_unchanged`` statistic; a diag-rigl layer with few diagonals changes in training.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_an_explicit_delta_t_is_kept_and_printed(tmp_path):
         (["--method", "rigl", "--epochs", 3, "--delta-t", 100],
          ["--method rigl", "t_end = step 52", "lower --delta-t (now 100)", "--epochs", "--t-end"]),
         # t_end = round(0.05 x 23) = 1 step: auto gives 1, and the update at t_end has alpha_t = 0
-        (["--method", "dynadiag", "--epochs", 1, "--t-end", 0.05], ["--method dynadiag", "t_end = step 1", "now 1"]),
+        (["--method", "diag-rigl", "--epochs", 1, "--t-end", 0.05], ["--method diag-rigl", "t_end = step 1", "now 1"]),
         (["--method", "set", "--epochs", 1, "--alpha", 0], ["--alpha 0", "--method static"]),
         (["--epochs", 1, "--alpha", 0], ["--alpha 0", "--method rigl"]),
     ],
@@ -190,7 +190,7 @@ def test_the_mnist_sweep_keeps_delta_t_100():
     """The sweep's cells leave --delta-t at its default, which on MNIST (60,000 training images) at the
     sweep's batch 64 over 20 epochs is 100, the value the published table was trained with."""
     budget = Budget()
-    for cell in (Cell("rigl", 0.9, 0), Cell("dynadiag", 0.99, 1), Cell("dense", 0.0, 0)):
+    for cell in (Cell("rigl", 0.9, 0), Cell("diag-rigl", 0.99, 1), Cell("dense", 0.0, 0)):
         assert "--delta-t" not in budget.train_args(cell)
     steps = budget.epochs * math.ceil(60000 / budget.batch_size)
     assert UpdateSchedule.from_fraction(steps, delta_t="auto").delta_t == 100
@@ -248,11 +248,11 @@ def test_static_run_reports_every_update_as_unchanged(tmp_path):
     assert before == 6  # updates at 5, 10, ..., 30 <= t_end = 34
 
 
-def test_a_dynadiag_layer_with_two_diagonals_changes_in_training(tmp_path):
+def test_a_diag_rigl_layer_with_two_diagonals_changes_in_training(tmp_path):
     """At 90% the 10 x 16 output layer stores K = 2 diagonals: floor(0.3 K) = 0, so before the
     at-least-one rule it never changed; now it does, and not every update leaves it unchanged."""
     out = tmp_path / "run"
-    result = invoke(short_run(out, "--method", "dynadiag", "--epochs", 2, "--delta-t", 5))
+    result = invoke(short_run(out, "--method", "diag-rigl", "--epochs", 2, "--delta-t", 5))
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["layers"][1]["shape"] == [10, 16] and config["layers"][1]["nnz"] == 2 * 10

@@ -23,7 +23,7 @@ RUNS = {
     "gse-uniform": ["gse"],
     "gse-grabo": ["gse", "--gse-sampler", "grabo"],
     "gse-graest": ["gse", "--gse-sampler", "graest"],
-    "dynadiag": ["dynadiag"],
+    "diag-rigl": ["diag-rigl"],
     "dense": ["dense"],
 }
 

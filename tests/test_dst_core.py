@@ -282,12 +282,12 @@ def test_random_free_positions_is_uniform_and_avoids_taken():
 def test_resolve_format_defaults_and_refusals():
     assert resolve_format("rigl", None) == "csr"
     assert resolve_format("srigl", None) == "condensed"
-    assert resolve_format("dynadiag", None) == "diagonal"
+    assert resolve_format("diag-rigl", None) == "diagonal"
     with pytest.raises(MethodError, match="cannot use format 'condensed'"):
         resolve_format("rigl", "condensed")
     with pytest.raises(MethodError, match="unknown method 'nope'"):
         resolve_format("nope", None)
-    assert set(METHODS) == {"static", "set", "rigl", "srigl", "gse", "dynadiag"}
+    assert set(METHODS) == {"static", "set", "rigl", "srigl", "gse", "diag-rigl", "dynadiag"}
 
 
 def _tiny_run(method, fmt, steps=12, delta_t=3, alpha=0.3, seed=0):

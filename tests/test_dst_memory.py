@@ -4,7 +4,7 @@ A 4096 x 4096 layer at 99% sparsity: forward, backward, SGD step and one topolog
 gradient-driven method, traced with tracemalloc (NumPy allocations, including those Numba makes
 through NumPy, are traced). The dense weight or gradient would be 4096 * 4096 * 4 bytes = 64 MiB; the
 whole step must stay below a third of that. Measured peaks (2026-11-22): rigl 14.2 MiB, srigl
-11.5 MiB, gse 16.4 MiB, dynadiag 11.1 MiB, most of it the int64 position bookkeeping of the shared
+11.5 MiB, gse 16.4 MiB, diag-rigl 11.1 MiB, most of it the int64 position bookkeeping of the shared
 topology step (O(nnz), about 60-100 bytes per stored connection), none of it O(n_out * n_in).
 """
 
@@ -26,7 +26,7 @@ DENSE_BYTES = N * N * 4
 BATCH = 32
 
 
-@pytest.mark.parametrize("method, fmt", [("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("dynadiag", "diagonal")])
+@pytest.mark.parametrize("method, fmt", [("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("diag-rigl", "diagonal")])
 def test_training_step_with_update_stays_far_below_dense_memory(method, fmt, monkeypatch):
     # the kernels' choice between parallel and serial twin by work size only, not by the machine's
     # load (kernels/cpu/_serial.py): the traced step runs the kernels the warm-up step compiled, and

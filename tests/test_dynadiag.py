@@ -1,6 +1,8 @@
-"""DynaDiag (PAPERS.md 4.4, invariants 17, 18, 23): drop/grow of whole diagonals against a dense
-brute force in float64, value and optimizer-state carry-over, tie rule, alpha = 0, at least one
-diagonal per update while alpha > 0, determinism."""
+"""DynaDiag, the paper's method (PAPERS.md 4.3): the soft top-K gate and its backward against finite
+differences and a dense Jacobian, the gated layer against the plain NumPy specification
+(:mod:`purerigl.dst.spec.dynadiag`, a dense route with loops), the temperature, the freeze to exactly
+K diagonals with gate 1, the window swap against the specification, and training with every storage
+and freeze mode."""
 
 from __future__ import annotations
 
@@ -11,439 +13,278 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from purerigl.dst import LayerUpdate, MethodError, resolve_format
-from purerigl.dst.dynadiag import DynaDiag, diagonal_norms, swap_count
-from purerigl.formats import CSR, Diagonal
-from purerigl.formats._base import floor_count
-from purerigl.kernels._rank_key import tie_rank
-from purerigl.nn import SparseLinear
-from purerigl.optim import SGD
+from purerigl import get_backend
+from purerigl.data import load_dataset
+from purerigl.dst import METHODS, make_method, resolve_format
+from purerigl.dst.distribution import layer_budgets
+from purerigl.dst.dynadiag import (
+    DynaDiagOptions, DynaDiagUpdater, default_freeze_epoch, freeze_epoch_of, gate_model, stored_diagonals,
+    temperature_at,
+)
+from purerigl.dst.base import MethodError
+from purerigl.dst.schedule import UpdateSchedule
+from purerigl.dst.spec import dynadiag as spec
+from purerigl.dst.spec.agreement import compare_with_spec
+from purerigl.formats import Diagonal
+from purerigl.nn import GatedDiagonalLinear, SparseLinear, build_mlp
+from purerigl.nn.diagonal_gate import soft_top_k, soft_top_k_backward, soft_top_k_jacobian
+from purerigl.training.loop import TrainConfig, Trainer
 
 BACKENDS = ["reference", "cpu"]
-SHAPES = [(12, 5), (5, 12), (8, 8)]
-TIES = np.array([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=np.float32)
-MOMENTUM = "momentum_buffer"
 
 
 # --------------------------------------------------------------------------------------------------
-# dense brute force (float64)
+# the gate
 
 
-def all_diagonals(shape) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols), each (P, L): the positions of every candidate diagonal, offset = row index."""
-    P, L = max(shape), min(shape)
-    D = Diagonal(np.arange(P, dtype=np.int32), np.zeros((P, L), np.float32), shape)
-    return D.positions()
+@given(P=st.integers(1, 12), K=st.integers(1, 12), T=st.floats(0.05, 5.0), seed=st.integers(0, 2**16))
+def test_gate_matches_the_specification_and_sums_to_at_most_k(P, K, T, seed):
+    K = min(K, P)
+    alpha = np.random.default_rng(seed).normal(size=P).astype(np.float32)
+    g = soft_top_k(alpha, K, T)
+    np.testing.assert_allclose(g, spec.gate(alpha, K, T), rtol=1e-12, atol=1e-15)
+    assert np.all((g >= 0) & (g <= 1)) and g.sum() <= K + 1e-9
 
 
-def brute_grad_norms(X, dY) -> np.ndarray:
-    """float64 (P,): S[d] = ||G along d||_2 from the dense G = dY^T X."""
-    shape = (dY.shape[1], X.shape[1])
-    G = dY.T.astype(np.float64) @ X.astype(np.float64)
-    rows, cols = all_diagonals(shape)
-    return np.sqrt((G[rows, cols] ** 2).sum(axis=1))
+def test_gate_at_the_official_initialisation_is_k_over_p():
+    P, K = 784, 79
+    g = soft_top_k(np.full(P, 1 / P, np.float32), K, 5.0)
+    np.testing.assert_allclose(g, K / P)
 
 
-def best(scores: dict, n: int, salt: int = 0) -> set:
-    """The n keys (offsets) with the largest scores; ties: the smaller ``tie_rank(key, salt)`` first."""
-    return set(sorted(scores, key=lambda d: (-scores[d], tie_rank(d, salt)))[:n])
-
-
-def expected_offsets(old_offsets, old_values, S, alpha, salt=0) -> tuple[set, set, int, dict]:
-    """(kept, new offset set, q, norms) by the rule of PAPERS.md 4.4, computed the slow way."""
-    K = len(old_offsets)
-    q = min(K, max(1, floor_count(alpha, K))) if alpha > 0 else 0  # floor(alpha K) exact, >= 1 while alpha > 0
-    norms = {int(d): math.sqrt(float(np.sum(old_values[k].astype(np.float64) ** 2)))
-             for k, d in enumerate(old_offsets)}
-    kept = best(norms, K - q, salt)
-    eligible = {d: float(S[d]) for d in range(len(S)) if d not in kept}
-    grown = best(eligible, q, salt)
-    return kept, kept | grown, q, norms
-
-
-# --------------------------------------------------------------------------------------------------
-# building layers
-
-
-def make_layer(shape, K, backend, rng, offsets=None):
-    W = Diagonal.random(shape, None, rng, K=K)
-    if offsets is not None:
-        W = Diagonal(np.asarray(offsets, np.int32), W.values[: len(offsets)].copy(), shape)
-    layer = SparseLinear(W, backend=backend, name="l")
-    opt = SGD(layer.parameters(), lr=0.05, momentum=0.9)
-    return layer, opt
-
-
-def train_steps(layer, opt, rng, steps=2, B=6):
-    """Forward/backward on random batches and SGD steps, so values moved and momentum is non-zero.
-    Returns the (X, dY) of the last batch (the one growth is scored on)."""
-    n_out, n_in = layer.shape
-    for _ in range(steps):
-        X = rng.standard_normal((B, n_in)).astype(np.float32)
-        layer.forward(X)
-        dY = rng.standard_normal((B, n_out)).astype(np.float32)
-        layer.backward(dY)
-        opt.step()
-    return X, dY
-
-
-def set_batch(layer, X, dY):
-    """Make (X, dY) the layer's last batch through its own forward and backward."""
-    layer.forward(np.ascontiguousarray(X, np.float32))
-    layer.backward(np.ascontiguousarray(dY, np.float32))
-
-
-def momentum_of(layer, opt):
-    return opt.state_arrays(layer.weight)[MOMENTUM]
-
-
-def snapshot(layer, opt) -> dict:
-    W = layer.W
-    mom = momentum_of(layer, opt)
-    return {int(d): (W.values[k].copy(), mom[k].copy()) for k, d in enumerate(W.offsets)}
-
-
-def run_update(layer, opt, alpha, seed=0, salt=0):
-    u = LayerUpdate(layer, opt, alpha, np.random.default_rng(seed), budget=layer.W.nnz, salt=salt)
-    return DynaDiag().update(u)
-
-
-# --------------------------------------------------------------------------------------------------
-# the checks every update must pass
-
-
-def check_update(layer, opt, before: dict, alpha: float, X, dY, stats: dict, salt: int = 0) -> tuple[set, set]:
-    """Assert invariants 17, 18 and 23 against the brute force; return (old, new) offset sets."""
-    W = layer.W
-    old_offsets = np.array(sorted(before), dtype=np.int64)
-    old_values = np.stack([before[d][0] for d in old_offsets])
-    K, L, P = len(old_offsets), W.L, W.P
-
-    # Structure: K unchanged, offsets strictly increasing and in range, parameter follows W.
-    W.validate(full=True)
-    assert W.K == K
-    assert np.all(np.diff(W.offsets.astype(np.int64)) > 0)
-    assert W.offsets.min() >= 0 and W.offsets.max() < P
-    assert layer.weight.value is W.values
-    mom = momentum_of(layer, opt)
-    assert mom.shape == (K, L)
-
-    # Drop and grow sets equal the brute force (float64 norms, dense G).
-    S = brute_grad_norms(X, dY)
-    kept, expected_new, q, norms = expected_offsets(old_offsets, old_values, S, alpha, salt)
-    new = {int(d) for d in W.offsets}
-    old = set(before)
-    assert new == expected_new
-    # Spelled out: the q dropped diagonals have the smallest norms ...
-    dropped_by_rule = old - kept
-    assert len(dropped_by_rule) == q
-    if dropped_by_rule and kept:
-        assert max(norms[d] for d in dropped_by_rule) <= min(norms[d] for d in kept)
-    # ... and the q grown (new minus kept) the largest S among the offsets not kept.
-    grown_by_rule = new - kept
-    assert len(grown_by_rule) == q
-    rest = set(range(P)) - kept - grown_by_rule
-    if grown_by_rule and rest:
-        assert min(S[d] for d in grown_by_rule) >= max(S[d] for d in rest)
-
-    # Values and momentum: carried bit-exactly where the diagonal existed before (kept, or dropped
-    # and regrown), exactly zero for new diagonals.
-    for k, d in enumerate(W.offsets.tolist()):
-        if d in before:
-            old_v, old_m = before[d]
-            np.testing.assert_array_equal(W.values[k], old_v)
-            np.testing.assert_array_equal(mom[k], old_m)
-        else:
-            assert np.all(W.values[k] == 0.0)
-            assert np.all(mom[k] == 0.0)
-
-    assert stats == {
-        "kept": len(old & new) * L,
-        "grown": len(new - old) * L,
-        "dropped": len(old - new) * L,
-        "diagonals": K,
-    }
-    return old, new
-
-
-# --------------------------------------------------------------------------------------------------
-# deterministic cases
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("alpha", [0.3, 0.5, 1.0])
-def test_update_matches_brute_force(backend, shape, alpha):
-    rng = np.random.default_rng(7)
-    K = max(shape) // 2
-    layer, opt = make_layer(shape, K, backend, rng)
-    X, dY = train_steps(layer, opt, rng)
-    assert np.any(momentum_of(layer, opt) != 0.0)
-    before = snapshot(layer, opt)
-    stats = run_update(layer, opt, alpha)
-    old, new = check_update(layer, opt, before, alpha, X, dY, stats)
-    assert new != old  # the update did something
-    # The layer still trains after the change (optimizer layout follows the new structure).
-    train_steps(layer, opt, rng, steps=1)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", SHAPES)
-def test_dropped_and_regrown_keeps_values_and_state(backend, shape):
-    # A diagonal with tiny values (so it is dropped) but by far the largest gradient norm (so it is
-    # grown again): it must come back with its old values and momentum, not as a new zero diagonal.
-    rng = np.random.default_rng(3)
-    L = min(shape)
-    offsets = [0, 2, 3, 5]
-    layer, opt = make_layer(shape, len(offsets), backend, rng, offsets=offsets)
-    train_steps(layer, opt, rng)
-    d0, k0 = 3, offsets.index(3)
-    tiny = np.full(L, 1e-3, dtype=np.float32)
-    layer.W.values[k0] = tiny
-    momentum_of(layer, opt)[k0] = 0.25
-    # G = dY^T X with X = I: G = dY^T, so dY = G^T sets the gradient directly.
-    G = rng.standard_normal(shape) * 0.01
-    rows, cols = all_diagonals(shape)
-    G[rows[d0], cols[d0]] = 10.0
-    X = np.eye(shape[1], dtype=np.float32)
-    dY = G.T.astype(np.float32)
-    set_batch(layer, X, dY)
-    before = snapshot(layer, opt)
-
-    alpha = 0.5  # q = 2: offset 3 (tiny norm) is dropped, then regrown first
-    stats = run_update(layer, opt, alpha)
-    old, new = check_update(layer, opt, before, alpha, X, dY, stats)
-    assert d0 in new
-    k_new = layer.W.offsets.tolist().index(d0)
-    np.testing.assert_array_equal(layer.W.values[k_new], tiny)
-    assert np.all(momentum_of(layer, opt)[k_new] == np.float32(0.25))
-    # Dropped and regrown counts as kept: K - q + 1 diagonals kept, q - 1 grown and dropped.
-    assert stats["kept"] == 3 * L and stats["grown"] == L and stats["dropped"] == L
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ties_go_to_the_smaller_tie_rank_of_the_offset(backend):
-    """Equal norms and S = 0 everywhere: the tie rank ``tie_rank(offset, salt)`` alone decides which
-    diagonals stay and which grow (a just-dropped one may be regrown), and the salt changes it."""
-    results = {}
-    for salt in (0, 1, 0xDEADBEEF, 2**32 - 1):
-        rng = np.random.default_rng(0)
-        shape = (6, 6)
-        layer, opt = make_layer(shape, 4, backend, rng, offsets=[1, 3, 4, 5])
-        train_steps(layer, opt, rng)
-        layer.W.values[...] = 1.0  # equal norms
-        set_batch(layer, np.zeros((2, 6), np.float32), np.zeros((2, 6), np.float32))  # S = 0 everywhere
-        before = snapshot(layer, opt)
-        stats = run_update(layer, opt, 0.5, salt=salt)  # q = 2
-        by_rank = [d for _, d in sorted((int(tie_rank(d, salt)), d) for d in range(6))]
-        kept = [d for d in by_rank if d in (1, 3, 4, 5)][:2]  # the 2 stored offsets of smallest rank
-        grown = [d for d in by_rank if d not in kept][:2]  # the 2 others of smallest rank
-        assert layer.W.offsets.tolist() == sorted(kept + grown), salt
-        check_update(layer, opt, before, 0.5, np.zeros((2, 6)), np.zeros((2, 6)), stats, salt)
-        results[salt] = layer.W.offsets.tolist()
-    assert results[0] == [0, 1, 2, 5]  # salt 0 ranks the offsets 0, 5, 1, 2, 4, 3
-    assert len({tuple(r) for r in results.values()}) > 1
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("alpha", [0.0])
-def test_alpha_zero_changes_nothing(backend, alpha):
-    rng = np.random.default_rng(1)
-    layer, opt = make_layer((8, 8), 4, backend, rng)
-    train_steps(layer, opt, rng)
-    W, values, mom = layer.W, layer.W.values.copy(), momentum_of(layer, opt).copy()
-    offsets = W.offsets.copy()
-
-    calls = []
-
-    class Spy:
-        name = "spy"
-
-        def __getattr__(self, op):
-            calls.append(op)
-            raise AssertionError(f"alpha={alpha} must not call the backend ({op})")
-
-    layer.backend = Spy()
-    stats = run_update(layer, opt, alpha)
-    assert stats == {"kept": W.nnz, "grown": 0, "dropped": 0, "diagonals": 4}
-    assert layer.W is W and not calls
-    np.testing.assert_array_equal(W.offsets, offsets)
-    np.testing.assert_array_equal(W.values, values)
-    np.testing.assert_array_equal(momentum_of(layer, opt), mom)
-
-
-def test_swap_count_is_at_least_one_while_alpha_is_above_zero():
-    """q = min(K, max(1, floor(alpha K))) for alpha > 0, 0 for alpha = 0 or K = 0: a plain floor would
-    leave every layer with K < 1 / alpha unchanged forever (K <= 3 at alpha 0.3)."""
-    for K in range(0, 12):
-        for alpha in (0.0, 1e-9, 0.05, 0.2, 0.3, 1 / 3, 0.5, 0.99, 1.0):
-            q = swap_count(alpha, K)
-            if alpha == 0 or K == 0:
-                assert q == 0, (alpha, K)
-            else:
-                assert q == max(1, math.floor(alpha * K + 1e-12)) and 1 <= q <= K, (alpha, K, q)
-    assert swap_count(0.3, 3) == 1 and swap_count(0.3, 1) == 1 and swap_count(0.3, 10) == 3
-    assert swap_count(1.0, 3) == 3
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("K, alpha", [(1, 0.3), (3, 0.3), (4, 0.2), (3, 1e-6)])
-def test_few_diagonals_still_change_while_alpha_is_above_zero(backend, K, alpha):
-    """A layer with floor(alpha K) = 0 replaces exactly one diagonal: the weakest goes, the offset with
-    the largest gradient norm comes (here one that was not stored), new values and momentum at 0."""
-    rng = np.random.default_rng(5)
-    shape = (8, 8)
-    offsets = [1, 3, 6][:K] if K <= 3 else [1, 3, 5, 6]
-    layer, opt = make_layer(shape, K, backend, rng, offsets=offsets)
-    train_steps(layer, opt, rng)
-    weakest = offsets[-1]
-    layer.W.values[offsets.index(weakest)] = 1e-3  # the smallest norm: dropped
-    # G = dY^T X with X = I: G = dY^T; offset 7 (never stored) gets by far the largest norm
-    G = rng.standard_normal(shape) * 0.01
-    rows, cols = all_diagonals(shape)
-    G[rows[7], cols[7]] = 10.0
-    X, dY = np.eye(8, dtype=np.float32), G.T.astype(np.float32)
-    set_batch(layer, X, dY)
-    before = snapshot(layer, opt)
-    stats = run_update(layer, opt, alpha)
-    old, new = check_update(layer, opt, before, alpha, X, dY, stats)
-    assert new == (old - {weakest}) | {7}
-    assert stats["grown"] == stats["dropped"] == 8  # one diagonal of length L = 8
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-def test_same_inputs_same_result_on_every_backend(shape):
-    results = []
-    for backend in BACKENDS + BACKENDS:
-        rng = np.random.default_rng(11)
-        layer, opt = make_layer(shape, 3, backend, rng)
-        train_steps(layer, opt, rng)
-        run_update(layer, opt, 0.7)
-        results.append((backend, layer.W.offsets.copy(), layer.W.values.copy()))
-    for backend, offsets, values in results[2:]:
-        same = next(r for r in results if r[0] == backend)
-        np.testing.assert_array_equal(offsets, same[1])
-        np.testing.assert_array_equal(values, same[2])
-    # Topologies agree across backends (values may differ in the last bits of the SGD steps).
-    np.testing.assert_array_equal(results[0][1], results[1][1])
-
-
-def test_method_uses_the_backend_op():
-    rng = np.random.default_rng(5)
-    shape = (5, 12)
-    layer, opt = make_layer(shape, 3, "reference", rng)
-    X, dY = train_steps(layer, opt, rng)
-    calls = []
-    real = layer.backend
-
-    class Spy:
-        name = "spy"
-
-        def __getattr__(self, op):
-            return getattr(real, op)
-
-        def diag_grad_norms(self, X_, dY_):
-            calls.append((X_, dY_))
-            S = np.zeros(12, np.float32)
-            S[[4, 9]] = 1.0  # the op's scores decide growth
-            return S
-
-    layer.backend = Spy()
-    salt = 0x5EED
-    run_update(layer, opt, 1.0, salt=salt)  # q = K = 3: everything may be replaced
-    assert len(calls) == 1 and calls[0][0] is X and calls[0][1] is dY
-    new = set(layer.W.offsets.tolist())
-    assert {4, 9} <= new
-    assert len(new) == 3
-    third = (new - {4, 9}).pop()
-    # remaining ties (S = 0): the offset of smallest tie rank
-    assert third == min(set(range(12)) - {4, 9}, key=lambda d: int(tie_rank(d, salt)))
-
-
-# --------------------------------------------------------------------------------------------------
-# property test
-
-
-@given(
-    orientation=st.sampled_from(["tall", "wide", "square"]),
-    small=st.integers(1, 8),
-    extra=st.integers(1, 8),
-    k_frac=st.floats(0.0, 1.0),
-    alpha=st.one_of(st.sampled_from([0.0, 0.3, 0.5, 1.0]), st.floats(0.0, 1.0)),
-    ties=st.booleans(),
-    seed=st.integers(0, 2**32 - 1),
-    salt=st.one_of(st.sampled_from([0, 2**32 - 1]), st.integers(0, 2**32 - 1)),
-    backend=st.sampled_from(BACKENDS),
-)
-def test_update_invariants_property(orientation, small, extra, k_frac, alpha, ties, seed, salt, backend):
-    if orientation == "square":
-        shape = (small, small)
-    elif orientation == "tall":
-        shape = (small + extra, small)
-    else:
-        shape = (small, small + extra)
-    P, L = max(shape), min(shape)
-    K = max(1, min(P, round(k_frac * P)))
+@given(P=st.integers(2, 10), K=st.integers(1, 10), T=st.floats(0.1, 3.0), seed=st.integers(0, 2**16))
+def test_gate_backward_is_the_jacobian_transpose_product(P, K, T, seed):
+    K = min(K, P)
     rng = np.random.default_rng(seed)
-    layer, opt = make_layer(shape, K, backend, rng)
-    B = int(rng.integers(1, 5))
-    if ties:
-        # Values, momentum, X and dY from a small set: deliberate ties in both scores, all exact.
-        train_steps(layer, opt, rng, steps=1, B=B)
-        layer.W.values[...] = rng.choice(TIES, size=(K, L))
-        momentum_of(layer, opt)[...] = rng.choice(TIES, size=(K, L))
-        X = rng.choice(TIES, size=(B, shape[1]))
-        dY = rng.choice(TIES, size=(B, shape[0]))
-        set_batch(layer, X, dY)
-    else:
-        X, dY = train_steps(layer, opt, rng, steps=2, B=B)
-    before = snapshot(layer, opt)
-    stats = run_update(layer, opt, alpha, salt=salt)
-    check_update(layer, opt, before, alpha, X, dY, stats, salt)
+    alpha, d_gate = rng.normal(size=P), rng.normal(size=P)
+    want = spec.jacobian(alpha, K, T).T @ d_gate
+    np.testing.assert_allclose(soft_top_k_backward(alpha, K, T, d_gate), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(soft_top_k_jacobian(alpha, K, T), spec.jacobian(alpha, K, T), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("K", [1, 3, 6])
+def test_gate_backward_against_finite_differences(K):
+    """Central differences of L = <c, gate(alpha)> in float64, away from the clamp's kink."""
+    rng = np.random.default_rng(K)
+    P, T, eps = 8, 0.7, 1e-6
+    alpha, c = rng.normal(size=P), rng.normal(size=P)
+    z = K * np.exp(alpha / T) / np.exp(alpha / T).sum()
+    assert np.all(np.abs(z - 1) > 1e-3)  # no entry at the kink
+    numeric = np.array([(c @ soft_top_k(alpha + eps * e, K, T) - c @ soft_top_k(alpha - eps * e, K, T)) / (2 * eps)
+                        for e in np.eye(P)])
+    np.testing.assert_allclose(soft_top_k_backward(alpha, K, T, c), numeric, rtol=1e-6, atol=1e-9)
+    if K >= 3:  # some gates clamp at 1 here: their derivative is 0, and the test covers the clamp
+        assert np.any(z > 1)
 
 
 # --------------------------------------------------------------------------------------------------
-# errors
+# the gated layer
 
 
-def test_errors():
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@given(shape=st.sampled_from([(12, 5), (5, 12), (8, 8), (1, 6), (6, 1)]), data=st.data())
+def test_layer_forward_and_gradients_match_the_specification(backend_name, shape, data):
+    P, L = max(shape), min(shape)
+    S = data.draw(st.integers(1, P))
+    K = data.draw(st.integers(1, P))
+    T = data.draw(st.floats(0.1, 5.0))
+    B = data.draw(st.integers(1, 4))
+    seed = data.draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    offsets = np.sort(rng.choice(P, S, replace=False)).astype(np.int32)
+    W = Diagonal(offsets, rng.normal(size=(S, L)).astype(np.float32), shape)
+    alpha = rng.normal(size=P).astype(np.float32)
+    bias = rng.normal(size=shape[0]).astype(np.float32)
+    X = rng.normal(size=(B, shape[1])).astype(np.float32)
+    dY = rng.normal(size=(B, shape[0])).astype(np.float32)
+    l1 = data.draw(st.sampled_from([0.0, 0.01]))
+    layer = GatedDiagonalLinear(W.copy(), K, alpha=alpha, temperature=T, l1=l1, bias=bias, backend=backend_name)
+    Y = layer.forward(X)
+    dX = layer.backward(dY)
+    np.testing.assert_allclose(Y, spec.forward(X, offsets, W.values, alpha, K, T, bias), rtol=1e-4, atol=1e-4)
+    want = spec.backward(X, dY, offsets, W.values, alpha, K, T, l1=l1)
+    np.testing.assert_allclose(layer.weight.grad, want["values"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.alpha.grad, want["alpha"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.bias.grad, want["bias"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dX, want["X"], rtol=1e-4, atol=1e-4)
+
+
+def test_layer_alpha_gradient_against_finite_differences_of_the_loss():
+    """dL/dalpha of L = <R, Y> from the layer (float32) against central differences of the
+    specification's float64 forward: the whole chain, products and gate together."""
+    rng = np.random.default_rng(3)
+    shape, K, T, eps = (7, 5), 3, 0.8, 1e-6
+    W = Diagonal(np.array([0, 2, 3, 6], np.int32), rng.normal(size=(4, 5)).astype(np.float32), shape)
+    alpha = rng.normal(size=7)
+    X, R = rng.normal(size=(3, 5)), rng.normal(size=(3, 7))
+    layer = GatedDiagonalLinear(W.copy(), K, alpha=alpha, temperature=T, backend="reference")
+    layer.forward(X.astype(np.float32))
+    layer.backward(R.astype(np.float32))
+
+    def loss(a):
+        return float(np.sum(R * spec.forward(X, W.offsets, W.values, a, K, T, np.zeros(7))))
+
+    numeric = np.array([(loss(alpha + eps * e) - loss(alpha - eps * e)) / (2 * eps) for e in np.eye(7)])
+    np.testing.assert_allclose(layer.alpha.grad, numeric, rtol=1e-3, atol=1e-5)
+    assert np.abs(numeric).max() > 1e-3  # the test is not vacuous
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_frozen_layer_is_the_plain_diagonal_layer(backend_name):
     rng = np.random.default_rng(0)
-    layer, opt = make_layer((8, 8), 2, "reference", rng)
-    with pytest.raises(MethodError, match="needs the layer.s last batch"):
-        run_update(layer, opt, 0.5)
-    train_steps(layer, opt, rng)
-    with pytest.raises(MethodError, match="alpha"):
-        run_update(layer, opt, 1.5)
-    with pytest.raises(MethodError, match="alpha"):
-        run_update(layer, opt, -0.1)
-    csr = SparseLinear(CSR.random((4, 4), 0.5, rng), backend="reference")
-    with pytest.raises(MethodError, match="Diagonal"):
-        DynaDiag().update(LayerUpdate(csr, None, 0.5, rng, budget=8))
-    assert DynaDiag().name == "dynadiag" and DynaDiag().formats == ("diagonal",)
+    W = Diagonal.random((9, 13), None, rng, K=4)
+    X, dY = rng.normal(size=(5, 13)).astype(np.float32), rng.normal(size=(5, 9)).astype(np.float32)
+    gated = GatedDiagonalLinear(W.copy(), 4, temperature=0.1, frozen=True, backend=backend_name)
+    plain = SparseLinear(W.copy(), backend=backend_name)
+    np.testing.assert_array_equal(gated.forward(X), plain.forward(X))
+    np.testing.assert_array_equal(gated.backward(dY), plain.backward(dY))
+    np.testing.assert_array_equal(gated.weight.grad, plain.weight.grad)
+    assert gated.effective_k() == 4 and np.array_equal(gated.gates(), np.ones(4))
+
+
+def test_layer_refuses_bad_arguments():
+    W = Diagonal.random((6, 4), None, np.random.default_rng(0), K=2)
+    with pytest.raises(ValueError, match="1 <= K <= P"):
+        GatedDiagonalLinear(W, 7)
+    with pytest.raises(ValueError, match=r"expected \(P,\)"):
+        GatedDiagonalLinear(W, 2, alpha=np.zeros(5))
+    with pytest.raises(ValueError, match="NaN"):
+        GatedDiagonalLinear(W, 2, alpha=np.full(6, np.nan))
+
+
+# --------------------------------------------------------------------------------------------------
+# temperature, freeze epoch, window size
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7, 100])
+def test_temperature_is_the_official_cosine(epochs):
+    for e in range(epochs + 3):
+        assert temperature_at(e, epochs) == pytest.approx(spec.temperature(e, epochs))
+    assert temperature_at(0, epochs) == pytest.approx(5.0)
+    if epochs > 1:
+        assert temperature_at(epochs - 1, epochs) == pytest.approx(0.05)
+        assert temperature_at(epochs + 5, epochs) == pytest.approx(0.05)  # held after the last epoch
+    T = [temperature_at(e, epochs) for e in range(epochs)]
+    assert all(a >= b for a, b in zip(T, T[1:]))
+
+
+def test_freeze_epochs_and_window_sizes():
+    assert default_freeze_epoch(100) == 30 and default_freeze_epoch(20) == 6 and default_freeze_epoch(1) == 1
+    assert freeze_epoch_of("at_epoch", None, 20) == 6 and freeze_epoch_of("at_start", None, 20) == 1
+    assert freeze_epoch_of("never", 3, 20) is None and freeze_epoch_of("at_epoch", 20, 20) == 20
+    with pytest.raises(MethodError, match="between 1 and"):
+        freeze_epoch_of("at_epoch", 21, 20)
+    assert stored_diagonals("all", 8, 784, 2.0) == 784
+    assert stored_diagonals("window", 8, 784, 2.0) == 16 and stored_diagonals("window", 7, 784, 1.5) == 11
+    assert stored_diagonals("window", 500, 784, 2.0) == 784
+    with pytest.raises(MethodError, match=">= 1"):
+        stored_diagonals("window", 8, 784, 0.5)
+
+
+def test_method_names_and_formats():
+    assert {"diag-rigl", "dynadiag"} <= set(METHODS)
     assert resolve_format("dynadiag", None) == "diagonal"
     with pytest.raises(MethodError):
         resolve_format("dynadiag", "csr")
+    assert make_method("dynadiag", "diagonal").name == "dynadiag"
 
 
-def test_optimizer_none_is_allowed():
-    rng = np.random.default_rng(2)
-    layer, opt = make_layer((5, 12), 4, "reference", rng)
-    train_steps(layer, opt, rng)
-    stats = DynaDiag().update(LayerUpdate(layer, None, 0.5, rng, budget=layer.W.nnz))
-    assert stats["diagonals"] == 4 and layer.W.K == 4
+# --------------------------------------------------------------------------------------------------
+# the window swap against the specification (and what purerigl check runs)
 
 
-def test_make_method_builds_dynadiag():
-    from purerigl.dst import make_method
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("shape", [(12, 8), (8, 12), (10, 10), (30, 7)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradients_and_window_swap_agree_with_the_specification(backend_name, shape, seed):
+    a = compare_with_spec(get_backend(backend_name), "dynadiag", "diagonal", {}, shape, 0.4, seed)
+    assert a.agree, a.difference
 
-    m = make_method("dynadiag", "diagonal")
-    assert isinstance(m, DynaDiag)
+
+def test_check_catches_a_wrong_gate_backward(monkeypatch):
+    import purerigl.nn.gated_diagonal as gd
+
+    monkeypatch.setattr(gd, "soft_top_k_backward", lambda a, K, T, d: -soft_top_k_backward(a, K, T, d))
+    a = compare_with_spec(get_backend("cpu"), "dynadiag", "diagonal", {}, (12, 8), 0.4, 0)
+    assert not a.agree and "alpha" in a.difference
 
 
-def test_diagonal_norms():
-    rng = np.random.default_rng(4)
-    W = Diagonal.random((7, 3), None, rng, K=4)
-    np.testing.assert_allclose(
-        diagonal_norms(W), np.linalg.norm(W.values.astype(np.float64), axis=1), rtol=1e-14
-    )
-    assert diagonal_norms(W).dtype == np.float64
+def test_check_catches_a_wrong_entering_score(monkeypatch):
+    import purerigl.dst.dynadiag as dd
+
+    monkeypatch.setattr(dd, "enter_scores", lambda alpha, kept, entered: None)
+    results = [compare_with_spec(get_backend("cpu"), "dynadiag", "diagonal", {}, (12, 8), 0.4, s) for s in range(4)]
+    assert any("scores" in r.difference for r in results)
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+
+
+def _run(soft, freeze, backend="cpu", epochs=4, freeze_epoch=None, delta_t=5):
+    data = load_dataset("digits", None, seed=0)
+    shapes = [(32, 64), (10, 32)]
+    budgets = layer_budgets(shapes, 0.9, "uniform")
+    model = build_mlp(64, "32", 10, fmt="diagonal", sparsity=0.9, backend=backend, rng=np.random.default_rng(0),
+                      budgets=budgets)
+    options = DynaDiagOptions(soft=soft, freeze=freeze, freeze_epoch=freeze_epoch)
+    by_name = {f"layer{i}": b for i, b in enumerate(budgets)}
+    gate_model(model, by_name, options, np.random.default_rng(1), 5.0)
+    config = TrainConfig(epochs=epochs, batch_size=64, lr=1e-2, optimizer="adam", seed=0)
+    steps = epochs * -(-data.x_train.shape[0] // 64)
+    updater = DynaDiagUpdater(UpdateSchedule.from_fraction(steps, delta_t=delta_t, alpha=0.3, t_end=0.75), by_name,
+                              options, epochs, seed=0)
+    trainer = Trainer(model, data, config, topology=updater)
+    return trainer, trainer.fit()
+
+
+@pytest.mark.parametrize("soft", ["window", "all"])
+def test_freeze_leaves_exactly_k_diagonals_with_gate_one(soft):
+    trainer, history = _run(soft, "at_epoch", freeze_epoch=3)
+    for layer in trainer.model.linears:
+        K, P, L = layer.k, max(layer.shape), min(layer.shape)
+        assert layer.frozen and layer.W.K == K and layer.W.nnz == K * L
+        assert np.array_equal(layer.gates(), np.ones(K))
+    for layer, row in zip(trainer.model.linears, history[0]["layers"]):  # soft in epoch 1: S stored, gates < 1
+        assert row["stored"] == stored_diagonals(soft, layer.k, max(layer.shape), 2.0) > row["k"]
+        assert not row["frozen"] and row["gate_max"] < 1
+    assert all(row["frozen"] and row["stored"] == row["k"] for row in history[-1]["layers"])
+
+
+def test_alpha_stops_after_the_freeze_and_trains_before():
+    trainer, history = _run("window", "at_epoch", freeze_epoch=2, epochs=3)
+    layer = trainer.model.linears[0]
+    assert not np.allclose(layer.alpha.value, 1 / max(layer.shape))  # it moved in epoch 1
+    frozen_alpha = layer.alpha.value.copy()
+    trainer.run_epoch()  # one more epoch: nothing moves
+    np.testing.assert_array_equal(layer.alpha.value, frozen_alpha)
+
+
+def test_window_swaps_keep_the_window_size_and_explore():
+    trainer, history = _run("window", "never", epochs=3, delta_t=3)
+    for layer, row in zip(trainer.model.linears, history[-1]["layers"]):
+        S = stored_diagonals("window", layer.k, max(layer.shape), 2.0)
+        assert layer.W.K == S and not layer.frozen and row["stored"] == S
+    assert history[-1]["topology_updates"] > 0
+    assert any(row["changed"] > 0 for m in history for row in m["layers"])
+    assert trainer.model.linears[0].effective_k() >= 1
+
+
+def test_at_start_is_a_fixed_k_diagonal_run():
+    trainer, history = _run("window", "at_start", epochs=2)
+    assert all(row["frozen"] and row["stored"] == row["k"] for row in history[0]["layers"])
+    assert history[-1]["topology_updates"] == 0
+
+
+def test_training_is_identical_on_reference_and_cpu():
+    _, ref = _run("window", "at_epoch", backend="reference", epochs=3, freeze_epoch=3)
+    _, cpu = _run("window", "at_epoch", backend="cpu", epochs=3, freeze_epoch=3)
+    for a, b in zip(ref, cpu):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert [r["changed"] for r in a["layers"]] == [r["changed"] for r in b["layers"]]
+
+
+def test_learns_the_digits():
+    trainer, history = _run("window", "at_epoch", epochs=8, freeze_epoch=3)
+    assert history[-1]["test_accuracy"] > 0.6 > history[0]["test_accuracy"] - 0.3
+    assert math.isfinite(history[-1]["test_loss"])

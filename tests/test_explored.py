@@ -31,7 +31,7 @@ from test_cli_resume import Killed, assert_same_run, killed_at_the_second_checkp
 from test_cli_train import invoke
 
 CASES = [("rigl", "csr"), ("set", "csr"), ("set", "condensed"), ("srigl", "condensed"), ("gse", "csr"),
-         ("dynadiag", "diagonal"), ("static", "condensed")]
+         ("diag-rigl", "diagonal"), ("static", "condensed")]
 
 
 def mask_of(W):

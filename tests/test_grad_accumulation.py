@@ -2,7 +2,7 @@
 
 Pins down: a sparse layer that keeps its last N (X, dY) pairs hands the growth rules their stacking,
 whose G = dY^T X is the sum of the N batch gradients; every method that scores growth by gradient
-(RigL, SRigL, GSE, DynaDiag) then chooses exactly what it chooses from that sum, on the reference,
+(RigL, SRigL, GSE, diag-rigl) then chooses exactly what it chooses from that sum, on the reference,
 cpu and (a tiny layer on the simulator) cuda backends; the training loop feeds an update the last N
 batches across epoch ends and smaller last batches, never the warm-up batch; N = 1 keeps nothing and
 hands over the last batch itself; ``--grad-accumulation`` is checked (exit 2 naming the option),
@@ -12,7 +12,7 @@ ends bit-identical to an uninterrupted run because checkpoint.npz keeps the batc
 The oracle is built another way: on integer-valued data (every sum exact in float32 and float64) the
 dense sum G = sum_b dY_b^T X_b is accumulated in float64, and a second layer with the same weights is
 given the single batch (X = I, dY = G^T), whose gradient is exactly G: both layers must make the same
-update; RigL's grown set is also checked against a brute-force top-k of |G| and DynaDiag's scores
+update; RigL's grown set is also checked against a brute-force top-k of |G| and diag-rigl's scores
 against the diagonal norms of G.
 """
 
@@ -141,7 +141,7 @@ GRADIENT_METHODS = [
     ("srigl", "condensed", {"gamma_sal": 0.0}),
     ("gse", "csr", {}),
     ("gse", "condensed", {}),
-    ("dynadiag", "diagonal", {}),
+    ("diag-rigl", "diagonal", {}),
 ]
 
 
@@ -203,7 +203,7 @@ def test_rigl_grows_the_top_of_the_dense_sum(backend, seed):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(7, 10), (10, 7)])
 def test_diagonal_scores_of_the_stack_are_the_norms_of_the_dense_sum(backend, shape):
-    """DynaDiag's growth scores from the stacked batch: the L2 norm of the dense sum along each
+    """diag-rigl's growth scores from the stacked batch: the L2 norm of the dense sum along each
     wrap-around diagonal."""
     batches = _batches(30, shape=shape)
     layer = _fed(_layer("diagonal", backend, shape=shape), batches, N)

@@ -410,8 +410,8 @@ def _fewer(m: np.ndarray) -> np.ndarray:
     ("rigl", "csr", lambda m: _bad(m, "layer2.mask", np.ones((3, 3), bool)), ["layer2.mask", "no layer"]),
     ("srigl", "condensed", lambda m: _bad(m, "layer1.mask", _fewer(m["layer1.mask"])), ["layer1.mask", "fan-in"]),
     ("srigl", "csr", lambda m: m, ["layer0.mask", "constant fan-in"]),  # a csr mask, condensed storage
-    ("dynadiag", "condensed", lambda m: m, ["layer0.mask", "diagonal"]),
-    ("dynadiag", "diagonal", lambda m: _bad(m, "layer0.mask", _fewer(m["layer0.mask"])), ["layer0.mask", "diagonal"]),
+    ("diag-rigl", "condensed", lambda m: m, ["layer0.mask", "diagonal"]),
+    ("diag-rigl", "diagonal", lambda m: _bad(m, "layer0.mask", _fewer(m["layer0.mask"])), ["layer0.mask", "diagonal"]),
 ])
 def test_init_masks_that_do_not_fit_exit_2_naming_file_and_layer(method, fmt, change, words, tmp_path):
     path = tmp_path / "bad.npz"

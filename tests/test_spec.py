@@ -38,7 +38,7 @@ VARIANTS = (
     ("gse", "condensed", {"gse_sampler": "uniform"}),
     ("gse", "condensed", {"gse_sampler": "grabo"}),
     ("gse", "condensed", {"gse_sampler": "graest"}),
-    ("dynadiag", "diagonal", {}),
+    ("diag-rigl", "diagonal", {}),
 )
 
 

@@ -29,7 +29,7 @@ def test_docs_tour_is_up_to_date():
 def test_every_method_has_an_example():
     """One section per DST method, each with the result of the real update() call."""
     examples = tour.examples_markdown()
-    for method in ("static", "set", "rigl", "srigl", "gse", "dynadiag"):
+    for method in ("static", "set", "rigl", "srigl", "gse", "diag-rigl"):
         assert f"(`--method {method}" in examples, method
     assert examples.count("`update()` returned") == len(tour.EXAMPLES)
     assert "--gamma-sal 2" in examples and "'ablated': 1" in examples  # the ablation example ablates

@@ -655,7 +655,7 @@ def _doc_snippet() -> str:
     return blocks[0]
 
 
-@pytest.mark.parametrize("fmt", ALL + ["condensed-ablated"])
+@pytest.mark.parametrize("fmt", ALL + ["condensed-ablated", "diagonal-gated"])
 def test_documented_numpy_snippet_evaluates_a_saved_model(fmt, raw, data, trained, tmp_path):
     """The ```python block of docs/checkpoints.md, run on its own (no purerigl import), computes
     from model.npz and raw inputs the same logits as the trained model (rtol 1e-4): the documented
@@ -673,6 +673,16 @@ def test_documented_numpy_snippet_evaluates_a_saved_model(fmt, raw, data, traine
         model.linears[0].set_structure(Condensed(rows, idx, rng.standard_normal((4, 6)).astype(np.float32), (24, 16)))
         for lin in model.linears:
             lin.bias.value[...] = rng.standard_normal(lin.shape[0]).astype(np.float32) * 0.3
+    elif fmt == "diagonal-gated":  # DynaDiag's soft gates on every layer (the file adds alpha and a gate entry)
+        from purerigl.nn import GatedDiagonalLinear
+
+        model = _model("diagonal")
+        rng = np.random.default_rng(6)
+        for i, lin in enumerate(model.linears):
+            gated = GatedDiagonalLinear(lin.W, max(1, lin.W.K // 2), alpha=rng.normal(size=lin.W.P), temperature=0.5,
+                                        bias=rng.standard_normal(lin.shape[0]).astype(np.float32) * 0.3,
+                                        name=lin.name, backend=lin.backend)
+            model.layers[model.layers.index(lin)] = model.linears[i] = gated
     else:
         model = trained[fmt]
     assert all(lin.bias.value.any() for lin in model.linears)  # biases matter in the comparison

@@ -36,7 +36,7 @@ def test_every_update_check_passes(backend):
     results = run_update_selftest(get_backend(backend), seed=3)
     assert len(results) == len(UPDATE_METHODS)
     assert all(r.passed for r in results), [r for r in results if not r.passed]
-    assert {r.op.split()[1] for r in results} == {"static", "rigl", "set", "srigl", "gse", "dynadiag"}
+    assert {r.op.split()[1] for r in results} == {"static", "rigl", "set", "srigl", "gse", "diag-rigl", "dynadiag"}
 
 
 def test_every_update_check_passes_on_cuda():
@@ -81,7 +81,7 @@ def test_a_faulty_selection_fails_the_checks_that_use_it():
 
     results = run_update_selftest(_broken(top_k=worst_instead_of_best), seed=1)
     by_op = {r.op: r for r in results}
-    for op in ("update dynadiag", "update gse uniform", "update srigl 0.3"):  # all rank with top_k
+    for op in ("update diag-rigl", "update gse uniform", "update srigl 0.3"):  # all rank with top_k
         assert not by_op[op].passed, op
         assert "structure differs" in by_op[op].note and "purerigl/dst/spec/" in by_op[op].note
     assert by_op["update rigl"].passed  # RigL drops with keep_by_magnitude and grows with topk_grad
@@ -93,7 +93,7 @@ def test_a_crashing_operation_is_a_failed_check_with_its_message():
 
     results = run_update_selftest(_broken(diag_grad_norms=boom), seed=0)
     bad = [r for r in results if not r.passed]
-    assert [r.op for r in bad] == ["update dynadiag"]
+    assert [r.op for r in bad] == ["update diag-rigl", "update dynadiag"]  # both score growth with it
     assert "RuntimeError: kernel launch failed" in bad[0].note
 
 
@@ -103,7 +103,7 @@ def test_check_command_lists_the_update_rows(extra, code):
 
     result = CliRunner().invoke(main, ["check", "--backend", "cpu", "--quick", *extra])
     assert result.exit_code == code, result.output
-    assert "update srigl 0.9" in result.output and "update dynadiag" in result.output
+    assert "update srigl 0.9" in result.output and "update diag-rigl" in result.output
     if not extra:
         assert "against its NumPy specification" in result.output
 

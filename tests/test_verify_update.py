@@ -351,19 +351,19 @@ def _diagonal_layer(seed, shape):
 
 
 @pytest.mark.parametrize("shape", [(8, 12), (12, 8), (9, 9)])
-def test_dynadiag_whole_diagonals(shape):
+def test_diag_rigl_whole_diagonals(shape):
     W, mask, G = _diagonal_layer(1, shape)
-    W_after, mask_after = _purerigl_after("dynadiag", W, mask, G, 0.5, salt=77)  # ties broken another way
-    assert _check("dynadiag", W, mask, G, W_after, mask_after, 0.5).ok
+    W_after, mask_after = _purerigl_after("diag-rigl", W, mask, G, 0.5, salt=77)  # ties broken another way
+    assert _check("diag-rigl", W, mask, G, W_after, mask_after, 0.5).ok
     new = np.argwhere(mask_after & ~mask)
     partial = mask_after.copy()
     partial[tuple(new[0])] = False
-    report = _check("dynadiag", W, mask, G, W_after * partial, partial, 0.5)
+    report = _check("diag-rigl", W, mask, G, W_after * partial, partial, 0.5)
     assert "partial-diagonal" in _failures(report)
     assert next(f for f in report.findings if f.cause == V.PARTIAL_DIAGONAL).unit == "diagonal"
     W_new = W_after.copy()
     W_new[mask_after & ~mask] = 1.0
-    assert _failures(_check("dynadiag", W, mask, G, W_new, mask_after, 0.5)) == {"new-weight-not-zero"}
+    assert _failures(_check("diag-rigl", W, mask, G, W_new, mask_after, 0.5)) == {"new-weight-not-zero"}
 
 
 def test_set_checks_only_what_is_determined():
@@ -483,7 +483,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_item(tmp_path):
     _bad(tmp_path, "rigl", {**good_b, "fc.mask": np.where(mask, 2, 0)}, good_a, "'fc.mask'", "expected bool")
     _bad(tmp_path, "rigl", good_b, {**good_a, "out.weight": W, "out.mask": mask}, "'out'", "not in")
     _bad(tmp_path, "srigl", good_b, good_a, "before.npz", "'fc.mask'", "constant fan-in")
-    _bad(tmp_path, "dynadiag", good_b, good_a, "before.npz", "'fc.mask'", "whole wrap-around diagonals")
+    _bad(tmp_path, "diag-rigl", good_b, good_a, "before.npz", "'fc.mask'", "whole wrap-around diagonals")
     txt = tmp_path / "before.txt"
     txt.write_text("not arrays")
     result = _cli("--method", "rigl", txt, tmp_path / "after.npz", "--alpha", "0.3")
@@ -509,7 +509,7 @@ def test_every_cause_is_named_and_explained_in_the_code_and_in_docs_verify_md():
 
 
 @pytest.mark.parametrize("method, fmt, options", [
-    ("rigl", "csr", {}), ("srigl", "condensed", {"gamma_sal": 0.3}), ("dynadiag", "diagonal", {}),
+    ("rigl", "csr", {}), ("srigl", "condensed", {"gamma_sal": 0.3}), ("diag-rigl", "diagonal", {}),
     ("gse", "csr", {}),
 ])
 def test_a_specification_scoring_a_given_gradient_equals_one_building_it(method, fmt, options):

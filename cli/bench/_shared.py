@@ -34,9 +34,9 @@ TRAIN_METHODS = (
     ("srigl", "condensed"),
     ("gse", "csr"),
     ("set", "csr"),
-    ("dynadiag", "diagonal"),
+    ("diag-rigl", "diagonal"),
 )
-GROWTH_METHODS = (("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("dynadiag", "diagonal"), ("set", "csr"))
+GROWTH_METHODS = (("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("diag-rigl", "diagonal"), ("set", "csr"))
 
 QUICK = {
     "kernels": {"shapes": ((64, 96),), "batches": (1, 8), "sparsities": (0.9,)},

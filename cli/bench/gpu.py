@@ -44,6 +44,7 @@ import numpy as np
 
 from purerigl import get_backend
 from purerigl.dst import METHODS, make_method, resolve_format
+from purerigl.dst.dynadiag import DynaDiagOptions, gate_model
 from purerigl.formats import FORMATS
 from purerigl.nn import build_mlp, parse_hidden
 from purerigl.optim import make_optimizer
@@ -276,6 +277,8 @@ def train_cell(backend, method, fmt, X, y, *, widths, hidden, sparsity, seed, bu
     try:
         model = build_mlp(widths[0], hidden, widths[-1], fmt=fmt, sparsity=sparsity, backend=backend,
                           rng=np.random.default_rng(seed))
+        if method == "dynadiag":  # soft gates over a window of 2K diagonals (the default run's first epochs)
+            gate_model(model, _budgets(model, method, sparsity), DynaDiagOptions(), np.random.default_rng(seed), 1.0)
         optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
         step = _synced(_train_step_fn(model, optimizer, X, y), backend)
         t_step = _measure_compiled(step, budget_s, max_call_s, repeat, once)

@@ -10,7 +10,8 @@ A DST method is storage x drop rule x grow rule x schedule (DESIGN.md 1):
 | rigl | :mod:`.rigl` | csr | smallest abs(w), layer-wide | largest abs(G), layer-wide |
 | srigl | :mod:`.srigl` | condensed | smallest abs(w), layer-wide, then per-row trim; neuron ablation | largest abs(G) per row |
 | gse | :mod:`.gse` | csr, condensed | smallest abs(w) | largest abs(G) over a sampled candidate set |
-| dynadiag | :mod:`.dynadiag` | diagonal | whole diagonals, smallest norm | whole diagonals, largest gradient norm |
+| diag-rigl | :mod:`.diag_rigl` | diagonal | whole diagonals, smallest norm | whole diagonals, largest gradient norm |
+| dynadiag | :mod:`.dynadiag` | diagonal | learned gates min(1, K softmax(alpha/T)), frozen to the top K by alpha | window: smallest alpha out, largest gradient norm in |
 
 When: :mod:`.schedule`. How much per layer: :mod:`.distribution`. The step that rewrites a layer:
 :func:`.topology.apply_structure`.
@@ -19,6 +20,7 @@ When: :mod:`.schedule`. How much per layer: :mod:`.distribution`. The step that 
 from __future__ import annotations
 
 from .base import LayerUpdate, Method, MethodError
+from .diag_rigl import DiagRigL
 from .dynadiag import DynaDiag
 from .gse import GSE
 from .rigl import RigL
@@ -34,6 +36,7 @@ METHOD_CLASSES: dict[str, tuple[type[Method], ...]] = {
     "rigl": (RigL,),
     "srigl": (SRigL,),
     "gse": (GSE,),
+    "diag-rigl": (DiagRigL,),
     "dynadiag": (DynaDiag,),
 }
 #: Method names, and the storage formats each can use (its default first), read from the classes.

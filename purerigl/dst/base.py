@@ -87,7 +87,7 @@ class Method:
     runs_on_backend: bool = True
 
     #: True when the growth rule scores by the gradient G = dY^T X of ``layer.saved_batch()`` (RigL,
-    #: SRigL, GSE, DynaDiag): with ``DSTUpdater(grad_accumulation=N)`` the layers then keep their last
+    #: SRigL, GSE, diag-rigl): with ``DSTUpdater(grad_accumulation=N)`` the layers then keep their last
     #: N batches and G is the sum of their gradients. False (static, SET): no batch beyond the last is kept.
     scores_by_gradient: bool = False
 
@@ -110,6 +110,9 @@ class TopologyUpdater:
 
     def begin(self, model: MLP) -> None:
         """Called once before the first (or first resumed) epoch."""
+
+    def begin_epoch(self, epoch: int, model: MLP, optimizer) -> None:
+        """Called at the start of every epoch (``epoch`` 0-based: the epochs completed so far)."""
 
     def after_step(self, step: int, model: MLP, optimizer) -> dict:
         return {}

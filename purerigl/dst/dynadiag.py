@@ -1,172 +1,357 @@
-"""DynaDiag, always sparse: drop and grow whole wrap-around diagonals (diagonal storage).
+"""DynaDiag as the paper describes it: learned diagonal importances, a soft top-K gate, an annealed
+temperature and a hard freeze to K diagonals.
 
-Paper: Tyagi, Iyer, Renninger, Kanan, Zhu, "Dynamic Sparse Training of Diagonally Sparse
-Networks", ICML 2025, arXiv 2506.11449. Official code: horizon-research/DynaDiag (MNIST MLP
-only). The rule below is purerigl's always-sparse variant (PAPERS.md 4.4), close to the paper's
-"DiagHeur" baseline.
+Paper: Tyagi, Iyer, Renninger, Kanan, Zhu, "Dynamic Sparse Training of Diagonally Sparse Networks",
+ICML 2025, arXiv 2506.11449. Official code: ``horizon-research/DynaDiag``, ``MLP/linear_softmax.py``
+(``TempSoftmaxDiagLinear``) and ``MLP/mlp.py`` (PAPERS.md 4.3). The layer and its gate are
+:class:`purerigl.nn.GatedDiagonalLinear` and :mod:`purerigl.nn.diagonal_gate`; the plain NumPy
+specification of every step below is :mod:`purerigl.dst.spec.dynadiag`.
 
-A layer W (n_out, n_in) stores K of its :math:`P = \\max(n_{out}, n_{in})` diagonals, each of length
-:math:`L = \\min(n_{out}, n_{in})` (:class:`~purerigl.formats.Diagonal`). One update of one layer with
-drop fraction :math:`\\alpha_t` replaces q diagonals (:func:`swap_count`),
+Per sparse layer W (n_out, n_in), P = max(n_out, n_in) candidate diagonals of length L = min(n_out, n_in),
+K the diagonals the budget allows (:func:`purerigl.formats.budget.structure_count`):
 
-.. math:: q = \\min\\big(K, \\max(1, \\lfloor \\alpha_t K \\rfloor)\\big) \\text{ while } \\alpha_t > 0,
-          \\qquad q = 0 \\text{ when } \\alpha_t = 0:
+1. **Gate** (every step): the layer computes with :math:`\\tilde\\alpha_d V_d` on each stored diagonal d,
+   :math:`\\tilde\\alpha = \\min(1, K \\operatorname{softmax}(\\alpha / T))`; alpha (P,) starts at 1 / P
+   [code] and is trained by its own Adam (lr ``alpha_lr``, default 1e-3, L2 weight decay 1e-4, the
+   official optimizer's settings) from the gradient through the gate, plus an optional l1 term
+   :math:`\\lambda \\lVert \\alpha \\rVert_1` [paper text; absent from the code].
+2. **Temperature** (at the start of every epoch e, 0-based, of E):
+   :math:`T(e) = T_{min} + \\tfrac12 (T_{max} - T_{min}) (1 + \\cos(\\pi e / (E - 1)))`, T_max = 5,
+   T_min = 0.05 [code: ``TemperatureScheduler`` "cosine", README settings] (:func:`temperature_at`).
+3. **Freeze** (at the start of epoch F, 1-based, as the official ``--alpha-freeze-epoch``; mode
+   ``at_start`` is F = 1, ``never`` never): keep the K stored diagonals of largest alpha, set their gates
+   to 1 and stop training alpha [code: ``freeze_topk``]. The layer is then an ordinary K-diagonal layer:
+   nnz = K L, density K / P, the cost of K diagonals in training and inference. purerigl's default is
+   ``at_epoch`` at 30% of the epochs (the official README: epoch 30 of 100), :func:`default_freeze_epoch`.
+4. **Storage** (``soft``):
 
-at least one diagonal while the schedule's drop fraction is above 0. A plain
-:math:`\\lfloor \\alpha_t K \\rfloor` would be 0 for every layer with :math:`K < 1 / \\alpha_t` (K <= 3 at
-the default alpha 0.3), and such layers would never change at all: at 99% with uniform budgets, the
-100 x 300 and 10 x 100 layers of the 784-300-100-10 MLP (K = 3 and K = 1).
+   - ``all`` (faithful, labelled): all P diagonals are stored and gated until the freeze, as in the
+     official code: P L values, the memory and work of the dense matrix.
+   - ``window`` (default, purerigl's bounded variant): only S = min(P, ceil(c K)) diagonals are stored
+     (``window`` c >= 1, default 2), the softmax still over all P scores (a diagonal that is not stored
+     counts as one whose values are 0). Every delta_t steps until t_end or the freeze,
+     :meth:`DynaDiag.update` swaps q = max(1, floor(alpha_t S)) of them: the q stored diagonals of
+     smallest alpha leave, and the q offsets not kept (the ones just leaving included) of largest
+     gradient norm along them, :math:`S_d = \\lVert G_d \\rVert_2`, G = dY^T X (the streamed
+     ``diag_grad_norms`` of diag-rigl), enter with values 0 and zero optimizer state. An entering
+     diagonal's score is set to the smallest alpha among the diagonals kept (it enters as the weakest
+     member of the window: a gate comparable to theirs, so its values receive gradient at once) and
+     its alpha Adam state is reset to 0. Memory O(S L + P).
 
-1. **Drop**: score every active diagonal k by the L2 norm of its values,
-   :math:`\\lVert V_k \\rVert_2 = \\sqrt{\\sum_t V_{k,t}^2}`; keep the K - q highest.
-2. **Grow**: score every offset d in [0, P) by the L2 norm of the dense gradient along it,
+What comes from where: the gate formula, the clamp, alpha's initial value 1 / P, the per-epoch cosine
+temperature, the freeze to the top K by raw alpha with gate 1, Adam on alpha with weight decay: the
+official code. The l1 term: the paper's text [unverified: not in the code]. The window variant, its
+swap rule and the entering score: purerigl's (the official code has no delta_t and no drop/grow).
+purerigl's values start Kaiming-normal with each diagonal layer's actual fan-in (official:
+U(+-1/sqrt(L))), and the freeze keeps the top K among the *stored* diagonals (with ``all`` that is all P,
+as in the code).
 
-   .. math:: S_d = \\sqrt{\\sum_{t=0}^{L-1} G_{\\mathrm{row}(d,t),\\,\\mathrm{col}(d,t)}^2},
-             \\qquad G = dY^T X,
-
-   computed by the backend's ``diag_grad_norms(X, dY)`` from the batch just trained on (streamed:
-   O(B N) work, O(P) memory, G never stored). Among the offsets **not kept** (the just-dropped ones
-   are eligible) take the q with the largest :math:`S_d`.
-3. **Apply** (:func:`purerigl.dst.topology.apply_structure`, PAPERS.md 1.2): the new offsets are
-   kept ∪ grown, sorted ascending; a kept diagonal keeps its values and optimizer state, a newly
-   grown one starts at exactly 0 with zero state, and a diagonal dropped and regrown in the same
-   update is not new: it keeps its old values and state.
-
-Both steps rank float32 scores: the value norms are summed in float64 and rounded once to float32
-(the backend's ``row_norms``), the gradient norms come as float32 from ``diag_grad_norms``. Ties
-(equal scores in step 1 or in step 2): the offset of smaller tie rank ``tie_rank(d, salt)`` ranks
-higher, on every backend (the shared rule of :mod:`purerigl.dst.topology`).
-
-Where it runs: the rule is written with the layer backend's operations
-(:data:`purerigl.kernels.registry.UPDATE_OPS`) on ``layer.matrix`` and
-``layer.saved_batch()``, so on the cuda backend the whole update runs on the device: the norms, the
-two selections, the new offsets and the remap; only the ``kept`` count, the sizes of two
-compactions and a few small index arrays (none larger than P) cross to the host.
-
-Invariants after every update: K unchanged (so nnz = K L and density K / P); offsets strictly
-increasing in [0, P); the q dropped diagonals have the smallest norms, the q grown the largest
-:math:`S_d` among the offsets inactive after the drop; new diagonals hold exact zeros with zero
-optimizer state; while :math:`\\alpha_t > 0` at least one diagonal is dropped (q >= 1; it may be
-regrown at once if its gradient norm ranks among the q best); :math:`\\alpha_t = 0` (q = 0) leaves
-the layer untouched.
-
-Deliberate difference from the official code: the official layer stores **all** P diagonals densely
-(``V`` of shape (P, L), dense-equivalent memory) and gates them with a soft top-K,
-:math:`\\tilde\\alpha = \\min(1, K \\operatorname{softmax}(\\alpha / T))` with a temperature annealed per
-epoch, freezing a hard top-K later; every diagonal is computed throughout training. purerigl keeps
-only the K active diagonals, has no gate parameters or temperature, and changes the set by this
-drop/grow rule every :math:`\\Delta T` steps (PAPERS.md 4.3, 4.4).
+Ties (equal alphas, e.g. every alpha at 1 / P when freezing ``at_start``, or equal gradient norms):
+the smaller tie rank ``tie_rank(offset, salt)``, the rule of :mod:`purerigl.dst.topology`.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..formats import Diagonal
-from ..formats._base import floor_count
-from .base import LayerUpdate, Method, MethodError, format_of, saved_batch_of
-from .topology import apply_structure
+from ..formats.budget import structure_count
+from ..nn import MLP, GatedDiagonalLinear
+from ..optim import Adam
+from .base import LayerUpdate, Method, MethodError, saved_batch_of
+from .diag_rigl import swap_count
+from .schedule import UpdateSchedule
+from .topology import apply_structure, rank_order, tie_salt
+from .updater import DSTUpdater
 
-__all__ = ["DynaDiag", "diagonal_norms", "swap_count"]
+__all__ = [
+    "FREEZE_MODES", "SOFT_MODES", "DynaDiag", "DynaDiagOptions", "DynaDiagUpdater", "default_freeze_epoch", "enter_scores",
+    "freeze_epoch_of", "gate_model", "stored_diagonals", "temperature_at",
+]
+
+SOFT_MODES = ("window", "all")
+FREEZE_MODES = ("at_epoch", "at_start", "never")
+
+#: The freeze's salt is tie_salt(seed, FREEZE_SALT + epoch, layer): apart from the updates' salts.
+FREEZE_SALT = 1 << 30
 
 
-def swap_count(alpha: float, K: int) -> int:
-    """q, the number of diagonals one update drops and grows: at least one while ``alpha`` > 0.
+def temperature_at(epoch: int, epochs: int, t_max: float = 5.0, t_min: float = 0.05) -> float:
+    """T of epoch ``epoch`` (0-based) of ``epochs``: a cosine from ``t_max`` (first epoch) to ``t_min``
+    (last epoch), held at ``t_min`` after (the official "cosine" temperature schedule).
 
-    .. math:: q = \\min\\big(K, \\max(1, \\lfloor \\alpha K \\rfloor)\\big) \\text{ if } \\alpha > 0,
-              \\qquad q = 0 \\text{ if } \\alpha = 0 \\text{ or } K = 0
-
-    The floor is exact (:func:`~purerigl.formats._base.floor_count`, RigL's rounding of n_prune).
-    At most K: there is always room to grow q, since the P - K + q offsets not kept (the q just
-    dropped among them) are eligible.
+    .. math:: T(e) = T_{min} + \\tfrac12 (T_{max} - T_{min})
+              \\big(1 + \\cos(\\pi \\min(e, E - 1) / \\max(1, E - 1))\\big)
     """
-    if not alpha > 0.0 or K <= 0:
-        return 0
-    return min(K, max(1, floor_count(alpha, K)))
+    e = min(max(int(epoch), 0), max(int(epochs) - 1, 0))
+    progress = e / max(1, int(epochs) - 1)
+    return t_min + 0.5 * (t_max - t_min) * (1.0 + math.cos(math.pi * progress))
 
 
-def diagonal_norms(W: Diagonal) -> np.ndarray:
-    """float64 (K,): the L2 norm of every stored diagonal of a host matrix (for inspection and the
-    tour; the update ranks the backend's float32 ``row_norms``, the same norms rounded once).
+def default_freeze_epoch(epochs: int) -> int:
+    """The epoch (1-based) at whose start ``at_epoch`` freezes by default: 30% of the way, as the
+    official README's epoch 30 of 100; at least 1.
 
-    .. math:: \\lVert V_k \\rVert_2 = \\sqrt{\\sum_{t=0}^{L-1} V_{k,t}^2}
+    .. math:: F = \\max(1, \\operatorname{round}(0.3 E))
     """
-    v = W.values.astype(np.float64)
-    return np.sqrt(np.einsum("kl,kl->k", v, v))
+    return max(1, round(0.3 * int(epochs)))
+
+
+def freeze_epoch_of(mode: str, freeze_epoch: int | None, epochs: int) -> int | None:
+    """The 1-based epoch at whose start the gates freeze, or None for ``never``."""
+    if mode not in FREEZE_MODES:
+        raise MethodError(f"unknown freeze mode {mode!r}; choose one of: {', '.join(FREEZE_MODES)}")
+    if mode == "never":
+        return None
+    if mode == "at_start":
+        return 1
+    F = default_freeze_epoch(epochs) if freeze_epoch is None else int(freeze_epoch)
+    if not 1 <= F <= epochs:
+        raise MethodError(f"the freeze epoch must be between 1 and the run's {epochs} epochs, got {F}")
+    return F
+
+
+def stored_diagonals(soft: str, K: int, P: int, window: float) -> int:
+    """S, the diagonals a soft layer stores: P for ``all``, min(P, ceil(c K)) for ``window``."""
+    if soft not in SOFT_MODES:
+        raise MethodError(f"unknown soft mode {soft!r}; choose one of: {', '.join(SOFT_MODES)}")
+    if soft == "all":
+        return P
+    if not (window >= 1.0 and math.isfinite(window)):
+        raise MethodError(f"the window factor c must be a finite number >= 1, got {window!r}")
+    return min(P, math.ceil(window * K - 1e-9))
+
+
+class DynaDiagOptions:
+    """The method's settings (each a ``purerigl train --dynadiag-*`` option)."""
+
+    def __init__(self, soft: str = "window", window: float = 2.0, freeze: str = "at_epoch",
+                 freeze_epoch: int | None = None, t_max: float = 5.0, t_min: float = 0.05,
+                 alpha_lr: float = 1e-3, alpha_weight_decay: float = 1e-4, l1: float = 0.0):
+        if soft not in SOFT_MODES:
+            raise MethodError(f"unknown soft mode {soft!r}; choose one of: {', '.join(SOFT_MODES)}")
+        if freeze not in FREEZE_MODES:
+            raise MethodError(f"unknown freeze mode {freeze!r}; choose one of: {', '.join(FREEZE_MODES)}")
+        if not (0 < t_min <= t_max and math.isfinite(t_max)):
+            raise MethodError(f"temperatures must satisfy 0 < T_min <= T_max, got T_min {t_min!r}, T_max {t_max!r}")
+        if not (alpha_lr > 0 and math.isfinite(alpha_lr)):
+            raise MethodError(f"the alpha learning rate must be > 0, got {alpha_lr!r}")
+        if not (l1 >= 0 and math.isfinite(l1)):
+            raise MethodError(f"the l1 weight must be >= 0, got {l1!r}")
+        stored_diagonals(soft, 1, 1, window)  # checks the window factor
+        self.soft, self.window, self.freeze, self.freeze_epoch = soft, float(window), freeze, freeze_epoch
+        self.t_max, self.t_min, self.alpha_lr, self.l1 = float(t_max), float(t_min), float(alpha_lr), float(l1)
+        self.alpha_weight_decay = float(alpha_weight_decay)
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def gate_model(model: MLP, budgets: dict, options: DynaDiagOptions, rng, temperature: float) -> list:
+    """Replace every sparse Diagonal layer of ``model`` by a :class:`GatedDiagonalLinear` keeping
+    K = the diagonals its budget allows and storing S (:func:`stored_diagonals`) random ones, with values
+    drawn as for any diagonal layer (Kaiming normal, each row's fan-in) and the official alpha = 1 / P.
+    Returns the gated layers. Dense layers stay as they are."""
+    gated = []
+    for i, lin in enumerate(model.linears):
+        if lin not in model.sparse_layers():
+            continue
+        if not isinstance(lin.W, Diagonal):
+            raise MethodError(f"dynadiag needs Diagonal layers, {lin.name} stores a {type(lin.W).__name__}")
+        shape = lin.shape
+        K = structure_count("diagonal", shape, budgets[lin.name])
+        S = stored_diagonals(options.soft, K, max(shape), options.window)
+        W = Diagonal.random(shape, None, rng, K=S)
+        layer = GatedDiagonalLinear(W, K, temperature=temperature, l1=options.l1, backend=lin.backend,
+                                    name=lin.name, needs_input_grad=lin.needs_input_grad)
+        model.linears[i] = layer
+        model.layers[model.layers.index(lin)] = layer
+        gated.append(layer)
+    return gated
+
+
+def top_scores(scores: np.ndarray, offsets: np.ndarray, k: int, salt: int) -> np.ndarray:
+    """int64 (k,), ascending: the ``offsets`` of the k largest (signed) ``scores``; equal scores by the
+    smaller tie rank ``tie_rank(offset, salt)`` (:func:`purerigl.dst.topology.rank_order`)."""
+    order = rank_order(np.asarray(scores, dtype=np.float32), offsets, salt)
+    return np.sort(np.asarray(offsets, dtype=np.int64)[order[:k]])
+
+
+def gated_layers(model: MLP) -> list[GatedDiagonalLinear]:
+    return [lin for lin in model.linears if isinstance(lin, GatedDiagonalLinear)]
 
 
 class DynaDiag(Method):
-    """Always-sparse DynaDiag on diagonal storage: whole diagonals dropped by value norm, grown by
-    gradient norm (see the module docstring for the rule and its invariants)."""
+    """The window swap of a soft :class:`GatedDiagonalLinear` (step 4 of the module docstring);
+    a frozen layer, or one storing all P diagonals, is left as it is."""
 
     name = "dynadiag"
     scores_by_gradient = True
-    runs_on_backend = True  # written with backend operations only: runs on the device on cuda
+    runs_on_backend = True  # the products and remap on the backend; alpha, offsets and S_d on the host
     formats = ("diagonal",)
 
     def update(self, u: LayerUpdate) -> dict:
-        """Drop the ``q = swap_count(alpha, K)`` weakest diagonals of ``u.layer`` (at least one while
-        ``alpha`` > 0) and grow as many.
+        """Swap q = max(1, floor(alpha_t S)) stored diagonals: out the q of smallest score alpha_d,
+        in the q offsets not kept of largest gradient norm S_d (see the module docstring).
 
         .. math::
 
-            \\mathcal{K} = \\operatorname{top}_{K-q}\\big(\\lVert V_k \\rVert_2\\big), \\qquad
-            \\mathcal{G} = \\operatorname{top}_{q,\\ d \\notin \\mathcal{K}}(S_d), \\qquad
+            \\mathcal{K} = \\operatorname{top}_{S-q}(\\alpha_d : d \\text{ stored}), \\qquad
+            \\mathcal{G} = \\operatorname{top}_{q,\\ d \\notin \\mathcal{K}}(\\lVert G_d \\rVert_2), \\qquad
             \\text{offsets}' = \\operatorname{sort}(\\mathcal{K} \\cup \\mathcal{G})
 
-        Parameters
-        ----------
-        u : LayerUpdate
-            ``u.layer`` a SparseLinear over a :class:`~purerigl.formats.Diagonal`, with the input and
-            output gradient of the batch just trained on; ``u.optimizer`` (or None) carries the
-            state; ``u.alpha`` in [0, 1].
-
-        Returns
-        -------
-        dict
-            ``kept``, ``grown``, ``dropped``: positions (entries) as counted by
-            :func:`~purerigl.dst.topology.apply_structure`; ``diagonals``: K.
-
-        Raises
-        ------
-        MethodError
-            If the layer is not diagonal, ``alpha`` is outside [0, 1], the layer has no stored batch
-            to score growth with, or the backend returns scores of the wrong shape.
+        Returns ``kept``, ``grown``, ``dropped`` (entries, as :func:`apply_structure` counts them),
+        ``diagonals`` (S), ``entered`` (int64 offsets that were not stored before) and ``survivors``
+        (int64, the kept set): the caller (:class:`DynaDiagUpdater`) sets the entering scores from them
+        (:func:`enter_scores`).
         """
         layer = u.layer
-        M = layer.matrix  # the layer's Diagonal where its backend computes
-        if format_of(M) != "diagonal":
-            raise MethodError(
-                f"method 'dynadiag' needs a Diagonal weight, layer {getattr(layer, 'name', '?')!r} "
-                f"stores a {type(M).__name__}"
-            )
+        if not isinstance(layer, GatedDiagonalLinear):
+            raise MethodError(f"dynadiag updates gated diagonal layers; {getattr(layer, 'name', '?')!r} is "
+                              f"a {type(layer).__name__} (build the model with purerigl.dst.dynadiag.gate_model)")
+        ops = layer.backend
+        offsets = np.asarray(ops.to_host(layer.matrix.offsets), dtype=np.int64)
+        S, P = offsets.size, max(layer.shape)
+        nothing = {"kept": int(S * min(layer.shape)), "grown": 0, "dropped": 0, "diagonals": S,
+                   "entered": np.zeros(0, dtype=np.int64), "survivors": np.zeros(0, dtype=np.int64)}
         alpha = float(u.alpha)
         if not 0.0 <= alpha <= 1.0:
             raise MethodError(f"drop fraction alpha must be in [0, 1], got {u.alpha!r}")
-        ops = layer.backend
-        K = int(M.values.shape[0])
-        P = max(layer.shape)
-        q = swap_count(alpha, K)  # floor(alpha K) as RigL's n_prune, but at least 1 while alpha > 0
-        if q == 0:
-            return {"kept": int(M.values.size), "grown": 0, "dropped": 0, "diagonals": K}
+        q = swap_count(alpha, S)
+        if layer.frozen or S == P or q == 0:
+            return nothing
         X, dY = saved_batch_of(layer, "dynadiag")
-
-        # 1. Drop: keep the K - q diagonals with the largest norms (ties: the tie rule on the offsets;
-        #    they are strictly increasing, so they are valid tags).
-        kept = ops.top_k(ops.row_norms(M.values), M.offsets, K - q, u.salt)  # offsets, ascending
-
-        # 2. Grow: the q largest gradient norms among the offsets not kept (just-dropped included).
-        S = ops.diag_grad_norms(X, dY)  # (P,)
-        if tuple(S.shape) != (P,):
-            raise MethodError(
-                f"backend {ops.name!r} diag_grad_norms returned shape {tuple(S.shape)}, expected (P,) = ({P},)"
-            )
-        is_kept = ops.indicator(kept, P)
-        grown = ops.top_k(ops.compress(S, is_kept, keep=False),
-                          ops.compress(ops.arange(P), is_kept, keep=False), q, u.salt)
-
-        # 3. Apply: values and optimizer state follow the positions (PAPERS.md 1.2).
-        new = ops.diagonal_from_offsets(ops.merge_sorted(kept, grown), layer.shape)
-        stats = apply_structure(layer, u.optimizer, new)
-        stats["diagonals"] = K
+        kept = top_scores(layer.alpha.value[offsets], offsets, S - q, u.salt)
+        norms = np.asarray(ops.to_host(ops.diag_grad_norms(X, dY)), dtype=np.float32)  # (P,)
+        if norms.shape != (P,):
+            raise MethodError(f"backend {ops.name!r} diag_grad_norms returned shape {norms.shape}, expected ({P},)")
+        others = np.setdiff1d(np.arange(P, dtype=np.int64), kept)
+        grown = top_scores(norms[others], others, q, u.salt)
+        new = np.union1d(kept, grown)
+        stats = apply_structure(layer, u.optimizer, Diagonal(new.astype(np.int32), np.zeros((new.size, min(layer.shape)),
+                                                                                              np.float32), layer.shape))
+        stats["diagonals"] = S
+        stats["entered"] = np.setdiff1d(grown, offsets)
+        stats["survivors"] = kept
         return stats
+
+
+def enter_scores(alpha: np.ndarray, kept: np.ndarray, entered: np.ndarray) -> None:
+    """In place: the score of every diagonal in ``entered`` becomes the smallest score among ``kept``
+    (the diagonals the swap kept by their scores): it enters as the weakest member of the window.
+
+    .. math:: \\alpha_d \\leftarrow \\min_{k \\in \\mathcal{K}} \\alpha_k
+              \\quad (d \\in \\mathcal{G} \\text{, not stored before})
+    """
+    if entered.size and kept.size:
+        alpha[entered] = alpha[kept].min()
+
+
+class DynaDiagUpdater(DSTUpdater):
+    """The DST hook of a DynaDiag run: alpha's Adam step after every optimizer step, the temperature
+    and the freeze at the start of every epoch, and (``window``) the swaps every delta_t steps.
+
+    Parameters
+    ----------
+    schedule : UpdateSchedule
+        When the window swaps happen and their drop fraction (until t_end, and only before the freeze).
+    budgets : dict[str, int]
+    options : DynaDiagOptions
+    epochs : int
+        The run's length (the temperature's cosine spans it).
+    seed : int
+    """
+
+    def __init__(self, schedule: UpdateSchedule, budgets: dict, options: DynaDiagOptions, epochs: int,
+                 seed: int = 0, grad_accumulation: int = 1):
+        super().__init__(DynaDiag(), schedule, budgets, seed=seed, grad_accumulation=grad_accumulation)
+        self.options = options
+        self.epochs = int(epochs)
+        self.freeze_at = freeze_epoch_of(options.freeze, options.freeze_epoch, self.epochs)
+        self._adam = None  # built at begin(), over the model's gated layers' alpha
+        self._pending_adam_state = None  # a checkpoint's alpha Adam state, loaded at begin()
+
+    # ----------------------------------------------------------------------------------------------
+    # the hooks of the training loop
+
+    def begin(self, model) -> None:
+        super().begin(model)
+        layers = gated_layers(model)
+        if not layers:
+            raise MethodError("dynadiag needs gated diagonal layers (purerigl.dst.dynadiag.gate_model)")
+        self._adam = Adam([lin.alpha for lin in layers], lr=self.options.alpha_lr,
+                          weight_decay=self.options.alpha_weight_decay)
+        if self._pending_adam_state is not None:
+            self._adam.load_state_dict(self._pending_adam_state)
+            self._pending_adam_state = None
+
+    def begin_epoch(self, epoch: int, model, optimizer) -> None:
+        """Set this epoch's temperature on every soft layer; freeze them all at the freeze epoch."""
+        T = temperature_at(epoch, self.epochs, self.options.t_max, self.options.t_min)
+        for number, layer in enumerate(gated_layers(model)):
+            layer.temperature = T
+            if self.freeze_at is not None and epoch + 1 >= self.freeze_at and not layer.frozen:
+                self.freeze(layer, optimizer, tie_salt(self.seed, FREEZE_SALT + epoch, number))
+
+    def freeze(self, layer: GatedDiagonalLinear, optimizer, salt: int) -> dict:
+        """Keep the K stored diagonals of largest alpha with gate 1; alpha stops (official ``freeze_topk``)."""
+        offsets = np.asarray(layer.backend.to_host(layer.matrix.offsets), dtype=np.int64)
+        keep = top_scores(layer.alpha.value[offsets], offsets, layer.k, salt)
+        L = min(layer.shape)
+        stats = apply_structure(layer, optimizer, Diagonal(keep.astype(np.int32), np.zeros((keep.size, L), np.float32),
+                                                          layer.shape))
+        layer.frozen = True
+        layer.alpha.grad[...] = 0.0
+        return stats
+
+    def after_step(self, step: int, model, optimizer) -> dict:
+        layers = gated_layers(model)
+        if any(not lin.frozen for lin in layers):
+            self._adam.step()
+        if all(lin.frozen for lin in layers) or self.options.soft == "all":
+            return {}
+        return super().after_step(step, model, optimizer)
+
+    def _after_layer_update(self, layer, stats: dict) -> None:
+        """Set the scores of the diagonals that entered (:func:`enter_scores`) and reset their alpha Adam state."""
+        entered, kept = stats.pop("entered", None), stats.pop("survivors", None)
+        if entered is None or entered.size == 0:
+            return
+        enter_scores(layer.alpha.value, kept, entered)
+        for state in self._adam.state_arrays(layer.alpha).values():
+            state[entered] = 0.0
+
+    # ----------------------------------------------------------------------------------------------
+    # statistics and state
+
+    def epoch_stats(self, model) -> dict:
+        stats = super().epoch_stats(model)
+        rows = {row["layer"]: row for row in stats["layers"]}
+        for layer in gated_layers(model):
+            g = layer.gates()
+            rows[layer.name].update(
+                temperature=layer.temperature, frozen=layer.frozen, k=layer.k, stored=int(g.size),
+                effective_k=layer.effective_k(), gate_sum=float(g.sum()), gate_max=float(g.max()),
+                gate_min=float(g.min()),
+            )
+        return stats
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["options"] = self.options.to_dict()
+        if self._adam is not None:
+            state["alpha_adam"] = self._adam.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        saved = state.get("options")
+        if saved is not None and saved != self.options.to_dict():
+            raise ValueError(f"checkpoint was trained with other dynadiag options: {saved} vs {self.options.to_dict()}")
+        super().load_state_dict(state)
+        adam = state.get("alpha_adam")
+        if adam is not None:
+            self._pending_adam_state = {k: np.asarray(v) for k, v in adam.items()}

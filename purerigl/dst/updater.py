@@ -121,12 +121,16 @@ class DSTUpdater(TopologyUpdater):
                     salt=tie_salt(self.seed, self.n_updates, number),
                 )
             )
+            self._after_layer_update(layer, stats)
             if isinstance(stats, dict) and stats.get("grown") == 0 and stats.get("dropped") == 0:  # new == old
                 self._unchanged[layer.name] = self._unchanged.get(layer.name, 0) + 1
             else:
                 self._explore(layer)
         self.n_updates += 1
         return {}
+
+    def _after_layer_update(self, layer, stats) -> None:
+        """Called after the method updated ``layer`` with what it returned (a subclass may act on it)."""
 
     def _explore(self, layer) -> None:
         """Queue the positions of ``layer``'s current structure for its explored set (computed by the
@@ -201,7 +205,8 @@ class DSTUpdater(TopologyUpdater):
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
-        if state.get("method") != self.name:
+        if state.get("method") != self.name and (state.get("method"), self.name) != ("dynadiag", "diag-rigl"):
+            # (a checkpoint written before DynaDiag's own method existed calls diag-rigl "dynadiag")
             raise ValueError(f"checkpoint was trained with method {state.get('method')!r}, not {self.name!r}")
         self.rng.bit_generator.state = state["rng_state"]
         self.n_updates = int(state["n_updates"])

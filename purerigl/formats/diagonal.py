@@ -1,4 +1,4 @@
-"""Diagonal storage, the format of DynaDiag: whole wrap-around diagonals.
+"""Diagonal storage, the format of DynaDiag and diag-rigl: whole wrap-around diagonals.
 
 A matrix of shape (n_out, n_in) has ``P = max(n_out, n_in)`` candidate diagonals, each of length
 ``L = min(n_out, n_in)``, wrapping modulo the larger dimension. Element ``t`` of diagonal ``d`` sits at

@@ -23,8 +23,8 @@ from .host_loss import softmax_cross_entropy as _softmax_cross_entropy
 
 __all__ = [
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "to_device", "to_host", "zeros",
-    "zeros_like",
+    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "to_device",
+    "to_host", "zeros", "zeros_like",
 ]
 
 
@@ -134,6 +134,30 @@ def dense_grad(X, dY, out):
 
 # --------------------------------------------------------------------------------------------------
 # Loss
+
+
+def scale_rows(A, g, out=None):
+    """Each row of ``A`` times its factor (DynaDiag's gated diagonal values and their gradient).
+
+    .. math:: \\mathrm{out}[k, t] = g_k \\, A[k, t]
+
+    Parameters
+    ----------
+    A : float32 ndarray (K, L)
+    g : float32 ndarray (K,)
+    out : float32 ndarray (K, L), optional
+        Written in place and returned; a new array when omitted.
+    """
+    return np.multiply(A, g[:, None], out=out)
+
+
+def row_dots(A, B):
+    """float64 (K,): the dot product of every row of ``A`` with the same row of ``B``, summed in float64
+    (the gradient of a loss with respect to DynaDiag's gates: :math:`\\sum_t V_{k,t} G_{k,t}`).
+
+    .. math:: \\mathrm{out}[k] = \\sum_t A[k, t] \\, B[k, t]
+    """
+    return np.einsum("kt,kt->k", A.astype(np.float64), B.astype(np.float64))
 
 
 def softmax_cross_entropy(logits, labels):

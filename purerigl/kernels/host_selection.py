@@ -1,6 +1,6 @@
 """The selection operations of a DST update on host NumPy arrays (the reference and cpu backends).
 
-The building blocks that SET, SRigL, GSE and DynaDiag write their rules with, so that each rule is
+The building blocks that SET, SRigL, GSE and diag-rigl write their rules with, so that each rule is
 written once and runs where its backend computes: here on host arrays, in
 :mod:`purerigl.kernels.cuda.selection` on device arrays (same names, signatures and results). The
 list of names is :data:`purerigl.kernels.registry.UPDATE_OPS` (with :mod:`purerigl.kernels.host_topology`).

@@ -7,7 +7,7 @@ Every DST grow rule reads the dense weight gradient of a layer, for X (B, n_in) 
 but a sparse layer must never hold G whole. Here G is produced in **tiles of rows**,
 ``G[r0:r1, :] = dY[:, r0:r1]^T X`` (at most :data:`TILE_ELEMS` entries each), and each tile is folded
 into a small running result before the next one is computed: a running top-m (RigL), the per-row
-top-c_i of the rows of the tile (SRigL), or per-diagonal sums of squares (DynaDiag). Extra memory is
+top-c_i of the rows of the tile (SRigL), or per-diagonal sums of squares (diag-rigl, DynaDiag's window). Extra memory is
 O(m + tile) or O(nnz_out + tile) or O(P + tile), never O(n_out * n_in).
 
 Scores and ties (shared by every backend, see :mod:`purerigl.kernels._rank_key`): a position's score
@@ -161,7 +161,7 @@ def topk_grad_rows(X, dY, counts, exclude_indptr, exclude_indices, salt=0):
 
 
 def diag_grad_norms(X, dY):
-    """The L2 norm of the gradient along each of the P wrap-around diagonals (DynaDiag growth scores).
+    """The L2 norm of the gradient along each of the P wrap-around diagonals (diag-rigl growth scores).
 
     .. math:: S[d] = \\Big( \\sum_{t=0}^{L-1} G[\\mathrm{row}(d, t), \\mathrm{col}(d, t)]^2 \\Big)^{1/2}
 

@@ -35,7 +35,7 @@ OPS = ("matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", 
 ARRAY_OPS = (
     "to_device", "to_host", "zeros", "zeros_like", "fill_zeros",
     "add_bias", "bias_grad", "relu_forward", "relu_backward", "dense_matmul", "dense_matmul_t", "dense_grad",
-    "softmax_cross_entropy", "sgd_step", "adam_step",
+    "softmax_cross_entropy", "sgd_step", "adam_step", "scale_rows", "row_dots",
 )
 
 #: The operations a DST update is written with (host, for the reference and cpu backends:

@@ -205,16 +205,20 @@ class SparseLinear:
 
         .. math:: dW_e = \\sum_b dY_{b, i_e} X_{b, j_e}, \\qquad db = \\sum_b dY_b, \\qquad dX = dY W
         """
-        self._dY, self._dY_host = dY, None
-        if self._window > 1:  # the ring of the last N pairs (keep_batches)
-            self._kept.append((self._X, dY))
-            del self._kept[: -self._window]
-            self._stacked = self._X_host = None
+        self._remember_output_grad(dY)
         self.backend.sddmm(self._matrix, self._X, dY, out=self.weight.grad)
         self.backend.bias_grad(dY, self.bias.grad)
         if not self.needs_input_grad:
             return None
         return self.backend.matmul_t(self._matrix, dY)
+
+    def _remember_output_grad(self, dY) -> None:
+        """Keep dY for :meth:`saved_batch` (and the (X, dY) pair in the ring of :meth:`keep_batches`)."""
+        self._dY, self._dY_host = dY, None
+        if self._window > 1:  # the ring of the last N pairs (keep_batches)
+            self._kept.append((self._X, dY))
+            del self._kept[: -self._window]
+            self._stacked = self._X_host = None
 
     def set_structure(self, W, host: SparseFormat | None = None) -> None:
         """Install a new sparse matrix (after a topology change); the weight parameter follows it.

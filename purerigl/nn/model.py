@@ -156,6 +156,8 @@ class MLP:
                     "density": nnz / (lin.shape[0] * lin.shape[1]),
                 }
             )
+            if hasattr(lin, "gate_state"):  # a DynaDiag layer (purerigl.nn.GatedDiagonalLinear)
+                rows[-1]["gate"] = lin.gate_state()
         return rows
 
 

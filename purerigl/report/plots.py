@@ -270,10 +270,52 @@ def save_figure(fig, path) -> Path:
 # a whole run
 
 
+def figure_gates(history: list[dict]):
+    """DynaDiag's gates over training, from the ``layers`` entries of metrics.jsonl: the temperature,
+    the effective K (stored diagonals with gate > 1e-6) against the K kept in the end, and the range
+    of the stored diagonals' gates (min to max) per layer; None for a run without gated layers."""
+    names = []
+    for m in history:
+        for row in m.get("layers") or []:
+            if "effective_k" in row and row.get("layer") not in names:
+                names.append(row.get("layer"))
+    if not names:
+        return None
+
+    def series(name, key):
+        out = []
+        for m in history:
+            row = next((r for r in m.get("layers") or [] if r.get("layer") == name), {})
+            out.append(row.get(key, math.nan))
+        return np.array(out, dtype=float)
+
+    fig = _new_figure(15, 4)
+    ax_t, ax_k, ax_g = fig.subplots(1, 3)
+    epochs = _epochs(history)
+    marker = "o" if len(epochs) <= 30 else None
+    ax_t.plot(epochs, series(names[0], "temperature"), marker=marker, color="k")
+    ax_t.set(title="temperature", xlabel="epoch", ylabel="T (start of the epoch)", yscale="log")
+    for name in names:
+        line, = ax_k.plot(epochs, series(name, "effective_k") / series(name, "k"), marker=marker, label=name)
+        ax_k.plot(epochs, series(name, "stored") / series(name, "k"), ls="--", color=line.get_color())
+        ax_g.fill_between(epochs, series(name, "gate_min"), series(name, "gate_max"), alpha=0.25,
+                          color=line.get_color(), label=name)
+        ax_g.plot(epochs, series(name, "gate_max"), marker=marker, color=line.get_color())
+    ax_k.set(title="effective K / K (dashed: stored / K)", xlabel="epoch", ylabel="diagonals / K")
+    ax_g.set(title="gates of the stored diagonals (min to max)", xlabel="epoch", ylabel="gate", ylim=(0, 1.05))
+    for ax in (ax_t, ax_k, ax_g):
+        ax.grid(alpha=0.3)
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+    ax_k.legend(fontsize="small")
+    fig.suptitle("DynaDiag gates after each epoch (1 everywhere once frozen)")
+    return fig
+
+
 def write_run_plots(run_dir, out_dir=None) -> tuple[list[Path], list[str]]:
     """Draw every figure of the run in ``run_dir`` into ``out_dir`` (default ``run_dir/plots``).
 
-    Files: ``curves.png`` and ``density.png`` (from metrics.jsonl) and ``layer{i}_connectivity.png``
+    Files: ``curves.png``, ``density.png`` and, for a DynaDiag run, ``gates.png`` (from metrics.jsonl) and ``layer{i}_connectivity.png``
     for every sparse layer of model.npz (of checkpoint.npz when the run has no model.npz yet).
 
     Returns
@@ -312,6 +354,9 @@ def write_run_plots(run_dir, out_dir=None) -> tuple[list[Path], list[str]]:
             notes.append("density.png: metrics.jsonl has no per-layer topology (no sparse layer)")
         else:
             written.append(save_figure(density, out_dir / "density.png"))
+        gates = figure_gates(history)
+        if gates is not None:
+            written.append(save_figure(gates, out_dir / "gates.png"))
     else:
         notes.append("curves.png, density.png: the run has no metrics.jsonl or no finished epoch")
     if model is None:

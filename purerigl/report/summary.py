@@ -25,7 +25,7 @@ from ..training.checkpoint import load_model
 from ..errors import PureriglError
 from ..formats import CSR, Condensed, Diagonal
 from ..formats.triples import triples
-from ..nn import Dense, SparseLinear
+from ..nn import Dense, GatedDiagonalLinear, SparseLinear
 
 #: Bytes of one float32 weight of the dense layer a sparse one is compared with.
 DENSE_BYTES_PER_WEIGHT = 4
@@ -79,6 +79,8 @@ def _weight_arrays(layer) -> dict[str, np.ndarray]:
     if isinstance(W, Condensed):
         return {"rows": W.rows, "indices": W.indices, "values": W.values}
     if isinstance(W, Diagonal):
+        if isinstance(layer, GatedDiagonalLinear):  # DynaDiag: the scores alpha are stored too
+            return {"offsets": W.offsets, "alpha": layer.alpha.value, "values": W.values}
         return {"offsets": W.offsets, "values": W.values}
     return {"indptr": W.indptr, "indices": W.indices, "values": W.values}
 
@@ -88,7 +90,7 @@ def layer_bytes(layer) -> dict[str, int]:
     array: rows, indices, indptr, offsets), ``bias``, ``total``, and ``dense``, a float32 layer of
     the same shape with its bias."""
     arrays = _weight_arrays(layer)
-    values = sum(a.nbytes for name, a in arrays.items() if name in ("values", "weight"))
+    values = sum(a.nbytes for name, a in arrays.items() if name in ("values", "weight", "alpha"))
     indices = sum(a.nbytes for name, a in arrays.items() if name not in ("values", "weight"))
     bias = layer.bias.host.nbytes
     n_out, n_in = layer.shape
@@ -101,6 +103,17 @@ def _range(a: np.ndarray) -> dict:
     return {"min": int(a.min()), "mean": float(a.mean()), "max": int(a.max())}
 
 
+def gate_summary(layer: GatedDiagonalLinear) -> dict:
+    """The gates of a DynaDiag layer (see :func:`summarize_layer`)."""
+    g, offsets = layer.gates(), layer.W.offsets
+    top = np.argsort(-g, kind="stable")[:10]
+    return {
+        "k": layer.k, "stored": int(offsets.size), "effective_k": layer.effective_k(), "frozen": layer.frozen,
+        "temperature": layer.temperature, "min": float(g.min()), "max": float(g.max()), "sum": float(g.sum()),
+        "offsets": offsets.tolist(), "top": [[int(offsets[i]), float(g[i])] for i in top],
+    }
+
+
 def summarize_layer(index: int, layer) -> dict:
     """One layer's summary (JSON-ready).
 
@@ -108,13 +121,16 @@ def summarize_layer(index: int, layer) -> dict:
     [n_out, n_in], ``nnz``, ``density`` (nnz / (n_out n_in)), ``fan_in`` and ``fan_out`` ({min, mean,
     max}), ``empty_rows`` (outputs with no input, ablated ones included), ``empty_cols`` (inputs no
     weight reads), ``ablated`` (count) and ``ablated_neurons`` (list), Condensed only, else None;
-    ``diagonals`` ({K, P}), Diagonal only, else None; ``bytes`` (:func:`layer_bytes`) and
-    ``bytes_ratio`` (total / dense).
+    ``diagonals`` ({K, P}), Diagonal only, else None; ``gates`` (DynaDiag layers only, else None:
+    ``k`` kept in the end, ``stored``, ``effective_k`` = #(gate > 1e-6), ``frozen``, ``temperature``,
+    ``min`` / ``max`` / ``sum`` of the stored diagonals' gates, ``offsets`` the stored (when frozen:
+    the frozen) set and ``top``, the ten largest gates as [offset, gate]); ``bytes``
+    (:func:`layer_bytes`, values counting the scores alpha too) and ``bytes_ratio`` (total / dense).
     """
     n_out, n_in = layer.shape
     fan_in, fan_out = fan_in_out(layer)
     nnz = int(fan_in.sum())
-    ablated = ablated_neurons = diagonals = None
+    ablated = ablated_neurons = diagonals = gates = None
     if isinstance(layer, SparseLinear):
         W = layer.W
         fmt = type(W).__name__.lower()
@@ -125,6 +141,8 @@ def summarize_layer(index: int, layer) -> dict:
             ablated = len(ablated_neurons)
         elif isinstance(W, Diagonal):
             diagonals = {"K": int(W.K), "P": int(W.P)}
+        if isinstance(layer, GatedDiagonalLinear):
+            gates = gate_summary(layer)
     else:
         fmt = "dense"
     size = layer_bytes(layer)
@@ -142,6 +160,7 @@ def summarize_layer(index: int, layer) -> dict:
         "ablated": ablated,
         "ablated_neurons": ablated_neurons,
         "diagonals": diagonals,
+        "gates": gates,
         "bytes": size,
         "bytes_ratio": size["total"] / size["dense"],
     }

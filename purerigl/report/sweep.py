@@ -29,7 +29,7 @@ from ..training.checkpoint import atomic_write
 from ..errors import PureriglError
 
 #: Methods a sweep can run: "dense" (the same code with dense NumPy layers) and the DST methods.
-SWEEP_METHODS = ("dense", "static", "set", "rigl", "srigl", "gse", "dynadiag")
+SWEEP_METHODS = ("dense", "static", "set", "rigl", "srigl", "gse", "diag-rigl", "dynadiag")
 
 #: Files of a cell directory that decide its state.
 RESULT_FILE = "result.json"

@@ -28,7 +28,7 @@ import numpy as np
 from ..dst import make_method
 from .excerpts import fill_excerpts
 from ..dst.base import LayerUpdate
-from ..dst.dynadiag import diagonal_norms, swap_count
+from ..dst.diag_rigl import diagonal_norms, swap_count
 from ..dst.samplers import get_sampler
 from ..dst.srigl import ablation_threshold, neurons_to_ablate, salient_counts
 from ..dst.topology import rank_order, tie_salt
@@ -59,7 +59,7 @@ EXAMPLES = (
     ("srigl", "condensed", "SRigL", {}),
     ("srigl", "condensed", "SRigL with a neuron ablated", {"gamma_sal": 2.0}),
     ("gse", "csr", "GSE", {}),
-    ("dynadiag", "diagonal", "DynaDiag", {}),
+    ("diag-rigl", "diagonal", "diag-rigl", {}),
 )
 
 
@@ -269,7 +269,7 @@ def _section(name: str, fmt: str, title: str, options: dict) -> list[str]:
             "",
         ]
         return out + _result(layer, optimizer, before, stats) + [""]
-    else:  # dynadiag
+    else:  # diag-rigl
         q = swap_count(ALPHA, W.K)
         norms = diagonal_norms(W)
         S = np.asarray(layer.backend.diag_grad_norms(X, dY))
@@ -338,7 +338,7 @@ def examples_markdown() -> str:
     )
     for example in EXAMPLES[:-1]:
         out += _section(*example)
-    out += ["### The layer of the DynaDiag example", ""]
+    out += ["### The layer of the diag-rigl example", ""]
     out += _setup_section(
         "diagonal",
         f"A Diagonal layer: P = max({n_out}, {n_in}) = {max(SHAPE)} wrap-around diagonals of length "

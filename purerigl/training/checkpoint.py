@@ -11,7 +11,9 @@ A **model file** (``model.npz``) holds plain arrays that any NumPy code can read
 - per linear layer ``i``: ``layer{i}.bias`` (n_out,) and
   condensed: ``layer{i}.rows`` int32 (n_active,), ``layer{i}.indices`` int32 (n_active, k),
   ``layer{i}.values`` float32 (n_active, k);
-  diagonal: ``layer{i}.offsets`` int32 (K,), ``layer{i}.values`` float32 (K, L);
+  diagonal: ``layer{i}.offsets`` int32 (K,), ``layer{i}.values`` float32 (K, L); a DynaDiag layer
+  (:class:`~purerigl.nn.GatedDiagonalLinear`) adds ``layer{i}.alpha`` float32 (P,), its scores, and its
+  ``layers`` entry a ``gate`` object {"k": K kept, "temperature": T, "frozen": bool};
   csr: ``layer{i}.indptr`` int64, ``layer{i}.indices`` int32, ``layer{i}.values`` float32;
   dense: ``layer{i}.weight`` float32 (n_out, n_in).
 
@@ -42,7 +44,7 @@ import numpy as np
 
 from ..errors import PureriglError
 from ..formats import CSR, Condensed, Diagonal
-from ..nn import MLP, Dense, SparseLinear
+from ..nn import MLP, Dense, GatedDiagonalLinear, SparseLinear
 
 SCHEMA = "purerigl.model"
 SCHEMA_VERSION = 1
@@ -89,6 +91,8 @@ def model_arrays(model: MLP) -> dict[str, np.ndarray]:
             arrays.update({f"layer{i}.rows": W.rows, f"layer{i}.indices": W.indices})
         elif isinstance(W, Diagonal):
             arrays[f"layer{i}.offsets"] = W.offsets
+            if isinstance(lin, GatedDiagonalLinear):
+                arrays[f"layer{i}.alpha"] = lin.alpha.value
         else:
             arrays.update({f"layer{i}.indptr": W.indptr, f"layer{i}.indices": W.indices})
         arrays[f"layer{i}.values"] = W.values
@@ -97,7 +101,7 @@ def model_arrays(model: MLP) -> dict[str, np.ndarray]:
 
 def model_meta(model: MLP, **extra) -> dict:
     layers = [
-        {k: row[k] for k in ("kind", "format", "shape", "activation")} for row in model.describe()
+        {k: row[k] for k in ("kind", "format", "shape", "activation", "gate") if k in row} for row in model.describe()
     ]
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "layers": layers, **extra}
 
@@ -260,7 +264,27 @@ def _layer(i: int, spec: dict, arrays: dict, backend) -> SparseLinear | Dense:
         raise
     except PureriglError as e:
         raise CheckpointError(f"layer{i} ({fmt}) breaks its format's invariants: {e}") from None
+    if "gate" in spec:
+        return _gated_layer(i, spec["gate"], W, get("alpha"), bias, backend)
     return SparseLinear(W, bias, backend=backend, name=f"layer{i}")
+
+
+def _gated_layer(i: int, gate, W, alpha, bias, backend) -> GatedDiagonalLinear:
+    """A DynaDiag layer from its ``gate`` entry ({"k", "temperature", "frozen"}) and ``layer{i}.alpha``."""
+    if not isinstance(W, Diagonal):
+        raise CheckpointError(f"layer{i} has a gate but stores a {type(W).__name__}, not a Diagonal")
+    if not isinstance(gate, dict) or set(gate) != {"k", "temperature", "frozen"}:
+        raise CheckpointError(f"layer{i}: the gate entry must hold k, temperature and frozen, got {gate!r}")
+    if alpha.dtype != np.float32 or alpha.shape != (W.P,):
+        raise CheckpointError(f"layer{i}.alpha has shape {alpha.shape} {alpha.dtype}, expected ({W.P},) float32")
+    try:
+        k, T, frozen = int(gate["k"]), float(gate["temperature"]), gate["frozen"]
+        if not isinstance(frozen, bool) or not T > 0 or (frozen and W.K != k):
+            raise ValueError(f"frozen {frozen!r}, temperature {T!r}, K {k} for {W.K} stored diagonals")
+        return GatedDiagonalLinear(W, k, alpha=alpha, temperature=T, frozen=frozen, bias=bias, backend=backend,
+                                   name=f"layer{i}")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"layer{i}: invalid gate ({e})") from None
 
 
 def load_model(path, backend=None) -> tuple[MLP, dict]:
@@ -305,6 +329,11 @@ def load_training_state(path, trainer) -> dict:
             raise CheckpointError(f"{path}: layer {mine.name} is {saved!r}, the run has {mine!r}")
         if isinstance(mine, SparseLinear):
             mine.set_structure(saved.W)
+            if isinstance(mine, GatedDiagonalLinear):
+                if mine.k != saved.k:
+                    raise CheckpointError(f"{path}: layer {mine.name} keeps K = {saved.k} diagonals, the run {mine.k}")
+                mine.alpha.value[...] = saved.alpha.value  # in place: the alpha optimizer holds this array
+                mine.temperature, mine.frozen = saved.temperature, saved.frozen
             kept = _kept_pairs(path, i, mine.shape, arrays)
             if kept is not None:
                 mine.set_kept_batches(kept)

@@ -10,6 +10,9 @@ One optimizer step is:
 3. optimizer: ``lr = schedule(step)``, update every parameter in place; ``step += 1``
 4. topology: ``topology.after_step(step, ...)`` may change the sparse structure (DST methods)
 
+and every epoch starts with ``topology.begin_epoch(epoch, ...)`` (DynaDiag sets its temperature and
+freezes its gates there).
+
 Each phase's wall time is measured after ``backend.synchronize()``, so asynchronous backends are
 timed correctly.
 
@@ -149,6 +152,7 @@ class Trainer:
         topo_stats: dict = {}
         clock = time.perf_counter
         backend = self.model.backend
+        self.topology.begin_epoch(self.epoch, self.model, self.optimizer)
         t_epoch = clock()
         for xb, yb in iterate_batches(self.data.x_train, self.data.y_train, self.config.batch_size, self.rng):
             t0 = clock()

@@ -22,13 +22,14 @@ SET                             csr, condensed        :mod:`.set_`
 RigL                            csr                   :mod:`.rigl`
 SRigL (with/without ablation)   condensed             :mod:`.srigl`
 GSE (uniform, GraBo, GraEst)    csr, condensed        :mod:`.gse`
-DynaDiag (diag-rigl)            diagonal              :mod:`.dynadiag`
+diag-rigl                       diagonal              :mod:`.diag_rigl`
+DynaDiag (window swap, gate)    diagonal              :mod:`.dynadiag`
 =============================  ====================  ===============================
 """
 
 from __future__ import annotations
 
-from . import dynadiag, gse, rigl, set_, srigl, static
+from . import diag_rigl, dynadiag, gse, rigl, set_, srigl, static
 from ._common import MAX_DENSE_GRADIENT, SpecError, Step, Update, dense_gradient, positions, step_gradient
 
 #: method name -> its specification ``update(step, **options)``.
@@ -38,11 +39,12 @@ SPECS = {
     "rigl": rigl.update,
     "srigl": srigl.update,
     "gse": gse.update,
+    "diag-rigl": diag_rigl.update,
     "dynadiag": dynadiag.update,
 }
 
 #: make_method option -> the specification's keyword, per method.
-_OPTION_NAMES = {"gamma_sal": "gamma_sal", "gse_gamma": "gamma", "gse_sampler": "sampler"}
+_OPTION_NAMES = {"gamma_sal": "gamma_sal", "gse_gamma": "gamma", "gse_sampler": "sampler", "scores": "scores"}
 
 
 def spec_update(method: str, step: Step, **options) -> Update:

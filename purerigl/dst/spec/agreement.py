@@ -22,7 +22,7 @@ import numpy as np
 from ...formats import FORMATS, Condensed
 from ..base import LayerUpdate
 from ..topology import tie_salt
-from . import Step, positions, spec_source, spec_update
+from . import Step, Update as Update_, positions, spec_source, spec_update
 
 #: Drop fraction and batch size of the comparison.
 ALPHA = 0.3
@@ -72,6 +72,8 @@ def compare_with_spec(backend, method: str, fmt: str, options: dict, shape, dens
     specification; exceptions of the fast version are reported as a difference, not raised."""
     from .. import make_method
 
+    if method == "dynadiag":
+        return compare_dynadiag_with_spec(backend, shape, density, seed, alpha)
     rng = np.random.default_rng([seed, 0xD57])
     W = FORMATS[fmt].random(tuple(shape), density, rng)
     W.values[...] = rng.integers(-3, 4, size=W.values.shape) * 0.5  # many exact ties in |w|
@@ -119,3 +121,67 @@ def _difference(want, got, got_momentum, stats) -> str:
     if dict(stats) != want.stats:
         return f"statistics differ: {dict(stats)} instead of {want.stats}"
     return ""
+
+
+def compare_dynadiag_with_spec(backend, shape, density: float, seed: int, alpha: float = ALPHA) -> Agreement:
+    """DynaDiag on ``backend`` against :mod:`purerigl.dst.spec.dynadiag`: the gated layer's forward and
+    gradients (values, scores, bias, input) on an integer batch, then one window swap with the
+    scores of the diagonals that entered. The gates are not multiples of 1/2, so the products are
+    compared to float32 rounding (relative 1e-5); the swap's structure, values, momentum, entering
+    scores and statistics exactly."""
+    from ...nn import GatedDiagonalLinear
+    from ...optim import SGD
+    from ..dynadiag import DynaDiag, enter_scores
+    from . import dynadiag as spec
+
+    rng = np.random.default_rng([seed, 0xD1A6])
+    W = FORMATS["diagonal"].random(tuple(shape), density, rng)
+    W.values[...] = rng.integers(-3, 4, size=W.values.shape) * 0.5
+    P, S = max(shape), W.offsets.size
+    K = max(1, S // 2)
+    scores = (rng.integers(-2, 3, size=P) * 0.25).astype(np.float32)  # ties in alpha
+    T = 0.5
+    X = rng.integers(-2, 3, size=(BATCH, shape[1])).astype(np.float32)
+    dY = rng.integers(-2, 3, size=(BATCH, shape[0])).astype(np.float32)
+    salt = tie_salt(seed, 0, 0)
+    result = Agreement("dynadiag", "diagonal", {}, backend.name, spec_source("dynadiag"), agree=False)
+    try:
+        layer = GatedDiagonalLinear(W.copy(), K, alpha=scores, temperature=T, backend=backend)
+        Y = backend.to_host(layer.forward(backend.to_device(X)))
+        dX = backend.to_host(layer.backward(backend.to_device(dY)))
+        layer.sync_to_host()
+        want_Y = spec.forward(X, W.offsets, W.values, scores, K, T, np.zeros(shape[0]))
+        want = spec.backward(X, dY, W.offsets, W.values, scores, K, T)
+        got = {"Y": Y, "values": backend.to_host(layer.weight.grad), "alpha": layer.alpha.grad, "X": dX}
+        expected = {"Y": want_Y, "values": want["values"], "alpha": want["alpha"], "X": want["X"]}
+        for name in ("Y", "values", "alpha", "X"):
+            err = float(np.max(np.abs(np.asarray(got[name], np.float64) - expected[name]), initial=0.0))
+            result.max_abs_error = max(result.max_abs_error, err)
+            if err > 1e-5 * max(1.0, float(np.max(np.abs(expected[name]), initial=0.0))):
+                result.difference = f"gradient or output {name} differs by {err:.3g}"
+                return result
+        opt = SGD(layer.parameters(), lr=0.25, momentum=0.5)
+        opt.step()
+        layer.forward(backend.to_device(X))
+        layer.backward(backend.to_device(dY))
+        before, momentum = _host_state(layer, opt)
+        step = Step(before, X, dY, alpha, salt=salt, budget=W.nnz, state={"momentum_buffer": momentum})
+        want_swap = spec.update(step, scores=scores)
+        u = LayerUpdate(layer, opt, alpha, np.random.default_rng([seed, 1]), budget=W.nnz, salt=salt)
+        stats = DynaDiag().update(u)
+        entered, survivors = stats.pop("entered"), stats.pop("survivors")
+        after_scores = layer.alpha.value.copy()
+        enter_scores(after_scores, survivors, entered)
+        got_W, got_momentum = _host_state(layer, opt)
+    except Exception as err:
+        result.difference = f"{type(err).__name__}: {err}".splitlines()[0]
+        return result
+    want_stats = dict(want_swap.stats)
+    want_entered, want_scores = want_stats.pop("entered"), np.array(want_stats.pop("scores"), np.float32)
+    result.difference = _difference(Update_(want_swap.W, want_swap.state, want_stats), got_W, got_momentum, stats)
+    if not result.difference and entered.tolist() != list(want_entered):
+        result.difference = f"entering diagonals {entered.tolist()} instead of {list(want_entered)}"
+    if not result.difference and not np.array_equal(after_scores, want_scores):
+        result.difference = "the scores of the entering diagonals differ"
+    result.agree = not result.difference
+    return result

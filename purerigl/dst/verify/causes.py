@@ -29,7 +29,7 @@ weights 0, and GSE's scoring among the candidates given in ``L.candidates``) agr
 
 TOO_MANY_DROPPED = Cause("too-many-dropped", """More active connections were dropped than the rule
 drops: floor(alpha * n) of the n active ones (RigL, SET, SRigL), max(1, floor(alpha * K)) of the K
-diagonals (DynaDiag), or as many as GSE grows (min(ceil(alpha * n), candidates)). Listed: the
+diagonals (diag-rigl), or as many as GSE grows (min(ceil(alpha * n), candidates)). Listed: the
 dropped positions the rule keeps. A drop fraction applied to the wrong count, or alpha not yet
 decayed, shows here (and usually as too-many-grown too).""")
 
@@ -38,7 +38,7 @@ drops (see too-many-dropped for the counts). Listed: kept positions the rule dro
 small for them to have been dropped and grown back in the same update.""")
 
 TOO_MANY_GROWN = Cause("too-many-grown", """More connections were grown than the rule grows (RigL,
-SET, DynaDiag: as many as were dropped; SRigL: every active row refilled to k = floor(C / n_active);
+SET, diag-rigl: as many as were dropped; SRigL: every active row refilled to k = floor(C / n_active);
 GSE: as many as it drops). Listed, where growth is scored: the grown positions of smallest |G|.""")
 
 TOO_FEW_GROWN = Cause("too-few-grown", """Fewer connections were grown than the rule grows. Listed,
@@ -56,7 +56,7 @@ active). Dropping by signed value (w instead of |w|) shows here. Listed: the dro
 keeps and the kept weights the rule drops.""")
 
 GROWTH_NOT_BY_GRADIENT = Cause("growth-not-by-gradient", """A grown position has |G| strictly smaller
-than a position that could have grown and did not (RigL, DynaDiag: layer-wide among the positions
+than a position that could have grown and did not (RigL, diag-rigl: layer-wide among the positions
 not kept, just-dropped ones included; SRigL: per row; GSE: among the candidates). Listed: those grown
 positions.""")
 
@@ -88,7 +88,7 @@ layer-wide drop is trimmed to its k largest |w|; the user kept one the trim remo
 listed with it, dropped one the trim keeps). The official code trims by an ordering artefact, not by
 magnitude (PAPERS.md 3.3). Listed: those positions.""")
 
-PARTIAL_DIAGONAL = Cause("partial-diagonal", """DynaDiag: the after mask holds part of a wrap-around
+PARTIAL_DIAGONAL = Cause("partial-diagonal", """diag-rigl: the after mask holds part of a wrap-around
 diagonal; the layer stores whole diagonals only. Listed: the partial diagonals' offsets.""")
 
 UNCLASSIFIED = Cause("unclassified", """The masks differ from the rule's (even with ties broken in the

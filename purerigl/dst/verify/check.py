@@ -25,7 +25,7 @@ class LayerReport:
     """The verdict on one layer: ``status`` ``"equal"`` (the same masks and values as purerigl's),
     ``"agrees"`` (differences all allowed: ties, random growth) or ``"differs"``; the counts; the
     positions only the user's or only purerigl's after mask holds (``unit``: positions, or diagonal
-    offsets for dynadiag); the findings."""
+    offsets for diag-rigl); the findings."""
 
     layer: str
     method: str
@@ -45,7 +45,7 @@ class LayerReport:
 
 def _rule_counts(method: str, n: int, alpha) -> tuple[int, int, str]:
     """(drop, grow, the count in words) of the layer-wide methods, for n active units."""
-    if method == "dynadiag":
+    if method == "diag-rigl":
         q = min(n, max(1, floor_count(alpha, n))) if alpha > 0 and n > 0 else 0
         return q, q, f" (max(1, floor({alpha} * {n})) = {q} diagonals)"
     d = floor_count(alpha, n)
@@ -53,7 +53,7 @@ def _rule_counts(method: str, n: int, alpha) -> tuple[int, int, str]:
 
 
 def _diagonal_units(layer: LayerInput, G):
-    """Per diagonal offset: (active before, in the after mask, |w| norm, |G| norm) as DynaDiag scores them,
+    """Per diagonal offset: (active before, in the after mask, |w| norm, |G| norm) as diag-rigl scores them,
     and the offsets the after mask holds only in part."""
     n_out, n_in = layer.mask.shape
     P, L = max(n_out, n_in), min(n_out, n_in)
@@ -74,7 +74,7 @@ def _favoured_step(method, layer: LayerInput, W, G, alpha, salt, rng, prefer=Non
     user's choice, and for equal |G| before it, that steer the salient counts of neuron ablation."""
     a, u = layer.mask.ravel(), layer.after_mask.ravel()
     n_out, n_in = layer.mask.shape
-    if method == "dynadiag":
+    if method == "diag-rigl":
         _, du, dw, dg, _ = _diagonal_units(layer, G)
         wr = favoured_ranks(dw, du, cannot_regrow(dg, du), -dg)
         gr = favoured_ranks(dg, du)
@@ -229,9 +229,9 @@ def verify_layer(method: str, layer: LayerInput, alpha, *, gamma_sal: float = 0.
     u = layer.after_mask.ravel()
     counts = _counts(method, layer, ours, O, alpha)
     findings = value_findings(layer)
-    unit = "diagonal" if method == "dynadiag" else "position"
+    unit = "diagonal" if method == "diag-rigl" else "position"
     partial = np.zeros(0, np.int64)
-    if method == "dynadiag":
+    if method == "diag-rigl":
         _, du, _, _, partial = _diagonal_units(layer, G)
         ours_d = np.zeros_like(du)
         ours_d[ours.W.offsets] = True
@@ -282,13 +282,13 @@ def verify_layer(method: str, layer: LayerInput, alpha, *, gamma_sal: float = 0.
 
 def _counts(method, layer: LayerInput, ours, O, alpha) -> dict:
     """The numbers a report shows: active before and after, gone and new, yours and purerigl's, and the
-    rule's counts (drop, grow; SRigL's active rows and k; DynaDiag's diagonals)."""
+    rule's counts (drop, grow; SRigL's active rows and k; diag-rigl's diagonals)."""
     a, u, o = layer.mask.ravel(), layer.after_mask.ravel(), O.ravel()
     n = int(a.sum())
     counts = {"active_before": n, "active_after": int(u.sum()), "gone": int((a & ~u).sum()),
               "new": int((u & ~a).sum()), "ours_active_after": int(o.sum()), "ours_gone": int((a & ~o).sum()),
               "ours_new": int((o & ~a).sum())}
-    if method == "dynadiag":
+    if method == "diag-rigl":
         K = int(ours.W.offsets.size)
         q = _rule_counts(method, K, alpha)[0]
         counts.update(diagonals=K, rule_drop=q, rule_grow=q)
@@ -305,10 +305,10 @@ def _counts(method, layer: LayerInput, ours, O, alpha) -> dict:
 
 
 def _deterministic_findings(method, layer: LayerInput, fav, alpha) -> list[Finding]:
-    """The causes for rigl, srigl and dynadiag, once the favoured run showed a real difference."""
+    """The causes for rigl, srigl and diag-rigl, once the favoured run showed a real difference."""
     a, u = layer.mask.ravel(), layer.after_mask.ravel()
     G = layer.G
-    if method == "dynadiag":
+    if method == "diag-rigl":
         da, du, dw, dg, partial = _diagonal_units(layer, G)
         out = []
         if partial.size:

@@ -138,7 +138,7 @@ def layer_wide_findings(a, u, w, g, n_drop: int, n_grow: int, *, growth: str, ca
                         unit: str = "position", count_text: str = "") -> list[Finding]:
     """The causes of a layer-wide drop-and-grow update that does not follow its rule.
 
-    Units are positions (RigL, SET, GSE) or diagonals (DynaDiag, their norms as scores).
+    Units are positions (RigL, SET, GSE) or diagonals (diag-rigl, their norms as scores).
 
     Parameters
     ----------
@@ -150,7 +150,7 @@ def layer_wide_findings(a, u, w, g, n_drop: int, n_grow: int, *, growth: str, ca
         Growth score |G|; None for growth at random.
     n_drop, n_grow : int
         How many the rule drops and grows.
-    growth : "regrow" (RigL, DynaDiag, SET: growth among all positions not kept, just-dropped ones
+    growth : "regrow" (RigL, diag-rigl, SET: growth among all positions not kept, just-dropped ones
         included) or "new" (GSE: only positions inactive before, among ``candidates`` when given).
     candidates : bool (N,) or None
         GSE's drawn candidates.

@@ -13,7 +13,7 @@ from ...interop.files import read_arrays as interop_read_arrays
 from ..spec import MAX_DENSE_GRADIENT, dense_gradient, positions
 
 #: The methods verify-update checks, and the storage each layer is built in from its mask.
-LAYER_FORMATS = {"rigl": "csr", "srigl": "condensed", "set": "csr", "gse": "csr", "dynadiag": "diagonal"}
+LAYER_FORMATS = {"rigl": "csr", "srigl": "condensed", "set": "csr", "gse": "csr", "diag-rigl": "diagonal"}
 #: Methods whose growth is drawn at random: only the determined parts are checked.
 RANDOM_METHODS = ("set", "gse")
 
@@ -188,7 +188,7 @@ def diagonal_ids(n_out: int, n_in: int) -> np.ndarray:
 def structure_of(method: str, mask: np.ndarray, weight: np.ndarray, where: str = "mask"):
     """The layer in its method's storage (:data:`LAYER_FORMATS`), built from ``mask`` with the values
     of ``weight`` there: an active weight that is exactly 0 stays active. A mask the storage cannot
-    hold (SRigL: active rows of unequal counts; DynaDiag: part of a diagonal) raises VerifyInputError."""
+    hold (SRigL: active rows of unequal counts; diag-rigl: part of a diagonal) raises VerifyInputError."""
     n_out, n_in = mask.shape
     fmt = LAYER_FORMATS[method]
     rows, cols = np.nonzero(mask)  # row-major: columns ascending within each row
@@ -211,7 +211,7 @@ def structure_of(method: str, mask: np.ndarray, weight: np.ndarray, where: str =
     partial = np.flatnonzero((count != 0) & (count != L))
     if partial.size:
         d = int(partial[0])
-        raise VerifyInputError(f"{where}: dynadiag stores whole wrap-around diagonals, but diagonal {d} has "
+        raise VerifyInputError(f"{where}: diag-rigl stores whole wrap-around diagonals, but diagonal {d} has "
                                f"{int(count[d])} of its {L} positions ({partial.size} partial diagonals)")
     D = Diagonal(np.flatnonzero(count).astype(np.int32), np.zeros((int(np.sum(count > 0)), L), np.float32),
                  (n_out, n_in))

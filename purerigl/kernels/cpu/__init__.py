@@ -29,7 +29,7 @@ from ..host_selection import (  # registry.UPDATE_OPS, continued
 )
 from ..host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
     adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
-    relu_forward, sgd_step, softmax_cross_entropy, to_device, to_host, zeros, zeros_like,
+    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device, to_host, zeros, zeros_like,
 )
 from . import condensed, csr, diagonal, growth, pairs
 
@@ -39,8 +39,8 @@ __all__ = [
     "NAME", "diag_grad_norms", "grad_at", "matmul", "matmul_t", "sddmm", "topk_grad", "topk_grad_rows",
     # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "to_device", "to_host", "zeros",
-    "zeros_like",
+    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "to_device",
+    "to_host", "zeros", "zeros_like",
     # the operations a DST update is written with, on host arrays (registry.UPDATE_OPS)
     "active_rows", "arange", "compress", "condensed_from_positions", "count_kept", "count_true",
     "csr_from_positions", "csr_positions", "diagonal_from_offsets", "exclusion_of", "flat_of",
@@ -218,7 +218,7 @@ def topk_grad_rows(
 
 
 def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
-    """The L2 norm of the gradient along each of the P wrap-around diagonals (DynaDiag growth scores).
+    """The L2 norm of the gradient along each of the P wrap-around diagonals (diag-rigl growth scores).
 
     Implements :func:`purerigl.kernels.reference.diag_grad_norms`; G is streamed (memory O(P + tile)).
 

@@ -50,7 +50,7 @@ from .. import _checks
 from . import _launch, condensed, csr, diagonal, pairs
 from .arrays import (
     adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
-    relu_forward, sgd_step, softmax_cross_entropy, zeros, zeros_like,
+    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, zeros, zeros_like,
 )
 from .condensed import DeviceCondensed
 from .csr import DeviceCSR
@@ -77,7 +77,8 @@ __all__ = [
     "sddmm_device", "synchronize", "to_device", "to_host", "topk_grad", "topk_grad_rows",
     # the array operations of a training step (registry.ARRAY_OPS)
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "zeros", "zeros_like",
+    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "zeros",
+    "zeros_like",
     # the operations a DST update is written with (registry.UPDATE_OPS)
     "active_rows", "arange", "compress", "condensed_from_positions", "count_kept", "count_true",
     "csr_from_positions", "csr_positions", "diagonal_from_offsets", "exclusion_of", "flat_of",

@@ -25,7 +25,8 @@ from .loss import softmax_cross_entropy
 
 __all__ = [
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "sgd_step", "softmax_cross_entropy", "zeros", "zeros_like",
+    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "zeros",
+    "zeros_like",
 ]
 
 
@@ -61,6 +62,64 @@ def _dense_grad_kernel(X, dY, dW):
         i = q // n_in
         j = q % n_in
         dW[i, j] = batch_dot(dY, i, X, j)
+
+
+@cuda.jit
+def _scale_rows_kernel(A, g, out):
+    """out[k, t] = g[k] * A[k, t], one thread per element."""
+    q = cuda.grid(1)
+    if q < A.shape[0] * A.shape[1]:
+        k = q // A.shape[1]
+        t = q % A.shape[1]
+        out[k, t] = g[k] * A[k, t]
+
+
+@cuda.jit
+def _row_dots_kernel(A, B, out):
+    """out[k] = sum_t A[k, t] B[k, t] in float64, ascending t; one thread per row."""
+    k = cuda.grid(1)
+    if k < A.shape[0]:
+        s = np.float64(0.0)
+        for t in range(A.shape[1]):
+            s += np.float64(A[k, t]) * np.float64(B[k, t])
+        out[k] = s
+
+
+def scale_rows(A, g, out=None):
+    """Each row of ``A`` times its factor, on device arrays (see
+    :func:`purerigl.kernels.host_arrays.scale_rows`).
+
+    .. math:: \\mathrm{out}[k, t] = g_k \\, A[k, t]
+
+    Parameters
+    ----------
+    A : float32 device array (K, L)
+    g : float32 device array (K,)
+    out : float32 device array (K, L), optional; a new one when omitted
+    """
+    check_device("A", A, ndim=2)
+    check_device("g", g, shape=(A.shape[0],))
+    if out is None:
+        out = empty(tuple(A.shape), np.float32)
+    else:
+        check_device("out", out, shape=tuple(A.shape))
+    if A.size:
+        launch(_scale_rows_kernel, A.size, A, g, out)
+    return out
+
+
+def row_dots(A, B):
+    """float64 device array (K,): the dot product of every row of ``A`` with the same row of ``B``,
+    summed in float64 in ascending t (see :func:`purerigl.kernels.host_arrays.row_dots`).
+
+    .. math:: \\mathrm{out}[k] = \\sum_t A[k, t] \\, B[k, t]
+    """
+    check_device("A", A, ndim=2)
+    check_device("B", B, shape=tuple(A.shape))
+    out = empty((A.shape[0],), np.float64)
+    if A.shape[0]:
+        launch(_row_dots_kernel, A.shape[0], A, B, out)
+    return out
 
 
 def zeros(shape, dtype=np.float32):

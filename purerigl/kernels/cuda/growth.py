@@ -41,7 +41,7 @@ inverse of the tie rank), and the positions are sorted again to come back ascend
   :math:`j = p - i \\, n_{in}` and replaced by :math:`2^{32} - 1 - j`, and these sorted descending
   again give the chosen columns ascending, written straight into the row's slice of the output. Extra
   device memory O(nnz_out + tile).
-- ``diag_grad_norms`` (implements :func:`purerigl.kernels.reference.diag_grad_norms`, DynaDiag): with
+- ``diag_grad_norms`` (implements :func:`purerigl.kernels.reference.diag_grad_norms`, diag-rigl): with
   P = max(n_out, n_in), position (i, j) lies on diagonal :math:`d = (i - j) \\bmod n_{out}` (tall or
   square) or :math:`d = (j - i) \\bmod n_{in}` (wide), and a row of G meets each diagonal at most once.
   One work item per diagonal adds, tile after tile and row after row, the float64 squares of its

@@ -1,6 +1,6 @@
 """The cuda backend's growth selections: operand checks and the dispatch to :mod:`.growth`.
 
-``topk_grad`` (RigL), ``topk_grad_rows`` (SRigL) and ``diag_grad_norms`` (DynaDiag) with the
+``topk_grad`` (RigL), ``topk_grad_rows`` (SRigL) and ``diag_grad_norms`` (diag-rigl) with the
 reference signatures (the two selections take the tie rule's ``salt``, see
 :mod:`purerigl.kernels._rank_key`). Given host NumPy arrays they check the operands as every backend
 does (:mod:`purerigl.kernels._checks`), copy them in and the result out; given device arrays (what a
@@ -127,7 +127,7 @@ def topk_grad_rows(
 
 
 def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
-    """The L2 norm of the gradient along each of the P wrap-around diagonals (DynaDiag growth scores).
+    """The L2 norm of the gradient along each of the P wrap-around diagonals (diag-rigl growth scores).
 
     Implements :func:`purerigl.kernels.reference.diag_grad_norms` (kernels in :mod:`.growth`).
 
