@@ -12,7 +12,7 @@ from purerigl.report.summary import inspect_model_file
 COLUMNS = (
     ("layer", "<"), ("format", "<"), ("shape", ">"), ("nnz", ">"), ("density", ">"),
     ("fan-in min/mean/max", ">"), ("fan-out min/mean/max", ">"), ("ablated", ">"), ("diagonals", ">"),
-    ("gates", "<"), ("bytes", ">"), ("dense bytes", ">"), ("ratio", ">"),
+    ("gates", "<"), ("filters", "<"), ("bytes", ">"), ("dense bytes", ">"), ("ratio", ">"),
 )
 
 
@@ -37,6 +37,15 @@ def _gates(g: dict | None) -> str:
     return f"eff. K {g['effective_k']} of {g['stored']} (K {g['k']}), T {g['temperature']:.3g}, max {g['max']:.3f}"
 
 
+def _filters(c: dict | None) -> str:
+    """A convolution's filters in a few words: kernel, ablated filters, fan-in per filter, unread channels."""
+    if c is None:
+        return "-"
+    f = c["fan_in_per_filter"]
+    return (f"{c['kernel'][0]}x{c['kernel'][1]}/{c['stride']}, {c['ablated_filters']} of {c['filters']} ablated, "
+            f"fan-in {f['min']}-{f['max']}, {c['channels_unread']} of {c['c_in']} channels unread")
+
+
 def _cells(row: dict) -> list[str]:
     n_out, n_in = row["shape"]
     diag = row["diagonals"]
@@ -44,7 +53,7 @@ def _cells(row: dict) -> list[str]:
         row["layer"], row["format"], f"{n_out} x {n_in}", str(row["nnz"]), f"{row['density']:.4f}",
         _fan(row["fan_in"]), _fan(row["fan_out"]),
         "-" if row["ablated"] is None else f"{row['ablated']} of {n_out}",
-        "-" if diag is None else f"{diag['K']} of {diag['P']}", _gates(row.get("gates")),
+        "-" if diag is None else f"{diag['K']} of {diag['P']}", _gates(row.get("gates")), _filters(row.get("conv")),
         _size(row["bytes"]["total"]), _size(row["bytes"]["dense"]), f"{row['bytes_ratio']:.3f}",
     ]
 
@@ -59,7 +68,7 @@ def format_report(report: dict) -> str:
     total = report["total"]
     rows = [[name for name, _ in COLUMNS]] + [_cells(r) for r in report["layers"]]
     rows.append([
-        "total", "", "", str(total["nnz"]), f"{total['density']:.4f}", "", "", "", "", "",
+        "total", "", "", str(total["nnz"]), f"{total['density']:.4f}", "", "", "", "", "", "",
         _size(total["bytes"]["total"]), _size(total["bytes"]["dense"]), f"{total['bytes_ratio']:.3f}",
     ])
     widths = [max(len(r[c]) for r in rows) for c in range(len(COLUMNS))]
@@ -78,7 +87,8 @@ def format_report(report: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per-layer dicts and a total).")
 def inspect(model_path, as_json):
     """Per-layer summary of a saved model: format, shape, nnz, density, fan-in and fan-out, ablated
-    neurons, active diagonals, DynaDiag's gates (effective K = #(gate > 1e-6), temperature, the frozen
+    neurons, active diagonals, a convolution's filters (ablated filters, fan-in per filter, input channels no
+    filter reads), DynaDiag's gates (effective K = #(gate > 1e-6), temperature, the frozen
     set; with --json every stored offset and the ten largest gates) and memory against a dense layer.
 
     MODEL.npz may also be a training checkpoint (checkpoint.npz) or a run directory (its model.npz,

@@ -31,6 +31,7 @@ from purerigl.report.sweep import (
     write_failure, write_result,
 )
 
+from ._models import MODEL_NAMES
 from ._options import FiniteFloatRange
 
 #: Lines of a failed cell's train.log kept in failed.json and shown.
@@ -128,7 +129,7 @@ def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -
     text = json.dumps(summary, indent=2) + "\n"
     atomic_write(out / "results.json", lambda f: f.write(text.encode("utf-8")))
     header = (
-        f"# Sweep: {budget.dataset}, MLP {budget.hidden}, {budget.epochs} epochs\n\n"
+        f"# Sweep: {budget.dataset}, {budget.describe_model()}, {budget.epochs} epochs\n\n"
         f"Budget: {budget.optimizer} (momentum {budget.momentum}), lr {budget.lr} {budget.schedule}, batch "
         f"{budget.batch_size}, weight decay {budget.weight_decay}, {budget.distribution} layer budgets, "
         f"backend {budget.backend}. Final-epoch test accuracy; {len(results)} of {len(cells)} cells done.\n\n"
@@ -142,7 +143,7 @@ def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -
 
             png = plot_accuracy_vs_sparsity(
                 rows, out / "accuracy_vs_sparsity.png",
-                title=f"{budget.dataset}, MLP {budget.hidden}, {budget.epochs} epochs, mean ± std over seeds",
+                title=f"{budget.dataset}, {budget.describe_model()}, {budget.epochs} epochs, mean ± std over seeds",
             )
         except ImportError:
             png = None
@@ -150,7 +151,7 @@ def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -
 
 
 #: ``purerigl train`` options that every cell's own arguments set (Budget.train_args, run_cell).
-_SWEEP_SET = {"--dataset", "--data-dir", "--hidden", "--epochs", "--batch-size", "--lr", "--optimizer", "--momentum",
+_SWEEP_SET = {"--dataset", "--data-dir", "--model", "--hidden", "--epochs", "--batch-size", "--lr", "--optimizer", "--momentum",
               "--weight-decay", "--schedule", "--backend", "--method", "--sparsity", "--distribution", "--seed",
               "--out", "--resume", "--overwrite"}
 
@@ -179,7 +180,9 @@ def _train_args(ctx, param, value):
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="mnist", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="Directory holding the dataset files (as for purerigl train).")
-@click.option("--hidden", default="300,100", show_default=True, help="Hidden widths, comma-separated.")
+@click.option("--model", type=click.Choice(MODEL_NAMES), default="mlp", show_default=True,
+              help="Network of every cell (as purerigl train --model).")
+@click.option("--hidden", default="300,100", show_default=True, help="Hidden widths of --model mlp, comma-separated.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=0.05, show_default=True)
@@ -198,7 +201,7 @@ def _train_args(ctx, param, value):
               help="More `purerigl train` options for every cell, one quoted string (for example "
                    "--train-args '--gamma-sal 0.9'); not those the sweep sets itself.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their state; train nothing.")
-def sweep(out, methods, sparsities, seeds, dataset, data_dir, hidden, epochs, batch_size, lr, momentum,
+def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epochs, batch_size, lr, momentum,
           weight_decay, schedule, distribution, workers, threads_per_run, scheduler, train_args, dry_run):
     """Train a grid of methods x sparsities x seeds and write the accuracy table and plot.
 
@@ -210,7 +213,7 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, hidden, epochs, ba
     parse_hidden(hidden)  # a bad --hidden stops here (exit 2), not in every cell
     cells = make_grid(methods, sparsities, seeds)
     budget = Budget(
-        dataset=dataset, data_dir=None if data_dir is None else str(Path(data_dir).resolve()), hidden=hidden,
+        dataset=dataset, data_dir=None if data_dir is None else str(Path(data_dir).resolve()), model=model, hidden=hidden,
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, distribution=distribution, extra=train_args,
     )

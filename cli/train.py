@@ -36,7 +36,7 @@ from purerigl.optim import OPTIMIZERS
 from purerigl.formats.budget import FORMAT_NAMES
 from purerigl.training.loop import TrainConfig, Trainer, TrainingDiverged
 
-from . import _dynadiag
+from . import _dynadiag, _models
 from ._init_masks import install_init_masks
 from ._options import FiniteFloatRange, backend_option, seed_option
 from ._report import epoch_line, epoch_table_header
@@ -49,7 +49,8 @@ SESSION_OPTIONS = ("out", "overwrite", "progress", "checkpoint_every", "resume",
 
 #: Run options added after runs were written without them, with the value such a run had in effect:
 #: ``--resume`` of an older run directory fills them in.
-ADDED_OPTIONS = {"grad_accumulation": 1, "init_masks": None, **_dynadiag.OPTION_DEFAULTS}
+ADDED_OPTIONS = {"grad_accumulation": 1, "init_masks": None, "model": "mlp", "input_shape": None,
+                 **_dynadiag.OPTION_DEFAULTS}
 
 #: Exit code of a run stopped because the loss became NaN or Inf (0: done, 2: bad input).
 EXIT_DIVERGED = 3
@@ -151,6 +152,11 @@ def run_options(raw: dict) -> dict:
     with the defaults that depend on the method filled in (``fmt``, ``alpha``)."""
     opts = {name: _canonical(name, value) for name, value in raw.items()}
     opts["fmt"] = resolve_format(opts["method"], opts["fmt"])
+    for side in ("dense_first", "dense_last"):  # the model's own default: CNNs keep both ends dense
+        if opts[side] is None:
+            opts[side] = opts["model"] != "mlp"
+    if opts["model"] != "mlp" and opts["input_shape"] is not None:
+        opts["input_shape"] = ",".join(map(str, _models.parse_shape(opts["input_shape"])))
     if opts["alpha"] is None:
         opts["alpha"] = 0.2 if opts["method"] == "gse" else 0.3
     return opts
@@ -174,23 +180,29 @@ def build_run(opts: dict, resuming: bool = False) -> tuple[Trainer, dict]:
         lr_step_size=opts["lr_step_size"], lr_gamma=opts["lr_gamma"],
     )
     config.check(data.x_train.shape[0])
-    widths = (data.n_features, *parse_hidden(opts["hidden"]), data.n_classes)
-    shapes = [(n_out, n_in) for n_in, n_out in zip(widths, widths[1:])]
-    if sparsity == 0:
-        budgets = [n_out * n_in for n_out, n_in in shapes]
-    else:
-        budgets = layer_budgets(
-            shapes, sparsity, opts["distribution"], dense_first=opts["dense_first"], dense_last=opts["dense_last"]
+    if opts["model"] == "mlp":
+        widths = (data.n_features, *parse_hidden(opts["hidden"]), data.n_classes)
+        shapes = [(n_out, n_in) for n_in, n_out in zip(widths, widths[1:])]
+        if sparsity == 0:
+            budgets = [n_out * n_in for n_out, n_in in shapes]
+        else:
+            budgets = layer_budgets(
+                shapes, sparsity, opts["distribution"], dense_first=opts["dense_first"], dense_last=opts["dense_last"]
+            )
+        model = build_mlp(
+            data.n_features, opts["hidden"], data.n_classes, fmt=fmt, sparsity=sparsity, backend=backend,
+            rng=np.random.default_rng(seed), budgets=budgets,
         )
-    model = build_mlp(
-        data.n_features, opts["hidden"], data.n_classes, fmt=fmt, sparsity=sparsity, backend=backend,
-        rng=np.random.default_rng(seed), budgets=budgets,
-    )
-    if opts.get("init_masks") is not None and not resuming:  # a resumed run's structure is in its checkpoint
-        install_init_masks(model, opts["init_masks"], budgets, fmt, seed)
+        if opts.get("init_masks") is not None and not resuming:  # a resumed run's structure is in its checkpoint
+            install_init_masks(model, opts["init_masks"], budgets, fmt, seed)
+        budget_of = {f"layer{i}": b for i, b in enumerate(budgets)}
+    else:
+        if opts.get("init_masks") is not None or method == "dynadiag":
+            what = "--init-masks" if opts.get("init_masks") is not None else "--method dynadiag"
+            raise click.UsageError(f"{what} trains --model mlp only for now, not {opts['model']}")
+        model, budget_of = _models.build_network(opts, data, fmt, backend)
     steps = config.epochs * -(-data.x_train.shape[0] // config.batch_size)
     schedule = UpdateSchedule.from_fraction(steps, delta_t=opts["delta_t"], alpha=opts["alpha"], t_end=opts["t_end"])
-    budget_of = {f"layer{i}": b for i, b in enumerate(budgets)}
     if method == "dynadiag" and sparsity > 0:
         updater = _dynadiag.build_dynadiag(opts, model, budget_of, schedule, config.epochs)
     else:
@@ -205,7 +217,8 @@ def build_run(opts: dict, resuming: bool = False) -> tuple[Trainer, dict]:
         "normalisation": {"mean": data.mean, "std": data.std},
         "method": method if sparsity > 0 else "dense",
         "sparsity": sparsity,
-        "hidden": list(model.describe()[i]["shape"][0] for i in range(len(model.linears) - 1)),
+        "model": opts["model"],
+        **({"hidden": [row["shape"][0] for row in model.describe()[:-1]]} if opts["model"] == "mlp" else {}),
         "config": config.to_dict(),
     }
     return trainer, meta
@@ -332,7 +345,9 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
     show_envvar=True,
     help="Directory holding the dataset files (downloaded to a cache if absent).",
 )
-@click.option("--hidden", default="300,100", show_default=True, help="Hidden widths, comma-separated ('' for none).")
+@_models.model_option
+@_models.input_shape_option
+@click.option("--hidden", default="300,100", show_default=True, help="Hidden widths of --model mlp, comma-separated ('' for none).")
 @click.option("--method", type=click.Choice(METHODS), default="rigl", show_default=True, help="DST method (static: the fixed random topology baseline).")
 @click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default=None, help="Sparse storage format  [default: the method's own: condensed for static/srigl, csr for rigl/set/gse, diagonal for diag-rigl and dynadiag]")
 @click.option(
@@ -343,8 +358,8 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
     help="Fraction of zero weights per layer; 0 trains dense layers (NumPy BLAS).",
 )
 @click.option("--distribution", type=click.Choice(DISTRIBUTIONS), default="uniform", show_default=True, help="How the global sparsity is spread over layers.")
-@click.option("--dense-first/--sparse-first", default=False, show_default=True, help="Keep the first layer dense.")
-@click.option("--dense-last/--sparse-last", default=False, show_default=True, help="Keep the last layer dense.")
+@click.option("--dense-first/--sparse-first", default=None, help="Keep the first layer dense  [default: sparse for mlp, dense for a CNN (its first convolution)]")
+@click.option("--dense-last/--sparse-last", default=None, help="Keep the last layer dense  [default: sparse for mlp, dense for a CNN (its classifier)]")
 @click.option(
     "--delta-t",
     type=DeltaT(),
@@ -481,7 +496,7 @@ def _fit(trainer: Trainer, meta: dict, out: Path, every: int, progress: bool | N
     model, epochs = trainer.model, trainer.config.epochs
     for row in model.describe():
         click.echo(
-            f"  layer{row['index']}: {row['format']:9s} {row['shape'][0]:>5d} x {row['shape'][1]:<5d} "
+            f"  {row.get('name', 'layer' + str(row['index']))}: {row['format']:9s} {row['shape'][0]:>5d} x {row['shape'][1]:<5d} "
             f"nnz {row['nnz']:>8d}  density {row['density']:.4f}"
         )
     click.echo(epoch_table_header())

@@ -1,22 +1,47 @@
-"""Neural-network building blocks over sparse formats: parameters, layers, the MLP and its loss.
+"""Neural-network building blocks over sparse formats: parameters, layers, models and the loss.
 Imports formats and kernels (never optim, dst or above).
+
+- linear layers (:mod:`.layers`): SparseLinear, Dense, ReLU; DynaDiag's gated diagonal layer
+  (:mod:`.gated_diagonal`);
+- convolutions (:mod:`.conv`, :mod:`.patches`), batch normalisation (:mod:`.norm`), pooling
+  (:mod:`.pool`);
+- models: the MLP (:mod:`.model`), networks composed in Python with residual blocks
+  (:mod:`.network`) and the built-in CNNs LeNet-5, a small VGG and ResNet-20 (:mod:`.models`).
 """
 
 from .layers import Dense, ReLU, SparseLinear
 from .gated_diagonal import GatedDiagonalLinear
 from ..kernels.host_loss import softmax_cross_entropy
 from .model import MLP, ModelError, build_mlp, parse_hidden
+from .conv import Conv2d, SparseConv2d
+from .norm import BatchNorm2d
+from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from .network import Network, NetworkError, Reshape, Residual
+from .models import MODELS, build_model
 from .parameter import Parameter
 
 __all__ = [
     "MLP",
+    "MODELS",
+    "AvgPool2d",
+    "BatchNorm2d",
+    "Conv2d",
     "Dense",
+    "Flatten",
     "GatedDiagonalLinear",
+    "GlobalAvgPool2d",
+    "MaxPool2d",
     "ModelError",
+    "Network",
+    "NetworkError",
     "Parameter",
     "ReLU",
+    "Reshape",
+    "Residual",
+    "SparseConv2d",
     "SparseLinear",
     "build_mlp",
+    "build_model",
     "parse_hidden",
     "softmax_cross_entropy",
 ]

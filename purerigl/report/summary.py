@@ -25,7 +25,7 @@ from ..training.checkpoint import load_model
 from ..errors import PureriglError
 from ..formats import CSR, Condensed, Diagonal
 from ..formats.triples import triples
-from ..nn import Dense, GatedDiagonalLinear, SparseLinear
+from ..nn import Conv2d, Dense, GatedDiagonalLinear, SparseLinear
 
 #: Bytes of one float32 weight of the dense layer a sparse one is compared with.
 DENSE_BYTES_PER_WEIGHT = 4
@@ -56,7 +56,7 @@ def fan_in_out(layer) -> tuple[np.ndarray, np.ndarray]:
     indices in O(nnz + n_out + n_in); no dense array is formed.
     """
     n_out, n_in = layer.shape
-    if isinstance(layer, Dense):
+    if isinstance(layer, (Dense, Conv2d)):
         return np.full(n_out, n_in, dtype=np.int64), np.full(n_in, n_out, dtype=np.int64)
     W = layer.W
     if isinstance(W, CSR):
@@ -73,7 +73,7 @@ def fan_in_out(layer) -> tuple[np.ndarray, np.ndarray]:
 
 def _weight_arrays(layer) -> dict[str, np.ndarray]:
     """The arrays that store a layer's weights (values and indices), by their schema name."""
-    if isinstance(layer, Dense):
+    if isinstance(layer, (Dense, Conv2d)):
         return {"weight": layer.weight.host}
     W = layer.W
     if isinstance(W, Condensed):
@@ -167,8 +167,32 @@ def summarize_layer(index: int, layer) -> dict:
 
 
 def summarize_model(model) -> list[dict]:
-    """:func:`summarize_layer` of every linear layer of an MLP, in order."""
-    return [summarize_layer(i, lin) for i, lin in enumerate(model.linears)]
+    """:func:`summarize_layer` of every weight layer (an MLP's linear layers; a network's convolutions
+    and linear layers), in order; a convolution's row adds ``conv`` (:func:`conv_summary`)."""
+    rows = [summarize_layer(i, lin) for i, lin in enumerate(model.linears)]
+    for row, lin, described in zip(rows, model.linears, model.describe()):
+        row["layer"] = described.get("name", row["layer"])
+        row["conv"] = conv_summary(lin, described) if described.get("layer_type") == "conv" else None
+    return rows
+
+
+def conv_summary(layer, described: dict) -> dict:
+    """A convolution's filters (the rows of its (c_out, c_in * kh * kw) matrix): ``filters`` (c_out),
+    ``c_in``, ``kernel``, ``stride``, ``padding``, ``ablated_filters`` (filters with no weight: SRigL's
+    ablated neurons, or empty rows), ``fan_in_per_filter`` ({min, mean, max} of the active filters)
+    and ``channels_unread``: input channels that no filter reads any more (every column c * kh * kw ...
+    (c + 1) * kh * kw - 1 empty)."""
+    kh, kw = described["kernel"]
+    c_in = int(described["c_in"])
+    fan_in, fan_out = fan_in_out(layer)
+    per_channel = fan_out.reshape(c_in, kh * kw).sum(axis=1)  # (c_in,): stored weights reading channel c
+    active = fan_in[fan_in > 0]
+    return {
+        "filters": int(fan_in.size), "c_in": c_in, "kernel": [int(kh), int(kw)], "stride": described["stride"],
+        "padding": described["padding"], "ablated_filters": int((fan_in == 0).sum()),
+        "fan_in_per_filter": _range(active) if active.size else {"min": 0, "mean": 0.0, "max": 0},
+        "channels_unread": int((per_channel == 0).sum()),
+    }
 
 
 def total_row(layers: list[dict]) -> dict:

@@ -102,6 +102,7 @@ class Budget:
 
     dataset: str = "mnist"
     data_dir: str | None = None
+    model: str = "mlp"
     hidden: str = "300,100"
     epochs: int = 20
     batch_size: int = 64
@@ -117,7 +118,7 @@ class Budget:
     def train_args(self, cell: Cell) -> list[str]:
         """The ``purerigl train`` arguments of ``cell`` (no ``--out``): the budget, then the cell's own."""
         args = [
-            "--dataset", self.dataset, "--hidden", self.hidden, "--epochs", str(self.epochs),
+            "--dataset", self.dataset, "--model", self.model, "--hidden", self.hidden, "--epochs", str(self.epochs),
             "--batch-size", str(self.batch_size), "--lr", repr(self.lr), "--optimizer", self.optimizer,
             "--momentum", repr(self.momentum), "--weight-decay", repr(self.weight_decay),
             "--schedule", self.schedule, "--backend", self.backend,
@@ -134,6 +135,10 @@ class Budget:
         d = asdict(self)
         d["extra"] = list(self.extra)
         return d
+
+    def describe_model(self) -> str:
+        """``MLP 300,100`` or the built-in network's name (for titles)."""
+        return f"MLP {self.hidden}" if self.model == "mlp" else self.model
 
 
 def cell_state(cell_dir: Path) -> str:
@@ -211,6 +216,8 @@ def check_budget(out: Path, budget: Budget) -> None:
     mine = budget.to_dict()
     if path.exists():
         theirs = read_json(path).get("budget")
+        if isinstance(theirs, dict):
+            theirs.setdefault("model", "mlp")  # a sweep written before --model existed trained MLPs
         if theirs != mine:
             diff = sorted(k for k in set(mine) | set(theirs or {}) if (theirs or {}).get(k) != mine.get(k))
             raise SweepError(

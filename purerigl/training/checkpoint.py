@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import PureriglError
 from ..formats import CSR, Condensed, Diagonal
-from ..nn import MLP, Dense, GatedDiagonalLinear, SparseLinear
+from ..nn import MLP, Dense, GatedDiagonalLinear, Network, SparseLinear, build_model
 
 SCHEMA = "purerigl.model"
 SCHEMA_VERSION = 1
@@ -80,6 +80,8 @@ def model_arrays(model: MLP) -> dict[str, np.ndarray]:
     """The per-layer arrays of a model, keyed as in the schema (host arrays: on a device backend the
     parameters are copied to the host first, ``model.sync_to_host()``)."""
     model.sync_to_host()
+    if isinstance(model, Network):
+        return network_arrays(model)
     arrays = {}
     for i, lin in enumerate(model.linears):
         arrays[f"layer{i}.bias"] = lin.bias.host
@@ -99,14 +101,38 @@ def model_arrays(model: MLP) -> dict[str, np.ndarray]:
     return arrays
 
 
-def model_meta(model: MLP, **extra) -> dict:
-    layers = [
-        {k: row[k] for k in ("kind", "format", "shape", "activation", "gate") if k in row} for row in model.describe()
-    ]
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "layers": layers, **extra}
+def network_arrays(model: Network) -> dict[str, np.ndarray]:
+    """The arrays of a :class:`~purerigl.nn.Network`, keyed by the names of its layers and parameters:
+    per weight layer ``<name>.bias`` and ``<name>.weight`` (dense: (n_out, n_in), or a dense
+    convolution's (c_out, c_in, kh, kw)) or the sparse format's arrays ``<name>.rows`` /
+    ``.indices`` / ``.offsets`` / ``.indptr`` and ``<name>.values``; every other parameter under its
+    own name (``bn0.weight``, ``bn0.bias``) and the running statistics of batch normalisation
+    (``bn0.running_mean``, ``bn0.running_var``)."""
+    arrays = {}
+    for lin in model.linears:
+        name = lin.name
+        if isinstance(lin, SparseLinear):
+            W = lin.W
+            arrays.update({f"{name}.{field}": getattr(W, field) for field in type(W).STRUCTURE})
+            arrays[f"{name}.values"] = W.values
+        else:
+            arrays[f"{name}.weight"] = lin.weight.host
+        arrays[f"{name}.bias"] = lin.bias.host
+    for p in model.parameters():
+        arrays.setdefault(p.name, p.host)
+    arrays.update(model.buffers())
+    return arrays
 
 
-def save_model(path, model: MLP, **meta) -> None:
+def model_meta(model: MLP, /, **extra) -> dict:
+    keep = ("name", "layer_type", "kind", "format", "shape", "activation", "gate", "c_in", "kernel", "stride",
+            "padding")
+    layers = [{k: row[k] for k in keep if k in row} for row in model.describe()]
+    network = {"network": model.architecture} if isinstance(model, Network) else {}
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "layers": layers, **network, **extra}
+
+
+def save_model(path, model: MLP, /, **meta) -> None:
     """Write ``model`` to ``path`` (atomically). Extra keyword arguments go into ``meta``."""
     arrays = model_arrays(model)
     arrays["meta"] = np.array(json.dumps(model_meta(model, **meta)))
@@ -293,6 +319,8 @@ def load_model(path, backend=None) -> tuple[MLP, dict]:
     layers = meta.get("layers")
     if not isinstance(layers, list) or not layers:
         raise CheckpointError(f"checkpoint {path}: meta has no layer list")
+    if "network" in meta:
+        return _load_network(path, meta, arrays, backend), meta
     try:
         model = MLP([_layer(i, spec, arrays, backend) for i, spec in enumerate(layers)])
     except CheckpointError:
@@ -303,6 +331,79 @@ def load_model(path, backend=None) -> tuple[MLP, dict]:
         # a layer entry without "shape", a shape that is not a pair, a layer that is not an object...
         raise CheckpointError(f"checkpoint {path}: malformed layer list in meta ({type(e).__name__}: {e})") from None
     return model, meta
+
+
+_SPARSE_FORMATS = {"condensed": Condensed, "diagonal": Diagonal, "csr": CSR}
+
+
+def _load_network(path, meta: dict, arrays: dict, backend) -> Network:
+    """A built-in network (``meta["network"]``: model, input shape, classes, options) rebuilt with the
+    saved layers' formats and dense set, then every structure, weight, parameter and statistic
+    installed from ``arrays`` (and checked against them)."""
+    arch, rows = meta["network"], meta["layers"]
+    try:
+        sparse = [row for row in rows if row["kind"] == "sparse"]
+        formats = {row["format"] for row in sparse}
+        if len(formats) > 1 or not formats <= set(_SPARSE_FORMATS):
+            raise CheckpointError(f"checkpoint {path}: sparse layers in formats {sorted(formats)}; expected one of "
+                                  f"{', '.join(_SPARSE_FORMATS)}")
+        structures = {}
+        for row in sparse:
+            cls, name = _SPARSE_FORMATS[row["format"]], row["name"]
+            missing = [f"{name}.{k}" for k in (*cls.STRUCTURE, "values") if f"{name}.{k}" not in arrays]
+            if missing:
+                raise CheckpointError(f"checkpoint {path} lacks array {missing[0]!r}")
+            W = cls(*(arrays[f"{name}.{k}"] for k in cls.STRUCTURE), arrays[f"{name}.values"], tuple(row["shape"]))
+            structures[name] = W.validate(full=True)
+        model = build_model(
+            arch["model"], tuple(arch["input_shape"]), int(arch["n_classes"]), **arch.get("options", {}),
+            fmt=next(iter(formats), "condensed"), dense_layers=[row["name"] for row in rows if row["kind"] == "dense"],
+            budgets={name: int(W.nnz) for name, W in structures.items()}, sparsity=0.5 if sparse else 0.0,
+            backend=backend, rng=0,
+        )
+        described = [(r["name"], r["kind"], r["format"], list(r["shape"])) for r in model.describe()]
+        saved = [(r["name"], r["kind"], r["format"], list(r["shape"])) for r in rows]
+        if described != saved:
+            raise CheckpointError(f"checkpoint {path}: its layers {saved} do not match the rebuilt "
+                                  f"{arch['model']} {described}")
+        _install_network(path, model, structures, arrays)
+    except CheckpointError:
+        raise
+    except PureriglError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: malformed network in meta ({type(e).__name__}: {e})") from None
+    return model
+
+
+def _install_network(path, model: Network, structures: dict, arrays: dict) -> None:
+    """Copy the saved structures, weights, other parameters and buffers into ``model`` (shapes checked)."""
+    def copy(name, target):
+        if name not in arrays:
+            raise CheckpointError(f"checkpoint {path} lacks array {name!r}")
+        if arrays[name].shape != target.shape or arrays[name].dtype != target.dtype:
+            raise CheckpointError(f"checkpoint {path}: {name} is {arrays[name].dtype} {arrays[name].shape}, the "
+                                  f"model's is {target.dtype} {target.shape}")
+        target[...] = arrays[name]
+
+    for lin in model.linears:
+        if isinstance(lin, SparseLinear):
+            lin.set_structure(structures[lin.name])
+    owned = set()
+    for lin in model.linears:
+        owned.update(id(p) for p in lin.parameters())
+        if not isinstance(lin, SparseLinear):
+            copy(f"{lin.name}.weight", lin.weight.host)
+        copy(f"{lin.name}.bias", lin.bias.host)
+    for p in model.parameters():
+        if id(p) not in owned:
+            copy(p.name, p.host)
+    buffers = model.buffers()
+    for name in buffers:
+        if name not in arrays:
+            raise CheckpointError(f"checkpoint {path} lacks array {name!r}")
+    model.load_buffers({name: arrays[name] for name in buffers})
+    model.sync_to_device()
 
 
 def load_training_state(path, trainer) -> dict:
@@ -322,6 +423,8 @@ def load_training_state(path, trainer) -> dict:
         diff = ", ".join(f"{k} {saved_config.get(k)!r} vs {v!r}" for k, v in mine.items() if saved_config.get(k) != v)
         raise CheckpointError(f"{path} was written by a run with other training options ({diff or saved_config})")
     model, _ = load_model(path, backend="reference")  # host containers, copied into the run's layers
+    if type(model) is not type(trainer.model):
+        raise CheckpointError(f"{path} holds a {type(model).__name__}, the run builds a {type(trainer.model).__name__}")
     if len(model.linears) != len(trainer.model.linears):
         raise CheckpointError(f"{path} holds {len(model.linears)} layers, the run has {len(trainer.model.linears)}")
     for i, (mine, saved) in enumerate(zip(trainer.model.linears, model.linears)):
@@ -341,6 +444,14 @@ def load_training_state(path, trainer) -> dict:
             mine.weight.host[...] = saved.weight.host
         mine.bias.host[...] = saved.bias.host
         mine.sync_to_device()  # no-op on a host backend
+    if isinstance(trainer.model, Network):  # batch normalisation's parameters and running statistics
+        owned = {id(p) for lin in trainer.model.linears for p in lin.parameters()}
+        by_name = {p.name: p for p in model.parameters()}
+        for p in trainer.model.parameters():
+            if id(p) not in owned:
+                p.host[...] = by_name[p.name].host
+                p.sync_to_device()
+        trainer.model.load_buffers(model.buffers())
     optim = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
     try:
         trainer.optimizer.load_state_dict(optim)

@@ -26,6 +26,7 @@ a topology update adds the copies documented in :mod:`purerigl.dst.updater`, onc
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -90,13 +91,20 @@ def evaluate(model: MLP, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -
         return {"loss": float("nan"), "accuracy": float("nan")}
     backend = model.backend
     total_loss, correct = 0.0, 0
-    for start in range(0, x.shape[0], batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        logits = model.forward(backend.to_device(np.ascontiguousarray(xb)))
-        loss, _, hits = backend.softmax_cross_entropy(logits, backend.to_device(yb))
-        total_loss += loss * xb.shape[0]
-        correct += hits
+    with _evaluating(model):
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits = model.forward(backend.to_device(np.ascontiguousarray(xb)))
+            loss, _, hits = backend.softmax_cross_entropy(logits, backend.to_device(yb))
+            total_loss += loss * xb.shape[0]
+            correct += hits
     return {"loss": total_loss / x.shape[0], "accuracy": correct / x.shape[0]}
+
+
+def _evaluating(model):
+    """The model in evaluation mode for the block (a :class:`~purerigl.nn.network.Network` with batch
+    normalisation: running statistics, none updated); nothing to switch for an MLP."""
+    return model.evaluating() if hasattr(model, "evaluating") else contextlib.nullcontext()
 
 
 class Trainer:
@@ -152,6 +160,8 @@ class Trainer:
         topo_stats: dict = {}
         clock = time.perf_counter
         backend = self.model.backend
+        if hasattr(self.model, "train"):  # a Network: batch statistics while training
+            self.model.train()
         self.topology.begin_epoch(self.epoch, self.model, self.optimizer)
         t_epoch = clock()
         for xb, yb in iterate_batches(self.data.x_train, self.data.y_train, self.config.batch_size, self.rng):
@@ -225,10 +235,12 @@ class Trainer:
     def warm_up(self) -> None:
         """One forward and backward pass on a first batch, discarded: compiles the kernels (Numba)
         so that the first epoch's timings measure training, not compilation. Changes no state (the
-        batches the sparse layers keep for accumulated growth scores are put back as they were)."""
+        batches the sparse layers keep for accumulated growth scores and the running statistics of batch
+        normalisation are put back as they were)."""
         n = min(self.config.batch_size, self.data.x_train.shape[0])
         backend = self.model.backend
         kept = [(layer, layer.kept_batches()) for layer in self.model.sparse_layers()]
+        buffers = {k: np.copy(v) for k, v in getattr(self.model, "buffers", dict)().items()}  # BatchNorm statistics
         xb = backend.to_device(np.ascontiguousarray(self.data.x_train[:n]))
         _, dlogits, _ = backend.softmax_cross_entropy(self.model.forward(xb), backend.to_device(self.data.y_train[:n]))
         self.model.backward(dlogits)
@@ -236,6 +248,8 @@ class Trainer:
             p.backend.fill_zeros(p.grad)
         for layer, pairs in kept:
             layer.set_kept_batches(pairs)
+        if buffers:
+            self.model.load_buffers(buffers)
         self._sync()
 
     def fit(self, on_epoch=None, on_batch=None, warm_up: bool = True) -> list[dict]:

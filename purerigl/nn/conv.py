@@ -1,0 +1,370 @@
+"""2-d convolutions with a hand-written forward and backward: SparseConv2d (filters in a sparse
+format) and Conv2d (dense filters, for layers a budget keeps dense).
+
+Both run over the patch matrix P = im2col(X) (B * Ho * Wo, c_in * kh * kw) of :mod:`.patches`: a
+convolution with filters W (c_out, c_in, kh, kw) is the linear layer of the filter matrix
+W.reshape(c_out, c_in * kh * kw) applied to every patch,
+
+.. math::
+
+    Y[b, o, h_o, w_o] = b_o + \\sum_{c, i, j} W[o, c, i, j] \\, X_p[b, c, s h_o + i, s w_o + j]
+    \\quad\\Longleftrightarrow\\quad Y_2 = P \\, W_2^T + \\mathbf{1} b^T
+
+with Y_2 (B * Ho * Wo, c_out) the output with rows ordered (b, ho, wo). The backward is the linear
+layer's, then the adjoint of im2col:
+
+.. math:: dW_2 = dY_2^T P, \\qquad db = \\sum_r dY_2[r], \\qquad dX = \\mathrm{col2im}(dY_2 \\, W_2)
+
+Tiling: when the patch matrix of the whole batch would exceed ``max_tile_bytes`` (default 64 MiB), the
+batch is processed in chunks of samples (:func:`~purerigl.nn.patches.sample_tiles`): the forward keeps
+the input X and the last chunk's patches; the backward rebuilds the patches of the other chunks and
+adds their parameter gradients up. Memory then stays O(tile) beyond X, Y and their gradients.
+
+These layers run on the host backends (reference, cpu) only for now; a device backend is refused
+(:class:`~purerigl.nn.patches.ConvBackendError`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..formats import SparseFormat
+from .layers import SparseLinear
+from .parameter import Parameter
+from .patches import DEFAULT_TILE_BYTES, check_host_backend, check_nchw, col2im, im2col, output_hw, pair, sample_tiles
+
+
+def _check_stride_padding(stride, padding) -> tuple[int, int]:
+    stride, padding = int(stride), int(padding)
+    if stride < 1 or padding < 0:
+        raise ShapeError(f"need stride >= 1 and padding >= 0, got stride={stride}, padding={padding}")
+    return stride, padding
+
+
+def to_rows(dY: np.ndarray) -> np.ndarray:
+    """(B, c, Ho, Wo) -> (B * Ho * Wo, c), rows ordered (b, ho, wo): the layout of a patch product."""
+    B, c, Ho, Wo = dY.shape
+    t = np.ascontiguousarray(dY.transpose(0, 2, 3, 1))  # (B, Ho, Wo, c)
+    return t.reshape(B * Ho * Wo, c)  # (B*Ho*Wo, c)
+
+
+def to_nchw(Y2: np.ndarray, B: int, Ho: int, Wo: int) -> np.ndarray:
+    """(B * Ho * Wo, c) with rows ordered (b, ho, wo) -> (B, c, Ho, Wo), C-contiguous."""
+    Y4 = Y2.reshape(B, Ho, Wo, Y2.shape[1])  # (B, Ho, Wo, c)
+    return np.ascontiguousarray(Y4.transpose(0, 3, 1, 2))  # (B, c, Ho, Wo)
+
+
+class SparseConv2d:
+    """A 2-d convolution whose filter matrix is stored only in a sparse format.
+
+    It holds a :class:`~purerigl.nn.layers.SparseLinear` ``linear`` (same name, same parameters
+    ``{name}.values`` and ``{name}.bias``) over the filter matrix W (c_out, c_in * kh * kw) and runs it
+    over the patch matrix: forward ``Y2 = linear.forward(im2col(X))`` reshaped to (B, c_out, Ho, Wo);
+    backward ``dX = col2im(linear.backward(dY2))`` (see the module docstring for the maths).
+
+    DST: the linear's saved batch (:meth:`SparseLinear.saved_batch`) is then the patch matrix P
+    (B * Ho * Wo, c_in * kh * kw) and the output gradient dY2 (B * Ho * Wo, c_out), whose dY2^T P is
+    the gradient of the filter matrix. That is exactly what the streamed growth kernels read, so every
+    DST method updates ``linear`` unchanged (``linear.set_structure``): a filter is a row, i.e. a
+    "neuron" for SRigL (constant fan-in per filter, whole filters ablated). When the batch is tiled
+    (its patch matrix exceeds ``max_tile_bytes``), the saved batch is the *last chunk's* patches and
+    output gradient, a sub-batch of the samples: raise the bound to score growth on the whole batch.
+
+    Column ``c * kh * kw + i * kw + j`` of the filter matrix is the weight of input channel c at kernel
+    offset (i, j). The Diagonal format indexes this flattened matrix as any other (DESIGN.md section
+    2): with P = max(c_out, c_in kh kw) and L = min(c_out, c_in kh kw), element t of diagonal d sits at
+    (t, (t + d) mod c_in kh kw) when c_out < c_in kh kw (the usual wide case: every filter has fan-in
+    K), else at ((t + d) mod c_out, t).
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (c_out, c_in * kh * kw)
+    c_in : int
+    kernel : int | (int, int)
+        (kh, kw).
+    stride, padding : int
+        The same along both spatial axes; the padding is zeros.
+    bias : float32 ndarray (c_out,), optional
+        Zeros if omitted.
+    backend : str | Backend, optional
+        "reference" or "cpu"; a device backend is refused (ConvBackendError).
+    name : str
+    needs_input_grad : bool
+        False: ``backward`` returns None and skips the input gradient (the first layer of a network).
+    max_tile_bytes : int
+        Bound on the patch matrix of one chunk of samples (at least one sample per chunk).
+    """
+
+    def __init__(self, W: SparseFormat, c_in: int, kernel, stride=1, padding=0, bias=None, backend=None,
+                 name: str = "conv", needs_input_grad=True, max_tile_bytes: int = DEFAULT_TILE_BYTES):
+        backend = check_host_backend(backend, "convolution layers")
+        self.kh, self.kw = pair(kernel, "kernel")
+        self.stride, self.padding = _check_stride_padding(stride, padding)
+        self.c_in = int(c_in)
+        if tuple(W.shape)[1] != self.c_in * self.kh * self.kw:
+            raise ShapeError(
+                f"the filter matrix has {W.shape[1]} columns, expected c_in * kh * kw = "
+                f"{self.c_in} * {self.kh} * {self.kw} = {self.c_in * self.kh * self.kw}"
+            )
+        self.name = name
+        self.max_tile_bytes = int(max_tile_bytes)
+        self.linear = SparseLinear(W, bias=bias, backend=backend, name=name, needs_input_grad=needs_input_grad)
+        self._X = None  # the input, kept when the batch is tiled (the backward rebuilds the patches)
+        self._X_shape = None
+        self._tiles: list = []
+
+    # ---------------------------------------------------------------------------------- the linear's
+    @property
+    def backend(self):
+        return self.linear.backend
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.linear.needs_input_grad
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value: bool) -> None:
+        self.linear.needs_input_grad = bool(value)
+
+    @property
+    def W(self) -> SparseFormat:
+        """The filter matrix (c_out, c_in * kh * kw) on the host (``linear.W``)."""
+        return self.linear.W
+
+    @property
+    def matrix(self):
+        """The filter matrix where the backend computes (``linear.matrix``)."""
+        return self.linear.matrix
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(c_out, c_in * kh * kw): the filter matrix's shape."""
+        return self.linear.shape
+
+    @property
+    def c_out(self) -> int:
+        return self.linear.shape[0]
+
+    @property
+    def weight(self) -> Parameter:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> Parameter:
+        return self.linear.bias
+
+    def parameters(self) -> list[Parameter]:
+        return self.linear.parameters()
+
+    # ------------------------------------------------------------------------------------ the maths
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """X (B, c_in, H, W) float32 -> Y (B, c_out, Ho, Wo).
+
+        .. math:: Y_2 = \\mathrm{im2col}(X) \\, W_2^T + \\mathbf{1} b^T, \\qquad
+                  Y[b, o, h_o, w_o] = Y_2[(b, h_o, w_o), o]
+        """
+        check_nchw(X, self.c_in)
+        B = X.shape[0]
+        Ho, Wo = output_hw(X.shape, self.kh, self.kw, self.stride, self.padding)
+        conv = (self.kh, self.kw, self.stride, self.padding)
+        self._tiles = sample_tiles(X.shape, *conv, X.itemsize, self.max_tile_bytes)
+        self._X_shape = X.shape
+        if len(self._tiles) == 1:
+            self._X = None
+            Y2 = self.linear.forward(im2col(X, *conv))  # (B*Ho*Wo, c_out)
+        else:
+            self._X = X
+            m = Ho * Wo
+            Y2 = np.empty((B * m, self.c_out), dtype=np.float32)  # (B*Ho*Wo, c_out)
+            for a, b in self._tiles:  # the linear keeps the last chunk's patches
+                Y2[a * m:b * m] = self.linear.forward(im2col(X[a:b], *conv))
+        return to_nchw(Y2, B, Ho, Wo)
+
+    def backward(self, dY: np.ndarray):
+        """dY (B, c_out, Ho, Wo) -> dX (B, c_in, H, W) (None if not ``needs_input_grad``); fills
+        ``weight.grad`` (shaped like W.values) and ``bias.grad``, summed over all chunks.
+
+        .. math:: dW_e = \\sum_r dY_2[r, i_e] \\, P[r, j_e], \\qquad db = \\sum_r dY_2[r], \\qquad
+                  dX = \\mathrm{col2im}(dY_2 W_2)
+        """
+        conv = (self.kh, self.kw, self.stride, self.padding)
+        dY2 = to_rows(dY)  # (B*Ho*Wo, c_out)
+        if len(self._tiles) == 1:
+            dP = self.linear.backward(dY2)  # (B*Ho*Wo, c_in*kh*kw)
+            return None if dP is None else col2im(dP, self._X_shape, *conv)
+        lin, be = self.linear, self.linear.backend
+        _, C, H, W = self._X_shape
+        m = dY2.shape[0] // self._X_shape[0]  # Ho * Wo
+        gW, gb = be.zeros_like(lin.weight.grad), be.zeros_like(lin.bias.grad)
+        dX = np.zeros(self._X_shape, dtype=np.float32) if self.needs_input_grad else None
+        for a, b in self._tiles[:-1]:  # rebuild these chunks' patches
+            P = im2col(self._X[a:b], *conv)  # (n*Ho*Wo, c_in*kh*kw)
+            dYc = dY2[a * m:b * m]  # (n*Ho*Wo, c_out)
+            gW += be.sddmm(lin.matrix, P, dYc)
+            gb += dYc.sum(axis=0)
+            if dX is not None:
+                dX[a:b] = col2im(be.matmul_t(lin.matrix, dYc), (b - a, C, H, W), *conv)
+        a, b = self._tiles[-1]
+        dP = lin.backward(dY2[a * m:b * m])  # the linear still holds this chunk's patches
+        lin.weight.grad += gW
+        lin.bias.grad += gb
+        if dX is not None:
+            dX[a:b] = col2im(dP, (b - a, C, H, W), *conv)
+        return dX
+
+    # ------------------------------------------------------------------------------------ residency
+    def sync_to_host(self) -> None:
+        """Refresh W.values and the bias's host copy (no-op on a host backend)."""
+        self.linear.sync_to_host()
+
+    def sync_to_device(self) -> None:
+        """Push W.values and the bias's host copy to the backend (no-op on a host backend)."""
+        self.linear.sync_to_device()
+
+    def set_backend(self, backend) -> None:
+        """Move the layer to another host backend (gradients restart at zero; no batch is kept)."""
+        self.linear.set_backend(check_host_backend(backend, "convolution layers"))
+        self._X, self._tiles = None, []
+
+    def __repr__(self) -> str:
+        return (f"SparseConv2d({self.linear.W!r}, c_in={self.c_in}, kernel={(self.kh, self.kw)}, "
+                f"stride={self.stride}, padding={self.padding}, backend={self.backend.name!r})")
+
+
+class Conv2d:
+    """A dense 2-d convolution (for layers a budget keeps dense), over the patch matrix with the
+    backend's dense products (BLAS). Computes in the weight's and input's dtype (float32 for training;
+    float64 for gradient checks).
+
+    .. math:: Y_2 = P W_2^T + \\mathbf{1} b^T, \\qquad dW_2 = dY_2^T P, \\qquad db = \\sum_r dY_2[r],
+              \\qquad dX = \\mathrm{col2im}(dY_2 W_2)
+
+    Parameters
+    ----------
+    weight : ndarray (c_out, c_in, kh, kw)
+        Parameter ``{name}.weight``.
+    bias : ndarray (c_out,), optional
+        Parameter ``{name}.bias``; zeros if omitted.
+    stride, padding : int
+    backend : str | Backend, optional
+        "reference" or "cpu"; a device backend is refused (ConvBackendError).
+    name : str
+    needs_input_grad : bool
+    dtype : numpy dtype
+        Of the parameters: float32 (default) or float64.
+    max_tile_bytes : int
+        As for :class:`SparseConv2d`.
+    """
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, backend=None, name: str = "conv",
+                 needs_input_grad=True, dtype=np.float32, max_tile_bytes: int = DEFAULT_TILE_BYTES):
+        self.backend = check_host_backend(backend, "convolution layers")
+        weight = np.ascontiguousarray(weight, dtype=dtype)
+        if weight.ndim != 4:
+            raise ShapeError(f"a Conv2d weight is (c_out, c_in, kh, kw), got shape {weight.shape}")
+        c_out = weight.shape[0]
+        b = np.zeros(c_out, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+        if b.shape != (c_out,):
+            raise ShapeError(f"bias has shape {b.shape}, expected ({c_out},)")
+        self.stride, self.padding = _check_stride_padding(stride, padding)
+        self.name = name
+        self.needs_input_grad = needs_input_grad
+        self.max_tile_bytes = int(max_tile_bytes)
+        self.weight = Parameter(f"{name}.weight", weight, backend=self.backend)
+        self.bias = Parameter(f"{name}.bias", b, backend=self.backend)
+        self._X = self._P = self._tiles = None
+
+    @classmethod
+    def kaiming(cls, c_in: int, c_out: int, kernel, rng, stride=1, padding=0, backend=None, name: str = "conv",
+                needs_input_grad=True, dtype=np.float32) -> "Conv2d":
+        """Weights N(0, 2 / (c_in kh kw)) (Kaiming normal, fan-in), bias 0."""
+        kh, kw = pair(kernel, "kernel")
+        w = rng.standard_normal((c_out, c_in, kh, kw)) * np.sqrt(2.0 / (c_in * kh * kw))
+        return cls(w.astype(dtype), stride=stride, padding=padding, backend=backend, name=name,
+                   needs_input_grad=needs_input_grad, dtype=dtype)
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return tuple(self.weight.value.shape[2:])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(c_out, c_in * kh * kw): the filter matrix's shape."""
+        c_out, c_in, kh, kw = self.weight.value.shape
+        return c_out, c_in * kh * kw
+
+    def parameters(self) -> list[Parameter]:
+        return [self.weight, self.bias]
+
+    def _conv(self):
+        return (*self.kernel, self.stride, self.padding)
+
+    def _W2(self):
+        return self.weight.value.reshape(self.shape)  # (c_out, c_in*kh*kw), a view
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """X (B, c_in, H, W) -> Y (B, c_out, Ho, Wo).
+
+        .. math:: Y_2 = \\mathrm{im2col}(X) \\, W_2^T + \\mathbf{1} b^T
+        """
+        check_nchw(X, self.weight.value.shape[1])
+        B = X.shape[0]
+        Ho, Wo = output_hw(X.shape, *self._conv())
+        self._tiles = sample_tiles(X.shape, *self._conv(), X.itemsize, self.max_tile_bytes)
+        self._X = X
+        parts = []
+        for a, b in self._tiles:
+            P = im2col(X[a:b], *self._conv())  # (n*Ho*Wo, c_in*kh*kw)
+            parts.append(self.backend.add_bias(self.backend.dense_matmul(self._W2(), P), self.bias.value))
+        self._P = P if len(self._tiles) == 1 else None  # a single chunk's patches are kept
+        Y2 = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (B*Ho*Wo, c_out)
+        return to_nchw(Y2, B, Ho, Wo)
+
+    def backward(self, dY: np.ndarray):
+        """dY (B, c_out, Ho, Wo) -> dX (B, c_in, H, W) (None if not ``needs_input_grad``); fills
+        ``weight.grad`` (c_out, c_in, kh, kw) and ``bias.grad``.
+
+        .. math:: dW_2 = dY_2^T P, \\qquad db = \\sum_r dY_2[r], \\qquad dX = \\mathrm{col2im}(dY_2 W_2)
+        """
+        be, conv = self.backend, self._conv()
+        dY2 = to_rows(dY)  # (B*Ho*Wo, c_out)
+        m = dY2.shape[0] // dY.shape[0]  # Ho * Wo
+        _, C, H, W = self._X.shape
+        gW = self.weight.grad.reshape(self.shape)  # (c_out, c_in*kh*kw), a view of the gradient
+        dX = np.zeros(self._X.shape, dtype=np.result_type(dY, self.weight.value)) if self.needs_input_grad else None
+        for t, (a, b) in enumerate(self._tiles):
+            P = self._P if self._P is not None else im2col(self._X[a:b], *conv)  # (n*Ho*Wo, c_in*kh*kw)
+            dYc = dY2[a * m:b * m]  # (n*Ho*Wo, c_out)
+            if t == 0:
+                be.dense_grad(P, dYc, out=gW)
+            else:
+                gW += be.dense_grad(P, dYc, out=np.empty_like(gW))
+            if dX is not None:
+                dX[a:b] = col2im(be.dense_matmul_t(self._W2(), dYc), (b - a, C, H, W), *conv)
+        be.bias_grad(dY2, self.bias.grad)
+        return dX
+
+    def sync_to_host(self) -> None:
+        """Refresh the host copies of the weight and bias (no-op on a host backend)."""
+        for p in self.parameters():
+            p.sync_to_host()
+
+    def sync_to_device(self) -> None:
+        """Push the host copies of the weight and bias to the backend (no-op on a host backend)."""
+        for p in self.parameters():
+            p.sync_to_device()
+
+    def set_backend(self, backend) -> None:
+        """Move the layer to another host backend (gradients restart at zero)."""
+        self.sync_to_host()
+        self.backend = check_host_backend(backend, "convolution layers")
+        for p in self.parameters():
+            p.backend = self.backend
+            p.replace(self.backend.to_device(p.host), host=p.host)
+        self._X = self._P = self._tiles = None
+
+    def __repr__(self) -> str:
+        c_out, c_in, kh, kw = self.weight.value.shape
+        return (f"Conv2d(c_in={c_in}, c_out={c_out}, kernel={(kh, kw)}, stride={self.stride}, "
+                f"padding={self.padding}, backend={self.backend.name!r})")
