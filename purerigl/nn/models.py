@@ -1,4 +1,5 @@
-"""Built-in convolutional models: LeNet-5, a small VGG and the CIFAR ResNet-20, as :class:`Network`.
+"""Built-in models: LeNet-5, a small VGG and the CIFAR ResNet-20, as :class:`Network`, and the plan
+of the small vision transformer ``vit-tiny`` (:mod:`.vit` documents it and builds it by name).
 
 Every model is first written as a *plan*: the list of its layers with names and shapes, computed
 from the input shape alone (:class:`_Plan`). :func:`weight_shapes` reads the plan, so budgets can be
@@ -9,6 +10,11 @@ turn the same plan into layers. Names, in network order: ``conv0``, ``conv1``, .
 
 Every model starts with :class:`~.network.Reshape` ``(C, H, W)``, so it takes the flattened rows of
 the data sets, (B, C * H * W), as well as image batches (B, C, H, W).
+
+A plan is an object with ``input_shape``, ``weights()`` (the ``(name, (n_out, n_in), kernel)`` of
+every weight layer in network order) and ``build(builder)`` (the layers, each weight layer made by the
+:class:`_Builder`): :class:`_Plan` for the CNNs, written layer by layer, and :class:`_ViTPlan` for the
+ViT, which also records its resolved options (``options``) for ``Network.architecture``.
 
 Sparse and dense layers. A weight layer is dense (:meth:`Conv2d.kaiming`, :meth:`Dense.kaiming`) when
 its name is in ``dense_layers`` (default: the first convolution and the classifier, as RigL and SRigL
@@ -34,14 +40,18 @@ from ..kernels import get_backend
 from .conv import Conv2d, SparseConv2d
 from .layers import Dense, ReLU, SparseLinear
 from .model import ModelError
+from .attention import MultiHeadSelfAttention, TokenLinear, check_token_backend
 from .network import Network, Reshape, Residual
 from .norm import BatchNorm2d
 from .patches import conv_output_size
 from .pool import Flatten, GlobalAvgPool2d, MaxPool2d
+from .transformer import ClassToken, ClassTokenPool, LayerNorm, PatchEmbedding, PositionEmbedding, TransformerBlock
 
 __all__ = [
     "MODELS",
+    "VIT_PATCHES",
     "InputShapeError",
+    "PatchSizeError",
     "build_model",
     "default_dense_layers",
     "lenet5",
@@ -53,6 +63,11 @@ __all__ = [
 
 class InputShapeError(ModelError):
     """A built-in model cannot take the given input shape (wrong rank, or too small an image)."""
+
+
+class PatchSizeError(InputShapeError):
+    """The ViT cannot cut the images into patches: a patch that does not divide H and W, or an image
+    size without a default patch."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,6 +173,15 @@ class _Plan:
         self.shape = (n_out,)
         return self
 
+    def weights(self) -> list[tuple[str, tuple[int, int], tuple | None]]:
+        """(name, (n_out, n_in), kernel) of every weight layer, in network order (see :func:`weight_shapes`)."""
+        return [(s.name, s.matrix, (s.kernel, s.kernel) if isinstance(s, _Conv) else None)
+                for s in _walk(self.layers) if isinstance(s, (_Conv, _Linear))]
+
+    def build(self, builder) -> list:
+        """The layers of the model, made by ``builder`` (:class:`_Builder`)."""
+        return builder.layers(self.layers)
+
     def residual(self, body, shortcut=None) -> "_Plan":
         """``body(plan)`` / ``shortcut(plan)`` write the branches, both from the current shape."""
         start, outer = self.shape, self.layers
@@ -243,10 +267,97 @@ def _resnet20_plan(input_shape, n_classes: int, *, widths=(16, 32, 64), blocks: 
     return p.gap().linear(n_classes)
 
 
-_PLANS = {"lenet5": _lenet5_plan, "vgg-small": _vgg_small_plan, "resnet20": _resnet20_plan}
+# --------------------------------------------------------------------------------------------------
+# the vision transformer's plan (the model is documented in .vit)
+
+#: The ViT's default patch for an image size (H, W): 4 for 8 x 8 digits (T = 4 patches), 7 for 28 x 28
+#: MNIST (T = 16), 4 for 32 x 32 CIFAR-10 (T = 64). Other sizes need an explicit patch.
+VIT_PATCHES = {(8, 8): 4, (28, 28): 7, (32, 32): 4}
 
 
-def _plan(model: str, input_shape, n_classes: int, arch: dict) -> _Plan:
+@dataclass(frozen=True)
+class _ViTPlan:
+    """The layers of ``vit-tiny`` as data: embed, depth pre-norm blocks, class-token pooling, ln, head."""
+
+    input_shape: tuple
+    n_classes: int
+    patch: int
+    width: int
+    depth: int
+    heads: int
+    mlp_ratio: int
+
+    @property
+    def options(self) -> dict:
+        """Every architecture option, defaults resolved (what ``Network.architecture`` records)."""
+        return {"patch": self.patch, "width": self.width, "depth": self.depth, "heads": self.heads,
+                "mlp_ratio": self.mlp_ratio}
+
+    def weights(self) -> list[tuple[str, tuple[int, int], None]]:
+        """embed (d, C p^2), per block qkv (3d, d), proj (d, d), fc1 (r d, d), fc2 (d, r d), head
+        (n_classes, d); kernel None for all (linear layers)."""
+        C, d, hidden = self.input_shape[0], self.width, self.mlp_ratio * self.width
+        out = [("embed", (d, C * self.patch ** 2), None)]
+        for i in range(self.depth):
+            out += [(f"block{i}.qkv", (3 * d, d), None), (f"block{i}.proj", (d, d), None),
+                    (f"block{i}.fc1", (hidden, d), None), (f"block{i}.fc2", (d, hidden), None)]
+        return out + [("head", (self.n_classes, d), None)]
+
+    def build(self, builder) -> list:
+        """The layers (:mod:`.vit` lists them); weight layers by ``builder.linear``, the position
+        embeddings drawn from ``builder.rng``; a device backend is refused (TransformerBackendError)."""
+        be = check_token_backend(builder.backend, "the vision transformer")
+        shapes = {name: shape for name, shape, _ in self.weights()}
+
+        def linear(name):
+            return builder.linear(name, shapes[name])
+
+        (C, H, W), d, p = self.input_shape, self.width, self.patch
+        layers = [Reshape(self.input_shape, backend=be), PatchEmbedding(p, C, linear("embed")),
+                  ClassToken(d, backend=be), PositionEmbedding((H // p) * (W // p) + 1, d, rng=builder.rng, backend=be)]
+        for i in range(self.depth):
+            attn = MultiHeadSelfAttention(d, self.heads, linear(f"block{i}.qkv"), linear(f"block{i}.proj"),
+                                          name=f"block{i}.attn")
+            layers.append(TransformerBlock(attn, TokenLinear(linear(f"block{i}.fc1"), "gelu"),
+                                           linear(f"block{i}.fc2"), name=f"block{i}", backend=be))
+        return layers + [ClassTokenPool(backend=be), LayerNorm(d, name="ln", backend=be), linear("head")]
+
+
+def _positive(model: str, value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputShapeError(f"model {model!r}: {what} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _vit_tiny_plan(input_shape, n_classes: int, *, patch=None, width: int = 64, depth: int = 4, heads: int = 4,
+                   mlp_ratio: int = 2) -> _ViTPlan:
+    """The checked plan of ``vit-tiny`` (options: :func:`purerigl.nn.vit.vit_tiny`)."""
+    model = "vit-tiny"
+    shape = _check_input(model, input_shape)
+    _, H, W = shape
+    fits = ", ".join(str(q) for q in range(1, min(H, W) + 1) if H % q == 0 and W % q == 0)
+    if patch is None:
+        if (H, W) not in VIT_PATCHES:
+            raise PatchSizeError(f"model {model!r} has no default patch for inputs of shape {shape}; give a patch "
+                                 f"(one of {fits})")
+        patch = VIT_PATCHES[(H, W)]
+    patch = _positive(model, patch, "patch")
+    if H % patch or W % patch:
+        raise PatchSizeError(f"model {model!r} cannot take inputs of shape {shape}: patch {patch} does not divide "
+                             f"the {H} x {W} image; choose one of {fits}")
+    width, heads = _positive(model, width, "width"), _positive(model, heads, "heads")
+    if width % heads:
+        raise InputShapeError(f"model {model!r}: the width {width} is not a multiple of heads = {heads}")
+    return _ViTPlan(shape, n_classes, patch, width, _positive(model, depth, "depth"), heads,
+                    _positive(model, mlp_ratio, "mlp_ratio"))
+
+
+#: Plan functions (input_shape, n_classes, **arch) -> plan, by model name.
+_PLANS = {"lenet5": _lenet5_plan, "vgg-small": _vgg_small_plan, "resnet20": _resnet20_plan,
+          "vit-tiny": _vit_tiny_plan}
+
+
+def _plan(model: str, input_shape, n_classes: int, arch: dict):
     if model not in _PLANS:
         raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(_PLANS)}")
     if isinstance(n_classes, bool) or int(n_classes) != n_classes or n_classes < 1:
@@ -265,13 +376,12 @@ def weight_shapes(model: str, input_shape, n_classes: int, **arch) -> list[tuple
     InputShapeError
         When the model cannot take ``input_shape``.
     """
-    plan = _plan(model, input_shape, n_classes, arch)
-    return [(s.name, s.matrix, (s.kernel, s.kernel) if isinstance(s, _Conv) else None)
-            for s in _walk(plan.layers) if isinstance(s, (_Conv, _Linear))]
+    return _plan(model, input_shape, n_classes, arch).weights()
 
 
 def default_dense_layers(model: str, input_shape, n_classes: int, **arch) -> tuple[str, str]:
-    """The names kept dense by default: the first convolution and the classifier."""
+    """The names kept dense by default: the first weight layer (the first convolution of a CNN, the
+    patch embedding ``embed`` of the ViT) and the classifier."""
     names = [name for name, _, _ in weight_shapes(model, input_shape, n_classes, **arch)]
     return names[0], names[-1]
 
@@ -289,7 +399,7 @@ class _Builder:
         self.fmt, self.sparsity = fmt, check_sparsity(sparsity)
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.backend = get_backend(backend)
-        names = [s.name for s in _walk(plan.layers) if isinstance(s, (_Conv, _Linear))]
+        names = [name for name, _, _ in plan.weights()]
         if isinstance(dense_layers, str):
             dense_layers = (dense_layers,)
         self.dense = set((names[0], names[-1]) if dense_layers is None else dense_layers)
@@ -316,6 +426,12 @@ class _Builder:
             return random_layer_with_budget(self.fmt, spec.matrix, budget, self.rng)
         except FormatError as e:
             raise ModelError(f"{self.model}, layer {spec.name}: {e}") from None
+
+    def linear(self, name: str, shape: tuple[int, int]):
+        """The weight layer ``name`` of matrix shape (n_out, n_in): a :class:`Dense` (Kaiming normal) when
+        it is kept dense, else a :class:`SparseLinear` holding its budget (the ViT's plan builds with it)."""
+        n_out, n_in = shape
+        return self.layer(_Linear(name, int(n_in), int(n_out)))
 
     def layer(self, spec):
         be = self.backend
@@ -357,7 +473,7 @@ def build_model(model: str, input_shape, n_classes: int, *, fmt: str = "condense
 
     Parameters
     ----------
-    model : {"lenet5", "vgg-small", "resnet20"}
+    model : {"lenet5", "vgg-small", "resnet20", "vit-tiny"}
     input_shape : (int, int, int)
         (C, H, W) of one image, e.g. (1, 8, 8) digits, (1, 28, 28) MNIST, (3, 32, 32) CIFAR-10.
     n_classes : int
@@ -373,7 +489,8 @@ def build_model(model: str, input_shape, n_classes: int, *, fmt: str = "condense
     backend : str | Backend, optional
         A host backend ("reference" or "cpu").
     dense_layers : iterable of str, optional
-        Names kept dense. Default: the first convolution and the classifier; ``()`` for none.
+        Names kept dense. Default: the first weight layer (first convolution, or the ViT's patch
+        embedding) and the classifier; ``()`` for none.
     **arch
         Architecture options of the model (see each model's function).
 
@@ -381,7 +498,8 @@ def build_model(model: str, input_shape, n_classes: int, *, fmt: str = "condense
     -------
     Network
         Its ``architecture`` attribute records the build (JSON-able): {"model", "input_shape",
-        "n_classes", "options"} (the ``arch`` options), enough to rebuild the same layers with
+        "n_classes", "options"} (the ``arch`` options; for the ViT every option, defaults resolved),
+        enough to rebuild the same layers with
         ``build_model(a["model"], a["input_shape"], a["n_classes"], **a["options"], ...)`` before
         loading saved weights into them.
 
@@ -394,9 +512,10 @@ def build_model(model: str, input_shape, n_classes: int, *, fmt: str = "condense
     """
     plan = _plan(model, input_shape, n_classes, arch)
     builder = _Builder(model, plan, fmt, budgets, sparsity, rng, backend, dense_layers)
-    net = Network(builder.layers(plan.layers), plan.input_shape)
+    net = Network(plan.build(builder), plan.input_shape)
+    options = getattr(plan, "options", arch)
     net.architecture = {"model": model, "input_shape": list(plan.input_shape), "n_classes": int(n_classes),
-                        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
+                        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
     return net
 
 
@@ -437,3 +556,10 @@ def resnet20(input_shape, n_classes: int, *, fmt: str = "condensed", budgets: di
 
 #: The built-in models by name: functions (input_shape, n_classes, **options) -> Network.
 MODELS = {"lenet5": lenet5, "vgg-small": vgg_small, "resnet20": resnet20}
+
+def _vit_tiny(input_shape, n_classes: int, **options) -> Network:
+    """``build_model("vit-tiny", ...)``: :func:`purerigl.nn.vit.vit_tiny` documents the options."""
+    return build_model("vit-tiny", input_shape, n_classes, **options)
+
+
+MODELS["vit-tiny"] = _vit_tiny

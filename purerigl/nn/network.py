@@ -4,7 +4,9 @@ A :class:`Network` is built from layers that share the small interface of :mod:`
 (``forward``, ``backward``, ``parameters``, ``sync_to_host``, ``sync_to_device``, ``set_backend``):
 :class:`~.layers.SparseLinear`, :class:`~.layers.Dense`, :class:`~.conv.SparseConv2d`,
 :class:`~.conv.Conv2d`, :class:`~.norm.BatchNorm2d`, :class:`~.layers.ReLU` (elementwise, so it takes
-any shape, NCHW included), the pools of :mod:`.pool`, and the two layers of this module:
+any shape, NCHW included), the pools of :mod:`.pool`, the transformer layers of :mod:`.transformer`
+and :mod:`.attention` (token-wise linear layers, attention, pre-norm blocks, patch embedding; see
+:mod:`.vit`), and the two layers of this module:
 
 - :class:`Reshape` turns the flattened rows the data sets give, (B, C * H * W), into images
   (B, C, H, W);
@@ -23,7 +25,9 @@ budgets and checkpoints key on, so names must be unique)::
         SparseLinear(random_layer_with_budget("csr", (10, 128), 200, rng), name="fc0"),
     ], input_shape=(1, 8, 8))
 
-:mod:`.models` builds LeNet-5, a small VGG and ResNet-20 this way.
+:mod:`.models` builds LeNet-5, a small VGG and ResNet-20 this way, and :mod:`.vit` a small vision
+transformer. A layer with ``children()`` (a residual block, a transformer block, attention) is a
+container: its children are searched for weight layers, in the order ``children()`` gives.
 
 What the training loop and the DST updater see is the MLP's interface (:class:`~.model.MLP`):
 ``backend``, ``n_features``, ``n_classes``, ``parameters()``, ``forward``, ``backward``, ``predict``,
@@ -32,13 +36,16 @@ What the training loop and the DST updater see is the MLP's interface (:class:`~
 - ``linears``: per weight-carrying layer, in network order (a residual block's body, then its
   shortcut), the object holding its weight matrix: a :class:`~.layers.SparseLinear` for a sparse
   linear layer *and for a sparse convolution* (its ``.linear``, the filter matrix
-  (c_out, c_in * kh * kw) that DST methods update), a :class:`~.layers.Dense`, or a
-  :class:`~.conv.Conv2d`. ``linears[-1]`` is the classifier, and it is the very object
-  ``sparse_layers()`` returns when the classifier is sparse, which is how the DST updater recognises
-  the output layer (``layer is model.linears[-1]``);
+  (c_out, c_in * kh * kw) that DST methods update) *and for a sparse token-wise linear layer or patch
+  embedding* (:class:`~.attention.TokenLinear`, :class:`~.transformer.PatchEmbedding`: their
+  ``.linear``, run on the (B * T, d_in) tokens), a :class:`~.layers.Dense` (a dense token-wise
+  layer's ``.linear``), or a :class:`~.conv.Conv2d`. ``linears[-1]`` is the classifier, and it is the
+  very object ``sparse_layers()`` returns when the classifier is sparse, which is how the DST updater
+  recognises the output layer (``layer is model.linears[-1]``);
 - ``sparse_layers()``: the :class:`~.layers.SparseLinear` objects among ``linears``;
 - ``weight_layers``: the weight-carrying layers themselves (a sparse convolution as the
-  :class:`~.conv.SparseConv2d`), parallel to ``linears``.
+  :class:`~.conv.SparseConv2d`, a token-wise layer as the :class:`~.attention.TokenLinear`), parallel
+  to ``linears``.
 
 Training and evaluation mode. ``forward`` runs in the mode of :attr:`Network.training`: training
 (the default; batch normalisation uses and updates batch statistics) or evaluation (running
@@ -65,13 +72,16 @@ from .norm import BatchNorm2d
 from .parameter import Parameter
 from .patches import check_host_backend, conv_output_size
 from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from .transformer import TOKEN_LAYERS, PatchEmbedding, TokenLinear, check_token_backend
 
 __all__ = ["Network", "NetworkError", "ReLU", "Reshape", "Residual", "output_shape"]
 
 #: The layer types that carry a weight matrix (a network's ``weight_layers``).
-WEIGHT_LAYERS = (SparseConv2d, Conv2d, SparseLinear, Dense)
+WEIGHT_LAYERS = (SparseConv2d, Conv2d, SparseLinear, Dense, TokenLinear, PatchEmbedding)
+#: Weight layers that wrap the 2-d layer holding their matrix in ``.linear`` (what ``linears`` lists).
+WRAPPERS = (SparseConv2d, TokenLinear, PatchEmbedding)
 #: Layer types that run on the host backends only (a network holding one refuses a device backend).
-HOST_ONLY = (SparseConv2d, Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten)
+HOST_ONLY = (SparseConv2d, Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, *TOKEN_LAYERS)
 
 
 class NetworkError(ModelError):
@@ -410,7 +420,7 @@ class Network:
         self.weight_layers = [layer for layer in _leaves(self.layers) if isinstance(layer, WEIGHT_LAYERS)]
         if not self.weight_layers:
             raise NetworkError("a network needs at least one weight layer (a linear layer or a convolution)")
-        self.linears = [layer.linear if isinstance(layer, SparseConv2d) else layer for layer in self.weight_layers]
+        self.linears = [layer.linear if isinstance(layer, WRAPPERS) else layer for layer in self.weight_layers]
         self._check_names()
         resident = {layer.backend.resident for layer in _leaves(self.layers) if hasattr(layer, "backend")}
         if len(resident) > 1:
@@ -550,11 +560,14 @@ class Network:
             _sync(layer, "sync_to_device")
 
     def set_backend(self, backend) -> None:
-        """Move every layer to ``backend``; convolutional networks run on the host backends only
-        (ConvBackendError, before anything moves). An optimizer built before follows with
-        ``optimizer.follow_parameters()``."""
+        """Move every layer to ``backend``; convolutional and transformer networks run on the host
+        backends only (ConvBackendError, TransformerBackendError, before anything moves). An optimizer
+        built before follows with ``optimizer.follow_parameters()``."""
         b = get_backend(backend)
-        if any(isinstance(layer, HOST_ONLY) for layer in _leaves(self.layers)):
+        leaves = list(_leaves(self.layers))
+        if any(isinstance(layer, TOKEN_LAYERS) for layer in leaves):
+            check_token_backend(b, "transformer networks")
+        if any(isinstance(layer, HOST_ONLY) for layer in leaves):
             check_host_backend(b, "convolutional networks")
         for layer in self.layers:
             _move(layer, b)
@@ -568,8 +581,9 @@ class Network:
         ``format`` (condensed, diagonal, csr or dense), ``shape`` [n_out, n_in] of the weight matrix (for
         a convolution [c_out, c_in * kh * kw]), ``activation`` ("relu" when the layer's output passes a
         ReLU, after any normalisation, pooling or residual addition, before the next weight layer;
-        else "none"), ``nnz``, ``density``; for a convolution also ``c_in``, ``kernel`` [kh, kw],
-        ``stride`` and ``padding``.
+        a token-wise layer's own ``activation``, "gelu" for a transformer MLP's fc1; else "none"),
+        ``nnz``, ``density``; for a convolution also ``c_in``, ``kernel`` [kh, kw], ``stride`` and
+        ``padding``.
         """
         acts: dict = {}
         for p in _activations(self.layers, [], acts):
@@ -586,7 +600,7 @@ class Network:
                 "kind": "sparse" if sparse else "dense",
                 "format": type(lin.W).__name__.lower() if sparse else "dense",
                 "shape": [int(n_out), int(n_in)],
-                "activation": acts.get(id(layer), "none"),
+                "activation": getattr(layer, "activation", None) or acts.get(id(layer), "none"),
                 "nnz": int(nnz),
                 "density": nnz / (n_out * n_in),
             }
