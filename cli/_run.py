@@ -111,6 +111,9 @@ def run_options(raw: dict) -> dict:
     for side in ("dense_first", "dense_last"):  # the model's own default: CNNs keep both ends dense
         if opts[side] is None:
             opts[side] = opts["model"] != "mlp"
+    for name, value in _models.training_defaults(opts["model"]).items():  # the model's own training defaults
+        if opts[name] is None:
+            opts[name] = value
     if opts["model"] != "mlp" and opts["input_shape"] is not None:
         opts["input_shape"] = ",".join(map(str, _models.parse_shape(opts["input_shape"])))
     if opts["alpha"] is None:
@@ -129,6 +132,8 @@ def build_run(opts: dict, resuming: bool = False) -> tuple[Trainer, dict]:
     method, fmt, sparsity, seed = opts["method"], opts["fmt"], opts["sparsity"], opts["seed"]
     backend = get_backend(opts["backend"])
     data = load_dataset(opts["dataset"], opts["data_dir"], seed=seed, val_fraction=opts["val_fraction"])
+    if opts["warmup_steps"] == "auto":  # 5% of the run's steps, resolved once and stored as the integer
+        opts["warmup_steps"] = max(1, round(0.05 * opts["epochs"] * -(-data.x_train.shape[0] // opts["batch_size"])))
     config = TrainConfig(
         epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], optimizer=opts["optimizer"],
         momentum=opts["momentum"], nesterov=opts["nesterov"], weight_decay=opts["weight_decay"],
@@ -153,9 +158,8 @@ def build_run(opts: dict, resuming: bool = False) -> tuple[Trainer, dict]:
             install_init_masks(model, opts["init_masks"], budgets, fmt, seed)
         budget_of = {f"layer{i}": b for i, b in enumerate(budgets)}
     else:
-        if opts.get("init_masks") is not None or method == "dynadiag":
-            what = "--init-masks" if opts.get("init_masks") is not None else "--method dynadiag"
-            raise click.UsageError(f"{what} trains --model mlp only for now, not {opts['model']}")
+        if opts.get("init_masks") is not None:
+            raise click.UsageError(f"--init-masks trains --model mlp only for now, not {opts['model']}")
         model, budget_of = _models.build_network(opts, data, fmt, backend)
     steps = config.epochs * -(-data.x_train.shape[0] // config.batch_size)
     schedule = UpdateSchedule.from_fraction(steps, delta_t=opts["delta_t"], alpha=opts["alpha"], t_end=opts["t_end"])

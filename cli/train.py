@@ -46,8 +46,8 @@ SESSION_OPTIONS = ("out", "overwrite", "progress", "checkpoint_every", "resume",
 
 #: Run options added after runs were written without them, with the value such a run had in effect:
 #: ``--resume`` of an older run directory fills them in.
-ADDED_OPTIONS = {"grad_accumulation": 1, "init_masks": None, "model": "mlp", "input_shape": None,
-                 **_dynadiag.OPTION_DEFAULTS}
+ADDED_OPTIONS = {"grad_accumulation": 1, "init_masks": None, "model": "mlp", "input_shape": None, "vit_width": 64,
+                 "vit_depth": 4, "vit_heads": 4, "vit_patch": None, "vit_mlp_ratio": 2, **_dynadiag.OPTION_DEFAULTS}
 
 #: Exit code of a run stopped because the loss became NaN or Inf (0: done, 2: bad input).
 EXIT_DIVERGED = 3
@@ -182,6 +182,7 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
 )
 @_models.model_option
 @_models.input_shape_option
+@_models.vit_options
 @click.option("--hidden", default="300,100", show_default=True, help="Hidden widths of --model mlp, comma-separated ('' for none).")
 @click.option("--method", type=click.Choice(METHODS), default="rigl", show_default=True, help="DST method (static: the fixed random topology baseline).")
 @click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default=None, help="Sparse storage format  [default: the method's own: condensed for static/srigl, csr for rigl/set/gse, diagonal for diag-rigl and dynadiag]")
@@ -227,15 +228,15 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
 @_dynadiag.dynadiag_options
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=FiniteFloatRange(0.0, min_open=True), default=0.05, show_default=True, help="Base learning rate.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--lr", type=FiniteFloatRange(0.0, min_open=True), default=None, help="Base learning rate  [default: 0.05; 1e-3 for vit-tiny]")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="[default: sgd; adamw for vit-tiny]")
 @click.option("--momentum", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.9, show_default=True)
 @click.option("--nesterov/--no-nesterov", default=False, show_default=True)
-@click.option("--weight-decay", type=FiniteFloatRange(min=0.0), default=1e-4, show_default=True)
+@click.option("--weight-decay", type=FiniteFloatRange(min=0.0), default=None, help="[default: 1e-4; 0.05 for vit-tiny]")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True, help="Learning-rate schedule.")
 @click.option("--lr-step-size", type=click.IntRange(min=1), default=None, help="Step schedule: epochs between decays  [default: a third of --epochs]")
 @click.option("--lr-gamma", type=FiniteFloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True, help="Step schedule: factor applied at each decay.")
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear learning-rate warm-up  [default: 0; 5% of the steps for vit-tiny]")
 @click.option("--val-fraction", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
 @click.option(
     "--init-masks",

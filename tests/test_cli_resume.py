@@ -27,18 +27,22 @@ import purerigl.cli.train as cli_train
 from purerigl.training.loop import Trainer
 from test_cli_train import assert_usage_error, invoke
 
-METHODS = ["static", "set", "rigl", "srigl", "gse", "diag-rigl", "dynadiag", "dynadiag-all", "dense", "lenet5-srigl"]
+METHODS = ["static", "set", "rigl", "srigl", "gse", "diag-rigl", "dynadiag", "dynadiag-all", "dense", "lenet5-srigl",
+           "vit-dynadiag"]
 #: The DynaDiag runs freeze at the start of epoch 3: the crash (checkpoint of epoch 1) and the resume
 #: cross soft gates, window swaps, the alpha optimizer's state, the temperature and the freeze.
 EXTRA = {"dynadiag": ["--dynadiag-freeze-epoch", 3, "--optimizer", "adam", "--lr", 0.01],
          "dynadiag-all": ["--dynadiag-soft", "all", "--dynadiag-freeze-epoch", 3],
-         "lenet5-srigl": ["--model", "lenet5"]}
+         "lenet5-srigl": ["--model", "lenet5"],
+         "vit-dynadiag": ["--model", "vit-tiny", "--vit-width", 16, "--vit-depth", 1, "--dynadiag-freeze-epoch", 3]}
+#: The method of the runs whose name says more than the method.
+METHOD_OF = {"dynadiag-all": "dynadiag", "lenet5-srigl": "srigl", "vit-dynadiag": "dynadiag"}
 TIMING = ("seconds", "samples_per_second")
 
 
 def run_args(out, method, *extra):
     """A short digits run whose topology changes in every epoch (23 steps an epoch, delta_t 5)."""
-    method_args = ["--sparsity", 0] if method == "dense" else ["--method", method.split("-all")[0].split("lenet5-")[-1], "--sparsity", 0.6]
+    method_args = ["--sparsity", 0] if method == "dense" else ["--method", METHOD_OF.get(method, method), "--sparsity", 0.6]
     return [
         "train", *method_args, "--epochs", 3, "--hidden", "48,24", "--delta-t", 5, "--t-end", 1.0,
         "--lr", 0.2, "--out", out, "--no-progress", "--backend", "cpu", *extra, *EXTRA.get(method, []),

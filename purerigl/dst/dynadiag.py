@@ -149,15 +149,14 @@ class DynaDiagOptions:
         return dict(vars(self))
 
 
-def gate_model(model: MLP, budgets: dict, options: DynaDiagOptions, rng, temperature: float) -> list:
-    """Replace every sparse Diagonal layer of ``model`` by a :class:`GatedDiagonalLinear` keeping
-    K = the diagonals its budget allows and storing S (:func:`stored_diagonals`) random ones, with values
-    drawn as for any diagonal layer (Kaiming normal, each row's fan-in) and the official alpha = 1 / P.
-    Returns the gated layers. Dense layers stay as they are."""
+def gate_model(model, budgets: dict, options: DynaDiagOptions, rng, temperature: float) -> list:
+    """Replace every sparse Diagonal layer of ``model`` (an MLP, or a Network: its sparse convolutions,
+    token-wise projections and linear layers) by a :class:`GatedDiagonalLinear` keeping K = the diagonals
+    its budget allows and storing S (:func:`stored_diagonals`) random ones, with values drawn as for any
+    diagonal layer (Kaiming normal, each row's fan-in) and the official alpha = 1 / P. Returns the gated
+    layers. Dense layers stay as they are."""
     gated = []
-    for i, lin in enumerate(model.linears):
-        if lin not in model.sparse_layers():
-            continue
+    for lin in list(model.sparse_layers()):
         if not isinstance(lin.W, Diagonal):
             raise MethodError(f"dynadiag needs Diagonal layers, {lin.name} stores a {type(lin.W).__name__}")
         shape = lin.shape
@@ -166,8 +165,12 @@ def gate_model(model: MLP, budgets: dict, options: DynaDiagOptions, rng, tempera
         W = Diagonal.random(shape, None, rng, K=S)
         layer = GatedDiagonalLinear(W, K, temperature=temperature, l1=options.l1, backend=lin.backend,
                                     name=lin.name, needs_input_grad=lin.needs_input_grad)
-        model.linears[i] = layer
-        model.layers[model.layers.index(lin)] = layer
+        if hasattr(model, "replace_linear"):  # a Network: the layer may sit inside a convolution or a block
+            model.replace_linear(lin, layer)
+        else:
+            i = model.linears.index(lin)
+            model.linears[i] = layer
+            model.layers[model.layers.index(lin)] = layer
         gated.append(layer)
     return gated
 

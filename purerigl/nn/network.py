@@ -342,6 +342,18 @@ def _chain_shapes(layers, shape, where: str):
 # the network
 
 
+def _replace_in(layers: list, old, new) -> bool:
+    """Replace ``old`` by ``new`` in the list ``layers`` or in a residual block's body or shortcut."""
+    for k, layer in enumerate(layers):
+        if layer is old:
+            layers[k] = new
+            return True
+        if isinstance(layer, Residual) and (_replace_in(layer.body, old, new)
+                                            or (layer.shortcut is not None and _replace_in(layer.shortcut, old, new))):
+            return True
+    return False
+
+
 def _leaves(layers):
     """Every layer that is not a container, in network order (a container has ``children()``)."""
     for layer in layers:
@@ -435,6 +447,25 @@ class Network:
         self.architecture: dict | None = None  # how a builder made it (set by purerigl.nn.models)
         self.training = True
         self.train()
+
+    def replace_linear(self, old, new) -> None:
+        """Put the 2-d layer ``new`` where ``old`` (one of :attr:`linears`) is: as the ``.linear`` of the
+        wrapper that holds it (a sparse convolution, a token-wise layer), or in place of ``old`` in the
+        layer tree (a plain linear layer, also inside a residual block). Same name and shape required.
+        (DynaDiag replaces the diagonal layers by gated ones so: :func:`purerigl.dst.dynadiag.gate_model`.)"""
+        if old.name != new.name or tuple(old.shape) != tuple(new.shape):
+            raise NetworkError(f"replace_linear: {new.name} {tuple(new.shape)} cannot replace {old.name} "
+                               f"{tuple(old.shape)}")
+        i = next((k for k, lin in enumerate(self.linears) if lin is old), None)
+        if i is None:
+            raise NetworkError(f"replace_linear: {old.name} is not a layer of this network")
+        holder = self.weight_layers[i]
+        if isinstance(holder, WRAPPERS):
+            holder.linear = new
+        else:
+            _replace_in(self.layers, old, new)
+            self.weight_layers[i] = new
+        self.linears[i] = new
 
     def _check_names(self) -> None:
         seen: dict[str, int] = {}

@@ -115,6 +115,8 @@ def network_arrays(model: Network) -> dict[str, np.ndarray]:
             W = lin.W
             arrays.update({f"{name}.{field}": getattr(W, field) for field in type(W).STRUCTURE})
             arrays[f"{name}.values"] = W.values
+            if isinstance(lin, GatedDiagonalLinear):
+                arrays[f"{name}.alpha"] = lin.alpha.value
         else:
             arrays[f"{name}.weight"] = lin.weight.host
         arrays[f"{name}.bias"] = lin.bias.host
@@ -291,26 +293,26 @@ def _layer(i: int, spec: dict, arrays: dict, backend) -> SparseLinear | Dense:
     except PureriglError as e:
         raise CheckpointError(f"layer{i} ({fmt}) breaks its format's invariants: {e}") from None
     if "gate" in spec:
-        return _gated_layer(i, spec["gate"], W, get("alpha"), bias, backend)
+        return _gated_layer(f"layer{i}", spec["gate"], W, get("alpha"), bias, backend)
     return SparseLinear(W, bias, backend=backend, name=f"layer{i}")
 
 
-def _gated_layer(i: int, gate, W, alpha, bias, backend) -> GatedDiagonalLinear:
-    """A DynaDiag layer from its ``gate`` entry ({"k", "temperature", "frozen"}) and ``layer{i}.alpha``."""
+def _gated_layer(name: str, gate, W, alpha, bias, backend) -> GatedDiagonalLinear:
+    """A DynaDiag layer from its ``gate`` entry ({"k", "temperature", "frozen"}) and ``<name>.alpha``."""
     if not isinstance(W, Diagonal):
-        raise CheckpointError(f"layer{i} has a gate but stores a {type(W).__name__}, not a Diagonal")
+        raise CheckpointError(f"{name} has a gate but stores a {type(W).__name__}, not a Diagonal")
     if not isinstance(gate, dict) or set(gate) != {"k", "temperature", "frozen"}:
-        raise CheckpointError(f"layer{i}: the gate entry must hold k, temperature and frozen, got {gate!r}")
+        raise CheckpointError(f"{name}: the gate entry must hold k, temperature and frozen, got {gate!r}")
     if alpha.dtype != np.float32 or alpha.shape != (W.P,):
-        raise CheckpointError(f"layer{i}.alpha has shape {alpha.shape} {alpha.dtype}, expected ({W.P},) float32")
+        raise CheckpointError(f"{name}.alpha has shape {alpha.shape} {alpha.dtype}, expected ({W.P},) float32")
     try:
         k, T, frozen = int(gate["k"]), float(gate["temperature"]), gate["frozen"]
         if not isinstance(frozen, bool) or not T > 0 or (frozen and W.K != k):
             raise ValueError(f"frozen {frozen!r}, temperature {T!r}, K {k} for {W.K} stored diagonals")
         return GatedDiagonalLinear(W, k, alpha=alpha, temperature=T, frozen=frozen, bias=bias, backend=backend,
-                                   name=f"layer{i}")
+                                   name=name)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"layer{i}: invalid gate ({e})") from None
+        raise CheckpointError(f"{name}: invalid gate ({e})") from None
 
 
 def load_model(path, backend=None) -> tuple[MLP, dict]:
@@ -367,6 +369,13 @@ def _load_network(path, meta: dict, arrays: dict, backend) -> Network:
             raise CheckpointError(f"checkpoint {path}: its layers {saved} do not match the rebuilt "
                                   f"{arch['model']} {described}")
         _install_network(path, model, structures, arrays)
+        for row in rows:  # DynaDiag's gated layers
+            if "gate" in row:
+                old = next(lin for lin in model.linears if lin.name == row["name"])
+                if f"{row['name']}.alpha" not in arrays:
+                    raise CheckpointError(f"checkpoint {path} lacks array {row['name'] + '.alpha'!r}")
+                model.replace_linear(old, _gated_layer(row["name"], row["gate"], old.W, arrays[f"{row['name']}.alpha"],
+                                                       old.bias.host, backend))
     except CheckpointError:
         raise
     except PureriglError as e:
