@@ -25,6 +25,7 @@ import click
 from purerigl.training.checkpoint import atomic_write
 from purerigl.data import DATASETS
 from purerigl.dst.distribution import DISTRIBUTIONS
+from purerigl.optim import OPTIMIZERS
 from purerigl.optim.lr_schedule import SCHEDULES
 from purerigl.report.sweep import (
     SWEEP_METHODS, Budget, Cell, aggregate, cell_state, check_budget, collect_results, make_grid, markdown_table,
@@ -185,6 +186,7 @@ def _train_args(ctx, param, value):
 @click.option("--hidden", default="300,100", show_default=True, help="Hidden widths of --model mlp, comma-separated.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--optimizer", type=click.Choice(sorted(OPTIMIZERS)), default="sgd", show_default=True)
 @click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=0.05, show_default=True)
 @click.option("--momentum", type=FiniteFloatRange(0, 1, max_open=True), default=0.9, show_default=True)
 @click.option("--weight-decay", type=FiniteFloatRange(min=0), default=1e-4, show_default=True)
@@ -201,7 +203,7 @@ def _train_args(ctx, param, value):
               help="More `purerigl train` options for every cell, one quoted string (for example "
                    "--train-args '--gamma-sal 0.9'); not those the sweep sets itself.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their state; train nothing.")
-def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epochs, batch_size, lr, momentum,
+def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epochs, batch_size, optimizer, lr, momentum,
           weight_decay, schedule, distribution, workers, threads_per_run, scheduler, train_args, dry_run):
     """Train a grid of methods x sparsities x seeds and write the accuracy table and plot.
 
@@ -214,7 +216,7 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
     cells = make_grid(methods, sparsities, seeds)
     budget = Budget(
         dataset=dataset, data_dir=None if data_dir is None else str(Path(data_dir).resolve()), model=model, hidden=hidden,
-        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, distribution=distribution, extra=train_args,
     )
     states = {cell: cell_state(out / "cells" / cell.name) for cell in cells}
