@@ -75,6 +75,11 @@ def format_report(report: dict) -> str:
     for r in rows:
         cells = [f"{cell:{align}{w}}" for cell, (_, align), w in zip(r, COLUMNS, widths)]
         lines.append("  ".join(cells).rstrip())
+    for r in report["layers"]:  # a ViT block's projections per attention head
+        if r.get("heads"):
+            cells = ", ".join(f"{e['part']}{e['head']} {e['nnz']}" + (f" ({e['ablated']} empty)" if e["ablated"] else "")
+                              for e in r["heads"])
+            lines.append(f"  {r['layer']} per head (nnz): {cells}")
     lines.append(
         "fan-in: stored inputs per output neuron; fan-out: stored outputs per input; bytes: values + "
         "indices + bias, against a dense float32 layer of the same shape with its bias"

@@ -100,9 +100,26 @@ def test_sparse_first_and_last_make_every_layer_sparse(tmp_path):
     (["--model", "lenet5", "--dataset", "synthetic"], ["--input-shape"]),
     (["--model", "lenet5", "--input-shape", "1,9,9"], ["81 values", "64 features"]),
     (["--model", "lenet5", "--input-shape", "1,x,8"], ["three positive integers"]),
-    (["--model", "lenet5", "--method", "dynadiag"], ["--method dynadiag", "mlp"]),
     (["--model", "lenet5", "--input-shape", "64,1,1"], ["lenet5", "64"]),
 ])
 def test_refusals(args, words, tmp_path):
     result = invoke(["train", *args, "--epochs", 1, "--out", tmp_path / "r", "--no-progress", "--backend", "cpu"])
     assert_usage_error(result, *words)
+
+
+def test_vit_trains_and_inspect_counts_connections_per_head(tmp_path):
+    out = tmp_path / "vit"
+    result = invoke(["train", "--model", "vit-tiny", "--vit-width", 16, "--vit-depth", 1, "--vit-heads", 2,
+                     "--method", "srigl", "--gamma-sal", "0.9", "--epochs", 1, "--out", out, "--no-progress",
+                     "--backend", "cpu"])
+    assert result.exit_code == 0, result.output
+    config = (out / "config.json").read_text()
+    assert '"optimizer": "adamw"' in config and '"warmup_steps": 1' in config  # the ViT's defaults, resolved
+    rows = {r["layer"]: r for r in inspect_model_file(out)["layers"]}
+    qkv, proj = rows["block0.qkv"], rows["block0.proj"]
+    assert [(e["part"], e["head"]) for e in qkv["heads"]] == [(p, h) for p in "qkv" for h in (0, 1)]
+    assert sum(e["nnz"] for e in qkv["heads"]) == qkv["nnz"] and qkv["shape"] == [48, 16]
+    assert sum(e["nnz"] for e in proj["heads"]) == proj["nnz"] and len(proj["heads"]) == 2
+    assert rows["embed"]["format"] == "dense" and rows["head"]["format"] == "dense" and rows["head"]["heads"] is None
+    text = invoke(["inspect", out])
+    assert "block0.qkv per head (nnz): q0 " in text.output

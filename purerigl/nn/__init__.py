@@ -6,7 +6,9 @@ Imports formats and kernels (never optim, dst or above).
 - convolutions (:mod:`.conv`, :mod:`.patches`), batch normalisation (:mod:`.norm`), pooling
   (:mod:`.pool`);
 - models: the MLP (:mod:`.model`), networks composed in Python with residual blocks
-  (:mod:`.network`) and the built-in CNNs LeNet-5, a small VGG and ResNet-20 (:mod:`.models`).
+  (:mod:`.network`) and the built-in CNNs LeNet-5, a small VGG and ResNet-20 (:mod:`.models`);
+- transformers: token-wise layers and attention (:mod:`.attention`), LayerNorm, GELU, blocks, patch
+  embedding (:mod:`.transformer`) and vit-tiny (:mod:`.vit`).
 """
 
 from .layers import Dense, ReLU, SparseLinear
@@ -17,6 +19,8 @@ from .conv import Conv2d, SparseConv2d
 from .norm import BatchNorm2d
 from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 from .network import Network, NetworkError, Reshape, Residual
+from .attention import MultiHeadSelfAttention, TokenLinear
+from .transformer import GELU, LayerNorm, PatchEmbedding, TransformerBlock
 from .models import MODELS, build_model
 from .parameter import Parameter
 
@@ -28,18 +32,24 @@ __all__ = [
     "Conv2d",
     "Dense",
     "Flatten",
+    "GELU",
     "GatedDiagonalLinear",
     "GlobalAvgPool2d",
+    "LayerNorm",
     "MaxPool2d",
     "ModelError",
+    "MultiHeadSelfAttention",
     "Network",
     "NetworkError",
     "Parameter",
+    "PatchEmbedding",
     "ReLU",
     "Reshape",
     "Residual",
     "SparseConv2d",
     "SparseLinear",
+    "TokenLinear",
+    "TransformerBlock",
     "build_mlp",
     "build_model",
     "parse_hidden",

@@ -170,10 +170,32 @@ def summarize_model(model) -> list[dict]:
     """:func:`summarize_layer` of every weight layer (an MLP's linear layers; a network's convolutions
     and linear layers), in order; a convolution's row adds ``conv`` (:func:`conv_summary`)."""
     rows = [summarize_layer(i, lin) for i, lin in enumerate(model.linears)]
+    arch = getattr(model, "architecture", None) or {}
+    heads = arch.get("options", {}).get("heads") if arch.get("model") == "vit-tiny" else None
     for row, lin, described in zip(rows, model.linears, model.describe()):
         row["layer"] = described.get("name", row["layer"])
         row["conv"] = conv_summary(lin, described) if described.get("layer_type") == "conv" else None
+        row["heads"] = head_summary(lin, row["layer"], heads) if heads else None
     return rows
+
+
+def head_summary(layer, name: str, heads: int) -> list[dict] | None:
+    """Per attention head of a ViT block: for the fused QKV projection (3d, d), the rows of each part
+    (q, k, v) and head (d / heads rows each): ``nnz`` and ``ablated`` (rows without weights); for the
+    output projection (d, d), the columns reading each head's output: ``nnz``. None for other layers."""
+    fan_in, fan_out = fan_in_out(layer)
+    if name.endswith(".qkv"):
+        d = layer.shape[1]
+        dh = d // heads
+        per = fan_in.reshape(3, heads, dh)  # (part, head, row within the head)
+        return [{"part": "qkv"[p], "head": h, "nnz": int(per[p, h].sum()), "ablated": int((per[p, h] == 0).sum())}
+                for p in range(3) for h in range(heads)]
+    if name.endswith(".proj"):
+        dh = layer.shape[1] // heads
+        per = fan_out.reshape(heads, dh)  # (head, column within the head's output)
+        return [{"part": "out", "head": h, "nnz": int(per[h].sum()), "ablated": int((per[h] == 0).sum())}
+                for h in range(heads)]
+    return None
 
 
 def conv_summary(layer, described: dict) -> dict:
