@@ -88,7 +88,8 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
         click.echo(f"purerigl check: backend {backend.name!r}, seed {seed}")
         click.echo("  products (matmul, matmul_t, sddmm, grad_at): against SciPy CSR in float64")
         click.echo(f"  updates: {backend.name!r}'s fast update of each method against its NumPy specification "
-                   "(purerigl/dst/spec/<method>.py), exact")
+                   "(purerigl/dst/spec/<method>.py), exact; dynadiag also its gated layer's output and "
+                   "gradients, to float32 rounding (relative 1e-5)")
         if simulated:
             click.echo("running on Numba's CUDA simulator (slow): tiny shapes only")
         click.echo(format_table(results))
