@@ -288,3 +288,31 @@ def test_learns_the_digits():
     trainer, history = _run("window", "at_epoch", epochs=8, freeze_epoch=3)
     assert history[-1]["test_accuracy"] > 0.6 > history[0]["test_accuracy"] - 0.3
     assert math.isfinite(history[-1]["test_loss"])
+
+
+def test_gating_a_network_reaches_convolutions_and_block_projections():
+    """gate_model on a LeNet-5 and a tiny ViT (Diagonal layers): every sparse layer, also a
+    convolution's filter matrix and a fused QKV projection, becomes a gated layer in place, the network
+    trains a step, and a freeze leaves K diagonals per layer."""
+    from purerigl.nn import GatedDiagonalLinear, build_model
+    from purerigl.nn.conv import SparseConv2d
+
+    data = load_dataset("digits", None, seed=0)
+    for name, arch in (("lenet5", {}), ("vit-tiny", {"width": 16, "depth": 1, "heads": 2})):
+        net = build_model(name, (1, 8, 8), 10, fmt="diagonal", sparsity=0.8, rng=np.random.default_rng(0),
+                          backend="cpu", **arch)
+        budgets = {lin.name: lin.W.nnz for lin in net.sparse_layers()}
+        options = DynaDiagOptions(freeze="at_epoch", freeze_epoch=2)
+        gated = gate_model(net, budgets, options, np.random.default_rng(1), 1.0)
+        assert gated and all(isinstance(lin, GatedDiagonalLinear) for lin in net.sparse_layers())
+        assert len(gated) == len(budgets)
+        if name == "lenet5":
+            conv = next(layer for layer in net.weight_layers if isinstance(layer, SparseConv2d))
+            assert conv.linear in gated
+        config = TrainConfig(epochs=2, batch_size=64, lr=1e-2, optimizer="adam", seed=0)
+        steps = 2 * -(-data.x_train.shape[0] // 64)
+        updater = DynaDiagUpdater(UpdateSchedule.from_fraction(steps, delta_t=5, alpha=0.3, t_end=0.75), budgets,
+                                  options, 2, seed=0)
+        history = Trainer(net, data, config, topology=updater).fit()
+        assert math.isfinite(history[-1]["train_loss"])
+        assert all(lin.frozen and lin.W.K == lin.k for lin in gated)
