@@ -134,6 +134,7 @@ def test_growth_fan_in_keeps_connections_per_row_constant(tmp_path):
         (["kernels", "--sparsity", "1.5"], "--sparsity"),
         (["train", "--batch", "0"], "--batch"),
         (["train", "--quick", "--hidden", "a,b"], "--hidden"),
+        (["train", "--quick", "--model", "alexnet"], "--model"),
         (["growth", "--method", "magic"], "--method"),
         (["growth", "--quick", "--fan-in", "100000"], "--fan-in"),
     ],
@@ -143,3 +144,48 @@ def test_bad_option_exits_2_with_one_line_error(args, word):
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and word in errors[0]
+
+
+def test_train_model_quick_table_json_and_target(tmp_path):
+    """``bench train --model``: a convolutional network per method against its dense version, the conv
+    forward columns, the patch share and the target line (shape only; never timings)."""
+    path = tmp_path / "cnn.json"
+    result = run(["train", "--quick", "--model", "lenet5", "--sparsity", "0.9", "--sparsity", "0.99",
+                  "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "command: purerigl bench train" in out and "--model lenet5" in out and "--quick" in out
+    assert "--hidden" not in out  # the printed command reruns as it is (--hidden is refused with --model)
+    n = 1 + 2 * len(TRAIN_METHODS)
+    rows = table_rows(out, "model")
+    assert len(rows) == n and rows[0].split()[:2] == ["lenet5", "dense"]
+    assert "target (lenet5): at 90% no sparse step slower than its dense step, at 99% every one faster:" in out
+    assert any(line.strip().startswith("90%: ") for line in out.splitlines())
+    assert any(line.strip().startswith("99%: ") for line in out.splitlines())
+    report = json.loads(path.read_text())
+    meta = report["meta"]
+    assert META_KEYS <= set(meta) and meta["benchmark"] == "train-cnn" and meta["models"] == ["lenet5"]
+    assert meta["batch"] == QUICK["train_cnn"]["batch"]
+    assert meta["input_shapes"] == {"lenet5": list(QUICK["train_cnn"]["input_shapes"]["lenet5"])}
+    target = meta["targets"]["lenet5"]
+    assert set(target) == {"90", "99", "met"} and target["90"]["n"] == target["99"]["n"] == len(TRAIN_METHODS)
+    assert target["met"] == (target["90"]["met"] and target["99"]["met"])
+    assert len(report["results"]) == n
+    assert {(r["method"], r["format"]) for r in report["results"]} == {("dense", "dense"), *TRAIN_METHODS}
+    for r in report["results"]:
+        assert {"model", "input_shape", "step_ms", "dense_step_ms", "update_ms", "dense_ratio", "weights",
+                "conv_forward_ms", "dense_conv_forward_ms", "conv_forward_ratio", "patch_ms", "patch_fraction",
+                "conv_layers"} <= set(r)
+        assert (r["update_ms"] is None) == (r["method"] in ("dense", "static"))
+        assert 0 < r["patch_fraction"] < 1 and r["patch_ms"] > 0
+        sparse = r["method"] != "dense"
+        assert [c["name"] for c in r["conv_layers"]] == (["conv1"] if sparse else [])  # conv0 stays dense
+        for c in r["conv_layers"]:
+            assert {"format", "shape", "nnz", "forward_ms", "dense_forward_ms", "ratio"} <= set(c)
+        assert (r["conv_forward_ratio"] is not None) == sparse
+
+
+def test_train_model_refuses_hidden():
+    result = run(["train", "--quick", "--model", "lenet5", "--hidden", "32"])
+    assert result.exit_code == 2
+    assert "--hidden" in result.output and "--model" in result.output

@@ -38,9 +38,16 @@ TRAIN_METHODS = (
 )
 GROWTH_METHODS = (("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("diag-rigl", "diagonal"), ("set", "csr"))
 
+#: The convolutional networks ``bench train --model`` times, with the input shape of their synthetic
+#: batch (C, H, W): MNIST-shaped for LeNet-5 and the small VGG, CIFAR-shaped for ResNet-20.
+CNN_INPUT_SHAPES = {"lenet5": (1, 28, 28), "vgg-small": (1, 28, 28), "resnet20": (3, 32, 32)}
+
 QUICK = {
     "kernels": {"shapes": ((64, 96),), "batches": (1, 8), "sparsities": (0.9,)},
     "train": {"hidden": ("32,16",), "sparsities": (0.9,)},
+    # --model with --quick: a tiny image (the smallest each model takes comfortably) and batch
+    "train_cnn": {"input_shapes": {"lenet5": (1, 16, 16), "vgg-small": (1, 8, 8), "resnet20": (3, 8, 8)},
+                  "batch": 4, "sparsities": (0.9,)},
     "growth": {"widths": (64, 128), "gse_widths": (256,), "batch": 8, "sparsity": 0.9},
 }
 

@@ -14,6 +14,12 @@ where X_p is X zero-padded by p on each side of both spatial axes. The column or
 :func:`col2im` is the adjoint of :func:`im2col` (every patch entry is added back where it came from),
 which is what the backward needs: ``dX = col2im(dP)``.
 
+:func:`im2col` and :func:`col2im` run the Numba kernels of :mod:`purerigl.kernels.cpu.patches` for
+float32 and float64 arrays; :func:`im2col_reference` and :func:`col2im_reference` are their NumPy
+specifications, and the kernels return the same bits (tests/test_conv_speedpaths.py).
+:func:`im2col_t` and :func:`col2im_t` are the same maps in the transposed layout (C * kh * kw,
+B * Ho * Wo), the one the batched sparse kernels work in.
+
 Also here: :func:`check_host_backend`, the check that the convolutional building blocks
 (:mod:`.conv`, :mod:`.norm`, :mod:`.pool`) run only on the host backends for now.
 """
@@ -25,6 +31,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import BackendError, ShapeError
 from ..kernels import get_backend
+from ..kernels.cpu import patches as patch_kernels
 
 #: Default bound (bytes) on one tile of a patch matrix: 64 MiB.
 DEFAULT_TILE_BYTES = 64 * 2**20
@@ -101,6 +108,17 @@ def check_nchw(X, channels: int | None = None, what: str = "input") -> None:
         raise ShapeError(f"{what} has {X.shape[1]} channels, the layer expects {channels}")
 
 
+#: The dtypes the Numba kernels of :mod:`purerigl.kernels.cpu.patches` take; others use the reference.
+FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def fast_path(*arrays) -> bool:
+    """Whether the Numba kernels take these arrays: all float32 or all float64 (C order is made by the
+    caller). Anything else (integers, float16, mixed dtypes) runs the NumPy reference."""
+    dtype = arrays[0].dtype
+    return dtype in FAST_DTYPES and all(a.dtype == dtype for a in arrays)
+
+
 def im2col(X: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0, fill=0.0) -> np.ndarray:
     """The patch matrix of X (B, C, H, W): (B * Ho * Wo, C * kh * kw), in X's dtype (a new array).
 
@@ -108,7 +126,69 @@ def im2col(X: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0, f
 
     .. math:: P[(b, h_o, w_o), (c, i, j)] = X_p[b, c, s h_o + i, s w_o + j]
 
-    ``fill`` is the value of the padding (0 for a convolution; ``-inf`` for max pooling).
+    ``fill`` is the value of the padding (0 for a convolution; ``-inf`` for max pooling). Float32 and
+    float64 inputs run the Numba kernel :func:`purerigl.kernels.cpu.patches.im2col` (copies at cache
+    speed through a small transposed tile); the values are those of :func:`im2col_reference`, the
+    specification.
+    """
+    if not fast_path(X):
+        return im2col_reference(X, kh, kw, stride, padding, fill)
+    Ho, Wo = output_hw(X.shape, kh, kw, stride, padding)
+    return patch_kernels.im2col(X, kh, kw, stride, padding, Ho, Wo, fill)
+
+
+def col2im(cols: np.ndarray, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """The adjoint of :func:`im2col`: every patch entry added back to the input pixel it came from.
+
+    cols (B * Ho * Wo, C * kh * kw) -> (B, C, H, W) in cols' dtype; entries that came from the
+    padding are dropped.
+
+    .. math:: dX[b, c, y, x] = \\sum_{(h_o, w_o, i, j) :\\ s h_o + i - p = y,\\ s w_o + j - p = x}
+              dP[(b, h_o, w_o), (c, i, j)]
+
+    Float32 and float64 inputs run the Numba kernel :func:`purerigl.kernels.cpu.patches.col2im`, which
+    adds every pixel's contributions in the order of :func:`col2im_reference` (the specification):
+    the same bits (and, as there, a view into a zero-padded buffer when ``padding`` > 0).
+    """
+    B, C, H, W = X_shape
+    Ho, Wo = output_hw(X_shape, kh, kw, stride, padding)
+    if cols.shape != (B * Ho * Wo, C * kh * kw):
+        raise ShapeError(f"cols has shape {cols.shape}, expected {(B * Ho * Wo, C * kh * kw)}")
+    if not fast_path(cols):
+        return col2im_reference(cols, X_shape, kh, kw, stride, padding)
+    return patch_kernels.col2im(np.ascontiguousarray(cols), X_shape, kh, kw, stride, padding, Ho, Wo)
+
+
+def im2col_t(X: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0, fill=0.0) -> np.ndarray:
+    """The transposed patch matrix ``im2col(X).T`` (C * kh * kw, B * Ho * Wo), C-contiguous, built
+    directly: the layout in which the cpu backend's batched sparse kernels read a batch (they
+    transpose an (n, n_in) operand to (n_in, n) first), here without that transpose.
+
+    .. math:: P^T[(c, i, j), (b, h_o, w_o)] = X_p[b, c, s h_o + i, s w_o + j]
+    """
+    if not fast_path(X):
+        return np.ascontiguousarray(im2col_reference(X, kh, kw, stride, padding, fill).T)
+    Ho, Wo = output_hw(X.shape, kh, kw, stride, padding)
+    return patch_kernels.im2col_t(X, kh, kw, stride, padding, Ho, Wo, fill)
+
+
+def col2im_t(cols_t: np.ndarray, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """The adjoint of :func:`im2col_t`: ``col2im(cols_t.T)`` for cols_t (C * kh * kw, B * Ho * Wo), with
+    the same bits (every pixel adds its contributions in the same (i, j) order)."""
+    B, C, H, W = X_shape
+    Ho, Wo = output_hw(X_shape, kh, kw, stride, padding)
+    if cols_t.shape != (C * kh * kw, B * Ho * Wo):
+        raise ShapeError(f"cols_t has shape {cols_t.shape}, expected {(C * kh * kw, B * Ho * Wo)}")
+    if not fast_path(cols_t):
+        return col2im_reference(cols_t.T, X_shape, kh, kw, stride, padding)
+    return patch_kernels.col2im_t(np.ascontiguousarray(cols_t), X_shape, kh, kw, stride, padding, Ho, Wo)
+
+
+def im2col_reference(X: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0,
+                     fill=0.0) -> np.ndarray:
+    """The specification of :func:`im2col`, in NumPy: a padded copy, a window view, one copy.
+
+    .. math:: P[(b, h_o, w_o), (c, i, j)] = X_p[b, c, s h_o + i, s w_o + j]
     """
     B, C, H, W = X.shape
     Ho, Wo = output_hw(X.shape, kh, kw, stride, padding)
@@ -124,8 +204,9 @@ def im2col(X: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0, f
     return np.ascontiguousarray(win).reshape(B * Ho * Wo, C * kh * kw)  # (B*Ho*Wo, C*kh*kw), copy
 
 
-def col2im(cols: np.ndarray, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
-    """The adjoint of :func:`im2col`: every patch entry added back to the input pixel it came from.
+def col2im_reference(cols: np.ndarray, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """The specification of :func:`col2im`, in NumPy: kh * kw strided scatter-adds, offset (i, j) by
+    offset in row-major order, into a zero-padded buffer.
 
     cols (B * Ho * Wo, C * kh * kw) -> (B, C, H, W) in cols' dtype; entries that came from the
     padding are dropped.

@@ -1,9 +1,13 @@
 """Pooling and reshaping layers of NCHW activations: MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten.
 
-They have no parameters and compute in the input's dtype. The windowed pools run over the patch
-matrix of every channel on its own (:func:`~purerigl.nn.patches.im2col` of the (B * C, 1, H, W)
-view): (B * C * Ho * Wo, k * k), i.e. k * k times the input's memory while it is built. Like the
-convolutions they run on the host backends only for now.
+They have no parameters and compute in the input's dtype. The specification of the windowed pools
+runs over the patch matrix of every channel on its own (:func:`~purerigl.nn.patches.im2col` of the
+(B * C, 1, H, W) view): (B * C * Ho * Wo, k * k), i.e. k * k times the input's memory while it is
+built. That is what AvgPool2d computes, and what MaxPool2d computes on the reference backend
+(:func:`maxpool_reference`, :func:`maxpool_backward_reference`); on the cpu backend MaxPool2d runs
+the Numba kernels of :mod:`purerigl.kernels.cpu.patches`, which walk the windows in place and give
+the same bits (same maxima, same tie rule, gradients added in the same order). Like the convolutions
+the pools run on the host backends only for now.
 """
 
 from __future__ import annotations
@@ -11,8 +15,40 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
+from ..kernels.cpu import patches as patch_kernels
 from .parameter import Parameter
-from .patches import check_host_backend, check_nchw, col2im, im2col, output_hw
+from .patches import (
+    check_host_backend, check_nchw, col2im, col2im_reference, fast_path, im2col, im2col_reference, output_hw,
+)
+
+
+def maxpool_reference(X: np.ndarray, k: int, stride: int, padding: int):
+    """The specification of max pooling: (Y (B, C, Ho, Wo), arg (B, C, Ho, Wo) intp), arg being the
+    offset i * k + j of the window's first maximum (``argmax`` over the window's patch row, the
+    padding counting as -inf).
+
+    .. math:: Y[b, c, h_o, w_o] = \\max_{i, j} X_p[b, c, s h_o + i, s w_o + j]
+    """
+    B, C, H, W = X.shape
+    Ho, Wo = output_hw(X.shape, k, k, stride, padding)
+    cols = im2col_reference(X.reshape(B * C, 1, H, W), k, k, stride, padding, fill=-np.inf)  # (B*C*Ho*Wo, k*k)
+    arg = cols.argmax(axis=1)  # (B*C*Ho*Wo,), first maximum in window order
+    Y = cols[np.arange(cols.shape[0]), arg]  # (B*C*Ho*Wo,)
+    return Y.reshape(B, C, Ho, Wo), arg.reshape(B, C, Ho, Wo)
+
+
+def maxpool_backward_reference(dY: np.ndarray, arg: np.ndarray, X_shape, k: int, stride: int,
+                               padding: int) -> np.ndarray:
+    """The specification of the max-pooling backward: dY (B, C, Ho, Wo) -> dX (B, C, H, W), each dY at
+    its window's ``arg`` in a window matrix, added back to the input by col2im.
+
+    .. math:: dX[b, c, y^*, x^*] \\mathrel{+}= dY[b, c, h_o, w_o]
+    """
+    B, C, H, W = X_shape
+    n = dY.size
+    dcols = np.zeros((n, k * k), dtype=dY.dtype)  # (B*C*Ho*Wo, k*k)
+    dcols[np.arange(n), arg.reshape(n)] = dY.reshape(n)  # (B*C*Ho*Wo,)
+    return col2im_reference(dcols, (B * C, 1, H, W), k, k, stride, padding).reshape(B, C, H, W)  # (B, C, H, W)
 
 
 class _NoParameters:
@@ -80,17 +116,23 @@ class MaxPool2d(_WindowPool):
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """X (B, C, H, W) -> Y (B, C, Ho, Wo)."""
-        cols, (Ho, Wo) = self._cols(X, fill=-np.inf)  # (B*C*Ho*Wo, k*k)
-        self._arg = cols.argmax(axis=1)  # (B*C*Ho*Wo,), first maximum in window order
-        Y = cols[np.arange(cols.shape[0]), self._arg]  # (B*C*Ho*Wo,)
-        return Y.reshape(X.shape[0], X.shape[1], Ho, Wo)  # (B, C, Ho, Wo)
+        check_nchw(X)
+        self._shape = X.shape
+        k, s, p = self.kernel, self.stride, self.padding
+        if self.backend.name == "cpu" and fast_path(X):
+            Ho, Wo = output_hw(X.shape, k, k, s, p)
+            Y, self._arg = patch_kernels.maxpool_forward(np.ascontiguousarray(X), k, s, p, Ho, Wo)
+        else:
+            Y, self._arg = maxpool_reference(X, k, s, p)
+        return Y  # (B, C, Ho, Wo)
 
     def backward(self, dY: np.ndarray) -> np.ndarray:
         """dY (B, C, Ho, Wo) -> dX (B, C, H, W): each dY to its window's first maximum."""
-        n = self._arg.shape[0]
-        dcols = np.zeros((n, self.kernel * self.kernel), dtype=dY.dtype)  # (B*C*Ho*Wo, k*k)
-        dcols[np.arange(n), self._arg] = dY.reshape(n)  # (B*C*Ho*Wo,)
-        return self._to_input(dcols)
+        k, s, p = self.kernel, self.stride, self.padding
+        dY = dY.reshape(self._arg.shape)  # (B, C, Ho, Wo)
+        if self.backend.name == "cpu" and fast_path(dY):
+            return patch_kernels.maxpool_backward(np.ascontiguousarray(dY), self._arg, self._shape, k, s, p)
+        return maxpool_backward_reference(dY, self._arg, self._shape, k, s, p)
 
 
 class AvgPool2d(_WindowPool):
