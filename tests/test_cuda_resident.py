@@ -340,11 +340,12 @@ def test_a_host_method_on_cuda_copies_what_the_updater_documents(cuda, monkeypat
 
 def test_cli_train_on_cuda_writes_the_cpu_model(cuda, tmp_path, monkeypatch):
     from purerigl.training.checkpoint import load_model
-    from purerigl.cli import train as train_command
     from purerigl.cli.main import main
 
     digits_like = _data(n_train=48, n_test=16, n_features=64, n_classes=10, seed=1)
-    monkeypatch.setattr(train_command, "load_dataset", lambda *args, **kwargs: digits_like)
+    from purerigl.cli import _run
+
+    monkeypatch.setattr(_run, "load_dataset", lambda *args, **kwargs: digits_like)  # build_run reads the data
     args = ["train", "--dataset", "digits", "--hidden", "12", "--epochs", "1", "--batch-size", "16",
             "--method", "rigl", "--delta-t", "1", "--sparsity", "0.7", "--no-progress"]
     models = {}
