@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import BackendError, ShapeError
 from ..kernels import get_backend
 from .layers import Dense, SparseLinear
-from .parameter import Parameter
+from .parameter import Parameter, SyncsChildren
 
 __all__ = [
     "MultiHeadSelfAttention",
@@ -254,7 +254,7 @@ def merge_heads(X: np.ndarray) -> np.ndarray:
 # the layer
 
 
-class MultiHeadSelfAttention:
+class MultiHeadSelfAttention(SyncsChildren):
     """Multi-head self-attention with a fused QKV projection and an output projection.
 
     .. math::
@@ -331,14 +331,6 @@ class MultiHeadSelfAttention:
         dQ, dK, dV = attention_backward(dO, *self._saved)
         dQKV = np.concatenate([merge_heads(g) for g in (dQ, dK, dV)], axis=-1)  # (B, T, 3d)
         return self.qkv.backward(dQKV)
-
-    def sync_to_host(self) -> None:
-        for layer in self.children():
-            layer.sync_to_host()
-
-    def sync_to_device(self) -> None:
-        for layer in self.children():
-            layer.sync_to_device()
 
     def set_backend(self, backend) -> None:
         for layer in self.children():

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..formats import SparseFormat
 from .layers import SparseLinear
-from .parameter import Parameter
+from .parameter import Parameter, SyncsParameters
 from .patches import DEFAULT_TILE_BYTES, check_host_backend, check_nchw, col2im, im2col, output_hw, pair, sample_tiles
 
 
@@ -232,7 +232,7 @@ class SparseConv2d:
                 f"stride={self.stride}, padding={self.padding}, backend={self.backend.name!r})")
 
 
-class Conv2d:
+class Conv2d(SyncsParameters):
     """A dense 2-d convolution (for layers a budget keeps dense), over the patch matrix with the
     backend's dense products (BLAS). Computes in the weight's and input's dtype (float32 for training;
     float64 for gradient checks).
@@ -344,16 +344,6 @@ class Conv2d:
                 dX[a:b] = col2im(be.dense_matmul_t(self._W2(), dYc), (b - a, C, H, W), *conv)
         be.bias_grad(dY2, self.bias.grad)
         return dX
-
-    def sync_to_host(self) -> None:
-        """Refresh the host copies of the weight and bias (no-op on a host backend)."""
-        for p in self.parameters():
-            p.sync_to_host()
-
-    def sync_to_device(self) -> None:
-        """Push the host copies of the weight and bias to the backend (no-op on a host backend)."""
-        for p in self.parameters():
-            p.sync_to_device()
 
     def set_backend(self, backend) -> None:
         """Move the layer to another host backend (gradients restart at zero)."""

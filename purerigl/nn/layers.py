@@ -42,7 +42,7 @@ import numpy as np
 
 from ..formats import SparseFormat
 from ..kernels import get_backend
-from .parameter import Parameter
+from .parameter import Parameter, SyncsParameters
 
 
 class SparseLinear:
@@ -291,7 +291,7 @@ def _stack_rows(backend, parts):
     return out
 
 
-class Dense:
+class Dense(SyncsParameters):
     """A dense linear layer ``Y = X W^T + b`` (for layers kept dense): BLAS on the host backends,
     the dense kernels of :mod:`purerigl.kernels.cuda.arrays` on cuda.
 
@@ -343,16 +343,6 @@ class Dense:
         if not self.needs_input_grad:
             return None
         return self.backend.dense_matmul_t(self.weight.value, dY)
-
-    def sync_to_host(self) -> None:
-        """Refresh the host copies of the weight and bias (no-op on a host backend)."""
-        for p in self.parameters():
-            p.sync_to_host()
-
-    def sync_to_device(self) -> None:
-        """Copy the host copies of the weight and bias to the backend (no-op on a host backend)."""
-        for p in self.parameters():
-            p.sync_to_device()
 
     def set_backend(self, backend) -> None:
         """Move the layer to another backend (its gradients restart at zero)."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..kernels.cpu import patches as patch_kernels
-from .parameter import Parameter
+from .parameter import Parameter, SyncsParameters
 from .patches import check_host_backend, check_nchw, fast_path
 
 
@@ -36,7 +36,7 @@ def _per_channel(v: np.ndarray) -> np.ndarray:
     return v.reshape(1, -1, 1, 1)  # (1, C, 1, 1)
 
 
-class BatchNorm2d:
+class BatchNorm2d(SyncsParameters):
     """Batch normalisation over (B, H, W) per channel, with learnt scale and shift.
 
     Parameters
@@ -198,16 +198,6 @@ class BatchNorm2d:
             return dY * _per_channel(scale)
         n = dY.shape[0] * dY.shape[2] * dY.shape[3]
         return patch_kernels.bn_input_grad(dY, self._xhat, scale, dbeta / n, dgamma / n)
-
-    def sync_to_host(self) -> None:
-        """Nothing to copy on a host backend (kept for the layer interface)."""
-        for p in self.parameters():
-            p.sync_to_host()
-
-    def sync_to_device(self) -> None:
-        """Nothing to copy on a host backend (kept for the layer interface)."""
-        for p in self.parameters():
-            p.sync_to_device()
 
     def set_backend(self, backend) -> None:
         """Move the layer to another host backend (gradients restart at zero)."""

@@ -83,3 +83,30 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.value.shape})"
+
+
+class SyncsParameters:
+    """The residency half of the layer interface for a layer that owns its parameters directly
+    (Dense, Conv2d, BatchNorm2d, LayerNorm, ...): each parameter copies itself (nothing on a host backend)."""
+
+    def sync_to_host(self) -> None:
+        """Refresh every parameter's host copy from the backend."""
+        for p in self.parameters():
+            p.sync_to_host()
+
+    def sync_to_device(self) -> None:
+        """Copy every parameter's host copy to the backend."""
+        for p in self.parameters():
+            p.sync_to_device()
+
+
+class SyncsChildren:
+    """The same for a layer made of layers (a transformer block, attention): each child syncs itself."""
+
+    def sync_to_host(self) -> None:
+        for layer in self.children():
+            layer.sync_to_host()
+
+    def sync_to_device(self) -> None:
+        for layer in self.children():
+            layer.sync_to_device()

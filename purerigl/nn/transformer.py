@@ -35,7 +35,7 @@ from .attention import (
     as_token_linear,
     check_token_backend,
 )
-from .parameter import Parameter
+from .parameter import Parameter, SyncsChildren, SyncsParameters
 
 __all__ = [
     "GELU",
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 
-class _HostLayer:
+class _HostLayer(SyncsParameters):
     """The residency part of the interface for a layer whose parameters live on the host."""
 
     what = "transformer layers"
@@ -61,16 +61,6 @@ class _HostLayer:
 
     def parameters(self) -> list[Parameter]:
         return []
-
-    def sync_to_host(self) -> None:
-        """Nothing to copy on a host backend (kept for the layer interface)."""
-        for p in self.parameters():
-            p.sync_to_host()
-
-    def sync_to_device(self) -> None:
-        """Nothing to copy on a host backend (kept for the layer interface)."""
-        for p in self.parameters():
-            p.sync_to_device()
 
     def set_backend(self, backend) -> None:
         """Move the layer to another host backend (gradients restart at zero)."""
@@ -197,7 +187,7 @@ class GELU(_HostLayer):
 # the block
 
 
-class TransformerBlock:
+class TransformerBlock(SyncsChildren):
     """A pre-norm transformer encoder block with residual connections.
 
     .. math::
@@ -260,14 +250,6 @@ class TransformerBlock:
         """dY (B, T, d) -> dX (B, T, d); fills every sub-layer's gradients."""
         dH = dY + self.ln2.backward(self.fc1.backward(self.gelu.backward(self.fc2.backward(dY))))
         return dH + self.ln1.backward(self.attn.backward(dH))
-
-    def sync_to_host(self) -> None:
-        for layer in self.children():
-            layer.sync_to_host()
-
-    def sync_to_device(self) -> None:
-        for layer in self.children():
-            layer.sync_to_device()
 
     def set_backend(self, backend) -> None:
         for layer in self.children():
