@@ -131,7 +131,8 @@ def build_run(opts: dict, resuming: bool = False) -> tuple[Trainer, dict]:
     """
     method, fmt, sparsity, seed = opts["method"], opts["fmt"], opts["sparsity"], opts["seed"]
     backend = get_backend(opts["backend"])
-    data = load_dataset(opts["dataset"], opts["data_dir"], seed=seed, val_fraction=opts["val_fraction"])
+    data = load_dataset(opts["dataset"], opts["data_dir"], seed=seed, val_fraction=opts["val_fraction"],
+                        train_subset=opts.get("train_subset"))
     if opts["warmup_steps"] == "auto":  # 5% of the run's steps, resolved once and stored as the integer
         opts["warmup_steps"] = max(1, round(0.05 * opts["epochs"] * -(-data.x_train.shape[0] // opts["batch_size"])))
     config = TrainConfig(

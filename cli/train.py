@@ -46,7 +46,7 @@ SESSION_OPTIONS = ("out", "overwrite", "progress", "checkpoint_every", "resume",
 
 #: Run options added after runs were written without them, with the value such a run had in effect:
 #: ``--resume`` of an older run directory fills them in.
-ADDED_OPTIONS = {"grad_accumulation": 1, "init_masks": None, "model": "mlp", "input_shape": None, "vit_width": 64,
+ADDED_OPTIONS = {"grad_accumulation": 1, "train_subset": None, "init_masks": None, "model": "mlp", "input_shape": None, "vit_width": 64,
                  "vit_depth": 4, "vit_heads": 4, "vit_patch": None, "vit_mlp_ratio": 2, **_dynadiag.OPTION_DEFAULTS}
 
 #: Exit code of a run stopped because the loss became NaN or Inf (0: done, 2: bad input).
@@ -238,6 +238,14 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
 @click.option("--lr-gamma", type=FiniteFloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True, help="Step schedule: factor applied at each decay.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear learning-rate warm-up  [default: 0; 5% of the steps for vit-tiny]")
 @click.option("--val-fraction", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
+@click.option(
+    "--train-subset",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Train on N samples of the training set only (stratified, the same N for every --seed), a reduced "
+    "budget for quick tables; the test set stays whole. config.json's data.n_train records it  [default: all]",
+)
 @click.option(
     "--init-masks",
     type=click.Path(dir_okay=False, path_type=Path),

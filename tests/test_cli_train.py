@@ -238,3 +238,12 @@ def test_threads_option_sets_the_numba_threads_of_the_run(tmp_path):
     assert numba.get_num_threads() == before
     for bad in (0, numba.config.NUMBA_NUM_THREADS + 1, "two"):
         assert_usage_error(invoke(["train", "--threads", bad, "--out", tmp_path / "bad"]), "--threads")
+
+
+def test_train_subset_is_recorded_and_too_large_a_subset_exits_2(tmp_path):
+    result = invoke(train_args(tmp_path / "sub", "csr", "--train-subset", 400))
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "sub" / "config.json").read_text())
+    assert config["options"]["train_subset"] == 400 and config["data"]["n_train"] == 400
+    assert_usage_error(invoke(train_args(tmp_path / "big", "csr", "--train-subset", 5000)), "train_subset=5000", "1438")
+    assert_usage_error(invoke(train_args(tmp_path / "zero", "csr", "--train-subset", 0)), "--train-subset")

@@ -609,3 +609,29 @@ def test_real_mnist_from_shared_directory():
     assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)
     assert np.bincount(ds.y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert ds.mean == pytest.approx(33.318, abs=1e-3) and ds.std == pytest.approx(78.567, abs=1e-3)
+
+
+def test_train_subset_is_stratified_fixed_across_seeds_and_leaves_the_test_set_whole():
+    full = load_dataset("digits")
+    a = load_dataset("digits", seed=0, train_subset=300)
+    b = load_dataset("digits", seed=7, train_subset=300)
+    assert a.x_train.shape == (300, 64) and a.x_test.shape == full.x_test.shape
+    np.testing.assert_array_equal(a.y_train, b.y_train)  # the draw does not follow the run seed
+    counts, full_counts = np.bincount(a.y_train, minlength=10), np.bincount(full.y_train, minlength=10)
+    assert np.all(np.abs(counts - 300 * full_counts / full_counts.sum()) < 1)  # each class in proportion
+    # every kept sample is a training sample of the full set (same raw values, up to the normalisation)
+    raw_kept = a.x_train * np.float32(a.std) + np.float32(a.mean)
+    raw_full = full.x_train * np.float32(full.std) + np.float32(full.mean)
+    full_rows = {tuple(np.rint(row).astype(int)) for row in raw_full}
+    assert all(tuple(np.rint(row).astype(int)) in full_rows for row in raw_kept)
+
+
+def test_train_subset_then_validation_split_and_bad_values():
+    data = load_dataset("digits", train_subset=200, val_fraction=0.25)
+    assert data.x_train.shape[0] == 150 and data.x_val.shape[0] == 50
+    assert load_dataset("digits", train_subset=1438).x_train.shape[0] == 1438  # all of them: no draw
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(DataError, match="train_subset must be a positive integer"):
+            load_dataset("digits", train_subset=bad)
+    with pytest.raises(DataError, match="more than the 1438 training samples"):
+        load_dataset("digits", train_subset=1439)

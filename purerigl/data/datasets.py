@@ -17,7 +17,10 @@ Names (:data:`DATASETS`):
 - ``synthetic``: a seeded teacher-network task (see :mod:`.synthetic`), options ``n_features``,
   ``n_classes``, ``n_train``, ``n_test``, ``hidden`` and ``task_seed``.
 
-Processing, in order: inputs are checked for NaN/Inf; the validation split (``val_fraction`` of the
+Processing, in order: inputs are checked for NaN/Inf; with ``train_subset=n`` only n training samples
+are kept (stratified per class, drawn with :data:`SUBSET_SEED`, the same for every ``seed``, so the
+seeds of a sweep differ in their initialisation only; a reduced-budget run says so in its
+config.json); the validation split (``val_fraction`` of the
 training set, stratified per class, drawn with ``seed``) is taken out of the training set; the
 normalisation ``mean`` and ``std`` are computed over every value of the remaining training inputs
 (one scalar each, in the raw units above) unless ``normalisation=(mean, std)`` is given; then
@@ -38,6 +41,9 @@ import numpy as np
 from .cifar import load_cifar10
 from .download import locate_files
 from .errors import DataError
+
+#: Seed of the ``train_subset`` draw: fixed, so every run seed trains on the same samples.
+SUBSET_SEED = 20_261_203
 from .idx import read_idx_pair
 from .synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
 from .synthetic import check_options, make_synthetic
@@ -129,6 +135,7 @@ def load_dataset(
     seed: int = 0,
     val_fraction: float = 0.0,
     normalisation: tuple[float, float] | None = None,
+    train_subset: int | None = None,
     download: bool = True,
     **synthetic_options,
 ) -> Dataset:
@@ -148,6 +155,9 @@ def load_dataset(
         Share of the training set held out as validation set (rounded to the nearest count).
     normalisation : (float, float), optional
         ``(mean, std)`` to apply instead of the statistics of the training inputs.
+    train_subset : int, optional
+        Keep only this many training samples (stratified, drawn with :data:`SUBSET_SEED`), before the
+        validation split; at most the size of the training set. ``None``: all of them.
     download : bool
         Allow fetching missing files from the public mirrors.
     **synthetic_options
@@ -200,6 +210,7 @@ def load_dataset(
         seed=seed,
         val_fraction=val_fraction,
         normalisation=normalisation,
+        train_subset=train_subset,
     )
 
 
@@ -225,6 +236,7 @@ def from_arrays(
     seed: int = 0,
     val_fraction: float = 0.0,
     normalisation: tuple[float, float] | None = None,
+    train_subset: int | None = None,
 ) -> Dataset:
     """Build a :class:`Dataset` from raw arrays: check, split, normalise.
 
@@ -238,7 +250,7 @@ def from_arrays(
         Labels in [0, n_classes).
     n_classes : int, optional
         Default: largest label + 1.
-    seed, val_fraction, normalisation
+    seed, val_fraction, normalisation, train_subset
         As in :func:`load_dataset`.
 
     Returns
@@ -266,6 +278,8 @@ def from_arrays(
     _check_finite(x_train, "x_train")
     _check_finite(x_test, "x_test")
 
+    if train_subset is not None:
+        x_train, y_train = _training_subset(x_train, y_train, train_subset)
     n_features = x_train.shape[1]
     x_val = np.empty((0, n_features), dtype=np.float32)
     y_val = np.empty(0, dtype=np.int64)
@@ -357,6 +371,19 @@ def stratified_split(
     mask = np.zeros(n, dtype=bool)
     mask[take] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _training_subset(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` training samples kept by ``train_subset``: stratified, drawn with :data:`SUBSET_SEED`,
+    in their original order."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DataError(f"train_subset must be a positive integer, got {n!r}")
+    if n > y.shape[0]:
+        raise DataError(f"train_subset={n} is more than the {y.shape[0]} training samples")
+    if n == y.shape[0]:
+        return x, y
+    _, take = stratified_split(y, int(n), np.random.default_rng(SUBSET_SEED))
+    return x[take], y[take]
 
 
 def scalar_moments(x: np.ndarray) -> tuple[float, float]:
