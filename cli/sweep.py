@@ -32,7 +32,7 @@ from purerigl.report.sweep import (
     write_failure, write_result,
 )
 
-from ._models import MODEL_NAMES
+from ._models import MODEL_NAMES, training_defaults
 from ._options import FiniteFloatRange
 
 #: Lines of a failed cell's train.log kept in failed.json and shown.
@@ -186,10 +186,13 @@ def _train_args(ctx, param, value):
 @click.option("--hidden", default="300,100", show_default=True, help="Hidden widths of --model mlp, comma-separated.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--optimizer", type=click.Choice(sorted(OPTIMIZERS)), default="sgd", show_default=True)
-@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=0.05, show_default=True)
+@click.option("--optimizer", type=click.Choice(sorted(OPTIMIZERS)), default=None,
+              help="[default: the model's, as purerigl train: sgd; adamw for vit-tiny]")
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="[default: the model's, as purerigl train: 0.05; 1e-3 for vit-tiny]")
 @click.option("--momentum", type=FiniteFloatRange(0, 1, max_open=True), default=0.9, show_default=True)
-@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=None,
+              help="[default: the model's, as purerigl train: 1e-4; 0.05 for vit-tiny]")
 @click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default="cosine", show_default=True)
 @click.option("--distribution", type=click.Choice(sorted(DISTRIBUTIONS)), default="erk", show_default=True,
               help="How the sparsity is spread over the layers.")
@@ -213,6 +216,10 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
     from purerigl.nn import parse_hidden
 
     parse_hidden(hidden)  # a bad --hidden stops here (exit 2), not in every cell
+    model_defaults = training_defaults(model)  # what purerigl train would use for this model (AdamW for the ViT)
+    optimizer = model_defaults["optimizer"] if optimizer is None else optimizer
+    lr = model_defaults["lr"] if lr is None else lr
+    weight_decay = model_defaults["weight_decay"] if weight_decay is None else weight_decay
     cells = make_grid(methods, sparsities, seeds)
     budget = Budget(
         dataset=dataset, data_dir=None if data_dir is None else str(Path(data_dir).resolve()), model=model, hidden=hidden,
@@ -223,6 +230,8 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
     todo = [cell for cell in cells if states[cell] != "done"]
     click.echo(f"sweep {out}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
     if dry_run:
+        click.echo(f"budget: {budget.optimizer}, lr {budget.lr} {budget.schedule}, weight decay {budget.weight_decay}, "
+                   f"{budget.epochs} epochs, batch {budget.batch_size}")
         for cell in cells:
             click.echo(f"  {cell.name:28s} {states[cell]}")
         return

@@ -210,6 +210,17 @@ def test_rerun_skips_done_cells_and_resumes_interrupted_ones(finished_sweep):
     assert dry.exit_code == 0 and "0 to run" in dry.output and "done" in dry.output
 
 
+def test_the_budget_defaults_follow_the_model_as_purerigl_train(tmp_path):
+    """Without --optimizer/--lr/--weight-decay a cell trains with its model's own defaults (AdamW, lr 1e-3,
+    weight decay 0.05 for vit-tiny; SGD 0.05, 1e-4 otherwise); given ones win."""
+    vit = _sweep(tmp_path / "vit", "--model", "vit-tiny", "--dry-run")
+    assert vit.exit_code == 0 and "budget: adamw, lr 0.001 cosine, weight decay 0.05," in vit.output, vit.output
+    mlp = _sweep(tmp_path / "mlp", "--dry-run")
+    assert "budget: sgd, lr 0.05 cosine, weight decay 0.0001," in mlp.output, mlp.output
+    given = _sweep(tmp_path / "given", "--model", "vit-tiny", "--optimizer", "sgd", "--lr", "0.1", "--dry-run")
+    assert "budget: sgd, lr 0.1 cosine, weight decay 0.05," in given.output, given.output
+
+
 def test_train_args_reach_every_cell_and_the_budget(tmp_path):
     """--train-args is added to every cell's train command and recorded in the budget, so a rerun
     with other extra options is a changed budget."""
