@@ -53,15 +53,8 @@ from purerigl.nn.attention import (
 from purerigl.nn.conv import Conv2d
 from purerigl.nn.models import MODELS, InputShapeError, build_model, default_dense_layers, weight_shapes
 from purerigl.nn.network import Network
-from purerigl.nn.transformer import (
-    GELU,
-    ClassToken,
-    ClassTokenPool,
-    LayerNorm,
-    PatchEmbedding,
-    PositionEmbedding,
-    TransformerBlock,
-)
+from purerigl.nn.transformer import GELU, LayerNorm, TransformerBlock
+from purerigl.nn.vit_layers import ClassToken, ClassTokenPool, PatchEmbedding, PositionEmbedding
 from purerigl.nn.vit import PatchSizeError, vit_tiny
 from purerigl.training.checkpoint import load_model, load_training_state, save_model, save_training_checkpoint
 from purerigl.training.loop import Trainer, TrainConfig, evaluate

@@ -6,9 +6,11 @@ Imports formats and kernels (never optim, dst or above).
 - convolutions (:mod:`.conv`, :mod:`.patches`), batch normalisation (:mod:`.norm`), pooling
   (:mod:`.pool`);
 - models: the MLP (:mod:`.model`), networks composed in Python with residual blocks
-  (:mod:`.network`) and the built-in CNNs LeNet-5, a small VGG and ResNet-20 (:mod:`.models`);
-- transformers: token-wise layers and attention (:mod:`.attention`), LayerNorm, GELU, blocks, patch
-  embedding (:mod:`.transformer`) and vit-tiny (:mod:`.vit`).
+  (:mod:`.network`, :mod:`.blocks`, :mod:`.shape_inference`) and the built-in CNNs LeNet-5, a small VGG
+  and ResNet-20 (:mod:`.models`, their plans in :mod:`.plans`);
+- transformers: token-wise layers and attention (:mod:`.attention`), LayerNorm, GELU and blocks
+  (:mod:`.transformer`), patch embedding, class token, position embeddings (:mod:`.vit_layers`) and
+  vit-tiny (:mod:`.vit`, its plan in :mod:`.vit_plan`).
 """
 
 from .layers import Dense, ReLU, SparseLinear
@@ -20,7 +22,8 @@ from .norm import BatchNorm2d
 from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 from .network import Network, NetworkError, Reshape, Residual
 from .attention import MultiHeadSelfAttention, TokenLinear
-from .transformer import GELU, LayerNorm, PatchEmbedding, TransformerBlock
+from .transformer import GELU, LayerNorm, TransformerBlock
+from .vit_layers import PatchEmbedding
 from .models import MODELS, build_model
 from .parameter import Parameter
 

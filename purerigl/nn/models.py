@@ -2,7 +2,7 @@
 of the small vision transformer ``vit-tiny`` (:mod:`.vit` documents it and builds it by name).
 
 Every model is first written as a *plan*: the list of its layers with names and shapes, computed
-from the input shape alone (:class:`_Plan`). :func:`weight_shapes` reads the plan, so budgets can be
+from the input shape alone (:mod:`.plans` for the CNNs, :mod:`.vit_plan` for the ViT). :func:`weight_shapes` reads the plan, so budgets can be
 computed before anything is built (:func:`purerigl.dst.distribution.named_budgets`); the builders
 turn the same plan into layers. Names, in network order: ``conv0``, ``conv1``, ... for convolutions
 (a residual block's body, then its projection shortcut), ``bn0``, ... for batch normalisations, and
@@ -13,7 +13,7 @@ the data sets, (B, C * H * W), as well as image batches (B, C, H, W).
 
 A plan is an object with ``input_shape``, ``weights()`` (the ``(name, (n_out, n_in), kernel)`` of
 every weight layer in network order) and ``build(builder)`` (the layers, each weight layer made by the
-:class:`_Builder`): :class:`_Plan` for the CNNs, written layer by layer, and :class:`_ViTPlan` for the
+:class:`_Builder`): :class:`.plans._Plan` for the CNNs, written layer by layer, and :class:`.vit_plan._ViTPlan` for the
 ViT, which also records its resolved options (``options``) for ``Network.architecture``.
 
 Sparse and dense layers. A weight layer is dense (:meth:`Conv2d.kaiming`, :meth:`Dense.kaiming`) when
@@ -29,23 +29,29 @@ refuse the input shape with :class:`InputShapeError`, naming the model and the s
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..errors import FormatError, ShapeError
+from ..errors import FormatError
 from ..formats.budget import FORMAT_NAMES, check_sparsity, layer_budget, random_layer_with_budget
 from ..kernels import get_backend
+from .blocks import Reshape, Residual
 from .conv import Conv2d, SparseConv2d
 from .layers import Dense, ReLU, SparseLinear
 from .model import ModelError
-from .attention import MultiHeadSelfAttention, TokenLinear, check_token_backend
-from .network import Network, Reshape, Residual
+from .network import Network
 from .norm import BatchNorm2d
-from .patches import conv_output_size
+from .plans import (
+    InputShapeError,
+    PatchSizeError,
+    _Conv,
+    _Linear,
+    _Res,
+    _lenet5_plan,
+    _resnet20_plan,
+    _vgg_small_plan,
+)
 from .pool import Flatten, GlobalAvgPool2d, MaxPool2d
-from .transformer import ClassToken, ClassTokenPool, LayerNorm, PatchEmbedding, PositionEmbedding, TransformerBlock
+from .vit_plan import VIT_PATCHES, _vit_tiny_plan
 
 __all__ = [
     "MODELS",
@@ -59,298 +65,6 @@ __all__ = [
     "vgg_small",
     "weight_shapes",
 ]
-
-
-class InputShapeError(ModelError):
-    """A built-in model cannot take the given input shape (wrong rank, or too small an image)."""
-
-
-class PatchSizeError(InputShapeError):
-    """The ViT cannot cut the images into patches: a patch that does not divide H and W, or an image
-    size without a default patch."""
-
-
-# --------------------------------------------------------------------------------------------------
-# plans: the layers of a model as data
-
-
-@dataclass(frozen=True)
-class _Conv:
-    name: str
-    c_in: int
-    c_out: int
-    kernel: int
-    stride: int
-    padding: int
-
-    @property
-    def matrix(self) -> tuple[int, int]:
-        return self.c_out, self.c_in * self.kernel * self.kernel  # (c_out, c_in * kh * kw)
-
-
-@dataclass(frozen=True)
-class _Linear:
-    name: str
-    n_in: int
-    n_out: int
-
-    @property
-    def matrix(self) -> tuple[int, int]:
-        return self.n_out, self.n_in
-
-
-@dataclass(frozen=True)
-class _Simple:
-    """A layer without weight matrix: ("bn", name, channels), ("relu",), ("maxpool", k), ("gap",),
-    ("flatten",), ("reshape", shape)."""
-
-    kind: str
-    args: tuple = ()
-
-
-@dataclass(frozen=True)
-class _Res:
-    body: list
-    shortcut: list | None
-
-
-class _Plan:
-    """Writes a model's layers while tracking the per-sample shape (C, H, W) or (n,)."""
-
-    def __init__(self, model: str, input_shape):
-        self.model, self.input_shape = model, _check_input(model, input_shape)
-        self.shape = self.input_shape
-        self.layers: list = [_Simple("reshape", (self.input_shape,))]
-        self._counts = {"conv": 0, "bn": 0, "fc": 0}
-
-    def _name(self, prefix: str) -> str:
-        self._counts[prefix] += 1
-        return f"{prefix}{self._counts[prefix] - 1}"
-
-    def _refuse(self, reason: str):
-        raise InputShapeError(f"model {self.model!r} cannot take inputs of shape {self.input_shape}: {reason}")
-
-    def _window(self, k: int, stride: int, padding: int, what: str) -> tuple[int, int]:
-        try:
-            return tuple(conv_output_size(n, k, stride, padding) for n in self.shape[1:])
-        except ShapeError:
-            self._refuse(f"its {what} ({k} x {k}, stride {stride}, padding {padding}) would meet a "
-                         f"{self.shape[1]} x {self.shape[2]} image and leave nothing")
-
-    def conv(self, c_out: int, k: int, stride: int = 1, padding: int = 0) -> "_Plan":
-        name = self._name("conv")
-        H, W = self._window(k, stride, padding, f"convolution {name}")
-        self.layers.append(_Conv(name, self.shape[0], c_out, k, stride, padding))
-        self.shape = (c_out, H, W)
-        return self
-
-    def bn(self) -> "_Plan":
-        self.layers.append(_Simple("bn", (self._name("bn"), self.shape[0])))
-        return self
-
-    def relu(self) -> "_Plan":
-        self.layers.append(_Simple("relu"))
-        return self
-
-    def maxpool(self, k: int = 2) -> "_Plan":
-        H, W = self._window(k, k, 0, f"{k} x {k} max pooling")
-        self.layers.append(_Simple("maxpool", (k,)))
-        self.shape = (self.shape[0], H, W)
-        return self
-
-    def gap(self) -> "_Plan":
-        self.layers.append(_Simple("gap"))
-        self.shape = (self.shape[0],)
-        return self
-
-    def flatten(self) -> "_Plan":
-        self.layers.append(_Simple("flatten"))
-        self.shape = (math.prod(self.shape),)
-        return self
-
-    def linear(self, n_out: int) -> "_Plan":
-        self.layers.append(_Linear(self._name("fc"), self.shape[0], n_out))
-        self.shape = (n_out,)
-        return self
-
-    def weights(self) -> list[tuple[str, tuple[int, int], tuple | None]]:
-        """(name, (n_out, n_in), kernel) of every weight layer, in network order (see :func:`weight_shapes`)."""
-        return [(s.name, s.matrix, (s.kernel, s.kernel) if isinstance(s, _Conv) else None)
-                for s in _walk(self.layers) if isinstance(s, (_Conv, _Linear))]
-
-    def build(self, builder) -> list:
-        """The layers of the model, made by ``builder`` (:class:`_Builder`)."""
-        return builder.layers(self.layers)
-
-    def residual(self, body, shortcut=None) -> "_Plan":
-        """``body(plan)`` / ``shortcut(plan)`` write the branches, both from the current shape."""
-        start, outer = self.shape, self.layers
-        self.layers = []
-        body(self)
-        body_layers, end = self.layers, self.shape
-        short_layers = None
-        if shortcut is not None:
-            self.layers, self.shape = [], start
-            shortcut(self)
-            short_layers = self.layers
-        if self.shape != end:
-            raise ModelError(f"{self.model}: a residual body ends at {end}, its shortcut at {self.shape}")
-        self.layers = outer
-        self.layers.append(_Res(body_layers, short_layers))
-        return self
-
-
-def _check_input(model: str, input_shape) -> tuple[int, int, int]:
-    try:
-        shape = tuple(int(n) for n in input_shape)
-    except (TypeError, ValueError):
-        shape = None
-    if shape is None or len(shape) != 3 or min(shape) < 1:
-        raise InputShapeError(f"model {model!r} takes images of shape (C, H, W) with positive sizes, "
-                              f"got input shape {input_shape!r}")
-    return shape
-
-
-def _walk(layers):
-    for layer in layers:
-        if isinstance(layer, _Res):
-            yield from _walk(layer.body)
-            yield from _walk(layer.shortcut or [])
-        else:
-            yield layer
-
-
-# --------------------------------------------------------------------------------------------------
-# the models as plans
-
-
-def _lenet5_plan(input_shape, n_classes: int, *, padding: int = 2, channels=(6, 16), hidden=(120, 84)) -> _Plan:
-    """conv 5x5 -> ReLU -> maxpool 2 -> conv 5x5 -> ReLU -> maxpool 2 -> flatten -> fc -> ReLU -> fc ->
-    ReLU -> fc. Padding 2 keeps the size through each convolution, so 8 x 8 digits fit."""
-    p = _Plan("lenet5", input_shape)
-    for c in channels:
-        p.conv(c, 5, padding=padding).relu().maxpool(2)
-    p.flatten()
-    for width in hidden:
-        p.linear(width).relu()
-    return p.linear(n_classes)
-
-
-def _vgg_small_plan(input_shape, n_classes: int, *, widths=(32, 64), convs_per_block: int = 2) -> _Plan:
-    """Per width: ``convs_per_block`` x (conv 3x3 pad 1 -> BN -> ReLU), then maxpool 2; then global
-    average pooling and the linear classifier."""
-    p = _Plan("vgg-small", input_shape)
-    for width in widths:
-        for _ in range(convs_per_block):
-            p.conv(width, 3, padding=1).bn().relu()
-        p.maxpool(2)
-    return p.gap().linear(n_classes)
-
-
-def _resnet20_plan(input_shape, n_classes: int, *, widths=(16, 32, 64), blocks: int = 3) -> _Plan:
-    """CIFAR ResNet (He et al. 2016, section 4.2) with 6 * blocks + 2 layers (20 for 3 blocks).
-
-    conv 3x3 (widths[0]) -> BN -> ReLU; per stage s and block b: Residual(body = conv 3x3 (stride 2
-    at the first block of stages after the first) -> BN -> ReLU -> conv 3x3 -> BN; shortcut =
-    identity, or conv 1x1 with the same stride -> BN when the shape changes) -> ReLU; global average
-    pooling; linear classifier.
-    """
-    p = _Plan("resnet20", input_shape)
-    p.conv(widths[0], 3, padding=1).bn().relu()
-    for s, width in enumerate(widths):
-        for b in range(blocks):
-            stride = 2 if s > 0 and b == 0 else 1
-            project = stride != 1 or p.shape[0] != width
-            p.residual(lambda q, w=width, st=stride: q.conv(w, 3, st, 1).bn().relu().conv(w, 3, 1, 1).bn(),
-                       (lambda q, w=width, st=stride: q.conv(w, 1, st, 0).bn()) if project else None)
-            p.relu()
-    return p.gap().linear(n_classes)
-
-
-# --------------------------------------------------------------------------------------------------
-# the vision transformer's plan (the model is documented in .vit)
-
-#: The ViT's default patch for an image size (H, W): 4 for 8 x 8 digits (T = 4 patches), 7 for 28 x 28
-#: MNIST (T = 16), 4 for 32 x 32 CIFAR-10 (T = 64). Other sizes need an explicit patch.
-VIT_PATCHES = {(8, 8): 4, (28, 28): 7, (32, 32): 4}
-
-
-@dataclass(frozen=True)
-class _ViTPlan:
-    """The layers of ``vit-tiny`` as data: embed, depth pre-norm blocks, class-token pooling, ln, head."""
-
-    input_shape: tuple
-    n_classes: int
-    patch: int
-    width: int
-    depth: int
-    heads: int
-    mlp_ratio: int
-
-    @property
-    def options(self) -> dict:
-        """Every architecture option, defaults resolved (what ``Network.architecture`` records)."""
-        return {"patch": self.patch, "width": self.width, "depth": self.depth, "heads": self.heads,
-                "mlp_ratio": self.mlp_ratio}
-
-    def weights(self) -> list[tuple[str, tuple[int, int], None]]:
-        """embed (d, C p^2), per block qkv (3d, d), proj (d, d), fc1 (r d, d), fc2 (d, r d), head
-        (n_classes, d); kernel None for all (linear layers)."""
-        C, d, hidden = self.input_shape[0], self.width, self.mlp_ratio * self.width
-        out = [("embed", (d, C * self.patch ** 2), None)]
-        for i in range(self.depth):
-            out += [(f"block{i}.qkv", (3 * d, d), None), (f"block{i}.proj", (d, d), None),
-                    (f"block{i}.fc1", (hidden, d), None), (f"block{i}.fc2", (d, hidden), None)]
-        return out + [("head", (self.n_classes, d), None)]
-
-    def build(self, builder) -> list:
-        """The layers (:mod:`.vit` lists them); weight layers by ``builder.linear``, the position
-        embeddings drawn from ``builder.rng``; a device backend is refused (TransformerBackendError)."""
-        be = check_token_backend(builder.backend, "the vision transformer")
-        shapes = {name: shape for name, shape, _ in self.weights()}
-
-        def linear(name):
-            return builder.linear(name, shapes[name])
-
-        (C, H, W), d, p = self.input_shape, self.width, self.patch
-        layers = [Reshape(self.input_shape, backend=be), PatchEmbedding(p, C, linear("embed")),
-                  ClassToken(d, backend=be), PositionEmbedding((H // p) * (W // p) + 1, d, rng=builder.rng, backend=be)]
-        for i in range(self.depth):
-            attn = MultiHeadSelfAttention(d, self.heads, linear(f"block{i}.qkv"), linear(f"block{i}.proj"),
-                                          name=f"block{i}.attn")
-            layers.append(TransformerBlock(attn, TokenLinear(linear(f"block{i}.fc1"), "gelu"),
-                                           linear(f"block{i}.fc2"), name=f"block{i}", backend=be))
-        return layers + [ClassTokenPool(backend=be), LayerNorm(d, name="ln", backend=be), linear("head")]
-
-
-def _positive(model: str, value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputShapeError(f"model {model!r}: {what} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _vit_tiny_plan(input_shape, n_classes: int, *, patch=None, width: int = 64, depth: int = 4, heads: int = 4,
-                   mlp_ratio: int = 2) -> _ViTPlan:
-    """The checked plan of ``vit-tiny`` (options: :func:`purerigl.nn.vit.vit_tiny`)."""
-    model = "vit-tiny"
-    shape = _check_input(model, input_shape)
-    _, H, W = shape
-    fits = ", ".join(str(q) for q in range(1, min(H, W) + 1) if H % q == 0 and W % q == 0)
-    if patch is None:
-        if (H, W) not in VIT_PATCHES:
-            raise PatchSizeError(f"model {model!r} has no default patch for inputs of shape {shape}; give a patch "
-                                 f"(one of {fits})")
-        patch = VIT_PATCHES[(H, W)]
-    patch = _positive(model, patch, "patch")
-    if H % patch or W % patch:
-        raise PatchSizeError(f"model {model!r} cannot take inputs of shape {shape}: patch {patch} does not divide "
-                             f"the {H} x {W} image; choose one of {fits}")
-    width, heads = _positive(model, width, "width"), _positive(model, heads, "heads")
-    if width % heads:
-        raise InputShapeError(f"model {model!r}: the width {width} is not a multiple of heads = {heads}")
-    return _ViTPlan(shape, n_classes, patch, width, _positive(model, depth, "depth"), heads,
-                    _positive(model, mlp_ratio, "mlp_ratio"))
-
 
 #: Plan functions (input_shape, n_classes, **arch) -> plan, by model name.
 _PLANS = {"lenet5": _lenet5_plan, "vgg-small": _vgg_small_plan, "resnet20": _resnet20_plan,

@@ -4,9 +4,9 @@ A :class:`Network` is built from layers that share the small interface of :mod:`
 (``forward``, ``backward``, ``parameters``, ``sync_to_host``, ``sync_to_device``, ``set_backend``):
 :class:`~.layers.SparseLinear`, :class:`~.layers.Dense`, :class:`~.conv.SparseConv2d`,
 :class:`~.conv.Conv2d`, :class:`~.norm.BatchNorm2d`, :class:`~.layers.ReLU` (elementwise, so it takes
-any shape, NCHW included), the pools of :mod:`.pool`, the transformer layers of :mod:`.transformer`
-and :mod:`.attention` (token-wise linear layers, attention, pre-norm blocks, patch embedding; see
-:mod:`.vit`), and the two layers of this module:
+any shape, NCHW included), the pools of :mod:`.pool`, the transformer layers of :mod:`.transformer`,
+:mod:`.vit_layers` and :mod:`.attention` (token-wise linear layers, attention, pre-norm blocks, patch
+embedding; see :mod:`.vit`), and the two composition layers of :mod:`.blocks`:
 
 - :class:`Reshape` turns the flattened rows the data sets give, (B, C * H * W), into images
   (B, C, H, W);
@@ -26,7 +26,7 @@ budgets and checkpoints key on, so names must be unique)::
     ], input_shape=(1, 8, 8))
 
 :mod:`.models` builds LeNet-5, a small VGG and ResNet-20 this way, and :mod:`.vit` a small vision
-transformer. A layer with ``children()`` (a residual block, a transformer block, attention) is a
+transformer. Shapes are checked when a network is built (:mod:`.shape_inference`). A layer with ``children()`` (a residual block, a transformer block, attention) is a
 container: its children are searched for weight layers, in the order ``children()`` gives.
 
 What the training loop and the DST updater see is the MLP's interface (:class:`~.model.MLP`):
@@ -37,7 +37,7 @@ What the training loop and the DST updater see is the MLP's interface (:class:`~
   shortcut), the object holding its weight matrix: a :class:`~.layers.SparseLinear` for a sparse
   linear layer *and for a sparse convolution* (its ``.linear``, the filter matrix
   (c_out, c_in * kh * kw) that DST methods update) *and for a sparse token-wise linear layer or patch
-  embedding* (:class:`~.attention.TokenLinear`, :class:`~.transformer.PatchEmbedding`: their
+  embedding* (:class:`~.attention.TokenLinear`, :class:`~.vit_layers.PatchEmbedding`: their
   ``.linear``, run on the (B * T, d_in) tokens), a :class:`~.layers.Dense` (a dense token-wise
   layer's ``.linear``), or a :class:`~.conv.Conv2d`. ``linears[-1]`` is the classifier, and it is the
   very object ``sparse_layers()`` returns when the classifier is sparse, which is how the DST updater
@@ -63,16 +63,17 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..errors import ShapeError
 from ..kernels import get_backend
+from .blocks import Reshape, Residual, _move, _sync
 from .conv import Conv2d, SparseConv2d
 from .layers import Dense, ReLU, SparseLinear
-from .model import ModelError
 from .norm import BatchNorm2d
 from .parameter import Parameter
-from .patches import check_host_backend, conv_output_size
+from .patches import check_host_backend
 from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
-from .transformer import TOKEN_LAYERS, PatchEmbedding, TokenLinear, check_token_backend
+from .shape_inference import NetworkError, _chain_shapes, output_shape
+from .attention import TokenLinear, check_token_backend
+from .vit_layers import TOKEN_LAYERS, PatchEmbedding
 
 __all__ = ["Network", "NetworkError", "ReLU", "Reshape", "Residual", "output_shape"]
 
@@ -82,264 +83,6 @@ WEIGHT_LAYERS = (SparseConv2d, Conv2d, SparseLinear, Dense, TokenLinear, PatchEm
 WRAPPERS = (SparseConv2d, TokenLinear, PatchEmbedding)
 #: Layer types that run on the host backends only (a network holding one refuses a device backend).
 HOST_ONLY = (SparseConv2d, Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, *TOKEN_LAYERS)
-
-
-class NetworkError(ModelError):
-    """A network's layers do not fit together (shapes, names, backends)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# the two layers of this module
-
-
-class Reshape:
-    """(B, ...) -> (B, *shape), e.g. flattened rows (B, C * H * W) -> images (B, C, H, W).
-
-    .. math:: Y[b, c, y, x] = X[b, (c, y, x)], \\qquad dX = \\mathrm{reshape}(dY, \\text{shape of } X)
-
-    Any input with prod(shape) values per sample is accepted (an image batch passes unchanged).
-    The output is a view of the input, no copy.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        The per-sample output shape, e.g. (C, H, W).
-    """
-
-    def __init__(self, shape, backend=None):
-        self.shape = tuple(int(n) for n in shape)
-        if not self.shape or min(self.shape) < 1:
-            raise ShapeError(f"Reshape needs a non-empty shape of positive sizes, got {shape!r}")
-        self.backend = get_backend(backend)
-        self._in_shape = None
-
-    def parameters(self) -> list[Parameter]:
-        return []
-
-    def output_shape(self, shape: tuple) -> tuple:
-        """The per-sample output shape for a per-sample input ``shape`` (ShapeError if sizes differ)."""
-        if math.prod(shape) != math.prod(self.shape):
-            raise ShapeError(f"cannot reshape {math.prod(shape)} values per sample {tuple(shape)} to {self.shape}")
-        return self.shape
-
-    def forward(self, X):
-        """X (B, ...) -> (B, *shape)."""
-        self._in_shape = X.shape
-        return X.reshape((X.shape[0], *self.shape))  # (B, ...) -> (B, *shape), a view
-
-    def backward(self, dY):
-        """dY (B, *shape) -> dX shaped like the last forward's X."""
-        return dY.reshape(self._in_shape)  # (B, *shape) -> (B, ...), a view
-
-    def sync_to_host(self) -> None:
-        """Nothing to copy (no parameters)."""
-
-    def sync_to_device(self) -> None:
-        """Nothing to copy (no parameters)."""
-
-    def set_backend(self, backend) -> None:
-        self.backend = get_backend(backend)
-
-    def __repr__(self) -> str:
-        return f"Reshape({self.shape})"
-
-
-class Residual:
-    """A residual block: ``Y = body(X) + shortcut(X)``, the identity shortcut when ``shortcut`` is None.
-
-    .. math::
-
-        Y = f(X) + g(X), \\qquad dX = J_f^T \\, dY + J_g^T \\, dY \\quad (g = \\mathrm{id}: \\ J_g^T dY = dY)
-
-    The backward sends the same dY back through both branches and adds their input gradients.
-
-    Parameters
-    ----------
-    body : list of layers
-        Run in order.
-    shortcut : list of layers, optional
-        Run in order on the same input (e.g. a 1 x 1 strided convolution and a batch normalisation,
-        the projection shortcut of ResNet); None (default) for the identity.
-    """
-
-    def __init__(self, body: list, shortcut: list | None = None):
-        self.body = list(body)
-        self.shortcut = None if shortcut is None else list(shortcut)
-        if not self.body:
-            raise NetworkError("a residual block needs at least one layer in its body")
-
-    def children(self) -> list:
-        """The sub-layers in network order: the body, then the shortcut."""
-        return self.body + (self.shortcut or [])
-
-    @property
-    def backend(self):
-        return next((layer.backend for layer in self.children() if hasattr(layer, "backend")), get_backend(None))
-
-    def parameters(self) -> list[Parameter]:
-        return [p for layer in self.children() for p in layer.parameters()]
-
-    def output_shape(self, shape: tuple):
-        """The per-sample output shape; NetworkError if the branches' shapes differ."""
-        body = _chain_shapes(self.body, shape, "residual body")
-        short = shape if self.shortcut is None else _chain_shapes(self.shortcut, shape, "residual shortcut")
-        if body is not None and short is not None and body != short:
-            raise NetworkError(f"the residual body outputs {body} per sample but the shortcut {short}; "
-                               "give the block a shortcut that matches (e.g. a strided 1 x 1 convolution)")
-        return body if body is not None else short
-
-    def forward(self, X):
-        """X -> body(X) + shortcut(X)."""
-        Y = X
-        for layer in self.body:
-            Y = layer.forward(Y)
-        S = X
-        for layer in self.shortcut or ():
-            S = layer.forward(S)
-        return Y + S
-
-    def backward(self, dY):
-        """dY -> J_body^T dY + J_shortcut^T dY (dY itself through the identity)."""
-        d_body = _backward_through(self.body, dY)
-        d_short = _backward_through(self.shortcut or (), dY)
-        return d_body + d_short
-
-    def sync_to_host(self) -> None:
-        for layer in self.children():
-            _sync(layer, "sync_to_host")
-
-    def sync_to_device(self) -> None:
-        for layer in self.children():
-            _sync(layer, "sync_to_device")
-
-    def set_backend(self, backend) -> None:
-        for layer in self.children():
-            _move(layer, backend)
-
-    def __repr__(self) -> str:
-        short = "identity" if self.shortcut is None else self.shortcut
-        return f"Residual(body={self.body}, shortcut={short})"
-
-
-def _backward_through(layers, dY):
-    d = dY
-    for layer in reversed(list(layers)):
-        d = layer.backward(d)
-        if d is None:
-            raise NetworkError(f"{layer!r} inside a residual block returned no input gradient "
-                               "(needs_input_grad is False); the block needs it")
-    return d
-
-
-def _sync(layer, what: str) -> None:
-    method = getattr(layer, what, None)
-    if method is not None:  # ReLU has nothing to copy and no such method
-        method()
-
-
-def _move(layer, backend) -> None:
-    if hasattr(layer, "set_backend"):
-        layer.set_backend(backend)
-    else:  # a parameter-free layer such as ReLU: it only records whose operations it calls
-        layer.backend = get_backend(backend)
-
-
-# --------------------------------------------------------------------------------------------------
-# shape inference (per sample, without the batch axis)
-
-
-def _spatial(channels, shape, kh, kw, stride, padding):
-    """(channels, Ho, Wo) after a kh x kw window sliding by ``stride`` over (C, H, W) padded by ``padding``."""
-    return channels, conv_output_size(shape[1], kh, stride, padding), conv_output_size(shape[2], kw, stride, padding)
-
-
-def _need(shape, ndim: int, what: str, channels=None):
-    if len(shape) != ndim:
-        raise ShapeError(f"{what} takes {'(C, H, W)' if ndim == 3 else '(n,)'} per sample, got {tuple(shape)}")
-    if channels is not None and shape[0] != channels:
-        raise ShapeError(f"{what} expects {channels} {'channels' if ndim == 3 else 'features'}, got {shape[0]}")
-
-
-def _linear_shape(layer, shape):
-    n_out, n_in = layer.shape
-    _need(shape, 1, "a linear layer", n_in)
-    return (n_out,)
-
-
-def _sparse_conv_shape(layer, shape):
-    _need(shape, 3, "a convolution", layer.c_in)
-    return _spatial(layer.c_out, shape, layer.kh, layer.kw, layer.stride, layer.padding)
-
-
-def _conv_shape(layer, shape):
-    c_out, c_in, kh, kw = layer.weight.value.shape
-    _need(shape, 3, "a convolution", c_in)
-    return _spatial(c_out, shape, kh, kw, layer.stride, layer.padding)
-
-
-def _bn_shape(layer, shape):
-    _need(shape, 3, "batch normalisation", layer.channels)
-    return tuple(shape)
-
-
-def _pool_shape(layer, shape):
-    _need(shape, 3, "pooling")
-    return _spatial(shape[0], shape, layer.kernel, layer.kernel, layer.stride, layer.padding)
-
-
-def _gap_shape(layer, shape):
-    _need(shape, 3, "global average pooling")
-    return (shape[0],)
-
-
-_SHAPE_RULES = {
-    SparseLinear: _linear_shape,
-    Dense: _linear_shape,
-    SparseConv2d: _sparse_conv_shape,
-    Conv2d: _conv_shape,
-    BatchNorm2d: _bn_shape,
-    ReLU: lambda layer, shape: tuple(shape),
-    MaxPool2d: _pool_shape,
-    AvgPool2d: _pool_shape,
-    GlobalAvgPool2d: _gap_shape,
-    Flatten: lambda layer, shape: (math.prod(shape),),
-}
-
-
-def output_shape(layer, shape: tuple):
-    """The per-sample output shape of ``layer`` for a per-sample input ``shape``, or None when the
-    layer is of a type this module does not know (and has no ``output_shape`` method).
-
-    Raises
-    ------
-    ShapeError, NetworkError
-        When the layer cannot take that input (channels, features, or a spatial size below 1).
-    """
-    if hasattr(layer, "output_shape"):
-        return tuple(layer.output_shape(tuple(shape)))
-    for cls in type(layer).__mro__:
-        if cls in _SHAPE_RULES:
-            return _SHAPE_RULES[cls](layer, tuple(shape))
-    return None
-
-
-def _chain_shapes(layers, shape, where: str):
-    """The shape after ``layers`` (None once a layer of unknown type is met); NetworkError naming the
-    layer that cannot take its input."""
-    for i, layer in enumerate(layers):
-        if shape is None:
-            return None
-        try:
-            shape = output_shape(layer, shape)
-        except ShapeError as e:
-            name = getattr(layer, "name", None)
-            label = f"{type(layer).__name__}" + (f" {name!r}" if name else "")
-            raise NetworkError(f"{where}, layer {i} ({label}) cannot take a {tuple(shape)} input: {e}") from None
-    return shape
-
-
-# --------------------------------------------------------------------------------------------------
-# the network
 
 
 def _replace_in(layers: list, old, new) -> bool:
@@ -648,4 +391,3 @@ class Network:
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Network(input_shape={self.input_shape}, layers=[\n  {inner}])"
-

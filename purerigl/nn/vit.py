@@ -18,10 +18,10 @@ As in the SRigL and DynaDiag ViT settings, every projection inside the blocks (f
 output, MLP fc1 / fc2) is sparse and the patch embedding and the head stay dense by default
 (``dense_layers`` overrides; DESIGN.md section 4b, PAPERS.md section 3.4b). The fused QKV matrix is one
 layer of the budget; its 3d rows are SRigL's neurons (:mod:`.attention` says why it is fused). The
-classifier reads the class token, not the mean of the tokens (:mod:`.transformer` says why).
+classifier reads the class token, not the mean of the tokens (:mod:`.vit_layers` says why).
 
-The plan (the layers' names and shapes from the options alone) lives with the other built-in models
-in :mod:`.models` (``_ViTPlan``), so that ``build_model("vit-tiny", ...)``, :func:`.models.weight_shapes`
+The plan (the layers' names and shapes from the options alone) is :mod:`.vit_plan` (``_ViTPlan``),
+registered with the other built-in models in :mod:`.models`, so that ``build_model("vit-tiny", ...)``, :func:`.models.weight_shapes`
 and :func:`.models.default_dense_layers` know it: the six kinds of weight layers come with kernel None
 (they are linear layers), so :func:`purerigl.dst.distribution.named_budgets` gives uniform, ER or ERK
 budgets. The class token, the position embeddings and the LayerNorms' gamma and beta are plain
