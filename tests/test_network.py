@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from invariants import check_budget_invariant
 from oracles import dense_of, positions_of
 
 from purerigl.data import load_dataset
@@ -35,7 +36,6 @@ from purerigl.dst import UpdateSchedule, make_method, resolve_format
 from purerigl.dst.distribution import DistributionError, layer_budgets, layer_densities, named_budgets
 from purerigl.dst.updater import DSTUpdater
 from purerigl.errors import PureriglError
-from purerigl.formats import CSR, Condensed, Diagonal
 from purerigl.formats.budget import layer_budget, random_layer_with_budget, structure_count
 from purerigl.nn import Dense, ModelError, ReLU, SparseLinear
 from purerigl.nn.conv import Conv2d, SparseConv2d
@@ -465,19 +465,6 @@ def test_named_budgets_exclude_the_dense_layers_as_rigl():
 # training with the project's Trainer and DSTUpdater
 
 
-def _check_invariant(layer, fmt: str, budget: int) -> None:
-    W = layer.W
-    W.validate(full=True)
-    if fmt == "csr":
-        assert isinstance(W, CSR) and W.nnz == budget, (layer.name, W.nnz, budget)
-    elif fmt == "condensed":
-        assert isinstance(W, Condensed)
-        k = budget // W.n_active
-        assert W.values.shape[1] == k and (W.row_fan_in()[W.rows] == k).all(), layer.name
-    else:
-        assert isinstance(W, Diagonal) and W.K == structure_count("diagonal", layer.shape, budget), layer.name
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", None, seed=0)
@@ -502,7 +489,7 @@ def test_lenet5_trains_on_digits_with_every_method(method, digits):
     assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["test_loss"] < 0.8 * before
     assert history[-1]["test_accuracy"] > 0.5
     for layer in model.sparse_layers():
-        _check_invariant(layer, fmt, budgets[layer.name])
+        check_budget_invariant(layer, fmt, budgets[layer.name])
     changed = {row["layer"]: row["changed"] for row in history[0]["layers"]}
     if method == "static":
         assert set(changed.values()) == {0.0}

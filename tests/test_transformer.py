@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from invariants import check_budget_invariant
 from oracles import dense_of, positions_of
 
 from purerigl.data import load_dataset
@@ -39,7 +40,6 @@ from purerigl.dst import UpdateSchedule, make_method, resolve_format
 from purerigl.dst.distribution import named_budgets
 from purerigl.dst.updater import DSTUpdater
 from purerigl.errors import PureriglError, ShapeError
-from purerigl.formats import CSR, Condensed, Diagonal
 from purerigl.formats.budget import layer_budget, random_layer_with_budget, structure_count
 from purerigl.kernels.registry import Backend
 from purerigl.nn import Dense, ModelError, SparseLinear
@@ -643,19 +643,6 @@ def test_a_vit_resumes_exactly_from_a_training_checkpoint(tmp_path):
 # training with the project's Trainer and DSTUpdater
 
 
-def _check_invariant(layer, fmt: str, budget: int) -> None:
-    W = layer.W
-    W.validate(full=True)
-    if fmt == "csr":
-        assert isinstance(W, CSR) and W.nnz == budget, (layer.name, W.nnz, budget)
-    elif fmt == "condensed":
-        assert isinstance(W, Condensed)
-        k = budget // W.n_active
-        assert W.values.shape[1] == k and (W.row_fan_in()[W.rows] == k).all(), layer.name
-    else:
-        assert isinstance(W, Diagonal) and W.K == structure_count("diagonal", layer.shape, budget), layer.name
-
-
 @pytest.fixture(scope="module")
 def digits():
     return _digits()
@@ -674,7 +661,7 @@ def test_vit_trains_on_digits_with_every_method(method, digits):
     assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["test_loss"] < 0.6 * before
     assert history[-1]["test_accuracy"] > 0.5
     for layer in model.sparse_layers():
-        _check_invariant(layer, fmt, budgets[layer.name])
+        check_budget_invariant(layer, fmt, budgets[layer.name])
     changed = {row["layer"]: row["changed"] for row in history[0]["layers"]}
     assert len(changed) == 8
     if method == "static":
