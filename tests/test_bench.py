@@ -6,6 +6,7 @@ Never timings: only exit codes, table headers, row counts and JSON keys (DESIGN.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -135,6 +136,11 @@ def test_growth_fan_in_keeps_connections_per_row_constant(tmp_path):
         (["train", "--batch", "0"], "--batch"),
         (["train", "--quick", "--hidden", "a,b"], "--hidden"),
         (["train", "--quick", "--model", "alexnet"], "--model"),
+        (["train", "--quick", "--vit-width", "32"], "--vit-width"),  # the ViT's options need --model vit-tiny
+        (["train", "--quick", "--model", "lenet5", "--vit-depth", "2"], "--vit-depth"),
+        (["train", "--quick", "--model", "vit-tiny", "--model", "lenet5"], "--model"),  # the ViT is timed alone
+        (["train", "--quick", "--model", "vit-tiny", "--vit-heads", "3"], "--vit-"),  # 3 does not divide 16
+        (["train", "--quick", "--model", "vit-tiny", "--vit-patch", "3"], "--vit-"),  # 3 does not divide 8
         (["growth", "--method", "magic"], "--method"),
         (["growth", "--quick", "--fan-in", "100000"], "--fan-in"),
     ],
@@ -156,6 +162,7 @@ def test_train_model_quick_table_json_and_target(tmp_path):
     out = result.output
     assert "command: purerigl bench train" in out and "--model lenet5" in out and "--quick" in out
     assert "--hidden" not in out  # the printed command reruns as it is (--hidden is refused with --model)
+    assert "--vit-" not in out  # nor are the ViT's options
     n = 1 + 2 * len(TRAIN_METHODS)
     rows = table_rows(out, "model")
     assert len(rows) == n and rows[0].split()[:2] == ["lenet5", "dense"]
@@ -189,3 +196,75 @@ def test_train_model_refuses_hidden():
     result = run(["train", "--quick", "--model", "lenet5", "--hidden", "32"])
     assert result.exit_code == 2
     assert "--hidden" in result.output and "--model" in result.output
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_train_vit_quick_table_json_and_target(tmp_path):
+    """``bench train --model vit-tiny`` on a tiny ViT: the step rows per method against the dense ViT, the
+    shares of the step, one projection line per (format, sparsity, kind) and the target per format
+    (structure and finite positive ratios only; never timings)."""
+    from purerigl.cli.bench._train_vit import PROJECTIONS, QUICK_VIT, VIT_TARGET
+
+    path = tmp_path / "vit.json"
+    result = run(["train", "--quick", "--model", "vit-tiny", "--sparsity", "0.9", "--sparsity", "0.95",
+                  "--steps", "5", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    arch = QUICK_VIT["arch"]
+    assert "command: purerigl bench train --model vit-tiny" in out and "--quick" in out and "--hidden" not in out
+    for name, value in arch.items():  # the command line spells out the ViT, so that it reruns as it is
+        assert f"--{name.replace('_', '-')} {value} " in out
+    n = 1 + 2 * len(TRAIN_METHODS)
+    rows = table_rows(out, "model")
+    assert len(rows) == n and rows[0].split()[:2] == ["vit-tiny", "dense"]
+    assert f"target (vit-tiny): {VIT_TARGET}:" in out
+
+    report = json.loads(path.read_text())
+    meta, results, projections = report["meta"], report["results"], report["projections"]
+    assert META_KEYS <= set(meta) and meta["benchmark"] == "train-vit" and meta["models"] == ["vit-tiny"]
+    assert meta["batch"] == QUICK_VIT["batch"] and meta["input_shape"] == list(QUICK_VIT["input_shape"])
+    assert meta["sparsities"] == [0.9, 0.95] and meta["architecture"]["width"] == arch["vit_width"]
+    C, H, W = QUICK_VIT["input_shape"]
+    t = (H // arch["vit_patch"]) * (W // arch["vit_patch"]) + 1
+    assert meta["tokens_per_image"] == t and meta["tokens"] == t * QUICK_VIT["batch"]
+    assert len(results) == n
+    assert {(r["method"], r["format"]) for r in results} == {("dense", "dense"), *TRAIN_METHODS}
+    built = [r for r in results if "skipped" not in r]
+    assert {(r["method"], r["format"], r["sparsity"]) for r in built if r["sparsity"] == 0.9} == {
+        (m, f, 0.9) for m, f in TRAIN_METHODS}  # at 90% every format builds; at 95% a row may be skipped
+    for r in results:
+        if "skipped" in r:
+            assert r["skipped"] and f"skipped {r['method']} {r['format']} 0.95" in out
+            continue
+        for key in ("step_ms", "dense_step_ms", "dense_ratio", "dense_ratio_with_update", "attention_ms",
+                    "sdpa_ms", "projections_ms"):
+            assert _positive(r[key]), (key, r)
+        assert (r["update_ms"] is None) == (r["method"] in ("dense", "static"))
+        # disjoint parts of one step: the attention without its projections, and the block projections
+        assert 0 < r["sdpa_fraction"] <= r["attention_fraction"] < 1 and 0 < r["projection_fraction"] < 1
+        assert r["attention_fraction"] + r["projection_fraction"] < 1
+
+    depth = arch["vit_depth"]
+    timed = {(r["format"], r["sparsity"]) for r in built if r["method"] != "dense"}
+    assert {(p["format"], p["sparsity"]) for p in projections} == timed and len(projections) == len(timed)
+    for p in projections:
+        assert [layer["kind"] for layer in p["layers"]] == list(PROJECTIONS) * depth
+        assert p["methods"] == [m for m, f in TRAIN_METHODS if f == p["format"]]
+        for layer in p["layers"]:
+            assert layer["format"] == p["format"] and layer["tokens"] == meta["tokens"]
+            for key in ("sparse_ms", "dense_ms", "blas_ms", "ratio", "blas_ratio"):
+                assert _positive(layer[key]), (key, layer)
+    lines = table_rows(out, "format")
+    assert len(lines) == len(projections) * len(PROJECTIONS)
+    assert all(line.split()[-1] == f"{line.split()[-1].split('/')[0]}/{depth}" for line in lines)
+
+    target = meta["targets"]
+    assert target["sparsity"] == 0.9 and set(target["formats"]) == {"csr", "condensed", "diagonal"}
+    for fmt, entry in target["formats"].items():
+        assert entry["n"] == len(PROJECTIONS) * depth and 0 <= entry["n_ok"] <= entry["n"]
+        assert entry["met"] == (entry["n_ok"] == entry["n"]) and _positive(entry["worst"]["ratio"])
+        assert f"  {fmt} (" in out
+    assert target["met"] == all(e["met"] for e in target["formats"].values())

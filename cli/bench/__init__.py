@@ -9,7 +9,11 @@ average) and the exact command, every option spelled out.
 
 - ``bench kernels``: matmul, matmul_t, sddmm per format against NumPy dense (BLAS) and SciPy CSR.
 - ``bench train``: one training step (forward, loss, backward, optimizer) and one topology update
-  of an MLP per method and format, against the dense network trained by the same code.
+  of an MLP per method and format, against the dense network trained by the same code; with
+  ``--model lenet5|vgg-small|resnet20`` the CNN's step, conv forward and patch-extraction share
+  (``_train_cnn.py``), with ``--model vit-tiny`` the ViT's step, the attention's share and every block
+  projection against its dense product (``_train_vit.py``, ``_vit_probes.py``); shared timing in
+  ``_train_common.py``.
 - ``bench growth``: one topology update per method on a square layer as it widens, beside one dense
   ``dY^T X`` product.
 - ``bench gpu``: the cuda backend on a GPU: ``matmul`` per format against the GPU's dense GEMM and

@@ -1,0 +1,161 @@
+"""What the three benches of ``purerigl bench train`` share (the MLP in ``train.py``, the convolutional
+networks in ``_train_cnn.py``, the vision transformer in ``_train_vit.py``): the timed training step
+and topology update, the update budgets, alternated timing of two or more calls, and small formatters.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from purerigl.dst import LayerUpdate
+from purerigl.formats.budget import layer_budget
+
+from .._timing import Timing
+
+#: The thread-count variables a report echoes (BLAS reads them once, at load).
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def train_step_fn(model, optimizer, X, y):
+    """One training step on the model's backend, as a call without arguments.
+
+    Parameters
+    ----------
+    model : Network
+    optimizer : Optimizer
+        Over ``model.parameters()``.
+    X, y : numpy.ndarray
+        The batch (rows flattened as the data sets give them) and its labels; moved to the backend
+        once, here (the step copies only the loss back, as in the Trainer).
+
+    Returns
+    -------
+    callable
+        Forward, softmax cross-entropy, backward, optimizer step.
+    """
+    backend = model.backend
+    X, y = backend.to_device(X), backend.to_device(y)
+
+    def step():
+        logits = model.forward(X)
+        _, dlogits, _ = backend.softmax_cross_entropy(logits, y)
+        model.backward(dlogits)
+        optimizer.step()
+
+    return step
+
+
+def update_fn(model, optimizer, method, budgets, rng, alpha=0.3):
+    """One topology update of every sparse layer of ``model`` by ``method``, as a call without arguments.
+
+    Parameters
+    ----------
+    model : Network
+    optimizer : Optimizer
+    method : Method
+        From :func:`purerigl.dst.make_method`.
+    budgets : dict
+        Connections by layer name (see :func:`update_budgets`).
+    rng : numpy.random.Generator
+    alpha : float
+        Drop fraction.
+
+    Returns
+    -------
+    callable
+    """
+    last = model.linears[-1]
+
+    def update():
+        for layer in model.sparse_layers():
+            layer.sync_to_host()  # as the DST updater does (a no-op on the host backends)
+            method.update(LayerUpdate(layer=layer, optimizer=optimizer, alpha=alpha, rng=rng,
+                                      budget=budgets[layer.name], is_output=layer is last))
+
+    return update
+
+
+def update_budgets(model, method_name: str, sparsity: float) -> dict:
+    """The connection budget of every sparse layer, as the DST updater gives it: the stored count, or
+    for SRigL (which re-derives its fan-in from it) the layer's uniform budget at ``sparsity``."""
+    if method_name == "srigl":
+        return {layer.name: layer_budget(layer.shape, sparsity) for layer in model.sparse_layers()}
+    return {layer.name: int(layer.W.nnz) for layer in model.sparse_layers()}
+
+
+def interleaved_times(fns, *, budget_s: float, max_call_s: float, repeat: int = 1000,
+                      min_runs: int = 5) -> tuple[Timing, ...]:
+    """Time the calls ``fns`` in turn (a, b, c, a, b, c, ...): one :class:`Timing` each.
+
+    One warm-up call of each, then rounds until ``len(fns) * budget_s`` seconds are spent or ``repeat``
+    rounds are timed, at least ``min_runs`` rounds. Alternating makes a drifting machine load (other
+    jobs starting and stopping) fall on all of them alike, so their ratios hold where separate medians
+    taken minutes apart would not. If a warm-up call took longer than ``max_call_s``, one round is timed.
+
+    Parameters
+    ----------
+    fns : sequence of callable
+    budget_s, max_call_s : float
+    repeat, min_runs : int
+
+    Returns
+    -------
+    tuple of Timing
+        Median, fastest, slowest and the number of runs of each call, in the order of ``fns``.
+    """
+    samples = tuple([] for _ in fns)
+    firsts = []
+    for fn in fns:
+        t0 = time.perf_counter()
+        fn()
+        firsts.append(time.perf_counter() - t0)
+    rounds = 1 if max(firsts) > max_call_s else max(1, repeat)
+    floor = 1 if rounds == 1 else min(min_runs, rounds)
+    spent = 0.0
+    while len(samples[0]) < rounds and (spent < len(fns) * budget_s or len(samples[0]) < floor):
+        for fn, out in zip(fns, samples):
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            out.append(dt)
+            spent += dt
+    return tuple(Timing(float(np.median(t)), min(t), max(t), len(t)) for t in samples)
+
+
+def paired_times(fn_a, fn_b, *, budget_s: float, max_call_s: float, repeat: int = 1000, min_runs: int = 5):
+    """Time ``fn_a`` and ``fn_b`` alternately (a, b, a, b, ...): (Timing of a, Timing of b).
+
+    :func:`interleaved_times` of the two: one warm-up call of each, then pairs until ``2 * budget_s``
+    seconds are spent or ``repeat`` pairs are timed, at least ``min_runs`` pairs; one pair if a
+    warm-up call took longer than ``max_call_s``.
+    """
+    return interleaved_times((fn_a, fn_b), budget_s=budget_s, max_call_s=max_call_s, repeat=repeat,
+                             min_runs=min_runs)
+
+
+def stored_weights(model) -> int:
+    """Connections stored by the weight layers (a dense layer counts n_out * n_in)."""
+    return sum(int(row["nnz"]) for row in model.describe())
+
+
+def thread_env() -> dict:
+    """The thread-count variables set in the environment (:data:`THREAD_VARIABLES`), by name."""
+    return {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}
+
+
+def loadavg() -> list | None:
+    """The 1, 5 and 15 minute load averages, or None where the platform has none."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def pct(x) -> str:
+    """A fraction as a whole percentage, "-" for None."""
+    return "-" if x is None else f"{x:.0%}"
+
+
+def sig(x) -> str:
+    """Four significant digits, "-" for None."""
+    return "-" if x is None else f"{x:.4g}"
