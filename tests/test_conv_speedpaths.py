@@ -291,6 +291,8 @@ def specifications():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv, "im2col", patches.im2col_reference)
         mp.setattr(conv, "col2im", patches.col2im_reference)
+        mp.setattr(conv, "im2col_t", patches.im2col_t_reference)
+        mp.setattr(conv, "col2im_t", patches.col2im_t_reference)
         mp.setattr(pool, "im2col", patches.im2col_reference)
         mp.setattr(pool, "col2im", patches.col2im_reference)
         mp.setattr(pool, "fast_path", lambda *a: False)

@@ -1,6 +1,7 @@
 """``purerigl bench train --model lenet5|vgg-small|resnet20``: a convolutional network's training step and
 topology update per method and format against the same network dense, each sparse convolution's forward
-against the dense convolution of the same layer, and the share of the step in im2col + col2im.
+against the dense convolution of the same layer, and the share of the step in patch extraction
+(im2col[_t] + col2im[_t]).
 
 :func:`run_train_cnn` measures, :func:`format_train_cnn` prints, :func:`train_cnn_command` is the
 command's body (``train.py`` dispatches to it).
@@ -45,11 +46,17 @@ from ._train_common import (
     update_fn,
 )
 
+#: The patch functions whose time is the "patch %" share of a step.
+PATCH_FUNCTIONS = ("im2col", "col2im", "im2col_t", "col2im_t")
+
+
 @contextmanager
 def patch_timer():
-    """Seconds and calls spent in im2col and col2im (the convolutions' patch work) while active.
+    """Seconds and calls spent in patch extraction and its adjoint (the convolutions' patch work) while
+    active: ``im2col`` / ``col2im`` (dense Conv2d, row layout) and ``im2col_t`` / ``col2im_t`` (SparseConv2d,
+    feature-major layout).
 
-    Wraps the two functions where the convolution layers look them up (:mod:`purerigl.nn.conv`) and
+    Wraps the four functions where the convolution layers look them up (:mod:`purerigl.nn.conv`) and
     in :mod:`purerigl.nn.patches`; a wrapper costs well under a microsecond per call.
     """
     import purerigl.nn.conv as conv_module
@@ -68,7 +75,7 @@ def patch_timer():
 
         return wrapper
 
-    saved = [(m, name, getattr(m, name)) for m in (conv_module, patches_module) for name in ("im2col", "col2im")
+    saved = [(m, name, getattr(m, name)) for m in (conv_module, patches_module) for name in PATCH_FUNCTIONS
              if hasattr(m, name)]
     for m, name, fn in saved:
         setattr(m, name, timed(fn))
@@ -80,7 +87,7 @@ def patch_timer():
 
 
 def patch_share(step, runs: int = 3) -> dict:
-    """Run ``step`` ``runs`` times with :func:`patch_timer`: seconds per step in im2col + col2im, whole
+    """Run ``step`` ``runs`` times with :func:`patch_timer`: seconds per step in patch extraction (im2col[_t] + col2im[_t]), whole
     step seconds, and the fraction."""
     with patch_timer() as spent:
         t0 = time.perf_counter()
@@ -143,7 +150,7 @@ def run_train_cnn(backend, model_names, sparsities, batch, delta_t, *, budget_s,
                   input_shapes=None, n_classes=10, patch_runs=3):
     """Per model: the training step and topology update of each (method, format) at each sparsity
     against the same network dense (sparsity 0, im2col + BLAS), all in this process; plus the share
-    of each step spent in im2col + col2im and the forward of every sparse convolution against the
+    of each step spent in patch extraction (im2col[_t] + col2im[_t]) and the forward of every sparse convolution against the
     dense convolution of the same layer.
 
     Every sparse step is timed in alternation with the dense network's step (:func:`._train_common.paired_times`),
@@ -282,7 +289,7 @@ def format_train_cnn(report: dict) -> str:
         "dense/sp: dense step time / sparse step time (> 1: sparse is faster); '+upd' includes the amortised update",
         "conv fwd: the forward of the row's sparse convolutions (SparseConv2d: im2col, sparse product, layout) summed, "
         "each timed in alternation with the dense Conv2d forward of the same layer ('dense cv'); patch %: share of "
-        f"the step in im2col + col2im (over {m['patch_runs']} instrumented step(s))",
+        f"the step in patch extraction (im2col[_t] + col2im[_t]) (over {m['patch_runs']} instrumented step(s))",
         "",
     ]
     head = (f"{'model':<10} {'method':<9} {'format':<9} {'sparsity':>8} {'weights':>9} {'step ms':>9} "

@@ -94,6 +94,39 @@ def sddmm_operands(W, X, dY, out):
     return X, dY, check_out(out, W.values.shape, {"X": X, "dY": dY, "W.values": W.values})
 
 
+# Feature-major products (matmul_fm, matmul_t_fm, sddmm_fm): the batch is the last axis.
+
+
+def check_dense_fm(name: str, A, height: int, height_name: str) -> np.ndarray:
+    """``A`` (features, batch) as a C-contiguous float32 2-D array whose first dimension is ``height``."""
+    A = check_dense(name, A)
+    if A.shape[0] != height:
+        raise ShapeError(f"{name} has {A.shape[0]} rows, expected {height_name} = {height} (feature-major: "
+                         "features first, batch last)")
+    return A
+
+
+def matmul_fm_operands(W, XT, out):
+    check_format(W)
+    XT = check_dense_fm("XT", XT, W.n_in, "n_in")
+    return XT, check_out(out, (W.n_out, XT.shape[1]), {"XT": XT, "W.values": W.values})
+
+
+def matmul_t_fm_operands(W, dYT, out):
+    check_format(W)
+    dYT = check_dense_fm("dYT", dYT, W.n_out, "n_out")
+    return dYT, check_out(out, (W.n_in, dYT.shape[1]), {"dYT": dYT, "W.values": W.values})
+
+
+def sddmm_fm_operands(W, XT, dYT, out):
+    check_format(W)
+    XT = check_dense_fm("XT", XT, W.n_in, "n_in")
+    dYT = check_dense_fm("dYT", dYT, W.n_out, "n_out")
+    if XT.shape[1] != dYT.shape[1]:
+        raise ShapeError(f"XT has batch {XT.shape[1]} but dYT has batch {dYT.shape[1]}")
+    return XT, dYT, check_out(out, W.values.shape, {"XT": XT, "dYT": dYT, "W.values": W.values})
+
+
 def grad_at_operands(X, dY, rows, cols, out):
     X = check_dense("X", X)
     dY = check_dense("dY", dY)

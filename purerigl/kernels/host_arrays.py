@@ -24,7 +24,7 @@ from .host_loss import softmax_cross_entropy as _softmax_cross_entropy
 __all__ = [
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "to_device",
-    "to_host", "zeros", "zeros_like",
+    "to_host", "transpose", "zeros", "zeros_like",
 ]
 
 
@@ -130,6 +130,15 @@ def dense_grad(X, dY, out):
     """
     np.matmul(dY.T, X, out=out)
     return out
+
+
+def transpose(A):
+    """``A^T`` as a new C-contiguous array, (n, m) -> (m, n): a change between the row layout
+    (batch first) and the feature-major layout (batch last) of the products ``matmul_fm`` & co.
+
+    .. math:: A^T[j, i] = A[i, j]
+    """
+    return np.ascontiguousarray(A.T)  # (m, n)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,6 +15,18 @@ of shape (n_out, n_in), an input X of shape (B, n_in) and an output gradient dY 
 
 Sums are accumulated in float64 and returned as float32.
 
+The same three products in the *feature-major* layout, where the batch is the last axis (what a
+convolution's transposed patch matrix is, :mod:`purerigl.nn.conv`), are ``matmul_fm``,
+``matmul_t_fm`` and ``sddmm_fm``: with X^T (n_in, B) and dY^T (n_out, B),
+
+.. math::
+
+    Y^T[i, b]  &= \\sum_j W[i, j] X^T[j, b]              &\\text{matmul\\_fm } (Y^T = W X^T)\\\\
+    dX^T[j, b] &= \\sum_i W[i, j] dY^T[i, b]             &\\text{matmul\\_t\\_fm } (dX^T = W^T dY^T)\\\\
+    dW[e]      &= \\sum_b dY^T[row_e, b] X^T[col_e, b]   &\\text{sddmm\\_fm}
+
+i.e. the transposes of the row-layout results for the transposed operands.
+
 The growth selections of DST (``topk_grad``, ``topk_grad_rows``, ``diag_grad_norms``: rankings of the
 dense gradient G = dY^T X, streamed in tiles and never stored) are specified in
 :mod:`purerigl.kernels.reference_growth` and re-exported here, so this module is the whole spec.
@@ -37,7 +49,8 @@ from .host_selection import (  # registry.UPDATE_OPS, continued
 )
 from .host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
     adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
-    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device, to_host, zeros, zeros_like,
+    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device, to_host, transpose, zeros,
+    zeros_like,
 )
 from .reference_growth import diag_grad_norms, topk_grad, topk_grad_rows
 
@@ -46,14 +59,17 @@ __all__ = [
     "diag_grad_norms",
     "grad_at",
     "matmul",
+    "matmul_fm",
     "matmul_t",
+    "matmul_t_fm",
     "sddmm",
+    "sddmm_fm",
     "topk_grad",
     "topk_grad_rows",
     # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "to_device",
-    "to_host", "zeros", "zeros_like",
+    "to_host", "transpose", "zeros", "zeros_like",
     # the operations a DST update is written with, on host arrays (registry.UPDATE_OPS)
     "active_rows", "arange", "compress", "condensed_from_positions", "count_kept", "count_true",
     "csr_from_positions", "csr_positions", "diagonal_from_offsets", "exclusion_of", "flat_of",
@@ -131,6 +147,77 @@ def sddmm(W, X, dY, out=None):
     X, dY, out = _checks.sddmm_operands(W, X, dY, out)
     rows, cols, _ = triples(W)
     out[...] = _dot_columns(dY, rows, X, cols).reshape(out.shape)
+    return out
+
+
+def matmul_fm(W, XT, out=None):
+    """Forward product in the feature-major layout, ``Y^T = W X^T``.
+
+    .. math:: Y^T[i, b] = \\sum_{(i, j, w) \\in W} w \\, X^T[j, b]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+    XT : float32 ndarray, shape (n_in, B)
+    out : float32 ndarray, shape (n_out, B), optional
+
+    Returns
+    -------
+    YT : float32 ndarray, shape (n_out, B). Rows of W that store nothing give 0.
+    """
+    XT, out = _checks.matmul_fm_operands(W, XT, out)
+    rows, cols, vals = triples(W)
+    YT = np.zeros(out.shape, dtype=np.float64)
+    contrib = XT[cols].astype(np.float64) * vals[:, None]  # (nnz, B): row e is w_e X^T[col_e]
+    np.add.at(YT, rows, contrib)
+    out[...] = YT
+    return out
+
+
+def matmul_t_fm(W, dYT, out=None):
+    """Input gradient in the feature-major layout, ``dX^T = W^T dY^T``.
+
+    .. math:: dX^T[j, b] = \\sum_{(i, j, w) \\in W} w \\, dY^T[i, b]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+    dYT : float32 ndarray, shape (n_out, B)
+    out : float32 ndarray, shape (n_in, B), optional
+
+    Returns
+    -------
+    dXT : float32 ndarray, shape (n_in, B)
+    """
+    dYT, out = _checks.matmul_t_fm_operands(W, dYT, out)
+    rows, cols, vals = triples(W)
+    dXT = np.zeros(out.shape, dtype=np.float64)
+    contrib = dYT[rows].astype(np.float64) * vals[:, None]  # (nnz, B): row e is w_e dY^T[row_e]
+    np.add.at(dXT, cols, contrib)
+    out[...] = dXT
+    return out
+
+
+def sddmm_fm(W, XT, dYT, out=None):
+    """Value gradient at the stored positions, feature-major operands.
+
+    .. math:: dW[e] = \\sum_b dY^T[\\mathrm{row}_e, b] \\, X^T[\\mathrm{col}_e, b]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in); only its structure is read
+    XT : float32 ndarray, shape (n_in, B)
+    dYT : float32 ndarray, shape (n_out, B)
+    out : float32 ndarray shaped like ``W.values``, optional
+
+    Returns
+    -------
+    dW : float32 ndarray shaped like ``W.values``
+    """
+    XT, dYT, out = _checks.sddmm_fm_operands(W, XT, dYT, out)
+    rows, cols, _ = triples(W)
+    g = np.einsum("mb,mb->m", dYT[rows].astype(np.float64), XT[cols].astype(np.float64))  # (nnz,)
+    out[...] = g.reshape(out.shape)
     return out
 
 

@@ -22,9 +22,14 @@ from types import ModuleType
 from ..errors import BackendError
 
 #: The operations every backend must provide, with the reference backend's signatures.
-#: The first four are the products; the last three are the growth selections of DST (they read the
-#: dense gradient G = dY^T X in tiles and never store it).
-OPS = ("matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "diag_grad_norms")
+#: The first four are the products; the next three are the growth selections of DST (they read the
+#: dense gradient G = dY^T X in tiles and never store it); the last three are the products in the
+#: feature-major layout (batch on the last axis: X^T (n_in, B), Y^T (n_out, B)), which a convolution
+#: uses for its patch matrix so that no operand of a step is transposed (:mod:`purerigl.nn.conv`).
+OPS = (
+    "matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "diag_grad_norms",
+    "matmul_fm", "matmul_t_fm", "sddmm_fm",
+)
 
 #: The array operations of a training step, which the layers, the loss and the optimizers call so that
 #: the same model code runs on host arrays (reference, cpu: :mod:`purerigl.kernels.host_arrays`) and on
@@ -35,7 +40,7 @@ OPS = ("matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", 
 ARRAY_OPS = (
     "to_device", "to_host", "zeros", "zeros_like", "fill_zeros",
     "add_bias", "bias_grad", "relu_forward", "relu_backward", "dense_matmul", "dense_matmul_t", "dense_grad",
-    "softmax_cross_entropy", "sgd_step", "adam_step", "scale_rows", "row_dots",
+    "softmax_cross_entropy", "sgd_step", "adam_step", "scale_rows", "row_dots", "transpose",
 )
 
 #: The operations a DST update is written with (host, for the reference and cpu backends:

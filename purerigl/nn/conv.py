@@ -15,6 +15,18 @@ layer's, then the adjoint of im2col:
 
 .. math:: dW_2 = dY_2^T P, \\qquad db = \\sum_r dY_2[r], \\qquad dX = \\mathrm{col2im}(dY_2 \\, W_2)
 
+Layout. :class:`SparseConv2d` works on the *transposed* (feature-major) patch matrix
+P^T = im2col_t(X) (c_in * kh * kw, B * Ho * Wo), the layout in which the sparse kernels compute
+(the batch, here the patches, on the contiguous axis), through the linear's feature-major products:
+
+.. math:: Y_2^T = W_2 P^T, \\qquad dW_2 = dY_2^T P \\ \\text{(stored entries)}, \\qquad
+          dX = \\mathrm{col2im\\_t}(W_2^T dY_2^T)
+
+so no patch-sized array is ever transposed. Only the output is reordered, Y_2^T (c_out, B * Ho * Wo)
+-> (B, c_out, Ho, Wo), with the bias added on the way (:func:`fm_to_nchw`), and the output gradient
+the other way (:func:`nchw_to_fm`): arrays c_in * kh * kw / c_out times smaller than the patch matrix,
+and moved in runs of Ho * Wo contiguous floats. :class:`Conv2d` (dense, BLAS) keeps the row layout.
+
 Tiling: when the patch matrix of the whole batch would exceed ``max_tile_bytes`` (default 64 MiB), the
 batch is processed in chunks of samples (:func:`~purerigl.nn.patches.sample_tiles`): the forward keeps
 the input X and the last chunk's patches; the backward rebuilds the patches of the other chunks and
@@ -32,7 +44,9 @@ from ..errors import ShapeError
 from ..formats import SparseFormat
 from .layers import SparseLinear
 from .parameter import Parameter, SyncsParameters
-from .patches import DEFAULT_TILE_BYTES, check_host_backend, check_nchw, col2im, im2col, output_hw, pair, sample_tiles
+from .patches import (
+    DEFAULT_TILE_BYTES, check_host_backend, check_nchw, col2im, col2im_t, im2col, im2col_t, output_hw, pair, sample_tiles,
+)
 
 
 def _check_stride_padding(stride, padding) -> tuple[int, int]:
@@ -49,6 +63,27 @@ def to_rows(dY: np.ndarray) -> np.ndarray:
     return t.reshape(B * Ho * Wo, c)  # (B*Ho*Wo, c)
 
 
+def nchw_to_fm(dY: np.ndarray) -> np.ndarray:
+    """(B, c, Ho, Wo) -> (c, B * Ho * Wo), columns ordered (b, ho, wo): the feature-major layout of a
+    patch product (the transpose of :func:`to_rows`), C-contiguous."""
+    B, c, Ho, Wo = dY.shape
+    t = np.ascontiguousarray(dY.transpose(1, 0, 2, 3))  # (c, B, Ho, Wo): runs of Ho * Wo floats
+    return t.reshape(c, B * Ho * Wo)  # (c, B*Ho*Wo)
+
+
+def fm_to_nchw(YT: np.ndarray, bias: np.ndarray, B: int, Ho: int, Wo: int) -> np.ndarray:
+    """(c, B * Ho * Wo) feature-major, columns ordered (b, ho, wo), plus ``bias`` (c,) per channel ->
+    (B, c, Ho, Wo), C-contiguous, in one pass.
+
+    .. math:: Y[b, o, h_o, w_o] = Y_2^T[o, (b, h_o, w_o)] + \\mathrm{bias}[o]
+    """
+    c = YT.shape[0]
+    Y = np.empty((B, c, Ho, Wo), dtype=YT.dtype)  # (B, c, Ho, Wo)
+    src = YT.reshape(c, B, Ho * Wo).transpose(1, 0, 2)  # (B, c, Ho*Wo), a view
+    np.add(src, bias.reshape(1, c, 1), out=Y.reshape(B, c, Ho * Wo))
+    return Y
+
+
 def to_nchw(Y2: np.ndarray, B: int, Ho: int, Wo: int) -> np.ndarray:
     """(B * Ho * Wo, c) with rows ordered (b, ho, wo) -> (B, c, Ho, Wo), C-contiguous."""
     Y4 = Y2.reshape(B, Ho, Wo, Y2.shape[1])  # (B, Ho, Wo, c)
@@ -60,10 +95,12 @@ class SparseConv2d:
 
     It holds a :class:`~purerigl.nn.layers.SparseLinear` ``linear`` (same name, same parameters
     ``{name}.values`` and ``{name}.bias``) over the filter matrix W (c_out, c_in * kh * kw) and runs it
-    over the patch matrix: forward ``Y2 = linear.forward(im2col(X))`` reshaped to (B, c_out, Ho, Wo);
-    backward ``dX = col2im(linear.backward(dY2))`` (see the module docstring for the maths).
+    over the transposed patch matrix: forward ``Y2^T = linear.forward_fm(im2col_t(X))`` reordered to
+    (B, c_out, Ho, Wo) plus the bias; backward ``dX = col2im_t(linear.backward_fm(dY2^T))`` (see the
+    module docstring for the maths and the layout).
 
-    DST: the linear's saved batch (:meth:`SparseLinear.saved_batch`) is then the patch matrix P
+    DST: the linear's saved batch (:meth:`SparseLinear.saved_batch`, in the row layout: the layer
+    transposes its kept P^T and dY2^T on first use after a step) is then the patch matrix P
     (B * Ho * Wo, c_in * kh * kw) and the output gradient dY2 (B * Ho * Wo, c_out), whose dY2^T P is
     the gradient of the filter matrix. That is exactly what the streamed growth kernels read, so every
     DST method updates ``linear`` unchanged (``linear.set_structure``): a filter is a row, i.e. a
@@ -161,8 +198,8 @@ class SparseConv2d:
     def forward(self, X: np.ndarray) -> np.ndarray:
         """X (B, c_in, H, W) float32 -> Y (B, c_out, Ho, Wo).
 
-        .. math:: Y_2 = \\mathrm{im2col}(X) \\, W_2^T + \\mathbf{1} b^T, \\qquad
-                  Y[b, o, h_o, w_o] = Y_2[(b, h_o, w_o), o]
+        .. math:: Y_2^T = W_2 \\, \\mathrm{im2col\\_t}(X), \\qquad
+                  Y[b, o, h_o, w_o] = Y_2^T[o, (b, h_o, w_o)] + b_o
         """
         check_nchw(X, self.c_in)
         B = X.shape[0]
@@ -170,47 +207,49 @@ class SparseConv2d:
         conv = (self.kh, self.kw, self.stride, self.padding)
         self._tiles = sample_tiles(X.shape, *conv, X.itemsize, self.max_tile_bytes)
         self._X_shape = X.shape
+        bias = self.linear.bias.value
         if len(self._tiles) == 1:
             self._X = None
-            Y2 = self.linear.forward(im2col(X, *conv))  # (B*Ho*Wo, c_out)
-        else:
-            self._X = X
-            m = Ho * Wo
-            Y2 = np.empty((B * m, self.c_out), dtype=np.float32)  # (B*Ho*Wo, c_out)
-            for a, b in self._tiles:  # the linear keeps the last chunk's patches
-                Y2[a * m:b * m] = self.linear.forward(im2col(X[a:b], *conv))
-        return to_nchw(Y2, B, Ho, Wo)
+            YT = self.linear.forward_fm(im2col_t(X, *conv))  # (c_out, B*Ho*Wo)
+            return fm_to_nchw(YT, bias, B, Ho, Wo)
+        self._X = X
+        Y = np.empty((B, self.c_out, Ho, Wo), dtype=np.float32)  # (B, c_out, Ho, Wo)
+        for a, b in self._tiles:  # the linear keeps the last chunk's patches
+            Y[a:b] = fm_to_nchw(self.linear.forward_fm(im2col_t(X[a:b], *conv)), bias, b - a, Ho, Wo)
+        return Y
 
     def backward(self, dY: np.ndarray):
         """dY (B, c_out, Ho, Wo) -> dX (B, c_in, H, W) (None if not ``needs_input_grad``); fills
         ``weight.grad`` (shaped like W.values) and ``bias.grad``, summed over all chunks.
 
-        .. math:: dW_e = \\sum_r dY_2[r, i_e] \\, P[r, j_e], \\qquad db = \\sum_r dY_2[r], \\qquad
-                  dX = \\mathrm{col2im}(dY_2 W_2)
+        .. math:: dW_e = \\sum_r dY_2^T[i_e, r] \\, P^T[j_e, r], \\qquad db_o = \\sum_r dY_2^T[o, r], \\qquad
+                  dX = \\mathrm{col2im\\_t}(W_2^T dY_2^T)
         """
         conv = (self.kh, self.kw, self.stride, self.padding)
-        dY2 = to_rows(dY)  # (B*Ho*Wo, c_out)
-        if len(self._tiles) == 1:
-            dP = self.linear.backward(dY2)  # (B*Ho*Wo, c_in*kh*kw)
-            return None if dP is None else col2im(dP, self._X_shape, *conv)
         lin, be = self.linear, self.linear.backend
+        if len(self._tiles) == 1:
+            dYT = nchw_to_fm(dY)  # (c_out, B*Ho*Wo)
+            be.bias_grad(dYT.T, lin.bias.grad)  # row sums of dY2^T (dYT.T: (B*Ho*Wo, c_out), a view)
+            dPT = lin.backward_fm(dYT)  # (c_in*kh*kw, B*Ho*Wo)
+            return None if dPT is None else col2im_t(dPT, self._X_shape, *conv)
         _, C, H, W = self._X_shape
-        m = dY2.shape[0] // self._X_shape[0]  # Ho * Wo
         gW, gb = be.zeros_like(lin.weight.grad), be.zeros_like(lin.bias.grad)
         dX = np.zeros(self._X_shape, dtype=np.float32) if self.needs_input_grad else None
         for a, b in self._tiles[:-1]:  # rebuild these chunks' patches
-            P = im2col(self._X[a:b], *conv)  # (n*Ho*Wo, c_in*kh*kw)
-            dYc = dY2[a * m:b * m]  # (n*Ho*Wo, c_out)
-            gW += be.sddmm(lin.matrix, P, dYc)
-            gb += dYc.sum(axis=0)
+            PT = im2col_t(self._X[a:b], *conv)  # (c_in*kh*kw, n*Ho*Wo)
+            dYTc = nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
+            gW += be.sddmm_fm(lin.matrix, PT, dYTc)
+            gb += be.bias_grad(dYTc.T, be.zeros_like(gb))
             if dX is not None:
-                dX[a:b] = col2im(be.matmul_t(lin.matrix, dYc), (b - a, C, H, W), *conv)
+                dX[a:b] = col2im_t(be.matmul_t_fm(lin.matrix, dYTc), (b - a, C, H, W), *conv)
         a, b = self._tiles[-1]
-        dP = lin.backward(dY2[a * m:b * m])  # the linear still holds this chunk's patches
+        dYTc = nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
+        dPT = lin.backward_fm(dYTc)  # the linear still holds this chunk's patches
+        be.bias_grad(dYTc.T, lin.bias.grad)
         lin.weight.grad += gW
         lin.bias.grad += gb
         if dX is not None:
-            dX[a:b] = col2im(dP, (b - a, C, H, W), *conv)
+            dX[a:b] = col2im_t(dPT, (b - a, C, H, W), *conv)
         return dX
 
     # ------------------------------------------------------------------------------------ residency

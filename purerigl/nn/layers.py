@@ -34,6 +34,15 @@ growth kernels read the accumulated gradient unchanged and the dense gradient is
 Memory: N * B * (n_in + n_out) float32 per layer for the ring, plus the same again for the stacking
 made at a topology update (released at the next backward). N = 1 (the default) keeps nothing beyond
 the last X and dY.
+
+Feature-major products (the convolutions, :class:`~purerigl.nn.conv.SparseConv2d`).
+:meth:`SparseLinear.forward_fm` / :meth:`SparseLinear.backward_fm` take and return the batch on the
+last axis, X^T (n_in, B), Y^T (n_out, B), through the backend's ``matmul_fm``, ``sddmm_fm`` and
+``matmul_t_fm``, and leave the bias to the caller (who adds it while changing layout anyway). A
+convolution's operand is its patch matrix, and this layout is the one the cpu kernels compute in, so
+no patch-sized transpose happens in a step. The layer then keeps X^T and dY^T; :meth:`saved_batch`
+(what the growth rules read, once per topology update) still returns the row layout, transposed on
+first use after each step (``backend.transpose``, one copy of each, released at the next step).
 """
 
 from __future__ import annotations
@@ -78,9 +87,11 @@ class SparseLinear:
         self.weight = Parameter(f"{name}.values", self._matrix.values, backend=self.backend, host=W.values)
         self.bias = Parameter(f"{name}.bias", b, backend=self.backend)
         self._X = self._dY = None  # backend arrays of the last forward / backward
+        self._feature_major = False  # True: _X and _dY are X^T and dY^T (forward_fm / backward_fm)
+        self._rows = None  # with _feature_major: (X, dY) in the row layout, made on first use
         self._X_host = self._dY_host = None  # host copies of saved_batch(), made on first access
         self._window = 1  # batches the growth scores read (keep_batches)
-        self._kept: list = []  # with _window > 1: the last _window (X, dY) pairs, oldest first
+        self._kept: list = []  # with _window > 1: the last _window (X, dY, feature-major?), oldest first
         self._stacked = None  # their stacking (saved_batch), made on first use after each backward
 
     @property
@@ -120,14 +131,29 @@ class SparseLinear:
         (up to) N backward passes, oldest first, X (sum of B_b, n_in) and dY (sum of B_b, n_out), whose
         dY^T X is the sum of their gradients (``None, None`` while none is kept). Made on first use
         after each backward (a copy on the backend; one pair is returned as it is).
+
+        Always in the row layout: after :meth:`forward_fm` / :meth:`backward_fm` the kept X^T and dY^T
+        are transposed on first use (``backend.transpose``), and the copies are held until the next step.
         """
         if self._window == 1:
-            return self._X, self._dY
+            if not self._feature_major:
+                return self._X, self._dY
+            if self._rows is None:
+                self._rows = self._row_layout(self._X, self._dY, True)
+            return self._rows
         if not self._kept:
             return None, None
         if self._stacked is None:
-            self._stacked = tuple(_stack_rows(self.backend, [pair[k] for pair in self._kept]) for k in (0, 1))
+            pairs = self.kept_batches()  # row layout
+            self._stacked = tuple(_stack_rows(self.backend, [pair[k] for pair in pairs]) for k in (0, 1))
         return self._stacked
+
+    def _row_layout(self, X, dY, feature_major: bool) -> tuple:
+        """(X, dY) in the row layout: transposed on the backend when they are X^T and dY^T."""
+        if not feature_major:
+            return X, dY
+        T = self.backend.transpose
+        return (None if X is None else T(X)), (None if dY is None else T(dY))
 
     @property
     def batches_kept(self) -> int:
@@ -152,17 +178,18 @@ class SparseLinear:
             self._stacked = self._X_host = self._dY_host = None
 
     def kept_batches(self) -> list:
-        """The kept (X, dY) pairs, oldest first, as backend arrays (a new list; empty for N = 1).
-        Training checkpoints store them (:mod:`purerigl.training.checkpoint`) so that a resumed run
-        scores its first updates on the same batches."""
-        return list(self._kept)
+        """The kept (X, dY) pairs, oldest first, as backend arrays in the row layout (a new list; empty
+        for N = 1; pairs kept by :meth:`backward_fm` are transposed copies). Training checkpoints store
+        them (:mod:`purerigl.training.checkpoint`) so that a resumed run scores its first updates on the
+        same batches."""
+        return [self._row_layout(X, dY, fm) for X, dY, fm in self._kept]
 
     def set_kept_batches(self, pairs) -> None:
         """Replace the kept pairs by ``pairs`` [(X, dY), ...], oldest first (host or backend arrays,
         moved to the backend): what :meth:`kept_batches` returned, or a checkpoint's copy of it. They
         are read once :meth:`keep_batches` has set N > 1 (and cut to the newest N)."""
         to = self.backend.to_device
-        self._kept = [(to(X), to(dY)) for X, dY in pairs]
+        self._kept = [(to(X), to(dY), False) for X, dY in pairs]  # (X, dY, feature-major?)
         if self._window > 1:
             del self._kept[: -self._window]
         self._stacked = self._X_host = self._dY_host = None
@@ -196,7 +223,7 @@ class SparseLinear:
 
         .. math:: Y = X W^T + \\mathbf{1} b^T
         """
-        self._X, self._X_host = X, None
+        self._remember_input(X, False)
         Y = self.backend.matmul(self._matrix, X)
         return self.backend.add_bias(Y, self.bias.value)
 
@@ -205,18 +232,49 @@ class SparseLinear:
 
         .. math:: dW_e = \\sum_b dY_{b, i_e} X_{b, j_e}, \\qquad db = \\sum_b dY_b, \\qquad dX = dY W
         """
-        self._remember_output_grad(dY)
+        self._remember_output_grad(dY, False)
         self.backend.sddmm(self._matrix, self._X, dY, out=self.weight.grad)
         self.backend.bias_grad(dY, self.bias.grad)
         if not self.needs_input_grad:
             return None
         return self.backend.matmul_t(self._matrix, dY)
 
-    def _remember_output_grad(self, dY) -> None:
-        """Keep dY for :meth:`saved_batch` (and the (X, dY) pair in the ring of :meth:`keep_batches`)."""
-        self._dY, self._dY_host = dY, None
+    def forward_fm(self, XT):
+        """The product in the feature-major layout, XT (n_in, B) -> YT (n_out, B), **without the bias**:
+        the caller adds it (a convolution does so while it reorders Y^T to (B, c_out, Ho, Wo)).
+
+        .. math:: Y^T = W X^T
+        """
+        self._remember_input(XT, True)
+        return self.backend.matmul_fm(self._matrix, XT)
+
+    def backward_fm(self, dYT):
+        """dYT (n_out, B) -> dXT (n_in, B) (None if not ``needs_input_grad``) after :meth:`forward_fm`;
+        fills ``weight.grad`` (shaped like W.values). ``bias.grad`` is the caller's (the row sums of dYT).
+
+        .. math:: dW_e = \\sum_b dY^T_{i_e, b} X^T_{j_e, b}, \\qquad dX^T = W^T dY^T
+        """
+        self._remember_output_grad(dYT, True)
+        self.backend.sddmm_fm(self._matrix, self._X, dYT, out=self.weight.grad)
+        if not self.needs_input_grad:
+            return None
+        return self.backend.matmul_t_fm(self._matrix, dYT)
+
+    def _remember_input(self, X, feature_major: bool) -> None:
+        """Keep the forward's input (X, or X^T with ``feature_major``) for the backward and saved_batch."""
+        self._X, self._X_host, self._rows = X, None, None
+        self._feature_major = feature_major
+
+    def _remember_output_grad(self, dY, feature_major: bool = False) -> None:
+        """Keep dY (or dY^T) for :meth:`saved_batch` (and the pair in the ring of :meth:`keep_batches`)."""
+        if feature_major != self._feature_major:
+            raise ValueError(
+                f"layer {self.name!r}: {'backward_fm' if feature_major else 'backward'} after "
+                f"{'forward_fm' if self._feature_major else 'forward'}; use the pair of the same layout"
+            )
+        self._dY, self._dY_host, self._rows = dY, None, None
         if self._window > 1:  # the ring of the last N pairs (keep_batches)
-            self._kept.append((self._X, dY))
+            self._kept.append((self._X, dY, feature_major))
             del self._kept[: -self._window]
             self._stacked = self._X_host = None
 
@@ -268,7 +326,8 @@ class SparseLinear:
             p.backend = self.backend
         self.weight.replace(self._matrix.values, host=W.values)
         self.bias.replace(self.backend.to_device(self.bias.host), host=self.bias.host)
-        self._X = self._dY = self._X_host = self._dY_host = None
+        self._X = self._dY = self._X_host = self._dY_host = self._rows = None
+        self._feature_major = False
         self._kept, self._stacked = [], None
 
     def __repr__(self) -> str:

@@ -18,7 +18,8 @@ which is what the backward needs: ``dX = col2im(dP)``.
 float32 and float64 arrays; :func:`im2col_reference` and :func:`col2im_reference` are their NumPy
 specifications, and the kernels return the same bits (tests/test_conv_speedpaths.py).
 :func:`im2col_t` and :func:`col2im_t` are the same maps in the transposed layout (C * kh * kw,
-B * Ho * Wo), the one the batched sparse kernels work in.
+B * Ho * Wo), the feature-major layout in which :class:`~purerigl.nn.conv.SparseConv2d` hands its
+patches to the sparse kernels (specifications: :func:`im2col_t_reference`, :func:`col2im_t_reference`).
 
 Also here: :func:`check_host_backend`, the check that the convolutional building blocks
 (:mod:`.conv`, :mod:`.norm`, :mod:`.pool`) run only on the host backends for now.
@@ -167,7 +168,7 @@ def im2col_t(X: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0,
     .. math:: P^T[(c, i, j), (b, h_o, w_o)] = X_p[b, c, s h_o + i, s w_o + j]
     """
     if not fast_path(X):
-        return np.ascontiguousarray(im2col_reference(X, kh, kw, stride, padding, fill).T)
+        return im2col_t_reference(X, kh, kw, stride, padding, fill)
     Ho, Wo = output_hw(X.shape, kh, kw, stride, padding)
     return patch_kernels.im2col_t(X, kh, kw, stride, padding, Ho, Wo, fill)
 
@@ -180,7 +181,7 @@ def col2im_t(cols_t: np.ndarray, X_shape, kh: int, kw: int, stride: int = 1, pad
     if cols_t.shape != (C * kh * kw, B * Ho * Wo):
         raise ShapeError(f"cols_t has shape {cols_t.shape}, expected {(C * kh * kw, B * Ho * Wo)}")
     if not fast_path(cols_t):
-        return col2im_reference(cols_t.T, X_shape, kh, kw, stride, padding)
+        return col2im_t_reference(cols_t, X_shape, kh, kw, stride, padding)
     return patch_kernels.col2im_t(np.ascontiguousarray(cols_t), X_shape, kh, kw, stride, padding, Ho, Wo)
 
 
@@ -228,6 +229,24 @@ def col2im_reference(cols: np.ndarray, X_shape, kh: int, kw: int, stride: int = 
         for j in range(kw):
             Xp[:, :, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s] += c6[:, :, i, j]  # (B, C, Ho, Wo)
     return Xp[:, :, p:p + H, p:p + W] if p else Xp
+
+
+def im2col_t_reference(X: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0,
+                       fill=0.0) -> np.ndarray:
+    """The specification of :func:`im2col_t`: the transpose of :func:`im2col_reference`, C-contiguous.
+
+    .. math:: P^T[(c, i, j), (b, h_o, w_o)] = X_p[b, c, s h_o + i, s w_o + j]
+    """
+    P = im2col_reference(X, kh, kw, stride, padding, fill)  # (B*Ho*Wo, C*kh*kw)
+    return np.ascontiguousarray(P.T)  # (C*kh*kw, B*Ho*Wo)
+
+
+def col2im_t_reference(cols_t: np.ndarray, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """The specification of :func:`col2im_t`: :func:`col2im_reference` of the transpose.
+
+    cols_t (C * kh * kw, B * Ho * Wo) -> (B, C, H, W).
+    """
+    return col2im_reference(cols_t.T, X_shape, kh, kw, stride, padding)  # cols_t.T: (B*Ho*Wo, C*kh*kw), a view
 
 
 def patch_tiles(n_patches: int, row_bytes: int, max_bytes: int = DEFAULT_TILE_BYTES):

@@ -5,6 +5,9 @@ by the same :mod:`purerigl.kernels._checks` functions, so both backends accept a
 same inputs. This file only checks and dispatches on the format; the kernels live one module per
 format (:mod:`.condensed`, :mod:`.diagonal`, :mod:`.csr`) plus :mod:`.pairs` for ``grad_at`` and
 :mod:`.growth` for the growth selections (``topk_grad``, ``topk_grad_rows``, ``diag_grad_norms``).
+The feature-major products (``matmul_fm``, ``matmul_t_fm``, ``sddmm_fm``: batch last) are the batched
+kernels of :mod:`.condensed` and :mod:`.csr` called without their operand transposes, and the gathers
+of :mod:`.diagonal_fm`.
 
 Sums are accumulated in float32 (the reference uses float64), so results agree with the reference to
 float32 rounding, not bit for bit. Parallel loops run over independent outputs with private
@@ -29,18 +32,20 @@ from ..host_selection import (  # registry.UPDATE_OPS, continued
 )
 from ..host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
     adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
-    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device, to_host, zeros, zeros_like,
+    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device, to_host, transpose, zeros,
+    zeros_like,
 )
-from . import condensed, csr, diagonal, growth, pairs
+from . import condensed, csr, diagonal, diagonal_fm, growth, pairs
 
 NAME = "cpu"
 
 __all__ = [
     "NAME", "diag_grad_norms", "grad_at", "matmul", "matmul_t", "sddmm", "topk_grad", "topk_grad_rows",
+    "matmul_fm", "matmul_t_fm", "sddmm_fm",
     # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "to_device",
-    "to_host", "zeros", "zeros_like",
+    "to_host", "transpose", "zeros", "zeros_like",
     # the operations a DST update is written with, on host arrays (registry.UPDATE_OPS)
     "active_rows", "arange", "compress", "condensed_from_positions", "count_kept", "count_true",
     "csr_from_positions", "csr_positions", "diagonal_from_offsets", "exclusion_of", "flat_of",
@@ -58,6 +63,12 @@ def _module_for(W):
     if isinstance(W, CSR):
         return csr
     raise FormatTypeError(f"the cpu backend has no kernels for {type(W).__name__}")
+
+
+def _fm_module_for(W):
+    """The module holding the feature-major kernels of W's format."""
+    module = _module_for(W)
+    return diagonal_fm if module is diagonal else module
 
 
 def matmul(W, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -125,6 +136,73 @@ def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray | None = None) -> np
     """
     X, dY, out = _checks.sddmm_operands(W, X, dY, out)
     return _module_for(W).sddmm(W, X, dY, out)
+
+
+def matmul_fm(W, XT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Forward product in the feature-major layout, ``Y^T = W X^T``.
+
+    Implements :func:`purerigl.kernels.reference.matmul_fm`.
+
+    .. math:: Y^T[i, b] = \\sum_j W[i, j] \\, X^T[j, b]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+    XT : float32 ndarray, shape (n_in, B)
+    out : float32 ndarray, shape (n_out, B), optional
+        C-contiguous; overwritten.
+
+    Returns
+    -------
+    YT : float32 ndarray, shape (n_out, B). Rows of W that store nothing give 0.
+    """
+    XT, out = _checks.matmul_fm_operands(W, XT, out)
+    return _fm_module_for(W).matmul_fm(W, XT, out)
+
+
+def matmul_t_fm(W, dYT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Input gradient in the feature-major layout, ``dX^T = W^T dY^T``.
+
+    Implements :func:`purerigl.kernels.reference.matmul_t_fm`.
+
+    .. math:: dX^T[j, b] = \\sum_i W[i, j] \\, dY^T[i, b]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in)
+    dYT : float32 ndarray, shape (n_out, B)
+    out : float32 ndarray, shape (n_in, B), optional
+        C-contiguous; overwritten.
+
+    Returns
+    -------
+    dXT : float32 ndarray, shape (n_in, B)
+    """
+    dYT, out = _checks.matmul_t_fm_operands(W, dYT, out)
+    return _fm_module_for(W).matmul_t_fm(W, dYT, out)
+
+
+def sddmm_fm(W, XT: np.ndarray, dYT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Value gradient at the stored positions, feature-major operands.
+
+    Implements :func:`purerigl.kernels.reference.sddmm_fm`.
+
+    .. math:: dW[e] = \\sum_b dY^T[\\mathrm{row}_e, b] \\, X^T[\\mathrm{col}_e, b]
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (n_out, n_in); only its structure is read
+    XT : float32 ndarray, shape (n_in, B)
+    dYT : float32 ndarray, shape (n_out, B)
+    out : float32 ndarray shaped like ``W.values``, optional
+        C-contiguous; overwritten.
+
+    Returns
+    -------
+    dW : float32 ndarray shaped like ``W.values``
+    """
+    XT, dYT, out = _checks.sddmm_fm_operands(W, XT, dYT, out)
+    return _fm_module_for(W).sddmm_fm(W, XT, dYT, out)
 
 
 def grad_at(

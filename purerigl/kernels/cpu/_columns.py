@@ -89,23 +89,33 @@ def columns(W, flat_cols: np.ndarray, entry_rows, source):
 #: Input columns per parallel task of the column-major kernels.
 COL_BLOCK = 16
 
+#: Batch items per parallel task of the column-major kernels (the accumulator, a run of one row of
+#: dXT, stays in L1 however long the batch: a convolution's batch is its B * Ho * Wo patches).
+B_BLOCK = 1024
+
 
 @njit(parallel=True, cache=CACHE)
 def matmul_t_columns(col_ptr, entry, row, values, dYT, dXT):
-    """dXT[j, :] = sum_{q in column j} values[entry[q]] dYT[row[q], :]; parallel over column blocks.
+    """dXT[j, :] = sum_{q in column j} values[entry[q]] dYT[row[q], :]; parallel over (column block,
+    batch block) tiles.
 
-    values is ``W.values.ravel()``, dYT is (n_out, B) and dXT is (n_in, B), arriving zeroed. The row
-    of dXT is the accumulator (L1-resident); the innermost loop is a contiguous axpy over the batch.
+    values is ``W.values.ravel()``, dYT is (n_out, B) and dXT is (n_in, B), arriving zeroed. A run
+    dXT[j, b0:b1] is the accumulator (L1-resident); the innermost loop is a contiguous axpy over the
+    batch block. Every element sums its terms in ascending q whatever the tiling.
     """
     n_in = col_ptr.shape[0] - 1
-    n_tasks = (n_in + COL_BLOCK - 1) // COL_BLOCK
-    for task in prange(n_tasks):
-        j0 = task * COL_BLOCK
+    B = dXT.shape[1]
+    n_cols = (n_in + COL_BLOCK - 1) // COL_BLOCK
+    n_b = max(1, (B + B_BLOCK - 1) // B_BLOCK)
+    for task in prange(n_cols * n_b):
+        j0 = (task // n_b) * COL_BLOCK
         j1 = min(n_in, j0 + COL_BLOCK)
+        b0 = (task % n_b) * B_BLOCK
+        b1 = min(B, b0 + B_BLOCK)
         for j in range(j0, j1):
-            acc = dXT[j]  # (B,) view
+            acc = dXT[j, b0:b1]  # (b1 - b0,) view
             for q in range(col_ptr[j], col_ptr[j + 1]):
                 v = values[entry[q]]
-                y = dYT[row[q]]  # (B,) view
+                y = dYT[row[q], b0:b1]  # (b1 - b0,) view
                 for b in range(acc.shape[0]):
                     acc[b] += v * y[b]

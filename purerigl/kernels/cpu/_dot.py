@@ -13,6 +13,20 @@ from numba import njit
 
 from ._cache import CACHE
 
+#: Batch items per pairwise partial sum of the batch-long dot products (sddmm in the transposed
+#: layout): a chunk of both vectors and the scratch stay in L1; the chunks are added in ascending
+#: order, so the summation order depends on the batch size alone.
+DOT_CHUNK = 1024
+
+
+@njit(cache=CACHE, inline="always")
+def pow2(n):
+    """The smallest power of two >= n (1 for n <= 1): the scratch length :func:`tree_dot` needs."""
+    m = 1
+    while m < n:
+        m *= 2
+    return m
+
 
 @njit(cache=CACHE, inline="always")
 def gather_dot(v, idx, x):

@@ -3,7 +3,9 @@
 A Condensed matrix stores, for every active row ``rows[r]``, exactly ``k`` entries at columns
 ``indices[r, :]`` with weights ``values[r, :]`` (see :mod:`purerigl.formats.condensed`). This module
 holds the private ``@njit`` kernels and three thin drivers (:func:`matmul`, :func:`matmul_t`,
-:func:`sddmm`) that pick a kernel by batch size and lay the dense operands out for it. The drivers
+:func:`sddmm`) that pick a kernel by batch size and lay the dense operands out for it, plus their
+feature-major twins (:func:`matmul_fm`, :func:`matmul_t_fm`, :func:`sddmm_fm`: operands (features,
+batch), the batched kernels' own layout, so they call them with no transpose). The drivers
 receive operands already checked by :mod:`purerigl.kernels._checks` and a zeroed ``out``.
 
 Layouts. With a small batch a row's dot product gathers straight from ``X[b]``. With a larger batch the
@@ -26,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
-from ._dot import gather_dot, tree_dot
+from ._dot import DOT_CHUNK, gather_dot, pow2, tree_dot
 from ._columns import columns, matmul_t_columns, narrow_indices
 from ._columns import cached as _cached
 from ._layout import transpose
@@ -135,19 +137,23 @@ def _matmul_t_chunks(rows, indices, values, dY, n_chunks, dX):
 
 @njit(parallel=True, cache=CACHE)
 def _sddmm_transposed(rows, indices, XT, dYT, dW):
-    """dW[r, t] = sum_b dYT[rows[r], b] XT[indices[r, t], b]; parallel over active rows r.
+    """dW[r, t] = sum_b dYT[rows[r], b] XT[indices[r, t], b]; parallel over active rows r. dW arrives
+    zeroed.
 
-    XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch.
+    XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch,
+    summed in chunks of DOT_CHUNK items (pairwise within a chunk, the chunks in ascending order); the
+    chunk loop is outside the entry loop, so a chunk of dYT[rows[r]] stays in L1 across the row's entries.
     """
     n_active, k = indices.shape
-    m = 1
-    while m < XT.shape[1]:
-        m *= 2
+    B = XT.shape[1]
     for r in prange(n_active):
-        tmp = np.empty(m, dtype=np.float32)  # scratch of tree_dot, one per row
-        g = dYT[rows[r]]  # (B,) view
-        for t in range(k):
-            dW[r, t] = tree_dot(g, XT[indices[r, t]], tmp)
+        tmp = np.empty(pow2(min(B, DOT_CHUNK)), dtype=np.float32)  # scratch of tree_dot, one per row
+        for c0 in range(0, B, DOT_CHUNK):
+            c1 = min(B, c0 + DOT_CHUNK)
+            scratch = tmp[: pow2(c1 - c0)]
+            g = dYT[rows[r], c0:c1]  # (c1 - c0,) view
+            for t in range(k):
+                dW[r, t] += tree_dot(g, XT[indices[r, t], c0:c1], scratch)
 
 
 def _batch_block(B: int, parallel: bool) -> int:
@@ -181,9 +187,17 @@ def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
         else:
             _matmul_rowdot(W.rows, indices, W.values, X, out)
         return out
-    YT = np.zeros((W.n_out, B), dtype=np.float32)  # (n_out, B)
-    by_work(_matmul_transposed, W.nnz * B)(W.rows, indices, W.values, transpose(X), YT, _batch_block(B, False))
+    YT = matmul_fm(W, transpose(X), np.zeros((W.n_out, B), dtype=np.float32))  # (n_out, B)
     transpose(YT, out)  # (n_out, B) -> (B, n_out)
+    return out
+
+
+def matmul_fm(W, XT: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """YT = W XT into the zeroed ``out`` (n_out, B), XT (n_in, B): the batch-transposed kernel, whose
+    operands are already in its layout (no transpose); ablated rows stay 0."""
+    B = XT.shape[1]
+    if W.nnz and B:
+        by_work(_matmul_transposed, W.nnz * B, B)(W.rows, _indices(W), W.values, XT, out, _batch_block(B, False))
     return out
 
 
@@ -209,10 +223,18 @@ def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
         n_chunks = max(1, min(MAX_CHUNKS, W.n_active, work // CHUNK_WORK))
         by_work(_matmul_t_chunks, work, B)(W.rows, _indices(W), W.values, dY, n_chunks, out)
         return out
-    col_ptr, entry, row = _columns_of(W)
-    dXT = np.zeros((W.n_in, B), dtype=np.float32)  # (n_in, B)
-    by_work(matmul_t_columns, W.nnz * B)(col_ptr, entry, row, W.values.reshape(-1), transpose(dY), dXT)
+    dXT = matmul_t_fm(W, transpose(dY), np.zeros((W.n_in, B), dtype=np.float32))  # (n_in, B)
     transpose(dXT, out)  # (n_in, B) -> (B, n_in)
+    return out
+
+
+def matmul_t_fm(W, dYT: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dXT = W^T dYT into the zeroed ``out`` (n_in, B), dYT (n_out, B): the gather over the cached
+    column-major structure (see :func:`matmul_t`), operands already in its layout."""
+    B = dYT.shape[1]
+    if W.nnz and B:
+        col_ptr, entry, row = _columns_of(W)
+        by_work(matmul_t_columns, W.nnz * B, B)(col_ptr, entry, row, W.values.reshape(-1), dYT, out)
     return out
 
 
@@ -220,5 +242,12 @@ def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dW[r, t] = sum_b dY[b, rows[r]] X[b, indices[r, t]] into ``out`` (n_active, k)."""
     if W.nnz == 0:
         return out
-    by_work(_sddmm_transposed, W.nnz * X.shape[0], X.shape[0])(W.rows, _indices(W), transpose(X), transpose(dY), out)
+    return sddmm_fm(W, transpose(X), transpose(dY), out)
+
+
+def sddmm_fm(W, XT: np.ndarray, dYT: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dW[r, t] = sum_b dYT[rows[r], b] XT[indices[r, t], b] into ``out`` (n_active, k): contiguous
+    dot products over the batch, operands already in the kernel's layout."""
+    if W.nnz:
+        by_work(_sddmm_transposed, W.nnz * XT.shape[1], XT.shape[1])(W.rows, _indices(W), XT, dYT, out)
     return out

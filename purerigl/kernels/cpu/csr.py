@@ -3,7 +3,9 @@
 Row ``i`` of a CSR matrix stores its entries at columns ``indices[indptr[i]:indptr[i+1]]`` with
 weights ``values[indptr[i]:indptr[i+1]]`` (see :mod:`purerigl.formats.csr`). This module holds the
 private ``@njit`` kernels and three thin drivers (:func:`matmul`, :func:`matmul_t`, :func:`sddmm`)
-that pick a kernel by batch size and lay the dense operands out for it. The drivers receive operands
+that pick a kernel by batch size and lay the dense operands out for it, plus their feature-major
+twins (:func:`matmul_fm`, :func:`matmul_t_fm`, :func:`sddmm_fm`: operands (features, batch), which is
+the batched kernels' own layout, so they call them with no transpose). The drivers receive operands
 already checked by :mod:`purerigl.kernels._checks` and a zeroed ``out``.
 
 The kernels mirror :mod:`purerigl.kernels.cpu.condensed` (same strategies, same layouts) with
@@ -23,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
-from ._dot import gather_dot, tree_dot
+from ._dot import DOT_CHUNK, gather_dot, pow2, tree_dot
 from ._columns import columns, matmul_t_columns
 from ._layout import transpose
 from ._serial import by_work
@@ -112,19 +114,22 @@ def _matmul_t_chunks(indptr, indices, values, dY, chunk_rows, dX):
 
 @njit(parallel=True, cache=CACHE)
 def _sddmm_transposed(indptr, indices, XT, dYT, dW):
-    """dW[e] = sum_b dYT[row(e), b] XT[indices[e], b]; parallel over rows.
+    """dW[e] = sum_b dYT[row(e), b] XT[indices[e], b]; parallel over rows. dW arrives zeroed.
 
-    XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch.
+    XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch,
+    summed in chunks of DOT_CHUNK items (pairwise within a chunk, the chunks in ascending order); the
+    chunk loop is outside the entry loop, so a chunk of dYT[i] stays in L1 across the row's entries.
     """
     n_out = indptr.shape[0] - 1
-    m = 1
-    while m < XT.shape[1]:
-        m *= 2
+    B = XT.shape[1]
     for i in prange(n_out):
-        tmp = np.empty(m, dtype=np.float32)  # scratch of tree_dot, one per row
-        g = dYT[i]  # (B,) view
-        for e in range(indptr[i], indptr[i + 1]):
-            dW[e] = tree_dot(g, XT[indices[e]], tmp)
+        tmp = np.empty(pow2(min(B, DOT_CHUNK)), dtype=np.float32)  # scratch of tree_dot, one per row
+        for c0 in range(0, B, DOT_CHUNK):
+            c1 = min(B, c0 + DOT_CHUNK)
+            scratch = tmp[: pow2(c1 - c0)]
+            g = dYT[i, c0:c1]  # (c1 - c0,) view
+            for e in range(indptr[i], indptr[i + 1]):
+                dW[e] += tree_dot(g, XT[indices[e], c0:c1], scratch)
 
 
 def _batch_block(B: int, parallel: bool) -> int:
@@ -165,10 +170,17 @@ def matmul(W, X: np.ndarray, out: np.ndarray) -> np.ndarray:
     if B < TRANSPOSED_MIN_BATCH:
         by_work(_matmul_rowdot, W.nnz * B, B)(W.indptr, _indices(W), W.values, X, out)
         return out
-    YT = np.zeros((W.n_out, B), dtype=np.float32)  # (n_out, B)
-    by_work(_matmul_transposed, W.nnz * B)(W.indptr, _indices(W), W.values, transpose(X), YT,
-                                           _batch_block(B, False))
+    YT = matmul_fm(W, transpose(X), np.zeros((W.n_out, B), dtype=np.float32))  # (n_out, B)
     transpose(YT, out)  # (n_out, B) -> (B, n_out)
+    return out
+
+
+def matmul_fm(W, XT: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """YT = W XT into the zeroed ``out`` (n_out, B), XT (n_in, B): the batch-transposed kernel, whose
+    operands are already in its layout (no transpose)."""
+    B = XT.shape[1]
+    if W.nnz and B:
+        by_work(_matmul_transposed, W.nnz * B, B)(W.indptr, _indices(W), W.values, XT, out, _batch_block(B, False))
     return out
 
 
@@ -193,14 +205,29 @@ def matmul_t(W, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
         n_chunks = max(1, min(MAX_CHUNKS, W.n_out, work // CHUNK_WORK))
         by_work(_matmul_t_chunks, work, B)(W.indptr, _indices(W), W.values, dY, _chunk_rows(W.indptr, n_chunks), out)
         return out
-    col_ptr, entry, row = _columns_of(W)
-    dXT = np.zeros((W.n_in, B), dtype=np.float32)  # (n_in, B)
-    by_work(matmul_t_columns, W.nnz * B)(col_ptr, entry, row, W.values, transpose(dY), dXT)
+    dXT = matmul_t_fm(W, transpose(dY), np.zeros((W.n_in, B), dtype=np.float32))  # (n_in, B)
     transpose(dXT, out)  # (n_in, B) -> (B, n_in)
+    return out
+
+
+def matmul_t_fm(W, dYT: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dXT = W^T dYT into the zeroed ``out`` (n_in, B), dYT (n_out, B): the gather over the cached
+    column-major structure (see :func:`matmul_t`), operands already in its layout."""
+    B = dYT.shape[1]
+    if W.nnz and B:
+        col_ptr, entry, row = _columns_of(W)
+        by_work(matmul_t_columns, W.nnz * B, B)(col_ptr, entry, row, W.values, dYT, out)
     return out
 
 
 def sddmm(W, X: np.ndarray, dY: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dW[e] = sum_b dY[b, row(e)] X[b, indices[e]] into ``out`` (nnz,)."""
-    by_work(_sddmm_transposed, W.nnz * X.shape[0], X.shape[0])(W.indptr, _indices(W), transpose(X), transpose(dY), out)
+    return sddmm_fm(W, transpose(X), transpose(dY), out)
+
+
+def sddmm_fm(W, XT: np.ndarray, dYT: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dW[e] = sum_b dYT[row(e), b] XT[indices[e], b] into ``out`` (nnz,): contiguous dot products
+    over the batch, operands already in the kernel's layout."""
+    if W.nnz:
+        by_work(_sddmm_transposed, W.nnz * XT.shape[1], XT.shape[1])(W.indptr, _indices(W), XT, dYT, out)
     return out

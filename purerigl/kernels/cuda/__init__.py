@@ -18,7 +18,8 @@ Device-level entry points, for chaining ops without host round trips (a GPU-resi
   take that device matrix and numba device arrays (``cuda.to_device(...)`` or the result of another
   ``*_device`` call), and return a float32 device array (``out=`` a device array to reuse one). They
   neither copy to the host nor synchronise; call :func:`synchronize` before reading a clock. Their
-  checks are cheap (types, dtypes, shapes), never a pass over the data.
+  checks are cheap (types, dtypes, shapes), never a pass over the data. The feature-major products
+  (batch last) have the same pair of levels in :mod:`.feature_major`.
 
 Training on the device (the ``ARRAY_OPS`` of :mod:`purerigl.kernels.registry`): :func:`to_device`
 also takes a NumPy array (a device copy) and :func:`to_host` copies a device array back;
@@ -50,12 +51,15 @@ from .. import _checks
 from . import _launch, condensed, csr, diagonal, pairs
 from .arrays import (
     adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
-    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, zeros, zeros_like,
+    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, transpose, zeros, zeros_like,
 )
 from .condensed import DeviceCondensed
 from .csr import DeviceCSR
 from .diagonal import DeviceDiagonal
 from .elementwise import check_device
+from .feature_major import (  # the feature-major products (registry.OPS)
+    matmul_fm, matmul_fm_device, matmul_t_fm, matmul_t_fm_device, sddmm_fm, sddmm_fm_device,
+)
 from .growth_ops import diag_grad_norms, topk_grad, topk_grad_rows  # the growth selections (registry.OPS)
 from .structure import (  # the operations a DST update is written with (registry.UPDATE_OPS)
     condensed_from_positions, count_kept, csr_from_positions, diagonal_from_offsets, exclusion_of, flat_positions,
@@ -75,10 +79,11 @@ __all__ = [
     "NAME", "DeviceCSR", "DeviceCondensed", "DeviceDiagonal", "check_available", "diag_grad_norms",
     "grad_at", "grad_at_device", "matmul", "matmul_device", "matmul_t", "matmul_t_device", "on_simulator", "sddmm",
     "sddmm_device", "synchronize", "to_device", "to_host", "topk_grad", "topk_grad_rows",
+    "matmul_fm", "matmul_fm_device", "matmul_t_fm", "matmul_t_fm_device", "sddmm_fm", "sddmm_fm_device",
     # the array operations of a training step (registry.ARRAY_OPS)
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "zeros",
-    "zeros_like",
+    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "transpose",
+    "zeros", "zeros_like",
     # the operations a DST update is written with (registry.UPDATE_OPS)
     "active_rows", "arange", "compress", "condensed_from_positions", "count_kept", "count_true",
     "csr_from_positions", "csr_positions", "diagonal_from_offsets", "exclusion_of", "flat_of",

@@ -19,14 +19,14 @@ import numpy as np
 
 from ...errors import ShapeError
 from ._device import batch_dot
-from ._launch import cuda, empty, launch
+from ._launch import cuda, empty, is_device_array, launch
 from .elementwise import adam_step, add_bias, bias_grad, check_device, flat, relu_backward, relu_forward, sgd_step
 from .loss import softmax_cross_entropy
 
 __all__ = [
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "zeros",
-    "zeros_like",
+    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "transpose",
+    "zeros", "zeros_like",
 ]
 
 
@@ -62,6 +62,17 @@ def _dense_grad_kernel(X, dY, dW):
         i = q // n_in
         j = q % n_in
         dW[i, j] = batch_dot(dY, i, X, j)
+
+
+@cuda.jit
+def _transpose_kernel(A, AT):
+    """AT[j, i] = A[i, j], one thread per element, consecutive threads writing consecutive AT[j, i]."""
+    q = cuda.grid(1)
+    n, m = A.shape
+    if q < n * m:
+        j = q // n
+        i = q % n
+        AT[j, i] = A[i, j]
 
 
 @cuda.jit
@@ -203,4 +214,29 @@ def dense_grad(X, dY, out):
     B = _dense_operands(out, X, "X", out.shape[1])
     check_device("dY", dY, shape=(B, out.shape[0]))
     launch(_dense_grad_kernel, out.size, X, dY, out)
+    return out
+
+
+def transpose(A, out=None):
+    """``A^T`` as a new C-contiguous device array, (n, m) -> (m, n) (into ``out`` when given): the
+    change between the row layout and the feature-major layout of the products.
+
+    .. math:: A^T[j, i] = A[i, j]
+
+    Parameters
+    ----------
+    A : 2-D device array, any dtype
+    out : device array (m, n) of A's dtype, optional; overwritten
+
+    Returns
+    -------
+    AT : device array (m, n)
+    """
+    check_device("A", A, A.dtype if is_device_array(A) else np.float32, ndim=2)
+    n, m = (int(d) for d in A.shape)
+    if out is None:
+        out = empty((m, n), A.dtype)
+    else:
+        check_device("out", out, A.dtype, shape=(m, n))
+    launch(_transpose_kernel, n * m, A, out)
     return out
