@@ -36,6 +36,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from purerigl.cli._models import training_defaults
 from purerigl.cli.main import main
 from purerigl.cli.train import train as train_command
 from test_cli_train import CLEAN_ENV
@@ -53,6 +54,9 @@ METHOD_FORMATS = {
 FORMATS = ("condensed", "diagonal", "csr")
 #: The command's own defaults (``--method``, ``--delta-t``, ...), read from its options.
 DEFAULTS = {p.opts[0]: p.default for p in train_command.params if p.opts}
+# options whose default is the model's own (None on the command line): the MLP's values, what a run gets
+DEFAULTS.update({f"--{name.replace('_', '-')}": value for name, value in training_defaults("mlp").items()
+                 if DEFAULTS.get(f"--{name.replace('_', '-')}") is None})
 DEFAULT_METHOD = str(DEFAULTS["--method"])
 
 # option: (valid values, invalid values). Every combination of valid values trains, and a dynamic
@@ -293,6 +297,7 @@ def test_each_invalid_item_alone_is_refused_with_one_line_naming_it(tmp_path, ar
 @given(case=invocations())
 @example(case=("fresh", ["--schedule", "step", "--hidden", "16", "--epochs", "1"], [], []))
 @example(case=("fresh", ["--hidden", "16,", "--epochs", "1"], [("--hidden", "16,")], []))
+@example(case=("fresh", ["--hidden", "16", "--epochs", "1", "--nesterov"], [], []))  # SGD 0.9 by default: valid
 @example(case=("fresh", ["--hidden", "16", "--epochs", "1", "--method", "srigl", "--gamma-sal", "nan"],
                [("--gamma-sal", "nan")], []))
 def test_train_gives_each_input_its_outcome(finished_run, case):
