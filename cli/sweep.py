@@ -28,8 +28,8 @@ from purerigl.dst.distribution import DISTRIBUTIONS
 from purerigl.optim import OPTIMIZERS
 from purerigl.optim.lr_schedule import SCHEDULES
 from purerigl.report.sweep import (
-    SWEEP_METHODS, Budget, Cell, aggregate, cell_state, check_budget, collect_results, make_grid, markdown_table,
-    write_failure, write_result,
+    SWEEP_FILE, SWEEP_METHODS, Budget, Cell, aggregate, cell_state, check_budget, collect_results, make_grid,
+    markdown_table, write_failure, write_result,
 )
 
 from ._models import MODEL_NAMES, training_defaults
@@ -206,8 +206,11 @@ def _train_args(ctx, param, value):
               help="More `purerigl train` options for every cell, one quoted string (for example "
                    "--train-args '--gamma-sal 0.9'); not those the sweep sets itself.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their state; train nothing.")
+@click.option("--report-only", is_flag=True,
+              help="Write results.md, results.json and the plot from the cells of the grid already done (a sweep "
+                   "stopped early: missing seeds are marked); train nothing.")
 def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epochs, batch_size, optimizer, lr, momentum,
-          weight_decay, schedule, distribution, workers, threads_per_run, scheduler, train_args, dry_run):
+          weight_decay, schedule, distribution, workers, threads_per_run, scheduler, train_args, dry_run, report_only):
     """Train a grid of methods x sparsities x seeds and write the accuracy table and plot.
 
     Cells already done in OUT are skipped and interrupted ones resumed, so the same command can be
@@ -235,6 +238,11 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
         for cell in cells:
             click.echo(f"  {cell.name:28s} {states[cell]}")
         return
+    if report_only:
+        if not (out / SWEEP_FILE).exists():
+            raise click.UsageError(f"{out} holds no sweep ({SWEEP_FILE} is missing): nothing to report")
+        check_budget(out, budget)  # the same budget as the cells' own, or exit 2
+        todo = []
     check_budget(out, budget)
     failed = []
     if todo:

@@ -221,6 +221,24 @@ def test_the_budget_defaults_follow_the_model_as_purerigl_train(tmp_path):
     assert "budget: sgd, lr 0.1 cosine, weight decay 0.05," in given.output, given.output
 
 
+def test_report_only_writes_the_table_of_the_cells_done_and_trains_nothing(finished_sweep, tmp_path):
+    """A sweep stopped early: --report-only over a larger grid tabulates the done cells (missing seeds
+    marked with n), starts no cell, and refuses a directory without a sweep or with another budget."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished_sweep[0], out)
+    (out / "results.md").unlink()
+    result = _sweep(out, "--seeds", "0,1,2", "--report-only")
+    assert result.exit_code == 0, result.output
+    assert "3 to run" in result.output and not (out / "cells" / "rigl-s50-seed2").exists()
+    md = (out / "results.md").read_text()
+    assert "6 of 9 cells done" in md and "(n=2)" in md
+    assert _sweep(tmp_path / "none", "--report-only").exit_code == 2
+    changed = _sweep(out, "--report-only", "--lr", "0.5")
+    assert changed.exit_code == 2 and "another budget" in changed.output
+
+
 def test_train_args_reach_every_cell_and_the_budget(tmp_path):
     """--train-args is added to every cell's train command and recorded in the budget, so a rerun
     with other extra options is a changed budget."""
