@@ -26,7 +26,7 @@ model_option = click.option(
     help="Network: mlp (--hidden widths); a built-in CNN: lenet5 (2 conv + 3 linear), vgg-small (3x3 conv "
          "blocks with batch norm), resnet20 (CIFAR ResNet, 16/32/64 channels); or vit-tiny, a vision transformer "
          "with sparse block projections (--vit-* options; AdamW, warm-up and cosine decay by default). CNNs and the "
-         "ViT run on the reference and cpu backends.")
+         "ViT run on the reference, cpu and cuda backends (cuda tested only under the CUDA simulator).")
 
 #: The ``--vit-*`` options: run option name -> vit_tiny keyword.
 VIT_OPTIONS = {"vit_width": "width", "vit_depth": "depth", "vit_heads": "heads", "vit_patch": "patch",

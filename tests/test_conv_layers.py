@@ -421,7 +421,7 @@ def test_pool_arguments_checked():
 
 
 # --------------------------------------------------------------------------------------------------
-# device backends are refused
+# backends without the convolutional operations are refused (check_host_backend: device backends)
 
 
 def test_device_backends_are_refused():
@@ -439,7 +439,7 @@ def test_device_backends_are_refused():
         lambda: BatchNorm2d(2, backend=standin),
         lambda: MaxPool2d(2, backend=standin),
     ):
-        with pytest.raises(ConvBackendError, match="only for now"):
+        with pytest.raises(ConvBackendError, match="convolutional operations"):
             make()
     layer = SparseConv2d(Wm, 1, 2, backend="cpu")
     with pytest.raises(ConvBackendError):

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from purerigl.kernels.cpu import _serial
 from purerigl.kernels.cpu import patches as pk
-from purerigl.nn import conv, norm, patches, pool
+from purerigl.nn import norm, patches
 from purerigl.nn.models import build_model
 from purerigl.nn.norm import BatchNorm2d
 from purerigl.nn.patches import col2im, col2im_reference, fast_path, im2col, im2col_reference
@@ -287,16 +287,15 @@ def test_batchnorm_kernels_parallel_equal_serial(dtype):
 
 @contextlib.contextmanager
 def specifications():
-    """The convolutional layers run their NumPy specifications (the code before the fast paths)."""
+    """The convolutional layers run their NumPy specifications (the code before the fast paths): the cpu
+    backend's convolutional operations replaced by the reference backend's (purerigl.kernels.host_conv)."""
+    import purerigl.kernels.cpu as cpu_backend
+    from purerigl.kernels import host_conv
+    from purerigl.kernels.registry import CONV_OPS
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(conv, "im2col", patches.im2col_reference)
-        mp.setattr(conv, "col2im", patches.col2im_reference)
-        mp.setattr(conv, "im2col_t", patches.im2col_t_reference)
-        mp.setattr(conv, "col2im_t", patches.col2im_t_reference)
-        mp.setattr(pool, "im2col", patches.im2col_reference)
-        mp.setattr(pool, "col2im", patches.col2im_reference)
-        mp.setattr(pool, "fast_path", lambda *a: False)
-        mp.setattr(norm, "fast_path", lambda *a: False)
+        for op in CONV_OPS:
+            mp.setattr(cpu_backend, op, getattr(host_conv, op))
         yield
 
 

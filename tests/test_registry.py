@@ -290,6 +290,10 @@ def test_every_backend_has_the_array_ops(name):
         return [p for p in inspect.signature(fn).parameters.values() if p.default is inspect.Parameter.empty]
 
     for op in ARRAY_OPS:
+        if op in registry.CONV_OPS:  # the convolutional layers' (test_every_backend_has_the_conv_ops)
+            continue
+        if op in registry.TRANSFORMER_OPS:  # the transformer layers' (test_every_backend_has_the_transformer_ops)
+            continue
         fn = getattr(module, op, None)
         assert callable(fn), f"{name}: {op} missing"
         assert len(required(fn)) == len(required(getattr(host_arrays, op))), f"{name}: {op} arguments"
@@ -298,6 +302,40 @@ def test_every_backend_has_the_array_ops(name):
     backend = get_backend(name)
     assert backend.add_bias is module.add_bias
     assert backend.resident == (name == "cuda")
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu", "cuda"])
+def test_every_backend_has_the_conv_ops(name):
+    """Every backend defines every convolutional array op (registry.CONV_OPS, part of ARRAY_OPS) with
+    the specification's parameters; the reference backend uses the specification itself."""
+    from purerigl.kernels import host_conv
+
+    module = importlib.import_module(registry.BACKENDS[name])
+    assert set(registry.CONV_OPS) <= set(ARRAY_OPS)
+    for op in registry.CONV_OPS:
+        fn, spec = getattr(module, op, None), getattr(host_conv, op)
+        assert callable(fn), f"{name}: {op} missing"
+        public = [p for p in inspect.signature(spec).parameters if not p.startswith("_")]
+        assert [p for p in inspect.signature(fn).parameters if not p.startswith("_")] == public, f"{name}: {op}"
+        if name == "reference":
+            assert fn is spec
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu", "cuda"])
+def test_every_backend_has_the_transformer_ops(name):
+    """Every backend defines every transformer array op (registry.TRANSFORMER_OPS, part of ARRAY_OPS)
+    with the specification's parameters; the host backends use the specification itself."""
+    from purerigl.kernels import host_transformer
+
+    module = importlib.import_module(registry.BACKENDS[name])
+    assert set(registry.TRANSFORMER_OPS) <= set(ARRAY_OPS)
+    assert registry.TRANSFORMER_OPS == host_transformer.OPS
+    for op in registry.TRANSFORMER_OPS:
+        fn, spec = getattr(module, op, None), getattr(host_transformer, op)
+        assert callable(fn), f"{name}: {op} missing"
+        assert signature_shape(fn) == signature_shape(spec), f"{name}: {op}"
+        if name in ("reference", "cpu"):
+            assert fn is spec
 
 
 def test_update_ops_are_the_host_modules_operations():

@@ -11,7 +11,7 @@ Three measurements, all in one process, on one synthetic batch (MNIST-shaped 1 x
   projections instrumented: the attention's share is the part of :class:`~purerigl.nn.attention.MultiHeadSelfAttention`
   that is not its two projections (scaled dot products, softmax, their backward, and the head
   split/merge copies), forward and backward; of which the scaled dot-product attention itself
-  (:func:`~purerigl.nn.attention.attention_forward` + :func:`~purerigl.nn.attention.attention_backward`);
+  (the backend's ``self_attention_forward`` + ``self_attention_backward``, head split/merge included);
   and the share of the four block projections (QKV, attention output, fc1, fc2);
 - the projections (:func:`._vit_probes.projection_times`): per storage format and sparsity, each block
   projection's forward + backward (sparse, in its format) on the token batch it sees in the dense ViT (B * T tokens,
@@ -268,7 +268,7 @@ def format_train_vit(report: dict) -> str:
         "DynaDiag after its freeze trains the diagonal format (the diagonal rows); its soft phase is not timed",
         f"shares of the step (over {m['share_runs']} instrumented step(s)), forward + backward: proj % = the four "
         "block projections; attn % = the attention without its projections (QK^T, softmax, AV and their backward, "
-        "head split/merge); sdpa % = the attention_forward/attention_backward functions alone (part of attn %)",
+        "head split/merge); sdpa % = the backend's self_attention_forward/backward operations (part of attn %)",
         "",
     ]
     head = (f"{'model':<8} {'method':<9} {'format':<9} {'sparsity':>8} {'weights':>8} {'step ms':>9} "
@@ -310,7 +310,7 @@ def train_vit_command(ctx, sparsities, batch, delta_t, steps, budget, max_call, 
     from purerigl.nn.attention import check_token_backend
 
     try:
-        check_token_backend(backend, "the vision transformer")
+        check_token_backend(backend, "bench train --model vit-tiny")
     except ValueError as err:
         raise click.BadParameter(str(err), ctx=ctx, param_hint="'--backend'") from None
     quick = bool(ctx.params.get("quick"))

@@ -50,18 +50,19 @@ def _timed(fn, spent: dict, key: str):
 @contextmanager
 def vit_timer(model):
     """Seconds spent, while active, in the blocks' attention layers, their two projections, all block
-    projections, and the scaled dot-product attention functions.
+    projections, and the scaled dot-product attention operations.
 
     Yields a dict: ``attention`` (every :class:`MultiHeadSelfAttention` forward + backward, projections
     included), ``attention_projections`` (their QKV and output projections' forward + backward),
-    ``projections`` (all four block projections, forward + backward), ``sdpa``
-    (:func:`~purerigl.nn.attention.attention_forward` + :func:`~purerigl.nn.attention.attention_backward`).
+    ``projections`` (all four block projections, forward + backward), ``sdpa`` (the backend's
+    ``self_attention_forward`` + ``self_attention_backward``: :mod:`purerigl.kernels.host_transformer`
+    on the host backends).
 
     The layers' ``forward`` and ``backward`` are wrapped by instance attributes (removed on exit) and
-    the two functions where the attention layer looks them up (:mod:`purerigl.nn.attention`); a wrapper
+    the two operations where the attention layer looks them up (the model backend's module); a wrapper
     costs well under a microsecond per call.
     """
-    import purerigl.nn.attention as attention_module
+    attention_module = model.backend.module
 
     spent = {"attention": 0.0, "attention_projections": 0.0, "projections": 0.0, "sdpa": 0.0}
     wrapped = []
@@ -77,7 +78,7 @@ def vit_timer(model):
             for key in keys:
                 fn = _timed(fn, spent, key)
             setattr(obj, method, fn)  # an instance attribute over the class's method, removed below
-    saved = [(name, getattr(attention_module, name)) for name in ("attention_forward", "attention_backward")]
+    saved = [(name, getattr(attention_module, name)) for name in ("self_attention_forward", "self_attention_backward")]
     for name, fn in saved:
         setattr(attention_module, name, _timed(fn, spent, "sdpa"))
     try:

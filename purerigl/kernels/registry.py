@@ -43,6 +43,32 @@ ARRAY_OPS = (
     "softmax_cross_entropy", "sgd_step", "adam_step", "scale_rows", "row_dots", "transpose",
 )
 
+#: The array operations of the transformer layers (:mod:`purerigl.nn.transformer`,
+#: :mod:`purerigl.nn.attention`, :mod:`purerigl.nn.vit_layers`), part of :data:`ARRAY_OPS`: the
+#: residual ``add`` (residual blocks of CNNs use it too), layer norm, GELU, the fused-QKV self-attention,
+#: patches, class token and class-token pooling. Specification: :mod:`purerigl.kernels.host_transformer`
+#: (the reference and cpu backends); cuda: :mod:`purerigl.kernels.cuda.transformer`,
+#: :mod:`~purerigl.kernels.cuda.attention`.
+TRANSFORMER_OPS = (
+    "add", "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward", "self_attention_forward",
+    "self_attention_backward", "patchify", "unpatchify", "prepend_token", "prepend_token_backward", "first_token",
+    "first_token_backward",
+)
+ARRAY_OPS = ARRAY_OPS + TRANSFORMER_OPS
+
+#: The array operations of the convolutional layers (:mod:`purerigl.nn.conv`, :mod:`purerigl.nn.pool`,
+#: :mod:`purerigl.nn.norm`), part of :data:`ARRAY_OPS`: patch matrices and their adjoints, the output
+#: reorders of a convolution, pooling and batch normalisation (a residual block adds with ``add``).
+#: Specification: :mod:`purerigl.kernels.host_conv` (the reference backend); cpu:
+#: :mod:`purerigl.kernels.cpu.conv_ops`; cuda: :mod:`purerigl.kernels.cuda.patches`,
+#: :mod:`~purerigl.kernels.cuda.pooling`, :mod:`~purerigl.kernels.cuda.batchnorm`.
+CONV_OPS = (
+    "im2col", "col2im", "im2col_t", "col2im_t", "fm_to_nchw", "nchw_to_fm", "rows_to_nchw", "nchw_to_rows",
+    "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward", "global_avgpool_forward",
+    "global_avgpool_backward", "batchnorm_forward", "batchnorm_backward",
+)
+ARRAY_OPS = ARRAY_OPS + CONV_OPS
+
 #: The operations a DST update is written with (host, for the reference and cpu backends:
 #: :mod:`purerigl.kernels.host_topology` and :mod:`purerigl.kernels.host_selection`; cuda:
 #: :mod:`purerigl.kernels.cuda.structure` and :mod:`purerigl.kernels.cuda.selection`). They take and

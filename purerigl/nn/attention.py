@@ -26,10 +26,14 @@ and ``out_proj`` is another; one matrix per block also makes the block's QKV one
 (uniform, ER, ERK see (3d, d) as one layer). No per-head structure is imposed: a head's d_h query rows
 may end up with other fan-ins or ablations than another head's (the DST methods see rows, not heads).
 
-These layers compute with NumPy on the host: the reference and cpu backends (whose products the
-sparse and dense projections call); a device backend is refused (:class:`TransformerBackendError`).
-They compute in the input's dtype (float64 for gradient checks when the projections are dense with
-float64 parameters); sparse projections are float32 only.
+These layers compute with their backend's operations (:data:`purerigl.kernels.registry.ARRAY_OPS`:
+the projections' products, ``self_attention_forward`` / ``self_attention_backward``), one code path on
+every backend: host NumPy arrays on the reference and cpu backends (the specification,
+:mod:`purerigl.kernels.host_transformer`, where :func:`attention_forward`, :func:`attention_backward`,
+:func:`split_heads` and :func:`merge_heads` live), device arrays on cuda (kernels in
+:mod:`purerigl.kernels.cuda.attention`), where the activations stay on the device. On the host
+backends they compute in the input's dtype (float64 for gradient checks when the projections are dense
+with float64 parameters); sparse projections, and everything on cuda, are float32 only.
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ import numpy as np
 
 from ..errors import BackendError, ShapeError
 from ..kernels import get_backend
+from ..kernels.host_transformer import (  # the maths over (B, h, T, d_h): the host specification
+    attention_backward,
+    attention_forward,
+    merge_heads,
+    split_heads,
+)
 from .layers import Dense, SparseLinear
 from .parameter import Parameter, SyncsChildren
 
@@ -48,15 +58,21 @@ __all__ = [
     "attention_backward",
     "attention_forward",
     "check_token_backend",
+    "merge_heads",
+    "split_heads",
 ]
 
 
 class TransformerBackendError(BackendError):
-    """A transformer building block was given a backend it cannot run on (a device backend)."""
+    """A transformer tool that runs on the host only was given a device backend (the layers themselves
+    run on every backend)."""
 
 
-def check_token_backend(backend, what: str = "transformer layers"):
+def check_token_backend(backend, what: str = "this transformer tool"):
     """The backend named by ``backend`` (see :func:`purerigl.get_backend`), refused if it is resident.
+
+    The transformer layers run on every backend; this check is for tools that read a model's arrays on
+    the host while it trains (``purerigl bench train --model vit-tiny`` times host kernels).
 
     Raises
     ------
@@ -67,15 +83,21 @@ def check_token_backend(backend, what: str = "transformer layers"):
     b = get_backend(backend)
     if b.resident:
         raise TransformerBackendError(
-            f"{what} run on the reference and cpu backends only for now, got backend {b.name!r}; "
-            "build the model with backend='cpu' (or 'reference')"
+            f"{what} runs on the reference and cpu backends only, got backend {b.name!r}; "
+            "use backend 'cpu' (or 'reference')"
         )
     return b
 
 
 def _check_tokens(X, width: int, what: str) -> None:
-    if X.ndim < 2 or X.shape[-1] != width:
-        raise ShapeError(f"{what} takes (..., {width}) tokens, got an input of shape {X.shape}")
+    if len(X.shape) < 2 or tuple(X.shape)[-1] != width:
+        raise ShapeError(f"{what} takes (..., {width}) tokens, got an input of shape {tuple(X.shape)}")
+
+
+def _as_rows(A, width: int):
+    """The (N, width) view of the C-contiguous backend array ``A`` (..., width) (no copy; explicit sizes,
+    which host arrays and numba device arrays both reshape)."""
+    return A.reshape(A.size // width, width)  # (..., width) -> (N, width)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,16 +122,11 @@ class TokenLinear:
         What follows the layer inside its block, for :meth:`Network.describe` ("gelu" for an MLP's
         first layer, else "none").
 
-    Raises
-    ------
-    TransformerBackendError
-        When ``linear`` computes on a device backend.
     """
 
     def __init__(self, linear, activation: str = "none"):
         if not isinstance(linear, (SparseLinear, Dense)):
             raise TypeError(f"TokenLinear wraps a SparseLinear or a Dense, got {type(linear).__name__}")
-        check_token_backend(linear.backend, "token-wise linear layers")
         self.linear = linear
         self.activation = activation
         self._lead = None  # the leading axes (B, T) of the last forward
@@ -164,15 +181,17 @@ class TokenLinear:
         """X (B, T, d_in) -> Y (B, T, d_out)."""
         n_out, n_in = self.shape
         _check_tokens(X, n_in, "a token-wise linear layer")
-        self._lead = X.shape[:-1]
-        rows = X.reshape(-1, n_in)  # (B, T, d_in) -> (B*T, d_in)
+        self._lead = tuple(int(n) for n in X.shape)[:-1]
+        rows = _as_rows(X, n_in)  # (B, T, d_in) -> (B*T, d_in)
         return self.linear.forward(rows).reshape(*self._lead, n_out)  # (B*T, d_out) -> (B, T, d_out)
 
     def backward(self, dY: np.ndarray):
         """dY (B, T, d_out) -> dX (B, T, d_in) (None if not ``needs_input_grad``); the wrapped layer fills
         ``weight.grad`` and ``bias.grad`` from the (B * T) rows."""
         n_out, n_in = self.shape
-        dX = self.linear.backward(np.ascontiguousarray(dY).reshape(-1, n_out))  # (B*T, d_out) -> (B*T, d_in)
+        if isinstance(dY, np.ndarray):
+            dY = np.ascontiguousarray(dY)  # a host view (a slice) made contiguous; device ops return contiguous arrays
+        dX = self.linear.backward(_as_rows(dY, n_out))  # (B, T, d_out) -> (B*T, d_out) -> (B*T, d_in)
         return None if dX is None else dX.reshape(*self._lead, n_in)  # (B*T, d_in) -> (B, T, d_in)
 
     # ------------------------------------------------------------------------------------ residency
@@ -185,8 +204,8 @@ class TokenLinear:
         self.linear.sync_to_device()
 
     def set_backend(self, backend) -> None:
-        """Move the layer to another host backend (gradients restart at zero; no batch is kept)."""
-        self.linear.set_backend(check_token_backend(backend, "token-wise linear layers"))
+        """Move the layer to another backend (gradients restart at zero; no batch is kept)."""
+        self.linear.set_backend(backend)
 
     def __repr__(self) -> str:
         return f"TokenLinear({self.linear!r})"
@@ -195,59 +214,6 @@ class TokenLinear:
 def as_token_linear(layer, activation: str = "none") -> TokenLinear:
     """``layer`` itself if it is a :class:`TokenLinear`, else a TokenLinear around it."""
     return layer if isinstance(layer, TokenLinear) else TokenLinear(layer, activation)
-
-
-# --------------------------------------------------------------------------------------------------
-# scaled dot-product attention: the maths
-
-
-def _softmax(S: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, shifted by the row maximum."""
-    E = np.exp(S - S.max(axis=-1, keepdims=True))
-    return E / E.sum(axis=-1, keepdims=True)
-
-
-def attention_forward(Q: np.ndarray, K: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(O, A) for Q, K, V (B, h, T, d_h): O (B, h, T, d_h) and the attention weights A (B, h, T, T).
-
-    .. math:: S = \\frac{Q K^T}{\\sqrt{d_h}}, \\qquad
-              A_{qk} = \\frac{e^{S_{qk}}}{\\sum_{k'} e^{S_{qk'}}}, \\qquad O = A V
-    """
-    scale = Q.dtype.type(1.0 / np.sqrt(Q.shape[-1]))
-    A = _softmax((Q @ np.swapaxes(K, -1, -2)) * scale)  # (B, h, T, T)
-    return A @ V, A
-
-
-def attention_backward(dO, Q, K, V, A) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dQ, dK, dV) (B, h, T, d_h) for the output gradient dO (B, h, T, d_h).
-
-    With s = 1 / sqrt(d_h) the softmax Jacobian-vector product is, per row q,
-
-    .. math::
-
-        dV = A^T dO, \\qquad dA = dO \\, V^T, \\qquad
-        dS_{qk} = A_{qk} \\Big(dA_{qk} - \\sum_{k'} A_{qk'} dA_{qk'}\\Big), \\qquad
-        dQ = s \\, dS \\, K, \\qquad dK = s \\, dS^T Q
-    """
-    scale = Q.dtype.type(1.0 / np.sqrt(Q.shape[-1]))
-    dV = np.swapaxes(A, -1, -2) @ dO  # (B, h, T, d_h)
-    dA = dO @ np.swapaxes(V, -1, -2)  # (B, h, T, T)
-    dS = A * (dA - (A * dA).sum(axis=-1, keepdims=True))  # (B, h, T, T)
-    dQ = (dS @ K) * scale
-    dK = (np.swapaxes(dS, -1, -2) @ Q) * scale
-    return dQ, dK, dV
-
-
-def split_heads(X: np.ndarray, heads: int) -> np.ndarray:
-    """(B, T, d) -> (B, h, T, d / h): column j d_h + c of X is column c of head j."""
-    B, T, d = X.shape
-    return X.reshape(B, T, heads, d // heads).transpose(0, 2, 1, 3)  # (B, T, h, d_h) -> (B, h, T, d_h)
-
-
-def merge_heads(X: np.ndarray) -> np.ndarray:
-    """(B, h, T, d_h) -> (B, T, h * d_h), the inverse of :func:`split_heads` (a C-contiguous copy)."""
-    B, h, T, dh = X.shape
-    return np.ascontiguousarray(X.transpose(0, 2, 1, 3)).reshape(B, T, h * dh)  # (B, T, h, d_h) -> (B, T, d)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,9 +229,11 @@ class MultiHeadSelfAttention(SyncsChildren):
         O_j = \\mathrm{softmax}\\Big(\\frac{Q_j K_j^T}{\\sqrt{d_h}}\\Big) V_j, \\qquad
         Y = \\mathrm{out}([O_1 \\cdots O_h])
 
-    (see the module docstring for the layout of the fused matrix and why it is fused). The backward
-    runs ``out``'s backward, the attention's (:func:`attention_backward`), and ``qkv``'s on the
-    concatenation [dQ dK dV] (B, T, 3d).
+    (see the module docstring for the layout of the fused matrix and why it is fused). The attention
+    between the projections is the backend's ``self_attention_forward`` / ``self_attention_backward``,
+    which read the heads inside the fused (B, T, 3d) output (:func:`attention_forward` and
+    :func:`attention_backward` per head on the host). The backward runs ``out``'s backward, the
+    attention's, and ``qkv``'s on the gradient [dQ dK dV] (B, T, 3d).
 
     Parameters
     ----------
@@ -291,7 +259,7 @@ class MultiHeadSelfAttention(SyncsChildren):
                              f"got {self.qkv.shape}")
         if self.out.shape != (self.d, self.d):
             raise ShapeError(f"the output projection must be (d, d) = ({self.d}, {self.d}), got {self.out.shape}")
-        self._saved = None  # (Q, K, V, A) of the last forward, (B, h, T, d_h) and (B, h, T, T)
+        self._saved = None  # (QKV, A) of the last forward, (B, T, 3d) and (B, h, T, T)
 
     @property
     def backend(self):
@@ -310,27 +278,24 @@ class MultiHeadSelfAttention(SyncsChildren):
         return tuple(shape)
 
     @property
-    def attention(self) -> np.ndarray | None:
-        """The attention weights A (B, h, T, T) of the last forward (rows sum to 1)."""
-        return None if self._saved is None else self._saved[3]
+    def attention(self):
+        """The attention weights A (B, h, T, T) of the last forward (rows sum to 1), a backend array."""
+        return None if self._saved is None else self._saved[1]
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """X (B, T, d) -> Y (B, T, d)."""
-        if X.ndim != 3:
-            raise ShapeError(f"attention takes (B, T, d) tokens, got an input of shape {X.shape}")
-        d, h = self.d, self.heads
+        if len(X.shape) != 3:
+            raise ShapeError(f"attention takes (B, T, d) tokens, got an input of shape {tuple(X.shape)}")
         QKV = self.qkv.forward(X)  # (B, T, 3d)
-        Q, K, V = (split_heads(QKV[..., i * d:(i + 1) * d], h) for i in range(3))  # each (B, h, T, d_h)
-        O, A = attention_forward(Q, K, V)
-        self._saved = (Q, K, V, A)
-        return self.out.forward(merge_heads(O))  # (B, T, d)
+        O, A = self.backend.self_attention_forward(QKV, self.heads)  # (B, T, d), (B, h, T, T)
+        self._saved = (QKV, A)
+        return self.out.forward(O)  # (B, T, d)
 
     def backward(self, dY: np.ndarray):
         """dY (B, T, d) -> dX (B, T, d); fills both projections' gradients."""
-        dO = split_heads(self.out.backward(dY), self.heads)  # (B, T, d) -> (B, h, T, d_h)
-        dQ, dK, dV = attention_backward(dO, *self._saved)
-        dQKV = np.concatenate([merge_heads(g) for g in (dQ, dK, dV)], axis=-1)  # (B, T, 3d)
-        return self.qkv.backward(dQKV)
+        dO = self.out.backward(dY)  # (B, T, d)
+        QKV, A = self._saved
+        return self.qkv.backward(self.backend.self_attention_backward(dO, QKV, A, self.heads))  # via (B, T, 3d)
 
     def set_backend(self, backend) -> None:
         for layer in self.children():

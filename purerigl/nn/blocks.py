@@ -74,7 +74,8 @@ class Residual:
 
         Y = f(X) + g(X), \\qquad dX = J_f^T \\, dY + J_g^T \\, dY \\quad (g = \\mathrm{id}: \\ J_g^T dY = dY)
 
-    The backward sends the same dY back through both branches and adds their input gradients.
+    The backward sends the same dY back through both branches and adds their input gradients. Both sums
+    are the backend's ``add`` (so a block runs on device arrays on cuda).
 
     Parameters
     ----------
@@ -119,13 +120,13 @@ class Residual:
         S = X
         for layer in self.shortcut or ():
             S = layer.forward(S)
-        return Y + S
+        return self.backend.add(Y, S)
 
     def backward(self, dY):
         """dY -> J_body^T dY + J_shortcut^T dY (dY itself through the identity)."""
         d_body = _backward_through(self.body, dY)
         d_short = _backward_through(self.shortcut or (), dY)
-        return d_body + d_short
+        return self.backend.add(d_body, d_short)
 
     def sync_to_host(self) -> None:
         for layer in self.children():

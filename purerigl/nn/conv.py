@@ -32,7 +32,11 @@ batch is processed in chunks of samples (:func:`~purerigl.nn.patches.sample_tile
 the input X and the last chunk's patches; the backward rebuilds the patches of the other chunks and
 adds their parameter gradients up. Memory then stays O(tile) beyond X, Y and their gradients.
 
-These layers run on the host backends (reference, cpu) only for now; a device backend is refused
+Backends. The patch maps and reorders are backend operations (``backend.im2col_t``,
+``backend.fm_to_nchw`` ...: :data:`purerigl.kernels.registry.CONV_OPS`), so one code path serves the
+reference backend (the NumPy specification, :mod:`purerigl.kernels.host_conv`), the cpu backend
+(Numba kernels) and the cuda backend (device arrays in and out: X, Y, the patches, dY and dX never
+leave the device in a training step). A backend without these operations is refused
 (:class:`~purerigl.nn.patches.ConvBackendError`).
 """
 
@@ -42,11 +46,12 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..formats import SparseFormat
+from ..kernels.host_conv import fm_to_nchw, nchw_to_fm  # noqa: F401  (the specifications, re-exported)
+from ..kernels.host_conv import nchw_to_rows as to_rows  # noqa: F401
+from ..kernels.host_conv import rows_to_nchw as to_nchw  # noqa: F401
 from .layers import SparseLinear
 from .parameter import Parameter, SyncsParameters
-from .patches import (
-    DEFAULT_TILE_BYTES, check_host_backend, check_nchw, col2im, col2im_t, im2col, im2col_t, output_hw, pair, sample_tiles,
-)
+from .patches import DEFAULT_TILE_BYTES, check_conv_backend, check_nchw, output_hw, pair, sample_tiles
 
 
 def _check_stride_padding(stride, padding) -> tuple[int, int]:
@@ -56,38 +61,9 @@ def _check_stride_padding(stride, padding) -> tuple[int, int]:
     return stride, padding
 
 
-def to_rows(dY: np.ndarray) -> np.ndarray:
-    """(B, c, Ho, Wo) -> (B * Ho * Wo, c), rows ordered (b, ho, wo): the layout of a patch product."""
-    B, c, Ho, Wo = dY.shape
-    t = np.ascontiguousarray(dY.transpose(0, 2, 3, 1))  # (B, Ho, Wo, c)
-    return t.reshape(B * Ho * Wo, c)  # (B*Ho*Wo, c)
-
-
-def nchw_to_fm(dY: np.ndarray) -> np.ndarray:
-    """(B, c, Ho, Wo) -> (c, B * Ho * Wo), columns ordered (b, ho, wo): the feature-major layout of a
-    patch product (the transpose of :func:`to_rows`), C-contiguous."""
-    B, c, Ho, Wo = dY.shape
-    t = np.ascontiguousarray(dY.transpose(1, 0, 2, 3))  # (c, B, Ho, Wo): runs of Ho * Wo floats
-    return t.reshape(c, B * Ho * Wo)  # (c, B*Ho*Wo)
-
-
-def fm_to_nchw(YT: np.ndarray, bias: np.ndarray, B: int, Ho: int, Wo: int) -> np.ndarray:
-    """(c, B * Ho * Wo) feature-major, columns ordered (b, ho, wo), plus ``bias`` (c,) per channel ->
-    (B, c, Ho, Wo), C-contiguous, in one pass.
-
-    .. math:: Y[b, o, h_o, w_o] = Y_2^T[o, (b, h_o, w_o)] + \\mathrm{bias}[o]
-    """
-    c = YT.shape[0]
-    Y = np.empty((B, c, Ho, Wo), dtype=YT.dtype)  # (B, c, Ho, Wo)
-    src = YT.reshape(c, B, Ho * Wo).transpose(1, 0, 2)  # (B, c, Ho*Wo), a view
-    np.add(src, bias.reshape(1, c, 1), out=Y.reshape(B, c, Ho * Wo))
-    return Y
-
-
-def to_nchw(Y2: np.ndarray, B: int, Ho: int, Wo: int) -> np.ndarray:
-    """(B * Ho * Wo, c) with rows ordered (b, ho, wo) -> (B, c, Ho, Wo), C-contiguous."""
-    Y4 = Y2.reshape(B, Ho, Wo, Y2.shape[1])  # (B, Ho, Wo, c)
-    return np.ascontiguousarray(Y4.transpose(0, 3, 1, 2))  # (B, c, Ho, Wo)
+def _accumulate(backend, target, part) -> None:
+    """``target += part`` in place on the backend (``add``, then a copy into ``target``)."""
+    target[:] = backend.add(target, part)
 
 
 class SparseConv2d:
@@ -125,7 +101,8 @@ class SparseConv2d:
     bias : float32 ndarray (c_out,), optional
         Zeros if omitted.
     backend : str | Backend, optional
-        "reference" or "cpu"; a device backend is refused (ConvBackendError).
+        "reference", "cpu" or "cuda" (a backend without the convolutional operations is refused:
+        ConvBackendError).
     name : str
     needs_input_grad : bool
         False: ``backward`` returns None and skips the input gradient (the first layer of a network).
@@ -135,7 +112,7 @@ class SparseConv2d:
 
     def __init__(self, W: SparseFormat, c_in: int, kernel, stride=1, padding=0, bias=None, backend=None,
                  name: str = "conv", needs_input_grad=True, max_tile_bytes: int = DEFAULT_TILE_BYTES):
-        backend = check_host_backend(backend, "convolution layers")
+        backend = check_conv_backend(backend, "convolution layers")
         self.kh, self.kw = pair(kernel, "kernel")
         self.stride, self.padding = _check_stride_padding(stride, padding)
         self.c_in = int(c_in)
@@ -195,30 +172,31 @@ class SparseConv2d:
         return self.linear.parameters()
 
     # ------------------------------------------------------------------------------------ the maths
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """X (B, c_in, H, W) float32 -> Y (B, c_out, Ho, Wo).
+    def forward(self, X):
+        """X (B, c_in, H, W) float32 (an array of the backend) -> Y (B, c_out, Ho, Wo).
 
         .. math:: Y_2^T = W_2 \\, \\mathrm{im2col\\_t}(X), \\qquad
                   Y[b, o, h_o, w_o] = Y_2^T[o, (b, h_o, w_o)] + b_o
         """
         check_nchw(X, self.c_in)
-        B = X.shape[0]
+        be = self.backend
+        B = int(X.shape[0])
         Ho, Wo = output_hw(X.shape, self.kh, self.kw, self.stride, self.padding)
         conv = (self.kh, self.kw, self.stride, self.padding)
-        self._tiles = sample_tiles(X.shape, *conv, X.itemsize, self.max_tile_bytes)
-        self._X_shape = X.shape
+        self._tiles = sample_tiles(X.shape, *conv, X.dtype.itemsize, self.max_tile_bytes)
+        self._X_shape = tuple(int(n) for n in X.shape)
         bias = self.linear.bias.value
         if len(self._tiles) == 1:
             self._X = None
-            YT = self.linear.forward_fm(im2col_t(X, *conv))  # (c_out, B*Ho*Wo)
-            return fm_to_nchw(YT, bias, B, Ho, Wo)
+            YT = self.linear.forward_fm(be.im2col_t(X, *conv))  # (c_out, B*Ho*Wo)
+            return be.fm_to_nchw(YT, bias, B, Ho, Wo)
         self._X = X
-        Y = np.empty((B, self.c_out, Ho, Wo), dtype=np.float32)  # (B, c_out, Ho, Wo)
+        Y = be.zeros((B, self.c_out, Ho, Wo), np.float32)  # (B, c_out, Ho, Wo)
         for a, b in self._tiles:  # the linear keeps the last chunk's patches
-            Y[a:b] = fm_to_nchw(self.linear.forward_fm(im2col_t(X[a:b], *conv)), bias, b - a, Ho, Wo)
+            Y[a:b] = be.fm_to_nchw(self.linear.forward_fm(be.im2col_t(X[a:b], *conv)), bias, b - a, Ho, Wo)
         return Y
 
-    def backward(self, dY: np.ndarray):
+    def backward(self, dY):
         """dY (B, c_out, Ho, Wo) -> dX (B, c_in, H, W) (None if not ``needs_input_grad``); fills
         ``weight.grad`` (shaped like W.values) and ``bias.grad``, summed over all chunks.
 
@@ -228,28 +206,28 @@ class SparseConv2d:
         conv = (self.kh, self.kw, self.stride, self.padding)
         lin, be = self.linear, self.linear.backend
         if len(self._tiles) == 1:
-            dYT = nchw_to_fm(dY)  # (c_out, B*Ho*Wo)
+            dYT = be.nchw_to_fm(dY)  # (c_out, B*Ho*Wo)
             be.bias_grad(dYT.T, lin.bias.grad)  # row sums of dY2^T (dYT.T: (B*Ho*Wo, c_out), a view)
             dPT = lin.backward_fm(dYT)  # (c_in*kh*kw, B*Ho*Wo)
-            return None if dPT is None else col2im_t(dPT, self._X_shape, *conv)
+            return None if dPT is None else be.col2im_t(dPT, self._X_shape, *conv)
         _, C, H, W = self._X_shape
         gW, gb = be.zeros_like(lin.weight.grad), be.zeros_like(lin.bias.grad)
-        dX = np.zeros(self._X_shape, dtype=np.float32) if self.needs_input_grad else None
+        dX = be.zeros(self._X_shape, np.float32) if self.needs_input_grad else None
         for a, b in self._tiles[:-1]:  # rebuild these chunks' patches
-            PT = im2col_t(self._X[a:b], *conv)  # (c_in*kh*kw, n*Ho*Wo)
-            dYTc = nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
-            gW += be.sddmm_fm(lin.matrix, PT, dYTc)
-            gb += be.bias_grad(dYTc.T, be.zeros_like(gb))
+            PT = be.im2col_t(self._X[a:b], *conv)  # (c_in*kh*kw, n*Ho*Wo)
+            dYTc = be.nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
+            _accumulate(be, gW, be.sddmm_fm(lin.matrix, PT, dYTc))
+            _accumulate(be, gb, be.bias_grad(dYTc.T, be.zeros_like(gb)))
             if dX is not None:
-                dX[a:b] = col2im_t(be.matmul_t_fm(lin.matrix, dYTc), (b - a, C, H, W), *conv)
+                dX[a:b] = be.col2im_t(be.matmul_t_fm(lin.matrix, dYTc), (b - a, C, H, W), *conv)
         a, b = self._tiles[-1]
-        dYTc = nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
+        dYTc = be.nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
         dPT = lin.backward_fm(dYTc)  # the linear still holds this chunk's patches
         be.bias_grad(dYTc.T, lin.bias.grad)
-        lin.weight.grad += gW
-        lin.bias.grad += gb
+        _accumulate(be, lin.weight.grad, gW)
+        _accumulate(be, lin.bias.grad, gb)
         if dX is not None:
-            dX[a:b] = col2im_t(dPT, (b - a, C, H, W), *conv)
+            dX[a:b] = be.col2im_t(dPT, (b - a, C, H, W), *conv)
         return dX
 
     # ------------------------------------------------------------------------------------ residency
@@ -262,8 +240,8 @@ class SparseConv2d:
         self.linear.sync_to_device()
 
     def set_backend(self, backend) -> None:
-        """Move the layer to another host backend (gradients restart at zero; no batch is kept)."""
-        self.linear.set_backend(check_host_backend(backend, "convolution layers"))
+        """Move the layer to another backend (gradients restart at zero; no batch is kept)."""
+        self.linear.set_backend(check_conv_backend(backend, "convolution layers"))
         self._X, self._tiles = None, []
 
     def __repr__(self) -> str:
@@ -273,8 +251,8 @@ class SparseConv2d:
 
 class Conv2d(SyncsParameters):
     """A dense 2-d convolution (for layers a budget keeps dense), over the patch matrix with the
-    backend's dense products (BLAS). Computes in the weight's and input's dtype (float32 for training;
-    float64 for gradient checks).
+    backend's dense products (BLAS on the host backends, the dense kernels on cuda). Computes in the
+    weight's and input's dtype (float32 for training; float64 for gradient checks, host backends).
 
     .. math:: Y_2 = P W_2^T + \\mathbf{1} b^T, \\qquad dW_2 = dY_2^T P, \\qquad db = \\sum_r dY_2[r],
               \\qquad dX = \\mathrm{col2im}(dY_2 W_2)
@@ -287,7 +265,8 @@ class Conv2d(SyncsParameters):
         Parameter ``{name}.bias``; zeros if omitted.
     stride, padding : int
     backend : str | Backend, optional
-        "reference" or "cpu"; a device backend is refused (ConvBackendError).
+        "reference", "cpu" or "cuda" (float32 only there); a backend without the convolutional
+        operations is refused (ConvBackendError).
     name : str
     needs_input_grad : bool
     dtype : numpy dtype
@@ -298,7 +277,7 @@ class Conv2d(SyncsParameters):
 
     def __init__(self, weight, bias=None, stride=1, padding=0, backend=None, name: str = "conv",
                  needs_input_grad=True, dtype=np.float32, max_tile_bytes: int = DEFAULT_TILE_BYTES):
-        self.backend = check_host_backend(backend, "convolution layers")
+        self.backend = check_conv_backend(backend, "convolution layers")
         weight = np.ascontiguousarray(weight, dtype=dtype)
         if weight.ndim != 4:
             raise ShapeError(f"a Conv2d weight is (c_out, c_in, kh, kw), got shape {weight.shape}")
@@ -342,52 +321,66 @@ class Conv2d(SyncsParameters):
     def _W2(self):
         return self.weight.value.reshape(self.shape)  # (c_out, c_in*kh*kw), a view
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
+    def forward(self, X):
         """X (B, c_in, H, W) -> Y (B, c_out, Ho, Wo).
 
         .. math:: Y_2 = \\mathrm{im2col}(X) \\, W_2^T + \\mathbf{1} b^T
         """
         check_nchw(X, self.weight.value.shape[1])
-        B = X.shape[0]
+        be = self.backend
+        B = int(X.shape[0])
         Ho, Wo = output_hw(X.shape, *self._conv())
-        self._tiles = sample_tiles(X.shape, *self._conv(), X.itemsize, self.max_tile_bytes)
+        self._tiles = sample_tiles(X.shape, *self._conv(), X.dtype.itemsize, self.max_tile_bytes)
         self._X = X
-        parts = []
+        Y = None
         for a, b in self._tiles:
-            P = im2col(X[a:b], *self._conv())  # (n*Ho*Wo, c_in*kh*kw)
-            parts.append(self.backend.add_bias(self.backend.dense_matmul(self._W2(), P), self.bias.value))
+            P = be.im2col(X[a:b], *self._conv())  # (n*Ho*Wo, c_in*kh*kw)
+            Y2 = be.add_bias(be.dense_matmul(self._W2(), P), self.bias.value)  # (n*Ho*Wo, c_out)
+            if len(self._tiles) == 1:
+                Y = be.rows_to_nchw(Y2, B, Ho, Wo)
+            else:
+                if Y is None:
+                    Y = be.zeros((B, self.shape[0], Ho, Wo), Y2.dtype)  # (B, c_out, Ho, Wo)
+                Y[a:b] = be.rows_to_nchw(Y2, b - a, Ho, Wo)
         self._P = P if len(self._tiles) == 1 else None  # a single chunk's patches are kept
-        Y2 = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (B*Ho*Wo, c_out)
-        return to_nchw(Y2, B, Ho, Wo)
+        return Y
 
-    def backward(self, dY: np.ndarray):
+    def backward(self, dY):
         """dY (B, c_out, Ho, Wo) -> dX (B, c_in, H, W) (None if not ``needs_input_grad``); fills
         ``weight.grad`` (c_out, c_in, kh, kw) and ``bias.grad``.
 
         .. math:: dW_2 = dY_2^T P, \\qquad db = \\sum_r dY_2[r], \\qquad dX = \\mathrm{col2im}(dY_2 W_2)
         """
         be, conv = self.backend, self._conv()
-        dY2 = to_rows(dY)  # (B*Ho*Wo, c_out)
-        m = dY2.shape[0] // dY.shape[0]  # Ho * Wo
-        _, C, H, W = self._X.shape
+        dY2 = be.nchw_to_rows(dY)  # (B*Ho*Wo, c_out)
+        m = int(dY2.shape[0]) // int(dY.shape[0])  # Ho * Wo
+        X_shape = tuple(int(n) for n in self._X.shape)
+        _, C, H, W = X_shape
         gW = self.weight.grad.reshape(self.shape)  # (c_out, c_in*kh*kw), a view of the gradient
-        dX = np.zeros(self._X.shape, dtype=np.result_type(dY, self.weight.value)) if self.needs_input_grad else None
+        one = len(self._tiles) == 1
+        dX = None
+        if self.needs_input_grad and not one:
+            dX = be.zeros(X_shape, np.result_type(dY.dtype, self.weight.value.dtype))  # (B, c_in, H, W)
         for t, (a, b) in enumerate(self._tiles):
-            P = self._P if self._P is not None else im2col(self._X[a:b], *conv)  # (n*Ho*Wo, c_in*kh*kw)
+            P = self._P if self._P is not None else be.im2col(self._X[a:b], *conv)  # (n*Ho*Wo, c_in*kh*kw)
             dYc = dY2[a * m:b * m]  # (n*Ho*Wo, c_out)
             if t == 0:
                 be.dense_grad(P, dYc, out=gW)
             else:
-                gW += be.dense_grad(P, dYc, out=np.empty_like(gW))
-            if dX is not None:
-                dX[a:b] = col2im(be.dense_matmul_t(self._W2(), dYc), (b - a, C, H, W), *conv)
+                _accumulate(be, gW, be.dense_grad(P, dYc, out=be.zeros_like(gW)))
+            if self.needs_input_grad:
+                dXc = be.col2im(be.dense_matmul_t(self._W2(), dYc), (b - a, C, H, W), *conv)  # (n, c_in, H, W)
+                if one:
+                    dX = dXc
+                else:
+                    dX[a:b] = dXc
         be.bias_grad(dY2, self.bias.grad)
         return dX
 
     def set_backend(self, backend) -> None:
-        """Move the layer to another host backend (gradients restart at zero)."""
+        """Move the layer to another backend (gradients restart at zero)."""
         self.sync_to_host()
-        self.backend = check_host_backend(backend, "convolution layers")
+        self.backend = check_conv_backend(backend, "convolution layers")
         for p in self.parameters():
             p.backend = self.backend
             p.replace(self.backend.to_device(p.host), host=p.host)

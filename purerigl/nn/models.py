@@ -201,7 +201,7 @@ def build_model(model: str, input_shape, n_classes: int, *, fmt: str = "condense
         In [0, 1); 0 builds every layer dense (the dense baseline).
     rng : numpy Generator or seed, optional
     backend : str | Backend, optional
-        A host backend ("reference" or "cpu").
+        "reference", "cpu" or (the CNNs) "cuda".
     dense_layers : iterable of str, optional
         Names kept dense. Default: the first weight layer (first convolution, or the ViT's patch
         embedding) and the classifier; ``()`` for none.

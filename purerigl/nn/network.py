@@ -69,11 +69,11 @@ from .conv import Conv2d, SparseConv2d
 from .layers import Dense, ReLU, SparseLinear
 from .norm import BatchNorm2d
 from .parameter import Parameter
-from .patches import check_host_backend
+from .patches import check_conv_backend
 from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 from .shape_inference import NetworkError, _chain_shapes, output_shape
-from .attention import TokenLinear, check_token_backend
-from .vit_layers import TOKEN_LAYERS, PatchEmbedding
+from .attention import TokenLinear
+from .vit_layers import PatchEmbedding
 
 __all__ = ["Network", "NetworkError", "ReLU", "Reshape", "Residual", "output_shape"]
 
@@ -81,8 +81,8 @@ __all__ = ["Network", "NetworkError", "ReLU", "Reshape", "Residual", "output_sha
 WEIGHT_LAYERS = (SparseConv2d, Conv2d, SparseLinear, Dense, TokenLinear, PatchEmbedding)
 #: Weight layers that wrap the 2-d layer holding their matrix in ``.linear`` (what ``linears`` lists).
 WRAPPERS = (SparseConv2d, TokenLinear, PatchEmbedding)
-#: Layer types that run on the host backends only (a network holding one refuses a device backend).
-HOST_ONLY = (SparseConv2d, Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, *TOKEN_LAYERS)
+#: Layer types that need the convolutional operations of their backend (reference, cpu and cuda have them).
+CONV_LAYERS = (SparseConv2d, Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten)
 
 
 def _replace_in(layers: list, old, new) -> bool:
@@ -334,15 +334,14 @@ class Network:
             _sync(layer, "sync_to_device")
 
     def set_backend(self, backend) -> None:
-        """Move every layer to ``backend``; convolutional and transformer networks run on the host
-        backends only (ConvBackendError, TransformerBackendError, before anything moves). An optimizer
+        """Move every layer to ``backend``; a convolutional network needs a backend with the
+        convolutional operations (ConvBackendError, before anything moves; reference, cpu and cuda have
+        them; transformers run on every backend). An optimizer
         built before follows with ``optimizer.follow_parameters()``."""
         b = get_backend(backend)
         leaves = list(_leaves(self.layers))
-        if any(isinstance(layer, TOKEN_LAYERS) for layer in leaves):
-            check_token_backend(b, "transformer networks")
-        if any(isinstance(layer, HOST_ONLY) for layer in leaves):
-            check_host_backend(b, "convolutional networks")
+        if any(isinstance(layer, CONV_LAYERS) for layer in leaves):
+            check_conv_backend(b, "convolutional networks")
         for layer in self.layers:
             _move(layer, b)
         self.backend = b

@@ -1,61 +1,32 @@
 """Pooling and reshaping layers of NCHW activations: MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten.
 
-They have no parameters and compute in the input's dtype. The specification of the windowed pools
-runs over the patch matrix of every channel on its own (:func:`~purerigl.nn.patches.im2col` of the
-(B * C, 1, H, W) view): (B * C * Ho * Wo, k * k), i.e. k * k times the input's memory while it is
-built. That is what AvgPool2d computes, and what MaxPool2d computes on the reference backend
-(:func:`maxpool_reference`, :func:`maxpool_backward_reference`); on the cpu backend MaxPool2d runs
-the Numba kernels of :mod:`purerigl.kernels.cpu.patches`, which walk the windows in place and give
-the same bits (same maxima, same tie rule, gradients added in the same order). Like the convolutions
-the pools run on the host backends only for now.
+They have no parameters and compute in the input's dtype, through their backend's operations
+(``maxpool_forward``, ``avgpool_backward`` ...: :data:`purerigl.kernels.registry.CONV_OPS`), so the
+same layers run on host arrays and on cuda device arrays. The specification
+(:mod:`purerigl.kernels.host_conv`, the reference backend) pools over the window matrix of every
+channel on its own (im2col of the (B * C, 1, H, W) view): (B * C * Ho * Wo, k * k), i.e. k * k times
+the input's memory while it is built. The cpu backend runs max pooling by the Numba kernels of
+:mod:`purerigl.kernels.cpu.patches`, which walk the windows in place and give the same bits (same
+maxima, same tie rule, gradients added in the same order); the cuda backend by the kernels of
+:mod:`purerigl.kernels.cuda.pooling` (one thread per output, backwards gathered per input pixel).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from ..errors import ShapeError
-from ..kernels.cpu import patches as patch_kernels
+from ..kernels.host_conv import maxpool_backward as maxpool_backward_reference  # noqa: F401  (the spec)
+from ..kernels.host_conv import maxpool_forward as maxpool_reference  # noqa: F401
 from .parameter import Parameter
-from .patches import (
-    check_host_backend, check_nchw, col2im, col2im_reference, fast_path, im2col, im2col_reference, output_hw,
-)
-
-
-def maxpool_reference(X: np.ndarray, k: int, stride: int, padding: int):
-    """The specification of max pooling: (Y (B, C, Ho, Wo), arg (B, C, Ho, Wo) intp), arg being the
-    offset i * k + j of the window's first maximum (``argmax`` over the window's patch row, the
-    padding counting as -inf).
-
-    .. math:: Y[b, c, h_o, w_o] = \\max_{i, j} X_p[b, c, s h_o + i, s w_o + j]
-    """
-    B, C, H, W = X.shape
-    Ho, Wo = output_hw(X.shape, k, k, stride, padding)
-    cols = im2col_reference(X.reshape(B * C, 1, H, W), k, k, stride, padding, fill=-np.inf)  # (B*C*Ho*Wo, k*k)
-    arg = cols.argmax(axis=1)  # (B*C*Ho*Wo,), first maximum in window order
-    Y = cols[np.arange(cols.shape[0]), arg]  # (B*C*Ho*Wo,)
-    return Y.reshape(B, C, Ho, Wo), arg.reshape(B, C, Ho, Wo)
-
-
-def maxpool_backward_reference(dY: np.ndarray, arg: np.ndarray, X_shape, k: int, stride: int,
-                               padding: int) -> np.ndarray:
-    """The specification of the max-pooling backward: dY (B, C, Ho, Wo) -> dX (B, C, H, W), each dY at
-    its window's ``arg`` in a window matrix, added back to the input by col2im.
-
-    .. math:: dX[b, c, y^*, x^*] \\mathrel{+}= dY[b, c, h_o, w_o]
-    """
-    B, C, H, W = X_shape
-    n = dY.size
-    dcols = np.zeros((n, k * k), dtype=dY.dtype)  # (B*C*Ho*Wo, k*k)
-    dcols[np.arange(n), arg.reshape(n)] = dY.reshape(n)  # (B*C*Ho*Wo,)
-    return col2im_reference(dcols, (B * C, 1, H, W), k, k, stride, padding).reshape(B, C, H, W)  # (B, C, H, W)
+from .patches import check_conv_backend, check_nchw
 
 
 class _NoParameters:
     """The parameter-free part of the layer interface."""
 
     def __init__(self, backend=None):
-        self.backend = check_host_backend(backend, "pooling layers")
+        self.backend = check_conv_backend(backend, "pooling layers")
 
     def parameters(self) -> list[Parameter]:
         return []
@@ -67,8 +38,8 @@ class _NoParameters:
         """Nothing to copy (no parameters)."""
 
     def set_backend(self, backend) -> None:
-        """Record the (host) backend; nothing else to move."""
-        self.backend = check_host_backend(backend, "pooling layers")
+        """Record the backend; nothing else to move."""
+        self.backend = check_conv_backend(backend, "pooling layers")
 
 
 class _WindowPool(_NoParameters):
@@ -84,20 +55,8 @@ class _WindowPool(_NoParameters):
                              f"{self.kernel}, stride={self.stride}, padding={self.padding}")
         self._shape = None
 
-    def _cols(self, X: np.ndarray, fill) -> tuple[np.ndarray, tuple[int, int]]:
-        """The windows of every (sample, channel): (B * C * Ho * Wo, k * k), and (Ho, Wo)."""
-        check_nchw(X)
-        B, C, H, W = X.shape
-        self._shape = X.shape
-        k, s, p = self.kernel, self.stride, self.padding
-        Xc = X.reshape(B * C, 1, H, W)  # (B*C, 1, H, W)
-        return im2col(Xc, k, k, s, p, fill=fill), output_hw(X.shape, k, k, s, p)
-
-    def _to_input(self, dcols: np.ndarray) -> np.ndarray:
-        """The adjoint of :meth:`_cols`: (B * C * Ho * Wo, k * k) -> (B, C, H, W)."""
-        B, C, H, W = self._shape
-        k, s, p = self.kernel, self.stride, self.padding
-        return col2im(dcols, (B * C, 1, H, W), k, k, s, p).reshape(B, C, H, W)  # (B, C, H, W)
+    def _window(self) -> tuple[int, int, int]:
+        return self.kernel, self.stride, self.padding
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kernel={self.kernel}, stride={self.stride}, padding={self.padding})"
@@ -114,25 +73,17 @@ class MaxPool2d(_WindowPool):
     Overlapping windows (stride < k) may send several gradients to one pixel; they add up.
     """
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
+    def forward(self, X):
         """X (B, C, H, W) -> Y (B, C, Ho, Wo)."""
         check_nchw(X)
-        self._shape = X.shape
-        k, s, p = self.kernel, self.stride, self.padding
-        if self.backend.name == "cpu" and fast_path(X):
-            Ho, Wo = output_hw(X.shape, k, k, s, p)
-            Y, self._arg = patch_kernels.maxpool_forward(np.ascontiguousarray(X), k, s, p, Ho, Wo)
-        else:
-            Y, self._arg = maxpool_reference(X, k, s, p)
+        self._shape = tuple(int(n) for n in X.shape)
+        Y, self._arg = self.backend.maxpool_forward(X, *self._window())
         return Y  # (B, C, Ho, Wo)
 
-    def backward(self, dY: np.ndarray) -> np.ndarray:
+    def backward(self, dY):
         """dY (B, C, Ho, Wo) -> dX (B, C, H, W): each dY to its window's first maximum."""
-        k, s, p = self.kernel, self.stride, self.padding
-        dY = dY.reshape(self._arg.shape)  # (B, C, Ho, Wo)
-        if self.backend.name == "cpu" and fast_path(dY):
-            return patch_kernels.maxpool_backward(np.ascontiguousarray(dY), self._arg, self._shape, k, s, p)
-        return maxpool_backward_reference(dY, self._arg, self._shape, k, s, p)
+        dY = dY.reshape(tuple(self._arg.shape))  # (B, C, Ho, Wo)
+        return self.backend.maxpool_backward(dY, self._arg, self._shape, *self._window())
 
 
 class AvgPool2d(_WindowPool):
@@ -143,17 +94,15 @@ class AvgPool2d(_WindowPool):
               dX = \\mathrm{col2im}\\Big(\\frac{dY}{k^2} \\mathbf{1}^T\\Big)
     """
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
+    def forward(self, X):
         """X (B, C, H, W) -> Y (B, C, Ho, Wo)."""
-        cols, (Ho, Wo) = self._cols(X, fill=0.0)  # (B*C*Ho*Wo, k*k)
-        Y = cols.sum(axis=1) / (self.kernel * self.kernel)  # (B*C*Ho*Wo,)
-        return Y.reshape(X.shape[0], X.shape[1], Ho, Wo)  # (B, C, Ho, Wo)
+        check_nchw(X)
+        self._shape = tuple(int(n) for n in X.shape)
+        return self.backend.avgpool_forward(X, *self._window())
 
-    def backward(self, dY: np.ndarray) -> np.ndarray:
+    def backward(self, dY):
         """dY (B, C, Ho, Wo) -> dX (B, C, H, W)."""
-        kk = self.kernel * self.kernel
-        share = dY.reshape(-1, 1) / kk  # (B*C*Ho*Wo, 1)
-        return self._to_input(np.repeat(share, kk, axis=1))  # cols (B*C*Ho*Wo, k*k)
+        return self.backend.avgpool_backward(dY, self._shape, *self._window())
 
 
 class GlobalAvgPool2d(_NoParameters):
@@ -162,15 +111,15 @@ class GlobalAvgPool2d(_NoParameters):
     .. math:: Y[b, c] = \\frac{1}{HW} \\sum_{y, x} X[b, c, y, x], \\qquad dX[b, c, y, x] = \\frac{dY[b, c]}{HW}
     """
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
+    def forward(self, X):
+        """X (B, C, H, W) -> Y (B, C)."""
         check_nchw(X)
-        self._shape = X.shape
-        return X.mean(axis=(2, 3))
+        self._shape = tuple(int(n) for n in X.shape)
+        return self.backend.global_avgpool_forward(X)
 
-    def backward(self, dY: np.ndarray) -> np.ndarray:
-        B, C, H, W = self._shape
-        share = dY.reshape(B, C, 1, 1) / (H * W)  # (B, C, 1, 1)
-        return np.broadcast_to(share, self._shape).copy()  # (B, C, H, W)
+    def backward(self, dY):
+        """dY (B, C) -> dX (B, C, H, W)."""
+        return self.backend.global_avgpool_backward(dY, self._shape)
 
     def __repr__(self) -> str:
         return "GlobalAvgPool2d()"
@@ -182,11 +131,12 @@ class Flatten(_NoParameters):
     .. math:: Y[b, (c, y, x)] = X[b, c, y, x], \\qquad dX[b, c, y, x] = dY[b, (c, y, x)]
     """
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        self._shape = X.shape
-        return X.reshape(X.shape[0], -1)  # (B, C*H*W)
+    def forward(self, X):
+        self._shape = tuple(int(n) for n in X.shape)
+        B = self._shape[0]
+        return X.reshape(B, math.prod(self._shape[1:]))  # (B, C*H*W), a view (sizes explicit: device arrays)
 
-    def backward(self, dY: np.ndarray) -> np.ndarray:
+    def backward(self, dY):
         return dY.reshape(self._shape)  # (B, C, H, W)
 
     def __repr__(self) -> str:

@@ -4,9 +4,13 @@ class-token pooling, are in :mod:`.vit_layers`).
 
 Every layer has the interface of :mod:`.layers` (``forward`` keeps what ``backward`` needs;
 ``backward`` writes ``param.grad`` in place and returns the input gradient; ``parameters``;
-``sync_to_host`` / ``sync_to_device`` / ``set_backend``), computes with NumPy in the input's dtype
-(float32 to train, float64 for gradient checks; the parameter-holding layers take a ``dtype``) and runs
-on the host backends only (:func:`~.attention.check_token_backend`). The weight matrices are
+``sync_to_host`` / ``sync_to_device`` / ``set_backend``) and computes with its backend's operations
+(``layer_norm_forward``, ``gelu_forward``, ``add`` ...: :data:`purerigl.kernels.registry.ARRAY_OPS`),
+one code path on every backend: NumPy on the host backends (the specification,
+:mod:`purerigl.kernels.host_transformer`, in the input's dtype: float32 to train, float64 for gradient
+checks; the parameter-holding layers take a ``dtype``), CUDA kernels on device arrays on cuda
+(float32; :mod:`purerigl.kernels.cuda.transformer`), where parameters and activations stay on the
+device and only the host mirrors of the parameters are refreshed on request. The weight matrices are
 :class:`~.attention.TokenLinear` layers around a :class:`~.layers.SparseLinear` or a
 :class:`~.layers.Dense` (:mod:`.attention`).
 
@@ -15,19 +19,11 @@ A vision transformer (:mod:`.vit`) chains them with the layers of :mod:`.vit_lay
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy.special import erf
 
 from ..errors import ShapeError
-from .attention import (
-    MultiHeadSelfAttention,
-    TokenLinear,
-    TransformerBackendError,
-    as_token_linear,
-    check_token_backend,
-)
+from ..kernels import get_backend
+from .attention import MultiHeadSelfAttention, TokenLinear, TransformerBackendError, as_token_linear
 from .parameter import Parameter, SyncsChildren, SyncsParameters
 
 __all__ = [
@@ -40,30 +36,30 @@ __all__ = [
 ]
 
 
-class _HostLayer(SyncsParameters):
-    """The residency part of the interface for a layer whose parameters live on the host."""
-
-    what = "transformer layers"
+class _TokenLayer(SyncsParameters):
+    """The residency part of the interface for a layer that owns its parameters (if any) directly: they
+    live where its backend computes, with host mirrors (:class:`~.parameter.Parameter`)."""
 
     def __init__(self, backend=None):
-        self.backend = check_token_backend(backend, self.what)
+        self.backend = get_backend(backend)
 
     def parameters(self) -> list[Parameter]:
         return []
 
     def set_backend(self, backend) -> None:
-        """Move the layer to another host backend (gradients restart at zero)."""
-        self.backend = check_token_backend(backend, self.what)
+        """Move the layer to another backend (gradients restart at zero)."""
+        self.sync_to_host()
+        self.backend = get_backend(backend)
         for p in self.parameters():
             p.backend = self.backend
-            p.replace(p.value, host=p.host)
+            p.replace(self.backend.to_device(p.host), host=p.host)
 
 
 # --------------------------------------------------------------------------------------------------
 # normalisation and activation
 
 
-class LayerNorm(_HostLayer):
+class LayerNorm(_TokenLayer):
     """Layer normalisation over the last axis (the token width), with learnt scale and shift.
 
     .. math::
@@ -81,7 +77,7 @@ class LayerNorm(_HostLayer):
     name : str
         Parameters ``{name}.weight`` (gamma, ones) and ``{name}.bias`` (beta, zeros), without weight decay.
     backend : str | Backend, optional
-        "reference" or "cpu".
+        Whose ``layer_norm_forward`` / ``layer_norm_backward`` it calls.
     dtype : numpy dtype
         Of the parameters (float32 default; float64 for gradient checks).
     """
@@ -91,7 +87,7 @@ class LayerNorm(_HostLayer):
         self.d, self.eps, self.name = int(d), float(eps), name
         self.weight = Parameter(f"{name}.weight", np.ones(self.d, dtype), decay=False, backend=self.backend)
         self.bias = Parameter(f"{name}.bias", np.zeros(self.d, dtype), decay=False, backend=self.backend)
-        self._xhat = self._inv = None
+        self._xhat = self._inv = None  # backend arrays (..., d) and (..., 1) of the last forward
 
     def parameters(self) -> list[Parameter]:
         return [self.weight, self.bias]
@@ -103,12 +99,10 @@ class LayerNorm(_HostLayer):
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """X (..., d) -> Y (..., d)."""
-        if X.shape[-1] != self.d:
-            raise ShapeError(f"layer normalisation takes (..., {self.d}), got an input of shape {X.shape}")
-        xc = X - X.mean(axis=-1, keepdims=True)  # (..., d)
-        inv = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + self.eps)  # (..., 1)
-        self._xhat, self._inv = xc * inv, inv
-        return self._xhat * self.weight.value + self.bias.value
+        if tuple(X.shape)[-1] != self.d:  # tuple(): the CUDA simulator's shapes take no negative index
+            raise ShapeError(f"layer normalisation takes (..., {self.d}), got an input of shape {tuple(X.shape)}")
+        Y, self._xhat, self._inv = self.backend.layer_norm_forward(X, self.weight.value, self.bias.value, self.eps)
+        return Y
 
     def backward(self, dY: np.ndarray) -> np.ndarray:
         """dY (..., d) -> dX; fills ``weight.grad`` (gamma) and ``bias.grad`` (beta).
@@ -122,22 +116,14 @@ class LayerNorm(_HostLayer):
 
         with the bars the means over the d features of the token.
         """
-        lead = tuple(range(dY.ndim - 1))
-        self.weight.grad[...] = (dY * self._xhat).sum(axis=lead)
-        self.bias.grad[...] = dY.sum(axis=lead)
-        g = dY * self.weight.value  # (..., d)
-        return self._inv * (g - g.mean(axis=-1, keepdims=True)
-                            - self._xhat * (g * self._xhat).mean(axis=-1, keepdims=True))
+        return self.backend.layer_norm_backward(dY, self._xhat, self._inv, self.weight.value, self.weight.grad,
+                                                self.bias.grad)
 
     def __repr__(self) -> str:
         return f"LayerNorm({self.d}, eps={self.eps})"
 
 
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-class GELU(_HostLayer):
+class GELU(_TokenLayer):
     """The Gaussian error linear unit, exact (erf) form: PyTorch's ``nn.GELU()`` default, not the tanh
     approximation.
 
@@ -146,7 +132,8 @@ class GELU(_HostLayer):
         y = x \\, \\Phi(x) = \\frac{x}{2} \\Big(1 + \\mathrm{erf}\\big(x / \\sqrt 2\\big)\\Big), \\qquad
         \\frac{dy}{dx} = \\Phi(x) + x \\, \\varphi(x), \\quad \\varphi(x) = \\frac{e^{-x^2 / 2}}{\\sqrt{2 \\pi}}
 
-    (erf from :func:`scipy.special.erf`, in the input's dtype).
+    (the backend's ``gelu_forward`` / ``gelu_backward``; on the host erf is :func:`scipy.special.erf`, in
+    the input's dtype).
     """
 
     def __init__(self, backend=None):
@@ -159,14 +146,11 @@ class GELU(_HostLayer):
     def forward(self, X: np.ndarray) -> np.ndarray:
         """X -> x Phi(x), elementwise."""
         self._X = X
-        return X * (0.5 * (1.0 + erf(X * _SQRT_HALF))).astype(X.dtype, copy=False)
+        return self.backend.gelu_forward(X)
 
     def backward(self, dY: np.ndarray) -> np.ndarray:
         """dY -> dY (Phi(x) + x phi(x))."""
-        X = self._X
-        cdf = 0.5 * (1.0 + erf(X * _SQRT_HALF))
-        pdf = np.exp(-0.5 * X * X) * _INV_SQRT_2PI
-        return dY * (cdf + X * pdf).astype(dY.dtype, copy=False)
+        return self.backend.gelu_backward(dY, self._X)
 
     def __repr__(self) -> str:
         return "GELU(approximate='none')"
@@ -232,13 +216,15 @@ class TransformerBlock(SyncsChildren):
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """X (B, T, d) -> Y (B, T, d)."""
-        H = X + self.attn.forward(self.ln1.forward(X))
-        return H + self.fc2.forward(self.gelu.forward(self.fc1.forward(self.ln2.forward(H))))
+        add = self.backend.add
+        H = add(X, self.attn.forward(self.ln1.forward(X)))
+        return add(H, self.fc2.forward(self.gelu.forward(self.fc1.forward(self.ln2.forward(H)))))
 
     def backward(self, dY: np.ndarray) -> np.ndarray:
         """dY (B, T, d) -> dX (B, T, d); fills every sub-layer's gradients."""
-        dH = dY + self.ln2.backward(self.fc1.backward(self.gelu.backward(self.fc2.backward(dY))))
-        return dH + self.ln1.backward(self.attn.backward(dH))
+        add = self.backend.add
+        dH = add(dY, self.ln2.backward(self.fc1.backward(self.gelu.backward(self.fc2.backward(dY)))))
+        return add(dH, self.ln1.backward(self.attn.backward(dH)))
 
     def set_backend(self, backend) -> None:
         for layer in self.children():

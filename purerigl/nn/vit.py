@@ -56,8 +56,8 @@ def vit_tiny(input_shape, n_classes: int, *, fmt: str = "condensed", budgets: di
     n_classes : int
     fmt, budgets, sparsity, rng, backend, dense_layers
         As :func:`.models.build_model` (budgets by layer name; dense by default: ``embed`` and
-        ``head``; backend "reference" or "cpu", a device backend is refused with
-        :class:`~.attention.TransformerBackendError`).
+        ``head``; backend "reference", "cpu" or "cuda": on cuda parameters and activations stay on
+        the device, tested under Numba's CUDA simulator only).
     patch : int, optional
         p, dividing H and W. Default :data:`DEFAULT_PATCH`: 4 (8 x 8), 7 (28 x 28), 4 (32 x 32).
     width : int

@@ -1,6 +1,8 @@
 """The layers around the blocks of a vision transformer: patch embedding, class token, position
 embeddings and class-token pooling, over (B, T, d) tokens (interface and residency as in
-:mod:`.transformer`).
+:mod:`.transformer`: each layer calls its backend's ``patchify``, ``prepend_token``, ``add``,
+``first_token`` ... and their backwards, host NumPy on the reference and cpu backends, device arrays on
+cuda).
 
 A vision transformer (:mod:`.vit`) chains them with the blocks::
 
@@ -19,11 +21,9 @@ import numpy as np
 from ..errors import ShapeError
 from .attention import TokenLinear, as_token_linear
 from .parameter import Parameter
-from .transformer import GELU, LayerNorm, _HostLayer
+from .transformer import GELU, LayerNorm, _TokenLayer
 
 __all__ = ["TOKEN_LAYERS", "ClassToken", "ClassTokenPool", "PatchEmbedding", "PositionEmbedding"]
-
-
 
 
 class PatchEmbedding:
@@ -92,19 +92,16 @@ class PatchEmbedding:
                              f"{p}, got {tuple(shape)}")
         return (shape[1] // p) * (shape[2] // p), self.shape[0]
 
-    def patches(self, X: np.ndarray) -> np.ndarray:
-        """(B, C, H, W) -> (B, T, C p^2), T = H W / p^2 (a copy)."""
-        B, C, H, W = X.shape
-        p = self.patch
-        six = X.reshape(B, C, H // p, p, W // p, p).transpose(0, 2, 4, 1, 3, 5)  # (B, H/p, W/p, C, p, p)
-        return np.ascontiguousarray(six).reshape(B, (H // p) * (W // p), C * p * p)  # (B, T, C*p*p)
+    def patches(self, X):
+        """(B, C, H, W) -> (B, T, C p^2), T = H W / p^2 (a copy; the backend's ``patchify``)."""
+        return self.backend.patchify(X, self.patch)
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
+    def forward(self, X):
         """X (B, C, H, W) -> Y (B, T, d)."""
-        if X.ndim != 4:
-            raise ShapeError(f"a patch embedding takes (B, C, H, W) images, got an input of shape {X.shape}")
-        self.output_shape(X.shape[1:])
-        self._shape = X.shape
+        if len(X.shape) != 4:
+            raise ShapeError(f"a patch embedding takes (B, C, H, W) images, got an input of shape {tuple(X.shape)}")
+        self.output_shape(tuple(X.shape[1:]))
+        self._shape = tuple(int(n) for n in X.shape)
         return self.proj.forward(self.patches(X))
 
     def backward(self, dY: np.ndarray):
@@ -112,10 +109,7 @@ class PatchEmbedding:
         dP = self.proj.backward(dY)  # (B, T, C*p*p)
         if dP is None:
             return None
-        B, C, H, W = self._shape
-        p = self.patch
-        six = dP.reshape(B, H // p, W // p, C, p, p).transpose(0, 3, 1, 4, 2, 5)  # (B, C, H/p, p, W/p, p)
-        return np.ascontiguousarray(six).reshape(B, C, H, W)  # (B, C, H, W)
+        return self.backend.unpatchify(dP, self.patch, self._shape[1:])  # (B, C, H, W)
 
     def sync_to_host(self) -> None:
         self.proj.sync_to_host()
@@ -130,7 +124,7 @@ class PatchEmbedding:
         return f"PatchEmbedding(patch={self.patch}, c_in={self.c_in}, {self.proj.linear!r})"
 
 
-class ClassToken(_HostLayer):
+class ClassToken(_TokenLayer):
     """Prepends a learned class token: (B, T, d) -> (B, T + 1, d).
 
     .. math:: Y[b, 0] = c, \\qquad Y[b, 1 + t] = X[b, t], \\qquad dc = \\sum_b dY[b, 0], \\qquad dX = dY[:, 1:]
@@ -160,24 +154,19 @@ class ClassToken(_HostLayer):
             raise ShapeError(f"the class token joins (T, {self.d}) tokens, got {tuple(shape)}")
         return shape[0] + 1, self.d
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
+    def forward(self, X):
         """X (B, T, d) -> Y (B, T + 1, d)."""
-        B, T, d = X.shape
-        Y = np.empty((B, T + 1, d), dtype=np.result_type(X, self.token.value))
-        Y[:, 0] = self.token.value
-        Y[:, 1:] = X
-        return Y
+        return self.backend.prepend_token(X, self.token.value)
 
-    def backward(self, dY: np.ndarray) -> np.ndarray:
+    def backward(self, dY):
         """dY (B, T + 1, d) -> dX (B, T, d); fills the token's gradient."""
-        self.token.grad[...] = dY[:, 0].sum(axis=0)
-        return dY[:, 1:]
+        return self.backend.prepend_token_backward(dY, self.token.grad)
 
     def __repr__(self) -> str:
         return f"ClassToken({self.d})"
 
 
-class PositionEmbedding(_HostLayer):
+class PositionEmbedding(_TokenLayer):
     """Adds learned position embeddings: (B, T, d) -> (B, T, d).
 
     .. math:: Y[b, t] = X[b, t] + E[t], \\qquad dE = \\sum_b dY[b], \\qquad dX = dY
@@ -214,21 +203,24 @@ class PositionEmbedding(_HostLayer):
                              f"({self.n_tokens}, {self.d}) per sample, got {tuple(shape)}")
         return tuple(shape)
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """X (B, T, d) -> X + E."""
-        self.output_shape(X.shape[1:])
-        return X + self.embedding.value
+    def forward(self, X):
+        """X (B, T, d) -> X + E (a new array; the backend's ``add``)."""
+        self.output_shape(tuple(X.shape[1:]))
+        return self.backend.add(X, self.embedding.value)
 
-    def backward(self, dY: np.ndarray) -> np.ndarray:
-        """dY -> dY; fills dE = sum_b dY[b]."""
-        self.embedding.grad[...] = dY.sum(axis=0)
+    def backward(self, dY):
+        """dY -> dY; fills dE = sum_b dY[b], the backend's ``bias_grad`` (column sums) of the (B, T d) view."""
+        n = self.n_tokens * self.d
+        flat = np.ascontiguousarray(dY) if isinstance(dY, np.ndarray) else dY  # device ops return contiguous arrays
+        rows = flat.reshape(int(dY.shape[0]), n)  # (B, T, d) -> (B, T*d)
+        self.backend.bias_grad(rows, self.embedding.grad.reshape(n))  # into the (T*d,) view of the (T, d) grad
         return dY
 
     def __repr__(self) -> str:
         return f"PositionEmbedding({self.n_tokens}, {self.d})"
 
 
-class ClassTokenPool(_HostLayer):
+class ClassTokenPool(_TokenLayer):
     """The class token of each sequence: (B, T, d) -> (B, d).
 
     .. math:: Y[b] = X[b, 0], \\qquad dX[b, 0] = dY[b], \\quad dX[b, t > 0] = 0
@@ -243,21 +235,19 @@ class ClassTokenPool(_HostLayer):
             raise ShapeError(f"class-token pooling takes (T, d) per sample, got {tuple(shape)}")
         return (shape[1],)
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
+    def forward(self, X):
         """X (B, T, d) -> X[:, 0] (B, d) (a copy)."""
-        self._shape = X.shape
-        return np.ascontiguousarray(X[:, 0])
+        self._shape = tuple(int(n) for n in X.shape)
+        return self.backend.first_token(X)
 
-    def backward(self, dY: np.ndarray) -> np.ndarray:
+    def backward(self, dY):
         """dY (B, d) -> dX (B, T, d), zero but at token 0."""
-        dX = np.zeros(self._shape, dtype=dY.dtype)
-        dX[:, 0] = dY
-        return dX
+        return self.backend.first_token_backward(dY, self._shape[1])
 
     def __repr__(self) -> str:
         return "ClassTokenPool()"
 
 
-#: The leaf layer types of :mod:`.transformer`, :mod:`.attention` and this module (host only), for
+#: The leaf layer types of :mod:`.transformer`, :mod:`.attention` and this module, for
 #: :class:`~.network.Network`.
 TOKEN_LAYERS = (TokenLinear, PatchEmbedding, LayerNorm, GELU, ClassToken, PositionEmbedding, ClassTokenPool)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .attention import MultiHeadSelfAttention, TokenLinear, check_token_backend
+from ..kernels import get_backend
+from .attention import MultiHeadSelfAttention, TokenLinear
 from .blocks import Reshape
 from .plans import InputShapeError, PatchSizeError, _check_input, _positive
 from .transformer import LayerNorm, TransformerBlock
@@ -48,8 +49,8 @@ class _ViTPlan:
 
     def build(self, builder) -> list:
         """The layers (:mod:`.vit` lists them); weight layers by ``builder.linear``, the position
-        embeddings drawn from ``builder.rng``; a device backend is refused (TransformerBackendError)."""
-        be = check_token_backend(builder.backend, "the vision transformer")
+        embeddings drawn from ``builder.rng``; every layer on ``builder.backend`` (host or cuda)."""
+        be = get_backend(builder.backend)
         shapes = {name: shape for name, shape, _ in self.weights()}
 
         def linear(name):

@@ -30,12 +30,21 @@ from ..host_selection import (  # registry.UPDATE_OPS, continued
     flat_of, free_positions, in_rows, in_sorted, indicator, merge_sorted, row_counts, row_norms, top_k,
     top_k_per_row,
 )
+from ..host_transformer import (  # registry.ARRAY_OPS, the transformer's
+    add, first_token, first_token_backward, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward,
+    patchify, prepend_token, prepend_token_backward, self_attention_backward, self_attention_forward, unpatchify,
+)
 from ..host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
     adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
     relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device, to_host, transpose, zeros,
     zeros_like,
 )
 from . import condensed, csr, diagonal, diagonal_fm, growth, pairs
+from .conv_ops import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers', Numba kernels
+    avgpool_backward, avgpool_forward, batchnorm_backward, batchnorm_forward, col2im, col2im_t, fm_to_nchw,
+    global_avgpool_backward, global_avgpool_forward, im2col, im2col_t, maxpool_backward, maxpool_forward,
+    nchw_to_fm, nchw_to_rows, rows_to_nchw,
+)
 
 NAME = "cpu"
 
@@ -46,6 +55,14 @@ __all__ = [
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "to_device",
     "to_host", "transpose", "zeros", "zeros_like",
+    # the convolutional layers' array operations, on host arrays (registry.CONV_OPS)
+    "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
+    "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
+    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw",
+    # the transformer's array operations, on host arrays (registry.ARRAY_OPS)
+    "add", "first_token", "first_token_backward", "gelu_backward", "gelu_forward", "layer_norm_backward",
+    "layer_norm_forward", "patchify", "prepend_token", "prepend_token_backward", "self_attention_backward",
+    "self_attention_forward", "unpatchify",
     # the operations a DST update is written with, on host arrays (registry.UPDATE_OPS)
     "active_rows", "arange", "compress", "condensed_from_positions", "count_kept", "count_true",
     "csr_from_positions", "csr_positions", "diagonal_from_offsets", "exclusion_of", "flat_of",

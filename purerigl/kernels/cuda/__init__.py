@@ -61,6 +61,19 @@ from .feature_major import (  # the feature-major products (registry.OPS)
     matmul_fm, matmul_fm_device, matmul_t_fm, matmul_t_fm_device, sddmm_fm, sddmm_fm_device,
 )
 from .growth_ops import diag_grad_norms, topk_grad, topk_grad_rows  # the growth selections (registry.OPS)
+from .batchnorm import batchnorm_backward, batchnorm_forward  # registry.CONV_OPS (part of ARRAY_OPS)
+from .patches import (  # registry.CONV_OPS, continued
+    col2im, col2im_t, fm_to_nchw, im2col, im2col_t, nchw_to_fm, nchw_to_rows, rows_to_nchw,
+)
+from .pooling import (  # registry.CONV_OPS, continued
+    avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward, maxpool_backward,
+    maxpool_forward,
+)
+from .attention import self_attention_backward, self_attention_forward  # registry.ARRAY_OPS, the transformer's
+from .transformer import (  # registry.ARRAY_OPS, the transformer's
+    add, first_token, first_token_backward, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward,
+    patchify, prepend_token, prepend_token_backward, unpatchify,
+)
 from .structure import (  # the operations a DST update is written with (registry.UPDATE_OPS)
     condensed_from_positions, count_kept, csr_from_positions, diagonal_from_offsets, exclusion_of, flat_positions,
     keep_by_magnitude, remap_by_source, source_of,
@@ -84,6 +97,14 @@ __all__ = [
     "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
     "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "transpose",
     "zeros", "zeros_like",
+    # the convolutional layers' array operations (registry.CONV_OPS)
+    "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
+    "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
+    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw",
+    # the transformer's array operations (registry.ARRAY_OPS)
+    "add", "first_token", "first_token_backward", "gelu_backward", "gelu_forward", "layer_norm_backward",
+    "layer_norm_forward", "patchify", "prepend_token", "prepend_token_backward", "self_attention_backward",
+    "self_attention_forward", "unpatchify",
     # the operations a DST update is written with (registry.UPDATE_OPS)
     "active_rows", "arange", "compress", "condensed_from_positions", "count_kept", "count_true",
     "csr_from_positions", "csr_positions", "diagonal_from_offsets", "exclusion_of", "flat_of",
