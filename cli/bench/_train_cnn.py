@@ -48,6 +48,8 @@ from ._train_common import (
 
 #: The patch functions whose time is the "patch %" share of a step.
 PATCH_FUNCTIONS = ("im2col", "col2im", "im2col_t", "col2im_t")
+#: The modules that implement the backends (``Backend.module``), where the layers' calls land.
+_BACKEND_MODULES = ("purerigl.kernels.reference", "purerigl.kernels.cpu", "purerigl.kernels.cuda")
 
 
 @contextmanager
@@ -56,10 +58,13 @@ def patch_timer():
     active: ``im2col`` / ``col2im`` (dense Conv2d, row layout) and ``im2col_t`` / ``col2im_t`` (SparseConv2d,
     feature-major layout).
 
-    Wraps the four functions where the convolution layers look them up (:mod:`purerigl.nn.conv`) and
-    in :mod:`purerigl.nn.patches`; a wrapper costs well under a microsecond per call.
+    The layers call them as backend operations (``layer.backend.im2col_t``), which a backend looks up
+    in its implementing module on every call; the wrappers are installed in those modules (every
+    backend module already imported) and in :mod:`purerigl.nn.patches` for direct callers. A wrapper
+    costs well under a microsecond per call.
     """
-    import purerigl.nn.conv as conv_module
+    import sys
+
     import purerigl.nn.patches as patches_module
 
     spent = {"s": 0.0, "calls": 0}
@@ -75,8 +80,8 @@ def patch_timer():
 
         return wrapper
 
-    saved = [(m, name, getattr(m, name)) for m in (conv_module, patches_module) for name in PATCH_FUNCTIONS
-             if hasattr(m, name)]
+    modules = [patches_module] + [sys.modules[name] for name in _BACKEND_MODULES if name in sys.modules]
+    saved = [(m, name, getattr(m, name)) for m in modules for name in PATCH_FUNCTIONS if hasattr(m, name)]
     for m, name, fn in saved:
         setattr(m, name, timed(fn))
     try:
