@@ -131,7 +131,8 @@ def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -
     atomic_write(out / "results.json", lambda f: f.write(text.encode("utf-8")))
     header = (
         f"# Sweep: {budget.dataset}, {budget.describe_model()}, {budget.epochs} epochs\n\n"
-        f"Budget: {budget.optimizer} (momentum {budget.momentum}), lr {budget.lr} {budget.schedule}, batch "
+        f"Budget: {budget.optimizer}{f' (momentum {budget.momentum})' if budget.optimizer == 'sgd' else ''}, "
+        f"lr {budget.lr} {budget.schedule}, batch "
         f"{budget.batch_size}, weight decay {budget.weight_decay}, {budget.distribution} layer budgets, "
         f"backend {budget.backend}. Final-epoch test accuracy; {len(results)} of {len(cells)} cells done.\n\n"
     )
