@@ -36,8 +36,15 @@ from ._busy import busy_processes
 # --------------------------------------------------------------------------------------------- kernels
 
 
+#: The feature-major twins of OPS (operands and results with the batch last: X^T, dY^T, Y^T, dX^T), the
+#: layout a network that keeps its activations feature-major calls (issue 19); baselines in that layout.
+FM_OPS = tuple(f"{op}_fm" for op in OPS)
+
+
 def _kernel_setup(op, W, X, dY):
     """(purerigl call, dense call or None, scipy call or None, expected, magnitude, terms) of one op."""
+    if op in FM_OPS:
+        return _fm_setup(op, W, X, dY)
     S = W.to_scipy()
     S64 = S.astype(np.float64)
     A = abs(S64)
@@ -62,6 +69,24 @@ def _kernel_setup(op, W, X, dY):
             G[pos_row, pos_col].reshape(W.values.shape), aG[pos_row, pos_col].reshape(W.values.shape), X.shape[0])
 
 
+def _fm_setup(op, W, X, dY):
+    """:func:`_kernel_setup` of a feature-major op: the operands transposed once, outside the timing;
+    the dense and SciPy baselines compute the same transposed results (W X^T, W^T dY^T, dY^T X)."""
+    _, _, _, expected, magnitude, terms = _kernel_setup(op[: -len("_fm")], W, X, dY)
+    XT, dYT = np.ascontiguousarray(X.T), np.ascontiguousarray(dY.T)  # (n_in, B), (n_out, B)
+    backend = _BACKEND["b"]
+    S = W.to_scipy()
+    Wd = W.to_dense(max_elements=MAX_DENSE) if W.n_out * W.n_in <= MAX_DENSE else None
+    if op == "matmul_fm":
+        return ((lambda: backend.matmul_fm(W, XT)), (lambda: Wd @ XT) if Wd is not None else None,
+                lambda: S @ XT, expected.T, magnitude.T, terms)
+    if op == "matmul_t_fm":
+        ST = S.T.tocsr()
+        return ((lambda: backend.matmul_t_fm(W, dYT)), (lambda: Wd.T @ dYT) if Wd is not None else None,
+                lambda: ST @ dYT, expected.T, magnitude.T, terms)
+    return ((lambda: backend.sddmm_fm(W, XT, dYT)), lambda: dYT @ XT.T, None, expected, magnitude, terms)
+
+
 _BACKEND = {}
 
 
@@ -82,6 +107,7 @@ def _read_bytes(W) -> int:
 
 def _moved_bytes(op, W, X, dY) -> int:
     """Bytes a product must move: the stored matrix (as the kernel reads it), its input and its output."""
+    op = op.removesuffix("_fm")
     if op == "matmul":
         return _read_bytes(W) + X.nbytes + dY.nbytes
     if op == "matmul_t":
@@ -146,7 +172,11 @@ def run_kernels(backend, shapes, batches, sparsities, ops, formats, *, budget_s,
                                      "scipy": t_sp.runs if t_sp else 0},
                             "max_abs_err": err, "tol": tol,
                         })
-    if "sddmm" in ops:
+    if any(op in FM_OPS for op in ops):
+        notes.append("*_fm: the feature-major ops (batch last: X^T, dY^T in, Y^T, dX^T out), as a network that "
+                     "keeps its activations feature-major calls them; dense and SciPy baselines in the same "
+                     "layout (W X^T, W^T dY^T, dY^T X), operands transposed outside the timing")
+    if "sddmm" in ops or "sddmm_fm" in ops:
         notes.append("sddmm: SciPy has no SDDMM, so no SciPy baseline; dense = the whole dY^T X (BLAS)")
     notes.append("dense time depends only on shape, batch and op: it is measured once per (shape, batch, op) "
                  "and shared by the sparsities and formats")
@@ -158,7 +188,8 @@ def format_kernels(report: dict) -> str:
     lines = header(m, "purerigl bench kernels: sparse products against NumPy dense (BLAS) and SciPy CSR, float32")
     lines += [
         f"memcpy bandwidth (read + write) measured in this run: {m['memcpy_gbps']:.2f} GB/s",
-        "ops: matmul Y = X W^T; matmul_t dX = dY W; sddmm dW = (dY^T X) at stored entries",
+        "ops: matmul Y = X W^T; matmul_t dX = dY W; sddmm dW = (dY^T X) at stored entries; *_fm the same "
+        "with the batch last (Y^T = W X^T, dX^T = W^T dY^T)",
         "ratios: baseline time / purerigl time (> 1: purerigl is faster); GB/s: stored matrix + input + output "
         "bytes per second; %copy at batch 1 only",
         "limit (batch > 1): the time of the sparse product's nnz * batch multiply-adds at the rate of the dense "
@@ -167,7 +198,7 @@ def format_kernels(report: dict) -> str:
     ]
     lines += [f"note: {n}" for n in report["notes"]]
     lines.append("")
-    head = (f"{'shape':>10} {'sparsity':>8} {'batch':>5} {'op':<8} {'format':<9} {'purerigl us':>12} "
+    head = (f"{'shape':>10} {'sparsity':>8} {'batch':>5} {'op':<11} {'format':<9} {'purerigl us':>12} "
             f"{'dense us':>11} {'scipy us':>11} {'dense/pr':>9} {'scipy/pr':>9} {'GB/s':>7} {'%copy':>6} "
             f"{'limit us':>10} {'%limit':>7}")
     lines += [head, "-" * len(head)]
@@ -175,7 +206,7 @@ def format_kernels(report: dict) -> str:
         f = r["memcpy_fraction"]
         lf = r.get("limit_fraction")
         lines.append(
-            f"{str(r['shape'][0]) + 'x' + str(r['shape'][1]):>10} {r['sparsity']:>8.2f} {r['batch']:>5} {r['op']:<8} {r['format']:<9} "
+            f"{str(r['shape'][0]) + 'x' + str(r['shape'][1]):>10} {r['sparsity']:>8.2f} {r['batch']:>5} {r['op']:<11} {r['format']:<9} "
             f"{r['purerigl_us']:>12.1f} {_us(r['dense_us']):>11} {_us(r['scipy_us']):>11} "
             f"{_ratio(r['dense_ratio']):>9} {_ratio(r['scipy_ratio']):>9} {r['purerigl_gbps']:>7.2f} "
             f"{'-' if f is None else f'{f:.0%}':>6} {_us(r.get('limit_us')):>10} "
@@ -195,8 +226,8 @@ def _us(x) -> str:
               show_default=True, help="Batch size (repeatable).")
 @click.option("--sparsity", "sparsities", type=FiniteFloatRange(0.0, 1.0, max_open=True), multiple=True,
               default=(0.8, 0.9, 0.95, 0.99), show_default=True, help="Fraction of zero weights (repeatable).")
-@click.option("--op", "ops", type=click.Choice(OPS), multiple=True, default=OPS, show_default=True,
-              help="Operation (repeatable).")
+@click.option("--op", "ops", type=click.Choice(OPS + FM_OPS), multiple=True, default=OPS, show_default=True,
+              help="Operation (repeatable); the *_fm ops are the feature-major twins (batch last).")
 @click.option("--format", "formats", type=click.Choice(FORMAT_NAMES), multiple=True, default=FORMAT_NAMES,
               show_default=True, help="Storage format (repeatable).")
 @common_options

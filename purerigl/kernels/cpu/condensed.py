@@ -28,7 +28,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
-from ._dot import DOT_CHUNK, gather_dot, pow2, tree_dot
+from ._dot import DOT_CHUNK, gather_dot
+from ._gather import gather_axpy, gather_dots
 from ._columns import columns, matmul_t_columns, narrow_indices
 from ._columns import cached as _cached
 from ._layout import transpose
@@ -83,22 +84,17 @@ def _matmul_transposed(rows, indices, values, XT, YT, block):
     """YT[rows[r], b] = sum_t values[r, t] XT[indices[r, t], b]; parallel over (batch block, row).
 
     XT is (n_in, B), YT is (n_out, B) and arrives zeroed; the row of YT is the accumulator, and the
-    innermost loop is a contiguous axpy over the batch block. Tasks run block-major, so a thread works
-    on one block of XT's columns at a time (a smaller working set).
+    row's entries are added eight per pass (:func:`._gather.gather_axpy`: contiguous axpys over the
+    batch block). Tasks run block-major, so a thread works on one block of XT's columns at a time.
     """
-    n_active, k = indices.shape
+    n_active = indices.shape[0]
     B = XT.shape[1]
     n_blocks = (B + block - 1) // block
     for task in prange(n_blocks * n_active):
         r = task % n_active
         b0 = (task // n_active) * block
         b1 = min(B, b0 + block)
-        acc = YT[rows[r], b0:b1]  # (b1 - b0,) view
-        for t in range(k):
-            v = values[r, t]
-            x = XT[indices[r, t], b0:b1]  # (b1 - b0,) view
-            for b in range(acc.shape[0]):
-                acc[b] += v * x[b]
+        gather_axpy(YT[rows[r], b0:b1], values[r], indices[r], XT, b0, b1)
 
 
 @njit(parallel=True, cache=CACHE)
@@ -135,25 +131,21 @@ def _matmul_t_chunks(rows, indices, values, dY, n_chunks, dX):
                 dst[j] += src[j]
 
 
-@njit(parallel=True, cache=CACHE)
+@njit(parallel=True, cache=CACHE, fastmath={"reassoc"})
 def _sddmm_transposed(rows, indices, XT, dYT, dW):
     """dW[r, t] = sum_b dYT[rows[r], b] XT[indices[r, t], b]; parallel over active rows r. dW arrives
     zeroed.
 
     XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch,
-    summed in chunks of DOT_CHUNK items (pairwise within a chunk, the chunks in ascending order); the
-    chunk loop is outside the entry loop, so a chunk of dYT[rows[r]] stays in L1 across the row's entries.
+    eight entries per pass (:func:`._gather.gather_dots`), in chunks of DOT_CHUNK batch items added in
+    ascending order; the chunk loop is outside the entry loop, so a chunk of dYT[rows[r]] stays in L1
+    across the row's entries.
     """
-    n_active, k = indices.shape
     B = XT.shape[1]
-    for r in prange(n_active):
-        tmp = np.empty(pow2(min(B, DOT_CHUNK)), dtype=np.float32)  # scratch of tree_dot, one per row
+    for r in prange(indices.shape[0]):
         for c0 in range(0, B, DOT_CHUNK):
             c1 = min(B, c0 + DOT_CHUNK)
-            scratch = tmp[: pow2(c1 - c0)]
-            g = dYT[rows[r], c0:c1]  # (c1 - c0,) view
-            for t in range(k):
-                dW[r, t] += tree_dot(g, XT[indices[r, t], c0:c1], scratch)
+            gather_dots(dW[r], dYT[rows[r], c0:c1], indices[r], XT, c0, c1)
 
 
 def _batch_block(B: int, parallel: bool) -> int:

@@ -25,7 +25,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
-from ._dot import DOT_CHUNK, gather_dot, pow2, tree_dot
+from ._dot import DOT_CHUNK, gather_dot
+from ._gather import gather_axpy, gather_dots
 from ._columns import columns, matmul_t_columns
 from ._layout import transpose
 from ._serial import by_work
@@ -63,7 +64,7 @@ def _matmul_transposed(indptr, indices, values, XT, YT, block):
     """YT[i, b] = sum_{e in row i} values[e] XT[indices[e], b]; parallel over (batch block, row).
 
     XT is (n_in, B), YT is (n_out, B) and arrives zeroed; the row of YT is the accumulator and the
-    innermost loop is a contiguous axpy over the batch block. Tasks run block-major.
+    row's entries are added eight per pass (:func:`._gather.gather_axpy`). Tasks run block-major.
     """
     n_out = indptr.shape[0] - 1
     B = XT.shape[1]
@@ -72,12 +73,9 @@ def _matmul_transposed(indptr, indices, values, XT, YT, block):
         i = task % n_out
         b0 = (task // n_out) * block
         b1 = min(B, b0 + block)
-        acc = YT[i, b0:b1]  # (b1 - b0,) view
-        for e in range(indptr[i], indptr[i + 1]):
-            v = values[e]
-            x = XT[indices[e], b0:b1]  # (b1 - b0,) view
-            for b in range(acc.shape[0]):
-                acc[b] += v * x[b]
+        e0 = indptr[i]
+        e1 = indptr[i + 1]
+        gather_axpy(YT[i, b0:b1], values[e0:e1], indices[e0:e1], XT, b0, b1)
 
 
 @njit(parallel=True, cache=CACHE)
@@ -112,24 +110,23 @@ def _matmul_t_chunks(indptr, indices, values, dY, chunk_rows, dX):
                 dst[j] += src[j]
 
 
-@njit(parallel=True, cache=CACHE)
+@njit(parallel=True, cache=CACHE, fastmath={"reassoc"})
 def _sddmm_transposed(indptr, indices, XT, dYT, dW):
     """dW[e] = sum_b dYT[row(e), b] XT[indices[e], b]; parallel over rows. dW arrives zeroed.
 
     XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch,
-    summed in chunks of DOT_CHUNK items (pairwise within a chunk, the chunks in ascending order); the
-    chunk loop is outside the entry loop, so a chunk of dYT[i] stays in L1 across the row's entries.
+    eight entries per pass (:func:`._gather.gather_dots`), in chunks of DOT_CHUNK batch items added in
+    ascending order; the chunk loop is outside the entry loop, so a chunk of dYT[i] stays in L1 across
+    the row's entries.
     """
     n_out = indptr.shape[0] - 1
     B = XT.shape[1]
     for i in prange(n_out):
-        tmp = np.empty(pow2(min(B, DOT_CHUNK)), dtype=np.float32)  # scratch of tree_dot, one per row
+        e0 = indptr[i]
+        e1 = indptr[i + 1]
         for c0 in range(0, B, DOT_CHUNK):
             c1 = min(B, c0 + DOT_CHUNK)
-            scratch = tmp[: pow2(c1 - c0)]
-            g = dYT[i, c0:c1]  # (c1 - c0,) view
-            for e in range(indptr[i], indptr[i + 1]):
-                dW[e] += tree_dot(g, XT[indices[e], c0:c1], scratch)
+            gather_dots(dW[e0:e1], dYT[i, c0:c1], indices[e0:e1], XT, c0, c1)
 
 
 def _batch_block(B: int, parallel: bool) -> int:
