@@ -208,3 +208,19 @@ def test_bad_busy_exits_2_naming_the_option(command, value):
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "--busy" in errors[0]
     assert busy_children() == []
+
+
+def test_a_slow_call_is_repeated_until_compilation_is_over(monkeypatch):
+    """A slow call is timed once, but only after it settles: a call that compiles (the first, and here
+    also the second) is not the one reported."""
+    from purerigl.cli.bench import _shared
+
+    durations = iter([5.0, 3.0, 1.0, 0.95, 0.9, 0.9])
+    clock = [0.0]
+    monkeypatch.setattr(_shared.time, "perf_counter", lambda: clock[0])
+
+    def fn():
+        clock[0] += next(durations)
+
+    t = _shared.measure(fn, budget_s=0.1, max_call_s=0.5)
+    assert t.runs == 1 and t.median_s == 0.95  # 5.0, 3.0 and 1.0 were still falling by more than 20%

@@ -268,7 +268,8 @@ class _Recording(DSTUpdater):
 
     def after_step(self, step, model, optimizer):
         layer = model.sparse_layers()[0]
-        self.steps.append((np.array(layer._X), np.array(layer._dY)))
+        X, dY = layer._row_layout(layer._X, layer._dY, layer._feature_major)  # the MLP steps feature-major
+        self.steps.append((np.array(X), np.array(dY)))
         if self.schedule.is_update_step(step):
             X, dY = layer.saved_batch()
             self.read.append((step, np.array(X), np.array(dY)))

@@ -170,15 +170,18 @@ def test_results_do_not_depend_on_the_thread_count(backend, W):
         assert np.array_equal(a, b), f"{op} changes with the thread count"
 
 
-def test_cpu_diagonal_matmul_fm_is_the_transposed_matmul_bit_for_bit():
-    """The cpu Diagonal gathers sum over the diagonals in the same order in both layouts."""
+def test_cpu_diagonal_layouts_agree_to_float32_rounding():
+    """The cpu Diagonal gathers of the two layouts sum the same terms in ascending k; the feature-major
+    ones add them eight per pass (issue 19), so the two agree to float32 rounding, not bit for bit."""
     from purerigl.kernels import get_backend
 
     cpu = get_backend("cpu")
     for W in LARGER[2:5]:
         XT, dYT = operands_fm(W, 77)
-        assert np.array_equal(cpu.matmul_fm(W, XT), T(cpu.matmul(W, T(XT))))
-        assert np.array_equal(cpu.matmul_t_fm(W, dYT), T(cpu.matmul_t(W, T(dYT))))
+        for fm, row in ((cpu.matmul_fm(W, XT), T(cpu.matmul(W, T(XT)))),
+                        (cpu.matmul_t_fm(W, dYT), T(cpu.matmul_t(W, T(dYT))))):
+            scale = float(np.abs(row).max()) or 1.0
+            assert np.max(np.abs(fm - row)) <= 1e-5 * scale * np.sqrt(W.values.shape[0])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ import numpy as np
 from .host_loss import softmax_cross_entropy as _softmax_cross_entropy
 
 __all__ = [
-    "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "to_device",
-    "to_host", "transpose", "zeros", "zeros_like",
+    "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "dense_grad", "dense_matmul",
+    "dense_matmul_t", "fill_zeros", "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step",
+    "softmax_cross_entropy", "to_device", "to_host", "transpose", "zeros", "zeros_like",
 ]
 
 
@@ -87,6 +87,26 @@ def bias_grad(dY, out):
     .. math:: \\mathrm{out}[i] = \\sum_b dY[b, i]
     """
     np.sum(dY, axis=0, out=out)
+    return out
+
+
+def add_bias_fm(YT, b):
+    """``YT[i, b] += bias[i]`` in place, the feature-major layout of :func:`add_bias` (batch last,
+    YT (n, B)); returns YT.
+
+    .. math:: Y^T \\mathrel{+}= \\mathrm{bias} \\, \\mathbf{1}^T
+    """
+    YT += b[:, None]  # (n, 1) broadcast over the batch
+    return YT
+
+
+def bias_grad_fm(dYT, out):
+    """Row sums of dYT (n, B) into ``out`` (n,), the feature-major layout of :func:`bias_grad`;
+    returns out.
+
+    .. math:: \\mathrm{out}[i] = \\sum_b dY^T[i, b]
+    """
+    np.sum(dYT, axis=1, out=out)
     return out
 
 

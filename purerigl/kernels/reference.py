@@ -52,9 +52,9 @@ from .host_transformer import (  # registry.ARRAY_OPS, the transformer's
     patchify, prepend_token, prepend_token_backward, self_attention_backward, self_attention_forward, unpatchify,
 )
 from .host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
-    adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
-    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device, to_host, transpose, zeros,
-    zeros_like,
+    adam_step, add_bias, add_bias_fm, bias_grad, bias_grad_fm, dense_grad, dense_matmul, dense_matmul_t,
+    fill_zeros, relu_backward, relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device,
+    to_host, transpose, zeros, zeros_like,
 )
 from .reference_growth import diag_grad_norms, topk_grad, topk_grad_rows
 from .host_conv import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers' specification
@@ -76,9 +76,9 @@ __all__ = [
     "topk_grad",
     "topk_grad_rows",
     # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
-    "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "to_device",
-    "to_host", "transpose", "zeros", "zeros_like",
+    "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "dense_grad", "dense_matmul",
+    "dense_matmul_t", "fill_zeros", "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step",
+    "softmax_cross_entropy", "to_device", "to_host", "transpose", "zeros", "zeros_like",
     # the convolutional layers' array operations, on host arrays (registry.CONV_OPS)
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
     "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",

@@ -41,6 +41,8 @@ ARRAY_OPS = (
     "to_device", "to_host", "zeros", "zeros_like", "fill_zeros",
     "add_bias", "bias_grad", "relu_forward", "relu_backward", "dense_matmul", "dense_matmul_t", "dense_grad",
     "softmax_cross_entropy", "sgd_step", "adam_step", "scale_rows", "row_dots", "transpose",
+    # the bias in the feature-major layout (batch last), beside the products matmul_fm & co (an MLP's step)
+    "add_bias_fm", "bias_grad_fm",
 )
 
 #: The array operations of the transformer layers (:mod:`purerigl.nn.transformer`,

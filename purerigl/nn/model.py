@@ -2,6 +2,9 @@
 
 Linear layer ``i`` (0-based) is named ``layer{i}``; its parameters are ``layer{i}.values`` (sparse) or
 ``layer{i}.weight`` (dense) and ``layer{i}.bias``, the names used by optimizers and checkpoints.
+
+A training step of at least :data:`FM_MIN_BATCH` rows runs its sparse layers feature-major (the batch
+on the last axis, see :class:`MLP`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from ..formats.budget import (
 )
 from .layers import Dense, ReLU, SparseLinear
 from .parameter import Parameter
+
+
+#: The smallest batch that :meth:`MLP.forward` runs in the feature-major layout (fewer rows: the row layout).
+FM_MIN_BATCH = 4
 
 
 class ModelError(PureriglError, ValueError):
@@ -45,6 +52,22 @@ def parse_hidden(hidden) -> tuple[int, ...]:
 
 class MLP:
     """Linear layers with ReLU between them (none after the last); outputs logits.
+
+    Layout of a step. :meth:`forward` takes X (B, n_features) and returns logits (B, n_classes), but
+    from B = :data:`FM_MIN_BATCH` rows on it runs its sparse layers *feature-major*, on X^T
+    (n_features, B): the batched kernels of the backends compute in that layout, so the row-layout
+    ``matmul`` / ``matmul_t`` / ``sddmm`` each transpose their batch operand (and result) on every call,
+    where ``matmul_fm`` / ``matmul_t_fm`` / ``sddmm_fm`` read X^T and dY^T as they are. The model
+    instead transposes once at each end (X in, logits out; dlogits in) and runs every
+    :class:`SparseLinear` with :meth:`~SparseLinear.forward_fm` / :meth:`~SparseLinear.backward_fm`
+    plus the bias ops ``add_bias_fm`` / ``bias_grad_fm``. ReLU is element-wise and runs in either
+    layout. A layer without a feature-major step (:class:`Dense`, a :class:`GatedDiagonalLinear
+    <purerigl.nn.GatedDiagonalLinear>`, whose own forward gates its values) runs in the row layout, with
+    a transpose where the layout changes, so a model without sparse layers (sparsity 0) never
+    transposes. :meth:`backward` mirrors the layouts :meth:`forward` chose. Below FM_MIN_BATCH rows
+    (online inference, the small last batch of an epoch) every layer runs in the row layout, where the
+    kernels do not transpose. The results agree to float32 rounding; DST reads a layer's batch in the
+    row layout either way (:meth:`SparseLinear.saved_batch`).
 
     Parameters
     ----------
@@ -78,6 +101,7 @@ class MLP:
             self.layers.append(lin)
             if i < len(self.linears) - 1:
                 self.layers.append(ReLU(self.backend))
+        self._feature_major = [False] * len(self.layers)  # per layer: the layout of the last forward
 
     @property
     def n_features(self) -> int:
@@ -94,16 +118,36 @@ class MLP:
         return [lin for lin in self.linears if isinstance(lin, SparseLinear)]
 
     def forward(self, X):
-        """X (B, n_features) -> logits (B, n_classes), arrays of :attr:`backend`."""
-        for layer in self.layers:
-            X = layer.forward(X)
-        return X
+        """X (B, n_features) -> logits (B, n_classes), arrays of :attr:`backend`.
+
+        From B = :data:`FM_MIN_BATCH` on, the sparse layers run on X^T (see the class docstring).
+        """
+        use_fm = X.shape[0] >= FM_MIN_BATCH
+        fm = False  # the layout X is in: True for X^T (features, B)
+        for k, layer in enumerate(self.layers):
+            if not isinstance(layer, ReLU):  # ReLU runs in the layout it is given
+                wanted = use_fm and _has_feature_major_step(layer)
+                if wanted != fm:
+                    X, fm = self.backend.transpose(X), wanted
+            self._feature_major[k] = fm
+            if fm and not isinstance(layer, ReLU):
+                X = self.backend.add_bias_fm(layer.forward_fm(X), layer.bias.value)  # Y^T (n_out, B)
+            else:
+                X = layer.forward(X)
+        return self.backend.transpose(X) if fm else X  # (B, n_classes)
 
     def backward(self, dlogits) -> None:
-        """Backpropagate dL/dlogits (B, n_classes), filling every parameter's ``grad``."""
-        d = dlogits
-        for layer in reversed(self.layers):
-            d = layer.backward(d)
+        """Backpropagate dL/dlogits (B, n_classes), filling every parameter's ``grad``; each layer
+        runs in the layout of the last :meth:`forward`."""
+        d, fm = dlogits, False
+        for layer, layer_fm in zip(reversed(self.layers), reversed(self._feature_major)):
+            if layer_fm != fm:
+                d, fm = self.backend.transpose(d), layer_fm
+            if fm and not isinstance(layer, ReLU):
+                self.backend.bias_grad_fm(d, layer.bias.grad)  # row sums of dY^T (n_out, B)
+                d = layer.backward_fm(d)  # dX^T (n_in, B); None for the first layer
+            else:
+                d = layer.backward(d)
 
     def predict(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Logits for X in batches (no state kept for a backward)."""
@@ -159,6 +203,15 @@ class MLP:
             if hasattr(lin, "gate_state"):  # a DynaDiag layer (purerigl.nn.GatedDiagonalLinear)
                 rows[-1]["gate"] = lin.gate_state()
         return rows
+
+
+def _has_feature_major_step(layer) -> bool:
+    """True when ``layer``'s step in the feature-major layout computes what its forward / backward do:
+    a :class:`SparseLinear`, or a subclass that keeps SparseLinear's forward and backward (not
+    :class:`~purerigl.nn.GatedDiagonalLinear`, which overrides both to gate its values)."""
+    cls = type(layer)
+    return (isinstance(layer, SparseLinear) and cls.forward is SparseLinear.forward
+            and cls.backward is SparseLinear.backward)
 
 
 def _format_name(W: SparseFormat) -> str:

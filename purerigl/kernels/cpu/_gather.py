@@ -12,12 +12,12 @@ operations per vector of multiply-adds. These loops take **eight entries per pas
                        + ((v_4 x_4[b] + v_5 x_5[b]) + (v_6 x_6[b] + v_7 x_7[b]))
 
 so the accumulator is loaded and stored once per eight rows read (10 memory operations per 8 vectors
-of multiply-adds). Measured on the 2-core machine (768 x 3072 at 90%, batch 64 and 256, one thread):
+of multiply-adds). Of the entries left over, four are added in one pass of four, the rest one by one. Measured on the 2-core machine (768 x 3072 at 90%, batch 64 and 256, one thread):
 3.3x NumPy's dense product, against 2.4-2.7x one entry at a time (issue 19).
 
 Summation order. The eight products of a pass are added as the bracketed tree above, then to the
-accumulator; passes run in storage order, and the entries left over (fewer than eight) are added one
-at a time after them. The order depends on the structure alone, so results are the same on every
+accumulator; passes run in storage order, and the entries left over (fewer than eight) after them: four
+as ``(v0 x0 + v1 x1) + (v2 x2 + v3 x3)`` when at least four are left, then one at a time. The order depends on the structure alone, so results are the same on every
 run and for every thread count. The dot products (:func:`gather_dots`) are reductions over the
 batch; their kernels are compiled with ``fastmath={"reassoc"}`` so that LLVM vectorises them, which
 fixes one order for a given machine's compiled code (the same on every run and thread count; it may
@@ -47,6 +47,13 @@ def axpy8(acc, v0, x0, v1, x1, v2, x2, v3, x3, v4, x4, v5, x5, v6, x6, v7, x7):
 
 
 @njit(cache=CACHE, inline="always")
+def axpy4(acc, v0, x0, v1, x1, v2, x2, v3, x3):
+    """acc[b] += sum_{i < 4} v_i x_i[b] as (v0 x0 + v1 x1) + (v2 x2 + v3 x3): a remainder of four."""
+    for b in range(acc.shape[0]):
+        acc[b] += (v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])
+
+
+@njit(cache=CACHE, inline="always")
 def axpy(acc, v, x):
     """acc[b] += v x[b]: one entry (the remainder of a pass of eight)."""
     for b in range(acc.shape[0]):
@@ -67,25 +74,13 @@ def gather_axpy(acc, vals, idx, ST, b0, b1):
             vals[t + 4], ST[idx[t + 4], b0:b1], vals[t + 5], ST[idx[t + 5], b0:b1],
             vals[t + 6], ST[idx[t + 6], b0:b1], vals[t + 7], ST[idx[t + 7], b0:b1],
         )
-    for t in range(n8, n):
+    t = n8
+    if n - t >= 4:  # a remainder of four or more: one pass of four (short rows: a ViT's 64 inputs at 90%)
+        axpy4(acc, vals[t], ST[idx[t], b0:b1], vals[t + 1], ST[idx[t + 1], b0:b1],
+              vals[t + 2], ST[idx[t + 2], b0:b1], vals[t + 3], ST[idx[t + 3], b0:b1])
+        t += 4
+    for t in range(t, n):
         axpy(acc, vals[t], ST[idx[t], b0:b1])
-
-
-@njit(cache=CACHE, inline="always")
-def gather_axpy_by_entry(acc, values, entry, idx, q0, q1, ST, b0, b1):
-    """acc[b] += sum_{q0 <= q < q1} values[entry[q]] ST[idx[q], b0 + b]: :func:`gather_axpy` with the
-    values reached through ``entry`` (the column-major structure of :mod:`._columns`)."""
-    n8 = q1 - (q1 - q0) % UNROLL
-    for q in range(q0, n8, UNROLL):
-        axpy8(
-            acc,
-            values[entry[q]], ST[idx[q], b0:b1], values[entry[q + 1]], ST[idx[q + 1], b0:b1],
-            values[entry[q + 2]], ST[idx[q + 2], b0:b1], values[entry[q + 3]], ST[idx[q + 3], b0:b1],
-            values[entry[q + 4]], ST[idx[q + 4], b0:b1], values[entry[q + 5]], ST[idx[q + 5], b0:b1],
-            values[entry[q + 6]], ST[idx[q + 6], b0:b1], values[entry[q + 7]], ST[idx[q + 7], b0:b1],
-        )
-    for q in range(n8, q1):
-        axpy(acc, values[entry[q]], ST[idx[q], b0:b1])
 
 
 @njit(cache=CACHE, inline="always")

@@ -18,10 +18,12 @@ minus with S = dY, sddmm with A = dY, S = X; tall or square: the other way round
 output row ``out^T[p]`` is a sum of K whole rows of S^T scaled by one value each (contiguous axpys
 over the batch), and one gradient value is a contiguous dot product over the batch.
 
-Determinism. Each output of the gathers sums over k in ascending order, the same order as the
-row-layout kernels of :mod:`.diagonal` (so ``matmul_fm`` is the transposed ``matmul`` bit for bit).
-``sddmm`` sums every dot product in chunks of :data:`._dot.DOT_CHUNK` batch items (pairwise within a chunk,
-the chunks in ascending order): the order depends on B alone, not on the tiling or the thread count.
+Determinism. Each output of the gathers sums its terms in ascending k, eight per pass
+(:mod:`._gather`: a fixed tree within a pass), so its order depends on the offsets alone. ``sddmm``
+sums every dot product in chunks of :data:`._dot.DOT_CHUNK` batch items, the chunks in ascending
+order, each a vectorised reduction (:func:`._gather.dots8`). Neither depends on the tiling or the
+thread count. (The row-layout kernels of :mod:`.diagonal` add one diagonal at a time, so the two
+layouts agree to float32 rounding, not bit for bit.)
 """
 
 from __future__ import annotations
@@ -30,40 +32,78 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
-from ._dot import DOT_CHUNK, pow2, tree_dot
+from ._dot import DOT_CHUNK
+from ._gather import UNROLL, axpy, axpy8, dot, dots8
 from ._serial import by_work
 
-#: Batch items per task of the gathers (one accumulator of this many floats stays in L1).
-B_BLOCK = 1024
-
+#: Batch items per task of the gathers (the accumulator and the eight rows a pass reads stay in L1).
+B_BLOCK = 256
 
 
 @njit(cache=CACHE, inline="always")
-def _axpy(o, v, s):
-    """o[i] += v * s[i] over equal-length contiguous vectors (a loop LLVM vectorises)."""
-    for i in range(o.shape[0]):
-        o[i] += v * s[i]
+def _source(p, d, M):
+    """(p + d) mod M for 0 <= p, d < M."""
+    src = p + np.int64(d)
+    if src >= M:
+        src -= M
+    return src
 
 
 @njit(parallel=True, cache=CACHE)
 def _gather_plus_fm(offsets, V, ST, outT):
     """outT[p, b] = sum_k V[k, p] ST[(p + d_k) mod M, b] for p < L; parallel over (p, batch block).
 
-    V is (K, L), ST is (M, B) with M >= L, outT is (L, B) and arrives zeroed.
+    V is (K, L), ST is (M, B) with M >= L, outT is (L, B) and arrives zeroed. The K diagonals are
+    added eight per pass (:func:`._gather.axpy8`), then one at a time.
     """
     K, L = V.shape
     M, B = ST.shape
     n_b = (B + B_BLOCK - 1) // B_BLOCK
+    K8 = K - K % UNROLL
     for task in prange(L * n_b):
         p = task // n_b
         b0 = (task % n_b) * B_BLOCK
         b1 = min(B, b0 + B_BLOCK)
         acc = outT[p, b0:b1]  # (b1 - b0,) view
-        for k in range(K):
-            src = p + np.int64(offsets[k])
-            if src >= M:
-                src -= M
-            _axpy(acc, V[k, p], ST[src, b0:b1])
+        for k in range(0, K8, UNROLL):
+            axpy8(
+                acc,
+                V[k, p], ST[_source(p, offsets[k], M), b0:b1],
+                V[k + 1, p], ST[_source(p, offsets[k + 1], M), b0:b1],
+                V[k + 2, p], ST[_source(p, offsets[k + 2], M), b0:b1],
+                V[k + 3, p], ST[_source(p, offsets[k + 3], M), b0:b1],
+                V[k + 4, p], ST[_source(p, offsets[k + 4], M), b0:b1],
+                V[k + 5, p], ST[_source(p, offsets[k + 5], M), b0:b1],
+                V[k + 6, p], ST[_source(p, offsets[k + 6], M), b0:b1],
+                V[k + 7, p], ST[_source(p, offsets[k + 7], M), b0:b1],
+            )
+        for k in range(K8, K):
+            axpy(acc, V[k, p], ST[_source(p, offsets[k], M), b0:b1])
+
+
+@njit(cache=CACHE, inline="always")
+def _minus_run(acc, offsets, V, ST, p, M, k0, k1, b0, b1):
+    """acc += sum_{k0 <= k < k1} V[k, u] ST[u, b0:b1], u = (p - d_k) mod M, for a run of diagonals
+    whose u are all < L; eight per pass (:func:`._gather.axpy8`), then one at a time."""
+    n8 = k1 - (k1 - k0) % UNROLL
+    for k in range(k0, n8, UNROLL):
+        u0 = _source(p, M - offsets[k], M)
+        u1 = _source(p, M - offsets[k + 1], M)
+        u2 = _source(p, M - offsets[k + 2], M)
+        u3 = _source(p, M - offsets[k + 3], M)
+        u4 = _source(p, M - offsets[k + 4], M)
+        u5 = _source(p, M - offsets[k + 5], M)
+        u6 = _source(p, M - offsets[k + 6], M)
+        u7 = _source(p, M - offsets[k + 7], M)
+        axpy8(
+            acc,
+            V[k, u0], ST[u0, b0:b1], V[k + 1, u1], ST[u1, b0:b1], V[k + 2, u2], ST[u2, b0:b1],
+            V[k + 3, u3], ST[u3, b0:b1], V[k + 4, u4], ST[u4, b0:b1], V[k + 5, u5], ST[u5, b0:b1],
+            V[k + 6, u6], ST[u6, b0:b1], V[k + 7, u7], ST[u7, b0:b1],
+        )
+    for k in range(n8, k1):
+        u = _source(p, M - offsets[k], M)
+        axpy(acc, V[k, u], ST[u, b0:b1])
 
 
 @njit(parallel=True, cache=CACHE)
@@ -71,7 +111,10 @@ def _gather_minus_fm(offsets, V, ST, outT):
     """outT[p, b] = sum_k [u < L] V[k, u] ST[u, b], u = (p - d_k) mod M, p < M; parallel over
     (p, batch block).
 
-    V is (K, L), ST is (L, B), outT is (M, B) with M >= L and arrives zeroed.
+    V is (K, L), ST is (L, B), outT is (M, B) with M >= L and arrives zeroed. u < L exactly when d_k
+    lies in the circular window (p - L, p] modulo M; the offsets are sorted, so the diagonals that
+    contribute are one run of k, or two when the window wraps past 0 (found by binary search), and
+    each run is added in ascending k, eight per pass (:func:`_minus_run`).
     """
     K, L = V.shape
     M, B = outT.shape
@@ -81,35 +124,42 @@ def _gather_minus_fm(offsets, V, ST, outT):
         b0 = (task % n_b) * B_BLOCK
         b1 = min(B, b0 + B_BLOCK)
         acc = outT[p, b0:b1]  # (b1 - b0,) view
-        for k in range(K):
-            u = p - np.int64(offsets[k])
-            if u < 0:
-                u += M
-            if u < L:
-                _axpy(acc, V[k, u], ST[u, b0:b1])
+        lo = p - L + 1  # the window is [lo, p], or [0, p] and [lo + M, M) when lo < 0
+        end = np.searchsorted(offsets, p, side="right")
+        if lo >= 0:
+            _minus_run(acc, offsets, V, ST, p, M, np.searchsorted(offsets, lo), end, b0, b1)
+        else:
+            _minus_run(acc, offsets, V, ST, p, M, 0, end, b0, b1)
+            _minus_run(acc, offsets, V, ST, p, M, np.searchsorted(offsets, lo + M), K, b0, b1)
 
 
-@njit(parallel=True, cache=CACHE)
+@njit(parallel=True, cache=CACHE, fastmath={"reassoc"})
 def _sddmm_diagonals_fm(offsets, AT, ST, dV):
     """dV[k, t] = sum_b AT[t, b] ST[(t + d_k) mod M, b] for t < L; parallel over t.
 
     AT is (L, B), ST is (M, B) with M >= L, dV is (K, L) and arrives zeroed. Every dot product runs
-    in chunks of DOT_CHUNK batch items (a pairwise sum each, :func:`._dot.tree_dot`), added in
-    ascending order; a chunk of AT[t] is reused across all K diagonals.
+    in chunks of DOT_CHUNK batch items added in ascending order, eight diagonals per pass
+    (:func:`._gather.dots8`, one read of the chunk of AT[t] for eight of them).
     """
     K, L = dV.shape
     M, B = ST.shape
+    K8 = K - K % UNROLL
     for t in prange(L):
-        tmp = np.empty(pow2(min(B, DOT_CHUNK)), dtype=np.float32)  # scratch of tree_dot, one per task
         for c0 in range(0, B, DOT_CHUNK):
             c1 = min(B, c0 + DOT_CHUNK)
-            scratch = tmp[: pow2(c1 - c0)]
             a = AT[t, c0:c1]  # (c1 - c0,) view
-            for k in range(K):
-                src = t + np.int64(offsets[k])
-                if src >= M:
-                    src -= M
-                dV[k, t] += tree_dot(a, ST[src, c0:c1], scratch)
+            for k in range(0, K8, UNROLL):
+                s = dots8(
+                    a,
+                    ST[_source(t, offsets[k], M), c0:c1], ST[_source(t, offsets[k + 1], M), c0:c1],
+                    ST[_source(t, offsets[k + 2], M), c0:c1], ST[_source(t, offsets[k + 3], M), c0:c1],
+                    ST[_source(t, offsets[k + 4], M), c0:c1], ST[_source(t, offsets[k + 5], M), c0:c1],
+                    ST[_source(t, offsets[k + 6], M), c0:c1], ST[_source(t, offsets[k + 7], M), c0:c1],
+                )
+                for i in range(UNROLL):
+                    dV[k + i, t] += s[i]
+            for k in range(K8, K):
+                dV[k, t] += dot(a, ST[_source(t, offsets[k], M), c0:c1])
 
 
 def matmul_fm(W, XT: np.ndarray, out: np.ndarray) -> np.ndarray:

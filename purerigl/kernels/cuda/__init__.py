@@ -50,8 +50,8 @@ from ...formats import CSR, Condensed, Diagonal
 from .. import _checks
 from . import _launch, condensed, csr, diagonal, pairs
 from .arrays import (
-    adam_step, add_bias, bias_grad, dense_grad, dense_matmul, dense_matmul_t, fill_zeros, relu_backward,
-    relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, transpose, zeros, zeros_like,
+    adam_step, add_bias, add_bias_fm, bias_grad, bias_grad_fm, dense_grad, dense_matmul, dense_matmul_t, fill_zeros,
+    relu_backward, relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, transpose, zeros, zeros_like,
 )
 from .condensed import DeviceCondensed
 from .csr import DeviceCSR
@@ -94,9 +94,9 @@ __all__ = [
     "sddmm_device", "synchronize", "to_device", "to_host", "topk_grad", "topk_grad_rows",
     "matmul_fm", "matmul_fm_device", "matmul_t_fm", "matmul_t_fm_device", "sddmm_fm", "sddmm_fm_device",
     # the array operations of a training step (registry.ARRAY_OPS)
-    "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "transpose",
-    "zeros", "zeros_like",
+    "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "dense_grad", "dense_matmul",
+    "dense_matmul_t", "fill_zeros", "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step",
+    "softmax_cross_entropy", "transpose", "zeros", "zeros_like",
     # the convolutional layers' array operations (registry.CONV_OPS)
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
     "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",

@@ -20,13 +20,16 @@ import numpy as np
 from ...errors import ShapeError
 from ._device import batch_dot
 from ._launch import cuda, empty, is_device_array, launch
-from .elementwise import adam_step, add_bias, bias_grad, check_device, flat, relu_backward, relu_forward, sgd_step
+from .elementwise import (
+    adam_step, add_bias, add_bias_fm, bias_grad, bias_grad_fm, check_device, flat, relu_backward, relu_forward,
+    sgd_step,
+)
 from .loss import softmax_cross_entropy
 
 __all__ = [
-    "adam_step", "add_bias", "bias_grad", "dense_grad", "dense_matmul", "dense_matmul_t", "fill_zeros",
-    "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step", "softmax_cross_entropy", "transpose",
-    "zeros", "zeros_like",
+    "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "dense_grad", "dense_matmul",
+    "dense_matmul_t", "fill_zeros", "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step",
+    "softmax_cross_entropy", "transpose", "zeros", "zeros_like",
 ]
 
 

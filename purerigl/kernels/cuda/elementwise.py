@@ -8,8 +8,10 @@ the NumPy code (and the tests check that they agree to float32 rounding). On a r
 may fuse a multiply and an add into one FMA (one rounding instead of two) and ``exp``/``log`` are
 CUDA's float32 functions, so results there agree to a few float32 ulps.
 
-Launches are one thread per output element (:func:`._launch.launch`), except :func:`bias_grad`, one
-thread per column summing its batch in ascending order (fixed order, no atomics).
+Launches are one thread per output element (:func:`._launch.launch`), except :func:`bias_grad` and
+:func:`bias_grad_fm`, one thread per bias entry summing its batch in ascending order (fixed order, no
+atomics). The ``_fm`` functions are the bias lines in the feature-major layout (batch last, Y^T (n, B)),
+which :class:`purerigl.nn.MLP` runs its products in (``matmul_fm`` & co).
 
 Scalars (learning rate, betas, ...) are rounded to float32 on the host exactly as the NumPy code
 rounds them (``np.float32(lr)``, ``np.float32(1.0 - b1)``, ...) and passed as float32, so the
@@ -27,7 +29,9 @@ import numpy as np
 from ...errors import DTypeError, ShapeError
 from ._launch import cuda, empty, is_device_array, launch, to_device
 
-__all__ = ["adam_step", "add_bias", "bias_grad", "relu_backward", "relu_forward", "sgd_step"]
+__all__ = [
+    "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "relu_backward", "relu_forward", "sgd_step",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,6 +97,17 @@ def _add_bias_kernel(Y, bias):
 
 
 @cuda.jit
+def _add_bias_fm_kernel(YT, bias):
+    """YT[i, b] += bias[i], one thread per element of YT (n, B), consecutive threads along b."""
+    q = cuda.grid(1)
+    n, B = YT.shape
+    if q < n * B:
+        i = q // B
+        b = q % B
+        YT[i, b] += bias[i]
+
+
+@cuda.jit
 def _relu_forward_kernel(X, Y, mask):
     """mask[q] = X[q] > 0; Y[q] = X[q] where mask else 0 (flat views)."""
     q = cuda.grid(1)
@@ -119,6 +134,17 @@ def _bias_grad_kernel(dY, out):
         s = np.float32(0.0)
         for b in range(dY.shape[0]):
             s += dY[b, i]
+        out[i] = s
+
+
+@cuda.jit
+def _bias_grad_fm_kernel(dYT, out):
+    """out[i] = sum_b dYT[i, b] in float32, ascending b; one thread per row i."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        s = np.float32(0.0)
+        for b in range(dYT.shape[1]):
+            s += dYT[i, b]
         out[i] = s
 
 
@@ -193,6 +219,30 @@ def add_bias(Y_d, b_d):
     return Y_d
 
 
+def add_bias_fm(YT_d, b_d):
+    """Add the bias to every column of the layer output in the feature-major layout (batch last), in
+    place: :func:`add_bias` for Y^T.
+
+    Mirrors :func:`purerigl.kernels.host_arrays.add_bias_fm` (``YT += b[:, None]``), what
+    :meth:`purerigl.nn.MLP.forward` adds after :meth:`~purerigl.nn.SparseLinear.forward_fm`.
+
+    .. math:: Y^T[i, b] \\mathrel{+}= \\mathrm{bias}[i]
+
+    Parameters
+    ----------
+    YT_d : float32 device array, shape (n, B); updated in place
+    b_d : float32 device array, shape (n,)
+
+    Returns
+    -------
+    YT_d : the same device array
+    """
+    check_device("YT", YT_d, ndim=2)
+    check_device("bias", b_d, shape=(YT_d.shape[0],))
+    launch(_add_bias_fm_kernel, YT_d.size, YT_d, b_d)
+    return YT_d
+
+
 def relu_forward(X_d):
     """``Y = max(X, 0)`` and the mask the backward needs.
 
@@ -265,6 +315,33 @@ def bias_grad(dY_d, out_d):
     check_device("dY", dY_d, ndim=2)
     check_device("out", out_d, shape=(dY_d.shape[1],))
     launch(_bias_grad_kernel, out_d.shape[0], dY_d, out_d)
+    return out_d
+
+
+def bias_grad_fm(dYT_d, out_d):
+    """The bias gradient in the feature-major layout (batch last), the row sums of the output gradient
+    dY^T, into ``out_d``: :func:`bias_grad` for dY^T.
+
+    Mirrors :func:`purerigl.kernels.host_arrays.bias_grad_fm` (``np.sum(dYT, axis=1, out=out)``; NumPy
+    sums a contiguous row pairwise, so the two agree to float32 rounding, not bit for bit).
+
+    .. math:: \\mathrm{out}[i] = \\sum_{b=0}^{B-1} dY^T[i, b]
+
+    One thread per row i, summing in float32 in ascending b (fixed order, no atomics); a batch of 0
+    gives zeros.
+
+    Parameters
+    ----------
+    dYT_d : float32 device array, shape (n, B)
+    out_d : float32 device array, shape (n,); overwritten
+
+    Returns
+    -------
+    out_d : the same device array
+    """
+    check_device("dYT", dYT_d, ndim=2)
+    check_device("out", out_d, shape=(dYT_d.shape[0],))
+    launch(_bias_grad_fm_kernel, out_d.shape[0], dYT_d, out_d)
     return out_d
 
 
