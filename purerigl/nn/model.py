@@ -65,9 +65,10 @@ class MLP:
     <purerigl.nn.GatedDiagonalLinear>`, whose own forward gates its values) runs in the row layout, with
     a transpose where the layout changes, so a model without sparse layers (sparsity 0) never
     transposes. :meth:`backward` mirrors the layouts :meth:`forward` chose. Below FM_MIN_BATCH rows
-    (online inference, the small last batch of an epoch) every layer runs in the row layout, where the
-    kernels do not transpose. The results agree to float32 rounding; DST reads a layer's batch in the
-    row layout either way (:meth:`SparseLinear.saved_batch`).
+    (online inference, the small last batch of an epoch) every layer runs in the row layout, which the
+    cpu backend's ``matmul`` / ``matmul_t`` compute without a transpose at such batches (their
+    ``TRANSPOSED_MIN_BATCH`` is the same 4). The results agree to float32 rounding; DST reads a layer's
+    batch in the row layout either way (:meth:`SparseLinear.saved_batch`).
 
     Parameters
     ----------
