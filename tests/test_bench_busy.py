@@ -66,14 +66,8 @@ def test_kernels_limit_column_from_the_measured_dense_time(tmp_path, monkeypatch
     assert "-" in shown and f"{rows[-1]['limit_fraction']:.0%}" in shown
 
 
-def fake_paired_times(fn_a, fn_b, *, budget_s, max_call_s, repeat=1000, min_runs=5):
-    return fake_measure(fn_a, budget_s=budget_s, max_call_s=max_call_s), fake_measure(fn_b, budget_s=budget_s,
-                                                                                      max_call_s=max_call_s)
-
-
 def test_train_limit_sums_the_step_products_at_the_dense_rates(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "measure", fake_measure)
-    monkeypatch.setattr(train, "paired_times", fake_paired_times)
     path = tmp_path / "t.json"
     result = run(["train", "--quick", "--json", str(path)])
     assert result.exit_code == 0, result.output

@@ -37,7 +37,7 @@ from ._shared import (
     thread_limit,
 )
 from ._train_cnn import train_cnn_command
-from ._train_common import loadavg, paired_times
+from ._train_common import loadavg
 from ._train_common import pct as _pct
 from ._train_common import sig as _sig
 from ._train_common import train_step_fn as _train_step_fn  # noqa: F401 (bench gpu imports it from here)
@@ -104,20 +104,14 @@ def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max
         X = rng.standard_normal((batch, n_features)).astype(np.float32)
         y = rng.integers(0, n_classes, size=batch)
         configs = [("dense", "dense", 0.0)] + [(m, f, s) for s in sparsities for m, f in TRAIN_METHODS]
-        dense_step = None
+        dense_ms = None
         for method_name, fmt, sparsity in configs:
             model = build_mlp(n_features, hidden, n_classes, fmt="csr" if fmt == "dense" else fmt,
                               sparsity=sparsity, backend=backend, rng=np.random.default_rng(seed))
             optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
             step = _train_step_fn(model, optimizer, X, y)
-            if dense_step is None:  # the dense row: its own step, alone
-                dense_step = step
-                t_step = t_dense = measure(step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
-            else:  # a sparse step, in alternation with the dense step (the same load falls on both)
-                t_step, t_dense = paired_times(step, dense_step, budget_s=budget_s, max_call_s=max_call_s,
-                                               repeat=repeat)
+            t_step = measure(step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
             step_ms = t_step.median_s * 1e3
-            dense_ms = t_dense.median_s * 1e3
             update_ms = None
             runs_update = 0
             if method_name not in ("dense", "static"):
@@ -128,13 +122,15 @@ def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max
                 t_up = measure(_update_fn(model, optimizer, method, budgets, np.random.default_rng(seed)),
                                budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
                 update_ms, runs_update = t_up.median_s * 1e3, t_up.runs
+            if method_name == "dense":
+                dense_ms = step_ms
             amortised = step_ms + (update_ms or 0.0) / delta_t
             limit_s = step_limit_s(model, products, batch)
             nnz = sum(int(p.value.size) for p in model.parameters() if p.name.endswith((".values", ".weight")))
             results.append({
                 "arch": arch, "method": method_name, "format": fmt, "sparsity": sparsity, "batch": batch,
                 "weights": nnz,
-                "step_ms": step_ms, "dense_step_ms": dense_ms, "update_ms": update_ms,
+                "step_ms": step_ms, "update_ms": update_ms,
                 "update_amortised_ms": None if update_ms is None else update_ms / delta_t,
                 "step_with_update_ms": amortised,
                 "dense_ratio": dense_ms / step_ms if dense_ms else None,
@@ -154,20 +150,20 @@ def format_train(report: dict) -> str:
         f"batch {m['batch']}; topology update: every sparse layer, drop fraction 0.3, amortised over "
         f"delta_t = {m['delta_t']} steps",
         "dense = the same network with sparsity 0 (Dense layers, NumPy BLAS), trained by the same code",
-        "dense/sparse: dense step time / sparse step time (> 1: sparse is faster), each sparse step timed in "
-        "alternation with the dense step ('dense ms', the same load on both); '+upd' includes the amortised update",
+        "dense/sparse: dense step time / sparse step time (> 1: sparse is faster); '+upd' includes the "
+        "amortised update",
         "limit: the step's products (per layer: matmul, sddmm, and matmul_t except in the first layer), each "
         "nnz * batch multiply-adds at the rate of the dense BLAS product of that layer's shape measured in this "
         "run; bias, ReLU, loss and optimizer are not counted; %limit = limit / step time",
         "",
     ]
     head = (f"{'network':<16} {'method':<9} {'format':<9} {'sparsity':>8} {'weights':>9} {'step ms':>9} "
-            f"{'dense ms':>9} {'update ms':>10} {'upd/dt ms':>9} {'dense/sp':>9} {'+upd':>7} {'limit ms':>9} {'%limit':>7}")
+            f"{'update ms':>10} {'upd/dt ms':>9} {'dense/sp':>9} {'+upd':>7} {'limit ms':>9} {'%limit':>7}")
     lines += [head, "-" * len(head)]
     for r in report["results"]:
         lines.append(
             f"{r['arch']:<16} {r['method']:<9} {r['format']:<9} {r['sparsity']:>8.2f} {r['weights']:>9} "
-            f"{r['step_ms']:>9.3f} {_ms(r.get('dense_step_ms')):>9} {_ms(r['update_ms']):>10} {_ms(r['update_amortised_ms']):>9} "
+            f"{r['step_ms']:>9.3f} {_ms(r['update_ms']):>10} {_ms(r['update_amortised_ms']):>9} "
             f"{_ratio(r['dense_ratio']):>9} {_ratio(r['dense_ratio_with_update']):>7} "
             f"{_sig(r.get('limit_ms')):>9} {_pct(r.get('limit_fraction')):>7}"
         )
