@@ -39,7 +39,7 @@ from ..host_arrays import (  # the array operations of a training step (registry
     fill_zeros, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device,
     to_host, transpose, zeros, zeros_like,
 )
-from . import condensed, csr, diagonal, diagonal_fm, growth, pairs
+from . import _layout, condensed, csr, diagonal, diagonal_fm, growth, pairs
 from .elementwise import relu_backward, relu_forward  # Numba loops of the host_arrays spec
 from .conv_ops import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers', Numba kernels
     avgpool_backward, avgpool_forward, batchnorm_backward, batchnorm_forward, col2im, col2im_t, fm_to_nchw,
@@ -70,6 +70,17 @@ __all__ = [
     "flat_positions", "free_positions", "in_rows", "in_sorted", "indicator", "keep_by_magnitude",
     "merge_sorted", "remap_by_source", "row_counts", "row_norms", "source_of", "top_k", "top_k_per_row",
 ]
+
+
+#: Batches below this size run the feature-major products through the row-layout kernels (a gathered
+#: dot product per output; the batched kernels' axpys over a batch of 1-3 are short and slow: 0.35x
+#: dense at batch 1 against 1.2x). The same threshold as the formats' ``TRANSPOSED_MIN_BATCH``.
+ROW_KERNEL_BATCH = condensed.TRANSPOSED_MIN_BATCH
+
+
+def _zeros(B: int, n: int) -> np.ndarray:
+    """A zeroed float32 (B, n) result of a row-layout kernel."""
+    return np.zeros((B, n), dtype=np.float32)
 
 
 def _module_for(W):
@@ -175,6 +186,8 @@ def matmul_fm(W, XT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     YT : float32 ndarray, shape (n_out, B). Rows of W that store nothing give 0.
     """
     XT, out = _checks.matmul_fm_operands(W, XT, out)
+    if XT.shape[1] < ROW_KERNEL_BATCH:  # the row kernels' regime: X^T (n_in, 1) is X (1, n_in) as it lies
+        return _layout.transpose(_module_for(W).matmul(W, _layout.transpose(XT), _zeros(XT.shape[1], W.n_out)), out)
     return _fm_module_for(W).matmul_fm(W, XT, out)
 
 
@@ -197,6 +210,8 @@ def matmul_t_fm(W, dYT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
     dXT : float32 ndarray, shape (n_in, B)
     """
     dYT, out = _checks.matmul_t_fm_operands(W, dYT, out)
+    if dYT.shape[1] < ROW_KERNEL_BATCH:  # the row kernels' regime (see matmul_fm)
+        return _layout.transpose(_module_for(W).matmul_t(W, _layout.transpose(dYT), _zeros(dYT.shape[1], W.n_in)), out)
     return _fm_module_for(W).matmul_t_fm(W, dYT, out)
 
 
