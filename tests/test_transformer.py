@@ -665,3 +665,22 @@ def test_vit_trains_on_digits_with_every_method(method, digits):
         assert set(changed.values()) == {0.0}
     else:
         assert all(v > 0 for v in changed.values()), changed
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sparse_token_linear_runs_feature_major_from_four_rows(fmt):
+    """From 4 token rows a sparse TokenLinear calls the feature-major products (no transposes inside
+    them), below that the row-layout ones; both agree with the dense float64 twin."""
+    rng = np.random.default_rng(11)
+    for B, T, expect_fm in ((1, 3, False), (1, 4, True), (2, 5, True)):
+        layer = TokenLinear(_sparse(fmt, "cpu", rng, (6, 8), "t"))
+        twin = TokenLinear(_twin_of(layer.linear))
+        X = rng.standard_normal((B, T, 8)).astype(np.float32)
+        R = rng.standard_normal((B, T, 6)).astype(np.float32)
+        _close(layer.forward(X), twin.forward(X.astype(np.float64)))
+        assert layer._feature_major is expect_fm and layer.linear._feature_major is expect_fm
+        _close(layer.backward(R), twin.backward(R.astype(np.float64)))
+        _check_grads([layer.linear], {"t": twin.linear})
+    dense = TokenLinear(_dense(rng, 6, 8, "d"))
+    dense.forward(rng.standard_normal((2, 5, 8)).astype(np.float32))
+    assert dense._feature_major is False  # a Dense layer is BLAS in the row layout

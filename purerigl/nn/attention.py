@@ -48,7 +48,7 @@ from ..kernels.host_transformer import (  # the maths over (B, h, T, d_h): the h
     merge_heads,
     split_heads,
 )
-from .layers import Dense, SparseLinear
+from .layers import Dense, SparseLinear, has_feature_major_step
 from .parameter import Parameter, SyncsChildren
 
 __all__ = [
@@ -104,13 +104,21 @@ def _as_rows(A, width: int):
 # token-wise linear layer
 
 
+#: Token rows from which a sparse token-wise layer computes feature-major (as the MLP's FM_MIN_BATCH).
+FM_MIN_ROWS = 4
+
+
 class TokenLinear:
     """A linear layer applied to every token: (B, T, d_in) -> (B, T, d_out) (any leading axes).
 
     .. math:: Y[b, t] = W X[b, t] + b_{\\mathrm{bias}}, \\qquad
               dW = \\sum_{b, t} dY[b, t] \\, X[b, t]^T, \\qquad dX[b, t] = W^T dY[b, t]
 
-    computed as the wrapped layer on the (B * T, d_in) rows.
+    computed as the wrapped layer on the (B * T, d_in) rows. From :data:`FM_MIN_ROWS` rows on, a
+    :class:`SparseLinear` runs feature-major: the rows are transposed once, the products are the
+    backend's ``matmul_fm`` / ``sddmm_fm`` / ``matmul_t_fm`` (the batched kernels' own layout), and
+    the result is transposed back: four transposes per step instead of the six the row-layout
+    products make (one per operand and result), and the faster feature-major Diagonal kernels.
 
     Parameters
     ----------
@@ -130,6 +138,7 @@ class TokenLinear:
         self.linear = linear
         self.activation = activation
         self._lead = None  # the leading axes (B, T) of the last forward
+        self._feature_major = False  # whether the last forward ran the products feature-major
 
     # --------------------------------------------------------------------------------- the linear's
     @property
@@ -183,6 +192,11 @@ class TokenLinear:
         _check_tokens(X, n_in, "a token-wise linear layer")
         self._lead = tuple(int(n) for n in X.shape)[:-1]
         rows = _as_rows(X, n_in)  # (B, T, d_in) -> (B*T, d_in)
+        self._feature_major = int(rows.shape[0]) >= FM_MIN_ROWS and has_feature_major_step(self.linear)
+        if self._feature_major:  # the batched kernels' layout: two transposes here, none inside the products
+            be = self.backend
+            YT = be.add_bias_fm(self.linear.forward_fm(be.transpose(rows)), self.linear.bias.value)  # (d_out, B*T)
+            return be.transpose(YT).reshape(*self._lead, n_out)  # (d_out, B*T) -> (B*T, d_out) -> (B, T, d_out)
         return self.linear.forward(rows).reshape(*self._lead, n_out)  # (B*T, d_out) -> (B, T, d_out)
 
     def backward(self, dY: np.ndarray):
@@ -191,7 +205,14 @@ class TokenLinear:
         n_out, n_in = self.shape
         if isinstance(dY, np.ndarray):
             dY = np.ascontiguousarray(dY)  # a host view (a slice) made contiguous; device ops return contiguous arrays
-        dX = self.linear.backward(_as_rows(dY, n_out))  # (B, T, d_out) -> (B*T, d_out) -> (B*T, d_in)
+        rows = _as_rows(dY, n_out)  # (B, T, d_out) -> (B*T, d_out)
+        if self._feature_major:
+            be = self.backend
+            be.bias_grad(rows, self.linear.bias.grad)
+            dXT = self.linear.backward_fm(be.transpose(rows))  # (d_out, B*T) -> (d_in, B*T)
+            dX = None if dXT is None else be.transpose(dXT)  # (d_in, B*T) -> (B*T, d_in)
+        else:
+            dX = self.linear.backward(rows)  # (B*T, d_out) -> (B*T, d_in)
         return None if dX is None else dX.reshape(*self._lead, n_in)  # (B*T, d_in) -> (B, T, d_in)
 
     # ------------------------------------------------------------------------------------ residency

@@ -335,6 +335,16 @@ class SparseLinear:
         return f"SparseLinear({shown!r}, backend={self.backend.name!r})"
 
 
+def has_feature_major_step(layer) -> bool:
+    """True when ``layer``'s step in the feature-major layout (:meth:`SparseLinear.forward_fm` /
+    :meth:`~SparseLinear.backward_fm` plus the bias ops) computes what its forward / backward do: a
+    :class:`SparseLinear`, or a subclass that keeps SparseLinear's forward and backward (not
+    :class:`~purerigl.nn.GatedDiagonalLinear`, which overrides both to gate its values)."""
+    cls = type(layer)
+    return (isinstance(layer, SparseLinear) and cls.forward is SparseLinear.forward
+            and cls.backward is SparseLinear.backward)
+
+
 def _stack_rows(backend, parts):
     """The vertical stacking of the 2-d backend arrays ``parts`` (same width), a new backend array
     (``parts[0]`` itself when there is one): slice assignment, which NumPy arrays and numba device

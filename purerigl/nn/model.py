@@ -20,7 +20,7 @@ from ..formats.budget import (
     layer_budget,
     random_layer_with_budget,
 )
-from .layers import Dense, ReLU, SparseLinear
+from .layers import Dense, ReLU, SparseLinear, has_feature_major_step
 from .parameter import Parameter
 
 
@@ -127,7 +127,7 @@ class MLP:
         fm = False  # the layout X is in: True for X^T (features, B)
         for k, layer in enumerate(self.layers):
             if not isinstance(layer, ReLU):  # ReLU runs in the layout it is given
-                wanted = use_fm and _has_feature_major_step(layer)
+                wanted = use_fm and has_feature_major_step(layer)
                 if wanted != fm:
                     X, fm = self.backend.transpose(X), wanted
             self._feature_major[k] = fm
@@ -204,15 +204,6 @@ class MLP:
             if hasattr(lin, "gate_state"):  # a DynaDiag layer (purerigl.nn.GatedDiagonalLinear)
                 rows[-1]["gate"] = lin.gate_state()
         return rows
-
-
-def _has_feature_major_step(layer) -> bool:
-    """True when ``layer``'s step in the feature-major layout computes what its forward / backward do:
-    a :class:`SparseLinear`, or a subclass that keeps SparseLinear's forward and backward (not
-    :class:`~purerigl.nn.GatedDiagonalLinear`, which overrides both to gate its values)."""
-    cls = type(layer)
-    return (isinstance(layer, SparseLinear) and cls.forward is SparseLinear.forward
-            and cls.backward is SparseLinear.backward)
 
 
 def _format_name(W: SparseFormat) -> str:
