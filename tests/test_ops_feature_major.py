@@ -113,6 +113,20 @@ def test_feature_major_ops_against_oracles(backend, fmt, op, data):
         assert got.shape == p.W.values.shape
 
 
+@pytest.mark.parametrize("op", FM_OPS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@given(data=st.data())
+def test_feature_major_ops_at_batches_of_the_batched_kernels(backend, fmt, op, data):
+    """Batches 4-20, where the cpu backend runs its batched kernels (eight entries per pass, a pass of
+    four, then single entries: rows of every length up to 24 exercise each), against the oracles."""
+    p = data.draw(S.problems(fmt, batch=st.integers(4, 20)), label="problem")
+    got = check_fm_op(backend, op, p.W, T(p.X), T(p.dY), exact=p.exact)
+    if op == "matmul_fm":
+        assert np.all(got[~mask_of(p.W).any(axis=1)] == 0.0)
+    elif op == "matmul_t_fm":
+        assert np.all(got[~mask_of(p.W).any(axis=0)] == 0.0)
+
+
 # --------------------------------------------------------------------------------------------------
 # Larger fixed cases: batch blocks, chunks, ablated and empty rows
 
