@@ -335,3 +335,18 @@ def test_device_ranks_refuse_layers_beyond_32_bit_positions(cuda):
     W = DeviceCSR((1 << 17, 1 << 16), None, None, None)  # never read: the size check comes first
     with pytest.raises(ShapeError, match="2\\^32"):
         cuda.keep_by_magnitude(W, 1)
+
+
+def test_ascending_skips_the_sort_only_when_already_sorted():
+    """The sort-skipping helpers of the topology step return what np.sort would, and the input itself
+    when it is already ascending."""
+    from purerigl.formats._base import ascending, is_ascending, sorted_unique
+
+    sorted_in = np.array([0, 3, 3, 7, 12], dtype=np.int64)
+    assert is_ascending(sorted_in) and ascending(sorted_in) is sorted_in
+    shuffled = np.array([5, 1, 9, 1, 0], dtype=np.int64)
+    assert not is_ascending(shuffled)
+    assert np.array_equal(ascending(shuffled), np.sort(shuffled)) and shuffled[0] == 5  # input untouched
+    for a in (sorted_in, shuffled, np.array([], dtype=np.int64), np.array([4], dtype=np.int64)):
+        got = sorted_unique(a)
+        assert np.array_equal(got, np.unique(a)) and got is not a

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import CSR, SparseFormat
+from ..formats._base import ascending, is_ascending
 from ..formats.triples import triples
 from ._checks import check_salt
 from ._rank_key import tie_ranks
@@ -46,8 +47,11 @@ def source_of(old: SparseFormat, new: SparseFormat) -> np.ndarray:
     """int64 shaped like ``new.values``: for each new entry, the flat index of the same position in
     ``old.values``, or -1 if the position was not stored in ``old``."""
     old_flat = flat_positions(old)
-    order = np.argsort(old_flat, kind="stable")
-    sorted_flat = old_flat[order]
+    if is_ascending(old_flat):  # CSR and Condensed store their positions in ascending order
+        order, sorted_flat = np.arange(old_flat.size), old_flat
+    else:
+        order = np.argsort(old_flat, kind="stable")
+        sorted_flat = old_flat[order]
     new_flat = flat_positions(new)
     if sorted_flat.size == 0:  # nothing was stored: every new entry is new
         return np.full(new.values.shape, -1, dtype=np.int64)
@@ -127,14 +131,14 @@ def keep_by_magnitude(W: SparseFormat, n_keep: int, salt: int = 0) -> np.ndarray
     salt = check_salt(salt)
     flat = flat_positions(W)
     keep = top_mask(np.abs(W.values.ravel()), n_keep, tie_ranks(flat, salt))
-    return np.sort(flat[keep])
+    return ascending(flat[keep])
 
 
 def csr_from_positions(flat: np.ndarray, shape) -> CSR:
     """A CSR structure (values 0) holding the distinct flat positions ``flat`` (``row * n_in + col``,
     in any order: they are sorted here; the cuda version takes them ascending)."""
     n_out, n_in = shape
-    flat = np.sort(np.asarray(flat, dtype=np.int64))
+    flat = ascending(np.asarray(flat, dtype=np.int64))
     rows, cols = np.divmod(flat, n_in)
     indptr = np.zeros(n_out + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_out), out=indptr[1:])
