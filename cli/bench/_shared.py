@@ -81,9 +81,15 @@ def measure(fn, *, budget_s: float, max_call_s: float, compiled: bool = False, r
     """
     if compiled:
         timing = _measure(fn, budget_s=budget_s, max_call_s=max_call_s, compiled=True, repeat=repeat)
-        time.sleep(min(BLAS_SPIN_S, 10 * budget_s))  # let BLAS's threads stop spinning (see BLAS_SPIN_S)
+        let_blas_threads_sleep(budget_s)
         return timing
     return _measure(fn, budget_s=budget_s, max_call_s=max_call_s, compiled=False, repeat=repeat)
+
+
+def let_blas_threads_sleep(budget_s: float) -> None:
+    """Pause :data:`BLAS_SPIN_S` (at most 10x ``budget_s``) after BLAS ran, so that its spinning threads
+    do not take a core from the next measurement."""
+    time.sleep(min(BLAS_SPIN_S, 10 * budget_s))
 
 
 def _measure(fn, *, budget_s: float, max_call_s: float, compiled: bool, repeat: int) -> Timing:

@@ -7,8 +7,6 @@ share (the timed step and update, alternated timing) is in ``_train_common.py``.
 
 from __future__ import annotations
 
-import time
-
 import click
 import numpy as np
 
@@ -22,7 +20,7 @@ from .._options import FiniteFloatRange
 from . import bench
 from ._busy import busy_processes
 from ._shared import (
-    BLAS_SPIN_S,
+    let_blas_threads_sleep,
     CNN_INPUT_SHAPES,
     MAX_DENSE,
     QUICK,
@@ -114,8 +112,8 @@ def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max
             optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
             step = _train_step_fn(model, optimizer, X, y)
             t_step = measure(step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
-            if method_name == "dense":  # the dense step ran on BLAS: let its threads stop spinning
-                time.sleep(min(BLAS_SPIN_S, 10 * budget_s))
+            if method_name == "dense":  # the dense step ran on BLAS
+                let_blas_threads_sleep(budget_s)
             step_ms = t_step.median_s * 1e3
             update_ms = None
             runs_update = 0

@@ -194,9 +194,8 @@ class TokenLinear:
         rows = _as_rows(X, n_in)  # (B, T, d_in) -> (B*T, d_in)
         self._feature_major = int(rows.shape[0]) >= FM_MIN_ROWS and has_feature_major_step(self.linear)
         if self._feature_major:  # the batched kernels' layout: two transposes here, none inside the products
-            be = self.backend
-            YT = be.add_bias_fm(self.linear.forward_fm(be.transpose(rows)), self.linear.bias.value)  # (d_out, B*T)
-            return be.transpose(YT).reshape(*self._lead, n_out)  # (d_out, B*T) -> (B*T, d_out) -> (B, T, d_out)
+            YT = self.linear.forward_fm_with_bias(self.backend.transpose(rows))  # (d_out, B*T)
+            return self.backend.transpose(YT).reshape(*self._lead, n_out)  # (d_out, B*T) -> (B*T, d_out) -> (B, T, d_out)
         return self.linear.forward(rows).reshape(*self._lead, n_out)  # (B*T, d_out) -> (B, T, d_out)
 
     def backward(self, dY: np.ndarray):
@@ -207,10 +206,8 @@ class TokenLinear:
             dY = np.ascontiguousarray(dY)  # a host view (a slice) made contiguous; device ops return contiguous arrays
         rows = _as_rows(dY, n_out)  # (B, T, d_out) -> (B*T, d_out)
         if self._feature_major:
-            be = self.backend
-            be.bias_grad(rows, self.linear.bias.grad)
-            dXT = self.linear.backward_fm(be.transpose(rows))  # (d_out, B*T) -> (d_in, B*T)
-            dX = None if dXT is None else be.transpose(dXT)  # (d_in, B*T) -> (B*T, d_in)
+            dXT = self.linear.backward_fm_with_bias(self.backend.transpose(rows))  # (d_out, B*T) -> (d_in, B*T)
+            dX = None if dXT is None else self.backend.transpose(dXT)  # (d_in, B*T) -> (B*T, d_in)
         else:
             dX = self.linear.backward(rows)  # (B*T, d_out) -> (B*T, d_in)
         return None if dX is None else dX.reshape(*self._lead, n_in)  # (B*T, d_in) -> (B, T, d_in)

@@ -260,6 +260,20 @@ class SparseLinear:
             return None
         return self.backend.matmul_t_fm(self._matrix, dYT)
 
+    def forward_fm_with_bias(self, XT):
+        """:meth:`forward_fm` plus the bias, XT (n_in, B) -> YT (n_out, B): the whole layer in the
+        feature-major layout (the MLP's and a token-wise layer's step).
+
+        .. math:: Y^T = W X^T + \mathrm{bias} \, \mathbf{1}^T
+        """
+        return self.backend.add_bias_fm(self.forward_fm(XT), self.bias.value)
+
+    def backward_fm_with_bias(self, dYT):
+        """:meth:`backward_fm` plus ``bias.grad`` (the row sums of dYT), after :meth:`forward_fm_with_bias`:
+        dYT (n_out, B) -> dXT (n_in, B), or None if not ``needs_input_grad``."""
+        self.backend.bias_grad_fm(dYT, self.bias.grad)
+        return self.backward_fm(dYT)
+
     def _remember_input(self, X, feature_major: bool) -> None:
         """Keep the forward's input (X, or X^T with ``feature_major``) for the backward and saved_batch."""
         self._X, self._X_host, self._rows = X, None, None

@@ -132,7 +132,7 @@ class MLP:
                     X, fm = self.backend.transpose(X), wanted
             self._feature_major[k] = fm
             if fm and not isinstance(layer, ReLU):
-                X = self.backend.add_bias_fm(layer.forward_fm(X), layer.bias.value)  # Y^T (n_out, B)
+                X = layer.forward_fm_with_bias(X)  # Y^T (n_out, B)
             else:
                 X = layer.forward(X)
         return self.backend.transpose(X) if fm else X  # (B, n_classes)
@@ -145,8 +145,7 @@ class MLP:
             if layer_fm != fm:
                 d, fm = self.backend.transpose(d), layer_fm
             if fm and not isinstance(layer, ReLU):
-                self.backend.bias_grad_fm(d, layer.bias.grad)  # row sums of dY^T (n_out, B)
-                d = layer.backward_fm(d)  # dX^T (n_in, B); None for the first layer
+                d = layer.backward_fm_with_bias(d)  # dY^T (n_out, B) -> dX^T (n_in, B); None for the first layer
             else:
                 d = layer.backward(d)
 
