@@ -1,8 +1,8 @@
 """The dot products the cpu kernels inline, written once: fixed summation orders, float32.
 
 :func:`gather_dot` (a sparse row against a dense vector, four interleaved partial sums) serves the
-CSR and Condensed products; :func:`tree_dot` (two contiguous vectors, pairwise halving) serves the
-batch-transposed products and ``grad_at``. Both are ``inline="always"``: each kernel compiles them in,
+CSR and Condensed products at batch < 4; :func:`tree_dot` (two contiguous vectors, pairwise halving)
+serves ``grad_at``. The batched products' inner loops are :mod:`._gather`'s. Both are ``inline="always"``: each kernel compiles them in,
 and the cache stamp of :mod:`._cache` covers this file, so an edit here reaches every kernel.
 """
 
@@ -13,9 +13,8 @@ from numba import njit
 
 from ._cache import CACHE
 
-#: Batch items per pairwise partial sum of the batch-long dot products (sddmm in the transposed
-#: layout): a chunk of both vectors and the scratch stay in L1; the chunks are added in ascending
-#: order, so the summation order depends on the batch size alone.
+#: Batch items per chunk of the batch-long dot products of sddmm (:mod:`._gather`): a chunk of the
+#: output gradient row stays in L1 across a row's entries; the chunks are added in ascending order.
 DOT_CHUNK = 1024
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
-from ._dot import tree_dot
+from ._dot import pow2, tree_dot
 from ._layout import transpose
 from ._serial import by_work
 
@@ -29,9 +29,7 @@ def _grad_at_transposed(XT, dYT, rows, cols, g):
     XT is (n_in, B), dYT is (n_out, B); rows and cols are int64 (m,).
     """
     n_pairs = rows.shape[0]
-    m = 1
-    while m < XT.shape[1]:
-        m *= 2
+    m = pow2(XT.shape[1])  # the scratch length tree_dot needs
     n_tasks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
     for task in prange(n_tasks):
         tmp = np.empty(m, dtype=np.float32)  # scratch of tree_dot, one per task
