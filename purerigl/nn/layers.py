@@ -264,7 +264,7 @@ class SparseLinear:
         """:meth:`forward_fm` plus the bias, XT (n_in, B) -> YT (n_out, B): the whole layer in the
         feature-major layout (the MLP's and a token-wise layer's step).
 
-        .. math:: Y^T = W X^T + \mathrm{bias} \, \mathbf{1}^T
+        .. math:: Y^T = W X^T + \\mathrm{bias} \\, \\mathbf{1}^T
         """
         return self.backend.add_bias_fm(self.forward_fm(XT), self.bias.value)
 
