@@ -553,6 +553,50 @@ def test_cpu_sampled_threshold_is_only_a_filter(m):
     assert_same_up_to_near_ties(want[0] * 400 + want[1], ref[0] * 400 + ref[1], scores, error)
 
 
+@given(
+    scores=hnp.arrays(np.int32, st.integers(1, 300), elements=st.integers(-1, 6)),
+    n_groups=st.sampled_from([16, 64, 256]),
+    k=st.integers(0, 300),
+)
+def test_cpu_row_threshold_is_a_lower_bound(scores, n_groups, k):
+    """The per-row starting threshold of the cpu ``topk_grad_rows`` (from strided group maxima, many
+    ties, excluded columns as -1) is a key that at least k of the row's scores reach: the k-th
+    largest score is at least its score. With fewer than k groups holding a score it is -1."""
+    gm = np.empty(n_groups, dtype=np.int32)
+    cpu_growth._group_maxima(scores, gm)
+    want = np.full(n_groups, -1, dtype=np.int32)
+    for c in range(n_groups):
+        if scores[c::n_groups].size:
+            want[c] = scores[c::n_groups].max()
+    np.testing.assert_array_equal(gm, want)
+    threshold = int(cpu_growth._row_threshold(gm, k, np.empty(n_groups, dtype=np.int64)))
+    if k == 0 or int((gm >= 0).sum()) < k:
+        assert threshold == -1
+        return
+    assert threshold >= -1
+    if threshold >= 0:
+        kth_score = np.sort(scores)[::-1][k - 1]
+        assert kth_score >= (threshold + 1) >> 32  # every score of the top k passes the filter
+
+
+@pytest.mark.parametrize("excluded_fraction", [0.0, 0.3])
+def test_cpu_rows_on_long_rows_with_ties_match_the_reference(excluded_fraction):
+    """Rows of 4100 columns (256 strided groups and a remainder), small-integer data (exact sums,
+    many equal scores: the tie rule decides), counts below and above the number of groups: the cpu
+    per-row sets equal the reference's."""
+    rng = np.random.default_rng(11)
+    X = rng.integers(-2, 3, size=(3, 4100)).astype(np.float32)
+    dY = rng.integers(-2, 3, size=(3, 40)).astype(np.float32)
+    excluded = rng.random((40, 4100)) < excluded_fraction
+    indptr, indices = exclusion_csr(excluded)
+    counts = np.array([0, 1, 2, 7, 100, 255, 256, 257, 300, 4099] * 4, dtype=np.int64)
+    for salt in (0, 12345):
+        want = get_backend("reference").topk_grad_rows(X, dY, counts, indptr, indices, salt)
+        got = get_backend("cpu").topk_grad_rows(X, dY, counts, indptr, indices, salt)
+        for u, v in zip(want, got):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_inputs_are_left_untouched(backend, larger_problem):
     X, dY, excluded = larger_problem
     indptr, indices = exclusion_csr(excluded)
