@@ -3,7 +3,8 @@ reference and cpu backends, run on Numba's CUDA simulator (no GPU needed).
 
 Pins down (DESIGN.md sections 3 and 6):
 
-- ``topk_grad``, ``topk_grad_rows`` and ``diag_grad_norms`` return exactly what the reference and
+- ``topk_grad``, ``topk_grad_rows``, ``topk_grad_with_rows`` and ``diag_grad_norms`` return exactly
+  what the reference and
   cpu backends return (same dtypes, same order, same index sets), and what a brute force on the dense
   G = dY^T X returns: sort by (-|G|, tie_rank(flat, salt)), take the first m (per row: the first
   counts[i]), the results ascending by position;
@@ -191,6 +192,33 @@ def test_topk_grad_rows_matches_brute_force_and_backends(problem, config, salt, 
     assert_same(got, reference.topk_grad_rows(X, dY, counts, indptr, indices, salt))
     assert_same(got, cpu.topk_grad_rows(X, dY, counts, indptr, indices, salt))
     assert_same(got, brute_rows(X, dY, excluded, counts, salt))
+
+
+@EXAMPLES
+@given(problem=problems(), config=configs, salt=salts, data=st.data())
+def test_topk_grad_with_rows_matches_brute_force_and_backends(problem, config, salt, data):
+    """SRigL's one-pass selection: the layer-wide top m and the per-row top counts[i] over every
+    position (the exclusion of the drawn problem is ignored), with the scores |G| of the per-row
+    columns, equal to the reference, the cpu backend and the brute force; and the device entry point
+    returns the same device arrays."""
+    X, dY, _ = problem
+    n_out, n_in = dY.shape[1], X.shape[1]
+    N = n_out * n_in
+    m = data.draw(st.one_of(st.just(0), st.integers(0, N), st.integers(N, N + 3)), label="m")
+    count = st.one_of(st.just(0), st.integers(0, n_in), st.integers(n_in, n_in + 2))
+    counts = np.array(data.draw(st.lists(count, min_size=n_out, max_size=n_out), label="counts"), dtype=np.int64)
+    with tiny_config(**config):
+        got = growth_ops.topk_grad_with_rows(X, dY, m, counts, salt)
+        dev = growth_ops.topk_grad_with_rows(cuda.to_device(X), cuda.to_device(dY), m, counts, salt)
+    want = reference.topk_grad_with_rows(X, dY, m, counts, salt)
+    assert_same(got, want)
+    assert_same(tuple(a.copy_to_host() for a in dev), want)
+    assert_same(got, cpu.topk_grad_with_rows(X, dY, m, counts, salt))
+    nothing = np.zeros((n_out, n_in), dtype=bool)
+    assert_same(got[0] * n_in + got[1], brute_topk(X, dY, nothing, m, salt))
+    assert_same(got[2:4], brute_rows(X, dY, nothing, counts, salt))
+    rows = np.repeat(np.arange(n_out), np.diff(got[2]))
+    assert_same(got[4], np.abs(dense_grad(X, dY))[rows, got[3]].astype(np.float32))
 
 
 @EXAMPLES

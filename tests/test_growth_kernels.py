@@ -597,6 +597,61 @@ def test_cpu_rows_on_long_rows_with_ties_match_the_reference(excluded_fraction):
             np.testing.assert_array_equal(u, v)
 
 
+@given(problem=growth_problems(), salt=salts, data=st.data())
+def test_topk_grad_with_rows_is_both_selections_with_their_scores(backend, problem, salt, data):
+    """``topk_grad_with_rows`` returns exactly ``topk_grad`` and ``topk_grad_rows`` of the same backend
+    with nothing excluded, and the per-row scores are the float32 |G| those rank (to float32 rounding
+    of the float64 oracle)."""
+    X, dY, _, exact = problem
+    n_out, n_in = dY.shape[1], X.shape[1]
+    m = data.draw(st.integers(0, n_out * n_in + 1), label="m")
+    counts = np.array(data.draw(st.lists(st.integers(0, n_in + 1), min_size=n_out, max_size=n_out)), dtype=np.int64)
+    nothing = np.zeros(n_out + 1, dtype=np.int64), np.empty(0, dtype=np.int32)
+    got = backend.topk_grad_with_rows(X, dY, m, counts, salt)
+    want = (*backend.topk_grad(X, dY, m, *nothing, salt), *backend.topk_grad_rows(X, dY, counts, *nothing, salt))
+    assert len(got) == 5
+    for u, v in zip(got[:4], want):
+        assert u.dtype == v.dtype
+        np.testing.assert_array_equal(u, v)
+    assert got[4].dtype == np.float32 and got[4].shape == got[3].shape
+    rows = np.repeat(np.arange(n_out), np.diff(got[2]))
+    oracle = np.abs(dense_grad(X, dY))[rows, got[3]]
+    if exact:
+        np.testing.assert_array_equal(got[4], oracle.astype(np.float32))
+    else:
+        np.testing.assert_allclose(got[4], oracle, rtol=1e-5, atol=4 * float(float32_error(X, dY).max()))
+
+
+@pytest.mark.parametrize("m", [0, 1, 5000, 60_000])
+def test_cpu_topk_grad_with_rows_on_a_larger_layer(larger_problem, m):
+    """200 x 300 (several tiles and workers, the sampled threshold and per-row thresholds taken): the
+    cpu one-pass selection equals the cpu two-pass one exactly, and the reference up to near-ties."""
+    X, dY, _ = larger_problem
+    cpu, ref = get_backend("cpu"), get_backend("reference")
+    counts = (np.arange(200, dtype=np.int64) * 7) % 90
+    nothing = np.zeros(201, dtype=np.int64), np.empty(0, dtype=np.int32)
+    with mock.patch.object(cpu_growth, "TILE_ELEMS", 3000):
+        got = cpu.topk_grad_with_rows(X, dY, m, counts, 99)
+    want = (*cpu.topk_grad(X, dY, m, *nothing, 99), *cpu.topk_grad_rows(X, dY, counts, *nothing, 99))
+    for u, v in zip(got[:4], want):
+        np.testing.assert_array_equal(u, v)
+    r = ref.topk_grad_with_rows(X, dY, m, counts, 99)
+    scores, error = np.abs(dense_grad(X, dY)), float32_error(X, dY)
+    assert_same_up_to_near_ties(got[0] * 300 + got[1], r[0] * 300 + r[1], scores.ravel(), error.ravel())
+    np.testing.assert_array_equal(got[2], r[2])
+
+
+def test_topk_grad_with_rows_refuses_bad_operands(backend):
+    with pytest.raises(PureriglError, match="m"):
+        backend.topk_grad_with_rows(X0, DY0, -1, COUNTS0)
+    with pytest.raises(PureriglError):
+        backend.topk_grad_with_rows(X0, DY0, 1, COUNTS0[:2])
+    with pytest.raises(PureriglError):
+        backend.topk_grad_with_rows(X0.astype(np.float64), DY0, 1, COUNTS0)
+    with pytest.raises(PureriglError, match="salt"):
+        backend.topk_grad_with_rows(X0, DY0, 1, COUNTS0, -1)
+
+
 def test_inputs_are_left_untouched(backend, larger_problem):
     X, dY, excluded = larger_problem
     indptr, indices = exclusion_csr(excluded)

@@ -219,14 +219,14 @@ def completeness_problems(module) -> list[str]:
 
 
 def test_ops_are_the_reference_functions():
-    """OPS names the four products (each with an ``out=None`` last), the three growth selections and
+    """OPS names the four products (each with an ``out=None`` last), the four growth selections and
     the three feature-major products (``out=None`` last too), all defined by the reference."""
-    assert OPS == ("matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "diag_grad_norms",
-                   "matmul_fm", "matmul_t_fm", "sddmm_fm")
-    for op in OPS[:4] + OPS[7:]:
+    assert OPS == ("matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "topk_grad_with_rows",
+                   "diag_grad_norms", "matmul_fm", "matmul_t_fm", "sddmm_fm")
+    for op in OPS[:4] + OPS[8:]:
         params = list(inspect.signature(getattr(reference, op)).parameters.values())
         assert params[-1].name == "out" and params[-1].default is None
-    for op in OPS[4:7]:
+    for op in OPS[4:8]:
         assert callable(getattr(reference, op))
 
 

@@ -61,6 +61,10 @@ class _Spy:
         self.calls.append("topk_grad")
         return self.base.topk_grad(*args)
 
+    def topk_grad_with_rows(self, *args):
+        self.calls.append("topk_grad_with_rows")
+        return self.base.topk_grad_with_rows(*args)
+
     def topk_grad_rows(self, X, dY, counts, *ex):
         self.calls.append("topk_grad_rows")
         indptr, cols = self.base.topk_grad_rows(X, dY, counts, *ex)
@@ -508,14 +512,31 @@ def test_same_inputs_same_topology(integer):
 def test_method_calls_the_backend_growth_ops():
     spy = _Spy(get_backend("reference"))
     layer, opt, rng = make_layer((8, 20), 5, seed=5, backend=spy)
-    run_update(SRigL(gamma_sal=0.3), layer, opt, rng, 0.3, 40)
-    assert spy.calls == ["topk_grad", "topk_grad_rows"]
+    stats = run_update(SRigL(gamma_sal=0.3), layer, opt, rng, 0.3, 40)
+    assert stats["k"] == 5  # the fan-in did not grow: the growth comes from the candidates of the one pass
+    assert spy.calls == ["topk_grad_with_rows"]
     spy.calls.clear()
     run_update(SRigL(gamma_sal=0.0), layer, opt, rng, 0.3, 40)
     assert spy.calls == ["topk_grad_rows"]
     spy.calls.clear()
     run_update(SETCondensed(), layer, opt, rng, 0.3, 40)
     assert spy.calls == []
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_growth_beyond_the_candidates_takes_a_second_pass(backend_name):
+    """When ablation raises the fan-in k above the current one, a row may need more columns than its
+    candidates hold: the growth then reads G again (``topk_grad_rows``), and the update is still the
+    brute force's."""
+    spy = _Spy(get_backend(backend_name))
+    layer, opt, rng = make_layer((8, 20), 5, seed=3, backend=spy)
+    before = snapshot(layer, opt)
+    salt = salt_for(3, 0)
+    want, active, want_k, _ = oracle_update(before, dense_grad(layer), (8, 20), 0.5, 40, 0.95, False, salt=salt)
+    assert want_k > 5  # rows ablated: k = 40 // n_active grows
+    stats = run_update(SRigL(gamma_sal=0.95), layer, opt, rng, 0.5, 40, salt=salt)
+    assert spy.calls == ["topk_grad_with_rows", "topk_grad_rows"]
+    assert stats["k"] == want_k and layer.W.rows.tolist() == active and positions(layer.W) == want
 
 
 def test_broken_fan_in_raises():

@@ -26,10 +26,14 @@ update is:
    (every entry of a newly ablated row is removed).
 5. **Trim**: a row holding more than k kept entries keeps only its k largest |w|.
 6. **Grow, per row**: an active row with c_r < k kept entries grows the top :math:`k - c_r` of
-   :math:`|G_{rj}|` over the columns j it does not keep (just-dropped columns are eligible), via the
-   backend's streamed ``topk_grad_rows``. SET on condensed storage (:class:`SETCondensed`: steps 1
-   and 3-7 without ablation, shared through :class:`DropAndRegrowCondensed`) draws the columns
-   uniformly at random instead.
+   :math:`|G_{rj}|` over the columns j it does not keep (just-dropped columns are eligible). The pass
+   over G of step 2 (``topk_grad_with_rows``) also keeps each row's top k_old columns over all its
+   columns (k_old: the fan-in before the update), and while :math:`k \\le k_{old}` the growth is
+   picked from those candidates by their scores: among a row's k_old best columns at most c_r are
+   kept, so its top :math:`k - c_r` outside the kept ones are among them. Otherwise (ablation raised
+   k, or no ablation) the backend's streamed ``topk_grad_rows`` reads G again. SET on condensed
+   storage (:class:`SETCondensed`: steps 1 and 3-7 without ablation, shared through
+   :class:`DropAndRegrowCondensed`) draws the columns uniformly at random instead.
 7. **Apply** (:func:`~purerigl.dst.topology.apply_structure`): kept and dropped-and-regrown
    connections keep value and optimizer state; new ones start at exactly 0 with zero state; every
    active row is checked to hold exactly k strictly increasing columns.
@@ -57,7 +61,8 @@ purerigl fixes these behaviours of the official code on purpose (PAPERS.md 3.3):
   logs a warning);
 - **deterministic ties** (above) instead of ``torch.topk``'s unspecified order;
 - **streamed growth**: the gradient half of the salient set and the per-row growth read G in tiles
-  through the backend (``topk_grad``, ``topk_grad_rows``) and never store it.
+  through the backend (``topk_grad_with_rows``, one pass for both; ``topk_grad_rows`` when the fan-in
+  grows) and never store it.
 
 One detail follows PAPERS.md rather than the last official code: the floor uses
 :math:`\\lfloor C / n_{in} \\rfloor` rows (the official code rounds up).
@@ -78,6 +83,7 @@ row's free columns) and turned into positions on the device (``free_positions``)
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -199,7 +205,7 @@ def constant_fan_in(budget: int, n_active: int, n_in: int) -> int:
 # the salient set (written with backend operations: runs where the matrix lives)
 
 
-def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend, salt: int = 0) -> np.ndarray:
+def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend, salt: int = 0, grad_top=None) -> np.ndarray:
     """Salient entries per output neuron (PAPERS.md 3.3 step 1).
 
     .. math::
@@ -208,7 +214,8 @@ def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend, salt: int = 0) 
             \\operatorname{top}_{n_{prune}} |G| \\text{ (all positions)}, \\qquad
         \\mathrm{count}_r = |\\{ (r, j) \\in S \\}|
 
-    The gradient half comes from ``backend.topk_grad`` with an empty exclusion (G is streamed).
+    The gradient half comes from ``backend.topk_grad`` with an empty exclusion (G is streamed), or is
+    given (``grad_top``: what ``topk_grad_with_rows`` found in the same pass as the growth candidates).
 
     Parameters
     ----------
@@ -218,6 +225,8 @@ def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend, salt: int = 0) 
     backend : Backend
     salt : int
         The tie rule's salt of the update (equal scores: smaller ``tie_rank(position, salt)`` first).
+    grad_top : (rows, cols), optional
+        The top n_prune positions of |G| (``topk_grad`` with nothing excluded), already found.
 
     Returns
     -------
@@ -229,8 +238,10 @@ def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend, salt: int = 0) 
     flat = ops.flat_positions(W)  # ascending: Condensed rows ascending, columns increasing
     salient = ops.top_k(W.values.reshape(-1), flat, n_keep, salt)
     if n_prune > 0:
-        nothing = ops.exclusion_of(ops.arange(0), W.shape)  # every position is a candidate
-        g_rows, g_cols = ops.topk_grad(X, dY, int(n_prune), *nothing, salt)
+        if grad_top is None:
+            nothing = ops.exclusion_of(ops.arange(0), W.shape)  # every position is a candidate
+            grad_top = ops.topk_grad(X, dY, int(n_prune), *nothing, salt)
+        g_rows, g_cols = grad_top
         grad = ops.flat_of(g_rows, g_cols, n_in)  # ascending
         salient = ops.merge_sorted(salient, ops.compress(grad, ops.in_sorted(grad, salient), keep=False))
     return ops.row_counts(salient, W.shape)
@@ -238,6 +249,40 @@ def salient_counts(W, X, dY, n_keep: int, n_prune: int, backend, salt: int = 0) 
 
 # --------------------------------------------------------------------------------------------------
 # the grow rules: the columns each active row adds (flat positions, ascending, outside ``kept``)
+
+
+class GrowthCandidates(NamedTuple):
+    """Each row's top ``k_cap`` columns of |G| over all its columns (``topk_grad_with_rows``), found
+    in the pass that counted the salient set: row r's columns are ``cols[indptr[r]:indptr[r+1]]``
+    (ascending, k_cap of them), their scores ``scores[...]`` (the float32 |G| they were ranked by)."""
+
+    k_cap: int
+    indptr: object
+    cols: object
+    scores: object
+
+    def cover(self, need: np.ndarray, kept_per_row: np.ndarray) -> bool:
+        """Whether every row's growth is among its candidates: need[r] <= k_cap - c_r wherever need[r] > 0.
+
+        Row r grows the top need[r] of |G[r, :]| outside its c_r kept columns. Among its k_cap best
+        columns at most c_r are kept, so at least k_cap - c_r are not, and those are its best columns
+        outside the kept ones (in the same order): the top need[r] is among them when
+        need[r] <= k_cap - c_r, that is when the fan-in k = c_r + need[r] did not grow beyond k_cap.
+        """
+        grows = need > 0
+        return bool(np.all(need[grows] <= self.k_cap - kept_per_row[grows]))
+
+
+def _grow_from_candidates(u: LayerUpdate, kept, need: np.ndarray, candidates: GrowthCandidates):
+    """Per row r, the top need[r] of its candidates outside the kept positions, by their scores (ties:
+    the tie rule of the flat position, as ``topk_grad_rows``); their flat positions, ascending. The
+    same set as :func:`_grow_by_gradient` when ``candidates.cover(need, ...)``, without a second pass
+    over G."""
+    ops = u.layer.backend
+    flat = ops.csr_positions(candidates.indptr, candidates.cols, u.layer.shape[1])  # (n_out * k_cap,) ascending
+    n = u.layer.shape[0] * candidates.k_cap
+    outside = ops.indicator(ops.compress(ops.arange(n), ops.in_sorted(flat, kept), keep=False), n)
+    return ops.top_k_per_row(candidates.scores, flat, candidates.k_cap, need, u.salt, among=outside)
 
 
 def _grow_by_gradient(u: LayerUpdate, kept, need: np.ndarray, method: str):
@@ -284,12 +329,14 @@ class DropAndRegrowCondensed(Method):
     formats = ("condensed",)
     runs_on_backend = True  # written with backend operations: the weights never leave the backend
 
-    def _active_rows(self, u: LayerUpdate, n_keep: int, n_prune: int) -> np.ndarray:
-        """bool (n_out,): the rows that hold k connections after the update (here every row)."""
-        return np.ones(u.layer.shape[0], dtype=bool)
+    def _active_rows(self, u: LayerUpdate, n_keep: int, n_prune: int):
+        """(active, candidates): bool (n_out,), the rows that hold k connections after the update (here
+        every row), and the growth candidates found on the way (:class:`GrowthCandidates`, or None)."""
+        return np.ones(u.layer.shape[0], dtype=bool), None
 
-    def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):  # pragma: no cover
-        """Per row r, need[r] columns outside ``kept`` (some need[r] > 0); their flat positions, ascending."""
+    def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray, candidates):  # pragma: no cover
+        """Per row r, need[r] columns outside ``kept`` (some need[r] > 0); their flat positions, ascending.
+        ``candidates``: what :meth:`_active_rows` found, or None."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------------
@@ -331,7 +378,7 @@ class DropAndRegrowCondensed(Method):
 
         # 2. ablation (SRigL: recomputed from scratch), 3. fan-in
         was_active = ops.active_rows(M)
-        active = self._active_rows(u, n_keep, n_prune)
+        active, candidates = self._active_rows(u, n_keep, n_prune)
         n_active = int(active.sum())
         k = constant_fan_in(budget, n_active, n_in)
         k_old = int(M.indices.shape[1]) if n else 0
@@ -340,11 +387,11 @@ class DropAndRegrowCondensed(Method):
             return {"kept": n, "grown": 0, "dropped": 0, "regrown": 0, **stats_tail}
 
         # 4.-6. drop, trim, grow; 7. apply
-        new, regrown = self._new_structure(u, active, k, n_keep)
+        new, regrown = self._new_structure(u, active, k, n_keep, candidates)
         stats = apply_structure(u.layer, u.optimizer, new)
         return {**stats, "regrown": regrown, **stats_tail}
 
-    def _new_structure(self, u: LayerUpdate, active: np.ndarray, k: int, n_keep: int):
+    def _new_structure(self, u: LayerUpdate, active: np.ndarray, k: int, n_keep: int, candidates=None):
         """Steps 4-6: the new structure (values zero) and how many dropped entries were regrown.
 
         Entries are handled by flat position ``row * n_in + col``, ascending (the storage order of a
@@ -370,7 +417,7 @@ class DropAndRegrowCondensed(Method):
         need = np.where(active, k - kept_per_row, 0).astype(np.int64)
         positions, regrown = kept, 0
         if need.any():
-            grown = self._grow(u, kept, need, kept_per_row)
+            grown = self._grow(u, kept, need, kept_per_row, candidates)
             regrown = ops.count_true(ops.in_sorted(grown, flat))  # grown is outside kept: in flat = dropped
             positions = ops.merge_sorted(kept, grown)
 
@@ -410,16 +457,30 @@ class SRigL(DropAndRegrowCondensed):
     def __repr__(self) -> str:
         return f"SRigL(gamma_sal={self.gamma_sal})"
 
-    def _active_rows(self, u: LayerUpdate, n_keep: int, n_prune: int) -> np.ndarray:
+    def _active_rows(self, u: LayerUpdate, n_keep: int, n_prune: int):
         """Step 2: the rows that are not ablated (all of them with ``gamma_sal = 0`` or on the output
-        layer), from the salient counts of the current weights and the batch's gradient."""
+        layer), from the salient counts of the current weights and the batch's gradient.
+
+        The one pass over G that finds the gradient half of the salient set (``topk_grad_with_rows``)
+        also keeps each row's top k_cap columns, k_cap the current fan-in: step 6's growth when k does
+        not grow (:meth:`GrowthCandidates.cover`), so G is read once per update instead of twice.
+        """
         if self.gamma_sal == 0 or u.is_output:
             return super()._active_rows(u, n_keep, n_prune)
+        ops, M = u.layer.backend, u.layer.matrix
         X, dY = saved_batch_of(u.layer, self.name)
-        counts = salient_counts(u.layer.matrix, X, dY, n_keep, n_prune, u.layer.backend, u.salt)
-        return ~neurons_to_ablate(counts, int(u.budget), u.layer.shape[1], self.gamma_sal)
+        grad_top, candidates = None, None
+        k_cap = int(M.indices.shape[1]) if M.values.size else 0
+        if n_prune > 0 and k_cap > 0:
+            counts = np.full(u.layer.shape[0], k_cap, dtype=np.int64)
+            g_rows, g_cols, indptr, cols, scores = ops.topk_grad_with_rows(X, dY, int(n_prune), counts, u.salt)
+            grad_top, candidates = (g_rows, g_cols), GrowthCandidates(k_cap, indptr, cols, scores)
+        counts = salient_counts(M, X, dY, n_keep, n_prune, ops, u.salt, grad_top=grad_top)
+        return ~neurons_to_ablate(counts, int(u.budget), u.layer.shape[1], self.gamma_sal), candidates
 
-    def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):
+    def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray, candidates):
+        if candidates is not None and candidates.cover(need, kept_per_row):
+            return _grow_from_candidates(u, kept, need, candidates)
         return _grow_by_gradient(u, kept, need, self.name)
 
 
@@ -439,5 +500,5 @@ class SETCondensed(DropAndRegrowCondensed):
     def __repr__(self) -> str:
         return "SETCondensed()"
 
-    def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray):
+    def _grow(self, u: LayerUpdate, kept, need: np.ndarray, kept_per_row: np.ndarray, candidates):
         return _grow_at_random(u, kept, need, kept_per_row)

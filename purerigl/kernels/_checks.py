@@ -244,6 +244,17 @@ def topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices):
     return X, dY, counts, indptr, indices
 
 
+def topk_grad_with_rows_operands(X, dY, m, counts):
+    X, dY = growth_operands(X, dY)
+    n_out, n_in = dY.shape[1], X.shape[1]
+    if n_out * n_in > MAX_GROWTH_POSITIONS:  # ties are ranked by the flat position
+        raise ShapeError(
+            f"topk_grad_with_rows supports at most 2**32 positions, the layer has {n_out} x {n_in} = "
+            f"{n_out * n_in}"
+        )
+    return X, dY, check_count(m, "m"), check_counts(counts, n_out)
+
+
 def check_salt(salt) -> int:
     """The tie rule's salt (:mod:`purerigl.kernels._rank_key`) as a Python int in [0, 2^32)."""
     if isinstance(salt, (bool, np.bool_)) or not isinstance(salt, (int, np.integer)):

@@ -29,7 +29,7 @@ from ..formats import CSR, SparseFormat
 from ..formats._base import ascending, is_ascending
 from ..formats.triples import triples
 from ._checks import check_salt
-from ._rank_key import tie_ranks
+from ._rank_key import INDEX_MASK, tie_ranks
 
 __all__ = [
     "count_kept", "csr_from_positions", "exclusion_of", "flat_positions", "keep_by_magnitude",
@@ -97,8 +97,13 @@ def top_mask(scores: np.ndarray, n: int, ties: np.ndarray | None = None) -> np.n
     """bool mask of the ``n`` best entries of the 1-D ``scores``: larger score first, then smaller tie.
 
     The same set as ``rank_order(scores, ties)[:n]`` (:func:`purerigl.dst.topology.rank_order`), found
-    by selection in O(size) instead of a sort: the n-th largest score t splits the entries into those
-    above t (all chosen) and those equal to t, of which the smallest ``ties`` fill the remaining places.
+    by selection in O(size) instead of a sort. float32 scores are ranked by one distinct int64 key
+    per entry, ``bits(|s|) * 2^32 + (2^32 - 1 - tie)`` (the rank key of :mod:`purerigl.kernels._rank_key`),
+    and the n largest keys are the n best entries: a selection over distinct keys stays O(size) when
+    many scores are equal (NumPy's ``partition`` of a float array full of equal values, such as the
+    zeros of newly grown weights, was 15x slower). Other scores: the n-th largest score t splits the
+    entries into those above t (all chosen) and those equal to t, of which the smallest ``ties`` fill
+    the remaining places.
 
     Parameters
     ----------
@@ -115,6 +120,12 @@ def top_mask(scores: np.ndarray, n: int, ties: np.ndarray | None = None) -> np.n
         return mask
     if n == size:
         mask[:] = True
+        return mask
+    if scores.dtype == np.float32:  # one distinct int64 rank key per entry: no ties left to settle
+        rank = np.arange(size, dtype=np.int64) if ties is None else np.asarray(ties, dtype=np.int64)
+        keys = (scores.view(np.int32) & np.int32(0x7FFFFFFF)).astype(np.int64) << 32
+        keys |= INDEX_MASK - rank  # bits(|s|) * 2^32 + (2^32 - 1 - tie rank), as in _rank_key
+        np.greater_equal(keys, np.partition(keys, size - n)[size - n], out=mask)
         return mask
     threshold = np.partition(scores, size - n)[size - n]  # the n-th largest score
     np.greater(scores, threshold, out=mask)

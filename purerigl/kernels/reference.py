@@ -27,7 +27,8 @@ convolution's transposed patch matrix is, :mod:`purerigl.nn.conv`), are ``matmul
 
 i.e. the transposes of the row-layout results for the transposed operands.
 
-The growth selections of DST (``topk_grad``, ``topk_grad_rows``, ``diag_grad_norms``: rankings of the
+The growth selections of DST (``topk_grad``, ``topk_grad_rows``, ``topk_grad_with_rows``,
+``diag_grad_norms``: rankings of the
 dense gradient G = dY^T X, streamed in tiles and never stored) are specified in
 :mod:`purerigl.kernels.reference_growth` and re-exported here, so this module is the whole spec.
 """
@@ -56,7 +57,7 @@ from .host_arrays import (  # the array operations of a training step (registry.
     fill_zeros, relu_backward, relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device,
     to_host, transpose, zeros, zeros_like,
 )
-from .reference_growth import diag_grad_norms, topk_grad, topk_grad_rows
+from .reference_growth import diag_grad_norms, topk_grad, topk_grad_rows, topk_grad_with_rows
 from .host_conv import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers' specification
     avgpool_backward, avgpool_forward, batchnorm_backward, batchnorm_forward, col2im, col2im_t, fm_to_nchw,
     global_avgpool_backward, global_avgpool_forward, im2col, im2col_t, maxpool_backward, maxpool_forward,
@@ -75,6 +76,7 @@ __all__ = [
     "sddmm_fm",
     "topk_grad",
     "topk_grad_rows",
+    "topk_grad_with_rows",
     # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
     "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "dense_grad", "dense_matmul",
     "dense_matmul_t", "fill_zeros", "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step",

@@ -65,11 +65,8 @@ def topk_grad(X, dY, m, exclude_indptr, exclude_indices, salt=0):
     .. math:: \\mathrm{top}_m \\{ (i, j) \\notin E : |G[i, j]| \\}, \\qquad G[i, j] = \\sum_b dY[b, i] X[b, j]
 
     Ranked by the float32 score |G[i, j]|, larger first; equal scores: smaller tie rank
-    ``tie_rank(i * n_in + j, salt)`` first. G is streamed in tiles of rows. A running list holds the
-    best m positions seen so far; the m-th of them is a threshold that a later position must beat
-    (a larger score, or an equal score and a smaller tie rank). The positions of each tile that beat
-    it wait in a pending pool, merged into the running list (and the threshold raised) whenever the
-    pool reaches m / 4 positions, and at the end.
+    ``tie_rank(i * n_in + j, salt)`` first. G is streamed in tiles of rows into a running top m
+    (:class:`_RunningTop`).
 
     Parameters
     ----------
@@ -90,35 +87,54 @@ def topk_grad(X, dY, m, exclude_indptr, exclude_indices, salt=0):
     X, dY, m, indptr, indices = _checks.topk_grad_operands(X, dY, m, exclude_indptr, exclude_indices)
     salt = _checks.check_salt(salt)
     n_in = X.shape[1]
-    best = [np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)]
-    pending = [best]  # (flat, score, tie rank) of the running list, then of new candidates
-    n_pending = 0
+    top = _RunningTop(m)
     if m > 0:
         for r0, r1, scores in _score_tiles(X, dY, indptr, indices):
-            scores = scores.ravel()  # (tile,): flat index r0 * n_in + position
-            flat = r0 * n_in + np.arange(scores.size, dtype=np.int64)
-            ties = tie_ranks(flat, salt)
-            if best[0].size == m:  # beat the m-th best: larger score, or equal and smaller tie rank
-                beats = (scores > best[1][-1]) | ((scores == best[1][-1]) & (ties < best[2][-1]))
-            else:
-                beats = scores > EXCLUDED
-            new = np.flatnonzero(beats)
-            pending.append([flat[new], scores[new], ties[new]])
-            n_pending += new.size
-            if n_pending >= -(-m // 4):
-                best = _best(pending, m)
-                pending, n_pending = [best], 0
-        best = _best(pending, m)
-    flat = np.sort(best[0])
-    return flat // max(n_in, 1), flat % max(n_in, 1)
+            flat = np.arange(r0 * n_in, r1 * n_in, dtype=np.int64)  # (tile,): the tile's flat positions
+            top.add(flat, scores.ravel(), tie_ranks(flat, salt))
+    return top.positions(n_in)
 
 
-def _best(candidates, m):
-    """The m best of the concatenated (flat, score, tie rank) candidates, best first: score
-    descending, then tie rank ascending."""
-    flat, score, ties = (np.concatenate(part) for part in zip(*candidates))
-    order = np.lexsort((ties, -score))[:m]
-    return [flat[order], score[order], ties[order]]
+class _RunningTop:
+    """The m best (score, tie rank) positions of a stream of tiles, best first.
+
+    A running list holds the best m positions seen so far; the m-th of them is a threshold that a later
+    position must beat (a larger score, or an equal score and a smaller tie rank). The positions of
+    each tile that beat it wait in a pending pool, merged into the running list (and the threshold
+    raised) whenever the pool reaches m / 4 positions, and at the end.
+    """
+
+    def __init__(self, m: int):
+        self.m = int(m)
+        self.best = [np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)]
+        self.pending = [self.best]  # (flat, score, tie rank) of the running list, then of new candidates
+        self.n_pending = 0
+
+    def add(self, flat, scores, ties):
+        """Offer a tile: flat positions, float32 scores (EXCLUDED where excluded) and tie ranks, 1-D."""
+        best = self.best
+        if best[0].size == self.m:  # beat the m-th best: larger score, or equal and smaller tie rank
+            beats = (scores > best[1][-1]) | ((scores == best[1][-1]) & (ties < best[2][-1]))
+        else:
+            beats = scores > EXCLUDED
+        new = np.flatnonzero(beats)
+        self.pending.append([flat[new], scores[new], ties[new]])
+        self.n_pending += new.size
+        if self.n_pending >= -(-self.m // 4):
+            self._merge()
+
+    def _merge(self):
+        flat, score, ties = (np.concatenate(part) for part in zip(*self.pending))
+        order = np.lexsort((ties, -score))[: self.m]
+        self.best = [flat[order], score[order], ties[order]]
+        self.pending, self.n_pending = [self.best], 0
+
+    def positions(self, n_in: int):
+        """(rows, cols) int64 of the best m, sorted by flat position."""
+        if self.m > 0:
+            self._merge()
+        flat = np.sort(self.best[0])
+        return flat // max(n_in, 1), flat % max(n_in, 1)
 
 
 def topk_grad_rows(X, dY, counts, exclude_indptr, exclude_indices, salt=0):
@@ -147,17 +163,74 @@ def topk_grad_rows(X, dY, counts, exclude_indptr, exclude_indices, salt=0):
         X, dY, counts, exclude_indptr, exclude_indices
     )
     salt = _checks.check_salt(salt)
-    n_out, n_in = dY.shape[1], X.shape[1]
-    take = np.minimum(counts, n_in - np.diff(ex_indptr))  # c_i, (n_out,)
-    indptr = np.zeros(n_out + 1, dtype=np.int64)
-    np.cumsum(take, out=indptr[1:])
-    cols = np.empty(indptr[-1], dtype=np.int64)
+    n_in = X.shape[1]
+    rows = _RowsTop(np.minimum(counts, n_in - np.diff(ex_indptr)))
     for r0, r1, scores in _score_tiles(X, dY, ex_indptr, ex_indices):
         flat = np.arange(r0 * n_in, r1 * n_in, dtype=np.int64).reshape(scores.shape)  # (r1 - r0, n_in)
-        order = np.lexsort((tie_ranks(flat, salt), -scores), axis=-1)  # per row: best first
-        for i in range(r0, r1):
-            cols[indptr[i] : indptr[i + 1]] = np.sort(order[i - r0, : take[i]])
-    return indptr, cols
+        rows.add(r0, scores, tie_ranks(flat, salt))
+    return rows.indptr, rows.cols
+
+
+class _RowsTop:
+    """Per row i, the take[i] best columns of a stream of row tiles, ascending, and their scores."""
+
+    def __init__(self, take):
+        self.take = np.asarray(take, dtype=np.int64)  # c_i, (n_out,)
+        self.indptr = np.zeros(self.take.size + 1, dtype=np.int64)
+        np.cumsum(self.take, out=self.indptr[1:])
+        self.cols = np.empty(self.indptr[-1], dtype=np.int64)
+        self.scores = np.empty(self.indptr[-1], dtype=np.float32)
+
+    def add(self, r0, scores, ties):
+        """Rows r0, r0 + 1, ...: float32 scores (EXCLUDED where excluded) and tie ranks, (rows, n_in)."""
+        order = np.lexsort((ties, -scores), axis=-1)  # per row: best first
+        for t in range(scores.shape[0]):
+            i = r0 + t
+            chosen = np.sort(order[t, : self.take[i]])
+            self.cols[self.indptr[i] : self.indptr[i + 1]] = chosen
+            self.scores[self.indptr[i] : self.indptr[i + 1]] = scores[t, chosen]
+
+
+def topk_grad_with_rows(X, dY, m, counts, salt=0):
+    """RigL's layer-wide top m and SRigL's per-row top counts[i] of |G|, over every position, from
+    one pass over G (SRigL's salient set and its growth candidates).
+
+    .. math:: T = \\mathrm{top}_m \\{ (i, j) : |G[i, j]| \\}, \\qquad
+              C_i = \\mathrm{top}_{c_i} \\{ j : |G[i, j]| \\}, \\quad c_i = \\min(\\mathrm{counts}[i], n_{in})
+
+    exactly ``topk_grad(X, dY, m, E=∅, salt)`` and ``topk_grad_rows(X, dY, counts, E=∅, salt)`` (same
+    scores, same tie rule), plus the scores |G[i, j]| of the per-row columns: the float32 numbers the
+    selection ranked. With those, the top c' <= c_i of row i outside any set K_i of at most c_i - c'
+    columns lies in C_i, and can be picked from C_i by its scores (``top_k_per_row``) without a second
+    pass over G: among the c_i best columns at most |K_i| are in K_i.
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    m : int >= 0
+    counts : integer ndarray, shape (n_out,), >= 0
+    salt : int in [0, 2^32), as in :func:`topk_grad`
+
+    Returns
+    -------
+    rows, cols : int64 ndarrays, shape (min(m, n_out * n_in),), sorted by ``rows * n_in + cols``
+    indptr : int64 ndarray, shape (n_out + 1,)
+    row_cols : int64 ndarray, shape (sum c_i,), ascending within each row
+    row_scores : float32 ndarray, shape (sum c_i,): |G[i, j]| at each (i, row_cols)
+    """
+    X, dY, m, counts = _checks.topk_grad_with_rows_operands(X, dY, m, counts)
+    salt = _checks.check_salt(salt)
+    n_out, n_in = dY.shape[1], X.shape[1]
+    nothing = np.zeros(n_out + 1, dtype=np.int64), np.empty(0, dtype=np.int32)
+    top, rows = _RunningTop(m), _RowsTop(np.minimum(counts, n_in))
+    for r0, r1, scores in _score_tiles(X, dY, *nothing):
+        flat = np.arange(r0 * n_in, r1 * n_in, dtype=np.int64).reshape(scores.shape)  # (r1 - r0, n_in)
+        ties = tie_ranks(flat, salt)
+        if m > 0:
+            top.add(flat.ravel(), scores.ravel(), ties.ravel())
+        rows.add(r0, scores, ties)
+    return *top.positions(n_in), rows.indptr, rows.cols, rows.scores
 
 
 def diag_grad_norms(X, dY):

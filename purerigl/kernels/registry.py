@@ -22,12 +22,14 @@ from types import ModuleType
 from ..errors import BackendError
 
 #: The operations every backend must provide, with the reference backend's signatures.
-#: The first four are the products; the next three are the growth selections of DST (they read the
-#: dense gradient G = dY^T X in tiles and never store it); the last three are the products in the
+#: The first four are the products; the next four are the growth selections of DST (they read the
+#: dense gradient G = dY^T X in tiles and never store it; ``topk_grad_with_rows`` is RigL's and SRigL's
+#: selection from one pass, for SRigL's update); the last three are the products in the
 #: feature-major layout (batch on the last axis: X^T (n_in, B), Y^T (n_out, B)), which a convolution
 #: uses for its patch matrix so that no operand of a step is transposed (:mod:`purerigl.nn.conv`).
 OPS = (
-    "matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "diag_grad_norms",
+    "matmul", "matmul_t", "sddmm", "grad_at", "topk_grad", "topk_grad_rows", "topk_grad_with_rows",
+    "diag_grad_norms",
     "matmul_fm", "matmul_t_fm", "sddmm_fm",
 )
 

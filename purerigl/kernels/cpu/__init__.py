@@ -4,7 +4,8 @@ Same functions, signatures and semantics as :mod:`purerigl.kernels.reference`; o
 by the same :mod:`purerigl.kernels._checks` functions, so both backends accept and refuse exactly the
 same inputs. This file only checks and dispatches on the format; the kernels live one module per
 format (:mod:`.condensed`, :mod:`.diagonal`, :mod:`.csr`) plus :mod:`.pairs` for ``grad_at`` and
-:mod:`.growth` for the growth selections (``topk_grad``, ``topk_grad_rows``, ``diag_grad_norms``).
+:mod:`.growth` for the growth selections (``topk_grad``, ``topk_grad_rows``, ``topk_grad_with_rows``,
+``diag_grad_norms``).
 The feature-major products (``matmul_fm``, ``matmul_t_fm``, ``sddmm_fm``: batch last) are the batched
 kernels of :mod:`.condensed` and :mod:`.csr` called without their operand transposes, and the gathers
 of :mod:`.diagonal_fm`.
@@ -50,7 +51,7 @@ from .conv_ops import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutio
 NAME = "cpu"
 
 __all__ = [
-    "NAME", "diag_grad_norms", "grad_at", "matmul", "matmul_t", "sddmm", "topk_grad", "topk_grad_rows",
+    "NAME", "diag_grad_norms", "grad_at", "matmul", "matmul_t", "sddmm", "topk_grad", "topk_grad_rows", "topk_grad_with_rows",
     "matmul_fm", "matmul_t_fm", "sddmm_fm",
     # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
     "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "dense_grad", "dense_matmul",
@@ -326,6 +327,36 @@ def topk_grad_rows(
     """
     X, dY, counts, indptr, indices = _checks.topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices)
     return growth.topk_grad_rows(X, dY, counts, indptr, indices, _checks.check_salt(salt))
+
+
+def topk_grad_with_rows(X: np.ndarray, dY: np.ndarray, m: int, counts: np.ndarray, salt: int = 0):
+    """RigL's layer-wide top m and SRigL's per-row top counts[i] of |G| over every position, with the
+    per-row scores, from one pass over G (SRigL's salient set and its growth candidates).
+
+    Implements :func:`purerigl.kernels.reference.topk_grad_with_rows`: exactly ``topk_grad(X, dY, m,
+    E=∅, salt)`` and ``topk_grad_rows(X, dY, counts, E=∅, salt)`` of this backend, each row of G
+    computed once.
+
+    .. math:: T = \\mathrm{top}_m \\{ (i, j) : |G[i, j]| \\}, \\qquad
+              C_i = \\mathrm{top}_{c_i} \\{ j : |G[i, j]| \\}, \\quad c_i = \\min(\\mathrm{counts}[i], n_{in})
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    m : int >= 0
+    counts : integer ndarray, shape (n_out,), >= 0
+    salt : int in [0, 2^32), as in :func:`topk_grad`
+
+    Returns
+    -------
+    rows, cols : int64 ndarrays, shape (min(m, n_out * n_in),), sorted by ``rows * n_in + cols``
+    indptr : int64 ndarray, shape (n_out + 1,)
+    row_cols : int64 ndarray, shape (sum c_i,), ascending within each row
+    row_scores : float32 ndarray, shape (sum c_i,): the float32 |G[i, j]| the selection ranked
+    """
+    X, dY, m, counts = _checks.topk_grad_with_rows_operands(X, dY, m, counts)
+    return growth.topk_grad_with_rows(X, dY, m, counts, _checks.check_salt(salt))
 
 
 def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:

@@ -21,6 +21,9 @@ fold every tile into a small result before computing the next:
   columns, ascending, to its own slice. A row's scan starts at the c_i-th largest of its group maxima
   (a score that at least c_i positions reach), so only a few groups of each row are ranked. Rows that
   take nothing or everything need no gradient at all.
+- ``topk_grad_with_rows`` (SRigL's salient set and growth candidates): both selections above over
+  every position, in one pass over G: each row of a tile feeds the worker's layer-wide buffer and then
+  its own top c_i, whose scores are read from the tile.
 - ``diag_grad_norms``: position (i, j) lies on diagonal (i - j) mod n_out (tall, square) or
   (j - i) mod n_in (wide). The tiles are split into at most :data:`DIAG_CHUNKS` fixed groups (by shape
   only), each adding its squares in float64 into a private (P,) accumulator; the groups are summed in
@@ -407,6 +410,56 @@ def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, salt, take, 
 
 
 @njit(parallel=True, cache=CACHE)
+def _with_rows_workers(dYT, XT, salt, k, tile_rows, capacity, threshold0, n_groups, take, out_indptr, out_cols,
+                       out_scores, best, n_best):
+    """:func:`_topk_workers` over every position (nothing excluded) and, in the same pass over each
+    row of G, the row's take[i] best columns (as :func:`_rows_select`) and their scores |G[i, j]|."""
+    n_out = dYT.shape[0]
+    n_in = XT.shape[0]
+    n_workers = best.shape[0]
+    n_tiles = (n_out + tile_rows - 1) // tile_rows
+    for w in prange(n_workers):
+        G = np.empty((tile_rows, n_in), dtype=np.float32)
+        G_bits = G.view(np.int32)
+        gm = np.empty(n_groups, dtype=np.int32)
+        rows = np.empty(tile_rows, dtype=np.int64)
+        keys = np.empty(capacity, dtype=np.int64)
+        scratch = np.empty(max(2 * n_in + MIN_ROW_SLACK, n_groups), dtype=np.int64)
+        nothing = np.empty(0, dtype=np.int32)
+        n = 0
+        threshold = np.int64(threshold0)
+        for tile in range(w, n_tiles, n_workers):
+            r0 = tile * tile_rows
+            r1 = min(n_out, r0 + tile_rows)
+            for t in range(r1 - r0):
+                rows[t] = r0 + t
+            _gradient_tile(dYT, XT, rows[: r1 - r0], G)
+            for t in range(r1 - r0):
+                i = r0 + t
+                _score_bits(G_bits[t], nothing)  # G[t] now holds |G[i, :]|
+                _group_maxima(G_bits[t], gm)
+                if k > 0:
+                    n, threshold = _scan_row(G_bits[t], gm, i * n_in, salt, keys, n, k, threshold)
+                c = take[i]
+                if c == 0:
+                    continue
+                row_keys = scratch[: 2 * c + MIN_ROW_SLACK]
+                n_row, _ = _scan_row(G_bits[t], gm, i * n_in, salt, row_keys, 0, c, _row_threshold(gm, c, scratch))
+                _keep_largest(row_keys, n_row, c)
+                chosen = out_cols[out_indptr[i] : out_indptr[i] + c]
+                for q in range(c):
+                    chosen[q] = _index_of_key(row_keys[q], salt) - i * n_in
+                chosen.sort()  # ascending columns
+                for q in range(c):
+                    out_scores[out_indptr[i] + q] = G[t, chosen[q]]
+        if n > k:
+            _keep_largest(keys, n, k)
+            n = k
+        best[w, :n] = keys[:n]
+        n_best[w] = n
+
+
+@njit(parallel=True, cache=CACHE)
 def _complete_rows(n_in, ex_indptr, ex_indices, take, ranked_mask, out_indptr, out_cols):
     """Every row taking all its available columns: the complement of its excluded columns, ascending."""
     for i in prange(take.shape[0]):
@@ -534,6 +587,36 @@ def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices, salt=0):
             transpose(dY), transpose(X), ranked, tile_rows, ex_indptr, ex_indices, salt, take, _n_groups(n_in),
             indptr, cols)
     return indptr, cols
+
+
+def topk_grad_with_rows(X, dY, m, counts, salt=0):
+    """(rows, cols, indptr, row_cols, row_scores): ``topk_grad`` and ``topk_grad_rows`` over every
+    position, and the per-row scores, from one pass over G (:func:`_with_rows_workers`)."""
+    n_out, n_in = dY.shape[1], X.shape[1]
+    take = np.minimum(counts, n_in)
+    indptr = np.zeros(n_out + 1, dtype=np.int64)
+    np.cumsum(take, out=indptr[1:])
+    cols = np.empty(indptr[-1], dtype=np.int64)
+    scores = np.empty(indptr[-1], dtype=np.float32)
+    k = min(m, n_out * n_in)
+    if n_out == 0 or n_in == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), indptr, cols, scores
+    dYT, XT = transpose(dY), transpose(X)  # (n_out, B), (n_in, B)
+    nothing = np.zeros(n_out + 1, dtype=np.int64), np.empty(0, dtype=np.int32)
+    tile_rows = min(_tile_rows(n_in), n_out)
+    n_workers = max(1, min(numba.get_num_threads(), -(-n_out // tile_rows)))
+    best = np.empty((n_workers, k), dtype=np.int64)
+    n_best = np.zeros(n_workers, dtype=np.int64)
+    threshold = _starting_threshold(dYT, XT, *nothing, k, n_out * n_in) if k > 0 else -1
+    by_work(_with_rows_workers, n_out * n_in * X.shape[0], growth=True)(
+        dYT, XT, salt, k, tile_rows, _buffer_capacity(k), threshold, _n_groups(n_in), take, indptr, cols, scores,
+        best, n_best)
+    if k == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), indptr, cols, scores
+    if threshold >= 0 and n_best.sum() < k:  # the sampled threshold let fewer than k in: rescan without
+        by_work(_topk_workers, n_out * n_in * X.shape[0], growth=True)(
+            dYT, XT, *nothing, salt, k, tile_rows, _buffer_capacity(k), -1, _n_groups(n_in), best, n_best)
+    return (*_finish_topk(best, n_best, k, n_in, salt), indptr, cols, scores)
 
 
 def diag_grad_norms(X, dY):

@@ -60,7 +60,9 @@ from .elementwise import check_device
 from .feature_major import (  # the feature-major products (registry.OPS)
     matmul_fm, matmul_fm_device, matmul_t_fm, matmul_t_fm_device, sddmm_fm, sddmm_fm_device,
 )
-from .growth_ops import diag_grad_norms, topk_grad, topk_grad_rows  # the growth selections (registry.OPS)
+from .growth_ops import (  # the growth selections (registry.OPS)
+    diag_grad_norms, topk_grad, topk_grad_rows, topk_grad_with_rows,
+)
 from .batchnorm import batchnorm_backward, batchnorm_forward  # registry.CONV_OPS (part of ARRAY_OPS)
 from .patches import (  # registry.CONV_OPS, continued
     col2im, col2im_t, fm_to_nchw, im2col, im2col_t, nchw_to_fm, nchw_to_rows, rows_to_nchw,
@@ -91,7 +93,7 @@ RESIDENT = True
 __all__ = [
     "NAME", "DeviceCSR", "DeviceCondensed", "DeviceDiagonal", "check_available", "diag_grad_norms",
     "grad_at", "grad_at_device", "matmul", "matmul_device", "matmul_t", "matmul_t_device", "on_simulator", "sddmm",
-    "sddmm_device", "synchronize", "to_device", "to_host", "topk_grad", "topk_grad_rows",
+    "sddmm_device", "synchronize", "to_device", "to_host", "topk_grad", "topk_grad_rows", "topk_grad_with_rows",
     "matmul_fm", "matmul_fm_device", "matmul_t_fm", "matmul_t_fm_device", "sddmm_fm", "sddmm_fm_device",
     # the array operations of a training step (registry.ARRAY_OPS)
     "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "dense_grad", "dense_matmul",

@@ -425,6 +425,33 @@ def topk_grad_rows_device(d_X, d_dY, d_counts, d_indptr, d_indices, salt=0):
     return d_out_indptr, d_cols
 
 
+def topk_grad_with_rows(X, dY, m, counts, salt=0):
+    """(rows, cols, indptr, row_cols, row_scores): :func:`topk_grad` and :func:`topk_grad_rows` over
+    every position, and the per-row scores (operands and salt already checked).
+
+    Implements :func:`purerigl.kernels.reference.topk_grad_with_rows`.
+    """
+    to = cuda.to_device
+    return tuple(a.copy_to_host() for a in topk_grad_with_rows_device(to(X), to(dY), m, to(counts), salt))
+
+
+def topk_grad_with_rows_device(d_X, d_dY, m, d_counts, salt=0):
+    """:func:`topk_grad_with_rows` on device arrays. Here the two selections still read G in two passes
+    (:func:`topk_grad_device` and :func:`topk_grad_rows_device` with nothing excluded); the per-row
+    scores are recomputed by the tiles' own float32 dot product (:func:`.pairs.row_scores`), so they
+    are the numbers the selection ranked."""
+    from . import pairs
+
+    n_out = d_dY.shape[1]
+    d_nothing_indptr = cuda.to_device(np.zeros(n_out + 1, dtype=np.int64))
+    d_nothing = cuda.device_array(0, dtype=np.int32)
+    rows, cols = topk_grad_device(d_X, d_dY, m, d_nothing_indptr, d_nothing, salt)
+    indptr, row_cols = topk_grad_rows_device(d_X, d_dY, d_counts, d_nothing_indptr, d_nothing, salt)
+    scores = cuda.device_array(row_cols.shape[0], dtype=np.float32)
+    pairs.row_scores(d_X, d_dY, indptr, row_cols, scores)
+    return rows, cols, indptr, row_cols, scores
+
+
 # --------------------------------------------------------------------------------------------------
 # diag_grad_norms: one float64 accumulator per diagonal
 # --------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from .. import _checks
 from . import _launch
 from .elementwise import check_device, device_or_copied
 
-__all__ = ["diag_grad_norms", "topk_grad", "topk_grad_rows"]
+__all__ = ["diag_grad_norms", "topk_grad", "topk_grad_rows", "topk_grad_with_rows"]
 
 
 def topk_grad(X: np.ndarray, dY: np.ndarray, m: int, exclude_indptr: np.ndarray, exclude_indices: np.ndarray,
@@ -124,6 +124,47 @@ def topk_grad_rows(
     X, dY, counts, indptr, indices = _checks.topk_grad_rows_operands(X, dY, counts, exclude_indptr, exclude_indices)
     salt = _checks.check_salt(salt)
     return growth.topk_grad_rows(X, dY, counts, indptr, indices, salt)
+
+
+def topk_grad_with_rows(X: np.ndarray, dY: np.ndarray, m: int, counts: np.ndarray, salt: int = 0):
+    """RigL's layer-wide top m and SRigL's per-row top counts[i] of |G| over every position, with the
+    per-row scores (SRigL's salient set and its growth candidates).
+
+    Implements :func:`purerigl.kernels.reference.topk_grad_with_rows` (kernels in :mod:`.growth`; on
+    this backend the two selections still read G in two passes).
+
+    .. math:: T = \\mathrm{top}_m \\{ (i, j) : |G[i, j]| \\}, \\qquad
+              C_i = \\mathrm{top}_{c_i} \\{ j : |G[i, j]| \\}, \\quad c_i = \\min(\\mathrm{counts}[i], n_{in})
+
+    Parameters
+    ----------
+    X : float32 ndarray, shape (B, n_in)
+    dY : float32 ndarray, shape (B, n_out)
+    m : int >= 0
+    counts : integer ndarray, shape (n_out,), >= 0
+    salt : int in [0, 2^32), as in :func:`topk_grad`
+
+    Returns
+    -------
+    rows, cols : int64 ndarrays, shape (min(m, n_out * n_in),), sorted by ``rows * n_in + cols``
+    indptr : int64 ndarray, shape (n_out + 1,)
+    row_cols : int64 ndarray, shape (sum c_i,), ascending within each row
+    row_scores : float32 ndarray, shape (sum c_i,): |G[i, j]| at each (i, row_cols)
+
+    Given device arrays (X and dY) it takes and returns device arrays; ``counts`` may then be a host
+    array (copied in) or a device one, and is trusted to be >= 0.
+    """
+    from . import growth  # imported on first use
+
+    if _launch.is_device_array(X):
+        m = _checks.check_count(m)
+        salt = _checks.check_salt(salt)
+        _device_growth_operands("topk_grad_with_rows", X, dY)
+        counts = device_or_copied("counts", counts, np.int64)
+        check_device("counts", counts, np.int64, shape=(dY.shape[1],))
+        return growth.topk_grad_with_rows_device(X, dY, m, counts, salt)
+    X, dY, m, counts = _checks.topk_grad_with_rows_operands(X, dY, m, counts)
+    return growth.topk_grad_with_rows(X, dY, m, counts, _checks.check_salt(salt))
 
 
 def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
