@@ -263,3 +263,20 @@ def test_transpose_array_op(backend):
     A = np.arange(12, dtype=np.float32).reshape(3, 4)
     got = backend.transpose(A)
     assert got.flags.c_contiguous and got.shape == (4, 3) and np.array_equal(got, A.T)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1), (1088, 64), (64, 1024), (1024, 48), (2048, 3), (3072, 20), (17, 4096)])
+def test_cpu_transpose_every_block_choice(shape):
+    """The cpu transpose picks its blocks from the destination's row stride (fewer live lines when the
+    stride is a multiple of the cache's way size): every choice gives A^T exactly, into ``out`` too."""
+    from purerigl.kernels.cpu import _layout
+
+    A = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    got = _layout.transpose(A)
+    assert got.flags.c_contiguous and np.array_equal(got, A.T)
+    out = np.full(shape[::-1], np.nan, np.float32)
+    assert _layout.transpose(A, out) is out and np.array_equal(out, A.T)
+    row_block, col_block = _layout._blocks(shape[0] * 4)
+    assert 8 <= col_block <= _layout.COL_BLOCK and row_block in (_layout.ROW_BLOCK, 2 * _layout.ROW_BLOCK)
+    if shape[0] % 1024 == 0:  # rows of AT 4 KiB apart: every line in one cache set
+        assert col_block == 8
