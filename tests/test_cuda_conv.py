@@ -283,17 +283,20 @@ def test_batchnorm_and_residual_on_cuda_equal_reference(cu):
 TINY_LENET = {"channels": (1, 2), "hidden": (4,)}
 
 
-def _train_lenet(backend, steps=3, delta_t=2):
+def _train_lenet(backend, steps=3, delta_t=2, model_name="lenet5", arch=None, fmt="csr", method="rigl"):
+    """Train ``model_name`` (tiny) for ``steps`` batches of 2 with ``method`` updates every ``delta_t``
+    steps; return the model and the flat positions of every sparse layer after each step."""
     from purerigl.dst import UpdateSchedule, make_method
     from purerigl.dst.updater import DSTUpdater
     from purerigl.kernels.host_topology import flat_positions
     from purerigl.nn.models import build_model
     from purerigl.optim import SGD
 
-    model = build_model("lenet5", (1, 8, 8), 10, fmt="csr", sparsity=0.7, backend=backend, rng=0, **TINY_LENET)
+    model = build_model(model_name, (1, 8, 8), 10, fmt=fmt, sparsity=0.7, backend=backend, rng=0,
+                        **(TINY_LENET if arch is None else arch))
     opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
     budgets = {lin.name: lin.W.nnz for lin in model.sparse_layers()}
-    updater = DSTUpdater(make_method("rigl", "csr"), UpdateSchedule(delta_t=delta_t, alpha=0.3, t_end=8), budgets,
+    updater = DSTUpdater(make_method(method, fmt), UpdateSchedule(delta_t=delta_t, alpha=0.3, t_end=8), budgets,
                          seed=0)
     updater.begin(model)
     rng = np.random.default_rng(0)
@@ -322,6 +325,34 @@ def test_tiny_lenet5_with_a_rigl_update_on_cuda_matches_cpu(cu):
     assert changed[0]  # the update moved the sparse convolution's filters (growth read its patch matrix)
     for pa, pb in zip(cpu_model.parameters(), gpu_model.parameters()):
         np.testing.assert_allclose(pb.host, pa.host, rtol=1e-4, atol=1e-5, err_msg=pa.name)
+
+
+#: VGG-small and ResNet-20 cut to fit the simulator: two channels, one conv per block / one block per stage.
+TINY_CNNS = {
+    "vgg-small": {"widths": (2, 2), "convs_per_block": 1},
+    "resnet20": {"widths": (2, 2, 2), "blocks": 1},
+}
+
+
+@pytest.mark.parametrize("model_name,fmt,method", [("vgg-small", "condensed", "srigl"), ("resnet20", "csr", "rigl")])
+def test_tiny_vgg_and_resnet_train_on_cuda_like_cpu(cu, model_name, fmt, method):
+    """Whole-network training on cuda: a tiny VGG-small (batch norm, pooling, global average pooling)
+    with SRigL updates on condensed filters and a tiny ResNet-20 (residual blocks, a strided stage with
+    its projection shortcut) with RigL on CSR filters, two steps and an update after the first: the
+    same topologies as cpu after every step and the same parameters, batch-norm buffers included."""
+    cpu_model, cpu_topo = _train_lenet("cpu", 2, 1, model_name, TINY_CNNS[model_name], fmt, method)
+    gpu_model, gpu_topo = _train_lenet(cu, 2, 1, model_name, TINY_CNNS[model_name], fmt, method)
+    assert any(type(layer).__name__ == "SparseConv2d" for layer in gpu_model.weight_layers)
+    for step, (a, b) in enumerate(zip(cpu_topo, gpu_topo), 1):
+        for layer, (pa, pb) in enumerate(zip(a, b)):
+            assert np.array_equal(pa, pb), f"layer {layer} differs after step {step}"
+    assert any(not np.array_equal(x, y) for x, y in zip(cpu_topo[0], cpu_topo[-1]))  # an update moved filters
+    for pa, pb in zip(cpu_model.parameters(), gpu_model.parameters()):
+        np.testing.assert_allclose(pb.host, pa.host, rtol=1e-4, atol=1e-5, err_msg=pa.name)
+    cpu_buffers, gpu_buffers = cpu_model.buffers(), gpu_model.buffers()
+    assert cpu_buffers.keys() == gpu_buffers.keys() and cpu_buffers  # the running statistics
+    for name in cpu_buffers:
+        np.testing.assert_allclose(gpu_buffers[name], cpu_buffers[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 # --------------------------------------------------------------------------------------------------
