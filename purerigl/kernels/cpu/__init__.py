@@ -5,7 +5,9 @@ by the same :mod:`purerigl.kernels._checks` functions, so both backends accept a
 same inputs. This file only checks and dispatches on the format; the kernels live one module per
 format (:mod:`.condensed`, :mod:`.diagonal`, :mod:`.csr`) plus :mod:`.pairs` for ``grad_at`` and
 :mod:`.growth` for the growth selections (``topk_grad``, ``topk_grad_rows``, ``topk_grad_with_rows``,
-``diag_grad_norms``).
+``diag_grad_norms``). The operations of a DST update are the host versions
+(:mod:`purerigl.kernels.host_topology`, :mod:`purerigl.kernels.host_selection`), except the set lookups
+``in_sorted``, ``source_of`` and ``remap_by_source``: linear merges in Numba (:mod:`.sets`).
 The feature-major products (``matmul_fm``, ``matmul_t_fm``, ``sddmm_fm``: batch last) are the batched
 kernels of :mod:`.condensed` and :mod:`.csr` called without their operand transposes, and the gathers
 of :mod:`.diagonal_fm`.
@@ -24,13 +26,13 @@ from ...errors import FormatTypeError
 from ...formats import CSR, Condensed, Diagonal
 from .. import _checks
 from ..host_topology import (  # the operations a DST update is written with (registry.UPDATE_OPS)
-    count_kept, csr_from_positions, exclusion_of, flat_positions, keep_by_magnitude, remap_by_source, source_of,
+    count_kept, csr_from_positions, exclusion_of, flat_positions, keep_by_magnitude,
 )
 from ..host_selection import (  # registry.UPDATE_OPS, continued
     active_rows, arange, compress, condensed_from_positions, count_true, csr_positions, diagonal_from_offsets,
-    flat_of, free_positions, in_rows, in_sorted, indicator, merge_sorted, row_counts, row_norms, top_k,
-    top_k_per_row,
+    flat_of, free_positions, in_rows, indicator, merge_sorted, row_counts, row_norms, top_k, top_k_per_row,
 )
+from .sets import in_sorted, remap_by_source, source_of  # registry.UPDATE_OPS: Numba merges of the host spec
 from ..host_transformer import (  # registry.ARRAY_OPS, the transformer's
     add, first_token, first_token_backward, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward,
     patchify, prepend_token, prepend_token_backward, self_attention_backward, self_attention_forward, unpatchify,
@@ -51,7 +53,8 @@ from .conv_ops import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutio
 NAME = "cpu"
 
 __all__ = [
-    "NAME", "diag_grad_norms", "grad_at", "matmul", "matmul_t", "sddmm", "topk_grad", "topk_grad_rows", "topk_grad_with_rows",
+    "NAME", "diag_grad_norms", "grad_at", "matmul", "matmul_t", "sddmm", "topk_grad", "topk_grad_rows",
+    "topk_grad_with_rows",
     "matmul_fm", "matmul_t_fm", "sddmm_fm",
     # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
     "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "dense_grad", "dense_matmul",
