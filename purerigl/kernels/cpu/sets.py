@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ...formats import Diagonal
 from .. import host_selection, host_topology
 from ._cache import CACHE
 
@@ -220,8 +221,11 @@ def source_of(old, new) -> np.ndarray:
 
     .. math:: \\mathrm{source}_e = t \\text{ if } p^{old}_t = p^{new}_e, \\text{ else } -1
 
-    When the old positions ascend (CSR, Condensed), one merge of the new positions into them (a
-    binary search per entry once they stop ascending: Diagonal); otherwise the host version's sort.
+    Two Diagonal matrices of one shape: a diagonal's entries sit at the same positions in both
+    whenever its offset is stored in both (entry t of offset d), so the sources follow from the
+    offsets alone, O(nnz). When the old positions ascend (CSR, Condensed), one merge of the new
+    positions into them (a binary search per entry once they stop ascending); otherwise the host
+    version's sort (a Diagonal's positions do not ascend: 0.3 s at 4096 x 4096 and 90%).
 
     Parameters
     ----------
@@ -231,6 +235,8 @@ def source_of(old, new) -> np.ndarray:
     -------
     source : int64 ndarray, shaped like ``new.values``, entries in [-1, old.nnz)
     """
+    if isinstance(old, Diagonal) and isinstance(new, Diagonal) and old.shape == new.shape:
+        return _diagonal_source(old, new)
     old_flat = host_topology.flat_positions(old)  # (m,) int64
     if not _is_ascending(old_flat):
         return host_topology.source_of(old, new)
@@ -240,6 +246,20 @@ def source_of(old, new) -> np.ndarray:
         source[:] = -1
     elif new_flat.size:
         _lookup(new_flat, old_flat, source, True)
+    return source.reshape(new.values.shape)
+
+
+def _diagonal_source(old: Diagonal, new: Diagonal) -> np.ndarray:
+    """:func:`source_of` between two Diagonal matrices of one shape, from their offsets: entry (k, t) of
+    ``new`` (offset d = new.offsets[k]) was entry (k', t) of ``old`` if old.offsets[k'] = d."""
+    K_old, L = old.values.shape
+    offsets = np.asarray(new.offsets, dtype=np.int64)  # (K,)
+    old_offsets = np.asarray(old.offsets, dtype=np.int64)  # (K_old,) strictly increasing
+    at = np.searchsorted(old_offsets, offsets)  # (K,)
+    hit = at < K_old
+    hit[hit] = old_offsets[at[hit]] == offsets[hit]
+    source = at[:, None] * L + np.arange(L, dtype=np.int64)[None, :]  # (K, L): old entry (k', t)
+    source[~hit] = -1
     return source.reshape(new.values.shape)
 
 
