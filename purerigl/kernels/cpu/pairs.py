@@ -5,7 +5,7 @@ independent dot product over the batch, so the kernel runs in parallel over bloc
 shared writes. It works on the transposed operands ``XT = X^T`` (n_in, B) and ``dYT = dY^T``
 (n_out, B), so each dot product reads two contiguous rows.
 
-The dot product it inlines is :func:`._dot.tree_dot`, shared with the formats' modules.
+The dot product it inlines is :func:`._dot.lane_dot` (eight interleaved partial sums, a fixed order).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
-from ._dot import pow2, tree_dot
+from ._dot import lane_dot
 from ._layout import transpose
 from ._serial import by_work
 
@@ -29,12 +29,10 @@ def _grad_at_transposed(XT, dYT, rows, cols, g):
     XT is (n_in, B), dYT is (n_out, B); rows and cols are int64 (m,).
     """
     n_pairs = rows.shape[0]
-    m = pow2(XT.shape[1])  # the scratch length tree_dot needs
     n_tasks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
     for task in prange(n_tasks):
-        tmp = np.empty(m, dtype=np.float32)  # scratch of tree_dot, one per task
         for p in range(task * PAIR_BLOCK, min(n_pairs, (task + 1) * PAIR_BLOCK)):
-            g[p] = tree_dot(dYT[rows[p]], XT[cols[p]], tmp)
+            g[p] = lane_dot(dYT[rows[p]], XT[cols[p]])
 
 
 def grad_at(X: np.ndarray, dY: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray):
