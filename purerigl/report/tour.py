@@ -240,7 +240,9 @@ def _section(name: str, fmt: str, title: str, options: dict) -> list[str]:
             "",
             f"Drop |w| layer-wide among the rows that stay active, best first: {_ranked(_by_magnitude(before))}; "
             f"keep the top {nnz - n_prune}, trim every row to its k largest, then each active row grows its top "
-            "k - c_r columns of |G[r, :]| that it does not keep (`topk_grad_rows`, streamed). |G|:",
+            "k - c_r columns of |G[r, :]| that it does not keep (streamed: picked from each row's best k_old "
+            "columns, which `topk_grad_with_rows` kept in the pass that counted the salient set, while k <= "
+            "k_old; else `topk_grad_rows`). |G|:",
             "",
             _grid({(i, j): abs(G[i, j]) for i in range(SHAPE[0]) for j in range(SHAPE[1])}, fmt="{:6.3f}"),
             "",
