@@ -344,41 +344,6 @@ def _finish_topk(best, n_best, k, n_in, salt):
 
 
 @njit(parallel=True, cache=CACHE)
-def _topk_workers(dYT, XT, ex_indptr, ex_indices, salt, k, tile_rows, capacity, threshold0, n_groups, best,
-                  n_best):
-    """Worker w (of best.shape[0]) scans tiles w, w + n_workers, ... and leaves in best[w, :n_best[w]]
-    its top k keys among the positions whose rank key exceeds ``threshold0`` (-1: all of them)."""
-    n_out = dYT.shape[0]
-    n_in = XT.shape[0]
-    n_workers = best.shape[0]
-    n_tiles = (n_out + tile_rows - 1) // tile_rows
-    for w in prange(n_workers):
-        G = np.empty((tile_rows, n_in), dtype=np.float32)
-        G_bits = G.view(np.int32)
-        gm = np.empty(n_groups, dtype=np.int32)
-        rows = np.empty(tile_rows, dtype=np.int64)
-        keys = np.empty(capacity, dtype=np.int64)
-        n = 0
-        threshold = np.int64(threshold0)  # the rank key a position must exceed to enter the buffer
-        for tile in range(w, n_tiles, n_workers):
-            r0 = tile * tile_rows
-            r1 = min(n_out, r0 + tile_rows)
-            for t in range(r1 - r0):
-                rows[t] = r0 + t
-            _gradient_tile(dYT, XT, rows[: r1 - r0], G)
-            for t in range(r1 - r0):
-                i = r0 + t
-                _score_bits(G_bits[t], ex_indices[ex_indptr[i] : ex_indptr[i + 1]])
-                _group_maxima(G_bits[t], gm)
-                n, threshold = _scan_row(G_bits[t], gm, i * n_in, salt, keys, n, k, threshold)
-        if n > k:
-            _keep_largest(keys, n, k)
-            n = k
-        best[w, :n] = keys[:n]
-        n_best[w] = n
-
-
-@njit(parallel=True, cache=CACHE)
 def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, salt, take, n_groups, out_indptr, out_cols):
     """Every row i in ``ranked``: its take[i] best columns, ascending, into out_cols's slice of row i.
 
@@ -410,10 +375,13 @@ def _rows_select(dYT, XT, ranked, tile_rows, ex_indptr, ex_indices, salt, take, 
 
 
 @njit(parallel=True, cache=CACHE)
-def _with_rows_workers(dYT, XT, salt, k, tile_rows, capacity, threshold0, n_groups, take, out_indptr, out_cols,
-                       out_scores, best, n_best):
-    """:func:`_topk_workers` over every position (nothing excluded) and, in the same pass over each
-    row of G, the row's take[i] best columns (as :func:`_rows_select`) and their scores |G[i, j]|."""
+def _workers(dYT, XT, ex_indptr, ex_indices, salt, k, tile_rows, capacity, threshold0, n_groups, take, out_indptr,
+             out_cols, out_scores, best, n_best):
+    """Worker w (of best.shape[0]) scans tiles w, w + n_workers, ... and leaves in best[w, :n_best[w]]
+    its top k keys among the positions whose rank key exceeds ``threshold0`` (-1: all of them); in
+    the same pass over each row i of G it writes the row's take[i] best columns (as
+    :func:`_rows_select`, ascending) and their scores |G[i, j]| to its slice of out_cols / out_scores
+    (``topk_grad_with_rows``; ``take`` all zero for ``topk_grad``)."""
     n_out = dYT.shape[0]
     n_in = XT.shape[0]
     n_workers = best.shape[0]
@@ -425,9 +393,8 @@ def _with_rows_workers(dYT, XT, salt, k, tile_rows, capacity, threshold0, n_grou
         rows = np.empty(tile_rows, dtype=np.int64)
         keys = np.empty(capacity, dtype=np.int64)
         scratch = np.empty(max(2 * n_in + MIN_ROW_SLACK, n_groups), dtype=np.int64)
-        nothing = np.empty(0, dtype=np.int32)
         n = 0
-        threshold = np.int64(threshold0)
+        threshold = np.int64(threshold0)  # the rank key a position must exceed to enter the buffer
         for tile in range(w, n_tiles, n_workers):
             r0 = tile * tile_rows
             r1 = min(n_out, r0 + tile_rows)
@@ -436,7 +403,7 @@ def _with_rows_workers(dYT, XT, salt, k, tile_rows, capacity, threshold0, n_grou
             _gradient_tile(dYT, XT, rows[: r1 - r0], G)
             for t in range(r1 - r0):
                 i = r0 + t
-                _score_bits(G_bits[t], nothing)  # G[t] now holds |G[i, :]|
+                _score_bits(G_bits[t], ex_indices[ex_indptr[i] : ex_indptr[i + 1]])  # G[t] now holds |G[i, :]|
                 _group_maxima(G_bits[t], gm)
                 if k > 0:
                     n, threshold = _scan_row(G_bits[t], gm, i * n_in, salt, keys, n, k, threshold)
@@ -542,32 +509,43 @@ def _starting_threshold(dYT, XT, ex_indptr, ex_indices, k, n_available) -> int:
     return (bits << 32) | 0xFFFFFFFF  # a key above it has a larger score
 
 
-def topk_grad(X, dY, m, ex_indptr, ex_indices, salt=0):
-    """(rows, cols) int64 of the top min(m, available) positions of |G|, by flat index ascending.
+def _scan(dYT, XT, ex_indptr, ex_indices, k, n_available, salt, take, indptr, cols, scores):
+    """Run :func:`_workers` over G = dYT XT^T: (rows, cols) int64 of the top k positions of |G| outside
+    the exclusion, by flat index ascending, and each row i's take[i] best columns and scores into
+    ``cols`` / ``scores`` at ``indptr[i]``.
 
     A starting threshold from a sample spares the workers most of the positions that a running top-k
-    would take in and later drop. It is only a filter: if fewer than k positions exceed it, the scan
-    is repeated without one, so the result is exactly the top k either way.
+    would take in and later drop. It is only a filter: if fewer than k positions exceed it, the layer
+    part is scanned again without one (the rows part is already done), so the result is exactly the
+    top k either way.
     """
+    n_out, n_in = dYT.shape[0], XT.shape[0]
+    tile_rows = min(_tile_rows(n_in), n_out)
+    n_workers = max(1, min(numba.get_num_threads(), -(-n_out // tile_rows)))
+    best = np.empty((n_workers, k), dtype=np.int64)  # each worker's top k keys
+    n_best = np.zeros(n_workers, dtype=np.int64)
+    threshold = _starting_threshold(dYT, XT, ex_indptr, ex_indices, k, n_available) if k > 0 else -1
+    workers = by_work(_workers, n_out * n_in * dYT.shape[1], growth=True)
+    workers(dYT, XT, ex_indptr, ex_indices, salt, k, tile_rows, _buffer_capacity(k), threshold, _n_groups(n_in),
+            take, indptr, cols, scores, best, n_best)
+    if k == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    if threshold >= 0 and n_best.sum() < k:  # fewer than k positions exceed the sampled threshold
+        workers(dYT, XT, ex_indptr, ex_indices, salt, k, tile_rows, _buffer_capacity(k), -1, _n_groups(n_in),
+                np.zeros_like(take), indptr, cols, scores, best, n_best)
+    return _finish_topk(best, n_best, k, n_in, salt)
+
+
+def topk_grad(X, dY, m, ex_indptr, ex_indices, salt=0):
+    """(rows, cols) int64 of the top min(m, available) positions of |G|, by flat index ascending."""
     n_out, n_in = dY.shape[1], X.shape[1]
     n_available = n_out * n_in - ex_indices.shape[0]
     k = min(m, n_available)
     if k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    dYT, XT = transpose(dY), transpose(X)  # (n_out, B), (n_in, B)
-    tile_rows = min(_tile_rows(n_in), n_out)
-    n_workers = max(1, min(numba.get_num_threads(), -(-n_out // tile_rows)))
-    best = np.empty((n_workers, k), dtype=np.int64)  # each worker's top k keys
-    n_best = np.zeros(n_workers, dtype=np.int64)
-    threshold = _starting_threshold(dYT, XT, ex_indptr, ex_indices, k, n_available)
-    while True:
-        by_work(_topk_workers, n_out * n_in * X.shape[0], growth=True)(
-            dYT, XT, ex_indptr, ex_indices, salt, k, tile_rows, _buffer_capacity(k), threshold, _n_groups(n_in),
-            best, n_best)
-        if threshold < 0 or n_best.sum() >= k:  # at least k positions exceed the threshold
-            break
-        threshold = -1
-    return _finish_topk(best, n_best, k, n_in, salt)
+    no_rows = np.zeros(n_out, dtype=np.int64), np.zeros(n_out + 1, dtype=np.int64)  # take, indptr
+    return _scan(transpose(dY), transpose(X), ex_indptr, ex_indices, k, n_available, salt, *no_rows,
+                 np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
 
 
 def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices, salt=0):
@@ -591,32 +569,19 @@ def topk_grad_rows(X, dY, counts, ex_indptr, ex_indices, salt=0):
 
 def topk_grad_with_rows(X, dY, m, counts, salt=0):
     """(rows, cols, indptr, row_cols, row_scores): ``topk_grad`` and ``topk_grad_rows`` over every
-    position, and the per-row scores, from one pass over G (:func:`_with_rows_workers`)."""
+    position, and the per-row scores, from one pass over G (:func:`_scan`)."""
     n_out, n_in = dY.shape[1], X.shape[1]
     take = np.minimum(counts, n_in)
     indptr = np.zeros(n_out + 1, dtype=np.int64)
     np.cumsum(take, out=indptr[1:])
     cols = np.empty(indptr[-1], dtype=np.int64)
     scores = np.empty(indptr[-1], dtype=np.float32)
-    k = min(m, n_out * n_in)
     if n_out == 0 or n_in == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), indptr, cols, scores
-    dYT, XT = transpose(dY), transpose(X)  # (n_out, B), (n_in, B)
     nothing = np.zeros(n_out + 1, dtype=np.int64), np.empty(0, dtype=np.int32)
-    tile_rows = min(_tile_rows(n_in), n_out)
-    n_workers = max(1, min(numba.get_num_threads(), -(-n_out // tile_rows)))
-    best = np.empty((n_workers, k), dtype=np.int64)
-    n_best = np.zeros(n_workers, dtype=np.int64)
-    threshold = _starting_threshold(dYT, XT, *nothing, k, n_out * n_in) if k > 0 else -1
-    by_work(_with_rows_workers, n_out * n_in * X.shape[0], growth=True)(
-        dYT, XT, salt, k, tile_rows, _buffer_capacity(k), threshold, _n_groups(n_in), take, indptr, cols, scores,
-        best, n_best)
-    if k == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), indptr, cols, scores
-    if threshold >= 0 and n_best.sum() < k:  # the sampled threshold let fewer than k in: rescan without
-        by_work(_topk_workers, n_out * n_in * X.shape[0], growth=True)(
-            dYT, XT, *nothing, salt, k, tile_rows, _buffer_capacity(k), -1, _n_groups(n_in), best, n_best)
-    return (*_finish_topk(best, n_best, k, n_in, salt), indptr, cols, scores)
+    k = min(m, n_out * n_in)
+    rows_, cols_ = _scan(transpose(dY), transpose(X), *nothing, k, n_out * n_in, salt, take, indptr, cols, scores)
+    return rows_, cols_, indptr, cols, scores
 
 
 def diag_grad_norms(X, dY):
