@@ -1,4 +1,4 @@
-"""Median of several `purerigl bench kernels` or `bench train` runs, as one Markdown table.
+"""Median of several `purerigl bench kernels`, `bench train` or `bench growth` runs, as one Markdown table.
 
 On a shared machine one run's ratios move by tens of percent (other tenants, CPU frequency), so the
 results files of issue 19 report, per row, the median ratio over repeated runs of the same command
@@ -6,9 +6,11 @@ and the range it spanned. Usage::
 
     python benchmarks/median_of_runs.py kernels run1.json run2.json run3.json > table.md
     python benchmarks/median_of_runs.py train run1.json run2.json > table.md
+    python benchmarks/median_of_runs.py growth run1.json run2.json run3.json > table.md
 
 Each JSON file is the ``--json`` output of the bench; rows are matched by their configuration
-(kernels: shape, sparsity, batch, op, format; train: network, method, format, sparsity).
+(kernels: shape, sparsity, batch, op, format; train: network, method, format, sparsity; growth: width,
+method, format, sparsity).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 KEYS = {
     "kernels": ("shape", "sparsity", "batch", "op", "format"),
     "train": ("arch", "method", "format", "sparsity"),
+    "growth": ("width", "method", "format", "sparsity"),
 }
 
 
@@ -62,6 +65,17 @@ def table(kind: str, reports: list[dict]) -> str:
                 f"{_ratio(_median([r['dense_ratio'] for r in group]))} | "
                 f"{_pct(_median([r.get('limit_fraction') for r in group]))} | "
                 f"{_pct(_median([r.get('memcpy_fraction') for r in group]))} |")
+    elif kind == "growth":
+        lines += ["| width | method | format | sparsity | update ms | dense dY^T X ms | update/dense |",
+                  "| ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+        for key, group in rows.items():
+            width, method, fmt, sparsity = key
+            ms = _median([r["update_ms"] for r in group])
+            dense = _median([r.get("dense_xtdy_ms") for r in group])
+            lines.append(
+                f"| {width} | {method} | {fmt} | {sparsity:.4g} | {ms[0]:.1f} | "
+                f"{'-' if dense is None else f'{dense[0]:.1f}'} | "
+                f"{_ratio(_median([r.get('update_over_dense') for r in group]))} |")
     else:
         lines += ["| network | method | format | sparsity | step ms | dense/sparse | + update | %limit |",
                   "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -79,7 +93,7 @@ def table(kind: str, reports: list[dict]) -> str:
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in KEYS:
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
-        print("usage: median_of_runs.py {kernels|train} RUN.json [RUN.json ...]", file=sys.stderr)
+        print("usage: median_of_runs.py {kernels|train|growth} RUN.json [RUN.json ...]", file=sys.stderr)
         return 2
     reports = []
     for name in argv[1:]:
