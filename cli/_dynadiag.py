@@ -90,6 +90,9 @@ def plan(opts: dict, trainer) -> str:
     s = up.options
     F = freeze_epoch_of(s.freeze, s.freeze_epoch, up.epochs)
     freeze = "never frozen (the final model stays soft)" if F is None else f"frozen to K diagonals at the start of epoch {F}"
+    if F == 1 and s.freeze == "at_epoch":  # the default 30% of a short run rounds to epoch 1
+        freeze += (" (before the first step: no soft phase, a fixed set of K diagonals; "
+                   "--dynadiag-freeze-epoch 2 or later keeps the gates soft for a while)")
     if s.soft == "all":
         stored = "all P diagonals stored while soft (the official code's memory)"
     else:

@@ -316,3 +316,18 @@ def test_gating_a_network_reaches_convolutions_and_block_projections():
         history = Trainer(net, data, config, topology=updater).fit()
         assert math.isfinite(history[-1]["train_loss"])
         assert all(lin.frozen and lin.W.K == lin.k for lin in gated)
+
+
+@pytest.mark.parametrize("extra,soft", [([], False), (["--dynadiag-freeze-epoch", "2"], True)])
+def test_cli_says_when_the_default_freeze_leaves_no_soft_phase(tmp_path, extra, soft):
+    """With fewer than 5 epochs the default freeze epoch (30%) rounds to 1: the plan line says that the
+    gates freeze before the first step and how to keep them soft; with a later freeze it does not."""
+    from test_cli_train import invoke
+
+    args = ["train", "--method", "dynadiag", "--dataset", "digits", "--hidden", "16", "--epochs", "2",
+            "--out", str(tmp_path / "run"), "--no-progress", *extra]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    line = next(text for text in result.output.splitlines() if text.startswith("topology: DynaDiag"))
+    assert ("no soft phase" in line) is not soft
+    assert f"at the start of epoch {2 if soft else 1}" in line
