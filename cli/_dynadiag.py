@@ -89,10 +89,11 @@ def plan(opts: dict, trainer) -> str:
     up = trainer.topology
     s = up.options
     F = freeze_epoch_of(s.freeze, s.freeze_epoch, up.epochs)
+    if F == 1:  # --dynadiag-freeze at_start, or the default 30% of a short run rounded to epoch 1
+        hint = "; --dynadiag-freeze-epoch 2 or later keeps the gates soft for a while" if s.freeze == "at_epoch" else ""
+        return ("topology: DynaDiag frozen to K diagonals at the start of epoch 1 (before the first step: no soft "
+                f"phase and no swaps, a fixed set of K diagonals{hint})")
     freeze = "never frozen (the final model stays soft)" if F is None else f"frozen to K diagonals at the start of epoch {F}"
-    if F == 1 and s.freeze == "at_epoch":  # the default 30% of a short run rounds to epoch 1
-        freeze += (" (before the first step: no soft phase, a fixed set of K diagonals; "
-                   "--dynadiag-freeze-epoch 2 or later keeps the gates soft for a while)")
     if s.soft == "all":
         stored = "all P diagonals stored while soft (the official code's memory)"
     else:

@@ -33,7 +33,7 @@ from purerigl.optim import OPTIMIZERS
 from purerigl.formats.budget import FORMAT_NAMES
 from purerigl.training.loop import Trainer, TrainingDiverged
 
-from . import _dynadiag, _models
+from . import _dynadiag, _ignored, _models
 from ._run import DeltaT, build_run, canonical, check_default_method_format, check_schedule, run_options, schedule_plan
 from ._options import FiniteFloatRange, backend_option, seed_option
 from ._report import epoch_line, epoch_table_header
@@ -331,7 +331,16 @@ def _train(ctx, raw: dict, session: dict) -> None:
         _write_text(out / "config.json", json.dumps(run_config, indent=2) + "\n")
         click.echo(f"run directory: {out}")
         click.echo(schedule_plan(opts, trainer, auto))
+        _warn_ignored(ctx, opts)
     _fit(trainer, meta, out, every, session["progress"])
+
+
+def _warn_ignored(ctx, opts: dict) -> None:
+    """One line on stderr naming the options given on the command line that this run never reads."""
+    given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE}
+    line = _ignored.warning_line(_ignored.ignored_options(opts, given), {p.name: p.opts[0] for p in ctx.command.params})
+    if line is not None:
+        click.echo(line, err=True)
 
 
 def _fit(trainer: Trainer, meta: dict, out: Path, every: int, progress: bool | None) -> None:

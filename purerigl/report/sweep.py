@@ -117,8 +117,9 @@ class Budget:
 
     def train_args(self, cell: Cell) -> list[str]:
         """The ``purerigl train`` arguments of ``cell`` (no ``--out``): the budget, then the cell's own."""
+        hidden = ["--hidden", self.hidden] if self.model == "mlp" else []  # only the MLP reads it
         args = [
-            "--dataset", self.dataset, "--model", self.model, "--hidden", self.hidden, "--epochs", str(self.epochs),
+            "--dataset", self.dataset, "--model", self.model, *hidden, "--epochs", str(self.epochs),
             "--batch-size", str(self.batch_size), "--lr", repr(self.lr), "--optimizer", self.optimizer,
             "--momentum", repr(self.momentum), "--weight-decay", repr(self.weight_decay),
             "--schedule", self.schedule, "--backend", self.backend,
