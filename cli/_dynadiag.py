@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from purerigl.dst.dynadiag import (
-    FREEZE_MODES, SOFT_MODES, DynaDiagOptions, DynaDiagUpdater, freeze_epoch_of, gate_model, temperature_at,
+    FREEZE_MODES, FREEZE_VALUES, SOFT_MODES, DynaDiagOptions, DynaDiagUpdater, freeze_epoch_of, gate_model, temperature_at,
 )
 
 from ._options import FiniteFloatRange
@@ -20,6 +20,7 @@ from ._options import FiniteFloatRange
 OPTION_DEFAULTS = {
     "dynadiag_soft": "window", "dynadiag_window": 2.0, "dynadiag_freeze": "at_epoch", "dynadiag_freeze_epoch": None,
     "dynadiag_t_max": 5.0, "dynadiag_t_min": 0.05, "dynadiag_alpha_lr": 1e-3, "dynadiag_l1": 0.0,
+    "dynadiag_freeze_values": "keep",
 }
 
 _OPTIONS = [
@@ -35,6 +36,12 @@ _OPTIONS = [
     click.option("--dynadiag-freeze-epoch", type=click.IntRange(min=1), default=None, metavar="E",
                  help="DynaDiag at_epoch: freeze at the start of epoch E (1-based)  [default: round(0.3 * "
                       "--epochs), at least 1: the official README's epoch 30 of 100]"),
+    click.option("--dynadiag-freeze-values", type=click.Choice(FREEZE_VALUES), default="keep", show_default=True,
+                 help="DynaDiag: the kept diagonals' values at the freeze. keep: as they are, the gate jumps to 1 (the "
+                      "official code); fold: multiplied by their last gate, so each layer computes what it did "
+                      "before (the gates are near K/P while the temperature is high: keep then scales every "
+                      "gated layer's output by about P/K at once, which a network without normalisation may not "
+                      "survive; fold also keeps the small scale of a soft phase that learned little)."),
     click.option("--dynadiag-t-max", type=FiniteFloatRange(0.0, min_open=True), default=5.0, show_default=True,
                  help="DynaDiag: temperature of the first epoch (cosine to --dynadiag-t-min at the last)."),
     click.option("--dynadiag-t-min", type=FiniteFloatRange(0.0, min_open=True), default=0.05, show_default=True,
@@ -68,6 +75,7 @@ def options_of(opts: dict) -> DynaDiagOptions:
         soft=opts["dynadiag_soft"], window=opts["dynadiag_window"], freeze=opts["dynadiag_freeze"],
         freeze_epoch=epoch, t_max=opts["dynadiag_t_max"], t_min=opts["dynadiag_t_min"],
         alpha_lr=opts["dynadiag_alpha_lr"], l1=opts["dynadiag_l1"],
+        freeze_values=opts["dynadiag_freeze_values"],
     )
 
 
@@ -94,6 +102,8 @@ def plan(opts: dict, trainer) -> str:
         return ("topology: DynaDiag frozen to K diagonals at the start of epoch 1 (before the first step: no soft "
                 f"phase and no swaps, a fixed set of K diagonals{hint})")
     freeze = "never frozen (the final model stays soft)" if F is None else f"frozen to K diagonals at the start of epoch {F}"
+    if F is not None and s.freeze_values == "fold":
+        freeze += ", their last gates folded into the values"
     if s.soft == "all":
         stored = "all P diagonals stored while soft (the official code's memory)"
     else:

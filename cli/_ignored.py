@@ -47,7 +47,7 @@ MODEL_READERS: dict[str, tuple[str, ...]] = {
 _SWAP_OPTIONS = ("delta_t", "alpha", "t_end", "grad_accumulation", "dynadiag_window")
 #: What only matters while DynaDiag's gates are soft.
 _SOFT_OPTIONS = _SWAP_OPTIONS + ("dynadiag_soft", "dynadiag_t_max", "dynadiag_t_min", "dynadiag_alpha_lr",
-                                 "dynadiag_l1")
+                                 "dynadiag_l1", "dynadiag_freeze_values")
 
 
 def ignored_options(opts: dict, given: set[str]) -> list[tuple[str, str]]:
@@ -82,6 +82,8 @@ def ignored_options(opts: dict, given: set[str]) -> list[tuple[str, str]]:
             readers = METHOD_READERS[name]
             who = "every method but static" if readers == DYNAMIC else " and ".join(readers) + " only"
             ignored.append((name, f"read by {who}, not --method {method}"))
+        elif method == "dynadiag" and freeze is None and name == "dynadiag_freeze_values":
+            ignored.append((name, "--dynadiag-freeze never: no freeze"))
         elif method == "dynadiag" and freeze == 1 and name in _SOFT_OPTIONS:
             ignored.append((name, "DynaDiag freezes its gates before the first step: no soft phase"))
         elif method == "dynadiag" and opts["dynadiag_soft"] == "all" and name in _SWAP_OPTIONS:

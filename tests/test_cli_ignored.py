@@ -47,6 +47,8 @@ def test_the_table_agrees_with_the_methods(method):
         (opts(method="dynadiag", epochs=3, dynadiag_freeze_epoch=2), {"dynadiag_l1"}, []),
         (opts(method="dynadiag", dynadiag_soft="all"), {"delta_t", "dynadiag_window", "dynadiag_t_min"},
          ["delta_t", "dynadiag_window"]),
+        (opts(method="dynadiag", dynadiag_freeze="never"), {"dynadiag_freeze_values", "dynadiag_t_max"},
+         ["dynadiag_freeze_values"]),
         (opts(model="vgg-small"), {"hidden", "input_shape", "vit_width"}, ["hidden", "vit_width"]),
         (opts(model="vit-tiny"), {"vit_width", "input_shape"}, []),
         (opts(), {"input_shape", "hidden"}, ["input_shape"]),

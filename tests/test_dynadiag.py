@@ -18,13 +18,14 @@ from purerigl.data import load_dataset
 from purerigl.dst import METHODS, make_method, resolve_format
 from purerigl.dst.distribution import layer_budgets
 from purerigl.dst.dynadiag import (
-    DynaDiagOptions, DynaDiagUpdater, default_freeze_epoch, freeze_epoch_of, gate_model, stored_diagonals,
+    FREEZE_SALT, DynaDiagOptions, DynaDiagUpdater, default_freeze_epoch, freeze_epoch_of, gate_model, stored_diagonals,
     temperature_at,
 )
 from purerigl.dst.base import MethodError
 from purerigl.dst.schedule import UpdateSchedule
 from purerigl.dst.spec import dynadiag as spec
 from purerigl.dst.spec.agreement import compare_with_spec
+from purerigl.dst.topology import tie_salt
 from purerigl.formats import Diagonal
 from purerigl.nn import GatedDiagonalLinear, SparseLinear, build_mlp
 from purerigl.nn.diagonal_gate import soft_top_k, soft_top_k_backward, soft_top_k_jacobian
@@ -222,20 +223,24 @@ def test_check_catches_a_wrong_entering_score(monkeypatch):
 
 
 def _run(soft, freeze, backend="cpu", epochs=4, freeze_epoch=None, delta_t=5):
+    trainer = _trainer(soft, freeze, backend, epochs, freeze_epoch, delta_t)
+    return trainer, trainer.fit()
+
+
+def _trainer(soft, freeze, backend="cpu", epochs=4, freeze_epoch=None, delta_t=5, **options):
     data = load_dataset("digits", None, seed=0)
     shapes = [(32, 64), (10, 32)]
     budgets = layer_budgets(shapes, 0.9, "uniform")
     model = build_mlp(64, "32", 10, fmt="diagonal", sparsity=0.9, backend=backend, rng=np.random.default_rng(0),
                       budgets=budgets)
-    options = DynaDiagOptions(soft=soft, freeze=freeze, freeze_epoch=freeze_epoch)
+    options = DynaDiagOptions(soft=soft, freeze=freeze, freeze_epoch=freeze_epoch, **options)
     by_name = {f"layer{i}": b for i, b in enumerate(budgets)}
     gate_model(model, by_name, options, np.random.default_rng(1), 5.0)
     config = TrainConfig(epochs=epochs, batch_size=64, lr=1e-2, optimizer="adam", seed=0)
     steps = epochs * -(-data.x_train.shape[0] // 64)
     updater = DynaDiagUpdater(UpdateSchedule.from_fraction(steps, delta_t=delta_t, alpha=0.3, t_end=0.75), by_name,
                               options, epochs, seed=0)
-    trainer = Trainer(model, data, config, topology=updater)
-    return trainer, trainer.fit()
+    return Trainer(model, data, config, topology=updater)
 
 
 @pytest.mark.parametrize("soft", ["window", "all"])
@@ -274,6 +279,72 @@ def test_at_start_is_a_fixed_k_diagonal_run():
     trainer, history = _run("window", "at_start", epochs=2)
     assert all(row["frozen"] and row["stored"] == row["k"] for row in history[0]["layers"])
     assert history[-1]["topology_updates"] == 0
+
+
+def _freeze_after_one_epoch(trainer):
+    """Train epoch 1 soft, then run the start of epoch 2 (the freeze); returns each gated layer's
+    (offsets, values, alpha, temperature) just before the freeze."""
+    trainer.topology.begin(trainer.model)
+    trainer.run_epoch()
+    before = [(lin.W.offsets.copy(), lin.W.values.copy(), lin.alpha.value.copy(), lin.temperature)
+              for lin in trainer.model.linears]
+    trainer.topology.begin_epoch(1, trainer.model, trainer.optimizer)
+    return before
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("freeze_values", ["keep", "fold"])
+def test_freeze_values_follow_the_spec(backend, freeze_values):
+    """The freeze keeps the spec's K diagonals with the spec's values: as they were (keep), or times
+    the gate of the last step, at the temperature the epoch before trained with (fold)."""
+    trainer = _trainer("window", "at_epoch", backend, epochs=2, freeze_epoch=2, freeze_values=freeze_values)
+    before = _freeze_after_one_epoch(trainer)
+    for number, (lin, (offsets, V, alpha, T)) in enumerate(zip(trainer.model.linears, before)):
+        assert T == temperature_at(0, 2) and lin.frozen
+        kept = spec.freeze(offsets, alpha, lin.k, tie_salt(0, FREEZE_SALT + 1, number))
+        np.testing.assert_array_equal(lin.W.offsets, kept)
+        expected = spec.frozen_values(offsets, V, alpha, lin.k, T, kept, fold=freeze_values == "fold")
+        np.testing.assert_allclose(lin.W.values, expected, rtol=2e-7, atol=0)
+        assert (freeze_values == "fold") == (not np.array_equal(lin.W.values, V[np.searchsorted(offsets, kept)]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_folding_freeze_that_drops_nothing_keeps_the_network_output(backend):
+    """With a window of exactly K diagonals (c = 1) the freeze drops none: folding the gates into the
+    values leaves the logits as they were, while keeping the values scales them up."""
+    x = load_dataset("digits", None, seed=0).x_test[:50]
+    logits = {}
+    for mode in ("keep", "fold"):
+        trainer = _trainer("window", "at_epoch", backend, epochs=2, freeze_epoch=2, freeze_values=mode, window=1.0)
+        trainer.topology.begin(trainer.model)
+        trainer.run_epoch()
+        soft = trainer.model.forward(x).copy()
+        trainer.topology.begin_epoch(1, trainer.model, trainer.optimizer)
+        assert all(lin.frozen and lin.W.K == lin.k for lin in trainer.model.linears)
+        logits[mode] = (soft, trainer.model.forward(x))
+    np.testing.assert_allclose(logits["fold"][1], logits["fold"][0], rtol=1e-4, atol=1e-5)
+    assert np.std(logits["keep"][1]) > 2 * np.std(logits["keep"][0])
+
+
+def test_freeze_before_the_first_step_folds_nothing():
+    trainer = _trainer("window", "at_start", epochs=1, freeze_values="fold")
+    initial = [lin.W.values.copy() for lin in trainer.model.linears]
+    offsets = [lin.W.offsets.copy() for lin in trainer.model.linears]
+    trainer.topology.begin(trainer.model)
+    trainer.topology.begin_epoch(0, trainer.model, trainer.optimizer)
+    for lin, V, offs in zip(trainer.model.linears, initial, offsets):
+        assert lin.frozen
+        np.testing.assert_array_equal(lin.W.values, V[np.searchsorted(offs, lin.W.offsets)])
+
+
+def test_a_checkpoint_from_before_freeze_values_resumes_as_keep():
+    trainer = _trainer("window", "at_epoch", epochs=2, freeze_epoch=2)
+    state = trainer.topology.state_dict()
+    del state["options"]["freeze_values"]
+    trainer.topology.load_state_dict(state)  # accepted: such a run kept the values
+    folding = _trainer("window", "at_epoch", epochs=2, freeze_epoch=2, freeze_values="fold")
+    with pytest.raises(ValueError, match="other dynadiag options"):
+        folding.topology.load_state_dict(state)
 
 
 def test_training_is_identical_on_reference_and_cpu():

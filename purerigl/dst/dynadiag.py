@@ -23,6 +23,15 @@ K the diagonals the budget allows (:func:`purerigl.formats.budget.structure_coun
    to 1 and stop training alpha [code: ``freeze_topk``]. The layer is then an ordinary K-diagonal layer:
    nnz = K L, density K / P, the cost of K diagonals in training and inference. purerigl's default is
    ``at_epoch`` at 30% of the epochs (the official README: epoch 30 of 100), :func:`default_freeze_epoch`.
+   ``freeze_values``: ``keep`` (default, the code) leaves the kept values as they are, so a kept
+   diagonal's weight jumps from :math:`\tilde\alpha_d V_d` to :math:`V_d`; ``fold`` (purerigl's option)
+   stores :math:`\tilde\alpha_d V_d`, the gate of the last step folded into the values, so the layer
+   computes what it computed before minus the diagonals left out (a freeze before the first step folds
+   nothing). While the temperature is still high the gates sit near K / P, and ``keep`` then scales
+   each layer's output by about P / K at once: benchmarks/results/sweep-mnist-lenet5-full/ shows a
+   LeNet-5 (no normalisation, three gated layers) whose logits grew 12x at the freeze and which never
+   recovered. ``fold`` keeps the soft phase's scale too: after a soft phase that learned little, the
+   folded weights are small and train slowly (a small MLP on the digits learns faster with ``keep``).
 4. **Storage** (``soft``):
 
    - ``all`` (faithful, labelled): all P diagonals are stored and gated until the freeze, as in the
@@ -67,12 +76,13 @@ from .topology import apply_structure, rank_order, tie_salt
 from .updater import DSTUpdater
 
 __all__ = [
-    "FREEZE_MODES", "SOFT_MODES", "DynaDiag", "DynaDiagOptions", "DynaDiagUpdater", "default_freeze_epoch", "enter_scores",
+    "FREEZE_MODES", "FREEZE_VALUES", "SOFT_MODES", "DynaDiag", "DynaDiagOptions", "DynaDiagUpdater", "default_freeze_epoch", "enter_scores",
     "freeze_epoch_of", "gate_model", "stored_diagonals", "temperature_at",
 ]
 
 SOFT_MODES = ("window", "all")
 FREEZE_MODES = ("at_epoch", "at_start", "never")
+FREEZE_VALUES = ("keep", "fold")
 
 #: The freeze's salt is tie_salt(seed, FREEZE_SALT + epoch, layer): apart from the updates' salts.
 FREEZE_SALT = 1 << 30
@@ -129,11 +139,14 @@ class DynaDiagOptions:
 
     def __init__(self, soft: str = "window", window: float = 2.0, freeze: str = "at_epoch",
                  freeze_epoch: int | None = None, t_max: float = 5.0, t_min: float = 0.05,
-                 alpha_lr: float = 1e-3, alpha_weight_decay: float = 1e-4, l1: float = 0.0):
+                 alpha_lr: float = 1e-3, alpha_weight_decay: float = 1e-4, l1: float = 0.0,
+                 freeze_values: str = "keep"):
         if soft not in SOFT_MODES:
             raise MethodError(f"unknown soft mode {soft!r}; choose one of: {', '.join(SOFT_MODES)}")
         if freeze not in FREEZE_MODES:
             raise MethodError(f"unknown freeze mode {freeze!r}; choose one of: {', '.join(FREEZE_MODES)}")
+        if freeze_values not in FREEZE_VALUES:
+            raise MethodError(f"unknown freeze values {freeze_values!r}; choose one of: {', '.join(FREEZE_VALUES)}")
         if not (0 < t_min <= t_max and math.isfinite(t_max)):
             raise MethodError(f"temperatures must satisfy 0 < T_min <= T_max, got T_min {t_min!r}, T_max {t_max!r}")
         if not (alpha_lr > 0 and math.isfinite(alpha_lr)):
@@ -144,6 +157,7 @@ class DynaDiagOptions:
         self.soft, self.window, self.freeze, self.freeze_epoch = soft, float(window), freeze, freeze_epoch
         self.t_max, self.t_min, self.alpha_lr, self.l1 = float(t_max), float(t_min), float(alpha_lr), float(l1)
         self.alpha_weight_decay = float(alpha_weight_decay)
+        self.freeze_values = freeze_values
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -291,20 +305,30 @@ class DynaDiagUpdater(DSTUpdater):
             self._pending_adam_state = None
 
     def begin_epoch(self, epoch: int, model, optimizer) -> None:
-        """Set this epoch's temperature on every soft layer; freeze them all at the freeze epoch."""
+        """Freeze every soft layer at the freeze epoch (with the gates of the last step, the temperature
+        they were trained at), then set this epoch's temperature on every layer."""
         T = temperature_at(epoch, self.epochs, self.options.t_max, self.options.t_min)
         for number, layer in enumerate(gated_layers(model)):
-            layer.temperature = T
             if self.freeze_at is not None and epoch + 1 >= self.freeze_at and not layer.frozen:
-                self.freeze(layer, optimizer, tie_salt(self.seed, FREEZE_SALT + epoch, number))
+                fold = self.options.freeze_values == "fold" and epoch > 0  # before the first step: nothing to fold
+                self.freeze(layer, optimizer, tie_salt(self.seed, FREEZE_SALT + epoch, number), fold=fold)
+            layer.temperature = T
 
-    def freeze(self, layer: GatedDiagonalLinear, optimizer, salt: int) -> dict:
-        """Keep the K stored diagonals of largest alpha with gate 1; alpha stops (official ``freeze_topk``)."""
+    def freeze(self, layer: GatedDiagonalLinear, optimizer, salt: int, fold: bool = False) -> dict:
+        """Keep the K stored diagonals of largest alpha with gate 1; alpha stops (official ``freeze_topk``).
+
+        ``fold``: each kept diagonal's values are multiplied by the gate it has now, in place
+        (:math:`V_d \\leftarrow \\tilde\\alpha_d V_d`); its optimizer state is left as it is.
+        """
         offsets = np.asarray(layer.backend.to_host(layer.matrix.offsets), dtype=np.int64)
-        keep = top_scores(layer.alpha.value[offsets], offsets, layer.k, salt)
+        keep = top_scores(layer.alpha.value[offsets], offsets, layer.k, salt)  # ascending
+        gates = layer.gates()[np.searchsorted(offsets, keep)].astype(np.float32)  # (K,), in keep's order
         L = min(layer.shape)
         stats = apply_structure(layer, optimizer, Diagonal(keep.astype(np.int32), np.zeros((keep.size, L), np.float32),
                                                           layer.shape))
+        if fold:
+            values = layer.matrix.values  # (K, L), the weight parameter's value itself
+            layer.backend.scale_rows(values, layer.backend.to_device(gates), out=values)
         layer.frozen = True
         layer.alpha.grad[...] = 0.0
         return stats
@@ -352,6 +376,8 @@ class DynaDiagUpdater(DSTUpdater):
         if not state:
             return
         saved = state.get("options")
+        if saved is not None:  # a checkpoint from before freeze_values existed kept the values
+            saved = {"freeze_values": "keep", **saved}
         if saved is not None and saved != self.options.to_dict():
             raise ValueError(f"checkpoint was trained with other dynadiag options: {saved} vs {self.options.to_dict()}")
         super().load_state_dict(state)

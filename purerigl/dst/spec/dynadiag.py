@@ -10,7 +10,8 @@ L = min(n_out, n_in)), one score alpha_d per candidate diagonal, K the diagonals
    dV_k = gate_{d_k} G_k; dgate_{d_k} = sum_t V_k[t] G_k[t] (0 for a diagonal not stored);
    dalpha = J^T dgate with the dense Jacobian J[d, j] = [K s_d <= 1] (K / T) s_d (delta_dj - s_j).
 4. Temperature of epoch e (0-based) of E: T_min + (T_max - T_min) (1 + cos(pi min(e, E-1) / max(1, E-1))) / 2.
-5. Freeze: keep the K stored diagonals of largest alpha; gate 1 from then on.
+5. Freeze: keep the K stored diagonals of largest alpha; gate 1 from then on. Their values stay V_d
+   (``keep``, the official code) or become gate_d V_d with the gate of the last step (``fold``).
 6. Window swap (every delta_t steps while soft, S < P): q = max(1, floor(drop_fraction * S)) (at most S);
    the q stored diagonals of smallest alpha leave; among the offsets not kept, the q of largest
    ||G_d||_2 enter with values 0, zero optimizer state and alpha = the smallest alpha kept.
@@ -103,6 +104,18 @@ def freeze(offsets, alpha, K: int, salt: int) -> np.ndarray:
     """int64 (K,), ascending: the stored offsets of the K largest alpha."""
     offsets = np.asarray(offsets, dtype=np.int64)
     return np.sort(best(np.asarray(alpha, dtype=np.float32)[offsets], offsets, K, salt))
+
+
+def frozen_values(offsets, values, alpha, K: int, T: float, kept, fold: bool) -> np.ndarray:
+    """float32 (K, L): the values of the ``kept`` diagonals after the freeze (step 5), in ``kept``'s
+    order; ``fold`` multiplies each by its gate at temperature T."""
+    offsets, kept = np.asarray(offsets, dtype=np.int64), np.asarray(kept, dtype=np.int64)
+    rows = [int(np.flatnonzero(offsets == d)[0]) for d in kept]
+    V = np.asarray(values, dtype=np.float32)[rows]
+    if not fold:
+        return V
+    g = gate(np.asarray(alpha, dtype=np.float64), K, T)[kept]
+    return (g[:, None] * V).astype(np.float32)
 
 
 def update(step: Step, scores=None) -> Update:
