@@ -71,8 +71,8 @@ def test_window_swap_agrees_with_the_specification(cuda, shape):
 
 
 def test_training_on_cuda_follows_cpu():
-    """Two epochs of a tiny gated MLP (window swaps and a freeze) on cuda and cpu: same topology
-    changes, losses to float32 rounding."""
+    """Two epochs of a tiny gated MLP (window swaps and a freeze that folds the gates into the values)
+    on cuda and cpu: same topology changes, losses to float32 rounding (epoch 2 trains the folded values)."""
     from purerigl.data import load_dataset
     from purerigl.dst.dynadiag import DynaDiagOptions, DynaDiagUpdater, gate_model
     from purerigl.dst.schedule import UpdateSchedule
@@ -86,7 +86,7 @@ def test_training_on_cuda_follows_cpu():
     for name in ("cpu", "cuda"):
         model = build_mlp(64, "12", 10, fmt="diagonal", sparsity=0.8, backend=name, rng=np.random.default_rng(0))
         budgets = {lin.name: lin.W.nnz for lin in model.sparse_layers()}
-        options = DynaDiagOptions(freeze="at_epoch", freeze_epoch=2)
+        options = DynaDiagOptions(freeze="at_epoch", freeze_epoch=2, freeze_values="fold")
         gate_model(model, budgets, options, np.random.default_rng(1), 5.0)
         config = TrainConfig(epochs=2, batch_size=32, lr=1e-2, optimizer="adam", seed=0)
         updater = DynaDiagUpdater(UpdateSchedule.from_fraction(6, delta_t=1, alpha=0.3, t_end=0.9), budgets,
