@@ -5,11 +5,12 @@
 #   4. `purerigl check --backend cuda` (every product against SciPy, every method's update against
 #      the reference backend), 5. `purerigl bench gpu` (kernels against cuBLAS/cuSPARSE through
 #      PyTorch/CuPy, training step and update against the cpu backend).
-# Each step has its own time limit so that one slow step cannot eat the others' time. Two parts, each
-# well inside one 10-minute command: "verify" (steps 1-4, about 6 minutes at most) and "bench" (steps
-# 1, 2 and 5, about 6 minutes at most); "all" runs both. Output in OUT_DIR (default: $OUT when the
-# device tool runs it, else benchmarks/results/gpu-session): session-PART.log, tests.log,
-# check-cuda.json, bench-gpu.json, bench-gpu.md.
+# Each step has its own time limit (T_TESTS, T_CHECK, T_KERNELS, T_TRAIN, T_CNN seconds in the
+# environment override them) so that one slow step cannot eat the others' time. "verify" (steps 1-4,
+# under 5 minutes), "bench" (steps 1, 2, 5 and three conv networks trained on cuda through the CLI,
+# under 5 minutes) and "all" (both, under 10 minutes: one device command). Output in OUT_DIR (default:
+# $OUT when the device tool runs it, else benchmarks/results/gpu-session): session-PART.log, tests.log,
+# check-cuda.json, bench-gpu-kernels.{json,md}, bench-gpu-train.{json,md}.
 #
 # Usage, from the repository root on the GPU machine:  bash benchmarks/gpu_session.sh verify|bench|all [OUT_DIR]
 set -uo pipefail
@@ -19,6 +20,9 @@ out="${2:-${OUT:-benchmarks/results/gpu-session}}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 cli=(python3 -m purerigl.cli.main)
+# per-step limits in seconds (environment overrides); "all" stays inside one 10-minute device command
+t_tests="${T_TESTS:-200}" t_check="${T_CHECK:-75}" t_kernels="${T_KERNELS:-110}" t_train="${T_TRAIN:-90}"
+t_cnn="${T_CNN:-30}" budget="${BENCH_BUDGET:-0.15}"
 step() { echo; echo "== $1 ($(date -u +%H:%M:%S))"; }
 {
     step "machine"
@@ -26,28 +30,57 @@ step() { echo; echo "== $1 ($(date -u +%H:%M:%S))"; }
     python3 -c "import sys, numpy, scipy, numba; print('python', sys.version.split()[0], '| numpy', numpy.__version__, '| scipy', scipy.__version__, '| numba', numba.__version__)"
     python3 -c "import numba_cuda; print('numba-cuda', numba_cuda.__version__)" || echo "numba-cuda not importable"
 
+    # numba-cuda 0.30.4 registers an overload of np.row_stack, which NumPy 2.5 removed: importing
+    # numba.cuda's compiler then fails (seen on the H200 image, 2026-12-04). The aliases NumPy dropped
+    # are put back for this process tree only, through a sitecustomize on PYTHONPATH.
+    if ! python3 -c "import numpy; numpy.row_stack" 2>/dev/null; then
+        shim="$(mktemp -d)"
+        printf '%s\n' 'import numpy as _np' \
+            'for _old, _new in (("row_stack", "vstack"), ("trapz", "trapezoid"), ("in1d", "isin"), ("round_", "round")):' \
+            '    if not hasattr(_np, _old):' '        setattr(_np, _old, getattr(_np, _new))' > "$shim/sitecustomize.py"
+        export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+        echo "numpy $(python3 -c 'import numpy; print(numpy.__version__)') lacks row_stack: aliases restored for numba-cuda ($shim)"
+    fi
+
     step "install (offline, editable)"
     python3 -m pip install -q --no-deps --no-build-isolation -e . \
         || python3 -c "import purerigl.cli" || { echo "install failed and purerigl is not importable"; exit 2; }
 
     if [ "$part" != bench ]; then
-    step "cuda tests on the GPU (limit 240 s)"
-    PURERIGL_TEST_REAL_GPU=1 timeout 240 python3 -m pytest -q -p no:cacheprovider --durations=10 \
-        tests/test_cuda_ops.py tests/test_cuda_growth.py tests/test_cuda_elementwise.py tests/test_cuda_selection.py \
-        tests/test_topology_ops.py tests/test_cuda_train.py tests/test_cuda_resident.py tests/test_cli_basic.py \
+    step "cuda tests on the GPU (limit $t_tests s)"
+    # SIGINT at the limit: pytest stops and still prints its summary of the failures so far.
+    # every cuda test file (conv, CNN training, transformer, DynaDiag and feature-major included), one file
+    # per pytest-xdist worker (the project's addopts): the kernels compile in parallel on the host's cores
+    PURERIGL_TEST_REAL_GPU=1 timeout -s INT -k 20 "$t_tests" python3 -m pytest -q -p no:cacheprovider --durations=15 \
+        tests/test_cuda_*.py tests/test_topology_ops.py tests/test_cli_basic.py \
         > "$out/tests.log" 2>&1
     echo "tests exit $?"; tail -25 "$out/tests.log"
 
-    step "self-test: purerigl check --backend cuda (limit 120 s)"
-    timeout 120 "${cli[@]}" check --backend cuda --json > "$out/check-cuda.json"
+    step "self-test: purerigl check --backend cuda (limit $t_check s)"
+    timeout "$t_check" "${cli[@]}" check --backend cuda --json > "$out/check-cuda.json"
     echo "check exit $?"
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['n_checks'], 'checks,', r['n_failed'], 'failed'); [print('FAIL', x['format'], x['op'], x['shape'], x['note']) for x in r['results'] if not x['passed']]" "$out/check-cuda.json" 2>/dev/null || echo "no check report"
     fi
 
     if [ "$part" != verify ]; then
-    step "purerigl bench gpu (limit 330 s)"
-    timeout 330 "${cli[@]}" bench gpu --json "$out/bench-gpu.json" --out-md "$out/bench-gpu.md"
-    echo "bench exit $?"
+    # two commands, so that a slow second part cannot lose the first part's tables
+    step "purerigl bench gpu --part kernels (limit $t_kernels s)"
+    timeout "$t_kernels" "${cli[@]}" bench gpu --part kernels --budget "$budget" \
+        --json "$out/bench-gpu-kernels.json" --out-md "$out/bench-gpu-kernels.md"
+    echo "bench kernels exit $?"
+    step "purerigl bench gpu --part train (limit $t_train s)"
+    timeout "$t_train" "${cli[@]}" bench gpu --part train --budget "$budget" \
+        --json "$out/bench-gpu-train.json" --out-md "$out/bench-gpu-train.md"
+    echo "bench train exit $?"
+    # whole convolutional networks on the GPU, end to end through the CLI (the embedded digits, 1x8x8):
+    # the second epoch's seconds exclude the kernels' compilation
+    for run in "lenet5 rigl" "vgg-small srigl" "lenet5 dynadiag --dynadiag-freeze-epoch 2"; do
+        set -- $run
+        step "purerigl train --model $* --epochs 2 --backend cuda (limit $t_cnn s)"
+        timeout "$t_cnn" "${cli[@]}" train --model "$1" --method "$2" "${@:3}" --epochs 2 --backend cuda \
+            --out "/tmp/purerigl-gpu-$1-$2" 2>&1 | grep -v "^  [a-z]"
+        echo "train exit ${PIPESTATUS[0]}"
+    done
     fi
     step "done"
 } 2>&1 | tee "$out/session-$part.log"

@@ -133,13 +133,16 @@ def test_check_unknown_backend_from_environment(runner):
     assert_usage_error(result, "PURERIGL_BACKEND", "nosuch", "reference")
 
 
-def test_check_cuda_on_the_simulator(runner):
-    """``check --backend cuda`` passes on Numba's CUDA simulator (on in the tests), with tiny shapes."""
+def test_check_cuda_passes_and_says_where_it_ran(runner):
+    """``check --backend cuda`` passes with tiny shapes, on Numba's CUDA simulator (on in the tests) or
+    on a real GPU (PURERIGL_TEST_REAL_GPU=1), and names the simulator exactly when it ran there."""
+    import numba
+
     if backend_status("cuda") != "ok":
         pytest.skip(f"cuda backend unavailable: {backend_status('cuda')}")
     result = runner.invoke(main, ["check", "--backend", "cuda", "--quick"])
     assert result.exit_code == 0, result.output
-    assert "CUDA simulator" in result.output
+    assert ("CUDA simulator" in result.output) == bool(numba.config.ENABLE_CUDASIM), result.output
     assert result.output.count("PASS") == 3 * 4 * len(TINY_CASES) * len(TINY_BATCHES) + len(UPDATE_METHODS)
     assert "FAIL" not in result.output
     assert "update srigl 0.9" in result.output  # every method's update ran on the device, exactly as the reference

@@ -32,11 +32,8 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_TESTS = [
-    "tests/test_cuda_ops.py", "tests/test_cuda_growth.py", "tests/test_cuda_elementwise.py",
-    "tests/test_cuda_selection.py", "tests/test_topology_ops.py", "tests/test_cuda_train.py",
-    "tests/test_cuda_resident.py",
-]
+# every cuda test file, and the topology ops (whose cuda paths launch kernels too)
+DEFAULT_TESTS = sorted(str(p) for p in Path("tests").glob("test_cuda_*.py")) + ["tests/test_topology_ops.py"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,7 +73,8 @@ def record(out: Path, pytest_args: list[str]) -> int:
 
     sim.FakeCUDAKernel.__call__ = recording_call
     try:
-        status = pytest.main(["-q", "-p", "no:cacheprovider", *pytest_args])
+        # in this process (addopts emptied: no pytest-xdist workers, which would not see the patch below)
+        status = pytest.main(["-o", "addopts=", "-q", "-p", "no:cacheprovider", *pytest_args])
     finally:
         sim.FakeCUDAKernel.__call__ = real_call
     rows = [{"module": m, "kernel": k, "args": json.loads(a)} for m, k, a in sorted(seen)]
