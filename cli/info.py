@@ -82,7 +82,8 @@ def _touch_parallel() -> None:
 
 
 def cuda_status() -> dict:
-    """Whether numba.cuda imports and sees a GPU, the simulator flag, and the device's name if any.
+    """Whether numba.cuda imports and sees a GPU, the simulator flag, the device's name if any, and
+    whether the cuda backend's caching memory pool is installed (:mod:`purerigl.kernels.cuda.memory_pool`).
 
     Never raises: every failure is reported as text under ``error``.
     """
@@ -94,6 +95,7 @@ def cuda_status() -> dict:
         "available": False,
         "device": None,
         "compute_capability": None,
+        "memory_pool": None,
         "error": None,
     }
     try:
@@ -103,6 +105,10 @@ def cuda_status() -> dict:
 
             status["importable"] = True
             status["available"] = bool(cuda.is_available())
+            if status["available"]:  # the backend's device-memory pool, installed before the context below
+                from purerigl.kernels.cuda import _launch
+
+                status["memory_pool"] = _launch.MEMORY_POOL
             if status["available"]:
                 device = cuda.current_context().device  # works on a GPU and in the simulator
                 name = getattr(device, "name", None) or ("CUDA simulator" if status["simulator"] else "unknown")

@@ -258,6 +258,22 @@ def test_inputs_span_several_blocks(cuda_backend, monkeypatch):
     assert seen and max(_launch.blocks(n) for n in seen) >= 3
 
 
+
+def test_numba_low_occupancy_warning_is_off(cuda_backend):
+    """Numba warns at every launch of fewer than 128 blocks; small layers are normal here, and on an
+    H200 a short CLI run printed hundreds of those warnings. The cuda backend turns the warning off in
+    the configuration the dispatcher reads (a real GPU is needed to see the warning itself)."""
+    import importlib
+
+    configs = []
+    for name in ("numba.cuda.core.config", "numba.core.config"):
+        try:
+            configs.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    flags = [c.CUDA_LOW_OCCUPANCY_WARNINGS for c in configs if hasattr(c, "CUDA_LOW_OCCUPANCY_WARNINGS")]
+    assert flags and not any(flags)
+
 # --------------------------------------------------------------------------------------------------
 # Refusals: the same as the cpu backend
 # --------------------------------------------------------------------------------------------------

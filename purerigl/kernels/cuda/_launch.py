@@ -57,6 +57,43 @@ cuda = _import_cuda()
 #: True when numba.cuda is the CUDA simulator (kernels run as Python threads on the CPU).
 SIMULATOR = bool(getattr(numba.config, "ENABLE_CUDASIM", 0))
 
+
+def _silence_low_occupancy_warnings() -> None:
+    """Turn off Numba's "Grid size N will likely result in GPU under-utilization" warning, which it
+    raises at every launch of fewer than 128 blocks: small layers are a normal input here, and on a GPU
+    a training run printed thousands of them. Set in the configuration that the dispatcher reads
+    (``numba.cuda.core.config`` in numba-cuda, ``numba.core.config`` in Numba's built-in target) rather
+    than filtered per launch, so that no launch path (the loss's reduction, Numba's own array kernels)
+    escapes it and no launch pays for a ``warnings.catch_warnings`` block."""
+    import importlib
+
+    for name in ("numba.cuda.core.config", "numba.core.config"):
+        try:
+            config = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(config, "CUDA_LOW_OCCUPANCY_WARNINGS"):
+            config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+
+
+_silence_low_occupancy_warnings()
+
+
+def _install_memory_pool() -> str:
+    """:func:`purerigl.kernels.cuda.memory_pool.install`, whose failure never stops the backend's
+    import (numba's own allocator then serves every array)."""
+    from . import memory_pool
+
+    try:
+        return memory_pool.install(cuda, SIMULATOR)
+    except Exception as err:  # noqa: BLE001 - a numba without the EMM interface, ...
+        return f"not installed: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+
+
+#: What became of the caching device-memory pool (:mod:`purerigl.kernels.cuda.memory_pool`), in words:
+#: "installed", or why not.
+MEMORY_POOL = _install_memory_pool()
+
 #: Threads per block of every launch: a multiple of the warp size (32) on a GPU. The simulator starts
 #: one Python thread per thread of a block, so there one warp per block is much faster for small
 #: inputs. Tests patch it smaller still (e.g. 4).
@@ -97,13 +134,11 @@ def launch(kernel, n: int, *args) -> None:
 
     Every kernel of this backend starts with ``i = cuda.grid(1); if i < n: ...``, so the threads of
     the last block beyond ``n`` do nothing. Numba's warning that a small grid under-uses the GPU is
-    silenced: small layers are a normal input.
+    off (:func:`_silence_low_occupancy_warnings`): small layers are a normal input.
     """
     if n <= 0:
         return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*under-utilization")
-        kernel[blocks(n), THREADS_PER_BLOCK](*args)
+    kernel[blocks(n), THREADS_PER_BLOCK](*args)
 
 
 def is_device_array(a) -> bool:
