@@ -355,6 +355,29 @@ def test_device_tie_rule_is_the_shared_text():
     assert source(T.index_of_key).__globals__["tie_unrank"] is T.tie_unrank
 
 
+@EXAMPLES
+@given(st.integers(0, 7), st.integers(1, 3), st.integers(1, 5), st.sampled_from([1, 1, 2, 3]), st.data())
+def test_bitonic_sort_sorts_rows_descending_with_few_launches(log_w, n_rows, block, sort_threads, data):
+    """sort_rows_descending on a column slice of a wider device array (as the growth pools are sorted),
+    with ties: each row sorted descending, the columns beyond the slice untouched, and one launch of
+    its own only per pass whose pair distance is at least a chunk (a power of two, from the block
+    size; the passes within chunks share one launch per merge length). The simulator sorts a chunk
+    with one thread (its barriers are slow); 2 or 3 threads run the barriers of the chunk kernel."""
+    W = 1 << log_w
+    A = data.draw(st.lists(st.integers(-4, 4), min_size=n_rows * 2 * W, max_size=n_rows * 2 * W))
+    A = np.array(A, dtype=np.int64).reshape(n_rows, 2 * W)
+    passes = []
+    with tiny_config(block=block), mock.patch.object(_growth_tiles, "SIMULATOR_SORT_THREADS", sort_threads):
+        chunk = _growth_tiles.sort_chunk(W)
+        d = cuda.to_device(A)
+        _growth_tiles.sort_rows_descending(d[:, :W], lambda kernel, n, *a: (passes.append(a[1:]), growth._run(kernel, n, *a)))
+        got = d.copy_to_host()
+    np.testing.assert_array_equal(got[:, :W], -np.sort(-A[:, :W], axis=1))
+    np.testing.assert_array_equal(got[:, W:], A[:, W:])
+    want = [(j, k) for k in (1 << e for e in range(1, log_w + 1)) for j in (k >> e for e in range(1, 64)) if j >= max(chunk, 1) and k > chunk]
+    assert chunk & (chunk - 1) == 0 and passes == want
+
+
 def test_topk_grad_rows_returns_columns_ascending_not_by_score():
     """A row whose best columns, best first, are 3, 1, 0: they come back as 0, 1, 3."""
     X = np.array([[0.5, 1.0, 0.25, 2.0, 0.125]], dtype=np.float32)

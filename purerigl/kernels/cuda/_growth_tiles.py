@@ -20,9 +20,14 @@ Used by :mod:`purerigl.kernels.cuda.growth`, which holds the tile constants and 
   :func:`tie_unrank`): after a selection by keys, the chosen positions are decoded and sorted again
   to come back ascending by position.
 - :func:`sort_rows_descending`: a bitonic sorting network over each row of an (n_rows, W) int64
-  array, W a power of two: log2(W) (log2(W) + 1) / 2 launches of one compare-exchange per pair of
-  entries. A sorting network makes the same comparisons whatever the data, so the result depends on
-  the data only, never on thread timing; no atomics.
+  array, W a power of two. A sorting network makes the same comparisons whatever the data, so the
+  result depends on the data only, never on thread timing; no atomics. Its log2(W) (log2(W) + 1) / 2
+  passes run in few launches: every pass whose pairs lie within one chunk of C = min(W, 1024) entries
+  runs in :func:`_bitonic_chunk`, the chunk in shared memory and the passes separated by
+  ``syncthreads`` (one launch per merge length k > C, one for all k <= C); only the passes of pair
+  distance >= C are launches of their own (:func:`_bitonic_step`). For W <= 1024 that is one launch
+  instead of log2(W) (log2(W) + 1) / 2: the launches, not the comparisons, were the cost on a GPU
+  (275 of a small MLP's 362 launches per RigL update were bitonic passes).
 """
 
 from __future__ import annotations
@@ -32,7 +37,23 @@ import types
 import numpy as np
 
 from .. import _rank_key
+from . import _launch
 from ._launch import cuda
+
+#: Threads of one block of :func:`_bitonic_chunk` on a GPU: it sorts chunks of twice as many entries,
+#: held in shared memory (8 KiB of int64).
+SORT_THREADS = 512
+
+#: Entries of the shared-memory buffer of :func:`_bitonic_chunk` (a compile-time size).
+SORT_CHUNK_MAX = 2 * SORT_THREADS
+
+#: Most blocks of one :func:`_bitonic_chunk` launch on a GPU (4096 x 512 threads fill an H100 many
+#: times over); more chunks are walked by a grid-stride loop.
+SORT_BLOCKS = 1 << 12
+
+#: Threads of the one :func:`_bitonic_chunk` block on the simulator (see :func:`sort_launch_shape`;
+#: a test raises it to run the barriers there too).
+SIMULATOR_SORT_THREADS = 1
 
 INDEX_MASK = _rank_key.INDEX_MASK  # low 32 bits of a rank key: 2^32 - 1 - tie rank
 NO_KEY = _rank_key.NO_KEY  # the key of an excluded position or of padding, below every real key
@@ -48,18 +69,47 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def sort_chunk(W: int) -> int:
+    """Entries per chunk of :func:`_bitonic_chunk` for rows of W entries: min(W, :data:`SORT_CHUNK_MAX`)
+    on a GPU; on the simulator min(W, 2 x ``_launch.THREADS_PER_BLOCK`` rounded down to a power of two),
+    read at each call, so that the tests' small blocks make small chunks and exercise the passes
+    between chunks."""
+    cap = 2 * _launch.THREADS_PER_BLOCK if _launch.SIMULATOR else SORT_CHUNK_MAX
+    return min(int(W), 1 << (max(2, int(cap)).bit_length() - 1))
+
+
+def sort_launch_shape(n_chunks: int, chunk: int) -> tuple[int, int]:
+    """(blocks, threads per block) of one :func:`_bitonic_chunk` launch. On a GPU one thread per pair
+    of the chunk (chunk / 2 <= :data:`SORT_THREADS`) and up to :data:`SORT_BLOCKS` blocks, which walk
+    the chunks in a grid-stride loop. On the simulator one block of :data:`SIMULATOR_SORT_THREADS`
+    thread(s): its ``syncthreads`` waits for a poll of Numba's block manager (about a thread switch
+    interval, 5 ms), so a single thread, which needs no barrier, walks every pair of every chunk."""
+    if _launch.SIMULATOR:
+        return 1, max(1, min(int(SIMULATOR_SORT_THREADS), chunk // 2))
+    return max(1, min(int(n_chunks), SORT_BLOCKS)), max(1, chunk // 2)
+
+
 def sort_rows_descending(A, launch) -> None:
     """Sort every row of the device int64 array A (n_rows, W), W a power of two, descending, in place.
 
-    ``launch(kernel, n_items, *args)`` runs a grid-stride kernel over n_items work items.
+    ``launch(kernel, n_items, *args)`` runs a grid-stride kernel over n_items work items (the passes
+    between chunks); :func:`_bitonic_chunk` is launched with one block per chunk of ``chunk`` entries.
+    The network, for k = 2, 4, ..., W (merge bitonic runs of length k) and j = k/2, ..., 1 (pair
+    distance), is the textbook one; the passes with j < chunk are grouped per chunk.
     """
     n_rows, W = A.shape
-    k = 2
-    while k <= W:  # merge bitonic runs of length k
+    if W < 2 or n_rows == 0:
+        return
+    chunk = sort_chunk(W)
+    blocks, threads = sort_launch_shape(n_rows * (W // chunk), chunk)
+    _bitonic_chunk[blocks, threads](A, chunk, 2, chunk, 1)  # every k <= chunk, inside the chunks
+    k = 2 * chunk
+    while k <= W:
         j = k // 2
-        while j >= 1:
+        while j >= chunk:  # pairs that straddle chunks: one launch per pass
             launch(_bitonic_step, n_rows * (W // 2), A, j, k)
             j //= 2
+        _bitonic_chunk[blocks, threads](A, chunk, k, k, chunk // 2)  # j = chunk/2, ..., 1
         k *= 2
 
 
@@ -144,3 +194,49 @@ def _bitonic_step(A, j, k):
         if (a < b) if (i & k) == 0 else (a > b):
             A[r, i] = b
             A[r, i + j] = a
+
+
+@cuda.jit
+def _bitonic_chunk(A, chunk, k_first, k_last, j_first):
+    """The passes of the bitonic network whose pairs lie inside one chunk of ``chunk`` entries, on
+    every chunk of every row of A: chunk c (row r = c // (W / chunk), columns [base, base + chunk)) is
+    sorted by block c mod gridDim (a grid-stride loop over chunks); in each pass the block's threads
+    share the chunk's chunk / 2 compare-exchanges (one each on a GPU, where blockDim = chunk / 2).
+
+    The passes are, in order: (k_first, j_first), (k_first, j_first / 2), ..., (k_first, 1), then for
+    every later k = 2 k_first, ..., k_last: (k, k / 2), ..., (k, 1); each as :func:`_bitonic_step`
+    (the direction from bit k of the entry's column in the row). The chunk is read into shared memory
+    once, written back once; ``syncthreads`` between passes (every thread runs every pass).
+    """
+    buf = cuda.shared.array(SORT_CHUNK_MAX, np.int64)
+    half = chunk // 2
+    per_row = A.shape[1] // chunk
+    t = cuda.threadIdx.x
+    nt = cuda.blockDim.x  # every thread of a block runs the same loops: the barriers are uniform
+    for c in range(cuda.blockIdx.x, A.shape[0] * per_row, cuda.gridDim.x):
+        r = c // per_row
+        base = (c - r * per_row) * chunk
+        for q in range(t, chunk, nt):
+            buf[q] = A[r, base + q]
+        if nt > 1:
+            cuda.syncthreads()
+        k = k_first
+        j = j_first
+        while k <= k_last:
+            while j >= 1:
+                for s in range(t, half, nt):  # pair s of the chunk
+                    i = (s // j) * (2 * j) + s % j  # s with a 0 bit inserted at position log2(j)
+                    a = buf[i]
+                    b = buf[i + j]
+                    if (a < b) if ((base + i) & k) == 0 else (a > b):
+                        buf[i] = b
+                        buf[i + j] = a
+                if nt > 1:
+                    cuda.syncthreads()
+                j //= 2
+            k *= 2
+            j = k // 2
+        for q in range(t, chunk, nt):
+            A[r, base + q] = buf[q]
+        if nt > 1:
+            cuda.syncthreads()  # the buffer is read back before the next chunk overwrites it
