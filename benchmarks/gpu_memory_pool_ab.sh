@@ -16,19 +16,12 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 t_tests="${T_TESTS:-70}" t_train="${T_TRAIN:-40}"
 cli=(python3 -m purerigl.cli.main)
+source "$(dirname "$0")/_gpu_env.sh"
 step() { echo; echo "== $1 ($(date -u +%H:%M:%S))"; }
 {
     step "machine and install"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi failed"
-    # numba-cuda 0.30.4 beside NumPy 2.5 (see benchmarks/gpu_session.sh)
-    if ! python3 -c "import numpy; numpy.row_stack" 2>/dev/null; then
-        shim="$(mktemp -d)"
-        printf '%s\n' 'import numpy as _np' \
-            'for _old, _new in (("row_stack", "vstack"), ("trapz", "trapezoid"), ("in1d", "isin"), ("round_", "round")):' \
-            '    if not hasattr(_np, _old):' '        setattr(_np, _old, getattr(_np, _new))' > "$shim/sitecustomize.py"
-        export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
-        echo "NumPy lacks row_stack: aliases restored for numba-cuda ($shim)"
-    fi
+    restore_numpy_aliases  # benchmarks/_gpu_env.sh
     python3 -m pip install -q --no-deps --no-build-isolation -e . \
         || python3 -c "import purerigl.cli" || { echo "install failed and purerigl is not importable"; exit 2; }
     "${cli[@]}" info | sed -n '/\[cuda\]/,$p'

@@ -23,6 +23,7 @@ cli=(python3 -m purerigl.cli.main)
 # per-step limits in seconds (environment overrides); "all" stays inside one 10-minute device command
 t_tests="${T_TESTS:-200}" t_check="${T_CHECK:-75}" t_kernels="${T_KERNELS:-110}" t_train="${T_TRAIN:-90}"
 t_cnn="${T_CNN:-30}" budget="${BENCH_BUDGET:-0.15}"
+source "$(dirname "$0")/_gpu_env.sh"
 step() { echo; echo "== $1 ($(date -u +%H:%M:%S))"; }
 {
     step "machine"
@@ -30,17 +31,7 @@ step() { echo; echo "== $1 ($(date -u +%H:%M:%S))"; }
     python3 -c "import sys, numpy, scipy, numba; print('python', sys.version.split()[0], '| numpy', numpy.__version__, '| scipy', scipy.__version__, '| numba', numba.__version__)"
     python3 -c "import numba_cuda; print('numba-cuda', numba_cuda.__version__)" || echo "numba-cuda not importable"
 
-    # numba-cuda 0.30.4 registers an overload of np.row_stack, which NumPy 2.5 removed: importing
-    # numba.cuda's compiler then fails (seen on the H200 image, 2026-12-04). The aliases NumPy dropped
-    # are put back for this process tree only, through a sitecustomize on PYTHONPATH.
-    if ! python3 -c "import numpy; numpy.row_stack" 2>/dev/null; then
-        shim="$(mktemp -d)"
-        printf '%s\n' 'import numpy as _np' \
-            'for _old, _new in (("row_stack", "vstack"), ("trapz", "trapezoid"), ("in1d", "isin"), ("round_", "round")):' \
-            '    if not hasattr(_np, _old):' '        setattr(_np, _old, getattr(_np, _new))' > "$shim/sitecustomize.py"
-        export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
-        echo "numpy $(python3 -c 'import numpy; print(numpy.__version__)') lacks row_stack: aliases restored for numba-cuda ($shim)"
-    fi
+    restore_numpy_aliases  # benchmarks/_gpu_env.sh
 
     step "install (offline, editable)"
     python3 -m pip install -q --no-deps --no-build-isolation -e . \
