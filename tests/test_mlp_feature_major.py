@@ -314,9 +314,13 @@ def test_cuda_bias_fm_ops_refuse_host_arrays_and_wrong_shapes(cuda):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_cuda_feature_major_step_equals_the_dense_oracle(cuda, fmt, calls):
-    """The same step on device arrays (tiny: the simulator is slow)."""
+def test_cuda_step_runs_in_the_row_layout_and_equals_the_dense_oracle(cuda, fmt, calls):
+    """The same step on device arrays (tiny: the simulator is slow), at a batch that runs feature-major
+    on the host backends: cuda's ``*_fm`` ops are its row kernels between two transposes
+    (``feature_major_native`` is False), so the model keeps the row layout there and saves those
+    launches."""
+    assert not cuda.feature_major_native and get_backend("cpu").feature_major_native
     model = build_mlp(5, "6", 3, fmt=fmt, sparsity=0.5, backend=cuda, rng=7)
     counts = calls(model.backend)
     _check_against_oracle(model, FM_MIN_BATCH, seed=8)
-    assert counts["matmul_fm"] == 2 and not counts.get("matmul"), counts
+    assert counts["matmul"] == 2 and not counts.get("matmul_fm") and not counts.get("transpose"), counts

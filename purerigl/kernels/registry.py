@@ -131,6 +131,15 @@ class Backend:
         its parameters there and refreshes host copies only on request (``sync_to_host``)."""
         return bool(getattr(self.module, "RESIDENT", False))
 
+    @property
+    def feature_major_native(self) -> bool:
+        """True when this backend's feature-major products (``matmul_fm`` ...) compute in that layout
+        and so spare the row-layout products their operand transposes (reference, cpu): a model then
+        runs its sparse layers feature-major from a few rows on. False for cuda, whose ``*_fm`` ops are
+        the row-layout kernels between two transposes: there the row layout does the same arithmetic
+        (the same bits) with two fewer launches per product."""
+        return bool(getattr(self.module, "FEATURE_MAJOR_NATIVE", True))
+
     def synchronize(self) -> None:
         """Wait until queued work has finished (a no-op on the CPU backends); call before reading a clock."""
         sync = getattr(self.module, "synchronize", None)

@@ -192,7 +192,8 @@ class TokenLinear:
         _check_tokens(X, n_in, "a token-wise linear layer")
         self._lead = tuple(int(n) for n in X.shape)[:-1]
         rows = _as_rows(X, n_in)  # (B, T, d_in) -> (B*T, d_in)
-        self._feature_major = int(rows.shape[0]) >= FM_MIN_ROWS and has_feature_major_step(self.linear)
+        self._feature_major = (int(rows.shape[0]) >= FM_MIN_ROWS and self.backend.feature_major_native
+                               and has_feature_major_step(self.linear))
         if self._feature_major:  # the batched kernels' layout: two transposes here, none inside the products
             YT = self.linear.forward_fm_with_bias(self.backend.transpose(rows))  # (d_out, B*T)
             return self.backend.transpose(YT).reshape(*self._lead, n_out)  # (d_out, B*T) -> (B*T, d_out) -> (B, T, d_out)

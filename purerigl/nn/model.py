@@ -65,7 +65,9 @@ class MLP:
     <purerigl.nn.GatedDiagonalLinear>`, whose own forward gates its values) runs in the row layout, with
     a transpose where the layout changes, so a model without sparse layers (sparsity 0) never
     transposes. :meth:`backward` mirrors the layouts :meth:`forward` chose. Below FM_MIN_BATCH rows
-    (online inference, the small last batch of an epoch) every layer runs in the row layout, which the
+    (online inference, the small last batch of an epoch), and on the cuda backend (whose ``*_fm`` ops
+    are its row kernels between two transposes: ``Backend.feature_major_native`` is False), every layer
+    runs in the row layout, which the
     cpu backend's ``matmul`` / ``matmul_t`` compute without a transpose at such batches (their
     ``TRANSPOSED_MIN_BATCH`` is the same 4). The results agree to float32 rounding; DST reads a layer's
     batch in the row layout either way (:meth:`SparseLinear.saved_batch`).
@@ -121,9 +123,10 @@ class MLP:
     def forward(self, X):
         """X (B, n_features) -> logits (B, n_classes), arrays of :attr:`backend`.
 
-        From B = :data:`FM_MIN_BATCH` on, the sparse layers run on X^T (see the class docstring).
+        From B = :data:`FM_MIN_BATCH` on, the sparse layers run on X^T (see the class docstring), on
+        a backend whose feature-major products are native (``backend.feature_major_native``: not cuda).
         """
-        use_fm = X.shape[0] >= FM_MIN_BATCH
+        use_fm = X.shape[0] >= FM_MIN_BATCH and self.backend.feature_major_native
         fm = False  # the layout X is in: True for X^T (features, B)
         for k, layer in enumerate(self.layers):
             if not isinstance(layer, ReLU):  # ReLU runs in the layout it is given

@@ -90,6 +90,11 @@ NAME = "cuda"
 #: Arrays of this backend live on the device (see :attr:`purerigl.kernels.registry.Backend.resident`).
 RESIDENT = True
 
+#: The feature-major products here are the row-layout kernels between two device transposes
+#: (:mod:`.feature_major`): models run this backend in the row layout (see
+#: :attr:`purerigl.kernels.registry.Backend.feature_major_native`).
+FEATURE_MAJOR_NATIVE = False
+
 __all__ = [
     "NAME", "DeviceCSR", "DeviceCondensed", "DeviceDiagonal", "check_available", "diag_grad_norms",
     "grad_at", "grad_at_device", "matmul", "matmul_device", "matmul_t", "matmul_t_device", "on_simulator", "sddmm",

@@ -11,7 +11,9 @@ On the device they are written simply, with the row-layout kernels of each forma
 transposes (:func:`purerigl.kernels.cuda.arrays.transpose`): no host copy, and the same float32 sums
 in the same order as ``matmul`` / ``matmul_t`` / ``sddmm``, so each result is the transposed row-layout
 result bit for bit. (On the host backends the layout exists to spare the cpu kernels their operand
-transposes; a convolution, the one caller, runs on the host backends only.)
+transposes. Here it saves nothing, so the MLP and the ViT's token-wise layers run this backend in the
+row layout (``FEATURE_MAJOR_NATIVE = False`` in :mod:`purerigl.kernels.cuda`); the convolution layers,
+whose patch matrix is built transposed, call these ops.)
 
 As in :mod:`purerigl.kernels.cuda`: the ``*_device`` functions take a device matrix and device arrays
 and return device arrays; the backend ops take host arrays (checked by :mod:`purerigl.kernels._checks`
