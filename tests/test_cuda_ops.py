@@ -361,6 +361,30 @@ def test_device_ops_chain_without_host_copies(cuda_backend):
     assert K.matmul_device(d1, X_d, out=out) is out
 
 
+@pytest.mark.parametrize("fmt", ["condensed", "csr"])
+def test_matmul_t_builds_its_column_index_once_per_device_matrix(cuda_backend, fmt, monkeypatch):
+    """The row-stored formats' input gradient reads a column index of the structure: built by the
+    first matmul_t of a device matrix and kept (the structure never changes in place), while values
+    changed in place are read afresh; a new device matrix (a topology update) builds its own."""
+    from purerigl.kernels import cuda as K
+    from purerigl.kernels.cuda import _columns
+
+    built = []
+    real = _columns.column_index
+    monkeypatch.setattr(_columns, "column_index", lambda *a: (built.append(1), real(*a))[1])
+    W = (Condensed.random((5, 7), 0.5, rng=1) if fmt == "condensed" else CSR.random((5, 7), 0.6, rng=1))
+    dY = np.random.default_rng(2).uniform(-1, 1, (3, 5)).astype(np.float32)
+    d, dY_d = K.to_device(W), K._launch.to_device(dY)
+    first = K.matmul_t_device(d, dY_d).copy_to_host()
+    np.testing.assert_allclose(first, dY @ W.to_dense(), rtol=1e-5, atol=1e-6)
+    d.values.copy_to_device(np.ascontiguousarray(2 * W.values))  # values in place: the index stays valid
+    second = K.matmul_t_device(d, dY_d).copy_to_host()
+    np.testing.assert_allclose(second, 2 * (dY @ W.to_dense()), rtol=1e-5, atol=1e-6)
+    assert len(built) == 1
+    K.matmul_t_device(K.to_device(W), dY_d)
+    assert len(built) == 2
+
+
 def test_device_ops_refuse_host_arrays_and_wrong_shapes(cuda_backend):
     """The device entry points take device arrays only (no hidden copies) and check shapes and types."""
     from purerigl.kernels import cuda as K

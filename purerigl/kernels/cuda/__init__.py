@@ -31,8 +31,8 @@ comes out per step (see :mod:`purerigl.nn.layers`).
 
 Sums are accumulated in float32 in a fixed order (each output's terms in ascending index order), so
 results agree with the reference to float32 rounding and are identical from run to run. No kernel
-uses atomics: ``matmul_t`` of the row-stored formats first builds a column index (see
-:mod:`._columns`).
+uses atomics: ``matmul_t`` of the row-stored formats reads a column index, built once per device
+matrix (see :mod:`._columns`).
 
 Availability: the registry calls :func:`check_available`, which raises one
 :class:`~purerigl.errors.BackendError` naming the fixes when numba.cuda cannot run (no GPU and the

@@ -16,7 +16,10 @@ timing). The column index instead costs two passes of one thread per column, eac
 every stored row (:func:`~purerigl.kernels.cuda._device.find_sorted`, relying on the format invariant
 that a row's indices are strictly increasing), plus a serial prefix sum over the n_in column counts.
 That is O(n_in * n_rows * log k) work on the structure only, independent of the batch; each column
-then sums its entries in ascending row order, so results are the same on every run.
+then sums its entries in ascending row order, so results are the same on every run. The index depends
+on the structure alone, which a device matrix never changes in place: :class:`~.csr.DeviceCSR` and
+:class:`~.condensed.DeviceCondensed` build it on their first ``matmul_t`` and keep it (a topology
+update builds a new device matrix, hence a new index).
 """
 
 from __future__ import annotations
@@ -114,9 +117,11 @@ def column_index(seg_ptr, seg_row, indices, n_in: int):
     return col_ptr, col_entry, col_row
 
 
-def matmul_t(seg_ptr, seg_row, indices, values, dY, out):
-    """dX = dY W into the device array ``out`` (B, n_in) for row-stored W (flat ``indices``, ``values``)."""
+def matmul_t(index, values, dY, out):
+    """dX = dY W into the device array ``out`` (B, n_in) for row-stored W: ``index`` is W's
+    :func:`column_index` (col_ptr, col_entry, col_row), ``values`` its flat values (nnz,). The index
+    holds positions into ``values``, never values: values updated in place are read afresh."""
     B, n_in = out.shape
-    col_ptr, col_entry, col_row = column_index(seg_ptr, seg_row, indices, n_in)
+    col_ptr, col_entry, col_row = index
     launch(_matmul_t_kernel, B * n_in, col_ptr, col_entry, col_row, values, dY, out)
     return out

@@ -7,13 +7,14 @@ arrays on the device; the drivers take device arrays and return device arrays (n
 
 - matmul: one thread per output ``Y[b, i]``; it finds ``r`` with ``rows[r] == i`` by binary search
   and sums the row's k products (an ablated row writes 0).
-- matmul_t: the column index of :mod:`._columns` (k entries per segment), then one thread per
-  ``dX[b, j]``.
+- matmul_t: the column index of :mod:`._columns` (k entries per segment; built once per device
+  matrix), then one thread per ``dX[b, j]``.
 - sddmm: one thread per stored entry ``(r, t)``, a dot product over the batch.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +32,9 @@ class DeviceCondensed:
     The structure (``rows``, ``indices``) must not be written in place. Device arrays cannot be made
     read-only as the host formats' structure arrays are (:class:`purerigl.formats.SparseFormat`); what
     holds instead: :meth:`from_host` copies (the host matrix and the device one share no memory), no
-    kernel caches anything derived from the structure (every product reads it afresh; ``matmul_t``
-    rebuilds its column index per call), and a topology update builds a new device matrix."""
+    operation of the backend writes a device matrix's structure (a topology update builds a new device
+    matrix), and the one thing derived from it, ``matmul_t``'s :attr:`column_index`, is kept by the
+    matrix it was built from."""
 
     shape: tuple[int, int]
     rows: object
@@ -42,6 +44,14 @@ class DeviceCondensed:
     @classmethod
     def from_host(cls, W) -> DeviceCondensed:
         return cls(tuple(W.shape), to_device(W.rows), to_device(W.indices), to_device(W.values))
+
+    @functools.cached_property
+    def column_index(self):
+        """The structure by columns (:func:`._columns.column_index`, segment r = active row r, its k
+        entries at [r k, (r + 1) k)), built on the first ``matmul_t`` and kept."""
+        n_active, k = self.indices.shape
+        seg_ptr = _columns.arange(n_active + 1, k, np.int64)
+        return _columns.column_index(seg_ptr, self.rows, self.indices.reshape(n_active * k), self.shape[1])
 
 
 @cuda.jit
@@ -91,10 +101,7 @@ def matmul(W: DeviceCondensed, X, out):
 
 def matmul_t(W: DeviceCondensed, dY, out):
     """dX = dY W into the device array ``out`` (B, n_in)."""
-    n_active, k = W.values.shape
-    n = n_active * k
-    seg_ptr = _columns.arange(n_active + 1, k, np.int64)  # row r holds entries [r k, (r + 1) k)
-    return _columns.matmul_t(seg_ptr, W.rows, W.indices.reshape(n), W.values.reshape(n), dY, out)
+    return _columns.matmul_t(W.column_index, W.values.reshape(W.values.size), dY, out)
 
 
 def sddmm(W: DeviceCondensed, X, dY, out):

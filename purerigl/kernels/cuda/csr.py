@@ -5,12 +5,14 @@ Row ``i`` stores its entries ``e`` in ``[indptr[i], indptr[i+1])`` at the strict
 those arrays on the device; the drivers take device arrays and return device arrays (no host copy).
 
 - matmul: one thread per output ``Y[b, i]``, the gathered dot product of row i (an empty row gives 0).
-- matmul_t: the column index of :mod:`._columns` (segments = rows), then one thread per ``dX[b, j]``.
+- matmul_t: the column index of :mod:`._columns` (segments = rows; built once per device matrix),
+  then one thread per ``dX[b, j]``.
 - sddmm: one thread per stored entry e; its row is found by binary search of ``indptr``.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +30,9 @@ class DeviceCSR:
     The structure (``indptr``, ``indices``) must not be written in place. Device arrays cannot be made
     read-only as the host formats' structure arrays are (:class:`purerigl.formats.SparseFormat`); what
     holds instead: :meth:`from_host` copies (the host matrix and the device one share no memory), no
-    kernel caches anything derived from the structure (every product reads it afresh; ``matmul_t``
-    rebuilds its column index per call), and a topology update builds a new device matrix."""
+    operation of the backend writes a device matrix's structure (a topology update builds a new device
+    matrix), and the one thing derived from it, ``matmul_t``'s :attr:`column_index`, is kept by the
+    matrix it was built from."""
 
     shape: tuple[int, int]
     indptr: object
@@ -39,6 +42,13 @@ class DeviceCSR:
     @classmethod
     def from_host(cls, W) -> DeviceCSR:
         return cls(tuple(W.shape), to_device(W.indptr), to_device(W.indices), to_device(W.values))
+
+    @functools.cached_property
+    def column_index(self):
+        """The structure by columns (:func:`._columns.column_index`, segment i = row i), built on the
+        first ``matmul_t`` and kept (a step's backward then launches no index kernels)."""
+        seg_row = _columns.arange(self.shape[0], 1, np.int32)  # segment i is row i
+        return _columns.column_index(self.indptr, seg_row, self.indices, self.shape[1])
 
 
 @cuda.jit
@@ -78,8 +88,7 @@ def matmul(W: DeviceCSR, X, out):
 
 def matmul_t(W: DeviceCSR, dY, out):
     """dX = dY W into the device array ``out`` (B, n_in)."""
-    seg_row = _columns.arange(W.shape[0], 1, np.int32)  # segment i is row i
-    return _columns.matmul_t(W.indptr, seg_row, W.indices, W.values, dY, out)
+    return _columns.matmul_t(W.column_index, W.values, dY, out)
 
 
 def sddmm(W: DeviceCSR, X, dY, out):
