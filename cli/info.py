@@ -105,11 +105,10 @@ def cuda_status() -> dict:
 
             status["importable"] = True
             status["available"] = bool(cuda.is_available())
-            if status["available"]:  # the backend's device-memory pool, installed before the context below
-                from purerigl.kernels.cuda import _launch
+            if status["available"]:
+                from purerigl.kernels.cuda import _launch  # installs the backend's pool before the context below
 
                 status["memory_pool"] = _launch.MEMORY_POOL
-            if status["available"]:
                 device = cuda.current_context().device  # works on a GPU and in the simulator
                 name = getattr(device, "name", None) or ("CUDA simulator" if status["simulator"] else "unknown")
                 status["device"] = name.decode() if isinstance(name, bytes) else str(name)

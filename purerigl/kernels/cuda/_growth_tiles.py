@@ -93,7 +93,8 @@ def sort_rows_descending(A, launch) -> None:
     """Sort every row of the device int64 array A (n_rows, W), W a power of two, descending, in place.
 
     ``launch(kernel, n_items, *args)`` runs a grid-stride kernel over n_items work items (the passes
-    between chunks); :func:`_bitonic_chunk` is launched with one block per chunk of ``chunk`` entries.
+    between chunks); :func:`_bitonic_chunk` is launched with the blocks of :func:`sort_launch_shape`,
+    which walk the chunks of ``chunk`` entries.
     The network, for k = 2, 4, ..., W (merge bitonic runs of length k) and j = k/2, ..., 1 (pair
     distance), is the textbook one; the passes with j < chunk are grouped per chunk.
     """
