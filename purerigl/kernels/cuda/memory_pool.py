@@ -3,7 +3,7 @@
 Numba has no memory pool: every ``cuda.device_array`` calls ``cuMemAlloc``, and every array that goes
 out of scope is queued for ``cuMemFree``, the queue being flushed every ten frees. ``cuMemFree``
 waits for the whole device, so a training step of this backend, which makes tens of temporary arrays
-(42 per MLP step when this pool was written, measured on an H200 in
+(42 per MLP step when this pool was written, counted on the simulator; the step timed on an H200 in
 ``benchmarks/results/gpu-h200-2026-12-04``), called ``cuMemAlloc`` as often and stopped the host every
 ten frees to wait for the GPU.
 
