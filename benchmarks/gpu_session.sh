@@ -5,12 +5,13 @@
 #   4. `purerigl check --backend cuda` (every product against SciPy, every method's update against
 #      the reference backend), 5. `purerigl bench gpu` (kernels against cuBLAS/cuSPARSE through
 #      PyTorch/CuPy, training step and update against the cpu backend).
-# Each step has its own time limit (T_TESTS, T_CHECK, T_KERNELS, T_TRAIN, T_CNN seconds in the
+# Each step has its own time limit (T_TESTS, T_CHECK, T_KERNELS, T_GROWTH, T_TRAIN, T_CNN seconds in the
 # environment override them) so that one slow step cannot eat the others' time. "verify" (steps 1-4,
 # under 5 minutes), "bench" (steps 1, 2, 5 and three conv networks trained on cuda through the CLI,
 # under 5 minutes) and "all" (both, under 10 minutes: one device command). Output in OUT_DIR (default:
 # $OUT when the device tool runs it, else benchmarks/results/gpu-session): session-PART.log, tests.log,
-# check-cuda.json, bench-gpu-kernels.{json,md}, bench-gpu-train.{json,md}.
+# check-cuda.json, bench-gpu-{kernels,train}.{json,md}, bench-gpu-growth.json (8 files, the most the
+# device tool returns; every bench also prints its markdown report into the session log).
 #
 # Usage, from the repository root on the GPU machine:  bash benchmarks/gpu_session.sh verify|bench|all [OUT_DIR]
 set -uo pipefail
@@ -22,7 +23,7 @@ export PYTHONUNBUFFERED=1
 cli=(python3 -m purerigl.cli.main)
 # per-step limits in seconds (environment overrides); "all" stays inside one 10-minute device command
 t_tests="${T_TESTS:-200}" t_check="${T_CHECK:-75}" t_kernels="${T_KERNELS:-110}" t_train="${T_TRAIN:-90}"
-t_cnn="${T_CNN:-30}" budget="${BENCH_BUDGET:-0.15}"
+t_cnn="${T_CNN:-30}" t_growth="${T_GROWTH:-40}" budget="${BENCH_BUDGET:-0.15}"
 source "$(dirname "$0")/_gpu_env.sh"
 step() { echo; echo "== $1 ($(date -u +%H:%M:%S))"; }
 {
@@ -59,6 +60,10 @@ step() { echo; echo "== $1 ($(date -u +%H:%M:%S))"; }
     timeout "$t_kernels" "${cli[@]}" bench gpu --part kernels --budget "$budget" \
         --json "$out/bench-gpu-kernels.json" --out-md "$out/bench-gpu-kernels.md"
     echo "bench kernels exit $?"
+    step "purerigl bench gpu --part growth (limit $t_growth s)"
+    timeout "$t_growth" "${cli[@]}" bench gpu --part growth --sparsity 0.9 --sparsity 0.99 --batch 256 \
+        --budget "$budget" --json "$out/bench-gpu-growth.json"  # its markdown is in the session log
+    echo "bench growth exit $?"
     step "purerigl bench gpu --part train (limit $t_train s)"
     timeout "$t_train" "${cli[@]}" bench gpu --part train --budget "$budget" \
         --json "$out/bench-gpu-train.json" --out-md "$out/bench-gpu-train.md"

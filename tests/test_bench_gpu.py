@@ -106,6 +106,17 @@ class HostLibrary:
         XT = X.T
         return devices.Product(lambda: S @ XT, lambda YT: np.asarray(YT).T)
 
+    def dense_grad(self, X, dY):
+        return lambda: dY.T @ X
+
+    def dense_topk(self, X, dY, active, m):
+        def run():
+            G = np.abs(dY.T @ X)
+            G[active] = -1.0
+            return np.argsort(-G.ravel(), kind="stable")[:m]
+
+        return run, np.asarray
+
 
 # ------------------------------------------------------------------------------------------ full run
 
@@ -194,6 +205,62 @@ def test_a_library_fills_its_baseline_columns(monkeypatch, tmp_path):
     cells = table_rows(result.output, "format")
     assert all(c[6] != "n/a" and c[8].endswith("x") for c in cells)
     assert "dense ms [torch]" in result.output
+
+
+def test_quick_run_has_a_growth_row_per_sparsity_and_batch(quick_run):
+    _, report, md = quick_run
+    rows = report["growth"]
+    assert [(r["sparsity"], r["batch"]) for r in rows] == [(0.9, 1), (0.9, 4)]  # --quick's grid
+    for r in rows:
+        assert "error" not in r and r["purerigl_ms"] > 0 and r["m"] == int(0.3 * r["nnz"]) and r["baselines"] == {}
+    assert "## Growth selection" in md and len(table_rows(md, "sparsity")) == 2
+
+
+def test_growth_part_times_the_dense_route_and_checks_the_chosen_set(monkeypatch, tmp_path):
+    """With a library (a host stand-in): one dense dY^T X, the dense top-m, their ratios to purerigl's
+    streamed selection, and the overlap of the chosen sets (all of them here: no equal scores)."""
+    monkeypatch.setitem(devices.LOADERS, "torch", HostLibrary)
+    path = tmp_path / "g.json"
+    result = run(["--quick", "--part", "growth", "--libraries", "torch", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(path.read_text())
+    assert report["kernels"] is None and report["train"] is None and report["errors"] == []
+    for r in report["growth"]:
+        b = r["baselines"]["torch"]
+        assert b["overlap"] == 1.0 and b["grad_ms"] > 0 and b["topk_ms"] > 0
+        assert b["topk_ratio"] == pytest.approx(b["topk_ms"] / r["purerigl_ms"])
+    cells = table_rows(result.output, "sparsity")
+    assert len(cells) == 2 and all(c[-1] == "100.0%" and c[-2].endswith("x") for c in cells)
+
+
+def test_torch_dense_route_selects_the_top_m_outside_the_active_set():
+    """TorchLibrary's dense route on torch's CPU device (the same calls as on the GPU)."""
+    torch = pytest.importorskip("torch")
+    lib = devices.TorchLibrary.__new__(devices.TorchLibrary)  # __init__ wants a GPU
+    lib.torch, lib.device = torch, torch.device("cpu")
+    rng = np.random.default_rng(0)
+    X, dY = rng.standard_normal((5, 9)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+    active = rng.random((4, 9)) < 0.3
+    G = np.abs(dY.T @ X)
+    np.testing.assert_allclose(lib.dense_grad(lib.upload(X), lib.upload(dY))().numpy(), dY.T @ X, rtol=1e-5)
+    run, fetch = lib.dense_topk(lib.upload(X), lib.upload(dY), lib.upload(active), 6)
+    want = np.argsort(-np.where(active, -1.0, G).ravel(), kind="stable")[:6]
+    assert sorted(fetch(run()).tolist()) == sorted(want.tolist())
+
+
+def test_a_growth_error_is_reported_not_raised(monkeypatch, tmp_path):
+    """A library whose dense route raises: the row says error, the command reports it and goes on."""
+
+    class Broken(HostLibrary):
+        def dense_topk(self, X, dY, active, m):
+            raise RuntimeError("no top-k here")
+
+    monkeypatch.setitem(devices.LOADERS, "torch", Broken)
+    path = tmp_path / "g.json"
+    result = run(["--quick", "--part", "growth", "--libraries", "torch", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert all("no top-k here" in r["baselines"]["torch"]["error"] for r in report["growth"])
+    assert any("no top-k here" in e for e in report["errors"]) and "error" in result.output
 
 
 def test_paper_line_shows_the_condensed_ratios_at_batch_256_and_90_percent():

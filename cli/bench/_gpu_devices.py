@@ -184,6 +184,22 @@ class TorchLibrary:
         mm, XT = self.torch.mm, Xd.t().contiguous()  # (n_in, B): Y^T = S X^T
         return Product(lambda: mm(Sd, XT), lambda YT: YT.cpu().numpy().T)
 
+    def dense_grad(self, Xd, dYd):
+        """One dense G = dY^T X (n_out, n_in), as a callable."""
+        mm = self.torch.mm
+        return lambda: mm(dYd.t(), Xd)
+
+    def dense_topk(self, Xd, dYd, actived, m: int):
+        """(callable, fetch): the dense route of RigL's growth, the flat indices of the top-m |G| outside
+        the active set (``actived``, bool (n_out, n_in)); fetch returns them as a host int64 array."""
+        torch = self.torch
+
+        def run():
+            G = torch.mm(dYd.t(), Xd).abs_().masked_fill_(actived, -1.0)  # (n_out, n_in)
+            return torch.topk(G.view(-1), m, sorted=False).indices
+
+        return run, lambda idx: idx.cpu().numpy().astype(np.int64)
+
 
 class CupyLibrary:
     """CuPy on the GPU: ``cupy.matmul`` (cuBLAS) and ``cupyx.scipy.sparse.csr_matrix`` times a dense
@@ -233,6 +249,23 @@ class CupyLibrary:
     def csr_product(self, Sd, Xd) -> Product:
         XT = Xd.T  # F-contiguous (n_in, B): what cuSPARSE's SpMM reads without a copy
         return Product(lambda: Sd @ XT, lambda YT: self.cupy.asnumpy(YT).T)
+
+    def dense_grad(self, Xd, dYd):
+        """One dense G = dY^T X (n_out, n_in), as a callable."""
+        matmul = self.cupy.matmul
+        return lambda: matmul(dYd.T, Xd)
+
+    def dense_topk(self, Xd, dYd, actived, m: int):
+        """(callable, fetch): as :meth:`TorchLibrary.dense_topk`, with ``cupy.argpartition``."""
+        cupy = self.cupy
+
+        def run():
+            G = cupy.abs(cupy.matmul(dYd.T, Xd))  # (n_out, n_in)
+            G[actived] = -1.0
+            flat = G.ravel()
+            return cupy.argpartition(-flat, m - 1)[:m] if m < flat.size else cupy.arange(flat.size)
+
+        return run, lambda idx: cupy.asnumpy(idx).astype(np.int64)
 
 
 LOADERS = {"torch": TorchLibrary, "cupy": CupyLibrary}

@@ -14,16 +14,17 @@ SIMULATOR_WARNING = "CUDA SIMULATOR: timings mean nothing (kernels run as Python
 
 
 def plan_text(n_kernel_rows: int, n_batches: int, n_libs: int, n_methods: int, n_updates: int, n_train_batches: int,
-              budget_s: float) -> tuple[str, float]:
+              budget_s: float, n_growth_rows: int = 0) -> tuple[str, float]:
     """(one line describing the grid and its time estimate, estimated seconds)."""
     kernel_timings = n_kernel_rows * (1 + n_libs) + n_batches * n_libs
+    growth_timings = n_growth_rows * (1 + 2 * n_libs)
     train_timings = n_train_batches * 2 * (n_methods + n_updates)
-    timed = (kernel_timings + train_timings) * (budget_s + 0.05)
-    compile_s = (20 if n_kernel_rows else 0) + (150 if n_methods else 0)  # a guess: numba cuda + cpu kernels
+    timed = (kernel_timings + growth_timings + train_timings) * (budget_s + 0.05)
+    compile_s = (20 if n_kernel_rows else 0) + (10 if n_growth_rows else 0) + (150 if n_methods else 0)  # a guess
     text = (f"plan: {n_kernel_rows} kernel rows x (purerigl + {n_libs} libraries' CSR) + {n_batches * n_libs} dense "
-            f"= {kernel_timings} product timings; {train_timings} training timings (steps and updates, cpu and "
-            f"cuda); ~{budget_s} s each: about {timed:.0f} s timed + up to ~{compile_s} s of first-call compilation "
-            f"and host reference products on a fresh machine")
+            f"= {kernel_timings} product timings; {growth_timings} growth-selection timings; {train_timings} training "
+            f"timings (steps and updates, cpu and cuda); ~{budget_s} s each: about {timed:.0f} s timed + up to "
+            f"~{compile_s} s of first-call compilation and host reference products on a fresh machine")
     return text, timed + compile_s
 
 
@@ -133,7 +134,7 @@ KERNELS_TEXT = (
     "Ratios: baseline time / purerigl time (above 1x: purerigl faster). GB/s: bytes of the stored matrix (values "
     "and indices), X and Y per second of the purerigl product. Every product was checked against a float64 host "
     "reference first; WRONG: it disagreed (or raised) and was not timed. purerigl writes into an output allocated "
-    "beforehand (numba has no memory pool); the libraries allocate theirs from their pools. The dense time depends "
+    "beforehand; the libraries allocate theirs from their pools. The dense time depends "
     "only on the shape and batch: it is measured once per (library, batch) and shared by the rows."
 )
 TRAIN_TEXT = (
@@ -152,6 +153,11 @@ def format_report(report: dict) -> str:
         lines += ["", f"## Kernels: Y = X W^T, W {m['shape'][0]}x{m['shape'][1]} float32", ""]
         lines += paper_lines(report["kernels"], libs)
         lines += ["", KERNELS_TEXT, ""] + kernel_table(report["kernels"], libs)
+    if report.get("growth") is not None:
+        from ._gpu_growth import GROWTH_TEXT, growth_table
+
+        lines += ["", f"## Growth selection: one {m['shape'][0]}x{m['shape'][1]} layer (RigL, drop fraction 0.3)", "",
+                  GROWTH_TEXT, ""] + growth_table(report["growth"], libs)
     if report.get("train") is not None:
         t = m["train"]
         lines += ["", f"## Training step: {t['arch']} MLP at {t['sparsity']:g} sparsity, {t['inputs']}", "",
@@ -166,7 +172,9 @@ def write_outputs(report: dict, json_path: Path | None, md_path: Path | None) ->
     """Write the JSON and the markdown report (after each part, so that a run cut short keeps what it
     measured); returns the markdown."""
     report["failures"] = [f for row in report["kernels"] or [] for f in row_failures(row)]
-    report["errors"] = train_errors(report["train"] or [])
+    from ._gpu_growth import growth_errors
+
+    report["errors"] = train_errors(report["train"] or []) + growth_errors(report.get("growth") or [])
     text = format_report(report)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

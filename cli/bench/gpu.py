@@ -57,6 +57,7 @@ from . import bench
 from ._gpu_devices import (
     MAX_PER_SAMPLE, SAMPLE_S, Product, PureriglClock, _one_line, gpu_meta, load_libraries, time_device,
 )
+from ._gpu_growth import run_growth
 from ._gpu_report import SIMULATOR_WARNING, _fmt_ms, plan_text, row_failures, train_errors, write_outputs
 from ._shared import MAX_DENSE, command_line, machine_meta, measure, quick_default, thread_limit
 from .train import _train_step_fn, _update_fn
@@ -352,7 +353,8 @@ def _resolve(ctx, params: dict) -> dict:
         raise click.BadParameter(" ".join(str(err).split()), ctx=ctx, param_hint="'--hidden'") from None
     quick = params["quick"]
     params.update(min_runs=QUICK["min_runs"] if quick else 5, repeat=QUICK["min_runs"] if quick else 1000,
-                  kernels=params["part"] in ("kernels", "all"), train=params["part"] in ("train", "all"))
+                  kernels=params["part"] in ("kernels", "all"), train=params["part"] in ("train", "all"),
+                  growth=params["part"] in ("growth", "all"))
     return params
 
 
@@ -369,8 +371,9 @@ def _meta(ctx, p: dict, clock: PureriglClock, libs: list, notes: list[str]) -> d
     """The report's ``meta``: machine, GPU, libraries, command, plan and estimate (the plan is also printed)."""
     n_rows = len(p["sparsities"]) * len(p["batches"]) * len(p["formats"]) if p["kernels"] else 0
     methods = p["methods"] if p["train"] else ()
+    n_growth = len(p["sparsities"]) * len(p["batches"]) if p["growth"] else 0
     plan, estimate = plan_text(n_rows, len(p["batches"]) if p["kernels"] else 0, len(libs), len(methods),
-                               sum(m != "static" for m in methods), len(p["train_batches"]), p["budget"])
+                               sum(m != "static" for m in methods), len(p["train_batches"]), p["budget"], n_growth)
     meta = machine_meta()
     meta.update(benchmark="gpu", command=command_line(ctx), gpu=gpu_meta(clock), seed=p["seed"], dtype="float32",
                 budget_s=p["budget"], max_call_s=p["max_call"], plan=plan, estimate_s=round(estimate),
@@ -401,8 +404,9 @@ def _train_meta(p: dict, data) -> dict:
 
 
 @bench.command()
-@click.option("--part", type=click.Choice(("kernels", "train", "all")), default="all", show_default=True,
-              help="Which part to run.")
+@click.option("--part", type=click.Choice(("kernels", "growth", "train", "all")), default="all", show_default=True,
+              help="Which part to run (growth: RigL's growth selection against the dense route; it uses the "
+                   "kernels' --shape, --sparsity, --batch and --libraries).")
 @click.option("--shape", type=SHAPE, default="768x3072", show_default=True, help="Kernels: W shape N_OUTxN_IN.")
 @click.option("--sparsity", "sparsities", type=FiniteFloatRange(0.0, 1.0, max_open=True), multiple=True,
               default=DEFAULTS["sparsities"], show_default=True, help="Kernels: fraction of zero weights (repeatable).")
@@ -439,12 +443,13 @@ def _train_meta(p: dict, data) -> dict:
 def gpu(ctx, part, shape, sparsities, batches, formats, libraries, hidden, train_batches, train_sparsity, methods,
         data_dir, budget, max_call, threads, json_path, md_path, quick, seed):
     """The cuda backend on the GPU: matmul per format against the GPU's dense and CSR products (torch/CuPy),
-    and a training step and topology update per method against the cpu backend."""
+    RigL's growth selection against one dense dY^T X and a dense top-k, and a training step and topology
+    update per method against the cpu backend."""
     p = _resolve(ctx, dict(ctx.params))
     ctx.params.update({k: p[k] for k in ctx.params})  # the command line shows the values used
     cuda = get_backend("cuda")  # no GPU and no simulator: BackendError, reported as one "Error:" line (exit 2)
     clock = PureriglClock(cuda)
-    libs, notes = load_libraries(libraries) if p["kernels"] else ([], [])
+    libs, notes = load_libraries(libraries) if p["kernels"] or p["growth"] else ([], [])
     data = _load_data(data_dir) if p["train"] else None
     train_meta = _train_meta(p, data) if p["train"] else None
     if train_meta is not None:  # a ModelError here is bad input: exit 2 before anything is timed
@@ -453,7 +458,7 @@ def gpu(ctx, part, shape, sparsities, batches, formats, libraries, hidden, train
     with thread_limit(threads):
         meta = _meta(ctx, p, clock, libs, notes)
         progress(meta["plan"])
-        report = {"meta": meta, "kernels": None, "train": None, "failures": [], "errors": []}
+        report = {"meta": meta, "kernels": None, "growth": None, "train": None, "failures": [], "errors": []}
 
         def checkpoint():  # after every row: a run cut short keeps what it measured
             write_outputs(report, json_path, md_path)
@@ -463,6 +468,11 @@ def gpu(ctx, part, shape, sparsities, batches, formats, libraries, hidden, train
             report["kernels"] = []
             run_kernels(clock, libs, tuple(p["shape"]), p["sparsities"], p["batches"], formats, seed=seed,
                         timing=timing, progress=progress, rows=report["kernels"], checkpoint=checkpoint)
+        if p["growth"]:
+            timing = {"budget_s": p["budget"], "max_call_s": p["max_call"], "min_runs": p["min_runs"]}
+            report["growth"] = []
+            run_growth(clock, libs, tuple(p["shape"]), p["sparsities"], p["batches"], seed=seed, timing=timing,
+                       progress=progress, rows=report["growth"], checkpoint=checkpoint)
         if p["train"]:
             meta["train"], report["train"] = train_meta, []
             run_train((get_backend("cpu"), cuda), p["methods"], p["train_batches"], data=data,
