@@ -142,6 +142,8 @@ def test_quick_markdown_header_names_the_simulator_command_and_paper(quick_run):
     assert gpu_report.SIMULATOR_WARNING in md and gpu_report.PAPER_REFERENCE in md
     assert "command: `purerigl bench gpu --part all --shape 12x48" in md and "--quick" in md
     assert "- GPU: numba CUDA simulator" in md and "- libraries: none" in md
+    assert "device-memory pool: not installed: the CUDA simulator has no device memory" in md
+    assert report["meta"]["gpu"]["memory_pool"].startswith("not installed")
     assert md in result.output  # the markdown is also printed
     assert report["meta"]["estimate_s"] > 0 and report["meta"]["plan"].startswith("plan: ")
 

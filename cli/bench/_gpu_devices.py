@@ -294,10 +294,11 @@ def load_libraries(choice: str) -> tuple[list, list[str]]:
 
 
 def gpu_meta(clock: PureriglClock) -> dict:
-    """The GPU as numba.cuda sees it: name, compute capability, memory, driver and runtime versions."""
+    """The GPU as numba.cuda sees it: name, compute capability, memory, driver and runtime versions, and
+    whether the cuda backend's device-memory pool serves its arrays."""
     cuda = clock.cuda
     info = {"simulator": not clock.timed, "name": None, "compute_capability": None, "memory_gib": None,
-            "driver": None, "runtime": None}
+            "driver": None, "runtime": None, "memory_pool": clock.backend.module._launch.MEMORY_POOL}
     probes = {
         "name": lambda: _text(cuda.current_context().device.name),
         "compute_capability": lambda: list(cuda.current_context().device.compute_capability),

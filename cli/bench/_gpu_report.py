@@ -52,7 +52,8 @@ def header_lines(meta: dict) -> list[str]:
     lines += [
         f"- command: `{meta['command']}`",
         (f"- GPU: {g['name'] or 'unknown'}; compute capability {cc}; memory {memory}; CUDA driver "
-         f"{_version(g['driver'])}, runtime {_version(g['runtime'])} (as numba.cuda reports them)"),
+         f"{_version(g['driver'])}, runtime {_version(g['runtime'])} (as numba.cuda reports them); purerigl's "
+         f"device-memory pool: {g.get('memory_pool', 'unknown')}"),
         f"- libraries: {libraries or 'none (baseline columns: n/a)'}",
         (f"- versions: purerigl {v['purerigl']}, python {v['python']}, numpy {v['numpy']}, numba {v['numba']}, "
          f"numba-cuda {v.get('numba-cuda') or 'not installed'}, scipy {v['scipy']}"),
