@@ -146,13 +146,16 @@ def test_reset_frees_every_block_and_calls_numbas_reset(pool):
 def test_install_is_skipped_on_the_simulator_and_when_turned_off(monkeypatch):
     calls = []
     fake = type("FakeCudaModule", (), {"set_memory_manager": staticmethod(calls.append)})
-    assert "simulator" in memory_pool.install(fake, simulator=True)
+    config = type("Config", (), {"CUDA_MEMORY_MANAGER": "default"})
+    assert "simulator" in memory_pool.install(fake, True, config)
     monkeypatch.setenv(memory_pool.ENV_VAR, "0")
-    assert f"{memory_pool.ENV_VAR}=0" in memory_pool.install(fake, simulator=False)
+    assert f"{memory_pool.ENV_VAR}=0" in memory_pool.install(fake, False, config)
     monkeypatch.setenv(memory_pool.ENV_VAR, "1")
     monkeypatch.setattr(memory_pool, "plugin_class", lambda cuda: "the plugin class")
-    assert memory_pool.install(fake, simulator=False) == "installed" and calls == ["the plugin class"]
+    assert memory_pool.install(fake, False, config) == "installed" and calls == ["the plugin class"]
     assert not calls[1:]
+    config.CUDA_MEMORY_MANAGER = "rmm.allocators.numba"  # a plugin the user configured stays
+    assert "rmm.allocators.numba" in memory_pool.install(fake, False, config) and calls == ["the plugin class"]
 
 
 def test_the_backend_reports_the_pool():

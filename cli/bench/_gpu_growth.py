@@ -6,7 +6,8 @@ masked-dense implementation computes G whole with one dense product and takes a 
 magnitudes. One row per (sparsity, batch): the time of purerigl's selection; per baseline library,
 the time of one dense dY^T X and of the dense route (dY^T X, |.|, the active set masked, top-m:
 ``torch.topk`` or ``cupy.argpartition``), and the share of purerigl's m positions that the dense route
-chose too (a check: equal scores and float32 summation order aside, the same set).
+chose too (a check: equal scores and float32 summation order aside, the same set). Its table is
+rendered by :mod:`._gpu_report`.
 """
 
 from __future__ import annotations
@@ -18,17 +19,11 @@ import numpy as np
 from purerigl.formats.budget import random_layer
 
 from ._gpu_devices import _one_line, time_device
+from ._gpu_report import _fmt_ms, _fmt_pct
 
 #: RigL's drop fraction: the layer regrows this share of its active connections.
 DROP_FRACTION = 0.3
 
-GROWTH_TEXT = (
-    "RigL's growth selection of one layer: the m = 0.3 x nnz positions of largest |dY^T X| outside its active "
-    "set. purerigl: `topk_grad` on device arrays (the gradient streamed in tiles, never stored whole). Baselines: "
-    "one dense dY^T X, and the dense route of a masked-dense implementation (dY^T X, |.|, active set masked, top-m). "
-    "Ratios: baseline time / purerigl time (above 1x: purerigl faster). Overlap: the share of purerigl's positions "
-    "that the dense route chose too."
-)
 
 
 def _lib_cells(lib, X, dY, active, m: int, chosen: np.ndarray | None, timing: dict) -> dict:
@@ -91,52 +86,11 @@ def run_growth(clock, libs, shape, sparsities, batches, *, seed, timing, progres
         for batch in batches:
             row = growth_row(clock, libs, shape, sparsity, batch, seed=seed, timing=timing)
             rows.append(row)
-            parts = [f"purerigl {_fmt(row['purerigl_ms'])} ms" if "error" not in row else "purerigl ERROR"]
+            parts = [f"purerigl {_fmt_ms(row['purerigl_ms'])} ms" if "error" not in row else "purerigl ERROR"]
             for name, b in row["baselines"].items():
                 parts.append(f"{name} error" if "error" in b else
-                             f"{name} dY^T X {_fmt(b['grad_ms'])} top-m {_fmt(b['topk_ms'])} overlap {_pct(b['overlap'])}")
+                             f"{name} dY^T X {_fmt_ms(b['grad_ms'])} top-m {_fmt_ms(b['topk_ms'])} "
+                             f"overlap {_fmt_pct(b['overlap'])}")
             progress(f"growth sparsity {sparsity:<5} batch {batch:<5} m {row['m']:<7} " + "; ".join(parts))
             checkpoint()
     return rows
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _ratio(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
-
-
-def growth_table(rows: list[dict], libs: list[str]) -> list[str]:
-    """Markdown table of the growth part; one column group per library ("n/a" without one)."""
-    groups = libs or [""]
-    head = ["sparsity", "batch", "nnz", "m", "purerigl ms"]
-    for name in groups:
-        tag = f" [{name}]" if name else ""
-        head += [f"dY^T X ms{tag}", f"dense top-m ms{tag}", f"dY^T X/pr{tag}", f"top-m/pr{tag}", f"overlap{tag}"]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---:"] * len(head)) + " |"]
-    for r in rows:
-        cells = [f"{r['sparsity']:g}", str(r["batch"]), str(r["nnz"]), str(r["m"]),
-                 "ERROR" if "error" in r else _fmt(r["purerigl_ms"])]
-        for name in groups:
-            b = r["baselines"].get(name)
-            if b is None or "error" in b:
-                cells += ["n/a" if b is None else "error"] * 5
-            else:
-                cells += [_fmt(b["grad_ms"]), _fmt(b["topk_ms"]), _ratio(b["grad_ratio"]), _ratio(b["topk_ratio"]),
-                          _pct(b["overlap"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def growth_errors(rows: list[dict]) -> list[str]:
-    """One line per growth cell that raised."""
-    out = [f"growth sparsity {r['sparsity']} batch {r['batch']}: purerigl {r['error']}" for r in rows if "error" in r]
-    out += [f"growth sparsity {r['sparsity']} batch {r['batch']}: {name} {b['error']}"
-            for r in rows for name, b in r["baselines"].items() if "error" in b]
-    return out

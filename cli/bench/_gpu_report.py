@@ -39,6 +39,10 @@ def _fmt_ratio(x) -> str:
     return "n/a" if x is None else f"{x:.2f}x"
 
 
+def _fmt_pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
 def header_lines(meta: dict) -> list[str]:
     """The lines above the tables: simulator warning, command, GPU, libraries, machine, timing, paper."""
     g, v = meta["gpu"], meta["versions"]
@@ -123,6 +127,36 @@ def train_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def growth_table(rows: list[dict], libs: list[str]) -> list[str]:
+    """Markdown table of the growth part; one column group per library ("n/a" without one)."""
+    groups = libs or [""]
+    head = ["sparsity", "batch", "nnz", "m", "purerigl ms"]
+    for name in groups:
+        tag = f" [{name}]" if name else ""
+        head += [f"dY^T X ms{tag}", f"dense top-m ms{tag}", f"dY^T X/pr{tag}", f"top-m/pr{tag}", f"overlap{tag}"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---:"] * len(head)) + " |"]
+    for r in rows:
+        cells = [f"{r['sparsity']:g}", str(r["batch"]), str(r["nnz"]), str(r["m"]),
+                 "ERROR" if "error" in r else _fmt_ms(r["purerigl_ms"])]
+        for name in groups:
+            b = r["baselines"].get(name)
+            if b is None or "error" in b:
+                cells += ["n/a" if b is None else "error"] * 5
+            else:
+                cells += [_fmt_ms(b["grad_ms"]), _fmt_ms(b["topk_ms"]), _fmt_ratio(b["grad_ratio"]),
+                          _fmt_ratio(b["topk_ratio"]), _fmt_pct(b["overlap"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def growth_errors(rows: list[dict]) -> list[str]:
+    """One line per growth cell that raised."""
+    out = [f"growth sparsity {r['sparsity']} batch {r['batch']}: purerigl {r['error']}" for r in rows if "error" in r]
+    out += [f"growth sparsity {r['sparsity']} batch {r['batch']}: {name} {b['error']}"
+            for r in rows for name, b in r["baselines"].items() if "error" in b]
+    return out
+
+
 def _cell(cell: dict, key: str, method: str = "") -> str:
     if "error" in cell:
         return "error"
@@ -137,6 +171,13 @@ KERNELS_TEXT = (
     "reference first; WRONG: it disagreed (or raised) and was not timed. purerigl writes into an output allocated "
     "beforehand; the libraries allocate theirs from their pools. The dense time depends "
     "only on the shape and batch: it is measured once per (library, batch) and shared by the rows."
+)
+GROWTH_TEXT = (
+    "RigL's growth selection of one layer: the m = 0.3 x nnz positions of largest |dY^T X| outside its active "
+    "set. purerigl: `topk_grad` on device arrays (the gradient streamed in tiles, never stored whole). Baselines: "
+    "one dense dY^T X, and the dense route of a masked-dense implementation (dY^T X, |.|, active set masked, top-m). "
+    "Ratios: baseline time / purerigl time (above 1x: purerigl faster). Overlap: the share of purerigl's positions "
+    "that the dense route chose too."
 )
 TRAIN_TEXT = (
     "One step: forward, softmax cross-entropy, backward, SGD momentum 0.9 (`purerigl bench train`'s code), each "
@@ -155,8 +196,6 @@ def format_report(report: dict) -> str:
         lines += paper_lines(report["kernels"], libs)
         lines += ["", KERNELS_TEXT, ""] + kernel_table(report["kernels"], libs)
     if report.get("growth") is not None:
-        from ._gpu_growth import GROWTH_TEXT, growth_table
-
         lines += ["", f"## Growth selection: one {m['shape'][0]}x{m['shape'][1]} layer (RigL, drop fraction 0.3)", "",
                   GROWTH_TEXT, ""] + growth_table(report["growth"], libs)
     if report.get("train") is not None:
@@ -173,8 +212,6 @@ def write_outputs(report: dict, json_path: Path | None, md_path: Path | None) ->
     """Write the JSON and the markdown report (after each part, so that a run cut short keeps what it
     measured); returns the markdown."""
     report["failures"] = [f for row in report["kernels"] or [] for f in row_failures(row)]
-    from ._gpu_growth import growth_errors
-
     report["errors"] = train_errors(report["train"] or []) + growth_errors(report.get("growth") or [])
     text = format_report(report)
     if json_path is not None:

@@ -463,13 +463,12 @@ def gpu(ctx, part, shape, sparsities, batches, formats, libraries, hidden, train
         def checkpoint():  # after every row: a run cut short keeps what it measured
             write_outputs(report, json_path, md_path)
 
+        timing = {"budget_s": p["budget"], "max_call_s": p["max_call"], "min_runs": p["min_runs"]}
         if p["kernels"]:
-            timing = {"budget_s": p["budget"], "max_call_s": p["max_call"], "min_runs": p["min_runs"]}
             report["kernels"] = []
             run_kernels(clock, libs, tuple(p["shape"]), p["sparsities"], p["batches"], formats, seed=seed,
                         timing=timing, progress=progress, rows=report["kernels"], checkpoint=checkpoint)
         if p["growth"]:
-            timing = {"budget_s": p["budget"], "max_call_s": p["max_call"], "min_runs": p["min_runs"]}
             report["growth"] = []
             run_growth(clock, libs, tuple(p["shape"]), p["sparsities"], p["batches"], seed=seed, timing=timing,
                        progress=progress, rows=report["growth"], checkpoint=checkpoint)

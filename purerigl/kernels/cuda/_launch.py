@@ -58,22 +58,31 @@ cuda = _import_cuda()
 SIMULATOR = bool(getattr(numba.config, "ENABLE_CUDASIM", 0))
 
 
+def _numba_cuda_configs() -> list:
+    """The configuration modules numba.cuda may read, first the one its dispatcher reads:
+    ``numba.cuda.core.config`` (numba-cuda; in some releases the same module as the next) and
+    ``numba.core.config`` (Numba's built-in CUDA target), those that import, each once."""
+    import importlib
+
+    found = []
+    for name in ("numba.cuda.core.config", "numba.core.config"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if module not in found:
+            found.append(module)
+    return found
+
+
 def _silence_low_occupancy_warnings() -> None:
     """Turn off Numba's "Grid size N will likely result in GPU under-utilization" warning, which it
     raises at every launch of fewer than 128 blocks: small layers are a normal input here, and on a GPU
     a training run printed thousands of them. Set in the configuration that the dispatcher reads
-    (``numba.cuda.core.config`` in numba-cuda, ``numba.core.config`` in Numba's built-in target) rather
-    than filtered per launch, so that no launch path (the loss's reduction, Numba's own array kernels)
-    escapes it and no launch pays for a ``warnings.catch_warnings`` block."""
-    import importlib
-
-    for name in ("numba.cuda.core.config", "numba.core.config"):
-        try:
-            config = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(config, "CUDA_LOW_OCCUPANCY_WARNINGS"):
-            config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+    rather than filtered per launch, so that no launch path (the loss's reduction, Numba's own array
+    kernels) escapes it and no launch pays for a ``warnings.catch_warnings`` block."""
+    for config in _numba_cuda_configs():
+        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 
 _silence_low_occupancy_warnings()
@@ -85,7 +94,7 @@ def _install_memory_pool() -> str:
     from . import memory_pool
 
     try:
-        return memory_pool.install(cuda, SIMULATOR)
+        return memory_pool.install(cuda, SIMULATOR, _numba_cuda_configs()[0])
     except Exception as err:  # noqa: BLE001 - a numba without the EMM interface, ...
         return f"not installed: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
 

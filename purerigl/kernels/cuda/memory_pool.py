@@ -130,17 +130,14 @@ def plugin_class(cuda, driver=None, api_error=None):
     return PooledMemoryManager
 
 
-def install(cuda, simulator: bool) -> str:
+def install(cuda, simulator: bool, config) -> str:
     """Make ``PooledMemoryManager`` numba.cuda's memory manager for the contexts created from now
-    on; returns what it did, in words (``"installed"`` or why not)."""
+    on; returns what it did, in words (``"installed"`` or why not). ``config`` is the configuration
+    module numba.cuda reads (its ``CUDA_MEMORY_MANAGER`` names a plugin configured by the user)."""
     if simulator:
         return "not installed: the CUDA simulator has no device memory"
     if os.environ.get(ENV_VAR, "1").strip() == "0":
         return f"not installed: {ENV_VAR}=0"
-    try:
-        from numba.cuda.core import config
-    except ImportError:  # Numba's built-in CUDA target
-        from numba.core import config
     if getattr(config, "CUDA_MEMORY_MANAGER", "default") != "default":
         return f"not installed: numba is configured for the plugin {config.CUDA_MEMORY_MANAGER!r}"
     cuda.set_memory_manager(plugin_class(cuda))
