@@ -41,7 +41,7 @@ from strategies import TIES
 from purerigl.errors import OperandError, ShapeError
 from purerigl.kernels import _rank_key, cpu, get_backend, reference
 from purerigl.kernels._rank_key import tie_ranks
-from purerigl.kernels.cuda import _growth_tiles, _launch, growth, growth_ops
+from purerigl.kernels.cuda import _growth_tiles, _launch, diagonal_growth, growth, growth_ops
 from purerigl.kernels.cuda._launch import cuda
 
 pytestmark = pytest.mark.skipif(  # only with PURERIGL_TEST_REAL_GPU=1 on a machine without a GPU
@@ -229,7 +229,7 @@ def test_topk_grad_with_rows_matches_brute_force_and_backends(problem, config, s
 def test_diag_grad_norms_matches_brute_force_and_backends(problem, config):
     X, dY, _ = problem
     with tiny_config(**config):
-        got = growth.diag_grad_norms(X, dY)
+        got = diagonal_growth.diag_grad_norms(X, dY)
     assert_same(got, reference.diag_grad_norms(X, dY))  # exact: dyadic squares sum exactly in float64
     assert_same(got, cpu.diag_grad_norms(X, dY))
     np.testing.assert_allclose(got, brute_diag(X, dY), rtol=1e-6)
@@ -397,8 +397,8 @@ def test_diag_grad_norms_by_hand():
     dY = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)  # G = [[1, 2], [2, 4], [3, 6]]
     want = np.sqrt([1 + 16, 4 + 36, 9 + 4]).astype(np.float32)
     with tiny_config(tile=2):
-        np.testing.assert_allclose(growth.diag_grad_norms(X, dY), want, rtol=1e-6)
-        np.testing.assert_allclose(growth.diag_grad_norms(dY, X), want, rtol=1e-6)
+        np.testing.assert_allclose(diagonal_growth.diag_grad_norms(X, dY), want, rtol=1e-6)
+        np.testing.assert_allclose(diagonal_growth.diag_grad_norms(dY, X), want, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -421,7 +421,7 @@ def test_degenerate_shapes_match_reference(n_out, n_in, B):
                             reference.topk_grad(X, dY, m, indptr, indices, salt))
             assert_same(growth.topk_grad_rows(X, dY, counts, indptr, indices, salt),
                         reference.topk_grad_rows(X, dY, counts, indptr, indices, salt))
-        assert_same(growth.diag_grad_norms(X, dY), reference.diag_grad_norms(X, dY))
+        assert_same(diagonal_growth.diag_grad_norms(X, dY), reference.diag_grad_norms(X, dY))
 
 
 def test_everything_excluded_or_nothing_asked():
@@ -458,7 +458,7 @@ def run_all(X, dY, excluded, m=10, count=3, salt=0):
     return (
         growth.topk_grad(X, dY, m, indptr, indices, salt),
         growth.topk_grad_rows(X, dY, counts, indptr, indices, salt),
-        growth.diag_grad_norms(X, dY),
+        diagonal_growth.diag_grad_norms(X, dY),
     )
 
 

@@ -1,4 +1,5 @@
-"""numba.cuda kernels of the growth selections: top-m of |G|, per-row top-c of |G|, diagonal norms of G.
+"""numba.cuda kernels of the growth selections: top-m of |G| and per-row top-c of |G| (the diagonal
+norms of G: :mod:`.diagonal_growth`).
 
 Every DST grow rule ranks the dense weight gradient of a layer, for X (B, n_in) and dY (B, n_out):
 
@@ -41,16 +42,7 @@ inverse of the tie rank), and the positions are sorted again to come back ascend
   :math:`j = p - i \\, n_{in}` and replaced by :math:`2^{32} - 1 - j`, and these sorted descending
   again give the chosen columns ascending, written straight into the row's slice of the output. Extra
   device memory O(nnz_out + tile).
-- ``diag_grad_norms`` (implements :func:`purerigl.kernels.reference.diag_grad_norms`, diag-rigl): with
-  P = max(n_out, n_in), position (i, j) lies on diagonal :math:`d = (i - j) \\bmod n_{out}` (tall or
-  square) or :math:`d = (j - i) \\bmod n_{in}` (wide), and a row of G meets each diagonal at most once.
-  One work item per diagonal adds, tile after tile and row after row, the float64 squares of its
-  entries:
-
-  .. math:: S[d]^2 = \\sum_{i} G[i, j_d(i)]^2, \\qquad j_d(i) = (i - d) \\bmod n_{out}
-            \\ (\\text{if} < n_{in}) \\quad \\text{or} \\quad (i + d) \\bmod n_{in}
-
-  a private accumulator in a fixed order: no atomics. Extra device memory O(P + tile).
+- ``diag_grad_norms`` (diag-rigl): :mod:`.diagonal_growth`, on the tiles and launches of this module.
 
 Host-device traffic: the inputs once, one count per tile (``topk_grad``), and the result. Every
 kernel walks its work items in a grid-stride loop, launched (:func:`._launch.launch`, blocks of
@@ -63,8 +55,6 @@ data every backend ranks the very same numbers and returns the very same sets.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -450,63 +440,3 @@ def topk_grad_with_rows_device(d_X, d_dY, m, d_counts, salt=0):
     scores = cuda.device_array(row_cols.shape[0], dtype=np.float32)
     pairs.row_scores(d_X, d_dY, indptr, row_cols, scores)
     return rows, cols, indptr, row_cols, scores
-
-
-# --------------------------------------------------------------------------------------------------
-# diag_grad_norms: one float64 accumulator per diagonal
-# --------------------------------------------------------------------------------------------------
-
-
-@cuda.jit
-def _fold_diagonals(G, r0, n_rows, n_out, sum_sq):
-    """sum_sq[d] += G[t, j]^2 (float64) for the entry of each tile row t (row i = r0 + t) on diagonal d:
-    j = (i - d) mod n_out if that is < n_in (tall or square), else j = (i + d) mod n_in (wide)."""
-    n_in = G.shape[1]
-    for d in range(cuda.grid(1), sum_sq.shape[0], cuda.gridsize(1)):
-        acc = sum_sq[d]
-        for t in range(n_rows):
-            i = r0 + t
-            if n_out >= n_in:
-                j = (i - d + n_out) % n_out
-                if j >= n_in:
-                    continue
-            else:
-                j = (i + d) % n_in
-            g = np.float64(G[t, j])
-            acc += g * g
-        sum_sq[d] = acc
-
-
-@cuda.jit
-def _sqrt_to_float32(sum_sq, out):
-    """out[d] = float32(sqrt(sum_sq[d])) (the float64 root, correctly rounded, then rounded to float32)."""
-    for d in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-        out[d] = np.float32(math.sqrt(sum_sq[d]))
-
-
-def diag_grad_norms(X, dY):
-    """float32 (P,): the L2 norm of G along each wrap-around diagonal, P = max(n_out, n_in).
-
-    Implements :func:`purerigl.kernels.reference.diag_grad_norms` (operands already checked).
-    """
-    return diag_grad_norms_device(cuda.to_device(X), cuda.to_device(dY)).copy_to_host()
-
-
-def diag_grad_norms_device(d_X, d_dY):
-    """:func:`diag_grad_norms` on device arrays: a float32 device array (P,), nothing copied
-    (operands already checked)."""
-    n_out, n_in = d_dY.shape[1], d_X.shape[1]
-    P = max(n_out, n_in)
-    out = cuda.device_array(P, dtype=np.float32)
-    sum_sq = cuda.device_array(P, dtype=np.float64)
-    _run(T.fill, P, sum_sq, 0, P, np.float64(0.0))
-    if n_out and n_in:
-        all_rows = _arange(n_out)
-        tile_rows = _tile_rows(n_in, n_out)
-        G = cuda.device_array((tile_rows, n_in), dtype=np.float32)
-        for r0 in range(0, n_out, tile_rows):
-            n_rows = min(tile_rows, n_out - r0)
-            _run(T.gradient_tile, n_rows * n_in, d_X, d_dY, all_rows, r0, n_rows, G)
-            _run(_fold_diagonals, P, G, r0, n_rows, n_out, sum_sq)
-    _run(_sqrt_to_float32, P, sum_sq, out)
-    return out

@@ -170,7 +170,7 @@ def topk_grad_with_rows(X: np.ndarray, dY: np.ndarray, m: int, counts: np.ndarra
 def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
     """The L2 norm of the gradient along each of the P wrap-around diagonals (diag-rigl growth scores).
 
-    Implements :func:`purerigl.kernels.reference.diag_grad_norms` (kernels in :mod:`.growth`).
+    Implements :func:`purerigl.kernels.reference.diag_grad_norms` (kernels in :mod:`.diagonal_growth`).
 
     .. math:: S[d] = \\Big( \\sum_{t=0}^{L-1} G[\\mathrm{row}(d, t), \\mathrm{col}(d, t)]^2 \\Big)^{1/2}
 
@@ -185,10 +185,10 @@ def diag_grad_norms(X: np.ndarray, dY: np.ndarray) -> np.ndarray:
 
     Given device arrays X and dY it returns a float32 device array and copies nothing.
     """
-    from . import growth  # imported on first use
+    from . import diagonal_growth  # imported on first use
 
     if _launch.is_device_array(X):
         _device_growth_operands("diag_grad_norms", X, dY)
-        return growth.diag_grad_norms_device(X, dY)
+        return diagonal_growth.diag_grad_norms_device(X, dY)
     X, dY = _checks.growth_operands(X, dY)
-    return growth.diag_grad_norms(X, dY)
+    return diagonal_growth.diag_grad_norms(X, dY)
