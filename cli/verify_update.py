@@ -19,13 +19,19 @@ from ._options import FiniteFloatRange
 SHOWN = 12
 
 
-def _items(unit: str, items: list) -> str:
+#: How a position is named, by the number of axes of the layer's weight (a convolution's is its weight's
+#: index: filter, input channel, then the kernel's axes).
+POSITION_NAMES = {2: "(row, col)", 3: "(filter, channel, i)", 4: "(filter, channel, i, j)"}
+
+
+def _items(unit: str, items: list, ndim: int = 2) -> str:
     if unit == "position":
-        shown = [f"({r}, {c})" for r, c in items[:SHOWN]]
+        shown = ["(" + ", ".join(str(v) for v in p) + ")" for p in items[:SHOWN]]
+        name = "at " + POSITION_NAMES.get(ndim, "(filter, index...)")
     else:
         shown = [str(v) for v in items[:SHOWN]]
+        name = {"diagonal": "diagonals", "row": "rows"}[unit]
     more = f" ... and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
-    name = {"position": "at (row, col)", "diagonal": "diagonals", "row": "rows"}[unit]
     return f"{name}: {' '.join(shown)}{more}"
 
 
@@ -35,6 +41,9 @@ def format_report(layers: list[dict], head: str) -> str:
     for r in layers:
         c = r["counts"]
         shape = f"{r['shape'][0]} x {r['shape'][1]}, {r['format']}"
+        ndim = len(r["weight_shape"])
+        if ndim > 2:  # a convolution: its filters as the rows of the matrix the rule ran on
+            shape = f"{' x '.join(map(str, r['weight_shape']))} filters as {shape}"
         word = {"equal": "equal", "agrees": "agrees", "differs": "DIFFERS"}[r["status"]]
         lines.append(f"{r['layer']} ({shape}): {word}  (active {c['active_before']} -> {c['active_after']}: "
                      f"{c['gone']} gone, {c['new']} new; purerigl: {c['ours_gone']} gone, {c['ours_new']} new)")
@@ -42,12 +51,12 @@ def format_report(layers: list[dict], head: str) -> str:
             tag = "allowed" if f["allowed"] else "FAIL"
             lines.append(f"  {f['cause']} [{tag}]: {f['message']}")
             if f["items"] and not f["allowed"]:  # an allowed difference is the lines "only in ..." below
-                lines.append(f"    {_items(f['unit'], f['items'])}")
+                lines.append(f"    {_items(f['unit'], f['items'], ndim)}")
         if r["status"] != "equal":
             for side in ("only_yours", "only_ours"):
                 if r[side]:
                     who = "only in yours" if side == "only_yours" else "only in purerigl's"
-                    lines.append(f"  {who}: {_items(r['unit'], r[side])}")
+                    lines.append(f"  {who}: {_items(r['unit'], r[side], ndim)}")
     bad = sum(r["status"] == "differs" for r in layers)
     lines.append(f"{len(layers) - bad} of {len(layers)} layers agree" + (f"; {bad} differ" if bad else ""))
     return "\n".join(lines)
@@ -71,7 +80,9 @@ def verify_update(method, before, after, alpha, gamma_sal, salt, as_json):
     BEFORE and AFTER are .npz (or .safetensors, with the safetensors extra) files holding, per layer
     L: before the update L.weight (float32, zero off the mask), L.mask (bool) and L.grad (the
     gradient G = dY^T X the update scores) or L.x and L.dy (the batch); optional L.is_output,
-    L.budget, L.candidates (GSE). After it: L.mask and L.weight. Prints per layer `equal`, or the
+    L.budget, L.candidates (GSE). After it: L.mask and L.weight. A convolution's arrays are
+    (c_out, c_in, kh, kw), checked as the matrix of its filters; its batch may be the images, with
+    L.stride and L.padding. Prints per layer `equal`, or the
     positions that differ with their cause; ties are reported and allowed. Exit 0 when every layer
     agrees, 1 when one differs, 2 on bad input. Details: docs/verify.md.
     """

@@ -25,7 +25,9 @@ class LayerReport:
     """The verdict on one layer: ``status`` ``"equal"`` (the same masks and values as purerigl's),
     ``"agrees"`` (differences all allowed: ties, random growth) or ``"differs"``; the counts; the
     positions only the user's or only purerigl's after mask holds (``unit``: positions, or diagonal
-    offsets for diag-rigl); the findings."""
+    offsets for diag-rigl); the findings. ``shape`` is the (n_out, n_in) matrix the rule ran on; for a
+    convolution ``kernel_shape`` is its weight's shape without the first axis, e.g. (c_in, kh, kw), and
+    column ``col`` of the filter matrix is ``numpy.unravel_index(col, kernel_shape)``."""
 
     layer: str
     method: str
@@ -37,6 +39,7 @@ class LayerReport:
     only_yours: np.ndarray
     only_ours: np.ndarray
     findings: list
+    kernel_shape: tuple | None = None
 
     @property
     def ok(self) -> bool:
@@ -277,7 +280,7 @@ def verify_layer(method: str, layer: LayerInput, alpha, *, gamma_sal: float = 0.
     findings = structural + findings
     status = "differs" if any(not f.allowed for f in findings) else ("agrees" if findings else "equal")
     return LayerReport(layer.name, method, (n_out, n_in), LAYER_FORMATS[method], status, counts, unit,
-                       only_yours, only_ours, findings)
+                       only_yours, only_ours, findings, layer.kernel_shape)
 
 
 def _counts(method, layer: LayerInput, ours, O, alpha) -> dict:
@@ -361,15 +364,22 @@ def verify_files(method: str, before_path, after_path, alpha, *, gamma_sal: floa
 
 
 def report_dict(report: LayerReport) -> dict:
-    """``report`` as JSON-ready data: positions as [row, col] pairs, diagonals and rows as ints."""
+    """``report`` as JSON-ready data: positions as [row, col] pairs (a convolution's as
+    [filter, channel, i, j], its weight's index), diagonals and rows as ints; ``weight_shape`` is the
+    shape of the user's weight, ``shape`` the matrix the rule ran on."""
     n_in = report.shape[1]
+    index_shape = (report.shape[0], *report.kernel_shape) if report.kernel_shape else report.shape
 
     def items(unit, a):
         a = np.asarray(a, dtype=np.int64)
-        return [[int(p // n_in), int(p % n_in)] for p in a] if unit == "position" else [int(v) for v in a]
+        if unit != "position":
+            return [int(v) for v in a]
+        return np.stack(np.unravel_index(a, index_shape), axis=1).tolist() if a.size else []
 
+    weight_shape = [report.shape[0], *report.kernel_shape] if report.kernel_shape else list(report.shape)
     return {
-        "layer": report.layer, "method": report.method, "shape": list(report.shape), "format": report.format,
+        "layer": report.layer, "method": report.method, "shape": list(report.shape),
+        "weight_shape": weight_shape, "format": report.format,
         "status": report.status, "counts": report.counts, "unit": report.unit,
         "only_yours": items(report.unit, report.only_yours), "only_ours": items(report.unit, report.only_ours),
         "findings": [{"cause": str(f.cause), "allowed": f.allowed, "message": f.message, "unit": f.unit,

@@ -10,6 +10,7 @@ import numpy as np
 from ...errors import PureriglError
 from ...formats import CSR, Condensed, Diagonal
 from ...interop.files import read_arrays as interop_read_arrays
+from ...kernels.host_conv import conv_output_size, im2col
 from ..spec import MAX_DENSE_GRADIENT, dense_gradient, positions
 
 #: The methods verify-update checks, and the storage each layer is built in from its mask.
@@ -27,12 +28,16 @@ class VerifyInputError(PureriglError, ValueError):
 class LayerInput:
     """One layer's update as the user dumped it (validated by :func:`layer_inputs`).
 
-    weight, mask : (n_out, n_in) float32 and bool, before the update (weight zero off the mask)
+    weight, mask : (n_out, n_in) float32 and bool, before the update (weight zero off the mask); a
+        convolution's (c_out, c_in, kh, kw) arrays are held as the (c_out, c_in * kh * kw) matrix of
+        its filters
     G : (n_out, n_in) float64 or None, the gradient the update scores (None: SET without one)
     after_weight, after_mask : the same after the update
     is_output : the network's last layer (SRigL never ablates it)
     budget : the layer's connection budget C (default: the active positions before)
     candidates : GSE's drawn candidates, sorted distinct flat positions, or None
+    kernel_shape : a convolution's weight shape without its first axis, e.g. (c_in, kh, kw), or None
+        for a linear layer
     """
 
     name: str
@@ -44,6 +49,7 @@ class LayerInput:
     is_output: bool = False
     budget: int = 0
     candidates: np.ndarray | None = None
+    kernel_shape: tuple | None = None
 
 
 def read_arrays(path) -> dict:
@@ -106,9 +112,10 @@ class _Reader:
 def _zero_off_mask(r: _Reader, weight, mask) -> None:
     off = (weight != 0) & ~mask
     if off.any():
-        i, j = (int(v) for v in np.argwhere(off)[0])
+        at = tuple(int(v) for v in np.argwhere(off)[0])
+        where = f"row {at[0]}, col {at[1]}" if len(at) == 2 else f"index {at}"
         r.fail(f"{r.layer}.weight", f"{int(off.sum())} weights are nonzero off {r.layer}.mask (first at "
-                                    f"row {i}, col {j}); save weight * mask")
+                                    f"{where}); save weight * mask")
 
 
 def layer_inputs(method: str, before: dict, after: dict, before_name: str = "BEFORE",
@@ -131,26 +138,26 @@ def layer_inputs(method: str, before: dict, after: dict, before_name: str = "BEF
     for name in names:
         b, a = _Reader(before, before_name, name), _Reader(after, after_name, name)
         weight = b.get("weight")
-        if weight.ndim != 2:
-            b.fail(f"{name}.weight", f"shape {weight.shape}, expected (n_out, n_in)")
-        shape = weight.shape
+        if weight.ndim < 2:
+            b.fail(f"{name}.weight", f"shape {weight.shape}, expected (n_out, n_in) or a convolution's "
+                                     "(c_out, c_in, kh, kw)")
+        full = weight.shape  # (n_out, n_in), or (c_out, c_in, kh, kw) for a convolution
+        kernel_shape = full[1:] if weight.ndim > 2 else None
+        shape = (full[0], int(np.prod(full[1:])))  # the filter matrix (DESIGN.md 4b)
         if shape[0] * shape[1] > MAX_DENSE_GRADIENT:
             b.fail(f"{name}.weight", f"{shape[0]} x {shape[1]} positions: more than the {MAX_DENSE_GRADIENT} "
                                      "a specification handles (it builds the dense gradient)")
-        mask = b.get("mask", shape, "bool")
+        mask = b.get("mask", full, "bool")
         _zero_off_mask(b, weight, mask)
-        after_weight = a.get("weight", shape)
-        after_mask = a.get("mask", shape, "bool")
+        after_weight, after_mask = a.get("weight", full), a.get("mask", full, "bool")
         _zero_off_mask(a, after_weight, after_mask)
+        weight, mask = weight.reshape(shape), mask.reshape(shape)
+        after_weight, after_mask = after_weight.reshape(shape), after_mask.reshape(shape)
         G = None
         if b.has("grad"):
-            G = b.get("grad", shape, "float").astype(np.float64)
+            G = b.get("grad", full, "float").astype(np.float64).reshape(shape)
         elif b.has("x") or b.has("dy"):
-            x = b.get("x", kind="float")
-            if x.ndim != 2 or x.shape[1] != shape[1]:
-                b.fail(f"{name}.x", f"shape {x.shape}, expected (B, n_in) with n_in = {shape[1]}")
-            dy = b.get("dy", (x.shape[0], shape[0]), "float")
-            G = dense_gradient(x, dy)
+            G = _batch_gradient(b, full)
         elif method != "set":
             raise VerifyInputError(f"{before_name}: layer {name!r} has neither {name + '.grad'!r} nor "
                                    f"{name + '.x'!r} and {name + '.dy'!r}: {method} scores growth by the gradient")
@@ -168,10 +175,50 @@ def layer_inputs(method: str, before: dict, after: dict, before_name: str = "BEF
                 b.fail(f"{name}.candidates", f"expected a 1-D array of flat positions row * n_in + col in "
                                              f"[0, {shape[0] * shape[1]})")
             candidates = np.unique(c)
-        layer = LayerInput(name, weight, mask, G, after_weight, after_mask, is_output, budget, candidates)
+        layer = LayerInput(name, weight, mask, G, after_weight, after_mask, is_output, budget, candidates,
+                           kernel_shape)
         structure_of(method, mask, weight, where=f"{before_name}: layer {name!r}, key {name + '.mask'!r}")
         out.append(layer)
     return out
+
+
+def _batch_gradient(b: _Reader, full: tuple) -> np.ndarray:
+    """float64 (n_out, n_in): G = dY^T X from the layer's batch ``L.x``, ``L.dy``.
+
+    A linear layer: x (B, n_in), dy (B, n_out). A convolution (weight (c_out, c_in, kh, kw)): either
+    the same with its patch matrix, x (B Ho Wo, c_in kh kw) and dy (B Ho Wo, c_out), or the images,
+    x (B, c_in, H, W) and dy (B, c_out, Ho, Wo) with the optional scalars ``L.stride`` (default 1) and
+    ``L.padding`` (default 0, zeros on every side); then
+
+    .. math:: G[o, (c, i, j)] = \\sum_{b, h_o, w_o} dY[b, o, h_o, w_o] \\, X_p[b, c, s h_o + i, s w_o + j]
+
+    through the patch matrix of :func:`purerigl.kernels.host_conv.im2col` (its columns are in the order
+    (c, i, j) of ``weight.reshape(c_out, -1)``).
+    """
+    name, n_out, n_in = b.layer, full[0], int(np.prod(full[1:]))
+    x = b.get("x", kind="float")
+    if x.ndim == 2 or len(full) != 4:
+        if x.ndim != 2 or x.shape[1] != n_in:
+            b.fail(f"{name}.x", f"shape {x.shape}, expected (B, n_in) with n_in = {n_in}"
+                   + (" (the patch matrix) or the images (B, c_in, H, W)" if len(full) == 4 else ""))
+        return dense_gradient(x, b.get("dy", (x.shape[0], n_out), "float"))
+    c_out, c_in, kh, kw = full
+    if x.ndim != 4 or x.shape[1] != c_in:
+        b.fail(f"{name}.x", f"shape {x.shape}, expected the images (B, {c_in}, H, W) or the patch matrix "
+                            f"(B Ho Wo, {n_in})")
+    stride = int(b.scalar("stride", "int")) if b.has("stride") else 1
+    padding = int(b.scalar("padding", "int")) if b.has("padding") else 0
+    if stride < 1 or padding < 0:
+        b.fail(f"{name}.stride" if stride < 1 else f"{name}.padding",
+               f"stride {stride}, padding {padding}: expected stride >= 1 and padding >= 0")
+    B, _, H, W = x.shape
+    if min(H - kh, W - kw) + 2 * padding < 0:
+        b.fail(f"{name}.x", f"images of {H} x {W} with padding {padding} are smaller than the {kh} x {kw} kernel")
+    Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
+    dy = b.get("dy", (B, c_out, Ho, Wo), "float")
+    patches = im2col(x.astype(np.float64), kh, kw, stride, padding)  # (B Ho Wo, c_in kh kw)
+    dy_rows = dy.astype(np.float64).transpose(0, 2, 3, 1).reshape(B * Ho * Wo, c_out)  # rows (b, ho, wo)
+    return dense_gradient(patches, dy_rows)
 
 
 # ------------------------------------------------------------------------------- structure from the mask
