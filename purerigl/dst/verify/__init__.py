@@ -5,7 +5,9 @@ The user gives, per layer, the weights and mask before the update (with the grad
 update scores, or the batch X, dY it comes from) and the mask and weights after it. purerigl
 
 1. builds the layer's stored structure **from the mask** (never from nonzero values: an active weight
-   may be exactly 0): CSR for rigl, set and gse, Condensed for srigl, Diagonal for diag-rigl;
+   may be exactly 0): CSR for rigl, set and gse, Condensed for srigl, Diagonal for diag-rigl; a
+   convolution's (c_out, c_in, kh, kw) arrays as the (c_out, c_in kh kw) matrix of its filters, its
+   G from the images and output gradients if given those (:func:`.inputs._batch_gradient`);
 2. runs the method's specification (:mod:`purerigl.dst.spec`) on it, scoring the user's G
    (``Step.G``): purerigl's own answer, ties broken by its salted rule ``tie_rank(position, salt)``;
 3. runs the specification once more on a **favoured** copy of the scores: every score replaced by its
