@@ -1,5 +1,6 @@
-"""``purerigl check``: self-test a backend on this machine against SciPy CSR products, and its DST
-updates against the methods' plain NumPy specifications (:mod:`purerigl.dst.spec`).
+"""``purerigl check``: self-test a backend on this machine against SciPy CSR products, its sparse
+convolution against SciPy's dense 2-d correlation, and its DST updates against the methods' plain
+NumPy specifications (:mod:`purerigl.dst.spec`).
 
 Exit code 0 when every check passes, 1 when any fails, 2 on bad input (e.g. an unknown backend).
 """
@@ -11,6 +12,7 @@ import time
 
 import click
 
+from ._conv_selftest import run_conv_selftest
 from ._options import backend_option, seed_option
 from ._selftest import Result, run_selftest, selftest_plan
 from ._update_selftest import run_update_selftest
@@ -54,6 +56,9 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     and square shapes (and the 3072 -> 768 layer at 90% sparsity unless --quick), batch 1 and 33.
     With --tiny (chosen automatically for the cuda backend on Numba's CUDA simulator, whose kernels
     run as Python threads) the shapes are at most 12 wide and the batches 1 and 3.
+    Then a sparse convolution (SparseConv2d: forward, input, value and bias gradients) in every
+    format, against a dense convolution by SciPy's correlate2d / convolve2d, with padding, strides
+    and batch 1.
     Then one topology update of every DST method (static, RigL, SET on CSR and condensed, SRigL with
     and without ablation, GSE with each sampler, diag-rigl, DynaDiag) on the backend against the method's NumPy
     specification (purerigl/dst/spec/), on integer data where both must agree exactly: structure,
@@ -65,6 +70,7 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     cases, batches = selftest_plan(quick=quick, tiny=tiny)
     t0 = time.perf_counter()
     results = run_selftest(backend, seed=seed, cases=cases, batches=batches)
+    results += run_conv_selftest(backend, seed=seed, tiny=tiny)
     results += run_update_selftest(backend, seed=seed, tiny=tiny)
     seconds = time.perf_counter() - t0
     failed = [r for r in results if not r.passed]
@@ -87,6 +93,8 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     else:
         click.echo(f"purerigl check: backend {backend.name!r}, seed {seed}")
         click.echo("  products (matmul, matmul_t, sddmm, grad_at): against SciPy CSR in float64")
+        click.echo("  convolutions (SparseConv2d forward and gradients): against SciPy's correlate2d / "
+                   "convolve2d in float64")
         click.echo(f"  updates: {backend.name!r}'s fast update of each method against its NumPy specification "
                    "(purerigl/dst/spec/<method>.py), exact; dynadiag also its gated layer's output and "
                    "gradients, to float32 rounding (relative 1e-5)")

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import purerigl
+from purerigl.cli._conv_selftest import CONV_CASES, TINY_CONV_CASES
 from purerigl.cli._options import backend_status
 from purerigl.cli._selftest import QUICK_CASES, TINY_BATCHES, TINY_CASES, run_selftest
 from purerigl.cli._update_selftest import UPDATE_METHODS
@@ -111,7 +112,9 @@ def test_check_reference_passes(runner):
     assert result.exit_code == 0, result.output
     assert "max abs err" in result.output and "tolerance" in result.output
     n_rows = 3 * 4 * len(QUICK_CASES) * 2  # formats x ops x shapes x batches
-    assert result.output.count("PASS") == n_rows + len(UPDATE_METHODS)  # and one update per method
+    n_conv = 3 * 4 * len(CONV_CASES)  # formats x (forward, input, value, bias gradients) x cases
+    assert result.output.count("PASS") == n_rows + n_conv + len(UPDATE_METHODS)  # and one update per method
+    assert "conv 3x3/2 p1 value grad" in result.output
     assert "FAIL" not in result.output
 
 
@@ -143,7 +146,8 @@ def test_check_cuda_passes_and_says_where_it_ran(runner):
     result = runner.invoke(main, ["check", "--backend", "cuda", "--quick"])
     assert result.exit_code == 0, result.output
     assert ("CUDA simulator" in result.output) == bool(numba.config.ENABLE_CUDASIM), result.output
-    assert result.output.count("PASS") == 3 * 4 * len(TINY_CASES) * len(TINY_BATCHES) + len(UPDATE_METHODS)
+    assert result.output.count("PASS") == (3 * 4 * len(TINY_CASES) * len(TINY_BATCHES) + 3 * 4 * len(TINY_CONV_CASES)
+                                           + len(UPDATE_METHODS))
     assert "FAIL" not in result.output
     assert "update srigl 0.9" in result.output  # every method's update ran on the device, exactly as the reference
 
@@ -156,7 +160,8 @@ def test_check_tiny_json(runner):
     assert report["passed"] and report["tiny"] and not report["simulator"]
     assert [tuple(c["shape"]) for c in report["cases"]] == [shape for shape, _, _ in TINY_CASES]
     assert report["batches"] == list(TINY_BATCHES)
-    assert report["n_checks"] == 3 * 4 * len(TINY_CASES) * len(TINY_BATCHES) + len(UPDATE_METHODS)
+    assert report["n_checks"] == (3 * 4 * len(TINY_CASES) * len(TINY_BATCHES) + 3 * 4 * len(TINY_CONV_CASES)
+                                  + len(UPDATE_METHODS))
 
 
 @pytest.mark.parametrize("command", [["check", "--quick"], ["train", "--epochs", "1", "--hidden", "8"]])

@@ -1,0 +1,116 @@
+"""Self-test of a backend's sparse convolution against a dense convolution computed another way.
+
+:class:`~purerigl.nn.conv.SparseConv2d` runs on the backend (its patch maps ``im2col_t`` / ``col2im_t``,
+the feature-major products ``matmul_fm``, ``matmul_t_fm``, ``sddmm_fm``, the output reorders and the
+bias gradient). The oracle never forms a patch matrix: with K = the filter matrix as a dense
+(c_out, c_in, kh, kw) array (through SciPy CSR), X_p the input zero-padded by p and dY^s the output
+gradient spread out by the stride (zeros between), in float64 with SciPy's 2-d correlation and
+convolution per (sample, filter, channel):
+
+.. math::
+
+    Y[b, o] = \\Big(\\sum_c X_p[b, c] \\star K[o, c]\\Big)[::s, ::s] + b_o, \\qquad
+    dX_p[b, c] = \\sum_o dY^s[b, o] * K[o, c] \\ (\\text{full}), \\qquad
+    dK[o, c] = \\sum_b X_p[b, c] \\star dY^s[b, o]
+
+(``\\star`` valid correlation, ``*`` convolution), dX is dX_p without its padding, and the value
+gradient is dK read at the stored positions. Tolerances as in :mod:`._selftest`: (n + 1) eps32 times
+the largest sum of |terms|, n the terms per output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.signal import convolve2d, correlate2d
+
+from purerigl.formats import FORMATS
+from purerigl.nn import SparseConv2d
+
+from ._selftest import EPS32, Result, _describe, compare, slot_positions
+
+#: ((B, c_in, H, W), c_out, kernel, stride, padding, density): padding, a stride that leaves input rows
+#: unread, batch 1, odd and unequal sizes.
+CONV_CASES = (
+    ((2, 3, 7, 7), 5, 3, 1, 1, 0.4),
+    ((1, 2, 6, 5), 4, 2, 2, 0, 0.5),
+    ((2, 2, 8, 7), 6, 3, 2, 1, 0.3),
+)
+#: Smaller cases for a backend on the CUDA simulator.
+TINY_CONV_CASES = (
+    ((1, 2, 5, 5), 3, 3, 1, 1, 0.4),
+    ((2, 1, 5, 6), 3, 2, 2, 0, 0.5),
+)
+
+
+def conv_oracle(X: np.ndarray, K: np.ndarray, bias: np.ndarray, dY: np.ndarray, stride: int, padding: int):
+    """float64 (Y, dX, dK) of the dense convolution of X (B, c_in, H, W) by K (c_out, c_in, kh, kw),
+    and its input and filter gradients for the output gradient dY (B, c_out, Ho, Wo), by SciPy's
+    correlate2d / convolve2d (no patch matrix)."""
+    B, c_in, H, W = X.shape
+    c_out, _, kh, kw = K.shape
+    s, p = stride, padding
+    Xp = np.pad(X, ((0, 0), (0, 0), (p, p), (p, p)))  # (B, c_in, H + 2p, W + 2p)
+    Hv, Wv = Xp.shape[2] - kh + 1, Xp.shape[3] - kw + 1  # the stride-1 output
+    dYs = np.zeros((B, c_out, Hv, Wv))
+    dYs[:, :, ::s, ::s] = dY  # (B, c_out, Hv, Wv): dY spread out by the stride
+    Y = np.empty(dY.shape)
+    dXp = np.zeros(Xp.shape)
+    dK = np.zeros(K.shape)
+    for b in range(B):
+        for o in range(c_out):
+            Y[b, o] = sum(correlate2d(Xp[b, c], K[o, c], mode="valid") for c in range(c_in))[::s, ::s] + bias[o]
+            for c in range(c_in):
+                dXp[b, c] += convolve2d(dYs[b, o], K[o, c], mode="full")
+                dK[o, c] += correlate2d(Xp[b, c], dYs[b, o], mode="valid")
+    return Y, dXp[:, :, p:p + H, p:p + W], dK
+
+
+def check_conv(backend, fmt: str, case, rng: np.random.Generator) -> list[Result]:
+    """Forward, input gradient, value gradient and bias gradient of one SparseConv2d on ``backend``."""
+    (B, c_in, H, W), c_out, k, s, p, density = case
+    n_in = c_in * k * k
+    Wm = FORMATS[fmt].random((c_out, n_in), density, rng)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    X = rng.standard_normal((B, c_in, H, W)).astype(np.float32)
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    dY = rng.standard_normal((B, c_out, Ho, Wo)).astype(np.float32)
+    K = Wm.to_scipy().toarray().astype(np.float64).reshape(c_out, c_in, k, k)
+    X64, dY64, b64 = X.astype(np.float64), dY.astype(np.float64), bias.astype(np.float64)
+    Y, dX, dK = conv_oracle(X64, K, b64, dY64, s, p)
+    aY, adX, adK = conv_oracle(np.abs(X64), np.abs(K), np.abs(b64), np.abs(dY64), s, p)
+    rows, cols = slot_positions(Wm)
+    values_shape = Wm.values.shape
+    label = f"conv {k}x{k}/{s} p{p}"
+    expected = {  # op -> (expected, magnitude, terms per output)
+        "forward": (Y, aY, n_in + 1),
+        "input grad": (dX, adX, c_out * k * k),
+        "value grad": (dK.reshape(c_out, n_in)[rows, cols].reshape(values_shape),
+                       adK.reshape(c_out, n_in)[rows, cols].reshape(values_shape), B * Ho * Wo),
+        "bias grad": (dY64.sum(axis=(0, 2, 3)), np.abs(dY64).sum(axis=(0, 2, 3)), B * Ho * Wo),
+    }
+    try:
+        layer = SparseConv2d(Wm, c_in, k, s, p, bias=bias, backend=backend)
+        got = {"forward": backend.to_host(layer.forward(backend.to_device(X)))}
+        got["input grad"] = backend.to_host(layer.backward(backend.to_device(dY)))
+        got["value grad"] = backend.to_host(layer.weight.grad)
+        got["bias grad"] = backend.to_host(layer.bias.grad)
+    except Exception as err:  # a crashing layer fails every check of the case, with its message
+        return [Result(fmt, f"{label} {op}", (c_out, n_in), B, float("nan"),
+                       (n + 1) * EPS32 * float(np.max(m, initial=0.0)), False, _describe(err))
+                for op, (_, m, n) in expected.items()]
+    results = []
+    for op, (want, magnitude, n_terms) in expected.items():
+        err, tol, note = compare(np.asarray(got[op]), want, magnitude, n_terms)
+        results.append(Result(fmt, f"{label} {op}", (c_out, n_in), B, err, tol, not note, note))
+    return results
+
+
+def run_conv_selftest(backend, seed: int = 0, tiny: bool = False, formats=None) -> list[Result]:
+    """:func:`check_conv` for every format and case (:data:`TINY_CONV_CASES` if ``tiny``); each
+    (case, format) draws its inputs from its own seed."""
+    cases = TINY_CONV_CASES if tiny else CONV_CASES
+    results = []
+    for f_idx, fmt in enumerate(formats or FORMATS):
+        for c_idx, case in enumerate(cases):
+            results.extend(check_conv(backend, fmt, case, np.random.default_rng([seed, 101, c_idx, f_idx])))
+    return results
