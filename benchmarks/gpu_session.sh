@@ -2,8 +2,8 @@
 # Everything a session on a GPU machine should run for the cuda backend, in one go (issue 5, section 4):
 #   1. the machine (nvidia-smi, library versions), 2. an offline editable install,
 #   3. the cuda tests on the real GPU (PURERIGL_TEST_REAL_GPU=1: the simulator off),
-#   4. `purerigl check --backend cuda` (every product against SciPy, every method's update against
-#      the reference backend), 5. `purerigl bench gpu` (kernels against cuBLAS/cuSPARSE through
+#   4. `purerigl check --backend cuda` (every product against SciPy, a sparse convolution in every
+#      format against SciPy's correlate2d, every method's update against the reference backend), 5. `purerigl bench gpu` (kernels against cuBLAS/cuSPARSE through
 #      PyTorch/CuPy, training step and update against the cpu backend).
 # Each step has its own time limit (T_TESTS, T_CHECK, T_KERNELS, T_GROWTH, T_TRAIN, T_CNN seconds in the
 # environment override them) so that one slow step cannot eat the others' time. "verify" (steps 1-4,
