@@ -55,6 +55,9 @@ def export(model, out):
     """
     if model.resolve() == out.resolve():
         raise click.UsageError(f"OUT {out} is MODEL itself; name another file")
+    if out.suffix != ".safetensors":  # a safetensors file under another name would not load as that
+        raise click.UsageError(f"OUT {out} must end in .safetensors: export writes the safetensors format "
+                               "(a model.npz is already NumPy's own)")
     meta = export_safetensors(model, out)
     layers = ", ".join(f"{layer['format']} {layer['shape'][0]}x{layer['shape'][1]}" for layer in meta["layers"])
     click.echo(f"wrote {out}: {len(meta['layers'])} layers ({layers})")

@@ -298,6 +298,8 @@ def test_export_bad_input_exits_2(tmp_path):
     model = tmp_path / "m.npz"
     save_model(model, MLP([Dense(np.ones((2, 3), np.float32))]), normalisation={"mean": 0, "std": 1})
     assert_usage_error(invoke(["export", model, model]), "MODEL itself")
+    assert_usage_error(invoke(["export", model, tmp_path / "o.npz"]), "o.npz", "must end in .safetensors")
+    assert not (tmp_path / "o.npz").exists()
 
 
 # --------------------------------------------------------------------------------------------------
