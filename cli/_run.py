@@ -159,9 +159,9 @@ def build_run(opts: dict, resuming: bool = False) -> tuple[Trainer, dict]:
             install_init_masks(model, opts["init_masks"], budgets, fmt, seed)
         budget_of = {f"layer{i}": b for i, b in enumerate(budgets)}
     else:
-        if opts.get("init_masks") is not None:
-            raise click.UsageError(f"--init-masks trains --model mlp only for now, not {opts['model']}")
         model, budget_of = _models.build_network(opts, data, fmt, backend)
+        if opts.get("init_masks") is not None and not resuming:
+            install_init_masks(model, opts["init_masks"], budget_of, fmt, seed)
     steps = config.epochs * -(-data.x_train.shape[0] // config.batch_size)
     schedule = UpdateSchedule.from_fraction(steps, delta_t=opts["delta_t"], alpha=opts["alpha"], t_end=opts["t_end"])
     if method == "dynadiag" and sparsity > 0:

@@ -252,9 +252,11 @@ def _resume_options(ctx: click.Context, raw: dict, session: dict) -> tuple[dict,
     default=None,
     metavar="FILE",
     help="Start from your masks instead of random ones: a .npz or .safetensors file with layer0.mask, "
-    "layer1.mask, ... (bool, n_out x n_in), each holding its layer's budget in the run's format (exit 2 "
-    "naming the layer otherwise); values are drawn as for a random start. Only a fresh run reads it "
-    "(--resume restores the structure from the checkpoint). See docs/interop.md.",
+    "layer1.mask, ... (bool, n_out x n_in) for an MLP, conv1.mask, fc0.mask, ... (the names the run "
+    "prints; a convolution's also c_out x c_in x kh x kw) for a CNN or the ViT, each holding its layer's "
+    "budget in the run's format (exit 2 naming the layer otherwise); values are drawn as for a random "
+    "start. Only a fresh run reads it (--resume restores the structure from the checkpoint). See "
+    "docs/interop.md.",
 )
 @seed_option
 @backend_option

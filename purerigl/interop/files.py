@@ -2,8 +2,11 @@
 
 A masks file is a ``.npz`` (read without pickles) or ``.safetensors`` file (with the ``safetensors``
 extra) holding ``L.mask`` (n_out, n_in), bool or 0/1, for each layer L of the run, named as purerigl
-names them: ``layer0`` is the first linear layer (n_features -> first hidden width), ``layer1`` the
-next, and so on. Other keys are ignored, so a BEFORE file of ``purerigl verify-update`` serves as it is.
+names them: in an MLP ``layer0`` is the first linear layer (n_features -> first hidden width),
+``layer1`` the next, and so on; in a network (``--model lenet5`` & co.) the layer's own name
+(``conv1``, ``fc0``, ...), a convolution's mask the (c_out, c_in * kh * kw) matrix of its filters or
+its weight's (c_out, c_in, kh, kw) shape (the CLI flattens it, ``cli/_init_masks.py``). Other keys are
+ignored, so a BEFORE file of ``purerigl verify-update`` serves as it is.
 
 Each mask is held to what the run would have built at random (:func:`init_structures`):
 
@@ -81,13 +84,13 @@ def _count_rule(fmt: str, shape, budget: int, W) -> str | None:
             f"{min(n_out, n_in)})) = {K}")
 
 
-def init_structures(arrays: dict, shapes, budgets, fmt: str, rng, file="masks") -> list:
+def init_structures(arrays: dict, shapes, budgets, fmt: str, rng, file="masks", names=None) -> list:
     """One matrix of ``fmt`` per layer of the run, built from the file's masks; None for a dense layer.
 
     Parameters
     ----------
     arrays : dict str -> ndarray
-        The file's arrays (:func:`read_arrays`), ``layer{i}.mask`` for layer i.
+        The file's arrays (:func:`read_arrays`), ``{name}.mask`` for each layer name.
     shapes : list of (n_out, n_in)
     budgets : list of int
         The layers' connection budgets C (a layer with C = n_out * n_in is dense).
@@ -97,12 +100,15 @@ def init_structures(arrays: dict, shapes, budgets, fmt: str, rng, file="masks") 
         Draws the values: Kaiming normal N(0, 2 / fan_in) with each row's fan-in.
     file : str
         The file's name, for the messages.
+    names : list of str, optional
+        The layers' names (a network's: ``conv1``, ``fc0``, ...); default ``layer0``, ``layer1``, ...
+        (an MLP's).
 
     Raises :class:`InitMaskError` (one line naming the file and the layer) for a mask that is missing,
     of another shape, not bool (or 0/1), that the format cannot hold or whose count is not the budget's,
     and for a mask of a layer the run does not have.
     """
-    names = [f"layer{i}" for i in range(len(shapes))]
+    names = [f"layer{i}" for i in range(len(shapes))] if names is None else list(names)
     extra = [key for key in arrays if key.endswith(".mask") and key[: -len(".mask")] not in names]
     if extra:
         raise InitMaskError(f"{file}: {extra[0]!r} names no layer of this run (its layers: {', '.join(names)})")
