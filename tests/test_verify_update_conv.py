@@ -186,6 +186,18 @@ def test_images_and_output_gradients_make_the_weight_gradient(batch):
     np.testing.assert_array_equal(layer.G, expected.reshape(shape[0], -1))
 
 
+def test_a_batch_in_chunks_of_samples_sums_to_the_same_gradient(monkeypatch):
+    from purerigl.dst.verify import inputs
+
+    rng = np.random.default_rng(3)
+    X = rng.integers(-2, 3, size=(5, 3, 6, 6)).astype(np.float32)
+    dY = rng.integers(-2, 3, size=(5, 4, 3, 3)).astype(np.float32)
+    whole = _layer_from_batch(X, dY, KERNEL, 2, 1).G
+    monkeypatch.setattr(inputs, "PATCH_CHUNK", 2 * 9 * 27)  # two samples per patch matrix
+    np.testing.assert_array_equal(_layer_from_batch(X, dY, KERNEL, 2, 1).G, whole)
+    np.testing.assert_array_equal(whole, _naive_conv_weight_grad(X, dY, 3, 3, 2, 1).reshape(MATRIX))
+
+
 def test_stride_and_padding_default_to_one_and_zero():
     rng = np.random.default_rng(0)
     X = rng.integers(-2, 3, size=(2, 2, 5, 6)).astype(np.float32)

@@ -17,6 +17,8 @@ from ..spec import MAX_DENSE_GRADIENT, dense_gradient, positions
 LAYER_FORMATS = {"rigl": "csr", "srigl": "condensed", "set": "csr", "gse": "csr", "diag-rigl": "diagonal"}
 #: Methods whose growth is drawn at random: only the determined parts are checked.
 RANDOM_METHODS = ("set", "gse")
+#: Entries of one patch matrix when a convolution's G is formed from its images (samples in chunks).
+PATCH_CHUNK = 1 << 22
 
 
 class VerifyInputError(PureriglError, ValueError):
@@ -216,9 +218,13 @@ def _batch_gradient(b: _Reader, full: tuple) -> np.ndarray:
         b.fail(f"{name}.x", f"images of {H} x {W} with padding {padding} are smaller than the {kh} x {kw} kernel")
     Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
     dy = b.get("dy", (B, c_out, Ho, Wo), "float")
-    patches = im2col(x.astype(np.float64), kh, kw, stride, padding)  # (B Ho Wo, c_in kh kw)
-    dy_rows = dy.astype(np.float64).transpose(0, 2, 3, 1).reshape(B * Ho * Wo, c_out)  # rows (b, ho, wo)
-    return dense_gradient(patches, dy_rows)
+    G = np.zeros((c_out, n_in))
+    step = max(1, PATCH_CHUNK // (Ho * Wo * n_in))  # samples per patch matrix
+    for a in range(0, B, step):
+        patches = im2col(x[a:a + step].astype(np.float64), kh, kw, stride, padding)  # (n Ho Wo, c_in kh kw)
+        dy_rows = dy[a:a + step].astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, c_out)  # rows (b, ho, wo)
+        G += dense_gradient(patches, dy_rows)
+    return G
 
 
 # ------------------------------------------------------------------------------- structure from the mask
