@@ -10,8 +10,6 @@ crashing layer fails with its message.
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,7 +17,7 @@ from hypothesis import strategies as st
 
 from purerigl.cli._conv_selftest import CONV_CASES, TINY_CONV_CASES, conv_oracle, run_conv_selftest
 from purerigl.kernels import get_backend
-from purerigl.kernels.registry import Backend
+from planted import broken_backend
 
 OPS = ("forward", "input grad", "value grad", "bias grad")
 
@@ -74,15 +72,6 @@ def test_every_conv_check_passes_on_cuda():
     assert all(r.passed for r in results), [r for r in results if not r.passed]
 
 
-def _broken(**replacements) -> Backend:
-    """The cpu backend with some operations replaced."""
-    cpu = get_backend("cpu")
-    module = types.ModuleType("broken")
-    module.__dict__.update({k: v for k, v in vars(cpu.module).items() if not k.startswith("__")})
-    module.__dict__.update(replacements)
-    return Backend("broken", module)
-
-
 def _failed_ops(backend):
     """The checks (forward, input grad, ...) that fail in some case and format."""
     return {next(op for op in OPS if r.op.endswith(op)) for r in run_conv_selftest(backend, seed=1) if not r.passed}
@@ -102,14 +91,14 @@ def test_a_fault_in_one_operation_fails_what_depends_on_it():
         flat[[-1, -2]] = flat[[-2, -1]]
         return g
 
-    assert _failed_ops(_broken(col2im_t=col2im_t_off)) == {"input grad"}
-    assert _failed_ops(_broken(sddmm_fm=sddmm_fm_swapped)) == {"value grad"}
+    assert _failed_ops(broken_backend(col2im_t=col2im_t_off)) == {"input grad"}
+    assert _failed_ops(broken_backend(sddmm_fm=sddmm_fm_swapped)) == {"value grad"}
 
 
 def test_a_crashing_layer_fails_every_check_of_its_case_with_the_message():
     def im2col_t_raises(*args, **kwargs):
         raise RuntimeError("planted failure")
 
-    results = run_conv_selftest(_broken(im2col_t=im2col_t_raises), seed=0)
+    results = run_conv_selftest(broken_backend(im2col_t=im2col_t_raises), seed=0)
     assert results and not any(r.passed for r in results)
     assert all("planted failure" in r.note for r in results)

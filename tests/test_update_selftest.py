@@ -11,24 +11,13 @@ the command lists the update rows, says what it compares, and exits 1 on a failu
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from purerigl.cli._update_selftest import UPDATE_METHODS, run_update_selftest
 from purerigl.kernels import get_backend, host_selection, host_topology
-from purerigl.kernels.registry import Backend
-
-
-def _broken(**replacements) -> Backend:
-    """The cpu backend with some operations replaced."""
-    cpu = get_backend("cpu")
-    module = types.ModuleType("broken")
-    module.__dict__.update({k: v for k, v in vars(cpu.module).items() if not k.startswith("__")})
-    module.__dict__.update(replacements)
-    return Backend("broken", module)
+from planted import broken_backend
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -79,7 +68,7 @@ def test_a_faulty_selection_fails_the_checks_that_use_it():
     def worst_instead_of_best(scores, tags, n, salt=0, among=None):  # the n smallest |scores|: a sign error in a kernel
         return host_selection.top_k(1.0 / (np.abs(scores) + 1.0), tags, n, salt, among=among)
 
-    results = run_update_selftest(_broken(top_k=worst_instead_of_best), seed=1)
+    results = run_update_selftest(broken_backend(top_k=worst_instead_of_best), seed=1)
     by_op = {r.op: r for r in results}
     for op in ("update diag-rigl", "update gse uniform", "update srigl 0.3"):  # all rank with top_k
         assert not by_op[op].passed, op
@@ -91,7 +80,7 @@ def test_a_crashing_operation_is_a_failed_check_with_its_message():
     def boom(*args, **kwargs):
         raise RuntimeError("kernel launch failed")
 
-    results = run_update_selftest(_broken(diag_grad_norms=boom), seed=0)
+    results = run_update_selftest(broken_backend(diag_grad_norms=boom), seed=0)
     bad = [r for r in results if not r.passed]
     assert [r.op for r in bad] == ["update diag-rigl", "update dynadiag"]  # both score growth with it
     assert "RuntimeError: kernel launch failed" in bad[0].note
