@@ -24,7 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from purerigl.dst import verify as V
-from test_verify_update import _cli, _files, _n_prune, rigl_masked_dense, srigl_masked_dense
+from test_verify_update import (
+    _cli, _files, _gse_masked_dense, _n_prune, rigl_masked_dense, srigl_masked_dense,
+)
 
 KERNEL = (4, 3, 3, 3)  # (c_out, c_in, kh, kw)
 MATRIX = (4, 27)
@@ -119,6 +121,19 @@ def test_diag_rigl_on_a_convolution_reads_diagonals_of_the_filter_matrix():
     conv, flat = _reports("diag-rigl", W, mask, G, W, mask)  # an update that changed nothing
     assert conv["unit"] == "diagonal" and conv["status"] == "differs"
     _same_verdict(conv, flat)
+
+
+def test_gse_candidates_are_flat_weight_indices_and_messages_name_weight_indices():
+    W, mask, G = _conv_layer(6)
+    candidates = np.random.default_rng(6).choice(W.size, 40, replace=False)
+    W_bug, mask_bug = _gse_masked_dense(W, mask, G, 0.2, candidates, best=False)  # grows the worst candidates
+    before = {"conv.weight": W, "conv.mask": mask, "conv.grad": G, "conv.candidates": candidates.astype(np.int64)}
+    report = V.verify_arrays("gse", before, {"conv.weight": W_bug, "conv.mask": mask_bug}, 0.2)[0]
+    [finding] = [f for f in report.findings if not f.allowed]
+    assert str(finding.cause) == "growth-not-by-gradient"
+    named = tuple(int(v) for v in finding.message.split("e.g. (")[1].split(")")[0].split(", "))
+    assert len(named) == 4 and np.ravel_multi_index(named, KERNEL) in candidates  # a candidate left ungrown
+    assert not mask_bug[named] and not mask[named]
 
 
 def test_the_text_report_names_filters_and_weight_indices(tmp_path):

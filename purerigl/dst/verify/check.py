@@ -307,6 +307,12 @@ def _counts(method, layer: LayerInput, ours, O, alpha) -> dict:
     return counts
 
 
+def _position_name(layer: LayerInput):
+    """Flat position -> "(row, col)", or a convolution's weight index "(filter, channel, i, j)"."""
+    shape = (layer.mask.shape[0], *layer.kernel_shape) if layer.kernel_shape else layer.mask.shape
+    return lambda p: "(" + ", ".join(str(int(v)) for v in np.unravel_index(int(p), shape)) + ")"
+
+
 def _deterministic_findings(method, layer: LayerInput, fav, alpha) -> list[Finding]:
     """The causes for rigl, srigl and diag-rigl, once the favoured run showed a real difference."""
     a, u = layer.mask.ravel(), layer.after_mask.ravel()
@@ -321,7 +327,7 @@ def _deterministic_findings(method, layer: LayerInput, fav, alpha) -> list[Findi
     w, g = scores_of(layer.weight.ravel()), scores_of(G.ravel())
     if method == "rigl":
         d, _, text = _rule_counts(method, int(a.sum()), alpha)
-        return layer_wide_findings(a, u, w, g, d, d, growth="regrow", count_text=text)
+        return layer_wide_findings(a, u, w, g, d, d, growth="regrow", count_text=text, name_of=_position_name(layer))
     n_prune = floor_count(alpha, int(a.sum()))
     return srigl_findings(a, u, w, g, layer.mask.shape, layer.budget, n_prune, fav.W.rows.astype(np.int64))
 
@@ -334,7 +340,8 @@ def _random_method_findings(method, layer: LayerInput, alpha) -> list[Finding]:
     n = int(a.sum())
     if method == "set":
         d, _, text = _rule_counts(method, n, alpha)
-        return layer_wide_findings(a, u, w, None, d, d, growth="regrow", count_text=text)
+        return layer_wide_findings(a, u, w, None, d, d, growth="regrow", count_text=text,
+                                   name_of=_position_name(layer))
     n_change = ceil_count(alpha, n)
     cand = None
     if layer.candidates is not None:
@@ -346,7 +353,7 @@ def _random_method_findings(method, layer: LayerInput, alpha) -> list[Finding]:
         k = min(n_change, int((u & ~a).sum()))
         text = f" (GSE drops as many as it grows, at most ceil({alpha} * {n}) = {n_change})"
     return layer_wide_findings(a, u, w, g if cand is not None else None, k, k, growth="new", candidates=cand,
-                               count_text=text)
+                               count_text=text, name_of=_position_name(layer))
 
 
 def verify_arrays(method: str, before: dict, after: dict, alpha, *, gamma_sal: float = 0.3, salt: int = 0,

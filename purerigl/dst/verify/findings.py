@@ -135,7 +135,7 @@ def _count_off(a, u, wrank, g, n_drop: int, unit: str, count_text: str) -> list[
 
 
 def layer_wide_findings(a, u, w, g, n_drop: int, n_grow: int, *, growth: str, candidates=None,
-                        unit: str = "position", count_text: str = "") -> list[Finding]:
+                        unit: str = "position", count_text: str = "", name_of=str) -> list[Finding]:
     """The causes of a layer-wide drop-and-grow update that does not follow its rule.
 
     Units are positions (RigL, SET, GSE) or diagonals (diag-rigl, their norms as scores).
@@ -154,6 +154,9 @@ def layer_wide_findings(a, u, w, g, n_drop: int, n_grow: int, *, growth: str, ca
         included) or "new" (GSE: only positions inactive before, among ``candidates`` when given).
     candidates : bool (N,) or None
         GSE's drawn candidates.
+    name_of : callable
+        A unit's name in a message from its flat index (default ``str``; positions are named by their
+        (row, col), or a convolution's weight index, by the caller).
 
     First, when ``u`` is the rule's update for another drop count d, that is the cause
     (:func:`_count_off`). Otherwise the rule's kept set K is the top n - n_drop of ``a`` by |w|, equal
@@ -231,7 +234,7 @@ def layer_wide_findings(a, u, w, g, n_drop: int, n_grow: int, *, growth: str, ca
             hint = (" (it was just dropped: a just-dropped position may grow back)"
                     if growth == "regrow" and a[best] else "")
             out.append(_finding(GROWTH_NOT_BY_GRADIENT, f"{int(bad.sum())} grown {unit}(s) have |G| below "
-                                f"{thr:.6g}, the score of a {unit} left ungrown, e.g. {best}{hint}", bad, unit))
+                                f"{thr:.6g}, the score of a {unit} left ungrown, e.g. {name_of(best)}{hint}", bad, unit))
     return out
 
 
