@@ -338,6 +338,8 @@ def test_no_usable_cuda_backend_exits_2(monkeypatch):
         (["--shape", "12"], "--shape"),
         (["--quick", "--hidden", "a,b"], "--hidden"),
         (["--quick", "--part", "train", "--hidden", "2", "--train-sparsity", "0.9"], "k = 0"),
+        (["--quick", "--part", "train", "--model", "lenet5", "--hidden", "8"], "--hidden"),
+        (["--quick", "--part", "train", "--model", "alexnet"], "--model"),
     ],
 )
 def test_bad_option_exits_2_with_one_line_error(args, word):
@@ -359,3 +361,40 @@ def test_train_part_reads_mnist_from_data_dir(tmp_path):
     assert report["kernels"] is None and report["meta"]["train"]["arch"] == "784-8-10"
     assert report["meta"]["train"]["inputs"].startswith("MNIST training images")
     assert [r["method"] for r in report["train"]] == ["static"] and report["train"][0]["cuda"]["step_ms"] > 0
+
+
+# ------------------------------------------------------------------------------------------ CNNs
+
+
+def test_train_part_times_a_cnn_on_both_backends_and_its_dense_torch_twin(tmp_path):
+    pytest.importorskip("torch")
+    path, md_path = tmp_path / "g.json", tmp_path / "g.md"
+    result = run(["--quick", "--part", "train", "--model", "lenet5", "--method", "static", "--method", "rigl",
+                  "--train-batch", "2", "--json", str(path), "--out-md", str(md_path)])
+    assert result.exit_code == 0, result.output
+    report, md = json.loads(path.read_text()), md_path.read_text()
+    train = report["meta"]["train"]
+    assert (train["model"], train["input_shape"]) == ("lenet5", [1, 4, 4])
+    assert train["arch"] == "lenet5 1x4x4 channels=(2, 4) hidden=(8,)"  # the simulator's narrow LeNet-5
+    rows = report["train"]
+    assert [r["method"] for r in rows] == ["static", "rigl"] and report["errors"] == []
+    for r in rows:
+        assert r["cpu"]["step_ms"] > 0 and r["cuda"]["step_ms"] > 0
+        assert r["torch_dense"]["step_ms"] > 0 and r["torch_dense"]["device"] in ("cpu", "cuda")
+        assert r["dense_speedup"] == pytest.approx(r["torch_dense"]["step_ms"] / r["cuda"]["step_ms"])
+    assert rows[0]["torch_dense"] == rows[1]["torch_dense"]  # timed once per batch
+    assert "lenet5 1x4x4 channels=(2, 4) hidden=(8,) CNN at 0.7 sparsity" in md and "torch dense step ms (" in md
+    assert len(table_rows(md, "network")) == 2
+
+
+def test_without_torch_the_dense_twin_is_skipped_with_a_note(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" raises ImportError
+    path = tmp_path / "g.json"
+    result = run(["--quick", "--part", "train", "--method", "static", "--json", str(path), "--out-md",
+                  str(tmp_path / "g.md")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(path.read_text())
+    assert report["errors"] == [] and "skipped" in report["train"][0]["torch_dense"]
+    assert "torch dense not timed: PyTorch is not installed" in (tmp_path / "g.md").read_text()
+    off = run(["--quick", "--part", "train", "--method", "static", "--no-torch-dense", "--json", str(path)])
+    assert off.exit_code == 0 and "torch_dense" not in json.loads(path.read_text())["train"][0]

@@ -114,16 +114,24 @@ def kernel_table(rows: list[dict], libs: list[str]) -> list[str]:
 
 
 def train_table(rows: list[dict]) -> list[str]:
-    """Markdown table of the training part: cpu against cuda per method and batch."""
+    """Markdown table of the training part: cpu against cuda per method and batch, and the dense PyTorch
+    twin's step (its device in the header) where it was timed."""
+    dense = next((r["torch_dense"] for r in rows if "torch_dense" in r), None)
     head = ["network", "method", "format", "batch", "cpu step ms", "cuda step ms", "cpu/cuda step",
             "cpu update ms", "cuda update ms", "cpu/cuda update"]
-    lines = ["| " + " | ".join(head) + " |", "| --- | --- | --- | " + " | ".join(["---:"] * 7) + " |"]
+    if dense is not None:
+        head += [f"torch dense step ms ({dense.get('device') or 'not run'})", "dense/cuda step"]
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- | --- | " + " | ".join(["---:"] * (len(head) - 3)) + " |"]
     for r in rows:
         cpu, cuda = r.get("cpu", {}), r.get("cuda", {})
-        lines.append("| " + " | ".join([
-            r["arch"], r["method"], r["format"], str(r["batch"]), _cell(cpu, "step_ms"), _cell(cuda, "step_ms"),
-            _fmt_ratio(r["step_speedup"]), _cell(cpu, "update_ms", r["method"]), _cell(cuda, "update_ms", r["method"]),
-            _fmt_ratio(r["update_speedup"])]) + " |")
+        cells = [r["arch"], r["method"], r["format"], str(r["batch"]), _cell(cpu, "step_ms"), _cell(cuda, "step_ms"),
+                 _fmt_ratio(r["step_speedup"]), _cell(cpu, "update_ms", r["method"]),
+                 _cell(cuda, "update_ms", r["method"]), _fmt_ratio(r["update_speedup"])]
+        if dense is not None:
+            cells += [_cell(r.get("torch_dense", {}), "step_ms"), _fmt_ratio(r.get("dense_speedup"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    if dense is not None and "skipped" in dense:
+        lines += ["", f"torch dense not timed: {dense['skipped']}."]
     return lines
 
 
@@ -182,7 +190,9 @@ GROWTH_TEXT = (
 TRAIN_TEXT = (
     "One step: forward, softmax cross-entropy, backward, SGD momentum 0.9 (`purerigl bench train`'s code), each "
     "method on its default format; one update: every sparse layer, drop fraction 0.3. Same seed and inputs on both "
-    "backends; the device is synchronised before each clock read. cpu/cuda above 1x: cuda faster."
+    "backends; the device is synchronised before each clock read. cpu/cuda above 1x: cuda faster. torch dense: "
+    "the same network dense in PyTorch (cuDNN / cuBLAS), the same step with torch.optim.SGD, timed once per batch; "
+    "dense/cuda above 1x: purerigl's sparse cuda step faster than the dense one."
 )
 
 
@@ -200,7 +210,8 @@ def format_report(report: dict) -> str:
                   GROWTH_TEXT, ""] + growth_table(report["growth"], libs)
     if report.get("train") is not None:
         t = m["train"]
-        lines += ["", f"## Training step: {t['arch']} MLP at {t['sparsity']:g} sparsity, {t['inputs']}", "",
+        kind = "MLP" if t.get("model", "mlp") == "mlp" else "CNN"
+        lines += ["", f"## Training step: {t['arch']} {kind} at {t['sparsity']:g} sparsity, {t['inputs']}", "",
                   TRAIN_TEXT, ""] + train_table(report["train"])
     problems = report.get("failures", []) + report.get("errors", [])
     if problems:
@@ -235,5 +246,7 @@ def row_failures(row: dict) -> list[str]:
 
 def train_errors(rows: list[dict]) -> list[str]:
     """One line per training cell that raised."""
-    return [f"train {r['method']} batch {r['batch']} on {b}: {r[b]['error']}"
-            for r in rows for b in ("cpu", "cuda") if "error" in r.get(b, {})]
+    out = [f"train {r['method']} batch {r['batch']} on {b}: {r[b]['error']}"
+           for r in rows for b in ("cpu", "cuda") if "error" in r.get(b, {})]
+    dense = {(r["batch"], r["torch_dense"]["error"]) for r in rows if "error" in r.get("torch_dense", {})}
+    return out + [f"train batch {batch}, torch dense: {error}" for batch, error in sorted(dense)]

@@ -8,12 +8,13 @@ Two parts, one command, so that a session with a few minutes on a GPU runs one p
   (whichever import; ``--libraries``). Every product is checked against a float64 host reference
   before it is timed (:func:`purerigl.cli._selftest.compare`); a product that disagrees is not timed
   and the command exits 1 once the report is written.
-- **train**: one training step (forward, loss, backward, SGD momentum) and one topology update of
-  an MLP (default MNIST 784-300-100-10 at 90%) per method on its default format, on ``cuda`` and on
-  ``cpu`` in the same process, same seed, by the code of ``purerigl bench train``
-  (:func:`purerigl.cli.bench.train._train_step_fn`, :func:`~purerigl.cli.bench.train._update_fn`),
-  the device synchronised before each clock read. An error in one cell (a method that does not run
-  on a backend yet) is reported in the table and does not change the exit code.
+- **train** (:mod:`._gpu_train`): one training step (forward, loss, backward, SGD momentum) and one
+  topology update of an MLP (default MNIST 784-300-100-10 at 90%) or a built-in CNN (``--model``) per
+  method on its default format, on ``cuda`` and on ``cpu`` in the same process, same seed, by the code
+  of ``purerigl bench train`` (:func:`purerigl.cli.bench._train_common.train_step_fn`, ``update_fn``),
+  the device synchronised before each clock read; and the same network dense in PyTorch (cuDNN and
+  cuBLAS on the GPU: the dense baseline, ``--no-torch-dense`` leaves it out). An error in one cell (a
+  method that does not run on a backend yet) is reported in the table and does not change the exit code.
 
 Timing (:func:`time_device`): two warm-up calls (compilation, library handles, memory pools) are
 excluded; one synchronised call sizes a sample of ``k`` back-to-back calls (about 2 ms of work, at
@@ -43,12 +44,10 @@ import numba
 import numpy as np
 
 from purerigl import get_backend
-from purerigl.dst import METHODS, make_method, resolve_format
-from purerigl.dst.dynadiag import DynaDiagOptions, gate_model
+from purerigl.dst import METHODS
 from purerigl.formats import FORMATS
-from purerigl.nn import build_mlp, parse_hidden
-from purerigl.optim import make_optimizer
-from purerigl.formats.budget import layer_budget, random_layer
+from purerigl.formats.budget import random_layer
+from purerigl.nn import ModelError, parse_hidden
 
 from .._options import FiniteFloatRange, SHAPE, seed_option
 from .._selftest import compare
@@ -58,9 +57,9 @@ from ._gpu_devices import (
     MAX_PER_SAMPLE, SAMPLE_S, Product, PureriglClock, _one_line, gpu_meta, load_libraries, time_device,
 )
 from ._gpu_growth import run_growth
-from ._gpu_report import SIMULATOR_WARNING, _fmt_ms, plan_text, row_failures, train_errors, write_outputs
-from ._shared import MAX_DENSE, command_line, machine_meta, measure, quick_default, thread_limit
-from .train import _train_step_fn, _update_fn
+from ._gpu_report import SIMULATOR_WARNING, _fmt_ms, plan_text, row_failures, write_outputs
+from ._gpu_train import TrainNet, check_networks, run_train
+from ._shared import CNN_INPUT_SHAPES, MAX_DENSE, command_line, machine_meta, quick_default, thread_limit
 
 #: Defaults of the full run (about 5 minutes on an H200, compilation included).
 DEFAULTS = {"sparsities": (0.8, 0.9, 0.95, 0.99), "batches": (1, 256, 2048),
@@ -68,6 +67,11 @@ DEFAULTS = {"sparsities": (0.8, 0.9, 0.95, 0.99), "batches": (1, 256, 2048),
 #: ``--quick``: tiny shapes and budgets, for the tests on the simulator (the numbers mean nothing).
 QUICK = {"shape": (12, 48), "sparsities": (0.9,), "batches": (1, 4), "hidden": "8", "train_batches": (4,),
          "train_sparsity": 0.7, "budget": 0.005, "max_call": 0.05, "features": 10, "classes": 3, "min_runs": 2}
+#: ``--quick`` with a CNN: tiny images and two channels per layer (the simulator runs a Python thread per
+#: GPU thread): (input shape, architecture options).
+QUICK_CNNS = {"lenet5": ((1, 4, 4), (("channels", (2, 4)), ("hidden", (8,)))),
+              "vgg-small": ((1, 4, 4), (("widths", (2, 2)), ("convs_per_block", 1))),
+              "resnet20": ((3, 4, 4), (("widths", (2, 2, 2)), ("blocks", 1)))}
 #: Seconds per sample of back-to-back calls, and the most calls in one sample.
 SAMPLE_S, MAX_PER_SAMPLE = 2e-3, 100
 
@@ -233,93 +237,6 @@ def _progress_text(row: dict) -> str:
 # ------------------------------------------------------------------------------------------------ train
 
 
-def _training_inputs(data, batch: int, n_features: int, n_classes: int, seed: int):
-    """(X, y) of one batch: the first rows of the data set's training split, or synthetic of that shape."""
-    if data is not None:
-        return np.ascontiguousarray(data.x_train[:batch]), np.ascontiguousarray(data.y_train[:batch])
-    rng = np.random.default_rng([seed, batch])
-    return rng.standard_normal((batch, n_features)).astype(np.float32), rng.integers(0, n_classes, size=batch)
-
-
-def _budgets(model, method: str, sparsity: float) -> dict:
-    """Connection budget of every sparse layer, as ``purerigl bench train`` sets it (SRigL from the sparsity)."""
-    if method == "srigl":
-        return {layer.name: layer_budget(layer.shape, sparsity) for layer in model.sparse_layers()}
-    return {layer.name: int(layer.W.nnz) for layer in model.sparse_layers()}
-
-
-def _synced(fn, backend):
-    """``fn`` followed by a device synchronisation, so the clock read after it counts the queued work."""
-
-    def call():
-        fn()
-        backend.synchronize()
-
-    return call
-
-
-def _measure_compiled(fn, budget_s: float, max_call_s: float, repeat: int, once: bool):
-    """:func:`measure` of ``fn`` after one untimed call (compilation); with ``once`` neither that call nor
-    a second one for a slow first call (see :func:`train_cell`)."""
-    if not once:
-        fn()
-    return measure(fn, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat, compiled=once)
-
-
-def train_cell(backend, method, fmt, X, y, *, widths, hidden, sparsity, seed, budget_s, max_call_s, repeat,
-               once: bool = False) -> dict:
-    """Median step and update time of one method on one backend (``error`` instead when it raises).
-
-    One untimed call first compiles the kernels, so that :func:`measure` (whose own first call is a
-    warm-up too, and which times a call slower than ``max_call_s`` once) sees compiled calls.
-    ``once`` (``--quick``): no extra call, and a call slower than ``max_call_s`` is timed by its first
-    call alone, so that the tests on the simulator stay short (those numbers mean nothing anyway).
-    """
-    try:
-        model = build_mlp(widths[0], hidden, widths[-1], fmt=fmt, sparsity=sparsity, backend=backend,
-                          rng=np.random.default_rng(seed))
-        if method == "dynadiag":  # soft gates over a window of 2K diagonals (the default run's first epochs)
-            gate_model(model, _budgets(model, method, sparsity), DynaDiagOptions(), np.random.default_rng(seed), 1.0)
-        optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
-        step = _synced(_train_step_fn(model, optimizer, X, y), backend)
-        t_step = _measure_compiled(step, budget_s, max_call_s, repeat, once)
-        cell = {"step_ms": t_step.median_s * 1e3, "update_ms": None, "runs": {"step": t_step.runs, "update": 0}}
-        if method != "static":
-            update = _update_fn(model, optimizer, make_method(method, fmt), _budgets(model, method, sparsity),
-                                np.random.default_rng(seed))
-            t_up = _measure_compiled(_synced(update, backend), budget_s, max_call_s, repeat, once)
-            cell.update(update_ms=t_up.median_s * 1e3, runs={"step": t_step.runs, "update": t_up.runs})
-        return cell
-    except Exception as err:  # noqa: BLE001 - reported in the table; the other cells still run
-        return {"step_ms": None, "update_ms": None, "error": f"{type(err).__name__}: {_one_line(err)}",
-                "traceback": traceback.format_exc(limit=6)}
-
-
-def run_train(backends, methods, batches, *, data, widths, hidden, sparsity, seed, budget_s, max_call_s, repeat,
-              progress, rows: list, checkpoint=lambda: None, once: bool = False) -> list[dict]:
-    """One row per (batch, method), appended to ``rows``: step and update times on every backend of
-    ``backends`` (cpu, cuda); ``checkpoint()`` runs after each row."""
-    arch = "-".join(str(w) for w in widths)
-    for batch in batches:
-        X, y = _training_inputs(data, batch, widths[0], widths[-1], seed)
-        for method in methods:
-            fmt = resolve_format(method, None)
-            row = {"arch": arch, "method": method, "format": fmt, "sparsity": sparsity, "batch": batch}
-            for backend in backends:
-                row[backend.name] = train_cell(backend, method, fmt, X, y, widths=widths, hidden=hidden,
-                                               sparsity=sparsity, seed=seed, budget_s=budget_s,
-                                               max_call_s=max_call_s, repeat=repeat, once=once)
-            cpu, cuda = row.get("cpu", {}), row.get("cuda", {})
-            row["step_speedup"] = _ratio(cpu.get("step_ms"), cuda.get("step_ms"))
-            row["update_speedup"] = _ratio(cpu.get("update_ms"), cuda.get("update_ms"))
-            rows.append(row)
-            progress(f"train {arch} {method:<9} batch {batch:<4} " + "; ".join(
-                f"{b.name} step {_fmt_ms(row[b.name]['step_ms'])} update {_fmt_ms(row[b.name]['update_ms'])}"
-                + (f" ERROR {row[b.name]['error']}" if "error" in row[b.name] else "") for b in backends))
-            checkpoint()
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------- command
 
 
@@ -384,21 +301,26 @@ def _meta(ctx, p: dict, clock: PureriglClock, libs: list, notes: list[str]) -> d
     return meta
 
 
-def check_networks(widths, hidden: str, methods, sparsity: float) -> None:
-    """Build each method's network once on the reference backend, so that a network its format cannot
-    hold (a condensed layer with k = 0, ...) is bad input (exit 2) before any timing starts."""
-    for fmt in sorted({resolve_format(m, None) for m in methods}):
-        build_mlp(widths[0], hidden, widths[-1], fmt=fmt, sparsity=sparsity, backend="reference",
-                  rng=np.random.default_rng(0))
+def _train_net(p: dict, data) -> TrainNet:
+    """The training part's network: the MLP of ``--hidden`` or the CNN of ``--model``, on MNIST's shape
+    when ``--data-dir`` gives MNIST, else on synthetic inputs (a CNN: ``bench train``'s image shapes)."""
+    n_classes = data.n_classes if data is not None else QUICK["classes"] if p["quick"] else 10
+    if p["model"] == "mlp":
+        n_features = data.n_features if data is not None else QUICK["features"] if p["quick"] else 784
+        return TrainNet("mlp", widths=(n_features, *p["widths_hidden"], n_classes), n_classes=n_classes)
+    if p["quick"]:
+        shape, arch = QUICK_CNNS[p["model"]]
+    else:
+        shape, arch = CNN_INPUT_SHAPES[p["model"]], ()
+    shape = (1, 28, 28) if data is not None else tuple(shape)
+    return TrainNet(p["model"], input_shape=shape, n_classes=n_classes, options=arch)
 
 
-def _train_meta(p: dict, data) -> dict:
-    """The training part's settings: network widths, sparsity, batches, methods and where inputs come from."""
-    n_features, n_classes = ((data.n_features, data.n_classes) if data is not None
-                             else (QUICK["features"], QUICK["classes"]) if p["quick"] else (784, 10))
-    widths = (n_features, *p["widths_hidden"], n_classes)
-    return {"arch": "-".join(str(w) for w in widths), "widths": list(widths), "sparsity": p["train_sparsity"],
-            "batches": list(p["train_batches"]), "methods": list(p["methods"]),
+def _train_meta(p: dict, net: TrainNet, data) -> dict:
+    """The training part's settings: network, sparsity, batches, methods and where inputs come from."""
+    return {"arch": net.arch, "model": net.model, "widths": list(net.widths), "input_shape": list(net.input_shape),
+            "sparsity": p["train_sparsity"], "batches": list(p["train_batches"]), "methods": list(p["methods"]),
+            "torch_dense": p["torch_dense"],
             "inputs": f"MNIST training images from {p['data_dir']}" if data is not None
             else "synthetic inputs (step time does not depend on the values)"}
 
@@ -416,8 +338,15 @@ def _train_meta(p: dict, data) -> dict:
               show_default=True, help="Kernels: storage format (repeatable).")
 @click.option("--libraries", type=click.Choice(("auto", "cupy", "torch", "none")), default="auto", show_default=True,
               help="Kernels: baseline libraries (auto: every one that imports and sees a GPU).")
+@click.option("--model", type=click.Choice(("mlp", "lenet5", "vgg-small", "resnet20")), default="mlp",
+              show_default=True,
+              help="Train: the network: an MLP (--hidden) or a built-in CNN (synthetic images of bench train's "
+                   "shapes: 1x28x28, resnet20 3x32x32; MNIST's with --data-dir).")
 @click.option("--hidden", default=DEFAULTS["hidden"], show_default=True,
-              help="Train: hidden widths, comma-separated (784 inputs, 10 classes).")
+              help="Train: hidden widths of --model mlp, comma-separated (784 inputs, 10 classes).")
+@click.option("--torch-dense/--no-torch-dense", "torch_dense", default=True, show_default=True,
+              help="Train: also time the network's dense PyTorch twin (cuDNN / cuBLAS on the GPU torch sees, "
+                   "else on the CPU), the dense baseline.")
 @click.option("--train-batch", "train_batches", type=click.IntRange(min=1), multiple=True,
               default=DEFAULTS["train_batches"], show_default=True, help="Train: batch size (repeatable).")
 @click.option("--train-sparsity", "train_sparsity", type=FiniteFloatRange(0.0, 1.0, min_open=True, max_open=True),
@@ -440,20 +369,28 @@ def _train_meta(p: dict, data) -> dict:
 @click.option("--quick", is_flag=True, help="A tiny configuration (for tests; timings mean nothing).")
 @seed_option
 @click.pass_context
-def gpu(ctx, part, shape, sparsities, batches, formats, libraries, hidden, train_batches, train_sparsity, methods,
-        data_dir, budget, max_call, threads, json_path, md_path, quick, seed):
+def gpu(ctx, part, shape, sparsities, batches, formats, libraries, model, hidden, torch_dense, train_batches,
+        train_sparsity, methods, data_dir, budget, max_call, threads, json_path, md_path, quick, seed):
     """The cuda backend on the GPU: matmul per format against the GPU's dense and CSR products (torch/CuPy),
     RigL's growth selection against one dense dY^T X and a dense top-k, and a training step and topology
     update per method against the cpu backend."""
+    if model != "mlp" and ctx.get_parameter_source("hidden") == click.core.ParameterSource.COMMANDLINE:
+        raise click.BadParameter(f"--hidden is read by --model mlp only, not {model}", ctx=ctx,
+                                 param_hint="'--hidden'")
     p = _resolve(ctx, dict(ctx.params))
     ctx.params.update({k: p[k] for k in ctx.params})  # the command line shows the values used
     cuda = get_backend("cuda")  # no GPU and no simulator: BackendError, reported as one "Error:" line (exit 2)
     clock = PureriglClock(cuda)
     libs, notes = load_libraries(libraries) if p["kernels"] or p["growth"] else ([], [])
     data = _load_data(data_dir) if p["train"] else None
-    train_meta = _train_meta(p, data) if p["train"] else None
-    if train_meta is not None:  # a ModelError here is bad input: exit 2 before anything is timed
-        check_networks(train_meta["widths"], p["hidden"], p["methods"], p["train_sparsity"])
+    net = _train_net(p, data) if p["train"] else None
+    train_meta = _train_meta(p, net, data) if p["train"] else None
+    if net is not None:  # a network the formats cannot hold is bad input: exit 2 before anything is timed
+        try:
+            check_networks(net, p["methods"], p["train_sparsity"])
+        except ModelError as err:
+            raise click.BadParameter(" ".join(str(err).split()), ctx=ctx,
+                                     param_hint="'--model' / '--hidden' / '--train-sparsity'") from None
     progress, t_start = _progress_printer(), time.perf_counter()
     with thread_limit(threads):
         meta = _meta(ctx, p, clock, libs, notes)
@@ -474,8 +411,8 @@ def gpu(ctx, part, shape, sparsities, batches, formats, libraries, hidden, train
                        progress=progress, rows=report["growth"], checkpoint=checkpoint)
         if p["train"]:
             meta["train"], report["train"] = train_meta, []
-            run_train((get_backend("cpu"), cuda), p["methods"], p["train_batches"], data=data,
-                      widths=meta["train"]["widths"], hidden=p["hidden"], sparsity=p["train_sparsity"], seed=seed,
+            run_train((get_backend("cpu"), cuda), p["methods"], p["train_batches"], data=data, net=net,
+                      sparsity=p["train_sparsity"], seed=seed, torch_dense=p["torch_dense"],
                       budget_s=p["budget"], max_call_s=p["max_call"], repeat=p["repeat"], progress=progress,
                       rows=report["train"], checkpoint=checkpoint, once=p["quick"])
         meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -41,7 +41,7 @@ from ._train_cnn import train_cnn_command
 from ._train_common import loadavg
 from ._train_common import pct as _pct
 from ._train_common import sig as _sig
-from ._train_common import train_step_fn as _train_step_fn  # noqa: F401 (bench gpu imports it from here)
+from ._train_common import train_step_fn as _train_step_fn
 from ._train_common import update_fn as _update_fn
 from ._train_vit import VIT_MODEL, VIT_OPTION_NAMES, VIT_SPARSITIES, train_vit_command
 
