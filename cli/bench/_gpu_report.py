@@ -191,7 +191,7 @@ TRAIN_TEXT = (
     "One step: forward, softmax cross-entropy, backward, SGD momentum 0.9 (`purerigl bench train`'s code), each "
     "method on its default format; one update: every sparse layer, drop fraction 0.3. Same seed and inputs on both "
     "backends; the device is synchronised before each clock read. cpu/cuda above 1x: cuda faster. torch dense: "
-    "the same network dense in PyTorch (cuDNN / cuBLAS), the same step with torch.optim.SGD, timed once per batch; "
+    "the same network dense in PyTorch (cuDNN / cuBLAS, TF32 off), the same step with torch.optim.SGD, timed once per batch; "
     "dense/cuda above 1x: purerigl's sparse cuda step faster than the dense one."
 )
 

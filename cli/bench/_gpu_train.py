@@ -130,9 +130,9 @@ def train_cell(backend, method, fmt, X, y, *, net: TrainNet, sparsity, seed, bud
 
 
 def torch_dense_cell(X, y, *, net: TrainNet, budget_s, max_call_s, repeat, once: bool = False) -> dict:
-    """Median step time of the network's dense PyTorch twin (SGD momentum 0.9), on torch's GPU if it
-    sees one, else on the CPU: {"step_ms", "device", "runs"}; ``skipped`` without PyTorch, ``error``
-    when it raises."""
+    """Median step time of the network's dense PyTorch twin (SGD momentum 0.9, float32 with TF32 off), on
+    torch's GPU if it sees one, else on the CPU: {"step_ms", "device", "runs"}; ``skipped`` without
+    PyTorch, ``error`` when it raises."""
     try:
         import torch
     except ImportError:
@@ -141,6 +141,8 @@ def torch_dense_cell(X, y, *, net: TrainNet, budget_s, max_call_s, repeat, once:
         from ._torch_twins import torch_mlp_twin, torch_train_step, torch_twin
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 arithmetic, as purerigl's: no TF32 in cuBLAS
+        torch.backends.cudnn.allow_tf32 = False  # nor in cuDNN's convolutions (on by default)
         torch.manual_seed(0)
         twin = (torch_mlp_twin(net.widths, device=device) if net.model == "mlp"
                 else torch_twin(net.model, net.input_shape, net.n_classes, device=device, **dict(net.options)))
