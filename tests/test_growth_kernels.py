@@ -368,9 +368,11 @@ def test_diag_grad_norms_by_hand(backend):
 
 def float32_error(X, dY) -> np.ndarray:
     """(n_out, n_in): a bound on how far a float32 score may sit from the exact |G[i, j]|:
-    (B + 2) * 2^-24 * sum_b |dY[b, i] X[b, j]| (float32 accumulation, then one rounding)."""
+    (B + 2) * (2^-24 * sum_b |dY[b, i] X[b, j]| + 2^-126) (float32 accumulation, then one rounding; the
+    absolute term is underflow: a product below float32's smallest normal number, 2^-126, may come out
+    as 0 or a subnormal, e.g. 1.2e-36 * 1.2e-36 = 1.4e-72 is 0 in float32)."""
     B = X.shape[0]
-    return (B + 2) * 2.0**-24 * (np.abs(dY).astype(np.float64).T @ np.abs(X).astype(np.float64))
+    return (B + 2) * (2.0**-24 * (np.abs(dY).astype(np.float64).T @ np.abs(X).astype(np.float64)) + 2.0**-126)
 
 
 def assert_same_up_to_near_ties(got, want, scores, error, rel=1e-6):
