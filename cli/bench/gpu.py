@@ -58,7 +58,7 @@ from ._gpu_devices import (
 )
 from ._gpu_growth import run_growth
 from ._gpu_report import SIMULATOR_WARNING, _fmt_ms, plan_text, row_failures, write_outputs
-from ._gpu_train import TrainNet, check_networks, run_train
+from ._gpu_train import TrainNet, _ratio, check_networks, run_train
 from ._shared import CNN_INPUT_SHAPES, MAX_DENSE, command_line, machine_meta, quick_default, thread_limit
 
 #: Defaults of the full run (about 5 minutes on an H200, compilation included).
@@ -124,10 +124,6 @@ def checked_timing(product: Product, clock, ref, terms: int, timing: dict | None
 
 def _ms(result: dict | None) -> float | None:
     return None if not result or not result.get("timing") else result["timing"]["ms"]
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-    return num / den if num is not None and den else None
 
 
 class Inputs:
