@@ -64,6 +64,19 @@ def _die_with_parent() -> None:
         pass
 
 
+# The command that trains a cell. `python -m purerigl.cli.main` would put the working directory first on
+# the child's sys.path, so a sweep started inside a source checkout with a non-editable install would
+# import the checkout's purerigl/ (which has no cli/: it installs as purerigl.cli) and every cell would
+# fail. `-c` puts '' (the working directory) there instead, which the child removes before importing.
+TRAIN_ENTRY = (
+    "import sys\n"
+    "if sys.path and sys.path[0] == '':\n"
+    "    del sys.path[0]\n"
+    "from purerigl.cli.main import main\n"
+    "main(prog_name='purerigl')"
+)
+
+
 def run_cell(cell: Cell, cell_dir: str, train_args: list[str], threads: int) -> dict:
     """Train one cell in a ``purerigl train`` subprocess (runs on a Dask worker); returns its record.
 
@@ -75,7 +88,7 @@ def run_cell(cell: Cell, cell_dir: str, train_args: list[str], threads: int) -> 
     state = cell_state(cell_dir)
     if state == "done":
         return {"status": "skipped", "name": cell.name}
-    base = [sys.executable, "-m", "purerigl.cli.main", "train"]
+    base = [sys.executable, "-c", TRAIN_ENTRY, "train"]
     if state == "partial":
         cmd = base + ["--resume", str(cell_dir), "--no-progress", "--checkpoint-every", "1"]
     else:
@@ -86,7 +99,7 @@ def run_cell(cell: Cell, cell_dir: str, train_args: list[str], threads: int) -> 
     log_path = cell_dir / "train.log"
     started = time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"$ {' '.join(cmd)}\n")
+        log.write(f"$ purerigl {shlex.join(cmd[3:])}\n")  # what TRAIN_ENTRY runs, as a user would type it
         log.flush()
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
         returncode = subprocess.run(

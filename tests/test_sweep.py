@@ -210,6 +210,23 @@ def test_rerun_skips_done_cells_and_resumes_interrupted_ones(finished_sweep):
     assert dry.exit_code == 0 and "0 to run" in dry.output and "done" in dry.output
 
 
+def test_a_cell_imports_the_installed_purerigl_not_a_checkout_in_the_working_directory(tmp_path, monkeypatch):
+    """Started inside a source checkout, a cell's train process must not import the checkout's purerigl/
+    (with a non-editable install it lacks cli/, and every cell failed with "No module named
+    purerigl.cli"). Here the working directory holds a purerigl/ that fails on import."""
+    from purerigl.cli.sweep import run_cell
+
+    checkout = tmp_path / "checkout"
+    (checkout / "purerigl").mkdir(parents=True)
+    (checkout / "purerigl" / "__init__.py").write_text("raise ImportError('the checkout was imported')\n")
+    monkeypatch.chdir(checkout)
+    budget = Budget(dataset="digits", hidden="8", epochs=1)
+    record = run_cell(Cell("rigl", 0.5, 0), str(tmp_path / "cell"), budget.train_args(Cell("rigl", 0.5, 0)), 1)
+    log = (tmp_path / "cell" / "train.log").read_text()
+    assert record["status"] == "trained", log
+    assert log.startswith("$ purerigl train ") and "the checkout was imported" not in log
+
+
 def test_the_budget_defaults_follow_the_model_as_purerigl_train(tmp_path):
     """Without --optimizer/--lr/--weight-decay a cell trains with its model's own defaults (AdamW, lr 1e-3,
     weight decay 0.05 for vit-tiny; SGD 0.05, 1e-4 otherwise); given ones win."""
