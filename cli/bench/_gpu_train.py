@@ -170,11 +170,11 @@ def run_train(backends, methods, batches, *, data, net: TrainNet, sparsity, seed
                 row[backend.name] = train_cell(backend, method, fmt, X, y, net=net, sparsity=sparsity, seed=seed,
                                                budget_s=budget_s, max_call_s=max_call_s, repeat=repeat, once=once)
             cpu, cuda = row.get("cpu", {}), row.get("cuda", {})
-            row["step_speedup"] = _ratio(cpu.get("step_ms"), cuda.get("step_ms"))
-            row["update_speedup"] = _ratio(cpu.get("update_ms"), cuda.get("update_ms"))
+            row["step_speedup"] = safe_ratio(cpu.get("step_ms"), cuda.get("step_ms"))
+            row["update_speedup"] = safe_ratio(cpu.get("update_ms"), cuda.get("update_ms"))
             if dense is not None:
                 row["torch_dense"] = dense
-                row["dense_speedup"] = _ratio(dense.get("step_ms"), cuda.get("step_ms"))
+                row["dense_speedup"] = safe_ratio(dense.get("step_ms"), cuda.get("step_ms"))
             rows.append(row)
             progress(f"train {net.arch} {method:<9} batch {batch:<4} " + "; ".join(
                 f"{b.name} step {_fmt_ms(row[b.name]['step_ms'])} update {_fmt_ms(row[b.name]['update_ms'])}"
@@ -184,7 +184,9 @@ def run_train(backends, methods, batches, *, data, net: TrainNet, sparsity, seed
     return rows
 
 
-def _ratio(num: float | None, den: float | None) -> float | None:
+def safe_ratio(num: float | None, den: float | None) -> float | None:
+    """``num / den``, or None where either time is missing or ``den`` is not positive (a part that was
+    skipped or failed), so a report shows a gap instead of a wrong ratio."""
     return None if num is None or den is None or den <= 0 else num / den
 
 

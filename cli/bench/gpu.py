@@ -58,7 +58,7 @@ from ._gpu_devices import (
 )
 from ._gpu_growth import run_growth
 from ._gpu_report import SIMULATOR_WARNING, _fmt_ms, plan_text, row_failures, write_outputs
-from ._gpu_train import TrainNet, _ratio, check_networks, run_train
+from ._gpu_train import TrainNet, check_networks, run_train, safe_ratio
 from ._shared import CNN_INPUT_SHAPES, MAX_DENSE, command_line, machine_meta, quick_default, thread_limit
 
 #: Defaults of the full run (about 5 minutes on an H200, compilation included).
@@ -190,13 +190,13 @@ def kernel_row(fmt, sparsity, W, Wd, S, W_dense, inputs: Inputs, clock, libs, ti
     pr_ms = _ms(pr)
     moved = stored_bytes(W) + inputs.X.nbytes + batch * n_out * 4
     row = {"format": fmt, "sparsity": sparsity, "batch": batch, "shape": [n_out, n_in], "nnz": int(W.nnz),
-           "stored_bytes": stored_bytes(W), "purerigl_ms": pr_ms, "purerigl_gbps": _ratio(moved / 1e6, pr_ms),
+           "stored_bytes": stored_bytes(W), "purerigl_ms": pr_ms, "purerigl_gbps": safe_ratio(moved / 1e6, pr_ms),
            "purerigl": pr, "baselines": {}}
     for lib in libs:
         cells = baseline_cells(lib, W_dense, S, inputs, ref, n_in, terms, timing, dense_cache)
         d_ms, c_ms = _ms(cells["dense"]), _ms(cells["csr"])
-        row["baselines"][lib.name] = {"dense_ms": d_ms, "csr_ms": c_ms, "dense_ratio": _ratio(d_ms, pr_ms),
-                                      "csr_ratio": _ratio(c_ms, pr_ms), **cells}
+        row["baselines"][lib.name] = {"dense_ms": d_ms, "csr_ms": c_ms, "dense_ratio": safe_ratio(d_ms, pr_ms),
+                                      "csr_ratio": safe_ratio(c_ms, pr_ms), **cells}
     return row
 
 
