@@ -2,8 +2,8 @@
 collapses at the freeze at 90% and never learns at 98% (issue 16, LeNet-5).
 
 Every run is built exactly as ``purerigl train`` builds it (its options parsed by the command itself,
-:func:`dynadiag_compare.build`) and trained in this one process. At the end of every epoch the script
-reads each diagonal layer's *effective* weight, the stored values times their gates
+:func:`dynadiag_compare.build`) and trained in this one process. At the initialisation and at the end of every epoch the
+script reads each diagonal layer's *effective* weight, the stored values times their gates
 (``W_eff = gate_d V_d`` on diagonal d while soft, ``V`` once frozen or for a plain diagonal layer), and
 reports its **gain**, the median over the output rows of the row's L2 norm:
 
@@ -13,7 +13,8 @@ He (Kaiming) initialisation gives every row E||w_i||^2 = fan_in * 2 / fan_in = 2
 whatever the fan-in; a ReLU layer with gain g scales its input's second moment by about g^2 / 2. So
 ``prod(gain / sqrt(2))`` over the sparse layers, printed as ``net``, says how much smaller (or larger)
 than a He-initialised network the sparse layers make the signal, and the gradient of the layers before
-them. Dense layers are not counted.
+them. Dense layers are not counted; a run without diagonal layers reports none (net "-").
+The ``init`` row is the network as built: a run frozen ``at_start`` freezes inside its first epoch.
 
     python benchmarks/dynadiag_gain.py --data-dir ../shared/data --sparsity 0.98 --sparsity 0.9
     python benchmarks/dynadiag_gain.py --run "dynadiag --optimizer adam --lr 1e-3" --sparsity 0.98
@@ -77,6 +78,10 @@ def network_state(trainer) -> tuple[list[dict], float | None]:
     return layers, net
 
 
+def _number(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
 def describe(layers: list[dict]) -> str:
     out = []
     for p in layers:
@@ -118,7 +123,7 @@ def main(data_dir, dataset, model, sparsities, epochs, freeze_epoch, subset, see
             layers, net = network_state(trainer)
             rows.append({"run": run, "sparsity": sparsity, "epoch": 0, "train_loss": None, "test_accuracy": None,
                          "layers": layers, "net": net})
-            print(f"init:    net {net:.3g}  |  {describe(layers)}", flush=True)
+            print(f"init:    net {_number(net)}  |  {describe(layers)}", flush=True)
 
             def on_epoch(tr, metrics, run=run, sparsity=sparsity):
                 layers, net = network_state(tr)
@@ -127,7 +132,7 @@ def main(data_dir, dataset, model, sparsities, epochs, freeze_epoch, subset, see
                        "layers": layers, "net": net}
                 rows.append(row)
                 print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} test acc "
-                      f"{row['test_accuracy']:.4f}  net {net:.3g}  |  {describe(layers)}", flush=True)
+                      f"{row['test_accuracy']:.4f}  net {_number(net)}  |  {describe(layers)}", flush=True)
 
             trainer.fit(on_epoch=on_epoch)
     if json_path:

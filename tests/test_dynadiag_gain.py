@@ -77,3 +77,13 @@ def test_the_script_reports_every_epoch_from_the_initialisation(gain, tmp_path):
     assert {layer["phase"] for layer in rows[2]["layers"]} == {"frozen"}  # frozen at the start of epoch 2
     for r in rows:
         assert r["net"] == pytest.approx(np.prod([x["gain"] / np.sqrt(2) for x in r["layers"]]))
+
+
+def test_a_run_without_diagonal_layers_reports_none(gain, tmp_path):
+    out = tmp_path / "gain.json"
+    result = CliRunner().invoke(gain.main, [
+        "--dataset", "digits", "--data-dir", "", "--model", "mlp", "--sparsity", "0.9", "--epochs", "1",
+        "--subset", "200", "--run", "rigl", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "net -" in result.output
+    assert [(r["layers"], r["net"]) for r in json.loads(out.read_text())] == [([], None), ([], None)]
