@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse
 from click.testing import CliRunner
 
 from purerigl.formats import Diagonal
@@ -28,11 +27,9 @@ def gain(monkeypatch):
     return module
 
 
-def _scipy_gain(W: Diagonal, scale=None) -> float:
+def _scipy_gain(W: Diagonal) -> float:
     """Median row norm computed from the CSR matrix (a different route than the script's bincount)."""
     A = W.to_scipy().astype(np.float64)
-    if scale is not None:
-        A = scipy.sparse.csr_array(A.multiply(scale))
     return float(np.median(np.sqrt(np.asarray(A.multiply(A).sum(axis=1)).ravel())))
 
 

@@ -220,8 +220,8 @@ def test_a_cell_imports_the_installed_purerigl_not_a_checkout_in_the_working_dir
     (checkout / "purerigl").mkdir(parents=True)
     (checkout / "purerigl" / "__init__.py").write_text("raise ImportError('the checkout was imported')\n")
     monkeypatch.chdir(checkout)
-    budget = Budget(dataset="digits", hidden="8", epochs=1)
-    record = run_cell(Cell("rigl", 0.5, 0), str(tmp_path / "cell"), budget.train_args(Cell("rigl", 0.5, 0)), 1)
+    cell = Cell("rigl", 0.5, 0)
+    record = run_cell(cell, str(tmp_path / "cell"), Budget(dataset="digits", hidden="8", epochs=1).train_args(cell), 1)
     log = (tmp_path / "cell" / "train.log").read_text()
     assert record["status"] == "trained", log
     assert log.startswith("$ purerigl train ") and "the checkout was imported" not in log
