@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 import click
@@ -135,6 +136,27 @@ def _client(scheduler: str | None, workers: int):
     return Client(cluster), cluster
 
 
+def _run_at_most(cells: list[Cell], slots: int, submit):
+    """Yield the record of every cell as it finishes, with at most ``slots`` cells on the cluster at once.
+
+    ``submit(cell)`` hands one cell to Dask and returns its future. Submitting the whole grid at once
+    lets the scheduler place every cell on a worker up front: each cell is a task of its own name, with
+    no duration estimate to balance by, and a worker whose cells finish early then sits idle while
+    another still holds a queue of them (seen: one of two workers idle for the last two cells of a
+    grid). Here the rest of the grid waits in this process, and each finished cell lets the next one
+    in, so it goes to whichever worker is free.
+    """
+    from dask.distributed import as_completed
+
+    waiting = iter(cells)
+    running = as_completed([submit(cell) for cell in islice(waiting, slots)])
+    for future in running:
+        following = next(waiting, None)
+        if following is not None:
+            running.add(submit(following))
+        yield future.result()
+
+
 def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -> tuple[list[dict], Path | None]:
     """results.json, results.md and the PNG from every done cell of the grid; returns (rows, png or None)."""
     results = collect_results(out, cells)
@@ -215,7 +237,8 @@ def _train_args(ctx, param, value):
 @click.option("--threads-per-run", type=click.IntRange(min=1), default=1, show_default=True,
               help="Numba and BLAS threads of each cell's training process.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Address of an existing Dask scheduler (tcp://host:8786) instead of a local cluster.")
+              help="Address of an existing Dask scheduler (tcp://host:8786) instead of a local cluster; as many cells "
+                   "at once as its workers have threads when the sweep starts.")
 @click.option("--train-args", default="", metavar="ARGS", callback=_train_args,
               help="More `purerigl train` options for every cell, one quoted string (for example "
                    "--train-args '--gamma-sal 0.9'); not those the sweep sets itself.")
@@ -266,16 +289,14 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
         try:
             # seed-major order (all of seed 0 first): a sweep stopped early still covers the whole grid
             todo.sort(key=lambda c: (c.seed, cells.index(c)))
-            futures = {
-                client.submit(run_cell, cell, str((out / "cells" / cell.name).resolve()), budget.train_args(cell),
-                              threads_per_run, key=f"purerigl-{cell.name}-{time.time_ns()}", pure=False,
-                              priority=len(todo) - rank): cell
-                for rank, cell in enumerate(todo)
-            }
-            from dask.distributed import as_completed
+            slots = workers if cluster is not None else max(1, sum(client.nthreads().values()))
 
-            for done, future in enumerate(as_completed(futures), 1):
-                record = future.result()
+            def submit(cell):
+                return client.submit(run_cell, cell, str((out / "cells" / cell.name).resolve()),
+                                     budget.train_args(cell), threads_per_run,
+                                     key=f"purerigl-{cell.name}-{time.time_ns()}", pure=False)
+
+            for done, record in enumerate(_run_at_most(todo, slots, submit), 1):
                 if record["status"] == "failed":
                     failed.append(record)
                     click.echo(f"[{done}/{len(todo)}] {record['name']}: FAILED (exit {record['returncode']}), see "

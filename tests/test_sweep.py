@@ -313,3 +313,35 @@ def test_bad_options_exit_2_with_a_message(tmp_path, extra, words):
     assert result.exit_code == 2, result.output
     assert words in result.output and "Traceback" not in result.output
     assert not (tmp_path / "s" / "cells").exists()
+
+
+# a stand-in for run_cell, run by the in-process workers of the test below: it records how many cells
+# each worker holds while one of them runs
+_HELD_PER_WORKER: list[int] = []
+
+
+def _record_the_cells_each_worker_holds(cell, cell_dir, train_args, threads):
+    import time
+
+    from dask.distributed import get_client
+
+    time.sleep(0.2)  # every cell submitted so far has reached the scheduler by now
+    _HELD_PER_WORKER.append(max(len(keys) for keys in get_client().processing().values()))
+    return {"status": "trained", "name": cell.name, "test_accuracy": 0.5, "seconds": 0.0}
+
+
+def test_no_worker_is_handed_a_second_cell_while_one_runs(tmp_path, monkeypatch):
+    # Handing Dask the whole grid at once placed every cell on a worker up front, and a worker whose cells
+    # were done sat idle while another still held a queue of them. The sweep hands out one cell per free
+    # worker thread, so each worker holds only the cell it runs, and every cell still runs once.
+    from dask.distributed import LocalCluster
+
+    import purerigl.cli.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "run_cell", _record_the_cells_each_worker_holds)
+    _HELD_PER_WORKER.clear()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        result = _sweep(tmp_path, "--methods", "static,set,rigl", "--scheduler", cluster.scheduler_address)
+    assert result.exit_code == 0, result.output
+    assert len(_HELD_PER_WORKER) == 6 and max(_HELD_PER_WORKER) == 1, _HELD_PER_WORKER
+    assert result.output.count(": trained, test accuracy 0.5000") == 6
