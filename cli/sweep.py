@@ -143,8 +143,8 @@ def _run_at_most(cells: list[Cell], slots: int, submit):
     lets the scheduler place every cell on a worker up front: each cell is a task of its own name, with
     no duration estimate to balance by, and a worker whose cells finish early then sits idle while
     another still holds a queue of them (seen: one of two workers idle for 10 minutes while the other
-    held the grid's last three cells). Here the rest of the grid waits in this process, and each finished cell lets the next one
-    in, so it goes to whichever worker is free.
+    held the grid's last three cells). Here the rest of the grid waits in this process, and each
+    finished cell lets the next one in, so it goes to whichever worker is free.
     """
     from dask.distributed import as_completed
 
