@@ -188,9 +188,9 @@ def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -
 
 
 #: ``purerigl train`` options that every cell's own arguments set (Budget.train_args, run_cell).
-_SWEEP_SET = {"--dataset", "--data-dir", "--model", "--hidden", "--epochs", "--batch-size", "--lr", "--optimizer", "--momentum",
-              "--weight-decay", "--schedule", "--backend", "--method", "--sparsity", "--distribution", "--seed",
-              "--out", "--resume", "--overwrite"}
+_SWEEP_SET = {"--dataset", "--data-dir", "--model", "--hidden", "--epochs", "--batch-size", "--lr", "--optimizer",
+              "--momentum", "--weight-decay", "--schedule", "--backend", "--method", "--sparsity", "--distribution",
+              "--seed", "--out", "--resume", "--overwrite"}
 
 
 def _train_args(ctx, param, value):
@@ -246,8 +246,9 @@ def _train_args(ctx, param, value):
 @click.option("--report-only", is_flag=True,
               help="Write results.md, results.json and the plot from the cells of the grid already done (a sweep "
                    "stopped early: missing seeds are marked); train nothing.")
-def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epochs, batch_size, optimizer, lr, momentum,
-          weight_decay, schedule, distribution, workers, threads_per_run, scheduler, train_args, dry_run, report_only):
+def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epochs, batch_size, optimizer, lr,
+          momentum, weight_decay, schedule, distribution, workers, threads_per_run, scheduler, train_args, dry_run,
+          report_only):
     """Train a grid of methods x sparsities x seeds and write the accuracy table and plot.
 
     Cells already done in OUT are skipped and interrupted ones resumed, so the same command can be
@@ -262,13 +263,14 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
     weight_decay = model_defaults["weight_decay"] if weight_decay is None else weight_decay
     cells = make_grid(methods, sparsities, seeds)
     budget = Budget(
-        dataset=dataset, data_dir=None if data_dir is None else str(Path(data_dir).resolve()), model=model, hidden=hidden,
-        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, distribution=distribution, extra=train_args,
+        dataset=dataset, data_dir=None if data_dir is None else str(Path(data_dir).resolve()), model=model,
+        hidden=hidden, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule, distribution=distribution, extra=train_args,
     )
     states = {cell: cell_state(out / "cells" / cell.name) for cell in cells}
     todo = [cell for cell in cells if states[cell] != "done"]
-    click.echo(f"sweep {out}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
+    left = f"{len(todo)} not done (report only: nothing is trained)" if report_only else f"{len(todo)} to run"
+    click.echo(f"sweep {out}: {len(cells)} cells, {len(cells) - len(todo)} done, {left}")
     if dry_run:
         click.echo(f"budget: {budget.optimizer}, lr {budget.lr} {budget.schedule}, weight decay {budget.weight_decay}, "
                    f"{budget.epochs} epochs, batch {budget.batch_size}")

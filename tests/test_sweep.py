@@ -146,7 +146,7 @@ def test_markdown_table_has_a_column_per_sparsity_and_marks_missing_seeds():
     lines = [line for line in acc_table.splitlines() if line.startswith("|")]
     assert lines[0] == "| method | 90% | 99% |"
     assert lines[2].startswith("| dense | 0.9800 ± 0.0000 | 0.9800 ± 0.0000")
-    assert lines[3] == "| rigl | 0.9700 ± 0.0000 | 0.9000 ± 0.0000 (n=1) |"
+    assert lines[3] == "| rigl | 0.9700 ± 0.0000 | 0.9000 (n=1) |"  # one seed: no spread printed
 
 
 def test_budget_is_recorded_and_a_changed_budget_refused(tmp_path):
@@ -248,7 +248,8 @@ def test_report_only_writes_the_table_of_the_cells_done_and_trains_nothing(finis
     (out / "results.md").unlink()
     result = _sweep(out, "--seeds", "0,1,2", "--report-only")
     assert result.exit_code == 0, result.output
-    assert "3 to run" in result.output and not (out / "cells" / "rigl-s50-seed2").exists()
+    assert "3 not done (report only: nothing is trained)" in result.output
+    assert not (out / "cells" / "rigl-s50-seed2").exists()
     md = (out / "results.md").read_text()
     assert "6 of 9 cells done" in md and "(n=2)" in md
     assert _sweep(tmp_path / "none", "--report-only").exit_code == 2

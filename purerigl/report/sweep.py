@@ -274,8 +274,9 @@ def _percent(s: float) -> str:
 def markdown_table(rows: list[dict], n_seeds: int | None = None) -> str:
     """The accuracy table (methods x sparsities, ``mean ± std``) and the seconds-per-epoch table.
 
-    A cell with fewer seeds than ``n_seeds`` shows how many finished (``n=2``); the dense baseline is
-    one row with its value in every column, as papers print it.
+    A cell with fewer seeds than ``n_seeds`` shows how many finished (``n=2``); a cell of one seed shows
+    its accuracy alone, as one value has no spread to print; the dense baseline is one row with its
+    value in every column, as papers print it.
     """
     sparsities = sorted({r["sparsity"] for r in rows if r["method"] != "dense"})
     methods = [m for m in SWEEP_METHODS if any(r["method"] == m for r in rows)]
@@ -285,7 +286,9 @@ def markdown_table(rows: list[dict], n_seeds: int | None = None) -> str:
         if r is None:
             return "-"
         if what == "acc":
-            text = f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}"
+            text = f"{r['accuracy_mean']:.4f}"
+            if r["n"] > 1:
+                text += f" ± {r['accuracy_std']:.4f}"
         else:
             text = f"{r['seconds_per_epoch']:.2f}"
         if n_seeds is not None and r["n"] < n_seeds:
