@@ -6,14 +6,16 @@ this one shows how far each method sits from dense and from the others, seed by 
 ``--floor`` (a run that never learned) is left off the axis and named under the plot.
 
 Usage: python benchmarks/plot_seeds.py SWEEP_DIR/results.json --sparsity 0.9 --out seeds.png
-       [--extra LABEL=OTHER_SWEEP/results.json ...]   (more rows, e.g. a variant swept apart)
+       [--extra LABEL=OTHER_SWEEP/results.json ...]   (more rows, e.g. a variant swept apart; a LABEL
+       that names a method already there, or repeats, adds its seeds to that row)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
+import textwrap
+from collections import Counter, defaultdict
 
 import matplotlib
 
@@ -42,7 +44,9 @@ def main() -> None:
     acc = accuracies(args.results, args.sparsity)
     for item in args.extra:
         label, path = item.split("=", 1)
-        acc.update({k: v for k, v in accuracies(path, args.sparsity, rename=label).items() if k != "dense"})
+        for method, seeds in accuracies(path, args.sparsity, rename=label).items():
+            if method != "dense":  # a label given twice (a variant swept in parts) gathers both parts' seeds
+                acc[method] = acc.get(method, []) + seeds
     dense = acc.pop("dense", [])
     methods = list(acc)
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -51,10 +55,11 @@ def main() -> None:
         ax.axhspan(min(dense), max(dense), color="0.9", label=f"dense: {len(dense)} seeds' range (mean {mean:.4f})")
         ax.axhline(mean, color="k", lw=1, ls="--", label="dense mean")
         ax.axhline(mean - 0.003, color="tab:red", lw=0.8, ls=":", label="dense mean - 0.3 points")
-    dropped = []
+    dropped = []  # "method 2 x 0.1135": the seeds below the floor, equal values counted
     for i, method in enumerate(methods):
         shown = [a for a in acc[method] if a >= args.floor]
-        dropped += [f"{method} {a:.4f}" for a in acc[method] if a < args.floor]
+        below = Counter(f"{a:.4f}" for a in acc[method] if a < args.floor)
+        dropped += [f"{method} {n} x {a}" if n > 1 else f"{method} {a}" for a, n in below.items()]
         ax.scatter([i] * len(shown), shown, color="tab:blue", zorder=3, s=22)
         if shown:
             ax.hlines(sum(shown) / len(shown), i - 0.25, i + 0.25, color="tab:blue", lw=2)
@@ -62,7 +67,8 @@ def main() -> None:
     ax.set_xticks(range(len(methods)), methods, rotation=20)
     ax.set_ylabel("final test accuracy")
     note = f"; not drawn (below {args.floor}): {', '.join(dropped)}" if dropped else ""
-    ax.set_title(f"{int(round(args.sparsity * 100))}% sparsity, one point per seed{note}", fontsize=9)
+    title = f"{int(round(args.sparsity * 100))}% sparsity, one point per seed{note}"
+    ax.set_title(textwrap.fill(title, 110), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
