@@ -31,9 +31,11 @@ from purerigl.kernels.cpu import _serial
 N = 4096
 DENSE_BYTES = N * N * 4
 BATCH = 32
+#: the gradient-driven methods, each on its own format
+METHODS = [("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("diag-rigl", "diagonal")]
 
 
-@pytest.mark.parametrize("method, fmt", [("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("diag-rigl", "diagonal")])
+@pytest.mark.parametrize("method, fmt", METHODS)
 def test_training_step_with_update_stays_far_below_dense_memory(method, fmt, monkeypatch):
     # the kernels' choice between parallel and serial twin by work size only, not by the machine's
     # load (kernels/cpu/_serial.py): the traced step runs the kernels the warm-up step compiled, and
@@ -52,7 +54,7 @@ C_IN, KERNEL = 512, 3
 CONV_DENSE_BYTES = N * C_IN * KERNEL * KERNEL * 4
 
 
-@pytest.mark.parametrize("method, fmt", [("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("diag-rigl", "diagonal")])
+@pytest.mark.parametrize("method, fmt", METHODS)
 def test_conv_training_step_with_update_stays_far_below_dense_memory(method, fmt, monkeypatch):
     monkeypatch.setattr(_serial, "LOAD_CHECK", False)  # as above: the warm-up compiles what the trace runs
     monkeypatch.setattr(_serial, "_LOAD", [0.0, False])
