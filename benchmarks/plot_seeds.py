@@ -46,7 +46,7 @@ def main() -> None:
         label, path = item.split("=", 1)
         for method, seeds in accuracies(path, args.sparsity, rename=label).items():
             if method != "dense":  # a label given twice (a variant swept in parts) gathers both parts' seeds
-                acc[method] = acc.get(method, []) + seeds
+                acc[method].extend(seeds)
     dense = acc.pop("dense", [])
     methods = list(acc)
     fig, ax = plt.subplots(figsize=(8, 4.2))
