@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from purerigl.report.sweep import (
-    SWEEP_METHODS, Budget, Cell, SweepError, aggregate, cell_state, check_budget, make_grid, markdown_table,
-    summarize_run,
+    SWEEP_METHODS, Budget, Cell, SweepError, aggregate, cell_state, check_budget, collect_results, make_grid,
+    markdown_table, summarize_run,
 )
 
 pytest.importorskip("dask.distributed")
@@ -110,7 +110,27 @@ def test_summarize_run_reads_the_last_epoch_and_the_mean_time(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     s = summarize_run(tmp_path)
     assert s == {"epochs": 3, "test_accuracy": 0.6, "test_loss": 0.9, "train_loss": 0.5,
-                 "best_test_accuracy": 0.7, "seconds_per_epoch": 2.0}
+                 "best_test_accuracy": 0.7, "seconds_per_epoch": 2.0,
+                 "curve": [{k: r[k] for k in ("epoch", "train_loss", "test_loss", "test_accuracy")} for r in rows]}
+
+
+def test_a_result_written_without_its_curve_gets_it_from_the_cells_metrics(tmp_path):
+    rows = [{"epoch": e, "test_accuracy": 0.5 + e / 10, "test_loss": 1.0 / e, "train_loss": 2.0 / e, "seconds": 1.0,
+             "lr": 0.1} for e in (1, 2)]
+    cell = Cell("rigl", 0.9, 0)
+    old = tmp_path / "cells" / cell.name
+    old.mkdir(parents=True)
+    (old / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (old / "result.json").write_text(json.dumps({"cell": {"method": "rigl", "sparsity": 0.9, "seed": 0},
+                                                 "test_accuracy": 0.7}))
+    gone = Cell("set", 0.9, 0)  # its run directory kept only result.json: no curve to add
+    (tmp_path / "cells" / gone.name).mkdir()
+    (tmp_path / "cells" / gone.name / "result.json").write_text(json.dumps({"test_accuracy": 0.6}))
+    with_curve, without = collect_results(tmp_path, [cell, gone])
+    assert [m["epoch"] for m in with_curve["curve"]] == [1, 2]
+    assert with_curve["curve"][1] == {"epoch": 2, "train_loss": 1.0, "test_loss": 0.5, "test_accuracy": 0.7}
+    assert "curve" not in without
+    assert "curve" not in json.loads((old / "result.json").read_text())  # the file itself is left as it was
 
 
 def test_summarize_run_without_metrics_is_a_clear_error(tmp_path):

@@ -38,6 +38,9 @@ FAILED_FILE = "failed.json"
 #: The sweep's own record of its budget, in OUT/.
 SWEEP_FILE = "sweep.json"
 
+#: What a cell's result keeps of each epoch of its metrics.jsonl (its learning curve).
+CURVE_KEYS = ("epoch", "train_loss", "test_loss", "test_accuracy")
+
 
 class SweepError(PureriglError, ValueError):
     """A sweep's grid or output directory is not usable (bad values, a budget that changed)."""
@@ -169,7 +172,9 @@ def summarize_run(run_dir: Path) -> dict:
     Returns
     -------
     dict with ``epochs``, ``test_accuracy`` and ``test_loss`` (last epoch), ``best_test_accuracy``,
-    ``seconds_per_epoch`` (mean training seconds, evaluation excluded) and ``train_loss`` (last epoch).
+    ``seconds_per_epoch`` (mean training seconds, evaluation excluded), ``train_loss`` (last epoch) and
+    ``curve``: one dict per epoch with its ``epoch``, ``train_loss``, ``test_loss`` and ``test_accuracy``
+    (:data:`CURVE_KEYS`), so that a committed ``results.json`` keeps the learning curves.
     """
     path = Path(run_dir) / "metrics.jsonl"
     try:
@@ -186,6 +191,7 @@ def summarize_run(run_dir: Path) -> dict:
         "train_loss": last["train_loss"],
         "best_test_accuracy": max(m["test_accuracy"] for m in history),
         "seconds_per_epoch": sum(m["seconds"] for m in history) / len(history),
+        "curve": [{key: m[key] for key in CURVE_KEYS} for m in history],
     }
 
 
@@ -310,17 +316,24 @@ def markdown_table(rows: list[dict], n_seeds: int | None = None) -> str:
 
 
 def collect_results(out: Path, cells: list[Cell]) -> list[dict]:
-    """The ``result.json`` of every done cell among ``cells`` in ``OUT/cells/``."""
+    """The ``result.json`` of every done cell among ``cells`` in ``OUT/cells/``.
+
+    A result written before results kept their ``curve`` gets it from the cell's ``metrics.jsonl``
+    where that file is still there (the result file itself is left as it is).
+    """
     results = []
     for cell in cells:
-        path = Path(out) / "cells" / cell.name / RESULT_FILE
-        if path.is_file():
-            results.append(read_json(path))
+        cell_dir = Path(out) / "cells" / cell.name
+        if (cell_dir / RESULT_FILE).is_file():
+            result = read_json(cell_dir / RESULT_FILE)
+            if "curve" not in result and (cell_dir / "metrics.jsonl").is_file():
+                result["curve"] = summarize_run(cell_dir)["curve"]
+            results.append(result)
     return results
 
 
 __all__ = [
-    "Budget", "Cell", "FAILED_FILE", "RESULT_FILE", "SWEEP_FILE", "SWEEP_METHODS", "SweepError", "aggregate",
-    "cell_state", "check_budget", "collect_results", "make_grid", "markdown_table", "read_json", "summarize_run",
-    "write_failure", "write_result",
+    "Budget", "CURVE_KEYS", "Cell", "FAILED_FILE", "RESULT_FILE", "SWEEP_FILE", "SWEEP_METHODS", "SweepError",
+    "aggregate", "cell_state", "check_budget", "collect_results", "make_grid", "markdown_table", "read_json",
+    "summarize_run", "write_failure", "write_result",
 ]
