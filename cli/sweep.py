@@ -6,8 +6,9 @@ Every cell is one ``purerigl train`` process (a subprocess of a Dask worker, its
 ``--scheduler ADDRESS`` (then ``OUT`` must be a path every worker can read and write, and purerigl
 must be installed on every worker). Finished cells are skipped and interrupted ones resumed from
 their checkpoint (see :mod:`purerigl.report.sweep` for the states), so running the same command again after
-a crash, or with more seeds, only trains what is missing. At the end it writes ``OUT/results.md``,
-``OUT/results.json`` and ``OUT/accuracy_vs_sparsity.png``.
+a crash, or with more seeds, only trains what is missing; ``--restore-from`` brings in the cells of a
+``results.json`` written elsewhere (:func:`purerigl.report.sweep.restore_results`). At the end it writes
+``OUT/results.md``, ``OUT/results.json`` and ``OUT/accuracy_vs_sparsity.png``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from purerigl.optim import OPTIMIZERS
 from purerigl.optim.lr_schedule import SCHEDULES
 from purerigl.report.sweep import (
     SWEEP_FILE, SWEEP_METHODS, Budget, Cell, aggregate, cell_state, check_budget, collect_results, make_grid,
-    markdown_table, write_failure, write_result,
+    markdown_table, restore_results, write_failure, write_result,
 )
 
 from ._models import MODEL_NAMES, training_defaults
@@ -242,13 +243,17 @@ def _train_args(ctx, param, value):
 @click.option("--train-args", default="", metavar="ARGS", callback=_train_args,
               help="More `purerigl train` options for every cell, one quoted string (for example "
                    "--train-args '--gamma-sal 0.9'); not those the sweep sets itself.")
+@click.option("--restore-from", "restore_from", multiple=True, metavar="RESULTS_JSON",
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A results.json of this sweep (the same budget), for example one committed from another machine: "
+                   "its cells are written into OUT as done, where OUT has no run of them. Repeatable.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their state; train nothing.")
 @click.option("--report-only", is_flag=True,
               help="Write results.md, results.json and the plot from the cells of the grid already done (a sweep "
                    "stopped early: missing seeds are marked); train nothing.")
 def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epochs, batch_size, optimizer, lr,
-          momentum, weight_decay, schedule, distribution, workers, threads_per_run, scheduler, train_args, dry_run,
-          report_only):
+          momentum, weight_decay, schedule, distribution, workers, threads_per_run, scheduler, train_args,
+          restore_from, dry_run, report_only):
     """Train a grid of methods x sparsities x seeds and write the accuracy table and plot.
 
     Cells already done in OUT are skipped and interrupted ones resumed, so the same command can be
@@ -267,6 +272,14 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
         hidden=hidden, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, distribution=distribution, extra=train_args,
     )
+    if restore_from:
+        if dry_run:
+            raise click.UsageError("--restore-from writes cells into OUT; it cannot be combined with --dry-run")
+        check_budget(out, budget)  # OUT's own budget first: exit 2 before anything is written
+        for path in restore_from:
+            restored, kept = restore_results(out, path, budget)
+            click.echo(f"restored {len(restored)} cell(s) from {path}"
+                       + (f"; left as they were: {', '.join(kept)}" if kept else ""))
     states = {cell: cell_state(out / "cells" / cell.name) for cell in cells}
     todo = [cell for cell in cells if states[cell] != "done"]
     left = f"{len(todo)} not done (report only: nothing is trained)" if report_only else f"{len(todo)} to run"

@@ -277,6 +277,47 @@ def test_report_only_writes_the_table_of_the_cells_done_and_trains_nothing(finis
     assert changed.exit_code == 2 and "another budget" in changed.output
 
 
+def test_restore_from_a_committed_results_json_continues_the_grid_elsewhere(finished_sweep, tmp_path):
+    """The run directories are gone (another machine): --restore-from the sweep's results.json writes its
+    cells into a new OUT as done, so the sweep reports them (curves included) and trains only the rest;
+    a cell OUT already has, done or interrupted, is left as it was."""
+    committed = tmp_path / "committed.json"
+    committed.write_text((finished_sweep[0] / "results.json").read_text())
+    before = json.loads(committed.read_text())
+    out = tmp_path / "elsewhere"
+    (out / "cells" / "rigl-s50-seed1").mkdir(parents=True)
+    (out / "cells" / "rigl-s50-seed1" / "train.log").write_text("an interrupted run of this machine\n")
+    result = _sweep(out, "--seeds", "0,1,2", "--restore-from", str(committed), "--report-only")
+    assert result.exit_code == 0, result.output
+    assert "restored 5 cell(s)" in result.output
+    assert "rigl-s50-seed1 (its directory holds another run's files)" in result.output
+    assert "4 not done" in result.output  # seed 2 of each method and the interrupted cell
+    after = json.loads((out / "results.json").read_text())
+    assert after["cells"] == [c for c in before["cells"] if c["name"] != "rigl-s50-seed1"]
+    assert all(len(c["curve"]) == 1 for c in after["cells"])  # the learning curves came along
+    assert "5 of 9 cells done" in (out / "results.md").read_text()
+    again = _sweep(out, "--seeds", "0,1,2", "--restore-from", str(committed), "--report-only")
+    assert "restored 0 cell(s)" in again.output and "dense-s0-seed0 (already done)" in again.output
+
+
+def test_restore_from_refuses_another_budget_and_a_file_that_is_not_a_sweeps(finished_sweep, tmp_path):
+    committed = finished_sweep[0] / "results.json"
+    other = _sweep(tmp_path / "a", "--lr", "0.5", "--restore-from", str(committed), "--report-only")
+    assert other.exit_code == 2 and "another budget (differs in: lr)" in other.output, other.output
+    assert not (tmp_path / "a" / "cells").exists()  # nothing written
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"budget": {}, "cells": "none"}))
+    assert "not a sweep's results.json" in _sweep(tmp_path / "b", "--restore-from", str(bad)).output
+    renamed = json.loads(committed.read_text())
+    renamed["cells"][0]["name"] = "rigl-s90-seed0"
+    bad.write_text(json.dumps(renamed))
+    wrong = _sweep(tmp_path / "c", "--restore-from", str(bad), "--report-only")
+    assert wrong.exit_code == 2 and "the record named rigl-s90-seed0 is the cell" in wrong.output, wrong.output
+    dry = _sweep(tmp_path / "d", "--restore-from", str(committed), "--dry-run")
+    assert dry.exit_code == 2 and "cannot be combined with --dry-run" in dry.output
+    assert "Traceback" not in other.output + wrong.output + dry.output
+
+
 def test_train_args_reach_every_cell_and_the_budget(tmp_path):
     """--train-args is added to every cell's train command and recorded in the budget, so a rerun
     with other extra options is a changed budget."""

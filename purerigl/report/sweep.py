@@ -220,21 +220,87 @@ def check_budget(out: Path, budget: Budget) -> None:
     Cells of one table must share the budget; adding methods, sparsities or seeds to a sweep is fine.
     """
     path = Path(out) / SWEEP_FILE
-    mine = budget.to_dict()
     if path.exists():
-        theirs = read_json(path).get("budget")
-        if isinstance(theirs, dict):
-            theirs.setdefault("model", "mlp")  # a sweep written before --model existed trained MLPs
-        if theirs != mine:
-            diff = sorted(k for k in set(mine) | set(theirs or {}) if (theirs or {}).get(k) != mine.get(k))
+        diff = _budget_difference(budget, read_json(path).get("budget"))
+        if diff:
             raise SweepError(
                 f"{out} holds a sweep with another budget (differs in: {', '.join(diff)}); "
                 "use another --out, or the same options as before"
             )
         return
     Path(out).mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"budget": mine}, indent=2) + "\n"
+    text = json.dumps({"budget": budget.to_dict()}, indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _budget_difference(budget: Budget, theirs) -> list[str]:
+    """The names of the budget entries in which a recorded budget (a dict, or None) differs from ``budget``."""
+    mine = budget.to_dict()
+    theirs = dict(theirs) if isinstance(theirs, dict) else {}
+    theirs.setdefault("model", "mlp")  # a sweep written before --model existed trained MLPs
+    return sorted(k for k in set(mine) | set(theirs) if theirs.get(k) != mine.get(k))
+
+
+def restore_results(out: Path, results_file: Path, budget: Budget) -> tuple[list[str], list[str]]:
+    """Write the cells that a sweep's ``results.json`` holds into ``OUT/cells/`` as done cells.
+
+    A grid continued on another machine, or after its run directories were lost, starts from the
+    results committed of it: each cell of ``results_file`` gets its ``result.json`` (the same record
+    the sweep wrote when the cell finished), so the sweep skips it and reports it. Only cells whose
+    directory does not exist yet, or is empty, are written; a cell that is done, or holds files of
+    another run (an interrupted one is resumed, not replaced), is left as it is.
+
+    Parameters
+    ----------
+    out : the sweep directory (its ``sweep.json`` already checked against ``budget``)
+    results_file : a ``results.json`` written by ``purerigl sweep``; its budget must equal ``budget``
+
+    Returns
+    -------
+    (restored, kept): the names of the cells written, and ``"name (why)"`` for each cell left as it was.
+
+    Raises
+    ------
+    SweepError : the file cannot be read, is not a sweep's results, ran with another budget, or holds a
+        cell record without its method, sparsity and seed, or named unlike its cell.
+    """
+    data = read_json(results_file)
+    if not isinstance(data.get("cells"), list):
+        raise SweepError(f"{results_file} is not a sweep's results.json (no list of cells)")
+    diff = _budget_difference(budget, data.get("budget"))
+    if diff:
+        raise SweepError(f"{results_file} was run with another budget (differs in: {', '.join(diff)}); "
+                         "restore it into a sweep with the same options")
+    restored, kept = [], []
+    for result in data["cells"]:
+        cell = _cell_of(result, results_file)
+        cell_dir = Path(out) / "cells" / cell.name
+        if cell_state(cell_dir) == "done":
+            kept.append(f"{cell.name} (already done)")
+        elif cell_dir.exists() and any(cell_dir.iterdir()):
+            kept.append(f"{cell.name} (its directory holds another run's files)")
+        else:
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(result, indent=2) + "\n"
+            atomic_write(cell_dir / RESULT_FILE, lambda f: f.write(text.encode("utf-8")))
+            restored.append(cell.name)
+    return restored, kept
+
+
+def _cell_of(result, results_file: Path) -> Cell:
+    """The :class:`Cell` of one record of a results.json, checked (method known, name matching)."""
+    try:
+        spec = result["cell"]
+        cell = Cell(str(spec["method"]), float(spec["sparsity"]), int(spec["seed"]))
+        name = result["name"]
+        float(result["test_accuracy"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise SweepError(f"{results_file}: a cell record lacks its cell, name or test accuracy ({err!r})") from None
+    if cell.method not in SWEEP_METHODS:
+        raise SweepError(f"{results_file}: cell {name} has an unknown method {cell.method!r}")
+    if name != cell.name:
+        raise SweepError(f"{results_file}: the record named {name} is the cell {cell.name}")
+    return cell
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -335,5 +401,5 @@ def collect_results(out: Path, cells: list[Cell]) -> list[dict]:
 __all__ = [
     "Budget", "CURVE_KEYS", "Cell", "FAILED_FILE", "RESULT_FILE", "SWEEP_FILE", "SWEEP_METHODS", "SweepError",
     "aggregate", "cell_state", "check_budget", "collect_results", "make_grid", "markdown_table", "read_json",
-    "summarize_run", "write_failure", "write_result",
+    "restore_results", "summarize_run", "write_failure", "write_result",
 ]
