@@ -313,9 +313,14 @@ def test_restore_from_refuses_another_budget_and_a_file_that_is_not_a_sweeps(fin
     bad.write_text(json.dumps(renamed))
     wrong = _sweep(tmp_path / "c", "--restore-from", str(bad), "--report-only")
     assert wrong.exit_code == 2 and "the record named rigl-s90-seed0 is the cell" in wrong.output, wrong.output
+    del renamed["cells"][0]["seconds_per_epoch"]
+    renamed["cells"][0]["name"] = "dense-s0-seed0"
+    bad.write_text(json.dumps(renamed))
+    short = _sweep(tmp_path / "e", "--restore-from", str(bad), "--report-only")
+    assert short.exit_code == 2 and "lacks its cell, name, test accuracy or seconds" in short.output, short.output
     dry = _sweep(tmp_path / "d", "--restore-from", str(committed), "--dry-run")
     assert dry.exit_code == 2 and "cannot be combined with --dry-run" in dry.output
-    assert "Traceback" not in other.output + wrong.output + dry.output
+    assert "Traceback" not in other.output + wrong.output + short.output + dry.output
 
 
 def test_train_args_reach_every_cell_and_the_budget(tmp_path):

@@ -262,7 +262,8 @@ def restore_results(out: Path, results_file: Path, budget: Budget) -> tuple[list
     Raises
     ------
     SweepError : the file cannot be read, is not a sweep's results, ran with another budget, or holds a
-        cell record without its method, sparsity and seed, or named unlike its cell.
+        cell record without its method, sparsity, seed and the numbers the table reads, or named unlike
+        its cell.
     """
     data = read_json(results_file)
     if not isinstance(data.get("cells"), list):
@@ -293,9 +294,10 @@ def _cell_of(result, results_file: Path) -> Cell:
         spec = result["cell"]
         cell = Cell(str(spec["method"]), float(spec["sparsity"]), int(spec["seed"]))
         name = result["name"]
-        float(result["test_accuracy"])
+        float(result["test_accuracy"]), float(result["seconds_per_epoch"])  # what the table reads
     except (KeyError, TypeError, ValueError) as err:
-        raise SweepError(f"{results_file}: a cell record lacks its cell, name or test accuracy ({err!r})") from None
+        raise SweepError(f"{results_file}: a cell record lacks its cell, name, test accuracy or seconds per epoch "
+                         f"({err!r})") from None
     if cell.method not in SWEEP_METHODS:
         raise SweepError(f"{results_file}: cell {name} has an unknown method {cell.method!r}")
     if name != cell.name:
