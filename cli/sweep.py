@@ -245,8 +245,9 @@ def _train_args(ctx, param, value):
                    "--train-args '--gamma-sal 0.9'); not those the sweep sets itself.")
 @click.option("--restore-from", "restore_from", multiple=True, metavar="RESULTS_JSON",
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="A results.json of this sweep (the same budget), for example one committed from another machine: "
-                   "its cells are written into OUT as done, where OUT has no run of them. Repeatable.")
+              help="A results.json of this sweep (the same budget; only the data directory may differ), for example "
+                   "one committed from another machine: its cells are written into OUT as done, where OUT has no "
+                   "run of them. Repeatable.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their state; train nothing.")
 @click.option("--report-only", is_flag=True,
               help="Write results.md, results.json and the plot from the cells of the grid already done (a sweep "

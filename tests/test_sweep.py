@@ -282,8 +282,9 @@ def test_restore_from_a_committed_results_json_continues_the_grid_elsewhere(fini
     cells into a new OUT as done, so the sweep reports them (curves included) and trains only the rest;
     a cell OUT already has, done or interrupted, is left as it was."""
     committed = tmp_path / "committed.json"
-    committed.write_text((finished_sweep[0] / "results.json").read_text())
-    before = json.loads(committed.read_text())
+    before = json.loads((finished_sweep[0] / "results.json").read_text())
+    before["budget"]["data_dir"] = "/elsewhere/data"  # where the other machine kept the data: may differ
+    committed.write_text(json.dumps(before))
     out = tmp_path / "elsewhere"
     (out / "cells" / "rigl-s50-seed1").mkdir(parents=True)
     (out / "cells" / "rigl-s50-seed1" / "train.log").write_text("an interrupted run of this machine\n")

@@ -233,12 +233,12 @@ def check_budget(out: Path, budget: Budget) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def _budget_difference(budget: Budget, theirs) -> list[str]:
-    """The names of the budget entries in which a recorded budget (a dict, or None) differs from ``budget``."""
+def _budget_difference(budget: Budget, theirs, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The names of the budget entries (but ``ignore``) in which a recorded budget (a dict, or None) differs."""
     mine = budget.to_dict()
     theirs = dict(theirs) if isinstance(theirs, dict) else {}
     theirs.setdefault("model", "mlp")  # a sweep written before --model existed trained MLPs
-    return sorted(k for k in set(mine) | set(theirs) if theirs.get(k) != mine.get(k))
+    return sorted(k for k in set(mine) | set(theirs) if theirs.get(k) != mine.get(k) and k not in ignore)
 
 
 def restore_results(out: Path, results_file: Path, budget: Budget) -> tuple[list[str], list[str]]:
@@ -254,6 +254,7 @@ def restore_results(out: Path, results_file: Path, budget: Budget) -> tuple[list
     ----------
     out : the sweep directory (its ``sweep.json`` already checked against ``budget``)
     results_file : a ``results.json`` written by ``purerigl sweep``; its budget must equal ``budget``
+        but for ``data_dir`` (the same data set's files may lie elsewhere on another machine)
 
     Returns
     -------
@@ -268,7 +269,9 @@ def restore_results(out: Path, results_file: Path, budget: Budget) -> tuple[list
     data = read_json(results_file)
     if not isinstance(data.get("cells"), list):
         raise SweepError(f"{results_file} is not a sweep's results.json (no list of cells)")
-    diff = _budget_difference(budget, data.get("budget"))
+    # where the data set's files lie is the one entry that may differ between machines: --dataset names
+    # the data, and the canonical files are checked against their checksums wherever they are read from
+    diff = _budget_difference(budget, data.get("budget"), ignore=("data_dir",))
     if diff:
         raise SweepError(f"{results_file} was run with another budget (differs in: {', '.join(diff)}); "
                          "restore it into a sweep with the same options")
