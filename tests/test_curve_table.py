@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+from benchmark_scripts import load_benchmark
 from click.testing import CliRunner
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "curve_table.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("curve_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("curve_table")
 
 
 def _cell(method, sparsity, seed, accuracies, train_loss=0.01, curve=True):

@@ -3,28 +3,22 @@ norms and to the gates' known value at the official initialisation (K / P on eve
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import BENCHMARKS, load_benchmark
 from click.testing import CliRunner
 
 from purerigl.formats import Diagonal
 from purerigl.nn import GatedDiagonalLinear
 from purerigl.nn.layers import SparseLinear
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
 def gain(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling dynadiag_compare
-    spec = importlib.util.spec_from_file_location("dynadiag_gain", BENCHMARKS / "dynadiag_gain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("dynadiag_gain")
 
 
 def _scipy_gain(W: Diagonal) -> float:
