@@ -23,8 +23,7 @@ from pathlib import Path
 
 import click
 
-# the sweep's method order (purerigl.report.sweep.SWEEP_METHODS), so rows read like the sweep's table
-METHOD_ORDER = ("dense", "static", "set", "rigl", "srigl", "gse", "diag-rigl", "dynadiag")
+from purerigl.report.sweep import SWEEP_METHODS  # rows in the sweep's own method order
 
 
 def read_cells(paths: list[Path]) -> list[dict]:
@@ -49,7 +48,7 @@ def read_cells(paths: list[Path]) -> list[dict]:
                                          param_hint="RESULTS")
             seen[key] = path
             cells.append(result)
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    order = {m: i for i, m in enumerate(SWEEP_METHODS)}
     return sorted(cells, key=lambda r: (order.get(_key(r)[0], len(order)), _key(r)[1], _key(r)[2]))
 
 
