@@ -62,6 +62,32 @@ def test_gated_layer_matches_the_reference_backend(cuda):
         np.testing.assert_allclose(dev.alpha.grad, ref.alpha.grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("max_tile_bytes", [64 * 2**20, 1], ids=["whole", "one-sample-chunks"])
+def test_gated_convolution_matches_the_reference_backend(cuda, max_tile_bytes):
+    """A convolution whose filter matrix is a soft gated layer (its feature-major step, and the tiled
+    path's per-chunk gradients with alpha's host array summed) on cuda against the reference backend."""
+    from purerigl.formats import Diagonal
+    from purerigl.nn import GatedDiagonalLinear
+    from purerigl.nn.conv import SparseConv2d
+
+    rng = np.random.default_rng(1)
+    W = Diagonal.random((3, 2 * 2 * 2), None, rng, K=5)  # c_out 3, c_in 2, 2 x 2 kernel
+    alpha = rng.normal(size=8).astype(np.float32)
+    X = rng.normal(size=(2, 2, 4, 3)).astype(np.float32)
+    dY = rng.normal(size=(2, 3, 3, 2)).astype(np.float32)
+    layers = []
+    for backend in ("reference", cuda):
+        conv = SparseConv2d(W.copy(), 2, 2, backend=backend, name="c", max_tile_bytes=max_tile_bytes)
+        conv.linear = GatedDiagonalLinear(W.copy(), 3, alpha=alpha, temperature=0.7, backend=backend, name="c")
+        layers.append(conv)
+    ref, dev = layers
+    np.testing.assert_allclose(cuda.to_host(dev.forward(cuda.to_device(X))), ref.forward(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cuda.to_host(dev.backward(cuda.to_device(dY))), ref.backward(dY), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cuda.to_host(dev.weight.grad), ref.weight.grad, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dev.linear.alpha.grad, ref.linear.alpha.grad, rtol=1e-5, atol=1e-7)
+    assert np.abs(ref.linear.alpha.grad).max() > 1e-4
+
+
 @pytest.mark.parametrize("shape", [(12, 8), (8, 12)])
 def test_window_swap_agrees_with_the_specification(cuda, shape):
     from purerigl.dst.spec.agreement import compare_with_spec

@@ -377,9 +377,11 @@ def test_gating_a_network_reaches_convolutions_and_block_projections():
         gated = gate_model(net, budgets, options, np.random.default_rng(1), 1.0)
         assert gated and all(isinstance(lin, GatedDiagonalLinear) for lin in net.sparse_layers())
         assert len(gated) == len(budgets)
+        conv = None
         if name == "lenet5":
             conv = next(layer for layer in net.weight_layers if isinstance(layer, SparseConv2d))
             assert conv.linear in gated
+            assert np.all(conv.linear.alpha.value == conv.linear.alpha.value[0])  # the official init, 1 / P
         config = TrainConfig(epochs=2, batch_size=64, lr=1e-2, optimizer="adam", seed=0)
         steps = 2 * -(-data.x_train.shape[0] // 64)
         updater = DynaDiagUpdater(UpdateSchedule.from_fraction(steps, delta_t=5, alpha=0.3, t_end=0.75), budgets,
@@ -387,6 +389,9 @@ def test_gating_a_network_reaches_convolutions_and_block_projections():
         history = Trainer(net, data, config, topology=updater).fit()
         assert math.isfinite(history[-1]["train_loss"])
         assert all(lin.frozen and lin.W.K == lin.k for lin in gated)
+        if conv is not None:  # the convolution computed with its gates, so each score got its own gradient
+            alpha = conv.linear.alpha.value  # (without one, weight decay and the swaps leave a handful of values)
+            assert np.unique(alpha).size > alpha.size // 4
 
 
 @pytest.mark.parametrize("extra,soft", [([], False), (["--dynadiag-freeze-epoch", "2"], True)])

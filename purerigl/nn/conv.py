@@ -62,8 +62,12 @@ def _check_stride_padding(stride, padding) -> tuple[int, int]:
 
 
 def _accumulate(backend, target, part) -> None:
-    """``target += part`` in place on the backend (``add``, then a copy into ``target``)."""
-    target[:] = backend.add(target, part)
+    """``target += part`` in place: on the host when both are host arrays (any array of a host
+    backend; a gated layer's alpha on every backend), else on the backend (``add``, then a copy)."""
+    if isinstance(target, np.ndarray) and isinstance(part, np.ndarray):
+        target += part
+    else:
+        target[:] = backend.add(target, part)
 
 
 class SparseConv2d:
@@ -80,7 +84,9 @@ class SparseConv2d:
     (B * Ho * Wo, c_in * kh * kw) and the output gradient dY2 (B * Ho * Wo, c_out), whose dY2^T P is
     the gradient of the filter matrix. That is exactly what the streamed growth kernels read, so every
     DST method updates ``linear`` unchanged (``linear.set_structure``): a filter is a row, i.e. a
-    "neuron" for SRigL (constant fan-in per filter, whole filters ablated). When the batch is tiled
+    "neuron" for SRigL (constant fan-in per filter, whole filters ablated). DynaDiag replaces ``linear``
+    by a :class:`~purerigl.nn.GatedDiagonalLinear`, whose own feature-major step gates the filters and
+    trains its scores alpha (summed over the chunks of a tiled batch too). When the batch is tiled
     (its patch matrix exceeds ``max_tile_bytes``), the saved batch is the *last chunk's* patches and
     output gradient, a sub-batch of the samples: raise the bound to score growth on the whole batch.
 
@@ -211,20 +217,27 @@ class SparseConv2d:
             dPT = lin.backward_fm(dYT)  # (c_in*kh*kw, B*Ho*Wo)
             return None if dPT is None else be.col2im_t(dPT, self._X_shape, *conv)
         _, C, H, W = self._X_shape
-        gW, gb = be.zeros_like(lin.weight.grad), be.zeros_like(lin.bias.grad)
+        sums: dict = {}  # the linear's gradients summed over the other chunks, by the attribute they belong to
+        gb = be.zeros_like(lin.bias.grad)
         dX = be.zeros(self._X_shape, np.float32) if self.needs_input_grad else None
         for a, b in self._tiles[:-1]:  # rebuild these chunks' patches
             PT = be.im2col_t(self._X[a:b], *conv)  # (c_in*kh*kw, n*Ho*Wo)
             dYTc = be.nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
-            _accumulate(be, gW, be.sddmm_fm(lin.matrix, PT, dYTc))
+            grads, dPTc = lin.gradients_fm(PT, dYTc)  # dPTc: (c_in*kh*kw, n*Ho*Wo) or None
+            for key, g in grads.items():
+                if key in sums:
+                    _accumulate(be, sums[key], g)
+                else:
+                    sums[key] = g
             _accumulate(be, gb, be.bias_grad(dYTc.T, be.zeros_like(gb)))
             if dX is not None:
-                dX[a:b] = be.col2im_t(be.matmul_t_fm(lin.matrix, dYTc), (b - a, C, H, W), *conv)
+                dX[a:b] = be.col2im_t(dPTc, (b - a, C, H, W), *conv)
         a, b = self._tiles[-1]
         dYTc = be.nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
         dPT = lin.backward_fm(dYTc)  # the linear still holds this chunk's patches
         be.bias_grad(dYTc.T, lin.bias.grad)
-        _accumulate(be, lin.weight.grad, gW)
+        for key, g in sums.items():
+            _accumulate(be, getattr(lin, key).grad, g)
         _accumulate(be, lin.bias.grad, gb)
         if dX is not None:
             dX[a:b] = be.col2im_t(dPT, (b - a, C, H, W), *conv)

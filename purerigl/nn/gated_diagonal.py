@@ -31,6 +31,11 @@ longer moves; the layer is then exactly a :class:`~purerigl.nn.SparseLinear` ove
 diagonals and costs what one costs. The DST side (temperature, freezing to the top K, which
 diagonals are stored) is :mod:`purerigl.dst.dynadiag`.
 
+Both layouts: :meth:`~GatedDiagonalLinear.forward` / :meth:`~GatedDiagonalLinear.backward` take the
+batch in rows, :meth:`~GatedDiagonalLinear.forward_fm` / :meth:`~GatedDiagonalLinear.backward_fm`
+feature-major, the layout in which a convolution runs its filter matrix over the patches
+(:class:`~purerigl.nn.conv.SparseConv2d`); all four gate the same way.
+
 Where it runs: the products, the gating of the values (``scale_rows``) and the per-diagonal dot
 products (``row_dots``) run on the layer's backend; ``alpha`` and the gates are host arrays of P
 floats (O(P) work per step on the host), so on cuda a soft step copies S gates to the device and S
@@ -135,12 +140,8 @@ class GatedDiagonalLinear(SparseLinear):
         """
         if self.frozen:
             return super().forward(X)
-        self._X, self._X_host = X, None
-        self._gates = self.gates().astype(np.float32)
-        self._gates_dev = self.backend.to_device(self._gates)
-        M = self._matrix
-        self._effective = _with_values(M, self.backend.scale_rows(M.values, self._gates_dev))
-        Y = self.backend.matmul(self._effective, X)
+        self._remember_input(X, False)
+        Y = self.backend.matmul(self._gate_values(), X)
         return self.backend.add_bias(Y, self.bias.value)
 
     def backward(self, dY):
@@ -155,21 +156,79 @@ class GatedDiagonalLinear(SparseLinear):
         """
         if self.frozen:
             return super().backward(dY)
-        self._remember_output_grad(dY)
+        self._remember_output_grad(dY, False)
         ops = self.backend
-        G = self.weight.grad
-        ops.sddmm(self._effective, self._X, dY, out=G)  # (S, L): dL/dW_eff on the stored diagonals
-        d_gate = np.zeros(self.alpha.value.size)  # (P,): a diagonal not stored has V = 0, so 0
-        d_gate[self.W.offsets] = ops.to_host(ops.row_dots(self._matrix.values, G))
-        ops.scale_rows(G, self._gates_dev, out=G)  # dL/dV = gate * G
-        d_alpha = soft_top_k_backward(self.alpha.value, self.k, self.temperature, d_gate)
-        if self.l1:
-            d_alpha += self.l1 * np.sign(self.alpha.value)
-        self.alpha.grad[...] = d_alpha
+        ops.sddmm(self._effective, self._X, dY, out=self.weight.grad)  # (S, L): dL/dW_eff, stored diagonals
+        self.alpha.grad[...] = self._gate_backward(self.weight.grad) + self._l1_grad()
         ops.bias_grad(dY, self.bias.grad)
         if not self.needs_input_grad:
             return None
         return ops.matmul_t(self._effective, dY)
+
+    def forward_fm(self, XT):
+        """The gated product in the feature-major layout, XT (n_in, B) -> YT (n_out, B), without the
+        bias (as :meth:`SparseLinear.forward_fm`: a convolution adds it while it reorders the output).
+
+        .. math:: Y^T = W_{\\mathrm{eff}} X^T
+        """
+        if self.frozen:
+            return super().forward_fm(XT)
+        self._remember_input(XT, True)
+        return self.backend.matmul_fm(self._gate_values(), XT)
+
+    def backward_fm(self, dYT):
+        """dYT (n_out, B) -> dXT (n_in, B) (None if not ``needs_input_grad``) after :meth:`forward_fm`;
+        fills ``weight.grad`` and ``alpha.grad`` as :meth:`backward` does (``bias.grad`` is the caller's).
+
+        .. math:: G = (dY^T X)_{\\text{stored}}, \\quad \\frac{\\partial L}{\\partial V_k} = \\tilde\\alpha_{d_k} G_k,
+                  \\quad dX^T = W_{\\mathrm{eff}}^T dY^T
+        """
+        if self.frozen:
+            return super().backward_fm(dYT)
+        self._remember_output_grad(dYT, True)
+        ops = self.backend
+        ops.sddmm_fm(self._effective, self._X, dYT, out=self.weight.grad)  # (S, L)
+        self.alpha.grad[...] = self._gate_backward(self.weight.grad) + self._l1_grad()
+        if not self.needs_input_grad:
+            return None
+        return ops.matmul_t_fm(self._effective, dYT)
+
+    def gradients_fm(self, XT, dYT) -> tuple[dict, object]:
+        """:meth:`SparseLinear.gradients_fm` with the gates: ``{"weight": dL/dV, "alpha": dL/dalpha}``
+        of one chunk (the l1 term on alpha left out: :meth:`backward_fm` adds it once per batch) and
+        dXT = W_eff^T dY^T, after a :meth:`forward_fm` of this batch (which set the gates)."""
+        if self.frozen:
+            return super().gradients_fm(XT, dYT)
+        ops = self.backend
+        G = ops.sddmm_fm(self._effective, XT, dYT)  # (S, L)
+        d_alpha = self._gate_backward(G)
+        dXT = ops.matmul_t_fm(self._effective, dYT) if self.needs_input_grad else None
+        return {"weight": G, "alpha": d_alpha}, dXT
+
+    def _gate_values(self):
+        """Compute the gates of the stored diagonals now and the gated matrix W_eff (kept for the backward)."""
+        self._gates = self.gates().astype(np.float32)
+        self._gates_dev = self.backend.to_device(self._gates)
+        M = self._matrix
+        self._effective = _with_values(M, self.backend.scale_rows(M.values, self._gates_dev))
+        return self._effective
+
+    def _gate_backward(self, G) -> np.ndarray:
+        """G (S, L), dL/dW_eff at the stored entries, becomes dL/dV = gate * G in place; returns
+        dL/dalpha (P,) float64 through the soft top-K (without the l1 term).
+
+        .. math:: \\frac{\\partial L}{\\partial \\tilde\\alpha_{d_k}} = \\langle V_k, G_k \\rangle, \\qquad
+                  \\frac{\\partial L}{\\partial V_k} = \\tilde\\alpha_{d_k} G_k
+        """
+        ops = self.backend
+        d_gate = np.zeros(self.alpha.value.size)  # (P,): a diagonal not stored has V = 0, so 0
+        d_gate[self.W.offsets] = ops.to_host(ops.row_dots(self._matrix.values, G))
+        ops.scale_rows(G, self._gates_dev, out=G)
+        return soft_top_k_backward(self.alpha.value, self.k, self.temperature, d_gate)
+
+    def _l1_grad(self) -> np.ndarray | float:
+        """The gradient of the l1 term l1 * ||alpha||_1 (0 without one)."""
+        return self.l1 * np.sign(self.alpha.value) if self.l1 else 0.0
 
     def gate_state(self) -> dict:
         """What a model file stores of the gate besides ``alpha``: K, T and whether it is frozen."""

@@ -260,6 +260,20 @@ class SparseLinear:
             return None
         return self.backend.matmul_t_fm(self._matrix, dYT)
 
+    def gradients_fm(self, XT, dYT) -> tuple[dict, object]:
+        """The gradients of one more chunk of a batch in the feature-major layout, keeping nothing:
+        ``({"weight": dW}, dXT)`` with dW shaped like ``W.values`` and dXT (n_in, B) (None if not
+        ``needs_input_grad``); no bias (the caller's). A tiled convolution adds these up over its other
+        chunks (:class:`~purerigl.nn.conv.SparseConv2d`) around the :meth:`backward_fm` of its last one.
+        Keys name the attribute whose ``.grad`` each gradient adds to; a subclass with more trained
+        arrays returns them too (the gated diagonal layer's ``"alpha"``).
+
+        .. math:: dW_e = \\sum_b dY^T_{i_e, b} X^T_{j_e, b}, \\qquad dX^T = W^T dY^T
+        """
+        dW = self.backend.sddmm_fm(self._matrix, XT, dYT)
+        dXT = self.backend.matmul_t_fm(self._matrix, dYT) if self.needs_input_grad else None
+        return {"weight": dW}, dXT
+
     def forward_fm_with_bias(self, XT):
         """:meth:`forward_fm` plus the bias, XT (n_in, B) -> YT (n_out, B): the whole layer in the
         feature-major layout (the MLP's and a token-wise layer's step).
