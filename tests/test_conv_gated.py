@@ -124,3 +124,22 @@ def test_frozen_gated_convolution_is_the_plain_one():
     dY = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
     np.testing.assert_array_equal(frozen.backward(dY), plain.backward(dY))
     np.testing.assert_array_equal(frozen.weight.grad, plain.weight.grad)
+
+
+def test_a_linear_whose_fm_step_would_ignore_its_changes_is_refused():
+    """The guard against the bug this module pins down: a SparseLinear subclass that changes its
+    row-layout step but inherits the plain feature-major one cannot become a convolution's linear."""
+    from purerigl.nn import SparseLinear
+
+    class RowOnly(SparseLinear):
+        def forward(self, X):
+            return 2 * super().forward(X)
+
+    rng = np.random.default_rng(7)
+    W_mat = Diagonal.random((3, 8), None, rng, K=4)
+    conv = SparseConv2d(W_mat.copy(), 2, 2, backend="cpu", name="c")
+    with pytest.raises(TypeError, match="overrides forward but not forward_fm"):
+        conv.linear = RowOnly(W_mat.copy(), backend="cpu", name="c")
+    with pytest.raises(TypeError, match="must be a SparseLinear"):
+        conv.linear = object()
+    conv.linear = GatedDiagonalLinear(W_mat.copy(), 2, backend="cpu", name="c")  # it has all three

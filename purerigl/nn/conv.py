@@ -136,6 +136,24 @@ class SparseConv2d:
 
     # ---------------------------------------------------------------------------------- the linear's
     @property
+    def linear(self) -> SparseLinear:
+        """The filter matrix's layer, run feature-major over the patches (replaceable: DynaDiag puts a
+        gated layer here). A subclass of SparseLinear that changes the row-layout step but not the
+        feature-major one is refused: the convolution would silently compute without the change."""
+        return self._linear
+
+    @linear.setter
+    def linear(self, layer: SparseLinear) -> None:
+        if not isinstance(layer, SparseLinear):
+            raise TypeError(f"a convolution's linear must be a SparseLinear, got {type(layer).__name__}")
+        cls = type(layer)
+        for row, fm in (("forward", "forward_fm"), ("backward", "backward_fm"), ("backward", "gradients_fm")):
+            if getattr(cls, row) is not getattr(SparseLinear, row) and getattr(cls, fm) is getattr(SparseLinear, fm):
+                raise TypeError(f"{cls.__name__} overrides {row} but not {fm}, the step a convolution runs; "
+                                f"give it its own {fm}")
+        self._linear = layer
+
+    @property
     def backend(self):
         return self.linear.backend
 

@@ -366,8 +366,11 @@ class SparseLinear:
 def has_feature_major_step(layer) -> bool:
     """True when ``layer``'s step in the feature-major layout (:meth:`SparseLinear.forward_fm` /
     :meth:`~SparseLinear.backward_fm` plus the bias ops) computes what its forward / backward do: a
-    :class:`SparseLinear`, or a subclass that keeps SparseLinear's forward and backward (not
-    :class:`~purerigl.nn.GatedDiagonalLinear`, which overrides both to gate its values)."""
+    :class:`SparseLinear`, or a subclass that keeps SparseLinear's forward and backward.
+
+    A :class:`~purerigl.nn.GatedDiagonalLinear` answers False: it overrides both layouts to gate its
+    values (its feature-major step is what a convolution calls), and the MLP and the token-wise
+    layers, which ask this, run it in the row layout, as they did before it had one."""
     cls = type(layer)
     return (isinstance(layer, SparseLinear) and cls.forward is SparseLinear.forward
             and cls.backward is SparseLinear.backward)
