@@ -14,7 +14,9 @@ convolution per (sample, filter, channel):
     dK[o, c] = \\sum_b X_p[b, c] \\star dY^s[b, o]
 
 (``\\star`` valid correlation, ``*`` convolution), dX is dX_p without its padding, and the value
-gradient is dK read at the stored positions. Tolerances as in :mod:`._selftest`: (n + 1) eps32 times
+gradient is dK read at the stored positions. DynaDiag's soft gated diagonal layer as the filter matrix
+(:func:`check_gated_conv`) is checked the same way over its gated dense filters, plus the gradient of
+its scores alpha. Tolerances as in :mod:`._selftest`: (n + 1) eps32 times
 the largest sum of |terms|, n the terms per output.
 """
 
@@ -105,12 +107,85 @@ def check_conv(backend, fmt: str, case, rng: np.random.Generator) -> list[Result
     return results
 
 
-def run_conv_selftest(backend, seed: int = 0, tiny: bool = False, formats=None) -> list[Result]:
-    """:func:`check_conv` for every format and case (:data:`TINY_CONV_CASES` if ``tiny``); each
-    (case, format) draws its inputs from its own seed."""
-    cases = TINY_CONV_CASES if tiny else CONV_CASES
+def check_gated_conv(backend, case, rng: np.random.Generator) -> list[Result]:
+    """DynaDiag's soft gated layer as a convolution's filter matrix (what ``gate_model`` builds):
+    forward, input gradient, value gradient, bias gradient and the gradient of the scores alpha, on
+    ``backend``, against the same SciPy convolution over the gated dense filters W_eff and the soft
+    top-K's Jacobian written entry by entry (:mod:`purerigl.dst.spec.dynadiag`).
+
+    .. math:: \\frac{\\partial L}{\\partial V_k} = g_{d_k} G_k, \\qquad
+              \\frac{\\partial L}{\\partial \\alpha} = J^T \\big(\\textstyle\\sum_t V_{k,t} G_{k,t}\\big)_{d_k}
+
+    with G = dK read at the stored positions and g = min(1, K softmax(alpha / T)).
+    """
+    from purerigl.dst.spec import dynadiag as spec
+    from purerigl.formats import Diagonal
+    from purerigl.nn import GatedDiagonalLinear
+
+    (B, c_in, H, W), c_out, k, s, p, density = case
+    n_in = c_in * k * k
+    shape = (c_out, n_in)
+    Wm = Diagonal.random(shape, density, rng)
+    n_diag = Wm.P
+    K_keep, T = max(1, Wm.K // 2), 0.7
+    alpha = rng.standard_normal(n_diag).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    X = rng.standard_normal((B, c_in, H, W)).astype(np.float32)
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    dY = rng.standard_normal((B, c_out, Ho, Wo)).astype(np.float32)
+    W_eff = spec.effective_matrix(Wm.offsets, Wm.values, alpha, K_keep, T, shape)  # (c_out, n_in) float64
+    W_abs = spec.effective_matrix(Wm.offsets, np.abs(Wm.values), alpha, K_keep, T, shape)
+    X64, dY64, b64 = X.astype(np.float64), dY.astype(np.float64), bias.astype(np.float64)
+    Y, dX, dK = conv_oracle(X64, W_eff.reshape(c_out, c_in, k, k), b64, dY64, s, p)
+    aY, adX, adK = conv_oracle(np.abs(X64), W_abs.reshape(c_out, c_in, k, k), np.abs(b64), np.abs(dY64), s, p)
+    rows, cols = slot_positions(Wm)
+    G = dK.reshape(shape)[rows, cols].reshape(Wm.values.shape)  # (K, L): dL/dW_eff at the stored entries
+    aG = adK.reshape(shape)[rows, cols].reshape(Wm.values.shape)
+    gate = spec.gate(alpha, K_keep, T)[Wm.offsets][:, None]  # (K, 1)
+    V = Wm.values.astype(np.float64)
+    J = spec.jacobian(alpha, K_keep, T)  # (P, P)
+    d_gate, a_gate = np.zeros(n_diag), np.zeros(n_diag)
+    d_gate[Wm.offsets], a_gate[Wm.offsets] = (V * G).sum(axis=1), (np.abs(V) * aG).sum(axis=1)
+    label = f"conv {k}x{k}/{s} p{p}"
+    expected = {  # op -> (expected, magnitude, terms per output)
+        "forward": (Y, aY, n_in + 1),
+        "input grad": (dX, adX, c_out * k * k),
+        "value grad": (gate * G, gate * aG, B * Ho * Wo + 1),
+        "bias grad": (dY64.sum(axis=(0, 2, 3)), np.abs(dY64).sum(axis=(0, 2, 3)), B * Ho * Wo),
+        "alpha grad": (J.T @ d_gate, np.abs(J).T @ a_gate, B * Ho * Wo + Wm.L + n_diag),
+    }
+    fmt = "diagonal, gated"
+    try:
+        layer = SparseConv2d(Wm.copy(), c_in, k, s, p, bias=bias, backend=backend, name="conv")
+        layer.linear = GatedDiagonalLinear(Wm.copy(), K_keep, alpha=alpha, temperature=T, bias=bias,
+                                           backend=backend, name="conv")
+        got = {"forward": backend.to_host(layer.forward(backend.to_device(X)))}
+        got["input grad"] = backend.to_host(layer.backward(backend.to_device(dY)))
+        got["value grad"] = backend.to_host(layer.weight.grad)
+        got["bias grad"] = backend.to_host(layer.bias.grad)
+        got["alpha grad"] = layer.linear.alpha.grad  # a host array on every backend
+    except Exception as err:  # a crashing layer fails every check of the case, with its message
+        return [Result(fmt, f"{label} {op}", shape, B, float("nan"),
+                       (n + 1) * EPS32 * float(np.max(m, initial=0.0)), False, _describe(err))
+                for op, (_, m, n) in expected.items()]
     results = []
-    for f_idx, fmt in enumerate(formats or FORMATS):
+    for op, (want, magnitude, n_terms) in expected.items():
+        err, tol, note = compare(np.asarray(got[op]), want, magnitude, n_terms)
+        results.append(Result(fmt, f"{label} {op}", shape, B, err, tol, not note, note))
+    return results
+
+
+def run_conv_selftest(backend, seed: int = 0, tiny: bool = False, formats=None) -> list[Result]:
+    """:func:`check_conv` for every format and case (:data:`TINY_CONV_CASES` if ``tiny``), then, with
+    the diagonal format, :func:`check_gated_conv` for every case; each (case, format) draws its inputs
+    from its own seed."""
+    cases = TINY_CONV_CASES if tiny else CONV_CASES
+    formats = list(formats or FORMATS)
+    results = []
+    for f_idx, fmt in enumerate(formats):
         for c_idx, case in enumerate(cases):
             results.extend(check_conv(backend, fmt, case, np.random.default_rng([seed, 101, c_idx, f_idx])))
+    if "diagonal" in formats:
+        for c_idx, case in enumerate(cases):
+            results.extend(check_gated_conv(backend, case, np.random.default_rng([seed, 103, c_idx])))
     return results

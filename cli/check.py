@@ -58,7 +58,8 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     run as Python threads) the shapes are at most 12 wide and the batches 1 and 3.
     Then a sparse convolution (SparseConv2d: forward, input, value and bias gradients) in every
     format, against a dense convolution by SciPy's correlate2d / convolve2d, with padding, strides
-    and batch 1.
+    and batch 1, and DynaDiag's soft gated diagonal convolution (the same, over the gated filters, and
+    the gradient of its scores alpha through the soft top-K's Jacobian).
     Then one topology update of every DST method (static, RigL, SET on CSR and condensed, SRigL with
     and without ablation, GSE with each sampler, diag-rigl, DynaDiag) on the backend against the method's NumPy
     specification (purerigl/dst/spec/), on integer data where both must agree exactly: structure,
@@ -93,8 +94,8 @@ def check(backend, seed: int, quick: bool, tiny: bool, as_json: bool) -> None:
     else:
         click.echo(f"purerigl check: backend {backend.name!r}, seed {seed}")
         click.echo("  products (matmul, matmul_t, sddmm, grad_at): against SciPy CSR in float64")
-        click.echo("  convolutions (SparseConv2d forward and gradients): against SciPy's correlate2d / "
-                   "convolve2d in float64")
+        click.echo("  convolutions (SparseConv2d forward and gradients; DynaDiag's gated one also alpha's): "
+                   "against SciPy's correlate2d / convolve2d in float64")
         click.echo(f"  updates: {backend.name!r}'s fast update of each method against its NumPy specification "
                    "(purerigl/dst/spec/<method>.py), exact; dynadiag also its gated layer's output and "
                    "gradients, to float32 rounding (relative 1e-5)")

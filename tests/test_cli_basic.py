@@ -113,6 +113,7 @@ def test_check_reference_passes(runner):
     assert "max abs err" in result.output and "tolerance" in result.output
     n_rows = 3 * 4 * len(QUICK_CASES) * 2  # formats x ops x shapes x batches
     n_conv = 3 * 4 * len(CONV_CASES)  # formats x (forward, input, value, bias gradients) x cases
+    n_conv += 5 * len(CONV_CASES)  # DynaDiag's gated diagonal convolution: the same four and alpha's gradient
     assert result.output.count("PASS") == n_rows + n_conv + len(UPDATE_METHODS)  # and one update per method
     assert "conv 3x3/2 p1 value grad" in result.output
     assert "FAIL" not in result.output
@@ -147,7 +148,7 @@ def test_check_cuda_passes_and_says_where_it_ran(runner):
     assert result.exit_code == 0, result.output
     assert ("CUDA simulator" in result.output) == bool(numba.config.ENABLE_CUDASIM), result.output
     assert result.output.count("PASS") == (3 * 4 * len(TINY_CASES) * len(TINY_BATCHES) + 3 * 4 * len(TINY_CONV_CASES)
-                                           + len(UPDATE_METHODS))
+                                           + 5 * len(TINY_CONV_CASES) + len(UPDATE_METHODS))
     assert "FAIL" not in result.output
     assert "update srigl 0.9" in result.output  # every method's update ran on the device, exactly as the reference
 
@@ -161,7 +162,7 @@ def test_check_tiny_json(runner):
     assert [tuple(c["shape"]) for c in report["cases"]] == [shape for shape, _, _ in TINY_CASES]
     assert report["batches"] == list(TINY_BATCHES)
     assert report["n_checks"] == (3 * 4 * len(TINY_CASES) * len(TINY_BATCHES) + 3 * 4 * len(TINY_CONV_CASES)
-                                  + len(UPDATE_METHODS))
+                                  + 5 * len(TINY_CONV_CASES) + len(UPDATE_METHODS))
 
 
 @pytest.mark.parametrize("command", [["check", "--quick"], ["train", "--epochs", "1", "--hidden", "8"]])

@@ -6,6 +6,7 @@ Y; <dY, Y - b> = <dX, X> = <dK, K> for the gradients, on hypothesis-drawn shapes
 and batch 1); every check passes on reference and cpu (on cuda under the simulator, tiny cases:
 tests/test_cli_basic.py's check --backend cuda counts these rows);
 a fault planted in one backend operation fails the checks that depend on it and only those; a
+convolution that ignores its gated layer's gates fails exactly the gated rows that see it; a
 crashing layer fails with its message.
 """
 
@@ -21,6 +22,7 @@ from purerigl.kernels import get_backend
 from planted import broken_backend
 
 OPS = ("forward", "input grad", "value grad", "bias grad")
+GATED_OPS = OPS + ("alpha grad",)  # DynaDiag's gated diagonal convolution also checks its scores' gradient
 
 
 def _loop_conv(X, K, bias, s, p):
@@ -61,14 +63,30 @@ def test_the_oracle_is_a_convolution_and_its_adjoints(problem):
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_every_conv_check_passes(backend):
     results = run_conv_selftest(get_backend(backend), seed=2)
-    assert len(results) == 3 * len(CONV_CASES) * len(OPS)
+    assert len(results) == 3 * len(CONV_CASES) * len(OPS) + len(CONV_CASES) * len(GATED_OPS)
     assert all(r.passed for r in results), [r for r in results if not r.passed]
-    assert {r.format for r in results} == {"condensed", "diagonal", "csr"}
+    assert {r.format for r in results} == {"condensed", "diagonal", "csr", "diagonal, gated"}
 
 
 def _failed_ops(backend):
     """The checks (forward, input grad, ...) that fail in some case and format."""
-    return {next(op for op in OPS if r.op.endswith(op)) for r in run_conv_selftest(backend, seed=1) if not r.passed}
+    return {next(op for op in GATED_OPS if r.op.endswith(op)) for r in run_conv_selftest(backend, seed=1)
+            if not r.passed}
+
+
+def test_a_convolution_that_ignores_its_gates_fails_the_gated_checks(monkeypatch):
+    """The bug that this check was added for: a convolution running its gated layer's plain product
+    (ungated values, no gradient for alpha) fails forward, input, value and alpha gradients of the
+    gated rows, and no plain row."""
+    from purerigl.nn import GatedDiagonalLinear, SparseLinear
+
+    for name in ("forward_fm", "backward_fm", "gradients_fm"):
+        monkeypatch.setattr(GatedDiagonalLinear, name, getattr(SparseLinear, name))
+    monkeypatch.setattr(GatedDiagonalLinear, "forward", SparseLinear.forward)  # passes the linear's guard
+    monkeypatch.setattr(GatedDiagonalLinear, "backward", SparseLinear.backward)
+    results = run_conv_selftest(get_backend("cpu"), seed=1)
+    failed = {(r.format, next(op for op in GATED_OPS if r.op.endswith(op))) for r in results if not r.passed}
+    assert failed == {("diagonal, gated", op) for op in ("forward", "input grad", "value grad", "alpha grad")}
 
 
 def test_a_fault_in_one_operation_fails_what_depends_on_it():
@@ -86,7 +104,7 @@ def test_a_fault_in_one_operation_fails_what_depends_on_it():
         return g
 
     assert _failed_ops(broken_backend(col2im_t=col2im_t_off)) == {"input grad"}
-    assert _failed_ops(broken_backend(sddmm_fm=sddmm_fm_swapped)) == {"value grad"}
+    assert _failed_ops(broken_backend(sddmm_fm=sddmm_fm_swapped)) == {"value grad", "alpha grad"}
 
 
 def test_a_crashing_layer_fails_every_check_of_its_case_with_the_message():
