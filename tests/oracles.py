@@ -214,3 +214,25 @@ def assert_close(got, want, scale, what: str = "result", exact: bool = False, n_
             f"{what}: {int(bad.sum())} of {bad.size} outputs off; first at {idx}: "
             f"got {got[idx]!r}, expected {want[idx]!r} (tolerance {np.broadcast_to(tol, err.shape)[idx]:.3g})"
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# Convolutions
+# --------------------------------------------------------------------------------------------------
+
+
+def patches_by_loops(X, kh: int, kw: int, s: int, p: int) -> np.ndarray:
+    """float64 (B * Ho * Wo, c_in * kh * kw): the patch matrix of X (B, c_in, H, W) zero-padded by p,
+    stride s, by explicit loops; rows ordered (b, ho, wo), columns (c, i, j)."""
+    B, C, H, W = X.shape
+    Xp = np.pad(np.asarray(X, np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    Ho, Wo = (H + 2 * p - kh) // s + 1, (W + 2 * p - kw) // s + 1
+    P = np.zeros((B * Ho * Wo, C * kh * kw))
+    for b in range(B):
+        for ho in range(Ho):
+            for wo in range(Wo):
+                for c in range(C):
+                    for i in range(kh):
+                        for j in range(kw):
+                            P[(b * Ho + ho) * Wo + wo, (c * kh + i) * kw + j] = Xp[b, c, s * ho + i, s * wo + j]
+    return P

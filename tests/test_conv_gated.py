@@ -4,7 +4,7 @@ gate scores alpha and the bias that the plain NumPy specification (:mod:`purerig
 gives on the patch matrix, whole or tiled, and a DynaDiag network must train the alphas of its
 convolutions.
 
-The oracle is built another way than the layer: the patches by explicit loops here, the gradients by
+The oracle is built another way than the layer: the patches by explicit loops (oracles.py), the gradients by
 the specification's dense route with loops, the input gradient by SciPy's convolve2d over the gated
 dense filters (:func:`purerigl.cli._conv_selftest.conv_oracle`)."""
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import patches_by_loops
 
 from purerigl.cli._conv_selftest import conv_oracle
 from purerigl.dst.spec import dynadiag as spec
@@ -22,22 +23,6 @@ from purerigl.nn import GatedDiagonalLinear
 from purerigl.nn.conv import SparseConv2d
 
 BACKENDS = ["reference", "cpu"]
-
-
-def patches_by_loops(X, kh, kw, s, p) -> np.ndarray:
-    """float64 (B * Ho * Wo, c_in * kh * kw), rows ordered (b, ho, wo), columns (c, i, j)."""
-    B, C, H, W = X.shape
-    Xp = np.pad(np.asarray(X, np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
-    Ho, Wo = (H + 2 * p - kh) // s + 1, (W + 2 * p - kw) // s + 1
-    P = np.zeros((B * Ho * Wo, C * kh * kw))
-    for b in range(B):
-        for ho in range(Ho):
-            for wo in range(Wo):
-                for c in range(C):
-                    for i in range(kh):
-                        for j in range(kw):
-                            P[(b * Ho + ho) * Wo + wo, (c * kh + i) * kw + j] = Xp[b, c, s * ho + i, s * wo + j]
-    return P
 
 
 @st.composite

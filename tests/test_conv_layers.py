@@ -24,7 +24,7 @@ import pytest
 import scipy.signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracles import dense_of, positions_of
+from oracles import dense_of, patches_by_loops, positions_of
 
 from purerigl.errors import PureriglError, ShapeError
 from purerigl.formats.budget import random_layer_with_budget
@@ -138,17 +138,8 @@ def test_col2im_is_the_adjoint_of_im2col(problem):
 def test_im2col_matches_loops(problem):
     (B, C, H, W), kh, kw, s, p, seed = problem
     X = np.random.default_rng(seed).standard_normal((B, C, H, W)).astype(np.float32)
-    Ho, Wo = conv_output_size(H, kh, s, p), conv_output_size(W, kw, s, p)
-    want = np.zeros((B * Ho * Wo, C * kh * kw), np.float32)
-    for b in range(B):
-        for ho in range(Ho):
-            for wo in range(Wo):
-                for c in range(C):
-                    for i in range(kh):
-                        for j in range(kw):
-                            y, x = s * ho + i - p, s * wo + j - p
-                            if 0 <= y < H and 0 <= x < W:
-                                want[(b * Ho + ho) * Wo + wo, c * kh * kw + i * kw + j] = X[b, c, y, x]
+    want = patches_by_loops(X, kh, kw, s, p).astype(np.float32)  # (B*Ho*Wo, C*kh*kw), exact
+    assert want.shape == (B * conv_output_size(H, kh, s, p) * conv_output_size(W, kw, s, p), C * kh * kw)
     got = im2col(X, kh, kw, s, p)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_array_equal(got, want)
