@@ -67,6 +67,32 @@ def conv_oracle(X: np.ndarray, K: np.ndarray, bias: np.ndarray, dY: np.ndarray, 
     return Y, dXp[:, :, p:p + H, p:p + W], dK
 
 
+def _step(layer: SparseConv2d, backend, X: np.ndarray, dY: np.ndarray) -> dict:
+    """One forward and backward of ``layer`` on ``backend``: the host arrays the checks compare."""
+    got = {"forward": backend.to_host(layer.forward(backend.to_device(X)))}
+    got["input grad"] = backend.to_host(layer.backward(backend.to_device(dY)))
+    got["value grad"] = backend.to_host(layer.weight.grad)
+    got["bias grad"] = backend.to_host(layer.bias.grad)
+    return got
+
+
+def _compare_all(fmt: str, label: str, shape, B: int, expected: dict, measure) -> list[Result]:
+    """One :class:`Result` per op of ``expected`` (op -> (expected, magnitude, terms per output)) for
+    what ``measure()`` returns (op -> host array); a ``measure`` that raises fails every op of the
+    case, each with the exception's message."""
+    try:
+        got = measure()
+    except Exception as err:  # a crashing layer fails every check of the case, with its message
+        return [Result(fmt, f"{label} {op}", shape, B, float("nan"),
+                       (n + 1) * EPS32 * float(np.max(m, initial=0.0)), False, _describe(err))
+                for op, (_, m, n) in expected.items()]
+    results = []
+    for op, (want, magnitude, n_terms) in expected.items():
+        err, tol, note = compare(np.asarray(got[op]), want, magnitude, n_terms)
+        results.append(Result(fmt, f"{label} {op}", shape, B, err, tol, not note, note))
+    return results
+
+
 def check_conv(backend, fmt: str, case, rng: np.random.Generator) -> list[Result]:
     """Forward, input gradient, value gradient and bias gradient of one SparseConv2d on ``backend``."""
     (B, c_in, H, W), c_out, k, s, p, density = case
@@ -90,21 +116,11 @@ def check_conv(backend, fmt: str, case, rng: np.random.Generator) -> list[Result
                        adK.reshape(c_out, n_in)[rows, cols].reshape(values_shape), B * Ho * Wo),
         "bias grad": (dY64.sum(axis=(0, 2, 3)), np.abs(dY64).sum(axis=(0, 2, 3)), B * Ho * Wo),
     }
-    try:
-        layer = SparseConv2d(Wm, c_in, k, s, p, bias=bias, backend=backend)
-        got = {"forward": backend.to_host(layer.forward(backend.to_device(X)))}
-        got["input grad"] = backend.to_host(layer.backward(backend.to_device(dY)))
-        got["value grad"] = backend.to_host(layer.weight.grad)
-        got["bias grad"] = backend.to_host(layer.bias.grad)
-    except Exception as err:  # a crashing layer fails every check of the case, with its message
-        return [Result(fmt, f"{label} {op}", (c_out, n_in), B, float("nan"),
-                       (n + 1) * EPS32 * float(np.max(m, initial=0.0)), False, _describe(err))
-                for op, (_, m, n) in expected.items()]
-    results = []
-    for op, (want, magnitude, n_terms) in expected.items():
-        err, tol, note = compare(np.asarray(got[op]), want, magnitude, n_terms)
-        results.append(Result(fmt, f"{label} {op}", (c_out, n_in), B, err, tol, not note, note))
-    return results
+
+    def measure():
+        return _step(SparseConv2d(Wm, c_in, k, s, p, bias=bias, backend=backend), backend, X, dY)
+
+    return _compare_all(fmt, label, (c_out, n_in), B, expected, measure)
 
 
 def check_gated_conv(backend, case, rng: np.random.Generator) -> list[Result]:
@@ -154,25 +170,16 @@ def check_gated_conv(backend, case, rng: np.random.Generator) -> list[Result]:
         "bias grad": (dY64.sum(axis=(0, 2, 3)), np.abs(dY64).sum(axis=(0, 2, 3)), B * Ho * Wo),
         "alpha grad": (J.T @ d_gate, np.abs(J).T @ a_gate, B * Ho * Wo + Wm.L + n_diag),
     }
-    fmt = "diagonal, gated"
-    try:
+
+    def measure():
         layer = SparseConv2d(Wm.copy(), c_in, k, s, p, bias=bias, backend=backend, name="conv")
         layer.linear = GatedDiagonalLinear(Wm.copy(), K_keep, alpha=alpha, temperature=T, bias=bias,
                                            backend=backend, name="conv")
-        got = {"forward": backend.to_host(layer.forward(backend.to_device(X)))}
-        got["input grad"] = backend.to_host(layer.backward(backend.to_device(dY)))
-        got["value grad"] = backend.to_host(layer.weight.grad)
-        got["bias grad"] = backend.to_host(layer.bias.grad)
+        got = _step(layer, backend, X, dY)
         got["alpha grad"] = layer.linear.alpha.grad  # a host array on every backend
-    except Exception as err:  # a crashing layer fails every check of the case, with its message
-        return [Result(fmt, f"{label} {op}", shape, B, float("nan"),
-                       (n + 1) * EPS32 * float(np.max(m, initial=0.0)), False, _describe(err))
-                for op, (_, m, n) in expected.items()]
-    results = []
-    for op, (want, magnitude, n_terms) in expected.items():
-        err, tol, note = compare(np.asarray(got[op]), want, magnitude, n_terms)
-        results.append(Result(fmt, f"{label} {op}", shape, B, err, tol, not note, note))
-    return results
+        return got
+
+    return _compare_all("diagonal, gated", label, shape, B, expected, measure)
 
 
 def run_conv_selftest(backend, seed: int = 0, tiny: bool = False, formats=None) -> list[Result]:

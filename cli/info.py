@@ -1,4 +1,5 @@
-"""``purerigl info``: what this machine and this install look like (versions, threads, backends, CUDA).
+"""``purerigl info``: what this machine and this install look like (versions, threads, backends, CUDA,
+and the code: source fingerprint and git commit, :mod:`purerigl.report.provenance`).
 
 The collection functions return plain dicts (JSON-ready) and never raise for a missing GPU or driver;
 benchmarks reuse :func:`library_versions` and :func:`numba_threading`.
@@ -15,6 +16,7 @@ from importlib import metadata
 import click
 
 import purerigl
+from purerigl.report.provenance import code_version
 
 from ._options import backend_status, default_backend
 from ._timing import blas_summary
@@ -149,6 +151,7 @@ def collect() -> dict:
         "numba": numba_threading(initialise=True),
         "backends": backends(),
         "cuda": cuda_status(),
+        "code": code_version(),
     }
 
 

@@ -30,7 +30,7 @@ from purerigl.dst.distribution import DISTRIBUTIONS
 from purerigl.optim import OPTIMIZERS
 from purerigl.optim.lr_schedule import SCHEDULES
 from purerigl.report.sweep import (
-    SWEEP_FILE, SWEEP_METHODS, Budget, Cell, aggregate, cell_state, check_budget, collect_results, make_grid,
+    SWEEP_FILE, SWEEP_METHODS, Budget, Cell, aggregate, cell_state, check_budget, code_summary, collect_results, make_grid,
     markdown_table, restore_results, write_failure, write_result,
 )
 
@@ -172,7 +172,8 @@ def _write_outputs(out: Path, cells: list[Cell], budget: Budget, n_seeds: int) -
         f"{budget.batch_size}, weight decay {budget.weight_decay}, {budget.distribution} layer budgets, "
         f"backend {budget.backend}. Final-epoch test accuracy; {len(results)} of {len(cells)} cells done.\n\n"
     )
-    md = header + markdown_table(rows, n_seeds)
+    code = code_summary(results)
+    md = header + markdown_table(rows, n_seeds) + (f"\n{code}\n" if code else "")
     atomic_write(out / "results.md", lambda f: f.write(md.encode("utf-8")))
     png = None
     if rows:

@@ -32,6 +32,7 @@ from purerigl.optim.lr_schedule import SCHEDULES
 from purerigl.optim import OPTIMIZERS
 from purerigl.formats.budget import FORMAT_NAMES
 from purerigl.training.loop import Trainer, TrainingDiverged
+from purerigl.report.provenance import code_version, describe_code
 
 from . import _dynadiag, _ignored, _models
 from ._run import DeltaT, build_run, canonical, check_default_method_format, check_schedule, run_options, schedule_plan
@@ -308,6 +309,7 @@ def _train(ctx, raw: dict, session: dict) -> None:
         _write_metrics(out / "metrics.jsonl", trainer.history)  # drops the epochs after the checkpoint
         click.echo(f"resuming {out} after epoch {trainer.epoch} of {trainer.config.epochs}")
         stored = json.loads((out / "config.json").read_text())
+        _record_resuming_code(out, stored, trainer.epoch)
         click.echo(schedule_plan(opts, trainer, bool(stored.get("schedule", {}).get("delta_t_auto"))))
     else:
         check_default_method_format(ctx, raw)
@@ -329,12 +331,31 @@ def _train(ctx, raw: dict, session: dict) -> None:
                          "total_steps": trainer.total_steps, "updates": schedule.n_updates(trainer.total_steps)},
             "data": trainer.data.describe(), "layers": trainer.model.describe(), "command": " ".join(sys.argv),
             "options": opts, "checkpoint_every": every, "threads": numba.get_num_threads(),
+            "code": code_version(),
         }
         _write_text(out / "config.json", json.dumps(run_config, indent=2) + "\n")
         click.echo(f"run directory: {out}")
         click.echo(schedule_plan(opts, trainer, auto))
         _warn_ignored(ctx, opts)
     _fit(trainer, meta, out, every, session["progress"])
+
+
+def _record_resuming_code(out: Path, stored: dict, epoch: int) -> None:
+    """Note in config.json when a run is resumed by code other than the code that wrote its last epochs.
+
+    ``config.json["code"]`` is the code that started the run; each resume by a different source
+    fingerprint appends ``{"after_epoch": epoch, **code_version()}`` to ``config.json["code_resumed"]``
+    and says so on stderr, so a result's every epoch can be traced to the code that trained it. A run
+    written before runs recorded their code gains no entry: there is nothing to compare with.
+    """
+    current = code_version()
+    history = [stored["code"], *stored.get("code_resumed", [])] if isinstance(stored.get("code"), dict) else []
+    if not history or history[-1].get("source") == current["source"]:
+        return
+    click.echo(f"note: the run's epochs up to {epoch} were last trained by {describe_code(history[-1])}; "
+               f"it goes on with {describe_code(current)} (recorded in config.json as code_resumed)", err=True)
+    stored["code_resumed"] = [*stored.get("code_resumed", []), {"after_epoch": epoch, **current}]
+    _write_text(out / "config.json", json.dumps(stored, indent=2) + "\n")
 
 
 def _warn_ignored(ctx, opts: dict) -> None:

@@ -210,6 +210,12 @@ def test_sweep_trains_every_cell_and_writes_the_table(finished_sweep):
     assert {(r["method"], r["n"]) for r in summary["rows"]} == {("dense", 2), ("static", 2), ("rigl", 2)}
     md = (out / "results.md").read_text()
     assert "| static |" in md and "| rigl |" in md and "6 of 6 cells done" in md
+    # every cell records the code that trained it (its own subprocess: the same installed sources)
+    from purerigl.report.provenance import code_version
+
+    source = code_version()["source"]
+    assert {c["code"]["source"] for c in summary["cells"]} == {source}
+    assert f"Code: all 6 cells by source {source}" in md
     png = out / "accuracy_vs_sparsity.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "6 to run" in output

@@ -195,9 +195,24 @@ def summarize_run(run_dir: Path) -> dict:
     }
 
 
+def run_code(run_dir: Path) -> dict:
+    """The code record of a ``purerigl train`` run: ``{"code": ...}`` from its config.json, with
+    ``"code_resumed"`` where a resume by other code added it (:mod:`.provenance`); empty for a run
+    written before runs recorded their code, or without a readable config.json."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict) or not isinstance(config.get("code"), dict):
+        return {}
+    return {key: config[key] for key in ("code", "code_resumed") if key in config}
+
+
 def write_result(cell_dir: Path, cell: Cell, train_args: list[str]) -> dict:
-    """Record a finished cell: ``result.json`` with the cell, its train arguments and its summary."""
-    result = {"cell": asdict(cell), "name": cell.name, "train_args": list(train_args), **summarize_run(cell_dir)}
+    """Record a finished cell: ``result.json`` with the cell, its train arguments, the code that trained
+    it (:func:`run_code`) and its summary."""
+    result = {"cell": asdict(cell), "name": cell.name, "train_args": list(train_args), **run_code(cell_dir),
+              **summarize_run(cell_dir)}
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(Path(cell_dir) / RESULT_FILE, lambda f: f.write(text.encode("utf-8")))
     failed = Path(cell_dir) / FAILED_FILE
@@ -386,11 +401,42 @@ def markdown_table(rows: list[dict], n_seeds: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def code_summary(results: list[dict]) -> str:
+    """One paragraph naming the code that trained the cells of a table (:mod:`.provenance`).
+
+    The cells are grouped by the code that started them; a cell resumed by other code is named with
+    the epoch after which it changed. A table trained by one version reads
+    ``Code: all 8 cells by source 1a2b3c4d5e6f (git 8fe2546).``; cells whose runs predate the record
+    read ``code not recorded``.
+    """
+    from .provenance import describe_code
+
+    groups: dict[str, list[str]] = {}
+    for result in results:
+        name = result.get("name", "?")
+        resumed = [r for r in result.get("code_resumed", []) if isinstance(r, dict)]
+        if resumed:
+            name += " (then " + ", ".join(f"{describe_code(r)} after epoch {r.get('after_epoch', '?')}"
+                                          for r in resumed) + ")"
+        groups.setdefault(describe_code(result.get("code")), []).append(name)
+    if not groups:
+        return ""
+    if len(groups) == 1 and not any(result.get("code_resumed") for result in results):
+        (version, names), = groups.items()
+        cells = f"all {len(names)} cells" if len(names) > 1 else "the one cell"
+        if not results[0].get("code"):
+            return f"Code: not recorded for {cells} (trained before runs recorded their code)."
+        return f"Code: {cells} by {version}."
+    parts = [f"{version}: {', '.join(names)}" for version, names in groups.items()]
+    return "Code (cells by the version that started them): " + "; ".join(parts) + "."
+
+
 def collect_results(out: Path, cells: list[Cell]) -> list[dict]:
     """The ``result.json`` of every done cell among ``cells`` in ``OUT/cells/``.
 
-    A result written before results kept their ``curve`` gets it from the cell's ``metrics.jsonl``
-    where that file is still there (the result file itself is left as it is).
+    A result written before results kept their ``curve`` (or their ``code``) gets it from the cell's
+    ``metrics.jsonl`` (``config.json``) where that file is still there (the result file itself is left
+    as it is).
     """
     results = []
     for cell in cells:
@@ -399,12 +445,14 @@ def collect_results(out: Path, cells: list[Cell]) -> list[dict]:
             result = read_json(cell_dir / RESULT_FILE)
             if "curve" not in result and (cell_dir / "metrics.jsonl").is_file():
                 result["curve"] = summarize_run(cell_dir)["curve"]
+            if "code" not in result:
+                result.update(run_code(cell_dir))
             results.append(result)
     return results
 
 
 __all__ = [
     "Budget", "CURVE_KEYS", "Cell", "FAILED_FILE", "RESULT_FILE", "SWEEP_FILE", "SWEEP_METHODS", "SweepError",
-    "aggregate", "cell_state", "check_budget", "collect_results", "make_grid", "markdown_table", "read_json",
-    "restore_results", "summarize_run", "write_failure", "write_result",
+    "aggregate", "cell_state", "check_budget", "code_summary", "collect_results", "make_grid", "markdown_table", "read_json",
+    "restore_results", "run_code", "summarize_run", "write_failure", "write_result",
 ]
