@@ -36,6 +36,7 @@ from purerigl.cli._timing import blas_info, blas_summary, memcpy_bandwidth, time
 from purerigl.cli.demo import stored_bytes
 from purerigl.cli.info import library_versions, numba_threading
 from purerigl.formats import FORMATS
+from purerigl.report.provenance import code_version, describe_code
 
 #: Largest dense baseline built, in elements (1 GiB of float32).
 MAX_DENSE = 1 << 28
@@ -102,6 +103,7 @@ def run_bench(backend, shape, sparsity: float, batches, *, repeat: int, budget_s
         "numba": numba_threading(initialise=True),
         "blas": blas_info(),  # [] when unknown (no threadpoolctl)
         "versions": library_versions(),
+        "code": code_version(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "memcpy_gbps": memcpy_bandwidth() / 1e9 if measure_memcpy else None,
@@ -120,7 +122,7 @@ def format_report(report: dict) -> str:
         f"threads: numba {m['numba']['num_threads']} ({m['numba']['threading_layer']}); "
         f"BLAS {blas_summary(m['blas'])}; {m['cpu_count']} CPUs",
         f"versions: purerigl {v['purerigl']}, python {v['python']}, numpy {v['numpy']}, numba {v['numba']}, "
-        f"scipy {v['scipy']}",
+        f"scipy {v['scipy']}; {describe_code(m.get('code'))}",
         f"timing: median of up to {m['timing']['max_runs']} runs or ~{m['timing']['budget_s']} s each, "
         "warm-up excluded"
         + (f"; memcpy bandwidth {m['memcpy_gbps']:.1f} GB/s" if m["memcpy_gbps"] else ""),

@@ -36,6 +36,7 @@ import numpy as np
 
 from purerigl.cli._timing import blas_summary
 from purerigl.cli.info import library_versions, numba_threading
+from purerigl.report.provenance import code_version
 from purerigl.data import load_dataset
 from purerigl.dst import UpdateSchedule, make_method
 from purerigl.dst.distribution import layer_budgets
@@ -114,7 +115,8 @@ def main(hidden, sparsity, distribution, n_features, n_classes, n_train, n_test,
         "batch_size": batch_size, "delta_t": delta_t, "alpha": alpha, "epochs": epochs_out,
         "setup_seconds": setup_s, "fit_seconds_including_warmup": fit_s,
         "peak_rss_bytes": peak_rss_bytes(), "tracemalloc_peak_bytes": traced,
-        "loadavg_end": list(os.getloadavg()), "versions": library_versions(), "numba": numba_threading(),
+        "loadavg_end": list(os.getloadavg()), "versions": library_versions(), "code": code_version(),
+        "numba": numba_threading(),
         "blas": blas_summary(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
     }
     print(f"peak RSS {report['peak_rss_bytes'] / 2**30:.2f} GiB"

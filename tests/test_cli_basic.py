@@ -79,6 +79,7 @@ def test_info_json(runner):
     assert set(report) >= {"versions", "machine", "numba", "backends", "cuda"}
     assert set(report["versions"]) >= {"purerigl", "python", "numpy", "numba", "scipy", "click"}
     assert report["versions"]["purerigl"] == purerigl.__version__
+    assert set(report["code"]) == {"purerigl", "source", "git", "git_dirty"}
     assert isinstance(report["numba"]["num_threads"], int)
     assert report["numba"]["threading_layer"] != "not yet initialised"
     assert report["backends"]["default_source"] == "default"
@@ -267,6 +268,7 @@ def test_bench_matmul_script_runs(tmp_path):
     assert meta["shape"] == [64, 32] and meta["batches"] == [1, 3] and meta["backend"] == "reference"
     assert {"num_threads", "threading_layer"} <= set(meta["numba"])
     assert {"numpy", "scipy", "numba", "purerigl"} <= set(meta["versions"])
+    assert len(meta["code"]["source"]) == 12 and f"source {meta['code']['source']}" in proc.stdout
     assert len(report["results"]) == 2 * 3
     for row in report["results"]:
         assert {"format", "batch", "nnz", "purerigl_us", "dense_us", "scipy_us", "dense_ratio",

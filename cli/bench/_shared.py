@@ -15,6 +15,7 @@ import click
 import numba
 
 from purerigl.formats import FORMATS
+from purerigl.report.provenance import code_version, describe_code
 
 from .._options import FiniteFloatRange, backend_option, seed_option
 from .._timing import Timing, blas_info, blas_summary, time_call
@@ -121,6 +122,7 @@ def machine_meta() -> dict:
         "numba": numba_threading(initialise=True),
         "blas": blas_info(),
         "versions": library_versions(),
+        "code": code_version(),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
@@ -169,7 +171,7 @@ def header(meta: dict, title: str) -> list[str]:
         f"numba {meta['numba']['num_threads']} threads ({meta['numba']['threading_layer']}); "
         f"BLAS {blas_summary(meta['blas'])}",
         f"versions: purerigl {v['purerigl']}, python {v['python']}, numpy {v['numpy']}, numba {v['numba']}, "
-        f"scipy {v['scipy']}",
+        f"scipy {v['scipy']}; {describe_code(meta.get('code'))}",
     ]
     if load:
         lines.append(
