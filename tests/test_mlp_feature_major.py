@@ -9,8 +9,10 @@ Pins down:
   ``matmul_t`` / ``sddmm``), and its logits and every parameter gradient equal a float64 NumPy
   forward and backward of the dense-equivalent matrices (built from the stored triples), to float32
   rounding; the gradients land in the parameters' own ``grad`` arrays;
-- a mixed MLP (a Dense layer among sparse ones; a DynaDiag GatedDiagonalLinear, which keeps its own
-  row-layout forward and backward) gives the same, alpha's gradient included;
+- a mixed MLP (a Dense layer among sparse ones, which runs in the row layout; a DynaDiag
+  GatedDiagonalLinear, soft or frozen, which runs its own gated feature-major step) gives the same,
+  alpha's gradient included; a SparseLinear subclass that changes only its row-layout step keeps
+  the row layout;
 - fewer rows than FM_MIN_BATCH keep the row layout (no feature-major op, no transpose), a model
   without sparse layers never transposes, and a sparse one transposes only at its ends (X, logits,
   dlogits);
@@ -230,13 +232,16 @@ MIXED = {
 @pytest.mark.parametrize("kind", sorted(MIXED))
 def test_mixed_model_equals_the_dense_oracle(backend, kind, monkeypatch):
     """A Dense or gated layer among sparse ones: the step still matches the oracle (alpha's gradient
-    too), and a gated layer never runs the feature-major step (its forward gates its values)."""
+    too); a gated layer runs its own (gated) feature-major step where the backend's is native."""
+    ran_fm = set()
+    for name in ("forward_fm", "backward_fm"):
+        method = getattr(GatedDiagonalLinear, name)
 
-    def refuse(self, *args):
-        raise AssertionError(f"{self.name}: a GatedDiagonalLinear ran a feature-major step")
+        def spy(self, *args, _method=method, _name=name):
+            ran_fm.add((self.name, _name))
+            return _method(self, *args)
 
-    monkeypatch.setattr(GatedDiagonalLinear, "forward_fm", refuse)
-    monkeypatch.setattr(GatedDiagonalLinear, "backward_fm", refuse)
+        monkeypatch.setattr(GatedDiagonalLinear, name, spy)
     widths = (9, 11, 8, 4)
     layers = [make((n_out, n_in), f"layer{i}", backend, 10 + i)
               for i, (make, n_in, n_out) in enumerate(zip(MIXED[kind], widths, widths[1:]))]
@@ -245,6 +250,36 @@ def test_mixed_model_equals_the_dense_oracle(backend, kind, monkeypatch):
     for lin in model.linears:
         if isinstance(lin, SparseLinear):
             assert lin.last_input.shape == (7, lin.shape[1])
+    gated = {lin.name for lin in model.linears if isinstance(lin, GatedDiagonalLinear)}
+    want = {(n, step) for n in gated for step in ("forward_fm", "backward_fm")} if backend.feature_major_native else set()
+    assert ran_fm == want
+
+
+class _RowOnlyChange(SparseLinear):
+    """A subclass that changes its row-layout forward and backward only (doubles the output)."""
+
+    def forward(self, X):
+        return 2 * super().forward(X)  # a host array on the cpu backend
+
+    def backward(self, dY):
+        return super().backward(dY)
+
+
+def test_a_subclass_that_changes_only_the_row_step_keeps_the_row_layout(monkeypatch):
+    """has_feature_major_step refuses a subclass whose feature-major step would skip its change: the
+    MLP runs it in the row layout, so the change is applied (and its output is doubled)."""
+    from purerigl.nn.layers import has_feature_major_step, missing_fm_overrides
+
+    backend = get_backend("cpu")
+    W = CSR.random((5, 6), 0.5, rng=0)
+    plain, changed = SparseLinear(W.copy(), backend=backend), _RowOnlyChange(W.copy(), backend=backend)
+    assert has_feature_major_step(plain) and not has_feature_major_step(changed)
+    assert missing_fm_overrides(_RowOnlyChange) == [("forward", "forward_fm"), ("backward", "backward_fm"),
+                                                     ("backward", "gradients_fm")]
+    X = np.random.default_rng(1).standard_normal((8, 6)).astype(np.float32)
+    Y_plain = backend.to_host(MLP([plain]).forward(X))
+    Y_changed = backend.to_host(MLP([changed]).forward(X))
+    np.testing.assert_allclose(Y_changed, 2 * Y_plain, rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ TRAIN_METHODS = (
     ("gse", "csr"),
     ("set", "csr"),
     ("diag-rigl", "diagonal"),
+    ("dynadiag", "diagonal"),  # its soft phase: gated layers storing 2K diagonals, alpha's Adam step
 )
 GROWTH_METHODS = (("rigl", "csr"), ("srigl", "condensed"), ("gse", "csr"), ("diag-rigl", "diagonal"), ("set", "csr"))
 

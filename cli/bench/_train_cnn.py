@@ -16,7 +16,6 @@ from contextlib import contextmanager
 import click
 import numpy as np
 
-from purerigl.dst import make_method
 from purerigl.nn import Conv2d, ModelError, SparseConv2d, build_model
 from purerigl.optim import make_optimizer
 
@@ -37,13 +36,12 @@ from ._shared import (
 )
 from ._train_common import (
     loadavg,
+    method_calls,
     paired_times,
     pct,
     stored_weights,
     thread_env,
     train_step_fn,
-    update_budgets,
-    update_fn,
 )
 
 #: The patch functions whose time is the "patch %" share of a step.
@@ -195,16 +193,12 @@ def run_train_cnn(backend, model_names, sparsities, batch, delta_t, *, budget_s,
                 except ModelError as err:  # e.g. a condensed layer left with k = 0 inputs per row at 99%
                     results.append({**row, "skipped": " ".join(str(err).split())})
                     continue
-                optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
-                step = train_step_fn(model, optimizer, X, y)
+                step, update = method_calls(model, method_name, fmt, sparsity, X, y, seed)
                 t_step, t_pair = paired_times(step, dense_step, budget_s=budget_s, max_call_s=max_call_s,
                                               repeat=repeat)
                 update_ms, runs_update = None, 0
-                if method_name != "static":
-                    method = make_method(method_name, fmt)
-                    budgets = update_budgets(model, method_name, sparsity)
-                    t_up = measure(update_fn(model, optimizer, method, budgets, np.random.default_rng(seed)),
-                                   budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
+                if update is not None:
+                    t_up = measure(update, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
                     update_ms, runs_update = t_up.median_s * 1e3, t_up.runs
                 share = patch_share(step, patch_runs)
                 convs = conv_forward_pairs(model, X_dev, dense_convs, dense_inputs, budget_s=budget_s,

@@ -19,7 +19,7 @@ from .._timing import Timing
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def train_step_fn(model, optimizer, X, y):
+def train_step_fn(model, optimizer, X, y, after=None):
     """One training step on the model's backend, as a call without arguments.
 
     Parameters
@@ -30,11 +30,13 @@ def train_step_fn(model, optimizer, X, y):
     X, y : numpy.ndarray
         The batch (rows flattened as the data sets give them) and its labels; moved to the backend
         once, here (the step copies only the loss back, as in the Trainer).
+    after : callable or None
+        Called after the optimizer step, as part of the step (DynaDiag: alpha's Adam step).
 
     Returns
     -------
     callable
-        Forward, softmax cross-entropy, backward, optimizer step.
+        Forward, softmax cross-entropy, backward, optimizer step (and ``after``).
     """
     backend = model.backend
     X, y = backend.to_device(X), backend.to_device(y)
@@ -44,8 +46,44 @@ def train_step_fn(model, optimizer, X, y):
         _, dlogits, _ = backend.softmax_cross_entropy(logits, y)
         model.backward(dlogits)
         optimizer.step()
+        if after is not None:
+            after()
 
     return step
+
+
+def method_calls(model, method_name: str, fmt: str, sparsity: float, X, y, seed: int):
+    """The timed calls of one (method, format) row on ``model``, built in ``fmt`` at ``sparsity``:
+    ``(step, update)``, ``update`` None for static.
+
+    The step is forward, loss, backward and SGD with momentum; the update one topology update of
+    every sparse layer (:func:`update_fn`). ``dynadiag`` times its soft phase, before the freeze (after
+    it, a DynaDiag network is a static diagonal one): the model's diagonal layers are first gated as
+    ``purerigl train`` gates them (:func:`purerigl.dst.dynadiag.gate_model` with the default options:
+    the window soft mode stores S = 2K diagonals, each gated by the soft top-K of its score alpha, at
+    the first epoch's temperature), the step adds alpha's Adam step, and the update is the window's
+    swap of stored diagonals (:class:`purerigl.dst.dynadiag.DynaDiag`; the updater's O(P) resetting of
+    the entered diagonals' scores is not in it).
+    """
+    from purerigl.dst import make_method
+    from purerigl.optim import make_optimizer
+
+    budgets = update_budgets(model, method_name, sparsity)  # before gating: K follows the layer's budget
+    after = None
+    if method_name == "dynadiag":
+        from purerigl.dst.dynadiag import DynaDiagOptions, gate_model, gated_layers, temperature_at
+        from purerigl.optim import Adam
+
+        options = DynaDiagOptions()
+        gate_model(model, budgets, options, np.random.default_rng([seed, 0xD1A6]),
+                   temperature_at(0, 1, options.t_max, options.t_min))
+        after = Adam([lin.alpha for lin in gated_layers(model)], lr=options.alpha_lr,
+                     weight_decay=options.alpha_weight_decay).step
+    optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
+    step = train_step_fn(model, optimizer, X, y, after=after)
+    if method_name == "static":
+        return step, None
+    return step, update_fn(model, optimizer, make_method(method_name, fmt), budgets, np.random.default_rng(seed))
 
 
 def update_fn(model, optimizer, method, budgets, rng, alpha=0.3):

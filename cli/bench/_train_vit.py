@@ -31,7 +31,6 @@ import math
 import click
 import numpy as np
 
-from purerigl.dst import make_method
 from purerigl.nn import ModelError, build_model
 from purerigl.nn.models import VIT_PATCHES, weight_shapes
 from purerigl.optim import make_optimizer
@@ -52,13 +51,12 @@ from ._shared import (
 )
 from ._train_common import (
     loadavg,
+    method_calls,
     paired_times,
     pct,
     stored_weights,
     thread_env,
     train_step_fn,
-    update_budgets,
-    update_fn,
 )
 from ._vit_probes import block_projections, projection_inputs, projection_kind, projection_times, step_shares
 
@@ -158,15 +156,11 @@ def run_train_vit(backend, sparsities, batch, delta_t, *, budget_s, max_call_s, 
                 results.append({**row, "skipped": " ".join(str(err).split())})
                 continue
             weights = stored_weights(model)  # as built: the timed updates may ablate (SRigL) and change it
-            optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
-            step = train_step_fn(model, optimizer, X, y)
+            step, update = method_calls(model, method_name, fmt, sparsity, X, y, seed)
             t_step, t_pair = paired_times(step, dense_step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
             update_ms, runs_update = None, 0
-            if method_name != "static":
-                method = make_method(method_name, fmt)
-                budgets = update_budgets(model, method_name, sparsity)
-                t_up = measure(update_fn(model, optimizer, method, budgets, np.random.default_rng(seed)),
-                               budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
+            if update is not None:
+                t_up = measure(update, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
                 update_ms, runs_update = t_up.median_s * 1e3, t_up.runs
             share = step_shares(model, step, share_runs)
             if not any(p["format"] == fmt and p["sparsity"] == sparsity for p in projections):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from purerigl.dst import make_method
-from purerigl.formats.budget import layer_budget
 from purerigl.nn import build_mlp, parse_hidden
 from purerigl.optim import make_optimizer
 
@@ -42,7 +40,7 @@ from ._train_common import loadavg
 from ._train_common import pct as _pct
 from ._train_common import sig as _sig
 from ._train_common import train_step_fn as _train_step_fn
-from ._train_common import update_fn as _update_fn
+from ._train_common import method_calls
 from ._train_vit import VIT_MODEL, VIT_OPTION_NAMES, VIT_SPARSITIES, train_vit_command
 
 # ----------------------------------------------------------------------------------------------- train
@@ -109,21 +107,19 @@ def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max
         for method_name, fmt, sparsity in configs:
             model = build_mlp(n_features, hidden, n_classes, fmt="csr" if fmt == "dense" else fmt,
                               sparsity=sparsity, backend=backend, rng=np.random.default_rng(seed))
-            optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
-            step = _train_step_fn(model, optimizer, X, y)
+            if method_name == "dense":
+                step = _train_step_fn(model, make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9), X, y)
+                update = None
+            else:
+                step, update = method_calls(model, method_name, fmt, sparsity, X, y, seed)
             t_step = measure(step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
             if method_name == "dense":  # the dense step ran on BLAS
                 let_blas_threads_sleep(budget_s)
             step_ms = t_step.median_s * 1e3
             update_ms = None
             runs_update = 0
-            if method_name not in ("dense", "static"):
-                method = make_method(method_name, fmt)
-                budgets = {layer.name: int(layer.W.nnz) for layer in model.sparse_layers()}
-                if method_name == "srigl":  # SRigL re-derives its fan-in from the layer budget
-                    budgets = {layer.name: layer_budget(layer.shape, sparsity) for layer in model.sparse_layers()}
-                t_up = measure(_update_fn(model, optimizer, method, budgets, np.random.default_rng(seed)),
-                               budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
+            if update is not None:
+                t_up = measure(update, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
                 update_ms, runs_update = t_up.median_s * 1e3, t_up.runs
             if method_name == "dense":
                 dense_ms = step_ms

@@ -49,7 +49,7 @@ from ..formats import SparseFormat
 from ..kernels.host_conv import fm_to_nchw, nchw_to_fm  # noqa: F401  (the specifications, re-exported)
 from ..kernels.host_conv import nchw_to_rows as to_rows  # noqa: F401
 from ..kernels.host_conv import rows_to_nchw as to_nchw  # noqa: F401
-from .layers import SparseLinear
+from .layers import SparseLinear, missing_fm_overrides
 from .parameter import Parameter, SyncsParameters
 from .patches import DEFAULT_TILE_BYTES, check_conv_backend, check_nchw, output_hw, pair, sample_tiles
 
@@ -146,11 +146,11 @@ class SparseConv2d:
     def linear(self, layer: SparseLinear) -> None:
         if not isinstance(layer, SparseLinear):
             raise TypeError(f"a convolution's linear must be a SparseLinear, got {type(layer).__name__}")
-        cls = type(layer)
-        for row, fm in (("forward", "forward_fm"), ("backward", "backward_fm"), ("backward", "gradients_fm")):
-            if getattr(cls, row) is not getattr(SparseLinear, row) and getattr(cls, fm) is getattr(SparseLinear, fm):
-                raise TypeError(f"{cls.__name__} overrides {row} but not {fm}, the step a convolution runs; "
-                                f"give it its own {fm}")
+        missing = missing_fm_overrides(type(layer))
+        if missing:
+            row, fm = missing[0]
+            raise TypeError(f"{type(layer).__name__} overrides {row} but not {fm}, the step a convolution runs; "
+                            f"give it its own {fm}")
         self._linear = layer
 
     @property

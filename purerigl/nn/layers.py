@@ -363,17 +363,25 @@ class SparseLinear:
         return f"SparseLinear({shown!r}, backend={self.backend.name!r})"
 
 
+#: (row-layout method, the feature-major method that must compute the same) of a SparseLinear's step.
+FM_COUNTERPARTS = (("forward", "forward_fm"), ("backward", "backward_fm"), ("backward", "gradients_fm"))
+
+
+def missing_fm_overrides(cls) -> list[tuple[str, str]]:
+    """The (row, fm) pairs of :data:`FM_COUNTERPARTS` where the SparseLinear subclass ``cls`` overrides
+    the row-layout method but inherits SparseLinear's feature-major one, which would then compute
+    without the subclass's change (empty for SparseLinear itself and for a consistent subclass)."""
+    return [(row, fm) for row, fm in FM_COUNTERPARTS
+            if getattr(cls, row) is not getattr(SparseLinear, row) and getattr(cls, fm) is getattr(SparseLinear, fm)]
+
+
 def has_feature_major_step(layer) -> bool:
     """True when ``layer``'s step in the feature-major layout (:meth:`SparseLinear.forward_fm` /
     :meth:`~SparseLinear.backward_fm` plus the bias ops) computes what its forward / backward do: a
-    :class:`SparseLinear`, or a subclass that keeps SparseLinear's forward and backward.
-
-    A :class:`~purerigl.nn.GatedDiagonalLinear` answers False: it overrides both layouts to gate its
-    values (its feature-major step is what a convolution calls), and the MLP and the token-wise
-    layers, which ask this, run it in the row layout, as they did before it had one."""
-    cls = type(layer)
-    return (isinstance(layer, SparseLinear) and cls.forward is SparseLinear.forward
-            and cls.backward is SparseLinear.backward)
+    :class:`SparseLinear`, or a subclass that overrides each feature-major method whose row-layout
+    twin it overrides (:func:`missing_fm_overrides`), as :class:`~purerigl.nn.GatedDiagonalLinear`
+    does to gate its values in both layouts."""
+    return isinstance(layer, SparseLinear) and not missing_fm_overrides(type(layer))
 
 
 def _stack_rows(backend, parts):

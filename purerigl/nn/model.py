@@ -61,8 +61,9 @@ class MLP:
     instead transposes once at each end (X in, logits out; dlogits in) and runs every
     :class:`SparseLinear` with :meth:`~SparseLinear.forward_fm` / :meth:`~SparseLinear.backward_fm`
     plus the bias ops ``add_bias_fm`` / ``bias_grad_fm``. ReLU is element-wise and runs in either
-    layout. A layer without a feature-major step (:class:`Dense`, a :class:`GatedDiagonalLinear
-    <purerigl.nn.GatedDiagonalLinear>`: :func:`~purerigl.nn.layers.has_feature_major_step`) runs in the row layout, with
+    layout. A layer without a feature-major step (:class:`Dense`, or a SparseLinear subclass that changes only
+    the row-layout step: :func:`~purerigl.nn.layers.has_feature_major_step`; DynaDiag's
+    :class:`GatedDiagonalLinear <purerigl.nn.GatedDiagonalLinear>` gates both) runs in the row layout, with
     a transpose where the layout changes, so a model without sparse layers (sparsity 0) never
     transposes. :meth:`backward` mirrors the layouts :meth:`forward` chose. Below FM_MIN_BATCH rows
     (online inference, the small last batch of an epoch), and on the cuda backend (whose ``*_fm`` ops
