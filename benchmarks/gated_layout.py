@@ -1,6 +1,6 @@
 """DynaDiag's soft step in the row layout against the feature-major layout, in one process.
 
-Until commit 9cca8e5's successor, :func:`purerigl.nn.layers.has_feature_major_step` answered False for
+Before commit 47dfff5, :func:`purerigl.nn.layers.has_feature_major_step` answered False for
 DynaDiag's :class:`~purerigl.nn.GatedDiagonalLinear`, so the MLP and the ViT's token-wise layers ran
 its soft (gated) step in the row layout: ``matmul`` / ``matmul_t`` / ``sddmm``, each transposing its
 batch operand, with transposes around the layer where its neighbours ran feature-major. The gated
