@@ -34,7 +34,9 @@ diagonals are stored) is :mod:`purerigl.dst.dynadiag`.
 Both layouts: :meth:`~GatedDiagonalLinear.forward` / :meth:`~GatedDiagonalLinear.backward` take the
 batch in rows, :meth:`~GatedDiagonalLinear.forward_fm` / :meth:`~GatedDiagonalLinear.backward_fm`
 feature-major, the layout in which a convolution runs its filter matrix over the patches
-(:class:`~purerigl.nn.conv.SparseConv2d`); all four gate the same way.
+(:class:`~purerigl.nn.conv.SparseConv2d`) and in which the MLP and the token-wise layers run their
+sparse layers from 4 rows on (:func:`~purerigl.nn.layers.has_feature_major_step`); all four gate the
+same way.
 
 Where it runs: the products, the gating of the values (``scale_rows``) and the per-diagonal dot
 products (``row_dots``) run on the layer's backend; ``alpha`` and the gates are host arrays of P
