@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from purerigl.report.provenance import describe_code
 from purerigl.report.summary import inspect_model_file
 
 COLUMNS = (
@@ -84,6 +85,10 @@ def format_report(report: dict) -> str:
         "fan-in: stored inputs per output neuron; fan-out: stored outputs per input; bytes: values + "
         "indices + bias, against a dense float32 layer of the same shape with its bias"
     )
+    if report.get("code"):  # a file in a run directory whose config.json records its code
+        resumed = "".join(f"; resumed by {describe_code(r)} after epoch {r.get('after_epoch', '?')}"
+                          for r in report.get("code_resumed", []))
+        lines.append(f"trained by {describe_code(report['code'])}{resumed}")
     return "\n".join(lines)
 
 
@@ -97,7 +102,8 @@ def inspect(model_path, as_json):
     set; with --json every stored offset and the ten largest gates) and memory against a dense layer.
 
     MODEL.npz may also be a training checkpoint (checkpoint.npz) or a run directory (its model.npz,
-    else its checkpoint.npz). Nothing is densified: every number comes from the stored indices.
+    else its checkpoint.npz); in a run directory it also names the code that trained the run (from its
+    config.json). Nothing is densified: every number comes from the stored indices.
     """
     report = inspect_model_file(model_path)
     click.echo(json.dumps(report) if as_json else format_report(report))

@@ -16,8 +16,10 @@ import subprocess
 
 import pytest
 
-from purerigl.report.provenance import code_version, describe_code, git_state, source_files, source_fingerprint
-from purerigl.report.sweep import Cell, code_summary, collect_results, run_code, write_result
+from purerigl.report.provenance import (
+    code_version, describe_code, git_state, run_code, source_files, source_fingerprint,
+)
+from purerigl.report.sweep import Cell, code_summary, collect_results, write_result
 from test_cli_resume import run_args
 from test_cli_train import invoke
 
@@ -205,3 +207,23 @@ def test_collect_results_fills_the_code_of_an_older_result_from_the_cells_config
     (cell_dir / "result.json").write_text(json.dumps(record))  # a result.json of an older sweep
     (collected,) = collect_results(tmp_path, [cell])
     assert collected["code"] == code_version()
+
+
+def test_inspect_names_the_code_that_trained_a_run(tmp_path):
+    out = tmp_path / "run"
+    result = invoke(run_args(out, "static", "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    result = invoke(["inspect", out])
+    assert result.exit_code == 0, result.output
+    assert f"trained by {describe_code(code_version())}" in result.output
+    report = json.loads(invoke(["inspect", out, "--json"]).output)
+    assert report["code"] == code_version() and report["code_resumed"] == []
+    config = json.loads((out / "config.json").read_text())
+    config["code_resumed"] = [{"after_epoch": 1, **_code("bbbbbbbbbbbb")}]
+    (out / "config.json").write_text(json.dumps(config))
+    assert "; resumed by source bbbbbbbbbbbb after epoch 1" in invoke(["inspect", out]).output
+    model = tmp_path / "elsewhere.npz"  # a model file outside a run directory: no code to name
+    model.write_bytes((out / "model.npz").read_bytes())
+    result = invoke(["inspect", model])
+    assert result.exit_code == 0 and "trained by" not in result.output
+    assert json.loads(invoke(["inspect", model, "--json"]).output)["code"] is None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -118,6 +119,19 @@ def code_version() -> dict:
     return {"purerigl": purerigl.__version__, "source": source_fingerprint(), "git": commit, "git_dirty": dirty}
 
 
+def run_code(run_dir) -> dict:
+    """The code record of a ``purerigl train`` run directory: ``{"code": ...}`` from its config.json,
+    with ``"code_resumed"`` where a resume by other code added it; empty for a run written before
+    runs recorded their code, or without a readable config.json."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict) or not isinstance(config.get("code"), dict):
+        return {}
+    return {key: config[key] for key in ("code", "code_resumed") if key in config}
+
+
 def describe_code(code: dict | None) -> str:
     """One phrase for a recorded :func:`code_version`: ``source 1a2b3c4d5e6f (git 8fe2546)``.
 
@@ -131,4 +145,5 @@ def describe_code(code: dict | None) -> str:
     return text
 
 
-__all__ = ["FINGERPRINT_DIGITS", "code_version", "describe_code", "git_state", "source_files", "source_fingerprint"]
+__all__ = ["FINGERPRINT_DIGITS", "code_version", "describe_code", "git_state", "run_code", "source_files",
+           "source_fingerprint"]

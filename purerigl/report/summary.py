@@ -26,6 +26,7 @@ from ..errors import PureriglError
 from ..formats import CSR, Condensed, Diagonal
 from ..formats.triples import triples
 from ..nn import Conv2d, Dense, GatedDiagonalLinear, SparseLinear
+from .provenance import run_code
 
 #: Bytes of one float32 weight of the dense layer a sparse one is compared with.
 DENSE_BYTES_PER_WEIGHT = 4
@@ -255,7 +256,9 @@ def inspect_model_file(path) -> dict:
     Returns a JSON-ready dict: ``file``, ``kind`` ("model" or "checkpoint"), ``epoch`` (checkpoints:
     epochs completed, else None), ``method``, ``dataset``, ``sparsity`` (from the file's meta, None
     when absent), ``file_bytes``, ``layers`` (:func:`summarize_model`) and ``total``
-    (:func:`total_row`). A checkpoint's optimizer state is in ``file_bytes`` but in no layer's bytes.
+    (:func:`total_row`), and where the file lies in a ``purerigl train`` run directory the code that
+    trained it: ``code`` (None when not recorded) and ``code_resumed`` (:func:`.provenance.run_code`).
+    A checkpoint's optimizer state is in ``file_bytes`` but in no layer's bytes.
 
     Raises
     ------
@@ -266,6 +269,7 @@ def inspect_model_file(path) -> dict:
     model, meta = load_model(path, backend="reference")
     train = meta.get("train") if isinstance(meta.get("train"), dict) else None
     layers = summarize_model(model)
+    recorded = run_code(path.parent)  # the run directory's config.json, when the file lies in one
     return {
         "file": str(path),
         "kind": "checkpoint" if train is not None else "model",
@@ -276,4 +280,6 @@ def inspect_model_file(path) -> dict:
         "file_bytes": int(path.stat().st_size),
         "layers": layers,
         "total": total_row(layers),
+        "code": recorded.get("code"),
+        "code_resumed": recorded.get("code_resumed", []),
     }

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..training.checkpoint import atomic_write
 from ..errors import PureriglError
+from .provenance import describe_code, run_code
 
 #: Methods a sweep can run: "dense" (the same code with dense NumPy layers) and the DST methods.
 SWEEP_METHODS = ("dense", "static", "set", "rigl", "srigl", "gse", "diag-rigl", "dynadiag")
@@ -195,22 +196,9 @@ def summarize_run(run_dir: Path) -> dict:
     }
 
 
-def run_code(run_dir: Path) -> dict:
-    """The code record of a ``purerigl train`` run: ``{"code": ...}`` from its config.json, with
-    ``"code_resumed"`` where a resume by other code added it (:mod:`.provenance`); empty for a run
-    written before runs recorded their code, or without a readable config.json."""
-    try:
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(config, dict) or not isinstance(config.get("code"), dict):
-        return {}
-    return {key: config[key] for key in ("code", "code_resumed") if key in config}
-
-
 def write_result(cell_dir: Path, cell: Cell, train_args: list[str]) -> dict:
     """Record a finished cell: ``result.json`` with the cell, its train arguments, the code that trained
-    it (:func:`run_code`) and its summary."""
+    it (:func:`.provenance.run_code`) and its summary."""
     result = {"cell": asdict(cell), "name": cell.name, "train_args": list(train_args), **run_code(cell_dir),
               **summarize_run(cell_dir)}
     text = json.dumps(result, indent=2) + "\n"
@@ -409,8 +397,6 @@ def code_summary(results: list[dict]) -> str:
     ``Code: all 8 cells by source 1a2b3c4d5e6f (git 8fe2546).``; cells whose runs predate the record
     read ``code not recorded``.
     """
-    from .provenance import describe_code
-
     groups: dict[str, list[str]] = {}
     for result in results:
         name = result.get("name", "?")
@@ -454,5 +440,5 @@ def collect_results(out: Path, cells: list[Cell]) -> list[dict]:
 __all__ = [
     "Budget", "CURVE_KEYS", "Cell", "FAILED_FILE", "RESULT_FILE", "SWEEP_FILE", "SWEEP_METHODS", "SweepError",
     "aggregate", "cell_state", "check_budget", "code_summary", "collect_results", "make_grid", "markdown_table", "read_json",
-    "restore_results", "run_code", "summarize_run", "write_failure", "write_result",
+    "restore_results", "summarize_run", "write_failure", "write_result",
 ]
