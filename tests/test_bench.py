@@ -190,6 +190,8 @@ def test_train_model_quick_table_json_and_target(tmp_path):
         for c in r["conv_layers"]:
             assert {"format", "shape", "nnz", "forward_ms", "dense_forward_ms", "ratio"} <= set(c)
         assert (r["conv_forward_ratio"] is not None) == sparse
+    diagonal = {r["method"]: r["weights"] for r in report["results"] if r["format"] == "diagonal" and r["sparsity"] == 0.9}
+    assert diagonal["dynadiag"] > diagonal["static"]  # the soft phase's gated layers store more than the budget's K
 
 
 def test_train_model_refuses_hidden():
@@ -235,6 +237,8 @@ def test_train_vit_quick_table_json_and_target(tmp_path):
     built = [r for r in results if "skipped" not in r]
     assert {(r["method"], r["format"], r["sparsity"]) for r in built if r["sparsity"] == 0.9} == {
         (m, f, 0.9) for m, f in TRAIN_METHODS}  # at 90% every format builds; at 95% a row may be skipped
+    at90 = {r["method"]: r["weights"] for r in built if r["sparsity"] == 0.9 and r["format"] == "diagonal"}
+    assert at90["dynadiag"] > at90["static"]  # the soft phase's gated layers store more than the budget's K
     for r in results:
         if "skipped" in r:
             assert r["skipped"] and f"skipped {r['method']} {r['format']} 0.95" in out

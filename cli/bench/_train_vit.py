@@ -155,8 +155,9 @@ def run_train_vit(backend, sparsities, batch, delta_t, *, budget_s, max_call_s, 
             except ModelError as err:  # e.g. a layer left with no connection per row
                 results.append({**row, "skipped": " ".join(str(err).split())})
                 continue
-            weights = stored_weights(model)  # as built: the timed updates may ablate (SRigL) and change it
             step, update = method_calls(model, method_name, fmt, sparsity, X, y, seed)
+            # as set up (DynaDiag's gated layers store 2K diagonals), before the timed updates may ablate (SRigL)
+            weights = stored_weights(model)
             t_step, t_pair = paired_times(step, dense_step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
             update_ms, runs_update = None, 0
             if update is not None:
