@@ -2,7 +2,7 @@
 below imports it.
 
 :mod:`.summary` (``purerigl inspect``), :mod:`.plots` (``purerigl plot``), :mod:`.sweep` and
-:mod:`.sweep_plot` (a sweep's cells, table and figure), :mod:`.tour` and :mod:`.excerpts` (the worked
+:mod:`.sweep_plot` (a sweep's cells, table and figure), :mod:`.provenance` (which code trained a run), :mod:`.tour` and :mod:`.excerpts` (the worked
 examples and code excerpts of the docs, generated from the code). matplotlib is imported only where
 a figure is drawn.
 """
