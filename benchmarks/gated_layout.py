@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -34,12 +33,12 @@ import numpy as np
 
 import purerigl.nn.attention as attention_module
 import purerigl.nn.model as model_module
+from purerigl.cli.bench._shared import machine_meta
 from purerigl.cli.bench._train_common import loadavg, method_calls, paired_times
-from purerigl.cli.info import library_versions, numba_threading
 from purerigl.kernels import get_backend
 from purerigl.nn import GatedDiagonalLinear, build_mlp, build_model
 from purerigl.nn.layers import has_feature_major_step
-from purerigl.report.provenance import code_version, describe_code
+from purerigl.report.provenance import describe_code
 
 #: vit-tiny's options here (those of `purerigl train --model vit-tiny` on MNIST).
 VIT_ARCH = {"patch": 7, "width": 64, "depth": 4, "heads": 4, "mlp_ratio": 2}
@@ -120,14 +119,12 @@ def main(networks, batches, sparsity, budget, threads, seed, json_path):
     """Time DynaDiag's soft training step with its gated layers in the row and the feature-major layout."""
     if threads is not None:
         numba.set_num_threads(threads)
-    start = loadavg()
+    meta = machine_meta()  # machine, threads, library versions, code, load at the start
     rows = run(networks, batches, sparsity, budget, seed)
-    meta = {"command": shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "numba": numba_threading(), "versions": library_versions(),
-            "code": code_version(), "loadavg_start": start, "loadavg_end": loadavg(),
-            "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"), "vit": VIT_ARCH}
+    meta.update({"command": shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "loadavg_end": loadavg(),
+                 "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"), "vit": VIT_ARCH})
     click.echo(f"DynaDiag soft step, row vs feature-major layout of the gated layers; {describe_code(meta['code'])}")
-    click.echo(f"numba {meta['numba']['num_threads']} threads; load {start} -> {meta['loadavg_end']}")
+    click.echo(f"numba {meta['numba']['num_threads']} threads; load {meta['loadavg_start']} -> {meta['loadavg_end']}")
     click.echo(table(rows))
     if json_path is not None:
         json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -17,7 +17,6 @@ import click
 import numpy as np
 
 from purerigl.nn import Conv2d, ModelError, SparseConv2d, build_model
-from purerigl.optim import make_optimizer
 
 from ._busy import busy_processes
 from ._shared import (
@@ -41,7 +40,6 @@ from ._train_common import (
     pct,
     stored_weights,
     thread_env,
-    train_step_fn,
 )
 
 #: The patch functions whose time is the "patch %" share of a step.
@@ -169,8 +167,7 @@ def run_train_cnn(backend, model_names, sparsities, batch, delta_t, *, budget_s,
         y = rng.integers(0, n_classes, size=batch)
         X_dev = backend.to_device(X)
         dense_model = _build(name, shape, n_classes, "csr", 0.0, backend, seed)
-        dense_step = train_step_fn(dense_model, make_optimizer("sgd", dense_model.parameters(), lr=1e-3,
-                                                                momentum=0.9), X, y)
+        dense_step, _ = method_calls(dense_model, "dense", "dense", 0.0, X, y, seed)
         t_dense = measure(dense_step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
         dense_share = patch_share(dense_step, patch_runs)
         dense_convs = {layer.name: layer for layer in conv_layers(dense_model)}

@@ -10,8 +10,10 @@ import time
 
 import numpy as np
 
-from purerigl.dst import LayerUpdate
+from purerigl.dst import LayerUpdate, make_method
+from purerigl.dst.dynadiag import DynaDiagOptions, gate_model, gated_layers, temperature_at
 from purerigl.formats.budget import layer_budget
+from purerigl.optim import Adam, make_optimizer
 
 from .._timing import Timing
 
@@ -54,7 +56,7 @@ def train_step_fn(model, optimizer, X, y, after=None):
 
 def method_calls(model, method_name: str, fmt: str, sparsity: float, X, y, seed: int):
     """The timed calls of one (method, format) row on ``model``, built in ``fmt`` at ``sparsity``:
-    ``(step, update)``, ``update`` None for static.
+    ``(step, update)``, ``update`` None for static and for the dense baseline (``method_name`` "dense").
 
     The step is forward, loss, backward and SGD with momentum; the update one topology update of
     every sparse layer (:func:`update_fn`). ``dynadiag`` times its soft phase, before the freeze (after
@@ -65,15 +67,9 @@ def method_calls(model, method_name: str, fmt: str, sparsity: float, X, y, seed:
     swap of stored diagonals (:class:`purerigl.dst.dynadiag.DynaDiag`; the updater's O(P) resetting of
     the entered diagonals' scores is not in it).
     """
-    from purerigl.dst import make_method
-    from purerigl.optim import make_optimizer
-
     budgets = update_budgets(model, method_name, sparsity)  # before gating: K follows the layer's budget
     after = None
     if method_name == "dynadiag":
-        from purerigl.dst.dynadiag import DynaDiagOptions, gate_model, gated_layers, temperature_at
-        from purerigl.optim import Adam
-
         options = DynaDiagOptions()
         gate_model(model, budgets, options, np.random.default_rng([seed, 0xD1A6]),
                    temperature_at(0, 1, options.t_max, options.t_min))
@@ -81,7 +77,7 @@ def method_calls(model, method_name: str, fmt: str, sparsity: float, X, y, seed:
                      weight_decay=options.alpha_weight_decay).step
     optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
     step = train_step_fn(model, optimizer, X, y, after=after)
-    if method_name == "static":
+    if method_name in ("dense", "static"):
         return step, None
     return step, update_fn(model, optimizer, make_method(method_name, fmt), budgets, np.random.default_rng(seed))
 

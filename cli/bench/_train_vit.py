@@ -33,7 +33,6 @@ import numpy as np
 
 from purerigl.nn import ModelError, build_model
 from purerigl.nn.models import VIT_PATCHES, weight_shapes
-from purerigl.optim import make_optimizer
 
 from .._models import VIT_OPTIONS
 from ._busy import busy_processes
@@ -56,7 +55,6 @@ from ._train_common import (
     pct,
     stored_weights,
     thread_env,
-    train_step_fn,
 )
 from ._vit_probes import block_projections, projection_inputs, projection_kind, projection_times, step_shares
 
@@ -133,8 +131,7 @@ def run_train_vit(backend, sparsities, batch, delta_t, *, budget_s, max_call_s, 
     y = rng.integers(0, n_classes, size=batch)
     X_dev = backend.to_device(X)
     dense_model = _build(shape, n_classes, "csr", 0.0, backend, seed, arch)
-    dense_step = train_step_fn(dense_model, make_optimizer("sgd", dense_model.parameters(), lr=1e-3, momentum=0.9),
-                               X, y)
+    dense_step, _ = method_calls(dense_model, "dense", "dense", 0.0, X, y, seed)
     t_dense = measure(dense_step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
     dense_share = step_shares(dense_model, dense_step, share_runs)
     dense_layers = block_projections(dense_model)

@@ -11,7 +11,6 @@ import click
 import numpy as np
 
 from purerigl.nn import build_mlp, parse_hidden
-from purerigl.optim import make_optimizer
 
 from .._models import vit_options
 from .._options import FiniteFloatRange
@@ -39,7 +38,6 @@ from ._train_cnn import train_cnn_command
 from ._train_common import loadavg
 from ._train_common import pct as _pct
 from ._train_common import sig as _sig
-from ._train_common import train_step_fn as _train_step_fn
 from ._train_common import method_calls
 from ._train_vit import VIT_MODEL, VIT_OPTION_NAMES, VIT_SPARSITIES, train_vit_command
 
@@ -107,11 +105,7 @@ def run_train(backend, hidden_list, sparsities, batch, delta_t, *, budget_s, max
         for method_name, fmt, sparsity in configs:
             model = build_mlp(n_features, hidden, n_classes, fmt="csr" if fmt == "dense" else fmt,
                               sparsity=sparsity, backend=backend, rng=np.random.default_rng(seed))
-            if method_name == "dense":
-                step = _train_step_fn(model, make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9), X, y)
-                update = None
-            else:
-                step, update = method_calls(model, method_name, fmt, sparsity, X, y, seed)
+            step, update = method_calls(model, method_name, fmt, sparsity, X, y, seed)
             t_step = measure(step, budget_s=budget_s, max_call_s=max_call_s, repeat=repeat)
             if method_name == "dense":  # the dense step ran on BLAS
                 let_blas_threads_sleep(budget_s)

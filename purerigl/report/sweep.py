@@ -410,7 +410,7 @@ def code_summary(results: list[dict]) -> str:
     if len(groups) == 1 and not any(result.get("code_resumed") for result in results):
         (version, names), = groups.items()
         cells = f"all {len(names)} cells" if len(names) > 1 else "the one cell"
-        if not results[0].get("code"):
+        if version == describe_code(None):
             return f"Code: not recorded for {cells} (trained before runs recorded their code)."
         return f"Code: {cells} by {version}."
     parts = [f"{version}: {', '.join(names)}" for version, names in groups.items()]
