@@ -106,8 +106,8 @@ B_BLOCK = 256
 
 @njit(parallel=True, cache=CACHE)
 def matmul_t_columns(col_ptr, entry, row, values, dYT, dXT):
-    """dXT[j, :] = sum_{q in column j} values[entry[q]] dYT[row[q], :]; parallel over (column block,
-    batch block) tiles.
+    """dXT[j, :] = sum_{q in column j} values[entry[q]] dYT[row[q], :]; parallel over (batch block,
+    column block) tiles, block-major.
 
     values is ``W.values.ravel()``, dYT is (n_out, B) and dXT is (n_in, B), arriving zeroed. Two
     passes: the values are first gathered into column order (``col_values[q] = values[entry[q]]``,
@@ -126,10 +126,10 @@ def matmul_t_columns(col_ptr, entry, row, values, dYT, dXT):
     B = dXT.shape[1]
     n_cols = (n_in + COL_BLOCK - 1) // COL_BLOCK
     n_b = max(1, (B + B_BLOCK - 1) // B_BLOCK)
-    for task in prange(n_cols * n_b):
-        j0 = (task // n_b) * COL_BLOCK
+    for task in prange(n_b * n_cols):  # block-major: the block of dYT, n_out x B_BLOCK, stays in L2
+        j0 = (task % n_cols) * COL_BLOCK
         j1 = min(n_in, j0 + COL_BLOCK)
-        b0 = (task % n_b) * B_BLOCK
+        b0 = (task // n_cols) * B_BLOCK
         b1 = min(B, b0 + B_BLOCK)
         for j in range(j0, j1):
             q0 = col_ptr[j]

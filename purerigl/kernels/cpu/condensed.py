@@ -133,18 +133,18 @@ def _matmul_t_chunks(rows, indices, values, dY, n_chunks, dX):
 
 @njit(parallel=True, cache=CACHE, fastmath={"reassoc"})
 def _sddmm_transposed(rows, indices, XT, dYT, dW):
-    """dW[r, t] = sum_b dYT[rows[r], b] XT[indices[r, t], b]; parallel over active rows r. dW arrives
-    zeroed.
+    """dW[r, t] = sum_b dYT[rows[r], b] XT[indices[r, t], b]; chunk by chunk, parallel over active rows
+    r. dW arrives zeroed.
 
     XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch,
     eight entries per pass (:func:`._gather.gather_dots`), in chunks of DOT_CHUNK batch items added in
-    ascending order; the chunk loop is outside the entry loop, so a chunk of dYT[rows[r]] stays in L1
-    across the row's entries.
+    ascending order. The chunk loop is the outer one (one parallel region per chunk), so the chunk of
+    XT every row reads stays in cache across the rows (as in :func:`.csr._sddmm_transposed`).
     """
     B = XT.shape[1]
-    for r in prange(indices.shape[0]):
-        for c0 in range(0, B, DOT_CHUNK):
-            c1 = min(B, c0 + DOT_CHUNK)
+    for c0 in range(0, B, DOT_CHUNK):
+        c1 = min(B, c0 + DOT_CHUNK)
+        for r in prange(indices.shape[0]):
             gather_dots(dW[r], dYT[rows[r], c0:c1], indices[r], XT, c0, c1)
 
 

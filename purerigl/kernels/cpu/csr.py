@@ -112,20 +112,23 @@ def _matmul_t_chunks(indptr, indices, values, dY, chunk_rows, dX):
 
 @njit(parallel=True, cache=CACHE, fastmath={"reassoc"})
 def _sddmm_transposed(indptr, indices, XT, dYT, dW):
-    """dW[e] = sum_b dYT[row(e), b] XT[indices[e], b]; parallel over rows. dW arrives zeroed.
+    """dW[e] = sum_b dYT[row(e), b] XT[indices[e], b]; chunk by chunk, parallel over rows. dW arrives
+    zeroed.
 
     XT is (n_in, B) and dYT is (n_out, B), so each entry is a contiguous dot product over the batch,
     eight entries per pass (:func:`._gather.gather_dots`), in chunks of DOT_CHUNK batch items added in
-    ascending order; the chunk loop is outside the entry loop, so a chunk of dYT[i] stays in L1 across
-    the row's entries.
+    ascending order. The chunk loop is the outer one (one parallel region per chunk): the chunk of XT
+    that every row reads, n_in x DOT_CHUNK floats, stays in cache across the rows, so XT comes from
+    memory once per call (row by row, every row streamed its entries' whole rows of XT: nnz * B floats,
+    2-3x slower on a convolution's patch matrix; benchmarks/results/diagonal-loop-order-2core.md).
     """
     n_out = indptr.shape[0] - 1
     B = XT.shape[1]
-    for i in prange(n_out):
-        e0 = indptr[i]
-        e1 = indptr[i + 1]
-        for c0 in range(0, B, DOT_CHUNK):
-            c1 = min(B, c0 + DOT_CHUNK)
+    for c0 in range(0, B, DOT_CHUNK):
+        c1 = min(B, c0 + DOT_CHUNK)
+        for i in prange(n_out):
+            e0 = indptr[i]
+            e1 = indptr[i + 1]
             gather_dots(dW[e0:e1], dYT[i, c0:c1], indices[e0:e1], XT, c0, c1)
 
 

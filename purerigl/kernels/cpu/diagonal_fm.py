@@ -39,6 +39,13 @@ from ._serial import by_work
 #: Batch items per task of the gathers (the accumulator and the eight rows a pass reads stay in L1).
 B_BLOCK = 256
 
+# Loop order. The tasks run block-major: a thread takes the positions of one batch block (or, in
+# sddmm, of one chunk) before the next, so the block of S^T it reads, at most M x B_BLOCK floats (M x
+# DOT_CHUNK in sddmm), stays in L2 while every position re-reads it: S^T comes from memory once per
+# call. Position-major (every block of one position, then the next) streamed K whole rows of S^T per
+# position, K * L * B floats from memory, and ran 2-3x slower on a convolution's patch matrix
+# (benchmarks/results/diagonal-loop-order-2core.md). The order of the tasks changes no sum.
+
 
 @njit(cache=CACHE, inline="always")
 def _source(p, d, M):
@@ -51,7 +58,8 @@ def _source(p, d, M):
 
 @njit(parallel=True, cache=CACHE)
 def _gather_plus_fm(offsets, V, ST, outT):
-    """outT[p, b] = sum_k V[k, p] ST[(p + d_k) mod M, b] for p < L; parallel over (p, batch block).
+    """outT[p, b] = sum_k V[k, p] ST[(p + d_k) mod M, b] for p < L; parallel over (batch block, p),
+    block-major.
 
     V is (K, L), ST is (M, B) with M >= L, outT is (L, B) and arrives zeroed. The K diagonals are
     added eight per pass (:func:`._gather.axpy8`), then one at a time.
@@ -60,9 +68,9 @@ def _gather_plus_fm(offsets, V, ST, outT):
     M, B = ST.shape
     n_b = (B + B_BLOCK - 1) // B_BLOCK
     K8 = K - K % UNROLL
-    for task in prange(L * n_b):
-        p = task // n_b
-        b0 = (task % n_b) * B_BLOCK
+    for task in prange(n_b * L):
+        p = task % L
+        b0 = (task // L) * B_BLOCK
         b1 = min(B, b0 + B_BLOCK)
         acc = outT[p, b0:b1]  # (b1 - b0,) view
         for k in range(0, K8, UNROLL):
@@ -109,7 +117,7 @@ def _minus_run(acc, offsets, V, ST, p, M, k0, k1, b0, b1):
 @njit(parallel=True, cache=CACHE)
 def _gather_minus_fm(offsets, V, ST, outT):
     """outT[p, b] = sum_k [u < L] V[k, u] ST[u, b], u = (p - d_k) mod M, p < M; parallel over
-    (p, batch block).
+    (batch block, p), block-major.
 
     V is (K, L), ST is (L, B), outT is (M, B) with M >= L and arrives zeroed. u < L exactly when d_k
     lies in the circular window (p - L, p] modulo M; the offsets are sorted, so the diagonals that
@@ -119,9 +127,9 @@ def _gather_minus_fm(offsets, V, ST, outT):
     K, L = V.shape
     M, B = outT.shape
     n_b = (B + B_BLOCK - 1) // B_BLOCK
-    for task in prange(M * n_b):
-        p = task // n_b
-        b0 = (task % n_b) * B_BLOCK
+    for task in prange(n_b * M):
+        p = task % M
+        b0 = (task // M) * B_BLOCK
         b1 = min(B, b0 + B_BLOCK)
         acc = outT[p, b0:b1]  # (b1 - b0,) view
         lo = p - L + 1  # the window is [lo, p], or [0, p] and [lo + M, M) when lo < 0
@@ -135,18 +143,19 @@ def _gather_minus_fm(offsets, V, ST, outT):
 
 @njit(parallel=True, cache=CACHE, fastmath={"reassoc"})
 def _sddmm_diagonals_fm(offsets, AT, ST, dV):
-    """dV[k, t] = sum_b AT[t, b] ST[(t + d_k) mod M, b] for t < L; parallel over t.
+    """dV[k, t] = sum_b AT[t, b] ST[(t + d_k) mod M, b] for t < L; chunk by chunk, parallel over t.
 
     AT is (L, B), ST is (M, B) with M >= L, dV is (K, L) and arrives zeroed. Every dot product runs
     in chunks of DOT_CHUNK batch items added in ascending order, eight diagonals per pass
-    (:func:`._gather.dots8`, one read of the chunk of AT[t] for eight of them).
+    (:func:`._gather.dots8`, one read of the chunk of AT[t] for eight of them). The chunk loop is the
+    outer one (one parallel region per chunk), so the chunk of ST every t reads stays in cache.
     """
     K, L = dV.shape
     M, B = ST.shape
     K8 = K - K % UNROLL
-    for t in prange(L):
-        for c0 in range(0, B, DOT_CHUNK):
-            c1 = min(B, c0 + DOT_CHUNK)
+    for c0 in range(0, B, DOT_CHUNK):
+        c1 = min(B, c0 + DOT_CHUNK)
+        for t in prange(L):
             a = AT[t, c0:c1]  # (c1 - c0,) view
             for k in range(0, K8, UNROLL):
                 s = dots8(
