@@ -16,16 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from purerigl.dst import make_method, resolve_format
-from purerigl.dst.dynadiag import DynaDiagOptions, gate_model
-from purerigl.formats.budget import layer_budget
+from purerigl.dst import resolve_format
 from purerigl.nn import build_mlp, build_model
-from purerigl.optim import make_optimizer
 
 from ._gpu_devices import _one_line
 from ._gpu_report import _fmt_ms
 from ._shared import measure
-from ._train_common import train_step_fn, update_fn
+from ._train_common import method_calls
 
 
 @dataclass(frozen=True)
@@ -71,13 +68,6 @@ def training_inputs(data, batch: int, net: TrainNet, seed: int):
             rng.integers(0, net.n_classes, size=batch))
 
 
-def update_budgets(model, method: str, sparsity: float) -> dict:
-    """Connection budget of every sparse layer, as ``purerigl bench train`` sets it (SRigL from the sparsity)."""
-    if method == "srigl":
-        return {layer.name: layer_budget(layer.shape, sparsity) for layer in model.sparse_layers()}
-    return {layer.name: int(layer.W.nnz) for layer in model.sparse_layers()}
-
-
 def _synced(fn, synchronize):
     """``fn`` followed by ``synchronize()``, so the clock read after it counts the queued work."""
 
@@ -105,23 +95,19 @@ def train_cell(backend, method, fmt, X, y, *, net: TrainNet, sparsity, seed, bud
                once: bool = False) -> dict:
     """Median step and update time of one method on one backend (``error`` instead when it raises).
 
-    One untimed call first compiles the kernels, so that :func:`measure` (whose own first call is a
+    The step and the update are those of ``purerigl bench train`` (:func:`._train_common.method_calls`:
+    SGD with momentum; DynaDiag's soft phase with its gates and alpha's Adam step), each followed by
+    a device synchronisation. One untimed call first compiles the kernels, so that :func:`measure` (whose own first call is a
     warm-up too, and which times a call slower than ``max_call_s`` once) sees compiled calls.
     ``once`` (``--quick``): no extra call, and a call slower than ``max_call_s`` is timed by its first
     call alone, so that the tests on the simulator stay short (those numbers mean nothing anyway).
     """
     try:
         model = net.build(backend, fmt, sparsity, seed)
-        if method == "dynadiag":  # soft gates over a window of 2K diagonals (the default run's first epochs)
-            gate_model(model, update_budgets(model, method, sparsity), DynaDiagOptions(), np.random.default_rng(seed),
-                       1.0)
-        optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)
-        step = _synced(train_step_fn(model, optimizer, X, y), backend.synchronize)
-        t_step = _measure_compiled(step, budget_s, max_call_s, repeat, once)
+        step, update = method_calls(model, method, fmt, sparsity, X, y, seed)
+        t_step = _measure_compiled(_synced(step, backend.synchronize), budget_s, max_call_s, repeat, once)
         cell = {"step_ms": t_step.median_s * 1e3, "update_ms": None, "runs": {"step": t_step.runs, "update": 0}}
-        if method != "static":
-            update = update_fn(model, optimizer, make_method(method, fmt), update_budgets(model, method, sparsity),
-                               np.random.default_rng(seed))
+        if update is not None:
             t_up = _measure_compiled(_synced(update, backend.synchronize), budget_s, max_call_s, repeat, once)
             cell.update(update_ms=t_up.median_s * 1e3, runs={"step": t_step.runs, "update": t_up.runs})
         return cell
