@@ -32,6 +32,7 @@ from purerigl.errors import DTypeError, OperandError, ShapeError
 from purerigl.formats import CSR, Condensed, Diagonal
 
 FORMATS = S.FORMAT_NAMES
+_NUMPY_MAX_ROWS = 192  # purerigl.kernels.cpu._layout.NUMPY_MAX_ROWS (the test below checks that it still is)
 FM_OPS = ("matmul_fm", "matmul_t_fm", "sddmm_fm")
 ROW_OF = {"matmul_fm": "matmul", "matmul_t_fm": "matmul_t", "sddmm_fm": "sddmm"}
 
@@ -268,7 +269,8 @@ def test_transpose_array_op(backend):
 @pytest.mark.parametrize("shape", [(1, 5), (5, 1), (1088, 64), (64, 1024), (1024, 48), (2048, 3), (3072, 20), (17, 4096)])
 def test_cpu_transpose_every_block_choice(shape):
     """The cpu transpose picks its blocks from the destination's row stride (fewer live lines when the
-    stride is a multiple of the cache's way size): every choice gives A^T exactly, into ``out`` too."""
+    stride is a multiple of the cache's way size): every choice gives A^T exactly, into ``out`` too,
+    through the public function (NumPy's copy for sources of few rows) and the blocked kernel itself."""
     from purerigl.kernels.cpu import _layout
 
     A = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
@@ -280,3 +282,23 @@ def test_cpu_transpose_every_block_choice(shape):
     assert 8 <= col_block <= _layout.COL_BLOCK and row_block in (_layout.ROW_BLOCK, 2 * _layout.ROW_BLOCK)
     if shape[0] % 1024 == 0:  # rows of AT 4 KiB apart: every line in one cache set
         assert col_block == 8
+    kernel_out = np.full(shape[::-1], np.nan, np.float32)
+    _layout._transpose_into(A, kernel_out, row_block, col_block)
+    assert np.array_equal(kernel_out, A.T)
+
+
+@pytest.mark.parametrize("n", [_NUMPY_MAX_ROWS - 1, _NUMPY_MAX_ROWS, _NUMPY_MAX_ROWS + 1, 3 * _NUMPY_MAX_ROWS])
+def test_cpu_transpose_on_both_sides_of_the_numpy_switch(n):
+    """Sources of at most NUMPY_MAX_ROWS rows are copied by NumPy, taller ones by the blocked kernel: the
+    same A^T either way, also from a strided view and into ``out``; the backend op is this function."""
+    from purerigl.kernels import get_backend
+    from purerigl.kernels.cpu import _layout
+
+    assert _layout.NUMPY_MAX_ROWS == _NUMPY_MAX_ROWS
+    base = np.random.default_rng(n).standard_normal((n, 2 * 70)).astype(np.float32)
+    for A in (np.ascontiguousarray(base[:, :70]), base[:, ::2]):  # contiguous and strided, (n, 70)
+        got = _layout.transpose(A)
+        assert got.flags.c_contiguous and got.shape == (70, n) and np.array_equal(got, A.T)
+        out = np.full((70, n), np.nan, np.float32)
+        assert _layout.transpose(A, out) is out and np.array_equal(out, A.T)
+    assert get_backend("cpu").transpose is _layout.transpose

@@ -40,9 +40,10 @@ from ..host_transformer import (  # registry.ARRAY_OPS, the transformer's
 from ..host_arrays import (  # the array operations of a training step (registry.ARRAY_OPS)
     adam_step, add_bias, add_bias_fm, bias_grad, bias_grad_fm, dense_grad, dense_matmul, dense_matmul_t,
     fill_zeros, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device,
-    to_host, transpose, zeros, zeros_like,
+    to_host, zeros, zeros_like,
 )
 from . import _layout, condensed, csr, diagonal, diagonal_fm, growth, pairs
+from ._layout import transpose  # the array op: the spec's result, by NumPy or the blocked kernel by shape
 from .elementwise import relu_backward, relu_forward  # Numba loops of the host_arrays spec
 from .conv_ops import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers', Numba kernels
     avgpool_backward, avgpool_forward, batchnorm_backward, batchnorm_forward, col2im, col2im_t, fm_to_nchw,
