@@ -110,6 +110,41 @@ def test_layer_forward_and_gradients_match_the_specification(backend_name, shape
     np.testing.assert_allclose(dX, want["X"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("layout", ["rows", "feature-major"])
+def test_layer_regates_every_step_and_follows_a_new_structure(backend_name, layout):
+    """The gated matrix is kept between steps and rewritten in place: each forward must use this
+    step's alpha, values and temperature, and a new structure (set_structure) its own diagonals."""
+    rng = np.random.default_rng(11)
+    shape, K, P = (6, 9), 3, 9
+    W = Diagonal(np.array([0, 2, 5, 7], np.int32), rng.normal(size=(4, 6)).astype(np.float32), shape)
+    layer = GatedDiagonalLinear(W.copy(), K, alpha=rng.normal(size=P), temperature=0.7, backend=backend_name)
+    ops = layer.backend
+    X = rng.normal(size=(5, 9)).astype(np.float32)
+
+    def forward():
+        if layout == "rows":
+            return ops.to_host(layer.forward(ops.to_device(X)))
+        return ops.to_host(layer.forward_fm(ops.to_device(np.ascontiguousarray(X.T)))).T + layer.bias.host
+
+    def expected():
+        M = layer.W
+        return spec.forward(X, M.offsets, M.values, layer.alpha.value, K, layer.temperature, layer.bias.host)
+
+    for step in range(3):
+        np.testing.assert_allclose(forward(), expected(), rtol=1e-5, atol=1e-5)
+        layer.alpha.value[...] = rng.normal(size=P)  # what alpha's optimizer does between steps
+        layer.W.values[...] = rng.normal(size=layer.W.values.shape)  # and the model's optimizer
+        layer.sync_to_device()
+        layer.temperature *= 0.5
+    first = layer._effective
+    np.testing.assert_allclose(forward(), expected(), rtol=1e-5, atol=1e-5)
+    assert layer._effective is first  # one gated matrix per structure, not one per step
+    layer.set_structure(Diagonal(np.array([1, 3, 4, 6, 8], np.int32), rng.normal(size=(5, 6)).astype(np.float32), shape))
+    np.testing.assert_allclose(forward(), expected(), rtol=1e-5, atol=1e-5)
+    assert layer._effective is not first and layer._effective.values.shape == (5, 6)
+
+
 def test_layer_alpha_gradient_against_finite_differences_of_the_loss():
     """dL/dalpha of L = <R, Y> from the layer (float32) against central differences of the
     specification's float64 forward: the whole chain, products and gate together."""
