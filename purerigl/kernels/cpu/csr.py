@@ -120,7 +120,7 @@ def _sddmm_transposed(indptr, indices, XT, dYT, dW):
     ascending order. The chunk loop is the outer one (one parallel region per chunk): the chunk of XT
     that every row reads, n_in x DOT_CHUNK floats, stays in cache across the rows, so XT comes from
     memory once per call (row by row, every row streamed its entries' whole rows of XT: nnz * B floats,
-    2-3x slower on a convolution's patch matrix; benchmarks/results/diagonal-loop-order-2core.md).
+    2-3x slower on a convolution's patch matrix; benchmarks/results/loop-order-2core.md).
     """
     n_out = indptr.shape[0] - 1
     B = XT.shape[1]

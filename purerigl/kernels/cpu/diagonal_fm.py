@@ -44,7 +44,7 @@ B_BLOCK = 256
 # DOT_CHUNK in sddmm), stays in L2 while every position re-reads it: S^T comes from memory once per
 # call. Position-major (every block of one position, then the next) streamed K whole rows of S^T per
 # position, K * L * B floats from memory, and ran 2-3x slower on a convolution's patch matrix
-# (benchmarks/results/diagonal-loop-order-2core.md). The order of the tasks changes no sum.
+# (benchmarks/results/loop-order-2core.md). The order of the tasks changes no sum.
 
 
 @njit(cache=CACHE, inline="always")
