@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -296,3 +297,23 @@ def test_patch_timer_counts_the_patch_functions_of_sparse_and_dense_convolutions
             layer.backward(np.ones_like(Y))
         assert spent["calls"] == 2 and spent["s"] > 0, (layer, spent)
     assert {name: getattr(module, name) for name in originals} == originals
+
+
+def test_vit_timer_counts_the_mlp_projections_when_they_run_feature_major():
+    """A sparse ViT's block MLP calls fc1/fc2's forward_fm / backward_fm (no row-layout forward): the
+    share probe must time those too, or the MLP would drop out of 'proj %'; the wrappers are removed."""
+    from purerigl.cli.bench._train_common import method_calls
+    from purerigl.cli.bench._vit_probes import blocks, vit_timer
+    from purerigl.nn.vit import vit_tiny
+
+    model = vit_tiny((1, 8, 8), 4, fmt="csr", sparsity=0.5, rng=np.random.default_rng(0), backend="cpu",
+                     patch=4, width=8, depth=1, heads=2, mlp_ratio=2)
+    X = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    step, _ = method_calls(model, "static", "csr", 0.5, X, np.array([0, 1, 2]), 0)
+    block = blocks(model)[0]
+    with vit_timer(model) as spent:
+        step()
+    assert block._mlp_fm  # the feature-major MLP path ran
+    assert spent["projections"] > spent["attention_projections"] > 0  # fc1 and fc2 were timed
+    for layer in (block.fc1, block.fc2, block.attn.qkv, block.attn.out):
+        assert not {"forward", "backward", "forward_fm", "backward_fm"} & set(vars(layer))

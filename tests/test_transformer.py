@@ -684,3 +684,60 @@ def test_sparse_token_linear_runs_feature_major_from_four_rows(fmt):
     dense = TokenLinear(_dense(rng, 6, 8, "d"))
     dense.forward(rng.standard_normal((2, 5, 8)).astype(np.float32))
     assert dense._feature_major is False  # a Dense layer is BLAS in the row layout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_block_mlp_runs_feature_major_between_its_sparse_layers(fmt, backend, monkeypatch):
+    """With both MLP layers sparse (from 4 token rows, host backends), the block keeps fc1's output, the
+    GELU and fc2's input feature-major: 12 transposes a step instead of 16, the same numbers as the
+    per-layer path (all four projections in rows: FM_MIN_ROWS out of reach) to float32 rounding."""
+    import purerigl.nn.attention as attention_module
+
+    rng = np.random.default_rng(21)
+    d, heads, B, T = 8, 2, 2, 5
+
+    def build():
+        r = np.random.default_rng(5)
+        attn = MultiHeadSelfAttention(d, heads, _sparse(fmt, backend, r, (3 * d, d), "qkv"),
+                                      _sparse(fmt, backend, r, (d, d), "proj"))
+        return TransformerBlock(attn, _sparse(fmt, backend, r, (2 * d, d), "fc1"),
+                                _sparse(fmt, backend, r, (d, 2 * d), "fc2"), backend=backend)
+
+    X = rng.standard_normal((B, T, d)).astype(np.float32)
+    R = rng.standard_normal((B, T, d)).astype(np.float32)
+    block = build()
+    module = block.backend.module  # the backend's operations are its module's functions
+    calls = []
+    monkeypatch.setattr(module, "transpose", lambda A, _t=module.transpose: calls.append(A.shape) or _t(A))
+    Y, dX = block.forward(X), block.backward(R)
+    assert block._mlp_fm and len(calls) == 12, calls  # qkv and proj 4 each, the MLP 2 + 2
+    monkeypatch.undo()
+
+    monkeypatch.setattr(attention_module, "FM_MIN_ROWS", 10**9)
+    rows = build()
+    Y_rows, dX_rows = rows.forward(X), rows.backward(R)
+    assert not rows._mlp_fm and not rows.fc1._feature_major
+    _close(Y, Y_rows, "block output")
+    _close(dX, dX_rows, "input gradient")
+    for mine, theirs in zip(block.parameters(), rows.parameters()):
+        _close(mine.grad, theirs.grad, mine.name)
+
+
+def test_block_mlp_with_a_dense_layer_stays_per_layer_and_forward_fm_refuses():
+    """One dense MLP layer: the per-layer path (a Dense is BLAS in rows); TokenLinear.forward_fm refuses
+    a Dense, too few tokens and a wrong width, with the shapes in the message."""
+    rng = np.random.default_rng(2)
+    d = 8
+    attn = MultiHeadSelfAttention(d, 2, _sparse("csr", "cpu", rng, (3 * d, d), "qkv"),
+                                  _sparse("csr", "cpu", rng, (d, d), "proj"))
+    block = TransformerBlock(attn, _sparse("csr", "cpu", rng, (2 * d, d), "fc1"), _dense(rng, d, 2 * d, "fc2"),
+                             backend="cpu")
+    block.forward(rng.standard_normal((2, 5, d)).astype(np.float32))
+    assert not block._mlp_fm and block.fc1._feature_major and not block.fc2._feature_major
+    with pytest.raises(ShapeError, match="forward_fm of 'fc2'"):
+        block.fc2.forward_fm(np.zeros((2 * d, 10), np.float32), (2, 5))
+    with pytest.raises(ShapeError, match=r"got \(8, 3\)"):
+        block.fc1.forward_fm(np.zeros((d, 3), np.float32), (1, 3))
+    with pytest.raises(ShapeError, match=r"got \(7, 10\)"):
+        block.fc1.forward_fm(np.zeros((7, 10), np.float32), (2, 5))

@@ -58,7 +58,8 @@ def vit_timer(model):
     ``self_attention_forward`` + ``self_attention_backward``: :mod:`purerigl.kernels.host_transformer`
     on the host backends).
 
-    The layers' ``forward`` and ``backward`` are wrapped by instance attributes (removed on exit) and
+    The layers' ``forward`` and ``backward`` (and the projections' ``forward_fm`` / ``backward_fm``, which
+    a block's MLP calls when it runs feature-major) are wrapped by instance attributes (removed on exit) and
     the two operations where the attention layer looks them up (the model backend's module); a wrapper
     costs well under a microsecond per call.
     """
@@ -66,14 +67,15 @@ def vit_timer(model):
 
     spent = {"attention": 0.0, "attention_projections": 0.0, "projections": 0.0, "sdpa": 0.0}
     wrapped = []
+    token_methods = ("forward", "backward", "forward_fm", "backward_fm")  # the MLP calls the _fm pair
     for block in blocks(model):
-        wrapped.append((block.attn, ("attention",)))
+        wrapped.append((block.attn, ("attention",), ("forward", "backward")))
         for layer in (block.attn.qkv, block.attn.out):
-            wrapped.append((layer, ("projections", "attention_projections")))
+            wrapped.append((layer, ("projections", "attention_projections"), token_methods))
         for layer in (block.fc1, block.fc2):
-            wrapped.append((layer, ("projections",)))
-    for obj, keys in wrapped:
-        for method in ("forward", "backward"):
+            wrapped.append((layer, ("projections",), token_methods))
+    for obj, keys, methods in wrapped:
+        for method in methods:
             fn = getattr(obj, method)
             for key in keys:
                 fn = _timed(fn, spent, key)
@@ -86,8 +88,8 @@ def vit_timer(model):
     finally:
         for name, fn in saved:
             setattr(attention_module, name, fn)
-        for obj, _ in wrapped:
-            for method in ("forward", "backward"):
+        for obj, _, methods in wrapped:
+            for method in methods:
                 if method in vars(obj):
                     delattr(obj, method)
 

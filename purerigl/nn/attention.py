@@ -186,14 +186,20 @@ class TokenLinear:
         return (*shape[:-1], n_out)
 
     # ------------------------------------------------------------------------------------ the maths
+    def runs_feature_major(self, n_rows: int) -> bool:
+        """Whether a forward of ``n_rows`` token rows computes feature-major: from :data:`FM_MIN_ROWS`
+        rows on, on a backend whose feature-major products are native, for a layer with a
+        feature-major step (:func:`~.layers.has_feature_major_step`: a sparse layer, not a Dense)."""
+        return (int(n_rows) >= FM_MIN_ROWS and self.backend.feature_major_native
+                and has_feature_major_step(self.linear))
+
     def forward(self, X: np.ndarray) -> np.ndarray:
         """X (B, T, d_in) -> Y (B, T, d_out)."""
         n_out, n_in = self.shape
         _check_tokens(X, n_in, "a token-wise linear layer")
         self._lead = tuple(int(n) for n in X.shape)[:-1]
         rows = _as_rows(X, n_in)  # (B, T, d_in) -> (B*T, d_in)
-        self._feature_major = (int(rows.shape[0]) >= FM_MIN_ROWS and self.backend.feature_major_native
-                               and has_feature_major_step(self.linear))
+        self._feature_major = self.runs_feature_major(rows.shape[0])
         if self._feature_major:  # the batched kernels' layout: two transposes here, none inside the products
             YT = self.linear.forward_fm_with_bias(self.backend.transpose(rows))  # (d_out, B*T)
             return self.backend.transpose(YT).reshape(*self._lead, n_out)  # (d_out, B*T) -> (B*T, d_out) -> (B, T, d_out)
@@ -212,6 +218,28 @@ class TokenLinear:
         else:
             dX = self.linear.backward(rows)  # (B*T, d_out) -> (B*T, d_in)
         return None if dX is None else dX.reshape(*self._lead, n_in)  # (B*T, d_in) -> (B, T, d_in)
+
+    def forward_fm(self, XT: np.ndarray, lead: tuple) -> np.ndarray:
+        """The tokens feature-major in and out: X^T (d_in, B*T) -> Y^T (d_out, B*T), bias added, for a
+        caller that keeps the activations feature-major between two token-wise layers (the MLP of a
+        :class:`~.transformer.TransformerBlock`, whose GELU is elementwise), sparing the transposes
+        :meth:`forward` makes. ``lead`` is the (B, T) the B*T columns stand for. Only where
+        :meth:`runs_feature_major` says so.
+
+        .. math:: Y^T = W X^T + b \mathbf{1}^T
+        """
+        n_out, n_in = self.shape
+        if len(XT.shape) != 2 or int(XT.shape[0]) != n_in or not self.runs_feature_major(XT.shape[1]):
+            raise ShapeError(f"forward_fm of {self.name!r} takes ({n_in}, N >= {FM_MIN_ROWS}) feature-major "
+                             f"tokens on a backend with native feature-major products, for a sparse layer; "
+                             f"got {tuple(XT.shape)} on {self.backend.name!r}")
+        self._lead, self._feature_major = tuple(int(n) for n in lead), True
+        return self.linear.forward_fm_with_bias(XT)  # (d_in, B*T) -> (d_out, B*T)
+
+    def backward_fm(self, dYT: np.ndarray):
+        """dY^T (d_out, B*T) -> dX^T (d_in, B*T) (None if not ``needs_input_grad``) after
+        :meth:`forward_fm`; the wrapped layer fills ``weight.grad`` and ``bias.grad``."""
+        return self.linear.backward_fm_with_bias(dYT)
 
     # ------------------------------------------------------------------------------------ residency
     def sync_to_host(self) -> None:

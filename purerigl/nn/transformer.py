@@ -19,6 +19,8 @@ A vision transformer (:mod:`.vit`) chains them with the layers of :mod:`.vit_lay
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -173,6 +175,11 @@ class TransformerBlock(SyncsChildren):
 
     .. math:: dH = dY + J_{\\mathrm{mlp}}^T dY, \\qquad dX = dH + J_{\\mathrm{attn}}^T dH
 
+    Where both MLP layers compute feature-major (sparse, on a host backend, from 4 token rows:
+    :meth:`TokenLinear.runs_feature_major`), the MLP keeps its activations feature-major from fc1's
+    input to fc2's output, GELU included (elementwise, so the layout does not matter to it): two
+    transposes forward and two backward instead of four and four.
+
     Parameters
     ----------
     attn : MultiHeadSelfAttention
@@ -199,6 +206,7 @@ class TransformerBlock(SyncsChildren):
         self.ln1 = LayerNorm(d, name=f"{name}.ln1", backend=backend, dtype=dtype)
         self.ln2 = LayerNorm(d, name=f"{name}.ln2", backend=backend, dtype=dtype)
         self.gelu = GELU(backend)
+        self._mlp_fm = False  # whether the last forward ran the MLP feature-major
 
     @property
     def backend(self):
@@ -218,13 +226,35 @@ class TransformerBlock(SyncsChildren):
         """X (B, T, d) -> Y (B, T, d)."""
         add = self.backend.add
         H = add(X, self.attn.forward(self.ln1.forward(X)))
-        return add(H, self.fc2.forward(self.gelu.forward(self.fc1.forward(self.ln2.forward(H)))))
+        return add(H, self._mlp_forward(self.ln2.forward(H)))
 
     def backward(self, dY: np.ndarray) -> np.ndarray:
         """dY (B, T, d) -> dX (B, T, d); fills every sub-layer's gradients."""
         add = self.backend.add
-        dH = add(dY, self.ln2.backward(self.fc1.backward(self.gelu.backward(self.fc2.backward(dY)))))
+        dH = add(dY, self.ln2.backward(self._mlp_backward(dY)))
         return add(dH, self.ln1.backward(self.attn.backward(dH)))
+
+    def _mlp_forward(self, X):
+        """fc2(GELU(fc1(X))), X (B, T, d) -> (B, T, d); feature-major inside where both layers are."""
+        *lead, d = (int(n) for n in X.shape)  # (a device array's shape takes no negative index)
+        n_rows = math.prod(lead)
+        self._mlp_fm = self.fc1.runs_feature_major(n_rows) and self.fc2.runs_feature_major(n_rows)
+        if not self._mlp_fm:
+            return self.fc2.forward(self.gelu.forward(self.fc1.forward(X)))
+        transpose = self.backend.transpose
+        XT = transpose(X.reshape(n_rows, d))  # (B, T, d) -> (B*T, d) -> (d, B*T)
+        YT = self.fc2.forward_fm(self.gelu.forward(self.fc1.forward_fm(XT, lead)), lead)  # (d, B*T)
+        return transpose(YT).reshape(*lead, d)  # (d, B*T) -> (B*T, d) -> (B, T, d)
+
+    def _mlp_backward(self, dY):
+        """The MLP's input gradient (B, T, d) from dY (B, T, d), in the layout of the last forward."""
+        if not self._mlp_fm:
+            return self.fc1.backward(self.gelu.backward(self.fc2.backward(dY)))
+        *lead, d = (int(n) for n in dY.shape)
+        transpose = self.backend.transpose
+        dYT = transpose(np.ascontiguousarray(dY).reshape(-1, d))  # (B, T, d) -> (B*T, d) -> (d, B*T)
+        dXT = self.fc1.backward_fm(self.gelu.backward(self.fc2.backward_fm(dYT)))  # (d, B*T)
+        return transpose(dXT).reshape(*lead, d)  # (d, B*T) -> (B*T, d) -> (B, T, d)
 
     def set_backend(self, backend) -> None:
         for layer in self.children():
