@@ -51,3 +51,71 @@ def test_the_cpu_backend_uses_the_numba_relu():
 
     cpu = get_backend("cpu")
     assert cpu.relu_forward is elementwise.relu_forward and cpu.relu_backward is elementwise.relu_backward
+
+
+# --------------------------------------------------------------------------------------------------
+# GELU: float32 by Abramowitz and Stegun's erf, held to the float64 spec; other dtypes are the spec
+
+from purerigl.kernels import host_transformer  # noqa: E402
+
+
+def _gelu64(X):
+    return host_transformer.gelu_forward(X.astype(np.float64))
+
+
+def _dgelu64(dY, X):
+    return host_transformer.gelu_backward(dY.astype(np.float64), X.astype(np.float64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(X=arrays(np.float32, st.tuples(st.integers(0, 7), st.integers(0, 9)),
+                elements=st.floats(allow_nan=True, allow_infinity=True, width=32)),
+       transposed=st.booleans())
+def test_gelu_float32_is_within_float32_error_of_the_exact_gelu(X, transposed):
+    """Forward and backward against the float64 spec: NaN where it is NaN, infinities and signed zeros as
+    it gives them, and elsewhere within 1e-6 max(1, |x|) (|dy| times that backward): the size of the
+    float32 spec's own rounding error, not the 1e-2 of a tanh approximation."""
+    if transposed:
+        X = X.T
+    dY = np.linspace(-2, 2, X.size, dtype=np.float32).reshape(X.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for got, want, scale in ((elementwise.gelu_forward(X), _gelu64(X), 1.0),
+                                 (elementwise.gelu_backward(dY, X), _dgelu64(dY, X), np.abs(dY))):
+            assert got.dtype == np.float32 and got.shape == X.shape
+            assert np.array_equal(np.isnan(got), np.isnan(want))
+            finite = np.isfinite(want)
+            assert np.array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)].astype(np.float32))
+            bound = 1e-6 * np.maximum(1.0, np.abs(X.astype(np.float64))) * scale
+            assert np.all(np.abs(got[finite] - want[finite]) <= bound[finite])
+
+
+def test_gelu_special_values_and_the_spec_for_other_dtypes():
+    X = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -40.0, 3e38, -3e38, 1.0, -1.0], np.float32)
+    Y = elementwise.gelu_forward(X)
+    with np.errstate(invalid="ignore"):
+        want = host_transformer.gelu_forward(X)
+    assert np.array_equal(Y, want, equal_nan=True) or np.allclose(Y, want, rtol=1e-6, atol=0, equal_nan=True)
+    assert np.array_equal(np.signbit(Y[3:5]), [False, True])  # GELU(-0.0) = -0.0, as the spec
+    X64 = np.random.default_rng(0).standard_normal((3, 4))
+    assert np.array_equal(elementwise.gelu_forward(X64), host_transformer.gelu_forward(X64))  # float64: the spec
+    assert np.array_equal(elementwise.gelu_backward(X64, X64), host_transformer.gelu_backward(X64, X64))
+
+
+def test_gelu_float32_speaks_for_the_exact_gelu_on_training_activations():
+    """On activations of a training step's size the largest error is that of the float32 spec itself."""
+    rng = np.random.default_rng(3)
+    X = (2 * rng.standard_normal((1088, 128))).astype(np.float32)
+    exact = _gelu64(X)
+    ours = np.abs(elementwise.gelu_forward(X) - exact).max()
+    spec32 = np.abs(host_transformer.gelu_forward(X) - exact).max()
+    assert ours <= 2 * spec32 + 1e-7
+    dY = rng.standard_normal(X.shape).astype(np.float32)
+    assert np.abs(elementwise.gelu_backward(dY, X) - _dgelu64(dY, X)).max() <= 4 * np.abs(
+        host_transformer.gelu_backward(dY, X) - _dgelu64(dY, X)).max() + 1e-7
+
+
+def test_the_cpu_backend_uses_the_numba_gelu():
+    from purerigl.kernels import get_backend
+
+    cpu = get_backend("cpu")
+    assert cpu.gelu_forward is elementwise.gelu_forward and cpu.gelu_backward is elementwise.gelu_backward

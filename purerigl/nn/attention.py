@@ -226,7 +226,7 @@ class TokenLinear:
         :meth:`forward` makes. ``lead`` is the (B, T) the B*T columns stand for. Only where
         :meth:`runs_feature_major` says so.
 
-        .. math:: Y^T = W X^T + b \mathbf{1}^T
+        .. math:: Y^T = W X^T + b \\mathbf{1}^T
         """
         n_out, n_in = self.shape
         if len(XT.shape) != 2 or int(XT.shape[0]) != n_in or not self.runs_feature_major(XT.shape[1]):
