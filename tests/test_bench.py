@@ -299,9 +299,10 @@ def test_patch_timer_counts_the_patch_functions_of_sparse_and_dense_convolutions
     assert {name: getattr(module, name) for name in originals} == originals
 
 
-def test_vit_timer_counts_the_mlp_projections_when_they_run_feature_major():
-    """A sparse ViT's block MLP calls fc1/fc2's forward_fm / backward_fm (no row-layout forward): the
-    share probe must time those too, or the MLP would drop out of 'proj %'; the wrappers are removed."""
+def test_vit_timer_counts_the_feature_major_projections_and_attention():
+    """A sparse ViT's block calls its projections' forward_fm / backward_fm and the feature-major attention
+    helpers (no row-layout forward): the share probe must time those too, or they would drop out of
+    'proj %' and 'sdpa %'; the wrappers are removed afterwards."""
     from purerigl.cli.bench._train_common import method_calls
     from purerigl.cli.bench._vit_probes import blocks, vit_timer
     from purerigl.nn.vit import vit_tiny
@@ -313,7 +314,8 @@ def test_vit_timer_counts_the_mlp_projections_when_they_run_feature_major():
     block = blocks(model)[0]
     with vit_timer(model) as spent:
         step()
-    assert block._mlp_fm  # the feature-major MLP path ran
+    assert block._mlp_fm and block.attn._fm  # the feature-major paths ran
     assert spent["projections"] > spent["attention_projections"] > 0  # fc1 and fc2 were timed
+    assert spent["attention"] > spent["sdpa"] > 0  # and the feature-major attention's helpers
     for layer in (block.fc1, block.fc2, block.attn.qkv, block.attn.out):
         assert not {"forward", "backward", "forward_fm", "backward_fm"} & set(vars(layer))

@@ -688,10 +688,11 @@ def test_sparse_token_linear_runs_feature_major_from_four_rows(fmt):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_block_mlp_runs_feature_major_between_its_sparse_layers(fmt, backend, monkeypatch):
-    """With both MLP layers sparse (from 4 token rows, host backends), the block keeps fc1's output, the
-    GELU and fc2's input feature-major: 12 transposes a step instead of 16, the same numbers as the
-    per-layer path (all four projections in rows: FM_MIN_ROWS out of reach) to float32 rounding."""
+def test_block_runs_feature_major_between_its_sparse_projections(fmt, backend, monkeypatch):
+    """With sparse projections (from 4 token rows, host backends) the block keeps fc1's output, the GELU
+    and fc2's input feature-major, and the attention reads and writes its heads feature-major: 8
+    transposes a step instead of 16, and the same numbers as the per-layer path (all four projections
+    in rows: FM_MIN_ROWS out of reach) to float32 rounding."""
     import purerigl.nn.attention as attention_module
 
     rng = np.random.default_rng(21)
@@ -711,13 +712,13 @@ def test_block_mlp_runs_feature_major_between_its_sparse_layers(fmt, backend, mo
     calls = []
     monkeypatch.setattr(module, "transpose", lambda A, _t=module.transpose: calls.append(A.shape) or _t(A))
     Y, dX = block.forward(X), block.backward(R)
-    assert block._mlp_fm and len(calls) == 12, calls  # qkv and proj 4 each, the MLP 2 + 2
+    assert block._mlp_fm and block.attn._fm and len(calls) == 8, calls  # the attention 2 + 2, the MLP 2 + 2
     monkeypatch.undo()
 
     monkeypatch.setattr(attention_module, "FM_MIN_ROWS", 10**9)
     rows = build()
     Y_rows, dX_rows = rows.forward(X), rows.backward(R)
-    assert not rows._mlp_fm and not rows.fc1._feature_major
+    assert not rows._mlp_fm and not rows.attn._fm and not rows.fc1._feature_major
     _close(Y, Y_rows, "block output")
     _close(dX, dX_rows, "input gradient")
     for mine, theirs in zip(block.parameters(), rows.parameters()):
@@ -741,3 +742,28 @@ def test_block_mlp_with_a_dense_layer_stays_per_layer_and_forward_fm_refuses():
         block.fc1.forward_fm(np.zeros((d, 3), np.float32), (1, 3))
     with pytest.raises(ShapeError, match=r"got \(7, 10\)"):
         block.fc1.forward_fm(np.zeros((7, 10), np.float32), (2, 5))
+
+
+@pytest.mark.parametrize("B, T, heads, dh", [(1, 1, 1, 1), (2, 5, 2, 3), (3, 4, 4, 2)])
+def test_feature_major_self_attention_is_the_row_layout_one_transposed(B, T, heads, dh):
+    """The host helpers of the feature-major attention against the row-layout specification (float64):
+    heads split from and merged into (width, B*T) are the row layout's, transposed."""
+    from purerigl.kernels import host_transformer as H
+
+    rng = np.random.default_rng(B * 100 + T)
+    d = heads * dh
+    X = rng.standard_normal((B, T, d))
+    XT = np.ascontiguousarray(X.reshape(B * T, d).T)  # (d, B*T)
+    np.testing.assert_array_equal(H.split_heads_fm(XT, heads, B, T), H.split_heads(X, heads))
+    np.testing.assert_array_equal(H.merge_heads_fm(H.split_heads(X, heads)), XT)
+    QKV = rng.standard_normal((B, T, 3 * d))
+    QKVT = np.ascontiguousarray(QKV.reshape(B * T, 3 * d).T)
+    O, A = H.self_attention_forward(QKV, heads)
+    OT, AT = H.self_attention_forward_fm(QKVT, heads, B, T)
+    np.testing.assert_allclose(OT, O.reshape(B * T, d).T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(AT, A, rtol=1e-12, atol=1e-12)
+    dO = rng.standard_normal((B, T, d))
+    dOT = np.ascontiguousarray(dO.reshape(B * T, d).T)
+    np.testing.assert_allclose(H.self_attention_backward_fm(dOT, QKVT, A, heads, B, T),
+                               H.self_attention_backward(dO, QKV, A, heads).reshape(B * T, 3 * d).T,
+                               rtol=1e-12, atol=1e-12)

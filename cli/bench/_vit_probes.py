@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+import purerigl.nn.attention as attention_layers  # the feature-major attention calls its helpers by these names
 from purerigl.nn.transformer import TransformerBlock
 
 from ._train_common import interleaved_times
@@ -59,9 +60,9 @@ def vit_timer(model):
     on the host backends).
 
     The layers' ``forward`` and ``backward`` (and the projections' ``forward_fm`` / ``backward_fm``, which
-    a block's MLP calls when it runs feature-major) are wrapped by instance attributes (removed on exit) and
-    the two operations where the attention layer looks them up (the model backend's module); a wrapper
-    costs well under a microsecond per call.
+    a block calls when it runs feature-major) are wrapped by instance attributes (removed on exit) and
+    the two operations where the attention layer looks them up (the model backend's module, and for its
+    feature-major path :mod:`purerigl.nn.attention`'s helpers); a wrapper costs well under a microsecond per call.
     """
     attention_module = model.backend.module
 
@@ -80,14 +81,17 @@ def vit_timer(model):
             for key in keys:
                 fn = _timed(fn, spent, key)
             setattr(obj, method, fn)  # an instance attribute over the class's method, removed below
-    saved = [(name, getattr(attention_module, name)) for name in ("self_attention_forward", "self_attention_backward")]
-    for name, fn in saved:
-        setattr(attention_module, name, _timed(fn, spent, "sdpa"))
+    saved = [(attention_module, name, getattr(attention_module, name))
+             for name in ("self_attention_forward", "self_attention_backward")]
+    saved += [(attention_layers, name, getattr(attention_layers, name))  # the feature-major attention's
+              for name in ("self_attention_forward_fm", "self_attention_backward_fm")]
+    for module, name, fn in saved:
+        setattr(module, name, _timed(fn, spent, "sdpa"))
     try:
         yield spent
     finally:
-        for name, fn in saved:
-            setattr(attention_module, name, fn)
+        for module, name, fn in saved:
+            setattr(module, name, fn)
         for obj, _, methods in wrapped:
             for method in methods:
                 if method in vars(obj):

@@ -38,8 +38,9 @@ from scipy.special import erf
 
 __all__ = [
     "add", "attention_backward", "attention_forward", "first_token", "first_token_backward", "gelu_backward",
-    "gelu_forward", "layer_norm_backward", "layer_norm_forward", "merge_heads", "patchify", "prepend_token",
-    "prepend_token_backward", "self_attention_backward", "self_attention_forward", "split_heads", "unpatchify",
+    "gelu_forward", "layer_norm_backward", "layer_norm_forward", "merge_heads", "merge_heads_fm", "patchify",
+    "prepend_token", "prepend_token_backward", "self_attention_backward", "self_attention_backward_fm",
+    "self_attention_forward", "self_attention_forward_fm", "split_heads", "split_heads_fm", "unpatchify",
 ]
 
 #: The transformer operations of ARRAY_OPS (what the backends export).
@@ -242,6 +243,42 @@ def self_attention_backward(dO, QKV, A, heads: int):
     Q, K, V = (split_heads(QKV[..., i * d:(i + 1) * d], heads) for i in range(3))  # each (B, h, T, d_h)
     grads = attention_backward(split_heads(dO, heads), Q, K, V, A)
     return np.concatenate([merge_heads(g) for g in grads], axis=-1)  # (B, T, 3d)
+
+
+# The same attention with the tokens feature-major, (width, B * T) with column b T + t the token t of
+# sequence b: what the projections compute in from 4 token rows on the host backends. The heads are read
+# from and written to that layout directly, so no (B, T, width) copy is made between the projections
+# (host only: the cuda backend's projections compute in rows).
+
+
+def split_heads_fm(XT: np.ndarray, heads: int, B: int, T: int) -> np.ndarray:
+    """(d, B*T) -> (B, h, T, d / h), a view: row j d_h + c of X^T is column c of head j."""
+    d = XT.shape[0]
+    return XT.reshape(heads, d // heads, B, T).transpose(2, 0, 3, 1)  # (h, d_h, B, T) -> (B, h, T, d_h)
+
+
+def merge_heads_fm(X: np.ndarray) -> np.ndarray:
+    """(B, h, T, d_h) -> (h * d_h, B*T), the inverse of :func:`split_heads_fm` (a C-contiguous copy)."""
+    B, h, T, dh = X.shape
+    return np.ascontiguousarray(X.transpose(1, 3, 0, 2)).reshape(h * dh, B * T)  # (h, d_h, B, T) -> (d, B*T)
+
+
+def self_attention_forward_fm(QKVT, heads: int, B: int, T: int):
+    """:func:`self_attention_forward` on the feature-major fused projection QKV^T (3d, B*T): ``(O^T, A)``,
+    O^T (d, B*T) and A (B, h, T, T). Rows 0 ... d - 1 of QKV^T are the queries, then the keys, the values.
+    """
+    d = QKVT.shape[0] // 3
+    Q, K, V = (split_heads_fm(QKVT[i * d:(i + 1) * d], heads, B, T) for i in range(3))  # each (B, h, T, d_h)
+    O, A = attention_forward(Q, K, V)
+    return merge_heads_fm(O), A  # (d, B*T), (B, h, T, T)
+
+
+def self_attention_backward_fm(dOT, QKVT, A, heads: int, B: int, T: int):
+    """:func:`self_attention_backward` feature-major: [dQ dK dV]^T (3d, B*T) for dO^T (d, B*T)."""
+    d = QKVT.shape[0] // 3
+    Q, K, V = (split_heads_fm(QKVT[i * d:(i + 1) * d], heads, B, T) for i in range(3))  # each (B, h, T, d_h)
+    grads = attention_backward(split_heads_fm(dOT, heads, B, T), Q, K, V, A)
+    return np.concatenate([merge_heads_fm(g) for g in grads], axis=0)  # (3d, B*T)
 
 
 # --------------------------------------------------------------------------------------------------

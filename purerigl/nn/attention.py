@@ -46,6 +46,8 @@ from ..kernels.host_transformer import (  # the maths over (B, h, T, d_h): the h
     attention_backward,
     attention_forward,
     merge_heads,
+    self_attention_backward_fm,
+    self_attention_forward_fm,
     split_heads,
 )
 from .layers import Dense, SparseLinear, has_feature_major_step
@@ -282,6 +284,12 @@ class MultiHeadSelfAttention(SyncsChildren):
     :func:`attention_backward` per head on the host). The backward runs ``out``'s backward, the
     attention's, and ``qkv``'s on the gradient [dQ dK dV] (B, T, 3d).
 
+    Where both projections compute feature-major (sparse, on a host backend, from 4 token rows:
+    :meth:`TokenLinear.runs_feature_major`), the layer transposes its input once, reads the heads from
+    the feature-major QKV^T (3d, B*T) and writes them into O^T (d, B*T) directly
+    (:func:`~purerigl.kernels.host_transformer.self_attention_forward_fm` and its backward: the same
+    maths), and transposes the output back: two transposes forward and two backward instead of four and four.
+
     Parameters
     ----------
     d : int
@@ -306,7 +314,8 @@ class MultiHeadSelfAttention(SyncsChildren):
                              f"got {self.qkv.shape}")
         if self.out.shape != (self.d, self.d):
             raise ShapeError(f"the output projection must be (d, d) = ({self.d}, {self.d}), got {self.out.shape}")
-        self._saved = None  # (QKV, A) of the last forward, (B, T, 3d) and (B, h, T, T)
+        self._saved = None  # (QKV, A) of the last forward, (B, T, 3d) and (B, h, T, T); QKV^T (3d, B*T) when fm
+        self._fm = False  # whether the last forward ran feature-major
 
     @property
     def backend(self):
@@ -333,6 +342,14 @@ class MultiHeadSelfAttention(SyncsChildren):
         """X (B, T, d) -> Y (B, T, d)."""
         if len(X.shape) != 3:
             raise ShapeError(f"attention takes (B, T, d) tokens, got an input of shape {tuple(X.shape)}")
+        B, T, d = (int(n) for n in X.shape)
+        self._fm = self.qkv.runs_feature_major(B * T) and self.out.runs_feature_major(B * T)
+        if self._fm:  # host arrays: the heads read from / written to the feature-major layout
+            transpose = self.backend.transpose
+            QKVT = self.qkv.forward_fm(transpose(np.ascontiguousarray(X).reshape(B * T, d)), (B, T))  # (3d, B*T)
+            OT, A = self_attention_forward_fm(QKVT, self.heads, B, T)  # (d, B*T), (B, h, T, T)
+            self._saved = (QKVT, A)
+            return transpose(self.out.forward_fm(OT, (B, T))).reshape(B, T, d)  # (d, B*T) -> (B*T, d) -> (B, T, d)
         QKV = self.qkv.forward(X)  # (B, T, 3d)
         O, A = self.backend.self_attention_forward(QKV, self.heads)  # (B, T, d), (B, h, T, T)
         self._saved = (QKV, A)
@@ -340,6 +357,13 @@ class MultiHeadSelfAttention(SyncsChildren):
 
     def backward(self, dY: np.ndarray):
         """dY (B, T, d) -> dX (B, T, d); fills both projections' gradients."""
+        if self._fm:
+            B, T, d = (int(n) for n in dY.shape)
+            transpose = self.backend.transpose
+            QKVT, A = self._saved
+            dOT = self.out.backward_fm(transpose(np.ascontiguousarray(dY).reshape(B * T, d)))  # (d, B*T)
+            dXT = self.qkv.backward_fm(self_attention_backward_fm(dOT, QKVT, A, self.heads, B, T))  # (d, B*T)
+            return None if dXT is None else transpose(dXT).reshape(B, T, d)  # (d, B*T) -> (B, T, d)
         dO = self.out.backward(dY)  # (B, T, d)
         QKV, A = self._saved
         return self.qkv.backward(self.backend.self_attention_backward(dO, QKV, A, self.heads))  # via (B, T, 3d)
