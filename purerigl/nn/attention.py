@@ -34,6 +34,11 @@ every backend: host NumPy arrays on the reference and cpu backends (the specific
 :mod:`purerigl.kernels.cuda.attention`), where the activations stay on the device. On the host
 backends they compute in the input's dtype (float64 for gradient checks when the projections are dense
 with float64 parameters); sparse projections, and everything on cuda, are float32 only.
+
+One path is host-only: where the projections compute feature-major (sparse, from 4 token rows, on a
+backend whose feature-major products are native: reference and cpu), the attention keeps the tokens
+feature-major between its two projections and calls the host specification's feature-major helpers
+(:func:`~purerigl.kernels.host_transformer.self_attention_forward_fm` and its backward) itself.
 """
 
 from __future__ import annotations
@@ -223,9 +228,10 @@ class TokenLinear:
 
     def forward_fm(self, XT: np.ndarray, lead: tuple) -> np.ndarray:
         """The tokens feature-major in and out: X^T (d_in, B*T) -> Y^T (d_out, B*T), bias added, for a
-        caller that keeps the activations feature-major between two token-wise layers (the MLP of a
-        :class:`~.transformer.TransformerBlock`, whose GELU is elementwise), sparing the transposes
-        :meth:`forward` makes. ``lead`` is the (B, T) the B*T columns stand for. Only where
+        caller that keeps the activations feature-major around the layer (the MLP of a
+        :class:`~.transformer.TransformerBlock`, whose GELU is elementwise, and
+        :class:`MultiHeadSelfAttention`, which reads its heads from that layout), sparing the
+        transposes :meth:`forward` makes. ``lead`` is the (B, T) the B*T columns stand for. Only where
         :meth:`runs_feature_major` says so.
 
         .. math:: Y^T = W X^T + b \\mathbf{1}^T
