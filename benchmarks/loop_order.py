@@ -148,7 +148,8 @@ def main(base, model_name, sparsity, batch, budget, threads, seed, json_path):
         with base_kernels(base) as base_modules:
             rows = run(model_name, sparsity, batch, base_modules, budget, seed)
     except subprocess.CalledProcessError as error:
-        raise click.ClickException(f"cannot read the kernels of {base!r} from git: {error.stderr.strip()}") from None
+        raise click.BadParameter(f"cannot read the kernels of {base!r} from git: {error.stderr.strip()}",
+                                 param_hint="--base") from None
     meta.update({"command": shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "loadavg_end": loadavg(),
                  "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"), "base": base, "model": model_name,
                  "sparsity": sparsity, "batch": batch})
