@@ -319,3 +319,31 @@ def test_vit_timer_counts_the_feature_major_projections_and_attention():
     assert spent["attention"] > spent["sdpa"] > 0  # and the feature-major attention's helpers
     for layer in (block.fc1, block.fc2, block.attn.qkv, block.attn.out):
         assert not {"forward", "backward", "forward_fm", "backward_fm"} & set(vars(layer))
+
+
+def test_step_shares_are_medians_so_one_compiling_step_does_not_weigh_them():
+    """A probe's share is the median over the instrumented steps: one slow step (as when a kernel's
+    serial twin compiles inside it) whose extra time lies outside the part leaves the share of the
+    ordinary steps, where a total over the steps would have been diluted by it."""
+    import time
+
+    from purerigl.cli.bench._train_common import median_share, run_parts
+
+    spent = {"part": 0.0}
+    calls = []
+
+    def step():
+        slow = not calls
+        calls.append(1)
+        t0 = time.perf_counter()
+        time.sleep(0.01)
+        spent["part"] += time.perf_counter() - t0  # the probed part: about 10 ms of every step
+        time.sleep(0.2 if slow else 0.01)  # the first step also "compiles" for 200 ms
+
+    steps, parts = run_parts(step, spent, runs=3)
+    seconds, share = median_share(parts["part"], steps)
+    assert len(steps) == 3 and len(parts["part"]) == 3 and steps[0] > steps[1]
+    total_share = sum(parts["part"]) / sum(steps)
+    assert share > 0.35 and share > 2 * total_share  # about 0.5 for the ordinary steps; about 0.15 pooled
+    assert 0.009 < seconds < 0.2
+    assert median_share([1.0], [0.0]) == (1.0, None)  # a step of no measurable time has no share

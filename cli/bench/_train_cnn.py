@@ -35,9 +35,11 @@ from ._shared import (
 )
 from ._train_common import (
     loadavg,
+    median_share,
     method_calls,
     paired_times,
     pct,
+    run_parts,
     stored_weights,
     thread_env,
 )
@@ -89,14 +91,12 @@ def patch_timer():
 
 def patch_share(step, runs: int = 3) -> dict:
     """Run ``step`` ``runs`` times with :func:`patch_timer`: seconds per step in patch extraction (im2col[_t] + col2im[_t]), whole
-    step seconds, and the fraction."""
+    step seconds, and the fraction, each the median over the runs (:func:`._train_common.median_share`)."""
     with patch_timer() as spent:
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            step()
-        total = time.perf_counter() - t0
-    return {"patch_s": spent["s"] / runs, "step_s": total / runs, "fraction": spent["s"] / total if total else None,
-            "calls_per_step": spent["calls"] / runs}
+        steps, parts = run_parts(step, spent, runs)
+    patch_s, fraction = median_share(parts["s"], steps)
+    return {"patch_s": patch_s, "step_s": float(np.median(steps)), "fraction": fraction,
+            "calls_per_step": float(np.median(parts["calls"]))}
 
 
 def conv_layers(model) -> list:

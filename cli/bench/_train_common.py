@@ -170,6 +170,31 @@ def paired_times(fn_a, fn_b, *, budget_s: float, max_call_s: float, repeat: int 
                              min_runs=min_runs)
 
 
+def run_parts(step, spent: dict, runs: int) -> tuple[list, dict]:
+    """Run ``step`` ``runs`` times while a probe adds seconds to ``spent`` (by part): each run's step
+    seconds, and per part each run's seconds in it (for :func:`median_share`)."""
+    steps, parts = [], {key: [] for key in spent}
+    for _ in range(runs):
+        before = dict(spent)
+        t0 = time.perf_counter()
+        step()
+        steps.append(time.perf_counter() - t0)
+        for key in parts:
+            parts[key].append(spent[key] - before[key])
+    return steps, parts
+
+
+def median_share(part: list, steps: list) -> tuple[float, float | None]:
+    """(median seconds, median share of its step) of one part over the runs of :func:`run_parts`.
+
+    Medians, not totals: one step that compiles a kernel (a serial twin is compiled the first time a
+    busy machine selects it) would otherwise weigh a whole run's shares; the median of three is the
+    share of a step that did not.
+    """
+    shares = [p / t for p, t in zip(part, steps) if t > 0]
+    return float(np.median(part)), (float(np.median(shares)) if shares else None)
+
+
 def stored_weights(model) -> int:
     """Connections stored by the weight layers (a dense layer counts n_out * n_in)."""
     return sum(int(row["nnz"]) for row in model.describe())

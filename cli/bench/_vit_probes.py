@@ -13,7 +13,7 @@ import numpy as np
 import purerigl.nn.attention as attention_layers  # the feature-major attention calls its helpers by these names
 from purerigl.nn.transformer import TransformerBlock
 
-from ._train_common import interleaved_times
+from ._train_common import interleaved_times, median_share, run_parts
 
 
 def blocks(model) -> list[TransformerBlock]:
@@ -99,7 +99,8 @@ def vit_timer(model):
 
 
 def step_shares(model, step, runs: int = 3) -> dict:
-    """Run ``step`` ``runs`` times under :func:`vit_timer`: seconds per step and fractions of the step.
+    """Run ``step`` ``runs`` times under :func:`vit_timer`: seconds per step and fractions of the step,
+    each the median over the runs (:func:`._train_common.median_share`).
 
     Returns
     -------
@@ -110,17 +111,14 @@ def step_shares(model, step, runs: int = 3) -> dict:
         ``projection_fraction``: the four block projections, forward + backward.
     """
     with vit_timer(model) as spent:
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            step()
-        total = time.perf_counter() - t0
-    attention = spent["attention"] - spent["attention_projections"]
-    out = {"step_s": total / runs, "attention_s": attention / runs, "sdpa_s": spent["sdpa"] / runs,
-           "projections_s": spent["projections"] / runs}
-    for key, part in (("attention_fraction", attention), ("sdpa_fraction", spent["sdpa"]),
-                      ("projection_fraction", spent["projections"])):
-        out[key] = part / total if total else None
-    return out
+        steps, parts = run_parts(step, spent, runs)
+    attention = [a - p for a, p in zip(parts["attention"], parts["attention_projections"])]  # per run
+    attention_s, attention_fraction = median_share(attention, steps)
+    sdpa_s, sdpa_fraction = median_share(parts["sdpa"], steps)
+    projections_s, projection_fraction = median_share(parts["projections"], steps)
+    return {"step_s": float(np.median(steps)), "attention_s": attention_s, "attention_fraction": attention_fraction,
+            "sdpa_s": sdpa_s, "sdpa_fraction": sdpa_fraction, "projections_s": projections_s,
+            "projection_fraction": projection_fraction}
 
 
 def projection_inputs(model, X) -> dict:
