@@ -8,8 +8,8 @@ the batch chunk as its outer loop (the rows or positions in parallel inside it),
 position's stored entries' whole rows of the patch matrix from memory; block-major keeps one block of
 it in L2 while every position re-reads it.
 
-This script copies the four kernel modules of ``--base`` (``git show``) beside the package's own as
-scratch modules (``purerigl/kernels/cpu/_base_*.py``, removed at exit), then times each product of
+This script copies the four kernel modules of ``--base`` (``git show``) into a temporary package
+(removed at exit; never into purerigl's folder, whose sources stamp Numba's cache), then times each product of
 each sparse convolution of a built-in network both ways, alternating the two
 (:func:`~purerigl.cli.bench._train_common.paired_times`), on random operands of the layer's shapes
 (the patch batch B * H_out * W_out of a batch of 64 MNIST images). Every pair must agree bit for bit
@@ -24,9 +24,11 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -52,25 +54,40 @@ ROWS = (("rigl", "csr"), ("srigl", "condensed"), ("static", "diagonal"), ("dynad
 OPS = ("matmul_fm", "matmul_t_fm", "sddmm_fm")
 
 
+#: The package name of the scratch copies (in a temporary directory, never in purerigl's own folder:
+#: a file there would change the kernel-sources stamp of Numba's cache, kernels/cpu/_cache.py).
+SCRATCH_PACKAGE = "purerigl_loop_order_base"
+
+
 @contextlib.contextmanager
 def base_kernels(base: str):
-    """The base commit's kernel modules, imported as scratch siblings: yields {module name: module}.
-    Their files (and Numba's cache of them) are removed at exit; they must exist while the kernels
-    compile, which happens lazily (a serial twin is compiled when first chosen)."""
+    """The base commit's kernel modules, imported from a temporary package: yields {module name: module}.
+
+    Each copy imports the current package's helper modules (``._cache``, ``._gather``, ...: the same at
+    the base, checked by the bit-for-bit comparison), except ``._columns``, which is the base's own copy.
+    The temporary directory (and Numba's cache of the copies in it) is removed at exit.
+    """
     folder = Path(cpu_package.__file__).parent
     root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True, text=True,
                           check=True).stdout.strip()
     relative = folder.relative_to(root).as_posix()
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / SCRATCH_PACKAGE
+        package.mkdir()
+        (package / "__init__.py").write_text("")
         for name in MODULES:
             text = subprocess.run(["git", "show", f"{base}:{relative}/{name}.py"], cwd=root, capture_output=True,
                                   text=True, check=True).stdout
-            text = text.replace("from ._columns import", "from ._base__columns import")
-            (folder / f"_base_{name}.py").write_text(text)
-        yield {name: importlib.import_module(f"purerigl.kernels.cpu._base_{name}") for name in MODULES}
-    finally:
-        for path in [*folder.glob("_base_*.py"), *folder.glob("__pycache__/_base_*")]:
-            path.unlink(missing_ok=True)
+            text = re.sub(r"^from \.(\w+) import", lambda m: m.group(0) if m.group(1) in MODULES
+                          else f"from {cpu_package.__name__}.{m.group(1)} import", text, flags=re.M)
+            (package / f"{name}.py").write_text(text)
+        sys.path.insert(0, tmp)
+        try:
+            yield {name: importlib.import_module(f"{SCRATCH_PACKAGE}.{name}") for name in MODULES}
+        finally:
+            sys.path.remove(tmp)
+            for key in [key for key in sys.modules if key.split(".")[0] == SCRATCH_PACKAGE]:
+                del sys.modules[key]
 
 
 def _call(module, op, W, XT, dYT):

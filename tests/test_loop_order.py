@@ -1,13 +1,16 @@
 """benchmarks/loop_order.py: the cpu kernels of a base commit beside the current ones, in one process.
 
-Pins down that the scratch copies of the base commit's kernel modules load and compute (here the base
-is HEAD, whose kernels are the current ones: the same bits), that the scratch files and their Numba
-cache are removed afterwards, even when the run fails, and that an unknown commit is a clear error.
+Pins down that the copies of the base commit's kernel modules load and compute (here the base is
+HEAD, whose kernels are the current ones: the same bits), that nothing is ever written into
+purerigl's kernel folder (its sources stamp Numba's cache: a scratch file there would change the
+stamp for every process), that the temporary package is gone afterwards, even when the run fails, and
+that a base git cannot read is a clear error (exit 2).
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from benchmark_scripts import load_benchmark
 
 import purerigl.kernels.cpu as cpu_package
 from purerigl.formats import Diagonal
+from purerigl.kernels.cpu import _cache
 
 FOLDER = Path(cpu_package.__file__).parent
 
@@ -28,31 +32,34 @@ def _in_git_checkout() -> bool:
 pytestmark = pytest.mark.skipif(not _in_git_checkout(), reason="needs the package in its git checkout")
 
 
-def _scratch_files():
-    return [*FOLDER.glob("_base_*.py"), *FOLDER.glob("__pycache__/_base_*")]
-
-
-def test_base_kernels_compute_and_are_removed():
+def test_base_kernels_compute_and_leave_the_package_folder_alone():
     lo = load_benchmark("loop_order")
+    stamp = _cache.kernel_sources_digest()
     rng = np.random.default_rng(0)
     W = Diagonal(np.array([1, 4, 6], np.int32), rng.standard_normal((3, 5)).astype(np.float32), (5, 9))
     XT = rng.standard_normal((9, 300)).astype(np.float32)  # more than one batch block of 256
     dYT = rng.standard_normal((5, 300)).astype(np.float32)
+    from purerigl.kernels.cpu import diagonal_fm
+
     with lo.base_kernels("HEAD") as base:
         assert set(base) == set(lo.MODULES)
-        current = __import__("purerigl.kernels.cpu.diagonal_fm", fromlist=["x"])
+        assert all(Path(m.__file__).parent != FOLDER for m in base.values())
+        assert _cache.kernel_sources_digest() == stamp  # nothing written beside the kernels
         for op in lo.OPS:
-            assert np.array_equal(lo._call(base["diagonal_fm"], op, W, XT, dYT), lo._call(current, op, W, XT, dYT))
-        assert _scratch_files()  # present while the run compiles
-    assert not _scratch_files()
+            assert np.array_equal(lo._call(base["diagonal_fm"], op, W, XT, dYT), lo._call(diagonal_fm, op, W, XT, dYT))
+        folder = Path(base["csr"].__file__).parent
+        assert base["csr"].matmul_t_columns.__module__ == f"{lo.SCRATCH_PACKAGE}._columns"  # the base's own copy
+    assert not folder.exists()
+    assert not any(key.split(".")[0] == lo.SCRATCH_PACKAGE for key in sys.modules)
 
 
-def test_a_failing_run_still_removes_the_scratch_files():
+def test_a_failing_run_still_removes_the_temporary_package():
     lo = load_benchmark("loop_order")
     with pytest.raises(RuntimeError, match="boom"):
-        with lo.base_kernels("HEAD"):
+        with lo.base_kernels("HEAD") as base:
+            folder = Path(base["csr"].__file__).parent
             raise RuntimeError("boom")
-    assert not _scratch_files()
+    assert not folder.exists() and str(folder.parent) not in sys.path
 
 
 def test_an_unknown_base_is_a_clear_error():
@@ -61,4 +68,3 @@ def test_an_unknown_base_is_a_clear_error():
     lo = load_benchmark("loop_order")
     result = CliRunner().invoke(lo.main, ["--base", "no-such-commit-0000", "--budget", "0"])
     assert result.exit_code == 2 and "cannot read the kernels of 'no-such-commit-0000' from git" in result.output
-    assert not _scratch_files()
