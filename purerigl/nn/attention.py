@@ -107,6 +107,17 @@ def _as_rows(A, width: int):
     return A.reshape(A.size // width, width)  # (..., width) -> (N, width)
 
 
+def tokens_to_fm(backend, X):
+    """Host tokens (B, T, d) -> their feature-major copy X^T (d, B*T) (the layout of the sparse
+    products from :data:`FM_MIN_ROWS` rows on)."""
+    return backend.transpose(_as_rows(np.ascontiguousarray(X), int(X.shape[-1])))  # (B*T, d) -> (d, B*T)
+
+
+def fm_to_tokens(backend, YT, lead: tuple):
+    """Feature-major Y^T (d, B*T) -> tokens (*lead, d), the inverse of :func:`tokens_to_fm` (None stays None)."""
+    return None if YT is None else backend.transpose(YT).reshape(*lead, int(YT.shape[0]))  # (B*T, d) -> (*lead, d)
+
+
 # --------------------------------------------------------------------------------------------------
 # token-wise linear layer
 
@@ -208,8 +219,7 @@ class TokenLinear:
         rows = _as_rows(X, n_in)  # (B, T, d_in) -> (B*T, d_in)
         self._feature_major = self.runs_feature_major(rows.shape[0])
         if self._feature_major:  # the batched kernels' layout: two transposes here, none inside the products
-            YT = self.linear.forward_fm_with_bias(self.backend.transpose(rows))  # (d_out, B*T)
-            return self.backend.transpose(YT).reshape(*self._lead, n_out)  # (d_out, B*T) -> (B*T, d_out) -> (B, T, d_out)
+            return fm_to_tokens(self.backend, self.linear.forward_fm_with_bias(self.backend.transpose(rows)), self._lead)
         return self.linear.forward(rows).reshape(*self._lead, n_out)  # (B*T, d_out) -> (B, T, d_out)
 
     def backward(self, dY: np.ndarray):
@@ -219,11 +229,9 @@ class TokenLinear:
         if isinstance(dY, np.ndarray):
             dY = np.ascontiguousarray(dY)  # a host view (a slice) made contiguous; device ops return contiguous arrays
         rows = _as_rows(dY, n_out)  # (B, T, d_out) -> (B*T, d_out)
-        if self._feature_major:
-            dXT = self.linear.backward_fm_with_bias(self.backend.transpose(rows))  # (d_out, B*T) -> (d_in, B*T)
-            dX = None if dXT is None else self.backend.transpose(dXT)  # (d_in, B*T) -> (B*T, d_in)
-        else:
-            dX = self.linear.backward(rows)  # (B*T, d_out) -> (B*T, d_in)
+        if self._feature_major:  # (d_out, B*T) -> (d_in, B*T) -> (B, T, d_in)
+            return fm_to_tokens(self.backend, self.linear.backward_fm_with_bias(self.backend.transpose(rows)), self._lead)
+        dX = self.linear.backward(rows)  # (B*T, d_out) -> (B*T, d_in)
         return None if dX is None else dX.reshape(*self._lead, n_in)  # (B*T, d_in) -> (B, T, d_in)
 
     def forward_fm(self, XT: np.ndarray, lead: tuple) -> np.ndarray:
@@ -351,11 +359,10 @@ class MultiHeadSelfAttention(SyncsChildren):
         B, T, d = (int(n) for n in X.shape)
         self._fm = self.qkv.runs_feature_major(B * T) and self.out.runs_feature_major(B * T)
         if self._fm:  # host arrays: the heads read from / written to the feature-major layout
-            transpose = self.backend.transpose
-            QKVT = self.qkv.forward_fm(transpose(np.ascontiguousarray(X).reshape(B * T, d)), (B, T))  # (3d, B*T)
+            QKVT = self.qkv.forward_fm(tokens_to_fm(self.backend, X), (B, T))  # (3d, B*T)
             OT, A = self_attention_forward_fm(QKVT, self.heads, B, T)  # (d, B*T), (B, h, T, T)
             self._saved = (QKVT, A)
-            return transpose(self.out.forward_fm(OT, (B, T))).reshape(B, T, d)  # (d, B*T) -> (B*T, d) -> (B, T, d)
+            return fm_to_tokens(self.backend, self.out.forward_fm(OT, (B, T)), (B, T))  # (B, T, d)
         QKV = self.qkv.forward(X)  # (B, T, 3d)
         O, A = self.backend.self_attention_forward(QKV, self.heads)  # (B, T, d), (B, h, T, T)
         self._saved = (QKV, A)
@@ -364,12 +371,11 @@ class MultiHeadSelfAttention(SyncsChildren):
     def backward(self, dY: np.ndarray):
         """dY (B, T, d) -> dX (B, T, d); fills both projections' gradients."""
         if self._fm:
-            B, T, d = (int(n) for n in dY.shape)
-            transpose = self.backend.transpose
+            B, T, _ = (int(n) for n in dY.shape)
             QKVT, A = self._saved
-            dOT = self.out.backward_fm(transpose(np.ascontiguousarray(dY).reshape(B * T, d)))  # (d, B*T)
+            dOT = self.out.backward_fm(tokens_to_fm(self.backend, dY))  # (d, B*T)
             dXT = self.qkv.backward_fm(self_attention_backward_fm(dOT, QKVT, A, self.heads, B, T))  # (d, B*T)
-            return None if dXT is None else transpose(dXT).reshape(B, T, d)  # (d, B*T) -> (B, T, d)
+            return fm_to_tokens(self.backend, dXT, (B, T))  # (B, T, d)
         dO = self.out.backward(dY)  # (B, T, d)
         QKV, A = self._saved
         return self.qkv.backward(self.backend.self_attention_backward(dO, QKV, A, self.heads))  # via (B, T, 3d)

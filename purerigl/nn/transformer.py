@@ -25,7 +25,14 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..kernels import get_backend
-from .attention import MultiHeadSelfAttention, TokenLinear, TransformerBackendError, as_token_linear
+from .attention import (
+    MultiHeadSelfAttention,
+    TokenLinear,
+    TransformerBackendError,
+    as_token_linear,
+    fm_to_tokens,
+    tokens_to_fm,
+)
 from .parameter import Parameter, SyncsChildren, SyncsParameters
 
 __all__ = [
@@ -236,25 +243,22 @@ class TransformerBlock(SyncsChildren):
 
     def _mlp_forward(self, X):
         """fc2(GELU(fc1(X))), X (B, T, d) -> (B, T, d); feature-major inside where both layers are."""
-        *lead, d = (int(n) for n in X.shape)  # (a device array's shape takes no negative index)
+        *lead, _ = (int(n) for n in X.shape)  # (a device array's shape takes no negative index)
         n_rows = math.prod(lead)
         self._mlp_fm = self.fc1.runs_feature_major(n_rows) and self.fc2.runs_feature_major(n_rows)
         if not self._mlp_fm:
             return self.fc2.forward(self.gelu.forward(self.fc1.forward(X)))
-        transpose = self.backend.transpose
-        XT = transpose(X.reshape(n_rows, d))  # (B, T, d) -> (B*T, d) -> (d, B*T)
+        XT = tokens_to_fm(self.backend, X)  # (d, B*T)
         YT = self.fc2.forward_fm(self.gelu.forward(self.fc1.forward_fm(XT, lead)), lead)  # (d, B*T)
-        return transpose(YT).reshape(*lead, d)  # (d, B*T) -> (B*T, d) -> (B, T, d)
+        return fm_to_tokens(self.backend, YT, lead)  # (B, T, d)
 
     def _mlp_backward(self, dY):
         """The MLP's input gradient (B, T, d) from dY (B, T, d), in the layout of the last forward."""
         if not self._mlp_fm:
             return self.fc1.backward(self.gelu.backward(self.fc2.backward(dY)))
-        *lead, d = (int(n) for n in dY.shape)
-        transpose = self.backend.transpose
-        dYT = transpose(np.ascontiguousarray(dY).reshape(-1, d))  # (B, T, d) -> (B*T, d) -> (d, B*T)
-        dXT = self.fc1.backward_fm(self.gelu.backward(self.fc2.backward_fm(dYT)))  # (d, B*T)
-        return transpose(dXT).reshape(*lead, d)  # (d, B*T) -> (B*T, d) -> (B, T, d)
+        *lead, _ = (int(n) for n in dY.shape)
+        dXT = self.fc1.backward_fm(self.gelu.backward(self.fc2.backward_fm(tokens_to_fm(self.backend, dY))))  # (d, B*T)
+        return fm_to_tokens(self.backend, dXT, lead)  # (B, T, d)
 
     def set_backend(self, backend) -> None:
         for layer in self.children():
