@@ -1,8 +1,8 @@
 """Self-test of a backend's sparse convolution against a dense convolution computed another way.
 
-:class:`~purerigl.nn.conv.SparseConv2d` runs on the backend (its patch maps ``im2col_t`` / ``col2im_t``,
-the feature-major products ``matmul_fm``, ``matmul_t_fm``, ``sddmm_fm``, the output reorders and the
-bias gradient). The oracle never forms a patch matrix: with K = the filter matrix as a dense
+:class:`~purerigl.nn.conv.SparseConv2d` runs on the backend (its patch map ``im2col_t``, the
+feature-major products ``matmul_fm`` and ``sddmm_fm``, the input gradient ``conv_input_grad_fm``, the
+output reorders and the bias gradient). The oracle never forms a patch matrix: with K = the filter matrix as a dense
 (c_out, c_in, kh, kw) array (through SciPy CSR), X_p the input zero-padded by p and dY^s the output
 gradient spread out by the stride (zeros between), in float64 with SciPy's 2-d correlation and
 convolution per (sample, filter, channel):

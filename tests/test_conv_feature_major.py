@@ -3,7 +3,7 @@ products (:meth:`SparseLinear.forward_fm` / :meth:`SparseLinear.backward_fm`).
 
 Pins down:
 
-- a SparseConv2d step (forward_fm on im2col_t, backward_fm, col2im_t) equals the row-layout step of
+- a SparseConv2d step (forward_fm on im2col_t, backward_fm, conv_input_grad_fm) equals the row-layout step of
   the same linear (forward on im2col, backward, col2im) on every host backend and format, within
   float32 accumulation error; the bias is added / summed exactly as the row layout's;
 - :func:`fm_to_nchw` and :func:`nchw_to_fm` are the row layout's :func:`to_nchw` / :func:`to_rows`
@@ -41,6 +41,7 @@ def _row_step(layer, X, dY):
     """The row-layout step of the same linear layer: what SparseConv2d computed before."""
     conv = (layer.kh, layer.kw, layer.stride, layer.padding)
     lin = layer.linear
+    lin.needs_input_grad = True  # a convolution's linear computes no input gradient; this row-layout twin does
     B, _, Ho, Wo = dY.shape
     Y = to_nchw(lin.forward(im2col(X, *conv)), B, Ho, Wo)
     dX = col2im(lin.backward(to_rows(dY)), X.shape, *conv)

@@ -80,7 +80,7 @@ def test_a_convolution_that_ignores_its_gates_fails_the_gated_checks(monkeypatch
     gated rows, and no plain row."""
     from purerigl.nn import GatedDiagonalLinear, SparseLinear
 
-    for name in ("forward_fm", "backward_fm", "gradients_fm"):
+    for name in ("forward_fm", "backward_fm", "gradients_fm", "forward_matrix"):
         monkeypatch.setattr(GatedDiagonalLinear, name, getattr(SparseLinear, name))
     monkeypatch.setattr(GatedDiagonalLinear, "forward", SparseLinear.forward)  # passes the linear's guard
     monkeypatch.setattr(GatedDiagonalLinear, "backward", SparseLinear.backward)
@@ -92,8 +92,8 @@ def test_a_convolution_that_ignores_its_gates_fails_the_gated_checks(monkeypatch
 def test_a_fault_in_one_operation_fails_what_depends_on_it():
     cpu = get_backend("cpu").module
 
-    def col2im_t_off(dPT, shape, kh, kw, stride, padding):  # the input gradient's adjoint map, one entry off
-        dX = cpu.col2im_t(dPT, shape, kh, kw, stride, padding)
+    def conv_input_grad_off(W, dYT, shape, kh, kw, stride=1, padding=0):  # the input gradient, one entry off
+        dX = cpu.conv_input_grad_fm(W, dYT, shape, kh, kw, stride, padding)
         dX[0, 0, 0, 0] += 1.0
         return dX
 
@@ -103,7 +103,7 @@ def test_a_fault_in_one_operation_fails_what_depends_on_it():
         flat[[-1, -2]] = flat[[-2, -1]]
         return g
 
-    assert _failed_ops(broken_backend(col2im_t=col2im_t_off)) == {"input grad"}
+    assert _failed_ops(broken_backend(conv_input_grad_fm=conv_input_grad_off)) == {"input grad"}
     assert _failed_ops(broken_backend(sddmm_fm=sddmm_fm_swapped)) == {"value grad", "alpha grad"}
 
 

@@ -295,7 +295,8 @@ def specifications():
 
     with pytest.MonkeyPatch.context() as mp:
         for op in CONV_OPS:
-            mp.setattr(cpu_backend, op, getattr(host_conv, op))
+            if op != "conv_input_grad_fm":  # a product, not layout work: held to its spec to rounding (test_conv_products.py)
+                mp.setattr(cpu_backend, op, getattr(host_conv, op))
         yield
 
 

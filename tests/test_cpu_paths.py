@@ -112,7 +112,7 @@ def test_matmul_t_column_major_path(kind, B):
 
 def test_column_major_structure_is_a_stable_counting_sort():
     W = Condensed.random((20, 30), 0.3, rng=7)
-    col_ptr, entry, row = condensed._columns_of(W)
+    col_ptr, entry, row = condensed.columns_of(W)
     cols = W.indices.ravel()
     order = np.argsort(cols, kind="stable")
     assert np.array_equal(entry, order)

@@ -19,6 +19,10 @@ where X_p is X padded by p values ``fill`` on each side of both spatial axes (0 
 ``col2im`` is its adjoint, ``im2col_t`` / ``col2im_t`` the same maps in the transposed
 (feature-major) layout (C * kh * kw, B * Ho * Wo).
 
+The input gradient of a sparse convolution, ``conv_input_grad_fm(W, dYT, ...)`` = ``col2im_t(W^T dY^T)``:
+the one operation here that takes a sparse filter matrix W, specified as that composition. The cpu
+backend computes it without the patch-sized W^T dY^T in between (:mod:`purerigl.kernels.cpu.conv_products`).
+
 Layout changes of a convolution's output: ``fm_to_nchw`` (c, B * Ho * Wo) + bias -> (B, c, Ho, Wo),
 ``nchw_to_fm`` back; ``rows_to_nchw`` (B * Ho * Wo, c) -> (B, c, Ho, Wo), ``nchw_to_rows`` back.
 
@@ -36,7 +40,7 @@ from ..errors import ShapeError
 
 __all__ = [
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
-    "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
+    "conv_input_grad_fm", "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
     "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw",
 ]
 
@@ -148,6 +152,36 @@ def col2im_t(cols_t: np.ndarray, X_shape, kh: int, kw: int, stride: int = 1, pad
     """
     check_cols(cols_t.shape, X_shape, kh, kw, stride, padding, transposed=True)
     return col2im(cols_t.T, X_shape, kh, kw, stride, padding)  # cols_t.T: (B*Ho*Wo, C*kh*kw), a view
+
+
+def check_conv_input_grad(W, dYT, X_shape, kh: int, kw: int, stride: int, padding: int):
+    """(B, C, H, W, Ho, Wo) after checking that the filter matrix W (c_out, c_in * kh * kw) and the
+    feature-major output gradient dYT (c_out, B * Ho * Wo) fit the input shape ``X_shape``."""
+    B, C, H, W_ = (int(n) for n in X_shape)
+    Ho, Wo = output_hw(X_shape, kh, kw, stride, padding)
+    n_out, n_in = (int(n) for n in W.shape)
+    if n_in != C * kh * kw:
+        raise ShapeError(f"the filter matrix has {n_in} columns, expected c_in * kh * kw = {C} * {kh} * {kw} = "
+                         f"{C * kh * kw}")
+    if getattr(dYT, "ndim", None) != 2 or tuple(dYT.shape) != (n_out, B * Ho * Wo):
+        raise ShapeError(f"dYT has shape {tuple(getattr(dYT, 'shape', ()))}, expected (c_out, B * Ho * Wo) = "
+                         f"{(n_out, B * Ho * Wo)}")
+    return B, C, H, W_, Ho, Wo
+
+
+def conv_input_grad_fm(W, dYT, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """The input gradient of a convolution with the sparse filter matrix W (c_out, c_in * kh * kw),
+    from its output gradient in the feature-major layout dYT (c_out, B * Ho * Wo): dX (B, c_in, H, W),
+    the adjoint of the patch map applied to W^T dY^T (the reference backend's ``matmul_t_fm``).
+
+    .. math:: dX = \\mathrm{col2im\\_t}(W^T dY^T), \\qquad
+              dX[b, c, y, x] = \\sum_{(o, i, j),\\ h_o, w_o :\\ s h_o + i - p = y,\\ s w_o + j - p = x}
+              W[o, (c, i, j)] \\, dY^T[o, (b, h_o, w_o)]
+    """
+    from .reference import matmul_t_fm  # here, not at the top: the reference backend imports this module
+
+    check_conv_input_grad(W, dYT, X_shape, kh, kw, stride, padding)
+    return col2im_t(matmul_t_fm(W, dYT), X_shape, kh, kw, stride, padding)  # via (c_in*kh*kw, B*Ho*Wo)
 
 
 # --------------------------------------------------------------------------------------------------

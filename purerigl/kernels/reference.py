@@ -59,8 +59,8 @@ from .host_arrays import (  # the array operations of a training step (registry.
 )
 from .reference_growth import diag_grad_norms, topk_grad, topk_grad_rows, topk_grad_with_rows
 from .host_conv import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers' specification
-    avgpool_backward, avgpool_forward, batchnorm_backward, batchnorm_forward, col2im, col2im_t, fm_to_nchw,
-    global_avgpool_backward, global_avgpool_forward, im2col, im2col_t, maxpool_backward, maxpool_forward,
+    avgpool_backward, avgpool_forward, batchnorm_backward, batchnorm_forward, col2im, col2im_t, conv_input_grad_fm,
+    fm_to_nchw, global_avgpool_backward, global_avgpool_forward, im2col, im2col_t, maxpool_backward, maxpool_forward,
     nchw_to_fm, nchw_to_rows, rows_to_nchw,
 )
 
@@ -83,6 +83,7 @@ __all__ = [
     "softmax_cross_entropy", "to_device", "to_host", "transpose", "zeros", "zeros_like",
     # the convolutional layers' array operations, on host arrays (registry.CONV_OPS)
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
+    "conv_input_grad_fm",
     "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
     "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw",
     # the transformer's array operations, on host arrays (registry.ARRAY_OPS)

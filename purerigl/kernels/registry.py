@@ -62,12 +62,14 @@ ARRAY_OPS = ARRAY_OPS + TRANSFORMER_OPS
 
 #: The array operations of the convolutional layers (:mod:`purerigl.nn.conv`, :mod:`purerigl.nn.pool`,
 #: :mod:`purerigl.nn.norm`), part of :data:`ARRAY_OPS`: patch matrices and their adjoints, the output
-#: reorders of a convolution, pooling and batch normalisation (a residual block adds with ``add``).
+#: reorders of a convolution, pooling and batch normalisation (a residual block adds with ``add``),
+#: and one operation with a sparse filter matrix: a convolution's input gradient ``conv_input_grad_fm``
+#: (col2im of W^T dY^T, which the cpu backend computes without the patch-sized product in between).
 #: Specification: :mod:`purerigl.kernels.host_conv` (the reference backend); cpu:
 #: :mod:`purerigl.kernels.cpu.conv_ops`; cuda: :mod:`purerigl.kernels.cuda.patches`,
 #: :mod:`~purerigl.kernels.cuda.pooling`, :mod:`~purerigl.kernels.cuda.batchnorm`.
 CONV_OPS = (
-    "im2col", "col2im", "im2col_t", "col2im_t", "fm_to_nchw", "nchw_to_fm", "rows_to_nchw", "nchw_to_rows",
+    "im2col", "col2im", "im2col_t", "col2im_t", "conv_input_grad_fm", "fm_to_nchw", "nchw_to_fm", "rows_to_nchw", "nchw_to_rows",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward", "global_avgpool_forward",
     "global_avgpool_backward", "batchnorm_forward", "batchnorm_backward",
 )

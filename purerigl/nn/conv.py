@@ -22,7 +22,10 @@ P^T = im2col_t(X) (c_in * kh * kw, B * Ho * Wo), the layout in which the sparse 
 .. math:: Y_2^T = W_2 P^T, \\qquad dW_2 = dY_2^T P \\ \\text{(stored entries)}, \\qquad
           dX = \\mathrm{col2im\\_t}(W_2^T dY_2^T)
 
-so no patch-sized array is ever transposed. Only the output is reordered, Y_2^T (c_out, B * Ho * Wo)
+so no patch-sized array is ever transposed. The input gradient is one backend operation,
+``conv_input_grad_fm(W_2, dY_2^T, ...)`` = col2im_t(W_2^T dY_2^T): the cpu backend computes it at stride 1
+without the patch-sized W_2^T dY_2^T (every stored weight adds its shifted output-gradient plane into the
+input gradient, :mod:`purerigl.kernels.cpu.conv_products`). Only the output is reordered, Y_2^T (c_out, B * Ho * Wo)
 -> (B, c_out, Ho, Wo), with the bias added on the way (:func:`fm_to_nchw`), and the output gradient
 the other way (:func:`nchw_to_fm`): arrays c_in * kh * kw / c_out times smaller than the patch matrix,
 and moved in runs of Ho * Wo contiguous floats. :class:`Conv2d` (dense, BLAS) keeps the row layout.
@@ -76,8 +79,9 @@ class SparseConv2d:
     It holds a :class:`~purerigl.nn.layers.SparseLinear` ``linear`` (same name, same parameters
     ``{name}.values`` and ``{name}.bias``) over the filter matrix W (c_out, c_in * kh * kw) and runs it
     over the transposed patch matrix: forward ``Y2^T = linear.forward_fm(im2col_t(X))`` reordered to
-    (B, c_out, Ho, Wo) plus the bias; backward ``dX = col2im_t(linear.backward_fm(dY2^T))`` (see the
-    module docstring for the maths and the layout).
+    (B, c_out, Ho, Wo) plus the bias; backward: ``linear.backward_fm(dY2^T)`` for the gradients of
+    the filters, and ``dX = backend.conv_input_grad_fm(linear.forward_matrix, dY2^T, ...)``, i.e.
+    col2im_t(W2^T dY2^T) (see the module docstring for the maths and the layout).
 
     DST: the linear's saved batch (:meth:`SparseLinear.saved_batch`, in the row layout: the layer
     transposes its kept P^T and dY2^T on first use after a step) is then the patch matrix P
@@ -129,7 +133,8 @@ class SparseConv2d:
             )
         self.name = name
         self.max_tile_bytes = int(max_tile_bytes)
-        self.linear = SparseLinear(W, bias=bias, backend=backend, name=name, needs_input_grad=needs_input_grad)
+        self._needs_input_grad = bool(needs_input_grad)
+        self.linear = SparseLinear(W, bias=bias, backend=backend, name=name, needs_input_grad=False)
         self._X = None  # the input, kept when the batch is tiled (the backward rebuilds the patches)
         self._X_shape = None
         self._tiles: list = []
@@ -138,19 +143,28 @@ class SparseConv2d:
     @property
     def linear(self) -> SparseLinear:
         """The filter matrix's layer, run feature-major over the patches (replaceable: DynaDiag puts a
-        gated layer here). A subclass of SparseLinear that changes the row-layout step but not the
-        feature-major one is refused: the convolution would silently compute without the change."""
+        gated layer here). It computes the output and the gradients of its parameters; the input
+        gradient is the convolution's (``backend.conv_input_grad_fm`` of the linear's
+        ``forward_matrix``), so a layer set here gets ``needs_input_grad = False``. A subclass of
+        SparseLinear that changes the row-layout step but not the feature-major one, or its
+        feature-major forward but not ``forward_matrix``, is refused: the convolution would silently
+        compute without the change."""
         return self._linear
 
     @linear.setter
     def linear(self, layer: SparseLinear) -> None:
         if not isinstance(layer, SparseLinear):
             raise TypeError(f"a convolution's linear must be a SparseLinear, got {type(layer).__name__}")
-        missing = missing_fm_overrides(type(layer))
+        cls = type(layer)
+        missing = missing_fm_overrides(cls)
+        if not missing and cls.forward_fm is not SparseLinear.forward_fm \
+                and cls.forward_matrix is SparseLinear.forward_matrix:
+            missing = [("forward_fm", "forward_matrix")]
         if missing:
             row, fm = missing[0]
-            raise TypeError(f"{type(layer).__name__} overrides {row} but not {fm}, the step a convolution runs; "
+            raise TypeError(f"{cls.__name__} overrides {row} but not {fm}, the step a convolution runs; "
                             f"give it its own {fm}")
+        layer.needs_input_grad = False
         self._linear = layer
 
     @property
@@ -159,11 +173,12 @@ class SparseConv2d:
 
     @property
     def needs_input_grad(self) -> bool:
-        return self.linear.needs_input_grad
+        """Whether :meth:`backward` computes dX (False: it returns None, as the first layer of a network)."""
+        return self._needs_input_grad
 
     @needs_input_grad.setter
     def needs_input_grad(self, value: bool) -> None:
-        self.linear.needs_input_grad = bool(value)
+        self._needs_input_grad = bool(value)
 
     @property
     def W(self) -> SparseFormat:
@@ -232,8 +247,10 @@ class SparseConv2d:
         if len(self._tiles) == 1:
             dYT = be.nchw_to_fm(dY)  # (c_out, B*Ho*Wo)
             be.bias_grad(dYT.T, lin.bias.grad)  # row sums of dY2^T (dYT.T: (B*Ho*Wo, c_out), a view)
-            dPT = lin.backward_fm(dYT)  # (c_in*kh*kw, B*Ho*Wo)
-            return None if dPT is None else be.col2im_t(dPT, self._X_shape, *conv)
+            lin.backward_fm(dYT)  # the parameters' gradients (the linear computes no input gradient)
+            if not self.needs_input_grad:
+                return None
+            return be.conv_input_grad_fm(lin.forward_matrix, dYT, self._X_shape, *conv)  # col2im_t(W^T dY^T)
         _, C, H, W = self._X_shape
         sums: dict = {}  # the linear's gradients summed over the other chunks, by the attribute they belong to
         gb = be.zeros_like(lin.bias.grad)
@@ -241,7 +258,7 @@ class SparseConv2d:
         for a, b in self._tiles[:-1]:  # rebuild these chunks' patches
             PT = be.im2col_t(self._X[a:b], *conv)  # (c_in*kh*kw, n*Ho*Wo)
             dYTc = be.nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
-            grads, dPTc = lin.gradients_fm(PT, dYTc)  # dPTc: (c_in*kh*kw, n*Ho*Wo) or None
+            grads, _ = lin.gradients_fm(PT, dYTc)  # no input gradient from the linear (see `linear`)
             for key, g in grads.items():
                 if key in sums:
                     _accumulate(be, sums[key], g)
@@ -249,16 +266,16 @@ class SparseConv2d:
                     sums[key] = g
             _accumulate(be, gb, be.bias_grad(dYTc.T, be.zeros_like(gb)))
             if dX is not None:
-                dX[a:b] = be.col2im_t(dPTc, (b - a, C, H, W), *conv)
+                dX[a:b] = be.conv_input_grad_fm(lin.forward_matrix, dYTc, (b - a, C, H, W), *conv)
         a, b = self._tiles[-1]
         dYTc = be.nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
-        dPT = lin.backward_fm(dYTc)  # the linear still holds this chunk's patches
+        lin.backward_fm(dYTc)  # the linear still holds this chunk's patches
         be.bias_grad(dYTc.T, lin.bias.grad)
         for key, g in sums.items():
             _accumulate(be, getattr(lin, key).grad, g)
         _accumulate(be, lin.bias.grad, gb)
         if dX is not None:
-            dX[a:b] = be.col2im_t(dPT, (b - a, C, H, W), *conv)
+            dX[a:b] = be.conv_input_grad_fm(lin.forward_matrix, dYTc, (b - a, C, H, W), *conv)
         return dX
 
     # ------------------------------------------------------------------------------------ residency

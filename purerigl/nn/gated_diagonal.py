@@ -208,6 +208,12 @@ class GatedDiagonalLinear(SparseLinear):
         dXT = ops.matmul_t_fm(self._effective, dYT) if self.needs_input_grad else None
         return {"weight": G, "alpha": d_alpha}, dXT
 
+    @property
+    def forward_matrix(self):
+        """The matrix the last forward multiplied by: the gated W_eff while soft, the stored matrix
+        once frozen (:meth:`SparseLinear.forward_matrix`)."""
+        return self._matrix if self.frozen else self._effective
+
     def _gate_values(self):
         """Compute the gates of the stored diagonals now and the gated matrix W_eff (kept for the backward).
 

@@ -122,6 +122,15 @@ class SparseLinear:
         weight parameter's ``value``. DST methods that run on the backend read and replace this one."""
         return self._matrix
 
+    @property
+    def forward_matrix(self):
+        """The matrix the last forward multiplied by, where the backend computes: :attr:`matrix` here;
+        a subclass that computes with another (the gated W_eff of
+        :class:`~purerigl.nn.GatedDiagonalLinear`) returns that one. The input gradient is its
+        transpose times the output gradient, which a convolution computes itself, fused with the
+        adjoint of its patch map (``backend.conv_input_grad_fm``)."""
+        return self._matrix
+
     def saved_batch(self):
         """(X, dY): the input of the last forward and the output gradient of the last backward, as
         arrays of the backend (device arrays on cuda; ``None`` before the first forward / backward).

@@ -42,9 +42,10 @@ from ..host_arrays import (  # the array operations of a training step (registry
     fill_zeros, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device,
     to_host, zeros, zeros_like,
 )
-from . import _layout, condensed, csr, diagonal, diagonal_fm, growth, pairs
+from . import _layout, condensed, conv_products, csr, diagonal, diagonal_fm, growth, pairs
 from ._layout import transpose  # the array op: the spec's result, by NumPy or the blocked kernel by shape
 from .elementwise import gelu_backward, gelu_forward, relu_backward, relu_forward  # Numba loops of the specs
+from ..host_conv import check_conv_input_grad
 from .conv_ops import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers', Numba kernels
     avgpool_backward, avgpool_forward, batchnorm_backward, batchnorm_forward, col2im, col2im_t, fm_to_nchw,
     global_avgpool_backward, global_avgpool_forward, im2col, im2col_t, maxpool_backward, maxpool_forward,
@@ -57,6 +58,8 @@ __all__ = [
     "NAME", "diag_grad_norms", "grad_at", "matmul", "matmul_t", "sddmm", "topk_grad", "topk_grad_rows",
     "topk_grad_with_rows",
     "matmul_fm", "matmul_t_fm", "sddmm_fm",
+    # a convolution's input gradient, W^T dY^T and col2im fused (registry.CONV_OPS)
+    "conv_input_grad_fm",
     # the array operations of a training step, on host arrays (registry.ARRAY_OPS)
     "adam_step", "add_bias", "add_bias_fm", "bias_grad", "bias_grad_fm", "dense_grad", "dense_matmul",
     "dense_matmul_t", "fill_zeros", "relu_backward", "relu_forward", "row_dots", "scale_rows", "sgd_step",
@@ -218,6 +221,42 @@ def matmul_t_fm(W, dYT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
     if dYT.shape[1] < ROW_KERNEL_BATCH:  # the row kernels' regime (see matmul_fm)
         return _layout.transpose(_module_for(W).matmul_t(W, _layout.transpose(dYT), _zeros(dYT.shape[1], W.n_in)), out)
     return _fm_module_for(W).matmul_t_fm(W, dYT, out)
+
+
+def conv_input_grad_fm(W, dYT: np.ndarray, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """The input gradient of a convolution with the sparse filter matrix W, ``col2im_t(W^T dY^T)``.
+
+    Implements :func:`purerigl.kernels.host_conv.conv_input_grad_fm`.
+
+    .. math:: dX[b, c, y, x] = \\sum_{(o, i, j)} W[o, (c, i, j)] \\, dY[b, o, y + p - i, x + p - j]
+              \\quad \\text{(stride 1)}
+
+    At stride 1 (the 3x3 convolutions of VGG and ResNet) the kernel of :mod:`.conv_products` adds
+    every stored weight's shifted output-gradient plane into the input gradient directly: no
+    (c_in kh kw, B Ho Wo) W^T dY^T is written and read back. At other strides, and below
+    ``ROW_KERNEL_BATCH`` output pixels, it is this backend's ``matmul_t_fm`` then ``col2im_t``.
+    Either way the sums are float32 in an order fixed by the structure (not the specification's).
+
+    Parameters
+    ----------
+    W : Condensed | Diagonal | CSR, shape (c_out, c_in * kh * kw)
+    dYT : float32 ndarray, shape (c_out, B * Ho * Wo)
+        Columns ordered (b, ho, wo).
+    X_shape : (B, c_in, H, W)
+    kh, kw, stride, padding : int
+
+    Returns
+    -------
+    dX : float32 ndarray, shape (B, c_in, H, W)
+    """
+    _checks.check_format(W)  # the product's checks (without allocating its output)
+    dYT = _checks.check_dense_fm("dYT", dYT, W.n_out, "n_out")
+    _, _, _, _, Ho, Wo = check_conv_input_grad(W, dYT, X_shape, kh, kw, stride, padding)
+    if stride != 1 or dYT.shape[1] < ROW_KERNEL_BATCH:
+        return col2im_t(matmul_t_fm(W, dYT), X_shape, kh, kw, stride, padding)
+    col_ptr, entry, row = _fm_module_for(W).columns_of(W)
+    return conv_products.input_grad_stride1(col_ptr, entry, row, W.values.reshape(-1), dYT, X_shape, kh, kw,
+                                            padding, Ho, Wo)
 
 
 def sddmm_fm(W, XT: np.ndarray, dYT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -82,14 +82,16 @@ def _build_columns(flat_cols, entry_rows, n_in):
     return col_ptr, entry, row
 
 
-def columns(W, flat_cols: np.ndarray, entry_rows, source):
-    """Cached (col_ptr, entry, row) of W; ``entry_rows()`` gives the output row of every stored entry.
+def columns(W, flat_cols, entry_rows, source):
+    """Cached (col_ptr, entry, row) of W; ``entry_rows()`` gives the output row of every stored entry,
+    ``flat_cols`` its column (an array, or a function giving it when the structure is built).
 
     ``row`` comes narrowed like the column indices (:func:`narrow_indices`: uint16 when n_out <= 65536).
     """
 
     def build():
-        col_ptr, entry, row = _build_columns(flat_cols, entry_rows(), W.n_in)
+        cols = flat_cols() if callable(flat_cols) else flat_cols
+        col_ptr, entry, row = _build_columns(cols, entry_rows(), W.n_in)
         return col_ptr, entry, narrow_indices(row, W.n_out)
 
     return cached(W, "columns", source, build)

@@ -162,7 +162,7 @@ def _indices(W) -> np.ndarray:
     return _cached(W, "indices", W.indices, lambda: narrow_indices(W.indices, W.n_in))
 
 
-def _columns_of(W):
+def columns_of(W):
     """Cached column-major structure of W (see :mod:`._columns`)."""
     return columns(W, W.indices.ravel(), lambda: np.repeat(W.rows, W.k), W.indices)
 
@@ -225,7 +225,7 @@ def matmul_t_fm(W, dYT: np.ndarray, out: np.ndarray) -> np.ndarray:
     column-major structure (see :func:`matmul_t`), operands already in its layout."""
     B = dYT.shape[1]
     if W.nnz and B:
-        col_ptr, entry, row = _columns_of(W)
+        col_ptr, entry, row = columns_of(W)
         by_work(matmul_t_columns, W.nnz * B, B)(col_ptr, entry, row, W.values.reshape(-1), dYT, out)
     return out
 

@@ -156,7 +156,7 @@ def _indices(W) -> np.ndarray:
     return W.indices.view(np.uint32)
 
 
-def _columns_of(W):
+def columns_of(W):
     """Cached column-major structure of W (see :mod:`._columns`)."""
     return columns(
         W, W.indices, lambda: np.repeat(np.arange(W.n_out, dtype=np.int32), np.diff(W.indptr)),
@@ -215,7 +215,7 @@ def matmul_t_fm(W, dYT: np.ndarray, out: np.ndarray) -> np.ndarray:
     column-major structure (see :func:`matmul_t`), operands already in its layout."""
     B = dYT.shape[1]
     if W.nnz and B:
-        col_ptr, entry, row = _columns_of(W)
+        col_ptr, entry, row = columns_of(W)
         by_work(matmul_t_columns, W.nnz * B, B)(col_ptr, entry, row, W.values, dYT, out)
     return out
 

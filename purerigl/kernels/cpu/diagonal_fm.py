@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
+from ._columns import columns
 from ._dot import DOT_CHUNK
 from ._gather import UNROLL, axpy, axpy8, dot, dots8
 from ._serial import by_work
@@ -208,3 +209,12 @@ def sddmm_fm(W, XT: np.ndarray, dYT: np.ndarray, out: np.ndarray) -> np.ndarray:
     else:
         by_work(_sddmm_diagonals_fm, work, B)(W.offsets, XT, dYT, out)  # A = XT (L = n_in, B), S = dYT (M = n_out, B)
     return out
+
+
+def columns_of(W):
+    """Cached column-major structure (col_ptr, entry, row) of the Diagonal W (see :mod:`._columns`): its
+    entries by input column, by diagonal within a column. Entry k * L + t of ``W.values.ravel()`` is
+    value t of diagonal k, at ``W.positions()``. (The products above need none; the convolution's
+    fused input gradient does, :mod:`.conv_products`.)"""
+    return columns(W, lambda: W.positions()[1].ravel(), lambda: W.positions()[0].ravel().astype(np.int32),
+                   W.offsets)

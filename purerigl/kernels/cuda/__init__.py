@@ -48,6 +48,7 @@ import numpy as np
 from ...errors import DTypeError, FormatTypeError, ShapeError
 from ...formats import CSR, Condensed, Diagonal
 from .. import _checks
+from ..host_conv import check_conv_input_grad
 from . import _launch, condensed, csr, diagonal, pairs
 from .arrays import (
     adam_step, add_bias, add_bias_fm, bias_grad, bias_grad_fm, dense_grad, dense_matmul, dense_matmul_t, fill_zeros,
@@ -106,7 +107,7 @@ __all__ = [
     "softmax_cross_entropy", "transpose", "zeros", "zeros_like",
     # the convolutional layers' array operations (registry.CONV_OPS)
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
-    "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
+    "conv_input_grad_fm", "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
     "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw",
     # the transformer's array operations (registry.ARRAY_OPS)
     "add", "first_token", "first_token_backward", "gelu_backward", "gelu_forward", "layer_norm_backward",
@@ -144,6 +145,16 @@ def synchronize() -> None:
 # --------------------------------------------------------------------------------------------------
 # Device level: device arrays in, device arrays out
 # --------------------------------------------------------------------------------------------------
+
+
+def conv_input_grad_fm(W, dYT, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """The input gradient of a convolution with the sparse filter matrix W (host or device),
+    ``col2im_t(W^T dY^T)``, on device arrays: this backend's ``matmul_t_fm`` then ``col2im_t`` (the
+    specification's composition, :func:`purerigl.kernels.host_conv.conv_input_grad_fm`; no fused kernel
+    on this backend). dYT (c_out, B * Ho * Wo) -> dX (B, c_in, H, W).
+    """
+    check_conv_input_grad(W, dYT, X_shape, kh, kw, stride, padding)
+    return col2im_t(matmul_t_fm(W, dYT), X_shape, kh, kw, stride, padding)  # via (c_in*kh*kw, B*Ho*Wo)
 
 
 def to_device(W, out=None):
