@@ -28,6 +28,7 @@ import pytest
 from purerigl.errors import BackendError, DTypeError
 from purerigl.formats.budget import random_layer_with_budget
 from purerigl.kernels import get_backend
+from purerigl.kernels.host_conv import output_hw as ref_output_hw
 
 SMALL_BLOCK = 4
 #: (B, C, H, W), kh, kw, stride, padding: batch 1, odd sizes, strides, padding, a kernel as large as
@@ -87,6 +88,19 @@ def test_patch_maps_equal_the_specification(cu, case):
     assert same_bits(cu.to_host(cu.col2im(cu.to_device(dP), shape, kh, kw, s, p)), ref.col2im(dP, shape, kh, kw, s, p))
     assert same_bits(cu.to_host(cu.col2im_t(cu.to_device(dPT), shape, kh, kw, s, p)),
                      np.ascontiguousarray(ref.col2im_t(dPT, shape, kh, kw, s, p)))
+
+
+@pytest.mark.parametrize("case", PATCH_CASES[:2])
+def test_input_gradient_equals_the_specification(cu, case):
+    """conv_input_grad_fm on cuda (its matmul_t_fm then col2im_t, device arrays, device matrix) against
+    the specification (the reference's product, float64 sums: float32 rounding apart)."""
+    shape, kh, kw, s, p = case
+    rng = np.random.default_rng(5)
+    W = random_layer_with_budget("csr", (3, shape[1] * kh * kw), 4, rng)
+    Ho, Wo = ref_output_hw(shape, kh, kw, s, p)
+    dYT = f32(rng, (3, shape[0] * Ho * Wo))
+    got = cu.to_host(cu.conv_input_grad_fm(cu.to_device(W), cu.to_device(dYT), shape, kh, kw, s, p))
+    np.testing.assert_allclose(got, ref.conv_input_grad_fm(W, dYT, shape, kh, kw, s, p), rtol=1e-5, atol=1e-6)
 
 
 def test_reorders_equal_the_specification(cu):
