@@ -37,6 +37,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ShapeError
+from ..formats.triples import triples
+from . import _checks
 
 __all__ = [
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
@@ -172,16 +174,21 @@ def check_conv_input_grad(W, dYT, X_shape, kh: int, kw: int, stride: int, paddin
 def conv_input_grad_fm(W, dYT, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
     """The input gradient of a convolution with the sparse filter matrix W (c_out, c_in * kh * kw),
     from its output gradient in the feature-major layout dYT (c_out, B * Ho * Wo): dX (B, c_in, H, W),
-    the adjoint of the patch map applied to W^T dY^T (the reference backend's ``matmul_t_fm``).
+    the adjoint of the patch map applied to W^T dY^T. The product is the reference backend's (every
+    stored triple (i, j, w) adds w dY^T[i] to row j, in float64), and so is the rounding to float32,
+    after col2im here.
 
     .. math:: dX = \\mathrm{col2im\\_t}(W^T dY^T), \\qquad
               dX[b, c, y, x] = \\sum_{(o, i, j),\\ h_o, w_o :\\ s h_o + i - p = y,\\ s w_o + j - p = x}
               W[o, (c, i, j)] \\, dY^T[o, (b, h_o, w_o)]
     """
-    from .reference import matmul_t_fm  # here, not at the top: the reference backend imports this module
-
+    _checks.check_format(W)
+    dYT = _checks.check_dense_fm("dYT", dYT, W.n_out, "n_out")
     check_conv_input_grad(W, dYT, X_shape, kh, kw, stride, padding)
-    return col2im_t(matmul_t_fm(W, dYT), X_shape, kh, kw, stride, padding)  # via (c_in*kh*kw, B*Ho*Wo)
+    rows, cols, vals = triples(W)
+    dPT = np.zeros((W.n_in, dYT.shape[1]), dtype=np.float64)  # W^T dY^T: (c_in*kh*kw, B*Ho*Wo)
+    np.add.at(dPT, cols, dYT[rows].astype(np.float64) * vals[:, None])  # row e of the addend: w_e dY^T[row_e]
+    return col2im_t(dPT, X_shape, kh, kw, stride, padding).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
