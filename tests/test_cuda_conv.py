@@ -9,6 +9,8 @@ about half a millisecond per thread, so every shape here is tiny. Pins down:
   sizes and batch 1: bit for bit where the specification's additions are repeated in order (patch
   maps, reorders, max pooling, the pooling backwards), to float32 rounding otherwise (sums in another
   order: average pooling, batch normalisation); host arrays refused;
+- a convolution's input gradient ``conv_input_grad_fm`` (one gather kernel per format) against the
+  specification to float32 rounding, for a device and a host filter matrix, a wide and a tall Diagonal;
 - the cpu backend's versions of the operations that tests/test_conv_speedpaths.py does not cover;
 - SparseConv2d, Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm2d and a Residual block
   forward and backward on cuda against the reference, with the running statistics synced back;
@@ -90,17 +92,23 @@ def test_patch_maps_equal_the_specification(cu, case):
                      np.ascontiguousarray(ref.col2im_t(dPT, shape, kh, kw, s, p)))
 
 
-@pytest.mark.parametrize("case", PATCH_CASES[:2])
-def test_input_gradient_equals_the_specification(cu, case):
-    """conv_input_grad_fm on cuda (its matmul_t_fm then col2im_t, device arrays, device matrix) against
-    the specification (the reference's product, float64 sums: float32 rounding apart)."""
-    shape, kh, kw, s, p = case
+@pytest.mark.parametrize("fmt, c_out", [("csr", 3), ("condensed", 3), ("diagonal", 3), ("diagonal", 40)])
+@pytest.mark.parametrize("case", PATCH_CASES)
+def test_input_gradient_equals_the_specification(cu, case, fmt, c_out):
+    """conv_input_grad_fm on cuda (one gather kernel per format: the column index of Condensed and CSR,
+    the offsets of a wide or tall Diagonal) against the specification (float32 rounding apart), with
+    a device matrix and with a host one; host output gradients refused."""
+    X_shape, kh, kw, s, p = case
     rng = np.random.default_rng(5)
-    W = random_layer_with_budget("csr", (3, shape[1] * kh * kw), 4, rng)
-    Ho, Wo = ref_output_hw(shape, kh, kw, s, p)
-    dYT = f32(rng, (3, shape[0] * Ho * Wo))
-    got = cu.to_host(cu.conv_input_grad_fm(cu.to_device(W), cu.to_device(dYT), shape, kh, kw, s, p))
-    np.testing.assert_allclose(got, ref.conv_input_grad_fm(W, dYT, shape, kh, kw, s, p), rtol=1e-5, atol=1e-6)
+    W = random_layer_with_budget(fmt, (c_out, X_shape[1] * kh * kw), max(c_out, X_shape[1] * kh * kw), rng)
+    Ho, Wo = ref_output_hw(X_shape, kh, kw, s, p)
+    dYT = f32(rng, (c_out, X_shape[0] * Ho * Wo))
+    want = ref.conv_input_grad_fm(W, dYT, X_shape, kh, kw, s, p)
+    for matrix in (cu.to_device(W), W):
+        got = cu.to_host(cu.conv_input_grad_fm(matrix, cu.to_device(dYT), X_shape, kh, kw, s, p))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DTypeError):
+        cu.conv_input_grad_fm(cu.to_device(W), dYT, X_shape, kh, kw, s, p)
 
 
 def test_reorders_equal_the_specification(cu):

@@ -21,7 +21,8 @@ where X_p is X padded by p values ``fill`` on each side of both spatial axes (0 
 
 The input gradient of a sparse convolution, ``conv_input_grad_fm(W, dYT, ...)`` = ``col2im_t(W^T dY^T)``:
 the one operation here that takes a sparse filter matrix W, specified as that composition. The cpu
-backend computes it without the patch-sized W^T dY^T in between (:mod:`purerigl.kernels.cpu.conv_products`).
+and cuda backends compute it without the patch-sized W^T dY^T in between
+(:mod:`purerigl.kernels.cpu.conv_products`, :mod:`purerigl.kernels.cuda.conv_products`).
 
 Layout changes of a convolution's output: ``fm_to_nchw`` (c, B * Ho * Wo) + bias -> (B, c, Ho, Wo),
 ``nchw_to_fm`` back; ``rows_to_nchw`` (B * Ho * Wo, c) -> (B, c, Ho, Wo), ``nchw_to_rows`` back.

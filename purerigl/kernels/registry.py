@@ -64,7 +64,7 @@ ARRAY_OPS = ARRAY_OPS + TRANSFORMER_OPS
 #: :mod:`purerigl.nn.norm`), part of :data:`ARRAY_OPS`: patch matrices and their adjoints, the output
 #: reorders of a convolution, pooling and batch normalisation (a residual block adds with ``add``),
 #: and one operation with a sparse filter matrix: a convolution's input gradient ``conv_input_grad_fm``
-#: (col2im of W^T dY^T, which the cpu backend computes without the patch-sized product in between).
+#: (col2im of W^T dY^T, which the cpu and cuda backends compute without the patch-sized product in between).
 #: Specification: :mod:`purerigl.kernels.host_conv` (the reference backend); cpu:
 #: :mod:`purerigl.kernels.cpu.conv_ops`; cuda: :mod:`purerigl.kernels.cuda.patches`,
 #: :mod:`~purerigl.kernels.cuda.pooling`, :mod:`~purerigl.kernels.cuda.batchnorm`.

@@ -25,7 +25,8 @@ P^T = im2col_t(X) (c_in * kh * kw, B * Ho * Wo), the layout in which the sparse 
 so no patch-sized array is ever transposed. The input gradient is one backend operation,
 ``conv_input_grad_fm(W_2, dY_2^T, ...)`` = col2im_t(W_2^T dY_2^T): the cpu backend computes it at stride 1
 without the patch-sized W_2^T dY_2^T (every stored weight adds its shifted output-gradient plane into the
-input gradient, :mod:`purerigl.kernels.cpu.conv_products`). Only the output is reordered, Y_2^T (c_out, B * Ho * Wo)
+input gradient, :mod:`purerigl.kernels.cpu.conv_products`), the cuda backend as one gather at any stride
+(:mod:`purerigl.kernels.cuda.conv_products`). Only the output is reordered, Y_2^T (c_out, B * Ho * Wo)
 -> (B, c_out, Ho, Wo), with the bias added on the way (:func:`fm_to_nchw`), and the output gradient
 the other way (:func:`nchw_to_fm`): arrays c_in * kh * kw / c_out times smaller than the patch matrix,
 and moved in runs of Ho * Wo contiguous floats. :class:`Conv2d` (dense, BLAS) keeps the row layout.

@@ -49,7 +49,7 @@ from ...errors import DTypeError, FormatTypeError, ShapeError
 from ...formats import CSR, Condensed, Diagonal
 from .. import _checks
 from ..host_conv import check_conv_input_grad
-from . import _launch, condensed, csr, diagonal, pairs
+from . import _launch, condensed, conv_products, csr, diagonal, pairs
 from .arrays import (
     adam_step, add_bias, add_bias_fm, bias_grad, bias_grad_fm, dense_grad, dense_matmul, dense_matmul_t, fill_zeros,
     relu_backward, relu_forward, row_dots, scale_rows, sgd_step, softmax_cross_entropy, transpose, zeros, zeros_like,
@@ -148,13 +148,19 @@ def synchronize() -> None:
 
 
 def conv_input_grad_fm(W, dYT, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0):
-    """The input gradient of a convolution with the sparse filter matrix W (host or device),
-    ``col2im_t(W^T dY^T)``, on device arrays: this backend's ``matmul_t_fm`` then ``col2im_t`` (the
-    specification's composition, :func:`purerigl.kernels.host_conv.conv_input_grad_fm`; no fused kernel
-    on this backend). dYT (c_out, B * Ho * Wo) -> dX (B, c_in, H, W).
+    """The input gradient of a convolution with the sparse filter matrix W (host or device matrix),
+    ``col2im_t(W^T dY^T)``, from the device array dYT (c_out, B * Ho * Wo): dX (B, c_in, H, W), a new
+    device array. Implements :func:`purerigl.kernels.host_conv.conv_input_grad_fm`.
+
+    One gather kernel (:mod:`.conv_products`): a thread per input row adds, for each kernel offset,
+    the stored entries of that filter-matrix column times the output gradient, so the patch-sized
+    W^T dY^T is never written (float32 sums in another order than the specification's: rounding apart).
     """
-    check_conv_input_grad(W, dYT, X_shape, kh, kw, stride, padding)
-    return col2im_t(matmul_t_fm(W, dYT), X_shape, kh, kw, stride, padding)  # via (c_in*kh*kw, B*Ho*Wo)
+    Wd = to_device(W)  # a device matrix as it is; a host matrix copied (checked)
+    _module_for(Wd)
+    check_device("dYT", dYT, np.float32, ndim=2)
+    _, _, _, _, Ho, Wo = check_conv_input_grad(Wd, dYT, X_shape, kh, kw, stride, padding)
+    return conv_products.input_grad(Wd, dYT, X_shape, kh, kw, stride, padding, Ho, Wo)
 
 
 def to_device(W, out=None):
