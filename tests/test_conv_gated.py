@@ -127,4 +127,26 @@ def test_a_linear_whose_fm_step_would_ignore_its_changes_is_refused():
         conv.linear = RowOnly(W_mat.copy(), backend="cpu", name="c")
     with pytest.raises(TypeError, match="must be a SparseLinear"):
         conv.linear = object()
-    conv.linear = GatedDiagonalLinear(W_mat.copy(), 2, backend="cpu", name="c")  # it has all three
+
+    class OtherMatrix(SparseLinear):  # computes with another matrix but would let the input gradient use W
+        def forward(self, X):
+            return 2 * super().forward(X)
+
+        def forward_fm(self, XT):
+            return 2 * super().forward_fm(XT)
+
+        def backward(self, dY):
+            return super().backward(2 * dY)
+
+        def backward_fm(self, dYT):
+            return super().backward_fm(2 * dYT)
+
+        def gradients_fm(self, XT, dYT):
+            return super().gradients_fm(XT, 2 * dYT)
+
+    with pytest.raises(TypeError, match="overrides forward_fm but not forward_matrix"):
+        conv.linear = OtherMatrix(W_mat.copy(), backend="cpu", name="c")
+    gated = GatedDiagonalLinear(W_mat.copy(), 2, backend="cpu", name="c")
+    assert gated.needs_input_grad
+    conv.linear = gated  # it has all four
+    assert not gated.needs_input_grad and conv.needs_input_grad  # the input gradient is the convolution's

@@ -33,6 +33,7 @@ from ..host_selection import (  # registry.UPDATE_OPS, continued
     flat_of, free_positions, in_rows, indicator, merge_sorted, row_counts, row_norms, top_k, top_k_per_row,
 )
 from .sets import in_sorted, remap_by_source, source_of  # registry.UPDATE_OPS: Numba merges of the host spec
+from ..host_conv import check_conv_input_grad  # the shapes of conv_input_grad_fm
 from ..host_transformer import (  # registry.ARRAY_OPS, the transformer's
     add, first_token, first_token_backward, layer_norm_backward, layer_norm_forward,
     patchify, prepend_token, prepend_token_backward, self_attention_backward, self_attention_forward, unpatchify,
@@ -45,7 +46,6 @@ from ..host_arrays import (  # the array operations of a training step (registry
 from . import _layout, condensed, conv_products, csr, diagonal, diagonal_fm, growth, pairs
 from ._layout import transpose  # the array op: the spec's result, by NumPy or the blocked kernel by shape
 from .elementwise import gelu_backward, gelu_forward, relu_backward, relu_forward  # Numba loops of the specs
-from ..host_conv import check_conv_input_grad
 from .conv_ops import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers', Numba kernels
     avgpool_backward, avgpool_forward, batchnorm_backward, batchnorm_forward, col2im, col2im_t, fm_to_nchw,
     global_avgpool_backward, global_avgpool_forward, im2col, im2col_t, maxpool_backward, maxpool_forward,
