@@ -23,9 +23,10 @@ adds kernel offset (i, j) by (i, j) in row-major order; a pixel (y, x) receives 
 output pixel (ho, wo) = ((y + p - i) / s, (x + p - j) / s), so walking the output rows backwards
 (ho descending) and the offsets forwards meets a pixel's contributions in ascending (i, j) order.
 Both therefore give the same bits as the specification. Batch normalisation sums its per-channel
-statistics in float64 (the specification sums in the input's dtype, in NumPy's pairwise order), so
-its mean, variance and the two gradient sums agree with the specification to rounding; every
-elementwise operation is the specification's, in the same order and dtype (no fused multiply-add).
+statistics in float64, plane by plane, each plane's sum a vectorised reduction (:data:`REDUCE`; the
+specification sums in the input's dtype, in NumPy's pairwise order), so its mean, variance and the
+two gradient sums agree with the specification to rounding; every elementwise operation is the
+specification's, in the same order and dtype (no fused multiply-add).
 
 Parallelism. Each parallel loop writes disjoint outputs: the patch kernels over blocks of samples
 (a sample's rows on one thread), max pooling over (sample, channel) planes, batch normalisation over
@@ -336,58 +337,44 @@ def maxpool_backward(dY: np.ndarray, arg: np.ndarray, X_shape, k: int, stride: i
 # ------------------------------------------------------------------------------ batch normalisation
 
 
-@njit(cache=CACHE)
+#: The per-plane sums of batch normalisation are reductions: compiled with reassociation allowed, LLVM
+#: splits each into vector lanes (3x the speed of four scalar float64 chains on the 2-core machine). The
+#: order of the additions is then fixed by the compiled code: the same on every run, thread count and
+#: partition on one machine, possibly another on another CPU (as for :func:`._gather.dots8`).
+REDUCE = {"reassoc"}
+
+
+@njit(cache=CACHE, fastmath=REDUCE)
 def _sum(a):
-    """float64 sum of the 1-d array a, in four interleaved partial sums (a[t] goes to sum t mod 4),
-    added as (s0 + s1) + (s2 + s3): a fixed order, and four independent chains the core overlaps."""
-    s0 = s1 = s2 = s3 = 0.0
-    n = a.shape[0]
-    m = n - n % 4
-    for t in range(0, m, 4):
-        s0 += a[t]
-        s1 += a[t + 1]
-        s2 += a[t + 2]
-        s3 += a[t + 3]
-    for t in range(m, n):
-        s0 += a[t]
-    return (s0 + s1) + (s2 + s3)
+    """float64 sum of the 1-d array a (a vectorised reduction, :data:`REDUCE`)."""
+    s = 0.0
+    for t in range(a.shape[0]):
+        s += np.float64(a[t])
+    return s
 
 
-@njit(cache=CACHE)
+@njit(cache=CACHE, fastmath=REDUCE)
 def _sum_sq_dev(a, m):
-    """float64 sum of (a - m)^2 over the 1-d array a, the difference taken in a's dtype; order as
-    :func:`_sum`."""
-    s0 = s1 = s2 = s3 = 0.0
-    n = a.shape[0]
-    q = n - n % 4
-    for t in range(0, q, 4):
-        d0, d1 = np.float64(a[t] - m), np.float64(a[t + 1] - m)
-        d2, d3 = np.float64(a[t + 2] - m), np.float64(a[t + 3] - m)
-        s0 += d0 * d0
-        s1 += d1 * d1
-        s2 += d2 * d2
-        s3 += d3 * d3
-    for t in range(q, n):
+    """float64 sum of (a - m)^2 over the 1-d array a, the difference taken in a's dtype (a vectorised
+    reduction, :data:`REDUCE`)."""
+    s = 0.0
+    for t in range(a.shape[0]):
         d = np.float64(a[t] - m)
-        s0 += d * d
-    return (s0 + s1) + (s2 + s3)
+        s += d * d
+    return s
 
 
-@njit(cache=CACHE)
-def _sum_prod(a, b):
-    """float64 sum of a * b over 1-d arrays, each product rounded to the operands' dtype first (as
-    NumPy's ``(a * b).sum()``); order as :func:`_sum`."""
-    s0 = s1 = s2 = s3 = 0.0
-    n = a.shape[0]
-    m = n - n % 4
-    for t in range(0, m, 4):
-        s0 += a[t] * b[t]
-        s1 += a[t + 1] * b[t + 1]
-        s2 += a[t + 2] * b[t + 2]
-        s3 += a[t + 3] * b[t + 3]
-    for t in range(m, n):
-        s0 += a[t] * b[t]
-    return (s0 + s1) + (s2 + s3)
+@njit(cache=CACHE, fastmath=REDUCE)
+def _sum_prod_and_sum(a, b):
+    """(float64 sum of a * b, float64 sum of a) over 1-d arrays in one pass, each product rounded to
+    the operands' dtype first (as NumPy's ``(a * b).sum()``); vectorised reductions (:data:`REDUCE`)."""
+    g = 0.0
+    t = 0.0
+    for e in range(a.shape[0]):
+        x = a[e]
+        g += np.float64(x * b[e])
+        t += np.float64(x)
+    return g, t
 
 
 @njit(parallel=True, cache=CACHE)
@@ -434,8 +421,9 @@ def _bn_grad_sums(dY, xhat, dgamma, dbeta):
         g = 0.0
         t = 0.0
         for b in range(B):
-            g += _sum_prod(dY[b, c], xhat[b, c])
-            t += _sum(dY[b, c])
+            gb, tb = _sum_prod_and_sum(dY[b, c], xhat[b, c])  # one pass over the plane
+            g += gb
+            t += tb
         dgamma[c] = g
         dbeta[c] = t
 
