@@ -6,7 +6,9 @@ output-gradient plane, shifted, into the input gradient, and the (c_in kh kw, B 
 is never written. Before (and at other strides) the same gradient took the backend's ``matmul_t_fm``,
 which writes that product, then ``col2im_t``, which reads it back.
 
-This script times both routes on the cpu backend, alternating them
+This script times both routes on the cpu backend (or, with ``--backend cuda``, on the GPU, where
+``conv_input_grad_fm`` is one gather kernel, :mod:`purerigl.kernels.cuda.conv_products`, against the
+cuda backend's ``matmul_t_fm`` then ``col2im_t``; each call synchronised), alternating them
 (:func:`~purerigl.cli.bench._train_common.paired_times`), for every sparse convolution of the built-in
 networks at their bench input shapes (``purerigl bench train``: MNIST 1x28x28 for LeNet-5 and
 VGG-small, CIFAR 3x32x32 for ResNet-20; batch 64), with the filter matrices each method row of
@@ -15,6 +17,7 @@ two routes add the same terms in another order, so they agree to float32 roundin
 when the largest difference exceeds 1e-4 of the largest magnitude. Run::
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/conv_input_grad.py --threads 1 --json benchmarks/results/conv-input-grad-2core.json
+    python benchmarks/conv_input_grad.py --backend cuda --json <OUT>/conv-input-grad-gpu.json   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from purerigl.cli.bench._shared import CNN_INPUT_SHAPES, machine_meta
 from purerigl.cli.bench._train_cnn import conv_inputs
 from purerigl.cli.bench._train_common import loadavg, method_calls, paired_times
+from purerigl.errors import BackendError
 from purerigl.kernels import get_backend
 from purerigl.nn import build_model
 from purerigl.nn.conv import SparseConv2d
@@ -44,8 +48,8 @@ ROWS = (("rigl", "csr"), ("srigl", "condensed"), ("static", "diagonal"), ("dynad
 TOLERANCE = 1e-4
 
 
-def run(model_names, sparsity, batch, budget_s, seed) -> list[dict]:
-    cpu = get_backend("cpu")
+def run(model_names, sparsity, batch, budget_s, seed, backend="cpu") -> list[dict]:
+    be = get_backend(backend)
     rows = []
     for model_name in model_names:
         shape = CNN_INPUT_SHAPES[model_name]
@@ -53,10 +57,10 @@ def run(model_names, sparsity, batch, budget_s, seed) -> list[dict]:
         X = rng.standard_normal((batch, int(np.prod(shape)))).astype(np.float32)
         y = rng.integers(0, 10, size=batch)
         for method, fmt in ROWS:
-            model = build_model(model_name, shape, 10, fmt=fmt, sparsity=sparsity, backend=cpu,
+            model = build_model(model_name, shape, 10, fmt=fmt, sparsity=sparsity, backend=be,
                                 rng=np.random.default_rng(seed))
             method_calls(model, method, fmt, sparsity, X, y, seed)  # DynaDiag: gate the layers (2K diagonals)
-            inputs = conv_inputs(model, X)
+            inputs = conv_inputs(model, be.to_device(X))
             for layer in model.leaves():
                 if not isinstance(layer, SparseConv2d):
                     continue
@@ -64,20 +68,25 @@ def run(model_names, sparsity, batch, budget_s, seed) -> list[dict]:
                 A = inputs[layer.name]  # (batch, c_in, H, W)
                 conv = (layer.kh, layer.kw, layer.stride, layer.padding)
                 Y = layer.forward(A)  # (batch, c_out, Ho, Wo)
-                dYT = rng.standard_normal((W.shape[0], Y.size // W.shape[0])).astype(np.float32)  # (c_out, B')
+                dYT = be.to_device(rng.standard_normal((W.shape[0], Y.size // W.shape[0])).astype(np.float32))  # (c_out, B')
+                X_shape = tuple(int(n) for n in A.shape)
 
                 def fused():
-                    return cpu.conv_input_grad_fm(W, dYT, A.shape, *conv)
+                    dX = be.conv_input_grad_fm(W, dYT, X_shape, *conv)
+                    be.synchronize()  # a no-op on the cpu backend; on cuda the clock then counts the kernel
+                    return dX
 
                 def through_patches():
-                    return cpu.col2im_t(cpu.matmul_t_fm(W, dYT), A.shape, *conv)
+                    dX = be.col2im_t(be.matmul_t_fm(W, dYT), X_shape, *conv)
+                    be.synchronize()
+                    return dX
 
-                a, b = fused(), through_patches()
+                a, b = be.to_host(fused()), be.to_host(through_patches())
                 diff = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
                 t_fused, t_patches = paired_times(fused, through_patches, budget_s=budget_s, max_call_s=5.0)
                 rows.append({"model": model_name, "method": method, "format": fmt, "layer": layer.name,
                              "shape": list(W.shape), "stored": int(W.values.size), "stride": layer.stride,
-                             "input": list(A.shape), "patches": int(dYT.shape[1]),
+                             "input": list(X_shape), "patches": int(dYT.shape[1]),
                              "patches_ms": t_patches.median_s * 1e3, "fused_ms": t_fused.median_s * 1e3,
                              "speedup": t_patches.median_s / t_fused.median_s, "runs": t_fused.runs,
                              "relative_difference": diff})
@@ -101,19 +110,23 @@ def table(rows) -> str:
 @click.option("--batch", type=click.IntRange(min=4), default=64, show_default=True)
 @click.option("--budget", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Seconds of timed pairs per row (at least 5 pairs).")
+@click.option("--backend", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Numba threads [default: all].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def main(model_names, sparsity, batch, budget, threads, seed, json_path):
+def main(model_names, sparsity, batch, budget, backend, threads, seed, json_path):
     """Time a sparse convolution's input gradient, fused against through the patch matrix."""
     if threads is not None:
         numba.set_num_threads(threads)
     meta = machine_meta()
-    rows = run(model_names, sparsity, batch, budget, seed)
+    try:
+        rows = run(model_names, sparsity, batch, budget, seed, backend)
+    except BackendError as error:
+        raise click.BadParameter(str(error), param_hint="--backend") from None
     meta.update({"command": shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "loadavg_end": loadavg(),
                  "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"), "models": list(model_names),
-                 "sparsity": sparsity, "batch": batch})
-    click.echo(f"conv input gradient, fused against through patches; {describe_code(meta['code'])}; sparsity "
+                 "sparsity": sparsity, "batch": batch, "backend": backend})
+    click.echo(f"conv input gradient on {backend}, fused against through patches; {describe_code(meta['code'])}; sparsity "
                f"{sparsity:g}, batch {batch}")
     click.echo(f"numba {meta['numba']['num_threads']} threads; load {meta['loadavg_start']} -> {meta['loadavg_end']}")
     click.echo(table(rows))

@@ -2,7 +2,9 @@
 
 Pins down that the script times every sparse convolution of a network for every method row, with the
 stride of each, and writes its JSON; and that it refuses to report when the two routes disagree (a
-fused kernel with one value off exits non-zero with the size of the difference).
+fused kernel with one value off exits non-zero with the size of the difference). Its ``--backend cuda``
+runs only on a GPU machine (on Numba's simulator a network's forward alone takes minutes); the two
+cuda routes it times are tested in tests/test_cuda_conv.py.
 """
 
 from __future__ import annotations
@@ -42,3 +44,4 @@ def test_a_disagreement_is_refused(monkeypatch):
     monkeypatch.setattr(cpu.module, "conv_input_grad_fm", off)
     result = CliRunner().invoke(cig.main, ["--model", "lenet5", "--budget", "0", "--batch", "4", "--threads", "1"])
     assert result.exit_code == 1 and "the two routes differ" in result.output
+
