@@ -29,7 +29,8 @@ reaches are s apart, and the cpu backend composes its own ``matmul_t_fm`` and ``
 (:func:`purerigl.kernels.cpu.conv_input_grad_fm`).
 
 Order of the sums. The entries of W are walked column by column, (c, i, j) in row-major order and,
-within a column, by output channel (the column-major structure of :mod:`._columns`), eight per pass
+within a column, in the order of its column-major structure (:mod:`._columns`: by output channel for
+CSR and Condensed, by diagonal for Diagonal), eight per pass
 (:func:`._gather.gather_axpy`). Every input pixel therefore adds its terms in an order fixed by the
 structure alone: the same bits on every run, for every thread count and for the serial twin. It is
 not the order of the specification (which sums over o first, in W^T dY^T, then over (i, j) in
