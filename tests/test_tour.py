@@ -128,7 +128,7 @@ def _tour_objects() -> dict:
     from purerigl.dst.updater import DSTUpdater
     from purerigl.formats import CSR, Condensed, Diagonal
     from purerigl.formats.triples import triples
-    from purerigl.nn import MLP, SparseLinear, build_mlp, softmax_cross_entropy
+    from purerigl.nn import MLP, SparseConv2d, SparseLinear, build_mlp, softmax_cross_entropy
     from purerigl.optim import SGD, Adam, AdamW, make_optimizer
     from purerigl.training.loop import Trainer, TrainConfig
 
@@ -142,8 +142,8 @@ def _tour_objects() -> dict:
         "layer": layer, "backend": get_backend("reference"), "W": layer.W,
         "optimizer": make_optimizer("sgd", layer.parameters(), 0.1, momentum=0.9),
     }
-    names.update((cls.__name__, cls) for cls in (Trainer, MLP, SparseLinear, DSTUpdater, SGD, Adam, AdamW, CSR,
-                                                  Condensed, Diagonal))
+    names.update((cls.__name__, cls) for cls in (Trainer, MLP, SparseLinear, SparseConv2d, DSTUpdater, SGD, Adam,
+                                                  AdamW, CSR, Condensed, Diagonal))
     functions = dict(iterate_batches=iterate_batches, softmax_cross_entropy=softmax_cross_entropy,
                      apply_structure=topology.apply_structure, triples=triples)
     return names, functions, (layer, trainer)
