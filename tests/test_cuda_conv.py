@@ -283,7 +283,7 @@ def test_dense_conv_and_pools_on_cuda_equal_reference(cu):
 
 def test_batchnorm_and_residual_on_cuda_equal_reference(cu):
     from purerigl.nn.blocks import Residual
-    from purerigl.nn.layers import ReLU
+    from purerigl.nn.dense import ReLU
     from purerigl.nn.norm import BatchNorm2d
 
     X = (np.random.default_rng(8).standard_normal((2, 2, 3, 3)) * 2 + 1).astype(np.float32)

@@ -172,6 +172,16 @@ def check_conv_input_grad(W, dYT, X_shape, kh: int, kw: int, stride: int, paddin
     return B, C, H, W_, Ho, Wo
 
 
+def conv_input_grad_operands(W, dYT, X_shape, kh: int, kw: int, stride: int, padding: int):
+    """(dYT as a C-contiguous float32 array, Ho, Wo) after the host checks of ``conv_input_grad_fm``: W a
+    sparse format, dYT float32 (c_out, B * Ho * Wo), the shapes fitting ``X_shape`` (the reference and
+    cpu backends share them)."""
+    _checks.check_format(W)
+    dYT = _checks.check_dense_fm("dYT", dYT, W.n_out, "n_out")
+    _, _, _, _, Ho, Wo = check_conv_input_grad(W, dYT, X_shape, kh, kw, stride, padding)
+    return dYT, Ho, Wo
+
+
 def conv_input_grad_fm(W, dYT, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
     """The input gradient of a convolution with the sparse filter matrix W (c_out, c_in * kh * kw),
     from its output gradient in the feature-major layout dYT (c_out, B * Ho * Wo): dX (B, c_in, H, W),
@@ -183,9 +193,7 @@ def conv_input_grad_fm(W, dYT, X_shape, kh: int, kw: int, stride: int = 1, paddi
               dX[b, c, y, x] = \\sum_{(o, i, j),\\ h_o, w_o :\\ s h_o + i - p = y,\\ s w_o + j - p = x}
               W[o, (c, i, j)] \\, dY^T[o, (b, h_o, w_o)]
     """
-    _checks.check_format(W)
-    dYT = _checks.check_dense_fm("dYT", dYT, W.n_out, "n_out")
-    check_conv_input_grad(W, dYT, X_shape, kh, kw, stride, padding)
+    dYT, _, _ = conv_input_grad_operands(W, dYT, X_shape, kh, kw, stride, padding)
     rows, cols, vals = triples(W)
     dPT = np.zeros((W.n_in, dYT.shape[1]), dtype=np.float64)  # W^T dY^T: (c_in*kh*kw, B*Ho*Wo)
     np.add.at(dPT, cols, dYT[rows].astype(np.float64) * vals[:, None])  # row e of the addend: w_e dY^T[row_e]

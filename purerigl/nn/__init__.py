@@ -13,7 +13,8 @@ Imports formats and kernels (never optim, dst or above).
   vit-tiny (:mod:`.vit`, its plan in :mod:`.vit_plan`).
 """
 
-from .layers import Dense, ReLU, SparseLinear
+from .dense import Dense, ReLU
+from .layers import SparseLinear
 from .gated_diagonal import GatedDiagonalLinear
 from ..kernels.host_loss import softmax_cross_entropy
 from .model import MLP, ModelError, build_mlp, parse_hidden

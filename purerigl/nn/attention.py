@@ -2,7 +2,7 @@
 
 A transformer's activations are B sequences of T tokens of width d. Its linear layers act on every
 token alike, so a linear layer sees (B, T, d_in) as B * T rows: :class:`TokenLinear` reshapes to
-(B * T, d_in), runs a :class:`~.layers.SparseLinear` (or a :class:`~.layers.Dense`) and reshapes back.
+(B * T, d_in), runs a :class:`~.layers.SparseLinear` (or a :class:`~.dense.Dense`) and reshapes back.
 The sparse layer's saved batch is then the B * T tokens (B * T, d_in) and their output gradient
 (B * T, d_out), whose dY^T X is the weight gradient: the streamed growth selections of every DST
 method read it unchanged and the dense gradient is never stored (DESIGN.md section 4b).
@@ -55,7 +55,8 @@ from ..kernels.host_transformer import (  # the maths over (B, h, T, d_h): the h
     self_attention_forward_fm,
     split_heads,
 )
-from .layers import Dense, SparseLinear, has_feature_major_step
+from .dense import Dense
+from .layers import SparseLinear, has_feature_major_step
 from .parameter import Parameter, SyncsChildren
 
 __all__ = [

@@ -156,14 +156,10 @@ class SparseConv2d:
     def linear(self, layer: SparseLinear) -> None:
         if not isinstance(layer, SparseLinear):
             raise TypeError(f"a convolution's linear must be a SparseLinear, got {type(layer).__name__}")
-        cls = type(layer)
-        missing = missing_fm_overrides(cls)
-        if not missing and cls.forward_fm is not SparseLinear.forward_fm \
-                and cls.forward_matrix is SparseLinear.forward_matrix:
-            missing = [("forward_fm", "forward_matrix")]
+        missing = missing_fm_overrides(type(layer))
         if missing:
             row, fm = missing[0]
-            raise TypeError(f"{cls.__name__} overrides {row} but not {fm}, the step a convolution runs; "
+            raise TypeError(f"{type(layer).__name__} overrides {row} but not {fm}, the step a convolution runs; "
                             f"give it its own {fm}")
         layer.needs_input_grad = False
         self._linear = layer

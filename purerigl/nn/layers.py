@@ -1,4 +1,5 @@
-"""Layers with a hand-written forward and backward: SparseLinear, Dense, ReLU.
+"""The sparse linear layer, SparseLinear, with a hand-written forward and backward (the dense ``Dense``
+and ``ReLU`` beside it: :mod:`.dense`).
 
 Every layer has the same small interface:
 
@@ -51,7 +52,7 @@ import numpy as np
 
 from ..formats import SparseFormat
 from ..kernels import get_backend
-from .parameter import Parameter, SyncsParameters
+from .parameter import Parameter
 
 
 class SparseLinear:
@@ -124,11 +125,9 @@ class SparseLinear:
 
     @property
     def forward_matrix(self):
-        """The matrix the last forward multiplied by, where the backend computes: :attr:`matrix` here;
-        a subclass that computes with another (the gated W_eff of
-        :class:`~purerigl.nn.GatedDiagonalLinear`) returns that one. The input gradient is its
-        transpose times the output gradient, which a convolution computes itself, fused with the
-        adjoint of its patch map (``backend.conv_input_grad_fm``)."""
+        """The matrix the last forward multiplied by (:attr:`matrix`; a subclass computing with another,
+        like the gated W_eff of :class:`~purerigl.nn.GatedDiagonalLinear`, returns that one): a
+        convolution's input gradient is ``backend.conv_input_grad_fm`` of it."""
         return self._matrix
 
     def saved_batch(self):
@@ -372,14 +371,16 @@ class SparseLinear:
         return f"SparseLinear({shown!r}, backend={self.backend.name!r})"
 
 
-#: (row-layout method, the feature-major method that must compute the same) of a SparseLinear's step.
-FM_COUNTERPARTS = (("forward", "forward_fm"), ("backward", "backward_fm"), ("backward", "gradients_fm"))
+#: (method, the method that must change with it) of a SparseLinear's step: each feature-major method computes
+#: what its row-layout twin does, and ``forward_matrix`` names the matrix ``forward_fm`` multiplied by.
+FM_COUNTERPARTS = (("forward", "forward_fm"), ("backward", "backward_fm"), ("backward", "gradients_fm"),
+                   ("forward_fm", "forward_matrix"))
 
 
 def missing_fm_overrides(cls) -> list[tuple[str, str]]:
-    """The (row, fm) pairs of :data:`FM_COUNTERPARTS` where the SparseLinear subclass ``cls`` overrides
-    the row-layout method but inherits SparseLinear's feature-major one, which would then compute
-    without the subclass's change (empty for SparseLinear itself and for a consistent subclass)."""
+    """The pairs of :data:`FM_COUNTERPARTS` where the SparseLinear subclass ``cls`` overrides the first
+    method but inherits SparseLinear's second, which would then compute without the subclass's change
+    (empty for SparseLinear itself and for a consistent subclass)."""
     return [(row, fm) for row, fm in FM_COUNTERPARTS
             if getattr(cls, row) is not getattr(SparseLinear, row) and getattr(cls, fm) is getattr(SparseLinear, fm)]
 
@@ -406,98 +407,3 @@ def _stack_rows(backend, parts):
         out[start:stop] = p
         start = stop
     return out
-
-
-class Dense(SyncsParameters):
-    """A dense linear layer ``Y = X W^T + b`` (for layers kept dense): BLAS on the host backends,
-    the dense kernels of :mod:`purerigl.kernels.cuda.arrays` on cuda.
-
-    Parameters
-    ----------
-    weight : float32 ndarray (n_out, n_in)
-    bias : float32 ndarray (n_out,), optional
-    backend : str | Backend, optional
-        Whose array operations compute it (see :func:`purerigl.get_backend`).
-    """
-
-    def __init__(self, weight: np.ndarray, bias=None, name: str = "layer", needs_input_grad=True, backend=None):
-        weight = np.ascontiguousarray(weight, dtype=np.float32)
-        b = np.zeros(weight.shape[0], dtype=np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
-        self.name = name
-        self.needs_input_grad = needs_input_grad
-        self.backend = get_backend(backend)
-        self.weight = Parameter(f"{name}.weight", weight, backend=self.backend)
-        self.bias = Parameter(f"{name}.bias", b, backend=self.backend)
-        self._X = None
-
-    @classmethod
-    def kaiming(cls, shape, rng, name: str = "layer", needs_input_grad=True, backend=None) -> "Dense":
-        """Weights N(0, 2 / n_in) (Kaiming normal), bias 0."""
-        n_out, n_in = shape
-        w = (rng.standard_normal((n_out, n_in)) * np.sqrt(2.0 / n_in)).astype(np.float32)
-        return cls(w, name=name, needs_input_grad=needs_input_grad, backend=backend)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.weight.value.shape
-
-    def parameters(self) -> list[Parameter]:
-        return [self.weight, self.bias]
-
-    def forward(self, X):
-        """X (B, n_in) -> Y (B, n_out).
-
-        .. math:: Y = X W^T + \\mathbf{1} b^T
-        """
-        self._X = X
-        Y = self.backend.dense_matmul(self.weight.value, X)
-        return self.backend.add_bias(Y, self.bias.value)
-
-    def backward(self, dY):
-        """dY (B, n_out) -> dX (B, n_in); dW = dY^T X, db = sum_b dY."""
-        self.backend.dense_grad(self._X, dY, out=self.weight.grad)
-        self.backend.bias_grad(dY, self.bias.grad)
-        if not self.needs_input_grad:
-            return None
-        return self.backend.dense_matmul_t(self.weight.value, dY)
-
-    def set_backend(self, backend) -> None:
-        """Move the layer to another backend (its gradients restart at zero)."""
-        self.sync_to_host()
-        self.backend = get_backend(backend)
-        for p in self.parameters():
-            p.backend = self.backend
-            p.replace(self.backend.to_device(p.host), host=p.host)
-        self._X = None
-
-    def __repr__(self) -> str:
-        return f"Dense(shape={self.shape})"
-
-
-class ReLU:
-    """``Y = max(X, 0)``; the backward passes dY where X > 0.
-
-    Parameters
-    ----------
-    backend : str | Backend, optional
-        Whose ``relu_forward`` / ``relu_backward`` it calls.
-    """
-
-    def __init__(self, backend=None):
-        self.backend = get_backend(backend)
-        self._mask = None
-
-    def parameters(self) -> list[Parameter]:
-        return []
-
-    def forward(self, X):
-        """.. math:: Y = [X > 0] \\, X"""
-        Y, self._mask = self.backend.relu_forward(X)
-        return Y
-
-    def backward(self, dY):
-        """.. math:: dX = [X > 0] \\, dY"""
-        return self.backend.relu_backward(dY, self._mask)
-
-    def __repr__(self) -> str:
-        return "ReLU()"

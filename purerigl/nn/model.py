@@ -20,7 +20,8 @@ from ..formats.budget import (
     layer_budget,
     random_layer_with_budget,
 )
-from .layers import Dense, ReLU, SparseLinear, has_feature_major_step
+from .dense import Dense, ReLU
+from .layers import SparseLinear, has_feature_major_step
 from .parameter import Parameter
 
 

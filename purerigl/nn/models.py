@@ -36,7 +36,8 @@ from ..formats.budget import FORMAT_NAMES, check_sparsity, layer_budget, random_
 from ..kernels import get_backend
 from .blocks import Reshape, Residual
 from .conv import Conv2d, SparseConv2d
-from .layers import Dense, ReLU, SparseLinear
+from .dense import Dense, ReLU
+from .layers import SparseLinear
 from .model import ModelError
 from .network import Network
 from .norm import BatchNorm2d

@@ -2,8 +2,8 @@
 
 A :class:`Network` is built from layers that share the small interface of :mod:`.layers`
 (``forward``, ``backward``, ``parameters``, ``sync_to_host``, ``sync_to_device``, ``set_backend``):
-:class:`~.layers.SparseLinear`, :class:`~.layers.Dense`, :class:`~.conv.SparseConv2d`,
-:class:`~.conv.Conv2d`, :class:`~.norm.BatchNorm2d`, :class:`~.layers.ReLU` (elementwise, so it takes
+:class:`~.layers.SparseLinear`, :class:`~.dense.Dense`, :class:`~.conv.SparseConv2d`,
+:class:`~.conv.Conv2d`, :class:`~.norm.BatchNorm2d`, :class:`~.dense.ReLU` (elementwise, so it takes
 any shape, NCHW included), the pools of :mod:`.pool`, the transformer layers of :mod:`.transformer`,
 :mod:`.vit_layers` and :mod:`.attention` (token-wise linear layers, attention, pre-norm blocks, patch
 embedding; see :mod:`.vit`), and the two composition layers of :mod:`.blocks`:
@@ -38,7 +38,7 @@ What the training loop and the DST updater see is the MLP's interface (:class:`~
   linear layer *and for a sparse convolution* (its ``.linear``, the filter matrix
   (c_out, c_in * kh * kw) that DST methods update) *and for a sparse token-wise linear layer or patch
   embedding* (:class:`~.attention.TokenLinear`, :class:`~.vit_layers.PatchEmbedding`: their
-  ``.linear``, run on the (B * T, d_in) tokens), a :class:`~.layers.Dense` (a dense token-wise
+  ``.linear``, run on the (B * T, d_in) tokens), a :class:`~.dense.Dense` (a dense token-wise
   layer's ``.linear``), or a :class:`~.conv.Conv2d`. ``linears[-1]`` is the classifier, and it is the
   very object ``sparse_layers()`` returns when the classifier is sparse, which is how the DST updater
   recognises the output layer (``layer is model.linears[-1]``);
@@ -66,7 +66,8 @@ import numpy as np
 from ..kernels import get_backend
 from .blocks import Reshape, Residual, _move, _sync
 from .conv import Conv2d, SparseConv2d
-from .layers import Dense, ReLU, SparseLinear
+from .dense import Dense, ReLU
+from .layers import SparseLinear
 from .norm import BatchNorm2d
 from .parameter import Parameter
 from .patches import check_conv_backend

@@ -14,7 +14,8 @@ import math
 
 from ..errors import ShapeError
 from .conv import Conv2d, SparseConv2d
-from .layers import Dense, ReLU, SparseLinear
+from .dense import Dense, ReLU
+from .layers import SparseLinear
 from .model import ModelError
 from .norm import BatchNorm2d
 from .patches import conv_output_size

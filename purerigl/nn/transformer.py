@@ -12,7 +12,7 @@ checks; the parameter-holding layers take a ``dtype``), CUDA kernels on device a
 (float32; :mod:`purerigl.kernels.cuda.transformer`), where parameters and activations stay on the
 device and only the host mirrors of the parameters are refreshed on request. The weight matrices are
 :class:`~.attention.TokenLinear` layers around a :class:`~.layers.SparseLinear` or a
-:class:`~.layers.Dense` (:mod:`.attention`).
+:class:`~.dense.Dense` (:mod:`.attention`).
 
 A vision transformer (:mod:`.vit`) chains them with the layers of :mod:`.vit_layers`.
 """

@@ -33,7 +33,7 @@ from ..host_selection import (  # registry.UPDATE_OPS, continued
     flat_of, free_positions, in_rows, indicator, merge_sorted, row_counts, row_norms, top_k, top_k_per_row,
 )
 from .sets import in_sorted, remap_by_source, source_of  # registry.UPDATE_OPS: Numba merges of the host spec
-from ..host_conv import check_conv_input_grad  # the shapes of conv_input_grad_fm
+from ..host_conv import conv_input_grad_operands  # the checks of conv_input_grad_fm
 from ..host_transformer import (  # registry.ARRAY_OPS, the transformer's
     add, first_token, first_token_backward, layer_norm_backward, layer_norm_forward,
     patchify, prepend_token, prepend_token_backward, self_attention_backward, self_attention_forward, unpatchify,
@@ -249,9 +249,7 @@ def conv_input_grad_fm(W, dYT: np.ndarray, X_shape, kh: int, kw: int, stride: in
     -------
     dX : float32 ndarray, shape (B, c_in, H, W)
     """
-    _checks.check_format(W)  # the product's checks (without allocating its output)
-    dYT = _checks.check_dense_fm("dYT", dYT, W.n_out, "n_out")
-    _, _, _, _, Ho, Wo = check_conv_input_grad(W, dYT, X_shape, kh, kw, stride, padding)
+    dYT, Ho, Wo = conv_input_grad_operands(W, dYT, X_shape, kh, kw, stride, padding)
     if stride != 1 or dYT.shape[1] < ROW_KERNEL_BATCH:
         return col2im_t(matmul_t_fm(W, dYT), X_shape, kh, kw, stride, padding)
     col_ptr, entry, row = _fm_module_for(W).columns_of(W)
