@@ -121,7 +121,10 @@ def cuda_status() -> dict:
 
 
 def machine() -> dict:
-    """Platform, CPU counts (all and usable by this process) and BLAS threads."""
+    """Platform, CPU counts (all and usable by this process), BLAS threads and the host allocator
+    setting of the cpu backend (:mod:`purerigl.kernels.cpu.host_heap`)."""
+    from purerigl.kernels import cpu  # imported once, it has made the setting
+
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "platform": platform.platform(),
@@ -129,6 +132,7 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "blas": blas_summary(),
+        "host_heap": cpu.HOST_HEAP,
     }
 
 

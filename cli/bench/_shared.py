@@ -124,8 +124,17 @@ def machine_meta() -> dict:
         "blas": blas_info(),
         "versions": library_versions(),
         "code": code_version(),
+        "host_heap": host_heap_status(),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def host_heap_status() -> str:
+    """The cpu backend's host allocator setting (:mod:`purerigl.kernels.cpu.host_heap`), in words: the
+    timings of the cpu backend and of the NumPy baselines both run under it."""
+    from purerigl.kernels import cpu
+
+    return cpu.HOST_HEAP
 
 
 def command_line(ctx: click.Context) -> str:
@@ -170,7 +179,7 @@ def header(meta: dict, title: str) -> list[str]:
         f"command: {meta['command']}",
         f"machine: {meta['platform']}; {meta['cpu_count']} CPUs ({meta['cpus_usable']} usable); "
         f"numba {meta['numba']['num_threads']} threads ({meta['numba']['threading_layer']}); "
-        f"BLAS {blas_summary(meta['blas'])}",
+        f"BLAS {blas_summary(meta['blas'])}; host heap: {meta.get('host_heap', 'not recorded')}",
         f"versions: purerigl {v['purerigl']}, python {v['python']}, numpy {v['numpy']}, numba {v['numba']}, "
         f"scipy {v['scipy']}; {describe_code(meta.get('code'))}",
     ]

@@ -43,7 +43,7 @@ from ..host_arrays import (  # the array operations of a training step (registry
     fill_zeros, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device,
     to_host, zeros, zeros_like,
 )
-from . import _layout, condensed, conv_products, csr, diagonal, diagonal_fm, growth, pairs
+from . import _layout, condensed, conv_products, csr, diagonal, diagonal_fm, growth, host_heap, pairs
 from ._layout import transpose  # the array op: the spec's result, by NumPy or the blocked kernel by shape
 from .elementwise import gelu_backward, gelu_forward, relu_backward, relu_forward  # Numba loops of the specs
 from .conv_ops import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers', Numba kernels
@@ -79,6 +79,10 @@ __all__ = [
     "merge_sorted", "remap_by_source", "row_counts", "row_norms", "source_of", "top_k", "top_k_per_row",
 ]
 
+
+#: What became of the host allocator setting (:mod:`.host_heap`: large freed blocks kept in the heap), in
+#: words: "installed: ..." or why not. Set once, when this backend is first imported.
+HOST_HEAP = host_heap.install()
 
 #: Batches below this size run the feature-major products through the row-layout kernels (a gathered
 #: dot product per output; the batched kernels' axpys over a batch of 1-3 are short and slow: 0.35x
