@@ -9,7 +9,6 @@ keeps a freed 64 MB block resident for the next allocation (where without the se
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 
@@ -77,6 +76,15 @@ def test_not_glibc(monkeypatch):
     assert host_heap.install(environ={}) == "not installed: the C library is not glibc (its allocator decides)"
 
 
+def test_a_c_library_without_a_glibc_version_is_not_glibc(monkeypatch):
+    def no_name(name):
+        raise ValueError(f"unrecognized configuration name: {name}")  # what musl's Python raises
+
+    monkeypatch.setattr(host_heap.sys, "platform", "linux")
+    monkeypatch.setattr(host_heap.os, "confstr", no_name)
+    assert not host_heap.is_glibc() and host_heap._glibc() is None
+
+
 def test_the_backend_reports_its_setting():
     assert isinstance(cpu.HOST_HEAP, str)
     assert cpu.HOST_HEAP.startswith(("installed:", "not installed:"))
@@ -107,7 +115,7 @@ def _probe(**extra):
     return status, before - after
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+@pytest.mark.skipif(not host_heap.is_glibc(),
                     reason="the setting is glibc's")
 def test_a_freed_large_block_stays_resident_only_with_the_setting():
     status, released = _probe()

@@ -8,15 +8,15 @@ reports), writes its JSON, and stops with a message when a process does not run 
 from __future__ import annotations
 
 import json
-import platform
-import sys
 
 import click
 import pytest
 from benchmark_scripts import load_benchmark
 from click.testing import CliRunner
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+from purerigl.kernels.cpu import host_heap
+
+pytestmark = pytest.mark.skipif(not host_heap.is_glibc(),
                                 reason="the benchmark compares glibc's malloc settings")
 
 

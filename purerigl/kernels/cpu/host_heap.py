@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 
 #: The environment variable that turns the setting off (``0``) or on (anything else; the default).
@@ -63,9 +62,19 @@ def user_setting(environ) -> str | None:
     return None
 
 
+def is_glibc() -> bool:
+    """Whether this process runs on glibc (``confstr(_CS_GNU_LIBC_VERSION)``, which only glibc answers)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # a C library without the name (musl)
+        return False
+
+
 def _glibc():
     """The C library of this process if it is glibc (it has ``mallopt``), else None."""
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not is_glibc():
         return None
     try:
         libc = ctypes.CDLL(None)  # the symbols already loaded into the process: its C library
