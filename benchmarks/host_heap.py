@@ -1,4 +1,4 @@
-"""A training step with glibc's large freed blocks kept in the heap, against glibc's default, in one process.
+"""A training step with glibc's large freed blocks kept in the heap, against glibc's default (separate processes).
 
 The cpu backend sets glibc's mmap and trim thresholds to 1 GiB when it is first imported
 (:mod:`purerigl.kernels.cpu.host_heap`): a large array freed at the end of a step then serves the next
@@ -34,7 +34,7 @@ import numba
 import numpy as np
 
 from purerigl.cli.bench._shared import CNN_INPUT_SHAPES, host_heap_status, machine_meta, measure
-from purerigl.cli.bench._train_common import loadavg, method_calls, paired_times
+from purerigl.cli.bench._train_common import loadavg, method_calls
 from purerigl.kernels import get_backend
 from purerigl.kernels.cpu import host_heap
 from purerigl.nn import build_model
