@@ -424,11 +424,7 @@ class Conv2d(SyncsParameters):
 
     def set_backend(self, backend) -> None:
         """Move the layer to another backend (gradients restart at zero)."""
-        self.sync_to_host()
-        self.backend = check_conv_backend(backend, "convolution layers")
-        for p in self.parameters():
-            p.backend = self.backend
-            p.replace(self.backend.to_device(p.host), host=p.host)
+        self._move_parameters(check_conv_backend(backend, "convolution layers"))
         self._X = self._P = self._tiles = None
 
     def __repr__(self) -> str:

@@ -67,11 +67,7 @@ class Dense(SyncsParameters):
 
     def set_backend(self, backend) -> None:
         """Move the layer to another backend (its gradients restart at zero)."""
-        self.sync_to_host()
-        self.backend = get_backend(backend)
-        for p in self.parameters():
-            p.backend = self.backend
-            p.replace(self.backend.to_device(p.host), host=p.host)
+        self._move_parameters(get_backend(backend))
         self._X = None
 
     def __repr__(self) -> str:

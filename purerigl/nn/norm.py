@@ -168,11 +168,7 @@ class BatchNorm2d(SyncsParameters):
 
     def set_backend(self, backend) -> None:
         """Move the layer to another backend, parameters and running statistics (gradients restart at zero)."""
-        self.sync_to_host()
-        self.backend = check_conv_backend(backend, "batch normalisation layers")
-        for p in self.parameters():
-            p.backend = self.backend
-            p.replace(self.backend.to_device(p.host), host=p.host)
+        self._move_parameters(check_conv_backend(backend, "batch normalisation layers"))
         self._stats = self._stats_on(self.backend)
         self._xhat = self._inv = None
 

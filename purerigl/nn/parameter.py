@@ -99,6 +99,16 @@ class SyncsParameters:
         for p in self.parameters():
             p.sync_to_device()
 
+    def _move_parameters(self, backend) -> None:
+        """The shared part of ``set_backend``: refresh every parameter's host copy, make ``backend`` (a
+        resolved :class:`~purerigl.kernels.registry.Backend`) the layer's and each parameter's, and copy
+        each parameter there (its gradient restarts at zero). The layer then drops what it cached."""
+        self.sync_to_host()
+        self.backend = backend
+        for p in self.parameters():
+            p.backend = backend
+            p.replace(backend.to_device(p.host), host=p.host)
+
 
 class SyncsChildren:
     """The same for a layer made of layers (a transformer block, attention): each child syncs itself."""

@@ -57,11 +57,7 @@ class _TokenLayer(SyncsParameters):
 
     def set_backend(self, backend) -> None:
         """Move the layer to another backend (gradients restart at zero)."""
-        self.sync_to_host()
-        self.backend = get_backend(backend)
-        for p in self.parameters():
-            p.backend = self.backend
-            p.replace(self.backend.to_device(p.host), host=p.host)
+        self._move_parameters(get_backend(backend))
 
 
 # --------------------------------------------------------------------------------------------------
