@@ -73,8 +73,9 @@ def worker(model_name: str, batch: int, budget_s: float, seed: int) -> dict:
 
 
 def run_process(setting: str, model_name: str, batch: int, budget_s: float, seed: int, threads: int | None) -> dict:
-    """:func:`worker` in a fresh process with ``setting``'s environment."""
-    env = {k: v for k, v in os.environ.items() if k != host_heap.ENV_VAR}
+    """:func:`worker` in a fresh process with ``setting``'s environment (no glibc ``malloc`` variable in
+    either: a Dask nanny's or the user's would stand in for glibc's default)."""
+    env = {k: v for k, v in host_heap.with_malloc_variables(os.environ, {}).items() if k != host_heap.ENV_VAR}
     if SETTINGS[setting] is not None:
         env[host_heap.ENV_VAR] = SETTINGS[setting]
     cmd = [sys.executable, __file__, "--worker", model_name, "--batch", str(batch), "--budget", str(budget_s),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import click
 
+from purerigl.kernels.cpu.host_heap import malloc_variables, with_malloc_variables
 from purerigl.training.checkpoint import atomic_write
 from purerigl.data import DATASETS
 from purerigl.dst.distribution import DISTRIBUTIONS
@@ -79,11 +80,16 @@ TRAIN_ENTRY = (
 )
 
 
-def run_cell(cell: Cell, cell_dir: str, train_args: list[str], threads: int) -> dict:
+def run_cell(cell: Cell, cell_dir: str, train_args: list[str], threads: int, malloc_env: dict | None = None) -> dict:
     """Train one cell in a ``purerigl train`` subprocess (runs on a Dask worker); returns its record.
 
     A partial cell is continued with ``--resume``, a new one started with ``--overwrite`` (which clears
-    a run left without a checkpoint). The subprocess gets ``threads`` Numba and BLAS threads.
+    a run left without a checkpoint). The subprocess gets ``threads`` Numba and BLAS threads, and as its
+    glibc ``malloc`` variables exactly ``malloc_env`` (those of the ``purerigl sweep`` command; None:
+    the worker's own): a Dask nanny sets ``MALLOC_TRIM_THRESHOLD_`` in its own environment and its
+    workers', which would fix glibc's mmap threshold at 128 KiB for the cell and turn off the cpu
+    backend's host heap setting (:mod:`purerigl.kernels.cpu.host_heap`). A cell runs as
+    ``purerigl train`` would from the user's shell.
     """
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +101,7 @@ def run_cell(cell: Cell, cell_dir: str, train_args: list[str], threads: int) -> 
         cmd = base + ["--resume", str(cell_dir), "--no-progress", "--checkpoint-every", "1"]
     else:
         cmd = base + [*train_args, "--out", str(cell_dir), "--overwrite", "--no-progress", "--checkpoint-every", "1"]
-    env = dict(os.environ)
+    env = dict(os.environ) if malloc_env is None else with_malloc_variables(os.environ, malloc_env)
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     log_path = cell_dir / "train.log"
@@ -302,6 +308,7 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
     if todo:
         if workers is None:
             workers = max(1, (os.cpu_count() or 1) // threads_per_run)
+        malloc_env = malloc_variables(os.environ)  # the user's, read before a Dask nanny adds its own
         client, cluster = _client(scheduler, workers)
         try:
             # seed-major order (all of seed 0 first): a sweep stopped early still covers the whole grid
@@ -310,7 +317,7 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
 
             def submit(cell):
                 return client.submit(run_cell, cell, str((out / "cells" / cell.name).resolve()),
-                                     budget.train_args(cell), threads_per_run,
+                                     budget.train_args(cell), threads_per_run, malloc_env,
                                      key=f"purerigl-{cell.name}-{time.time_ns()}", pure=False)
 
             for done, record in enumerate(_run_at_most(todo, slots, submit), 1):

@@ -65,6 +65,16 @@ def test_glibc_malloc_tunables_stand_and_other_tunables_do_not_count():
     assert host_heap.install(environ={"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, libc=libc).startswith("installed:")
 
 
+def test_malloc_variables_are_found_and_replaced():
+    environ = {"PATH": "/bin", "MALLOC_TRIM_THRESHOLD_": "65536", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}
+    assert host_heap.malloc_variables(environ) == {"MALLOC_TRIM_THRESHOLD_": "65536",
+                                                   "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}
+    assert host_heap.malloc_variables({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}) == {}
+    assert host_heap.with_malloc_variables(environ, {}) == {"PATH": "/bin"}
+    assert host_heap.with_malloc_variables(environ, {"MALLOC_TOP_PAD_": "1"}) == {"PATH": "/bin", "MALLOC_TOP_PAD_": "1"}
+    assert environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # a copy: the given environment is untouched
+
+
 def test_a_refusal_is_reported():
     status = host_heap.install(environ={}, libc=FakeLibc(result=0))
     assert status == f"not installed: glibc refused mallopt(M_MMAP_THRESHOLD, {host_heap.LIMIT})"
@@ -106,8 +116,7 @@ print(before, rss())
 
 
 def _probe(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if k not in host_heap.GLIBC_MALLOC_VARIABLES and k not in ("GLIBC_TUNABLES", host_heap.ENV_VAR)}
+    env = {k: v for k, v in host_heap.with_malloc_variables(os.environ, {}).items() if k != host_heap.ENV_VAR}
     env.update(extra)
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True).stdout
     status, sizes = out.strip().splitlines()

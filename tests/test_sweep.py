@@ -253,6 +253,63 @@ def test_a_cell_imports_the_installed_purerigl_not_a_checkout_in_the_working_dir
     assert log.startswith("$ purerigl train ") and "the checkout was imported" not in log
 
 
+def test_a_cell_gets_the_users_malloc_variables_not_the_dask_nannys(tmp_path, monkeypatch):
+    """A Dask nanny sets MALLOC_TRIM_THRESHOLD_ in its environment and its workers'; a cell's train process
+    must get the malloc variables of the sweep command instead (none here), so that it runs as
+    ``purerigl train`` would, with the cpu backend's host heap setting."""
+    import subprocess
+
+    from purerigl.cli import sweep as sweep_module
+
+    seen = {}
+
+    def fake_run(cmd, env, **kwargs):
+        seen.update(env)
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(sweep_module.subprocess, "run", fake_run)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what the nanny left in the worker's environment
+    cell = Cell("rigl", 0.5, 0)
+    args = Budget(dataset="digits", hidden="8", epochs=1).train_args(cell)
+    sweep_module.run_cell(cell, str(tmp_path / "a"), args, 1, {})
+    assert "MALLOC_TRIM_THRESHOLD_" not in seen and seen["NUMBA_NUM_THREADS"] == "1"
+    sweep_module.run_cell(cell, str(tmp_path / "b"), args, 1, {"MALLOC_TOP_PAD_": "4096"})
+    assert "MALLOC_TRIM_THRESHOLD_" not in seen and seen["MALLOC_TOP_PAD_"] == "4096"
+    sweep_module.run_cell(cell, str(tmp_path / "c"), args, 1)  # None: the worker's environment as it is
+    assert seen["MALLOC_TRIM_THRESHOLD_"] == "65536"
+
+
+def test_the_sweep_reads_the_malloc_variables_before_starting_dask(tmp_path, monkeypatch):
+    """The variables handed to every cell are the command's, read before the cluster (whose nanny adds
+    MALLOC_TRIM_THRESHOLD_ to this process's environment) starts."""
+    import os
+
+    from purerigl.cli import sweep as sweep_module
+
+    handed = []
+
+    class FakeClient:
+        def submit(self, fn, *args, **kwargs):
+            handed.append(args[4])
+            raise RuntimeError("stop here")
+
+        def close(self):
+            pass
+
+    def fake_client(scheduler, workers):
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"  # what LocalCluster's nanny does
+        return FakeClient(), FakeClient()  # (client, cluster): both only closed
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "4096")
+    monkeypatch.setattr(sweep_module, "_client", fake_client)
+    try:
+        result = _sweep(tmp_path / "out")
+    finally:
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    assert handed == [{"MALLOC_TOP_PAD_": "4096"}], result.output
+
+
 def test_the_budget_defaults_follow_the_model_as_purerigl_train(tmp_path):
     """Without --optimizer/--lr/--weight-decay a cell trains with its model's own defaults (AdamW, lr 1e-3,
     weight decay 0.05 for vit-tiny; SGD 0.05, 1e-4 otherwise); given ones win."""
@@ -394,7 +451,7 @@ def test_bad_options_exit_2_with_a_message(tmp_path, extra, words):
 _HELD_PER_WORKER: list[int] = []
 
 
-def _record_the_cells_each_worker_holds(cell, cell_dir, train_args, threads):
+def _record_the_cells_each_worker_holds(cell, cell_dir, train_args, threads, malloc_env=None):
     import time
 
     from dask.distributed import get_client

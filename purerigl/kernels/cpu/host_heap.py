@@ -54,14 +54,27 @@ M_MMAP_THRESHOLD = -3
 GLIBC_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
-def user_setting(environ) -> str | None:
-    """The variable through which the environment already tunes glibc's ``malloc``, or None."""
-    for name in GLIBC_MALLOC_VARIABLES:
-        if name in environ:
-            return name
+def malloc_variables(environ) -> dict:
+    """The variables of ``environ`` that tune glibc's ``malloc`` (:data:`GLIBC_MALLOC_VARIABLES`, and
+    ``GLIBC_TUNABLES`` when it holds a ``glibc.malloc`` tunable), by name."""
+    found = {name: environ[name] for name in GLIBC_MALLOC_VARIABLES if name in environ}
     if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
-        return "GLIBC_TUNABLES"
-    return None
+        found["GLIBC_TUNABLES"] = environ["GLIBC_TUNABLES"]
+    return found
+
+
+def with_malloc_variables(environ, variables: dict) -> dict:
+    """A copy of ``environ`` whose glibc ``malloc`` variables are exactly ``variables`` (those of
+    ``environ`` removed first): how a process started from another's environment gets the ``malloc``
+    setting of a third (``purerigl sweep``'s cells get the user's, not the Dask nanny's)."""
+    env = {k: v for k, v in environ.items() if k not in malloc_variables(environ)}
+    env.update(variables)
+    return env
+
+
+def user_setting(environ) -> str | None:
+    """The (first) variable through which the environment already tunes glibc's ``malloc``, or None."""
+    return next(iter(malloc_variables(environ)), None)
 
 
 def is_glibc() -> bool:
