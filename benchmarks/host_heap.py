@@ -139,7 +139,7 @@ def main(model_names, batch, budget, rounds, threads, seed, json_path, worker_mo
     if worker_model is not None:
         click.echo(json.dumps(worker(worker_model, batch, budget, seed)))
         return
-    if host_heap._glibc() is None:
+    if not host_heap.is_glibc():
         raise click.ClickException(f"this benchmark needs glibc (here: {platform.platform()})")
     meta = machine_meta()
     rows = run(model_names, batch, budget, seed, rounds, threads)
