@@ -31,8 +31,54 @@ def test_every_method_has_an_example():
     examples = tour.examples_markdown()
     for method in ("static", "set", "rigl", "srigl", "gse", "diag-rigl"):
         assert f"(`--method {method}" in examples, method
-    assert examples.count("`update()` returned") == len(tour.EXAMPLES)
+    assert examples.count("`update()` returned") == len(tour.EXAMPLES) + 1  # and the convolution's
     assert "--gamma-sal 2" in examples and "'ablated': 1" in examples  # the ablation example ablates
+
+
+def _dense_conv_filter_gradient(X, labels, W0):
+    """The filter gradient of the convolution example computed without patches or purerigl's layers:
+    the dense forward by ``scipy.signal.correlate`` per (filter, channel), softmax cross-entropy and
+    global average pooling differentiated by hand, and dL/dW[o, c, i, j] = sum_b
+    correlate(X[b, c], dY[b, o], "valid")[i, j]. Returns (C_OUT, C_IN * kh * kw) in float64."""
+    import numpy as np
+    from scipy.signal import correlate
+
+    from purerigl.report import tour_conv as tc
+
+    kh = tc.KERNEL
+    W4 = W0.to_dense().astype(np.float64).reshape(tc.C_OUT, tc.C_IN, kh, kh)  # (o, c, i, j)
+    X = X.astype(np.float64)
+    Y = np.array([[sum(correlate(X[b, c], W4[o, c], mode="valid") for c in range(tc.C_IN))
+                   for o in range(tc.C_OUT)] for b in range(tc.BATCH)])  # (B, C_OUT, HO, HO), zero bias
+    logits = Y.mean(axis=(2, 3))  # (B, C_OUT)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    dlogits = (p - np.eye(tc.C_OUT)[labels]) / tc.BATCH  # the mean loss's gradient
+    dY = np.broadcast_to(dlogits[:, :, None, None] / tc.HO**2, Y.shape)  # the average pooling's backward
+    G = np.array([[sum(correlate(X[b, c], dY[b, o], mode="valid") for b in range(tc.BATCH))
+                   for c in range(tc.C_IN)] for o in range(tc.C_OUT)])  # (C_OUT, C_IN, kh, kw)
+    return G.reshape(tc.C_OUT, -1)
+
+
+def test_the_convolution_example_shows_the_dense_convolutions_gradient_and_ablates_a_filter():
+    """The G the convolution example prints (dY2^T P of the layer's saved patches) is the filter
+    gradient of a dense convolution computed another way; its SRigL update ablates exactly the filter
+    the text names, and every surviving filter then holds the new fan-in."""
+    import numpy as np
+
+    from purerigl.report import tour_conv as tc
+
+    conv, _, X, labels, W0 = tc.conv_step()
+    np.testing.assert_allclose(tc.filter_gradient(conv), _dense_conv_filter_gradient(X, labels, W0),
+                               rtol=1e-5, atol=1e-6)
+    text = "\n".join(tc.conv_example_markdown())
+    assert "'ablated': 1" in text and ": [2]. An ablated filter" in text
+    conv, optimizer, *_ = tc.conv_step()
+    from purerigl.dst import make_method
+
+    tour._update(make_method("srigl", "condensed"), conv.linear, optimizer, tc.BUDGET)
+    W = conv.linear.W
+    assert W.rows.tolist() == [0, 1, 3] and W.indices.shape == (3, tc.BUDGET // 3)
 
 
 def test_generation_is_deterministic_and_idempotent():
