@@ -29,10 +29,44 @@ def test_docs_tour_is_up_to_date():
 def test_every_method_has_an_example():
     """One section per DST method, each with the result of the real update() call."""
     examples = tour.examples_markdown()
-    for method in ("static", "set", "rigl", "srigl", "gse", "diag-rigl"):
+    for method in ("static", "set", "rigl", "srigl", "gse", "diag-rigl", "dynadiag"):
         assert f"(`--method {method}" in examples, method
     assert examples.count("`update()` returned") == len(tour.EXAMPLES) + 1  # and the convolution's
     assert "--gamma-sal 2" in examples and "'ablated': 1" in examples  # the ablation example ablates
+
+
+def test_the_dynadiag_example_follows_the_specification():
+    """The DynaDiag example's numbers are those of purerigl.dst.spec.dynadiag (loops and a dense
+    Jacobian): alpha's gradient through the soft top-K, the window swap (offsets and scores after it)
+    and the freeze's kept diagonals; and its swap and freeze both change something to show."""
+    import numpy as np
+
+    from purerigl.dst.dynadiag import FREEZE_SALT
+    from purerigl.dst.spec import dynadiag as spec
+    from purerigl.dst.spec._common import Step
+    from purerigl.dst.topology import tie_salt
+    from purerigl.report import tour_dynadiag as td
+
+    layer, model, optimizer, updater = td.dynadiag_setup()
+    offsets0, values0 = layer.W.offsets.copy(), layer.W.values.copy()
+    alpha0, K, T = layer.alpha.value.copy(), layer.k, layer.temperature
+    dY, d_alpha = td.train_step(layer, model, optimizer, updater)
+    X, _ = tour._data()
+    expected = spec.backward(X, dY, offsets0, values0, alpha0, K, T)["alpha"]  # no l1 term by default
+    np.testing.assert_allclose(d_alpha, expected, rtol=1e-4, atol=1e-7)
+
+    unswapped = td.dynadiag_setup(drop_fraction=0.0)  # the same step, no swap: W and alpha before the swap
+    td.train_step(*unswapped)
+    assert unswapped[0].W.offsets.tolist() == offsets0.tolist()
+    step = Step(W=unswapped[0].W.copy(), X=X, dY=dY, alpha=updater.schedule.drop_fraction(1),
+                salt=tie_salt(tour.SEED, 0, 0), budget=tour.BUDGET)
+    swapped = spec.update(step, scores=unswapped[0].alpha.value)
+    assert layer.W.offsets.tolist() == swapped.W.offsets.tolist() != offsets0.tolist()
+    np.testing.assert_array_equal(layer.alpha.value, np.float32(swapped.stats["scores"]))
+
+    kept = spec.freeze(layer.W.offsets, layer.alpha.value, K, tie_salt(tour.SEED, FREEZE_SALT + updater.freeze_at - 1, 0))
+    updater.begin_epoch(updater.freeze_at - 1, model, optimizer)
+    assert layer.frozen and layer.W.offsets.tolist() == kept.tolist() and len(kept) == K
 
 
 def _dense_conv_filter_gradient(X, labels, W0):
@@ -174,7 +208,7 @@ def _tour_objects() -> dict:
     from purerigl.dst.updater import DSTUpdater
     from purerigl.formats import CSR, Condensed, Diagonal
     from purerigl.formats.triples import triples
-    from purerigl.nn import MLP, SparseConv2d, SparseLinear, build_mlp, softmax_cross_entropy
+    from purerigl.nn import MLP, GatedDiagonalLinear, SparseConv2d, SparseLinear, build_mlp, softmax_cross_entropy
     from purerigl.optim import SGD, Adam, AdamW, make_optimizer
     from purerigl.training.loop import Trainer, TrainConfig
 
@@ -188,8 +222,8 @@ def _tour_objects() -> dict:
         "layer": layer, "backend": get_backend("reference"), "W": layer.W,
         "optimizer": make_optimizer("sgd", layer.parameters(), 0.1, momentum=0.9),
     }
-    names.update((cls.__name__, cls) for cls in (Trainer, MLP, SparseLinear, SparseConv2d, DSTUpdater, SGD, Adam,
-                                                  AdamW, CSR, Condensed, Diagonal))
+    names.update((cls.__name__, cls) for cls in (Trainer, MLP, SparseLinear, SparseConv2d, GatedDiagonalLinear,
+                                                  DSTUpdater, SGD, Adam, AdamW, CSR, Condensed, Diagonal))
     functions = dict(iterate_batches=iterate_batches, softmax_cross_entropy=softmax_cross_entropy,
                      apply_structure=topology.apply_structure, triples=triples)
     return names, functions, (layer, trainer)

@@ -358,8 +358,10 @@ def examples_markdown() -> str:
         f"(t, (t + d) mod {n_in}) (the layer is wide).",
     )
     out += _section(*EXAMPLES[-1])
-    from .tour_conv import conv_example_markdown  # it builds on this module's helpers
+    from .tour_conv import conv_example_markdown  # they build on this module's helpers
+    from .tour_dynadiag import dynadiag_example_markdown
 
+    out += dynadiag_example_markdown()
     out += conv_example_markdown()
     return "\n".join(out).rstrip() + "\n"
 
