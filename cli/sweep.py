@@ -32,7 +32,7 @@ from purerigl.optim import OPTIMIZERS
 from purerigl.optim.lr_schedule import SCHEDULES
 from purerigl.report.sweep import (
     SWEEP_FILE, SWEEP_METHODS, Budget, Cell, aggregate, cell_state, check_budget, code_summary, collect_results, make_grid,
-    markdown_table, restore_results, write_failure, write_result,
+    markdown_table, restore_results, resume_epoch, write_failure, write_result,
 )
 
 from ._models import MODEL_NAMES, training_defaults
@@ -213,6 +213,16 @@ def _train_args(ctx, param, value):
     return args
 
 
+def _state_text(cell_dir: Path, state: str, epochs: int) -> str:
+    """A cell's state for --dry-run: ``done``, ``new``, or ``partial`` with the epoch it resumes after."""
+    if state != "partial":
+        return state
+    epoch = resume_epoch(cell_dir)
+    if epoch is None:
+        return "partial (its checkpoint cannot be read: the resume will say why)"
+    return f"partial, resumes after epoch {epoch} of {epochs}"
+
+
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/sweep"),
               show_default=True, help="Sweep directory: cells/<cell>/ run directories and the results.")
@@ -296,7 +306,7 @@ def sweep(out, methods, sparsities, seeds, dataset, data_dir, model, hidden, epo
         click.echo(f"budget: {budget.optimizer}, lr {budget.lr} {budget.schedule}, weight decay {budget.weight_decay}, "
                    f"{budget.epochs} epochs, batch {budget.batch_size}")
         for cell in cells:
-            click.echo(f"  {cell.name:28s} {states[cell]}")
+            click.echo(f"  {cell.name:28s} {_state_text(out / 'cells' / cell.name, states[cell], budget.epochs)}")
         return
     if report_only:
         if not (out / SWEEP_FILE).exists():

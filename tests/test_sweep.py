@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from purerigl.report.sweep import (
     SWEEP_METHODS, Budget, Cell, SweepError, aggregate, cell_state, check_budget, collect_results, make_grid,
-    markdown_table, summarize_run,
+    markdown_table, resume_epoch, summarize_run,
 )
 
 pytest.importorskip("dask.distributed")
@@ -99,6 +100,16 @@ def test_cell_state_follows_the_files(tmp_path):
     assert cell_state(d) == "partial"
     (d / "result.json").write_text("{}")
     assert cell_state(d) == "done"
+
+
+def test_resume_epoch_reads_the_checkpoint_or_says_none(finished_sweep, tmp_path):
+    out, _ = finished_sweep
+    assert resume_epoch(out / "cells" / "static-s50-seed0") == 1  # a real checkpoint of a 1-epoch run
+    assert resume_epoch(tmp_path) is None  # no checkpoint
+    (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04 torn")
+    assert resume_epoch(tmp_path) is None  # a damaged one: the resume will name the problem
+    np.savez(tmp_path / "checkpoint.npz", meta=np.array(json.dumps({"schema": "x"})))
+    assert resume_epoch(tmp_path) is None  # no train entry
 
 
 def test_summarize_run_reads_the_last_epoch_and_the_mean_time(tmp_path):
@@ -225,6 +236,9 @@ def test_rerun_skips_done_cells_and_resumes_interrupted_ones(finished_sweep):
     out, _ = finished_sweep
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/metrics.jsonl")}
     (out / "cells" / "rigl-s50-seed1" / "result.json").unlink()  # as if killed before the result was saved
+    dry = _sweep(out, "--dry-run")
+    assert re.search(r"rigl-s50-seed1 +partial, resumes after epoch 1 of 1\n", dry.output), dry.output
+    assert re.search(r"rigl-s50-seed0 +done\n", dry.output), dry.output
     result = _sweep(out)
     assert result.exit_code == 0, result.output
     assert "1 to run" in result.output and "rigl-s50-seed1: resumed" in result.output

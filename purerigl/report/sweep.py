@@ -10,7 +10,8 @@ A cell directory is in one of three states (:func:`cell_state`):
 - ``"done"``: ``result.json`` exists; it was written (atomically) after ``purerigl train`` exited 0, and
   holds the train arguments it ran with and the summary of its metrics. A done cell is never run again.
 - ``"partial"``: ``config.json`` and ``checkpoint.npz`` exist but no result: an interrupted run, continued
-  with ``purerigl train --resume`` (which ends exactly as an uninterrupted run would).
+  with ``purerigl train --resume`` (which ends exactly as an uninterrupted run would) after the epoch
+  its checkpoint records (:func:`resume_epoch`).
 - ``"new"``: anything else; the cell is trained from the start (``--overwrite``).
 
 The table (:func:`aggregate`, :func:`markdown_table`) reports, per method and sparsity, the mean and
@@ -22,8 +23,11 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..training.checkpoint import atomic_write
 from ..errors import PureriglError
@@ -154,6 +158,19 @@ def cell_state(cell_dir: Path) -> str:
     if (cell_dir / "config.json").is_file() and (cell_dir / "checkpoint.npz").is_file():
         return "partial"
     return "new"
+
+
+def resume_epoch(cell_dir: Path) -> int | None:
+    """The epoch a partial cell resumes after: the ``train.epoch`` its ``checkpoint.npz`` records.
+    None where the checkpoint is missing or cannot be read (the resume itself then says why). Reads
+    only the checkpoint's ``meta`` entry."""
+    try:
+        with np.load(Path(cell_dir) / "checkpoint.npz", allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+        return int(meta["train"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError):  # zipfile's answers to a damaged archive, as training.checkpoint lists them
+        return None
 
 
 def read_json(path: Path) -> dict:
