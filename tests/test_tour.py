@@ -51,7 +51,7 @@ def test_the_dynadiag_example_follows_the_specification():
     offsets0, values0 = layer.W.offsets.copy(), layer.W.values.copy()
     alpha0, K, T = layer.alpha.value.copy(), layer.k, layer.temperature
     dY, d_alpha = td.train_step(layer, model, optimizer, updater)
-    X, _ = tour._data()
+    X, _ = tour.example_batch()
     expected = spec.backward(X, dY, offsets0, values0, alpha0, K, T)["alpha"]  # no l1 term by default
     np.testing.assert_allclose(d_alpha, expected, rtol=1e-4, atol=1e-7)
 
@@ -110,7 +110,7 @@ def test_the_convolution_example_shows_the_dense_convolutions_gradient_and_ablat
     conv, optimizer, *_ = tc.conv_step()
     from purerigl.dst import make_method
 
-    tour._update(make_method("srigl", "condensed"), conv.linear, optimizer, tc.BUDGET)
+    tour.run_update(make_method("srigl", "condensed"), conv.linear, optimizer, tc.BUDGET)
     W = conv.linear.W
     assert W.rows.tolist() == [0, 1, 3] and W.indices.shape == (3, tc.BUDGET // 3)
 

@@ -28,7 +28,7 @@ from ..formats import Condensed
 from ..formats._base import floor_count
 from ..nn import GlobalAvgPool2d, SparseConv2d, softmax_cross_entropy
 from ..optim import make_optimizer
-from . import tour
+from . import tour_common as tour
 
 C_IN, C_OUT, KERNEL, IMAGE = 2, 4, 2, 3  # a 2x2 convolution of 2-channel 3x3 images into 4 channels
 BATCH = 2
@@ -86,7 +86,7 @@ def _image(X) -> str:
 
 
 def _dense(M, rows, cols, fmt) -> str:
-    return tour._grid({(i, j): float(M[i, j]) for i in range(M.shape[0]) for j in range(M.shape[1])},
+    return tour.grid_text({(i, j): float(M[i, j]) for i in range(M.shape[0]) for j in range(M.shape[1])},
                       fmt=fmt, shape=M.shape, rows=rows, cols=cols)
 
 
@@ -95,7 +95,7 @@ def conv_example_markdown() -> list[str]:
     conv, optimizer, X, labels, W0 = conv_step()
     layer = conv.linear
     W = layer.W
-    before = tour._cells(W)
+    before = tour.cells_of(W)
     G = filter_gradient(conv)
     P, dY2 = layer.saved_batch()
     grid = dict(shape=SHAPE, rows=FILTERS, cols=COLUMNS)
@@ -123,7 +123,7 @@ def conv_example_markdown() -> list[str]:
         "",
         "W before the step:",
         "",
-        tour._grid(tour._cells(W0), **grid),
+        tour.grid_text(tour.cells_of(W0), **grid),
         "",
         f"The patch matrix P = im2col(X) ({BATCH} x {HO} x {HO} = {len(PATCHES)} rows, one per output "
         "position b,ho,wo; its columns in W's order): the forward is Y2 = P W^T, a linear layer whose batch is "
@@ -138,7 +138,7 @@ def conv_example_markdown() -> list[str]:
         "",
         "W after the SGD step:",
         "",
-        tour._grid(before, **grid),
+        tour.grid_text(before, **grid),
         "",
         "G = dY2^T P, the filters' gradient at **every** position (formed here only to show it; it equals the "
         "gradient of a dense convolution, which tests/test_tour.py computes with `scipy.signal.correlate`):",
@@ -162,5 +162,5 @@ def conv_example_markdown() -> list[str]:
         "keep.",
         "",
     ]
-    stats = tour._update(method, layer, optimizer, BUDGET)
-    return out + tour._result(layer, optimizer, before, stats, **grid) + [""]
+    stats = tour.run_update(method, layer, optimizer, BUDGET)
+    return out + tour.result_lines(layer, optimizer, before, stats, **grid) + [""]

@@ -23,7 +23,7 @@ from ..formats import Diagonal
 from ..formats.budget import structure_count
 from ..nn import MLP, GatedDiagonalLinear, softmax_cross_entropy
 from ..optim import make_optimizer
-from . import tour
+from . import tour_common as tour
 
 EPOCHS = 10
 STREAM = 5  # see the module docstring
@@ -59,7 +59,7 @@ def train_step(layer, model, optimizer, updater):
     """One step as the training loop runs it: forward, loss, backward, SGD on the values, then the
     updater's ``after_step`` (alpha's Adam step and the window swap). Returns dY (B, n_out) and alpha's
     gradient (P,)."""
-    X, labels = tour._data()
+    X, labels = tour.example_batch()
     logits = model.forward(X)  # (B, n_out) = X W_eff^T + b
     _, dY = softmax_cross_entropy(logits, labels)  # (B, n_out)
     model.backward(dY)  # dL/dV = gate * G at the stored entries; alpha.grad through the soft top-K
@@ -72,14 +72,14 @@ def train_step(layer, model, optimizer, updater):
 def _soft_grid(layer) -> str:
     """W_eff: every stored entry times its diagonal's gate now (cell (i, j) lies on d = (j - i) mod P)."""
     gates = layer.all_gates()
-    return tour._grid({(i, j): gates[(j - i) % P] * v for (i, j), v in tour._cells(layer.W).items()})
+    return tour.grid_text({(i, j): gates[(j - i) % P] * v for (i, j), v in tour.cells_of(layer.W).items()})
 
 
 def dynadiag_example_markdown() -> list[str]:
     """The section's markdown lines."""
     layer, model, optimizer, updater = dynadiag_setup()
     opts = updater.options
-    X, labels = tour._data()
+    X, labels = tour.example_batch()
     K, S = layer.k, layer.W.K
     T0 = layer.temperature
     temps = ", ".join(f"{temperature_at(e, EPOCHS, opts.t_max, opts.t_min):.2f}" for e in range(EPOCHS))
@@ -96,7 +96,7 @@ def dynadiag_example_markdown() -> list[str]:
         "",
         "The stored values V:",
         "",
-        tour._grid(tour._cells(layer.W)),
+        tour.grid_text(tour.cells_of(layer.W)),
         "",
         f"Gates at T = {T0:g}: gate = min(1, K softmax(alpha / T)) = {_diagonals(layer.all_gates())} (every "
         f"score equal: K / P each). The layer computes with W_eff, each stored diagonal times its gate:",
@@ -105,10 +105,10 @@ def dynadiag_example_markdown() -> list[str]:
         "",
     ]
     offsets_before = layer.W.offsets.copy()
-    before = tour._cells(layer.W)
+    before = tour.cells_of(layer.W)
     d_gate = np.zeros(P)  # <V_d, G_d>, for display from the dense G
     dY, d_alpha = train_step(layer, model, optimizer, updater)
-    G = tour._G(X, dY)
+    G = tour.dense_gradient(X, dY)
     for (i, j), v in before.items():
         d_gate[(j - i) % P] += v * G[i, j]
     norms = np.asarray(layer.backend.diag_grad_norms(X, dY), dtype=np.float64)
@@ -135,14 +135,14 @@ def dynadiag_example_markdown() -> list[str]:
     ]
     entered = sorted(set(layer.W.offsets.tolist()) - set(offsets_before.tolist()))
     left = sorted(set(offsets_before.tolist()) - set(layer.W.offsets.tolist()))
-    after = tour._cells(layer.W)
+    after = tour.cells_of(layer.W)
     grown = set(after) - set(before)
     out += [
         f"Left: d = {left or 'none'}; entered: d = {entered or 'none'}, with values 0, zero momentum and the "
         f"score of the weakest diagonal kept (alpha = {_diagonals(alpha, '{:.8f}')}). Stored offsets now "
         f"{layer.W.offsets.tolist()}; V (`*` = entered, exactly 0):",
         "",
-        tour._grid(after, {p: "*" for p in grown}),
+        tour.grid_text(after, {p: "*" for p in grown}),
         "",
     ]
     scores = {int(d): float(alpha[d]) for d in layer.W.offsets}
@@ -157,7 +157,7 @@ def dynadiag_example_markdown() -> list[str]:
         f"from gate x V to V. From here on the layer is an ordinary {K}-diagonal layer (nnz = K L = {layer.W.nnz}, "
         f"density K / P = {K}/{P}); T = {layer.temperature:.2f} no longer matters to it. W:",
         "",
-        tour._grid(tour._cells(layer.W)),
+        tour.grid_text(tour.cells_of(layer.W)),
         "",
     ]
     return out
