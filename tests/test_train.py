@@ -26,6 +26,7 @@ from purerigl.training.checkpoint import (
     atomic_write,
     load_model,
     load_training_state,
+    read_meta,
     save_model,
     save_training_checkpoint,
 )
@@ -471,6 +472,26 @@ def test_missing_and_truncated_files_raise_checkpoint_error(saved, tmp_path):
         cut.write_bytes(raw[:n])
         with pytest.raises(CheckpointError):
             load_model(cut)
+
+
+def test_read_meta_reads_only_meta_and_refuses_what_load_model_refuses(saved, tmp_path):
+    """read_meta gives the meta load_model gives, and raises CheckpointError on the files load_model
+    refuses for their container or schema (missing, truncated, foreign schema, future version)."""
+    _, meta = load_model(saved["csr"])
+    assert read_meta(saved["csr"]) == meta
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_meta(tmp_path / "nope.npz")
+    raw = saved["csr"].read_bytes()
+    (tmp_path / "half.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_meta(tmp_path / "half.npz")
+    np.savez(tmp_path / "plain.npz", x=np.zeros(3))
+    with pytest.raises(CheckpointError, match="no 'meta' entry"):
+        read_meta(tmp_path / "plain.npz")
+    for field, value, words in (("schema", "other.model", "schema 'other.model'"), ("schema_version", 99, "version 99")):
+        path = _rewrite(saved["csr"], tmp_path / "bad.npz", lambda a, m: m.update({field: value}))
+        with pytest.raises(CheckpointError, match=words):
+            read_meta(path)
 
 
 @pytest.mark.parametrize(

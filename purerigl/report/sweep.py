@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..training.checkpoint import atomic_write
+from ..training.checkpoint import CheckpointError, atomic_write, read_meta
 from ..errors import PureriglError
 from .provenance import describe_code, run_code
 
@@ -165,11 +164,8 @@ def resume_epoch(cell_dir: Path) -> int | None:
     None where the checkpoint is missing or cannot be read (the resume itself then says why). Reads
     only the checkpoint's ``meta`` entry."""
     try:
-        with np.load(Path(cell_dir) / "checkpoint.npz", allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
-        return int(meta["train"]["epoch"])
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, NotImplementedError,
-            RuntimeError):  # zipfile's answers to a damaged archive, as training.checkpoint lists them
+        return int(read_meta(Path(cell_dir) / "checkpoint.npz")["train"]["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):  # damaged, foreign, or no ``train`` entry
         return None
 
 

@@ -233,16 +233,26 @@ def join_arrays(state: dict, arrays: dict[str, np.ndarray]) -> dict:
     return out
 
 
-def _open(path) -> tuple[dict, dict[str, np.ndarray]]:
-    path = Path(path)
+# zipfile's and np.load's answers to a truncated, corrupted or foreign file (NotImplementedError and
+# RuntimeError: a corrupted directory entry)
+_DAMAGED = (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, NotImplementedError, RuntimeError)
+
+
+def _load_arrays(path: Path, names=None) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` at ``path`` (only ``names`` where given, those it holds); a missing or
+    damaged file is a :class:`CheckpointError` naming it."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
-        # NotImplementedError / RuntimeError: zipfile's answer to a corrupted directory entry
+            wanted = f.files if names is None else [k for k in names if k in f.files]
+            return {k: f[k] for k in wanted}
+    except _DAMAGED as e:
         raise CheckpointError(f"checkpoint {path} is truncated, corrupted or not an .npz file ({e})") from None
+
+
+def _parse_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict:
+    """``meta`` (popped from ``arrays``) as a dict, its schema and version checked."""
     if "meta" not in arrays:
         raise CheckpointError(f"checkpoint {path} has no 'meta' entry; it is not a purerigl model")
     try:
@@ -258,7 +268,25 @@ def _open(path) -> tuple[dict, dict[str, np.ndarray]]:
             f"checkpoint {path} has schema version {meta.get('schema_version')}, "
             f"this purerigl reads version {SCHEMA_VERSION}"
         )
-    return meta, arrays
+    return meta
+
+
+def read_meta(path) -> dict:
+    """A model file's or checkpoint's ``meta`` dict, read without loading its other arrays.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, damaged, not a purerigl model, or of another schema version.
+    """
+    path = Path(path)
+    return _parse_meta(path, _load_arrays(path, names=("meta",)))
+
+
+def _open(path) -> tuple[dict, dict[str, np.ndarray]]:
+    path = Path(path)
+    arrays = _load_arrays(path)
+    return _parse_meta(path, arrays), arrays
 
 
 def _layer(i: int, spec: dict, arrays: dict, backend) -> SparseLinear | Dense:
