@@ -41,8 +41,8 @@ from ..formats._base import ceil_count, floor_count
 from ..nn import SparseLinear, softmax_cross_entropy
 from ..optim import make_optimizer
 from .tour_common import (
-    ALPHA, BATCH, BUDGET, LR, MOMENTUM, SALT, SEED, SHAPE, cells_of, dense_gradient, example_batch, grid_text,
-    positions_text, result_lines, run_update,
+    ALPHA, BATCH, BUDGET, LR, MOMENTUM, SALT, SEED, SHAPE, cells_of, dense_gradient, diagonals_text, example_batch,
+    grid_text, positions_text, result_lines, run_update,
 )
 from .tour_conv import conv_example_markdown
 from .tour_dynadiag import dynadiag_example_markdown
@@ -211,11 +211,11 @@ def _section(name: str, fmt: str, title: str, options: dict) -> list[str]:
             f"K = {W.K} stored diagonals of P = {W.P} (length L = {W.L}), q = max(1, floor({ALPHA} x {W.K})) = {q} "
             "(at least one diagonal while alpha_t > 0). "
             "Drop score, the L2 norm of each stored diagonal's values: "
-            + ", ".join(f"d={d} {n:.3f}" for d, n in zip(W.offsets.tolist(), norms))
+            + diagonals_text(norms, "{:.3f}", W.offsets)
             + f"; the {q} smallest are dropped: d = {dropped}.",
             "",
             "Grow score S_d, the L2 norm of G along every diagonal (`diag_grad_norms`, streamed): "
-            + ", ".join(f"d={d} {s:.3f}" for d, s in enumerate(S))
+            + diagonals_text(S, "{:.3f}")
             + f"; the best {q} among the offsets not kept (just-dropped ones included) are grown.",
             "",
         ]

@@ -54,6 +54,12 @@ def grid_text(cells: dict, marks: dict | None = None, fmt: str = "{:6.2f}", shap
     return "```text\n" + "\n".join(lines) + "\n```"
 
 
+def diagonals_text(values, fmt: str = "{:.4f}", offsets=None) -> str:
+    """'d=0 0.1667, d=1 ...': one number per diagonal, of offsets 0, 1, ... or of the given ``offsets``."""
+    offsets = range(len(values)) if offsets is None else offsets
+    return ", ".join(f"d={int(d)} {fmt.format(float(v))}" for d, v in zip(offsets, values))
+
+
 def positions_text(ps, rows=None, cols=None) -> str:
     """'(i,j), ...' of positions, or '(row label, column label), ...' when the table is labelled."""
     if rows or cols:

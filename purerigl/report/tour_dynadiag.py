@@ -31,11 +31,6 @@ N_OUT, N_IN = tour.SHAPE
 P, L = max(tour.SHAPE), min(tour.SHAPE)
 
 
-def _diagonals(values, fmt="{:.4f}") -> str:
-    """'d=0 0.1667, d=1 ...' of a (P,) array."""
-    return ", ".join(f"d={d} {fmt.format(float(v))}" for d, v in enumerate(values))
-
-
 def dynadiag_setup(drop_fraction: float = tour.ALPHA):
     """(layer, model, optimizer, updater) at the start of epoch 1 of :data:`EPOCHS`: the gated layer
     stores S random diagonals with the default options, alpha = 1 / P, T = T(0); the window swaps
@@ -98,7 +93,7 @@ def dynadiag_example_markdown() -> list[str]:
         "",
         tour.grid_text(tour.cells_of(layer.W)),
         "",
-        f"Gates at T = {T0:g}: gate = min(1, K softmax(alpha / T)) = {_diagonals(layer.all_gates())} (every "
+        f"Gates at T = {T0:g}: gate = min(1, K softmax(alpha / T)) = {tour.diagonals_text(layer.all_gates())} (every "
         f"score equal: K / P each). The layer computes with W_eff, each stored diagonal times its gate:",
         "",
         _soft_grid(layer),
@@ -119,8 +114,8 @@ def dynadiag_example_markdown() -> list[str]:
     alpha = layer.alpha.value
     out += [
         "Backward: dL/dgate_d = <V_d, G_d> on each stored diagonal (0 on the others: their values are 0): "
-        f"{_diagonals(d_gate)}. Through the soft top-K every score gets a gradient, stored or not: "
-        f"dL/dalpha = {_diagonals(d_alpha, '{:+.5f}')}.",
+        f"{tour.diagonals_text(d_gate)}. Through the soft top-K every score gets a gradient, stored or not: "
+        f"dL/dalpha = {tour.diagonals_text(d_alpha, '{:+.5f}')}.",
         "",
         f"The values take their SGD step with dL/dV = gate x G; alpha takes its own Adam step (lr "
         f"{opts.alpha_lr:g}, weight decay {opts.alpha_weight_decay:g}; a first Adam step moves every score by "
@@ -128,9 +123,9 @@ def dynadiag_example_markdown() -> list[str]:
         f"it. The window swap of that step: alpha_t = {q_alpha:.7f} (the cosine decay of the drop fraction has "
         f"begun), q = max(1, floor(alpha_t x {S})) = "
         f"{swap_count(q_alpha, S)}. The q stored diagonals of smallest alpha leave, equal scores ordered by the "
-        f"tie rule (alpha after the Adam step: {_diagonals(alpha_adam, '{:.8f}')}); "
+        f"tie rule (alpha after the Adam step: {tour.diagonals_text(alpha_adam, '{:.8f}')}); "
         "the q offsets not kept (the leaving ones included) of largest gradient norm along them enter, "
-        f"S_d = ||G_d|| (`diag_grad_norms`, streamed): {_diagonals(norms, '{:.3f}')}.",
+        f"S_d = ||G_d|| (`diag_grad_norms`, streamed): {tour.diagonals_text(norms, '{:.3f}')}.",
         "",
     ]
     entered = sorted(set(layer.W.offsets.tolist()) - set(offsets_before.tolist()))
@@ -139,7 +134,7 @@ def dynadiag_example_markdown() -> list[str]:
     grown = set(after) - set(before)
     out += [
         f"Left: d = {left or 'none'}; entered: d = {entered or 'none'}, with values 0, zero momentum and the "
-        f"score of the weakest diagonal kept (alpha = {_diagonals(alpha, '{:.8f}')}). Stored offsets now "
+        f"score of the weakest diagonal kept (alpha = {tour.diagonals_text(alpha, '{:.8f}')}). Stored offsets now "
         f"{layer.W.offsets.tolist()}; V (`*` = entered, exactly 0):",
         "",
         tour.grid_text(after, {p: "*" for p in grown}),
@@ -150,7 +145,7 @@ def dynadiag_example_markdown() -> list[str]:
     out += [
         f"The freeze (at the start of epoch {updater.freeze_at}; applied here after this one step): keep the "
         f"K = {K} stored diagonals of largest alpha ("
-        + ", ".join(f"d={d} {s:.8f}" for d, s in scores.items())
+        + tour.diagonals_text(list(scores.values()), "{:.8f}", scores)
         + "; after one step the scores differ by about Adam's lr, at a real freeze by what thousands of steps "
         f"taught them), gate 1 on each, alpha stops. Kept: d = {layer.W.offsets.tolist()}; with the default "
         "`--dynadiag-freeze-values keep` their values stay as they are, so each kept diagonal's weight jumps "
