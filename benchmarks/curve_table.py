@@ -42,27 +42,28 @@ def read_cells(paths: list[Path]) -> list[dict]:
         if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
             raise click.BadParameter(f"{path} is not a sweep's results.json (no list of cells)", param_hint="RESULTS")
         for result in data["cells"]:
-            key = _key(result)
+            key = cell_key(result)
             if key in seen:
                 raise click.BadParameter(f"cell {result.get('name', key)} is in both {seen[key]} and {path}",
                                          param_hint="RESULTS")
             seen[key] = path
             cells.append(result)
     order = {m: i for i, m in enumerate(SWEEP_METHODS)}
-    return sorted(cells, key=lambda r: (order.get(_key(r)[0], len(order)), _key(r)[1], _key(r)[2]))
+    return sorted(cells, key=lambda r: (order.get(cell_key(r)[0], len(order)), cell_key(r)[1], cell_key(r)[2]))
 
 
-def _key(result: dict) -> tuple[str, float, int]:
+def cell_key(result: dict) -> tuple[str, float, int]:
+    """(method, sparsity, seed) of a cell of ``results.json``."""
     cell = result["cell"]
     return cell["method"], float(cell["sparsity"]), int(cell["seed"])
 
 
 def rows(cells: list[dict], epochs: list[int], last: int) -> list[list[str]]:
     """The table's rows as strings: method, sparsity, seed, accuracy, gap, training loss, epochs, range."""
-    dense = {_key(r)[2]: r["test_accuracy"] for r in cells if _key(r)[0] == "dense"}
+    dense = {cell_key(r)[2]: r["test_accuracy"] for r in cells if cell_key(r)[0] == "dense"}
     out = []
     for r in cells:
-        method, sparsity, seed = _key(r)
+        method, sparsity, seed = cell_key(r)
         acc = r["test_accuracy"]
         gap = "" if method == "dense" else (f"{100 * (dense[seed] - acc):.2f}" if seed in dense else "-")
         curve = {m["epoch"]: m["test_accuracy"] for m in r.get("curve", [])}
