@@ -30,10 +30,10 @@ def evaluate(model_path, dataset, data_dir, split, backend, as_json):
     norm = meta.get("normalisation") or {}
     normalisation = (norm["mean"], norm["std"]) if "mean" in norm and "std" in norm else None
     data = load_dataset(dataset, data_dir, normalisation=normalisation)
+    shape = getattr(model, "input_shape", None)  # (C, H, W) of a convolutional network or ViT, else None
     if data.n_features != model.n_features:
-        raise click.UsageError(
-            f"the model takes {model.n_features} inputs but {dataset} has {data.n_features} features"
-        )
+        reads = f"images of shape {_shape_text(shape)} ({model.n_features} values)" if shape else f"{model.n_features} inputs"
+        raise click.UsageError(f"the model takes {reads} but {dataset} has {data.n_features} features")
     x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
     result = evaluate_model(model, x, y)
     record = {"dataset": dataset, "split": split, "samples": int(x.shape[0]), **result}
@@ -41,3 +41,7 @@ def evaluate(model_path, dataset, data_dir, split, backend, as_json):
         click.echo(json.dumps(record))
     else:
         click.echo(f"{dataset} {split}: {x.shape[0]} samples, loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f}")
+
+
+def _shape_text(shape) -> str:
+    return " x ".join(str(int(n)) for n in shape)

@@ -85,6 +85,8 @@ def test_lenet5_trains_from_the_command_line_and_is_inspected(tmp_path):
     assert conv["ablated_filters"] >= 0 and conv["channels_unread"] <= 6
     evaluated = invoke(["evaluate", out / "model.npz", "--json"])
     assert evaluated.exit_code == 0, evaluated.output
+    other = invoke(["evaluate", out / "model.npz", "--dataset", "synthetic"])  # 100 features a row
+    assert_usage_error(other, "images of shape 1 x 8 x 8 (64 values)", "synthetic has 100 features")
 
 
 def test_sparse_first_and_last_make_every_layer_sparse(tmp_path):
