@@ -490,3 +490,20 @@ def test_no_worker_is_handed_a_second_cell_while_one_runs(tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert len(_HELD_PER_WORKER) == 6 and max(_HELD_PER_WORKER) == 1, _HELD_PER_WORKER
     assert result.output.count(": trained, test accuracy 0.5000") == 6
+
+
+def test_the_figure_keeps_its_legend_beside_the_points():
+    """Every method's points and the dense line are drawn, and the legend lies right of the axes: inside
+    them it covered a column where the methods crowd (the VGG-small table's 90%, say)."""
+    from purerigl.report.sweep_plot import accuracy_figure
+
+    rows = [{"method": "dense", "sparsity": 0.0, "accuracy_mean": 0.994, "accuracy_std": 0.0005}]
+    rows += [{"method": m, "sparsity": s, "accuracy_mean": 0.99 - 0.001 * i - s / 10, "accuracy_std": 0.001}
+             for i, m in enumerate(("static", "set", "rigl", "srigl")) for s in (0.9, 0.95)]
+    fig = accuracy_figure(rows, "title")
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["dense (0.9940)", "static", "set", "rigl", "srigl"]
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1  # beside, not over
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["90%", "95%"]

@@ -24,10 +24,19 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> 
     -------
     path
     """
+    path = Path(path)
+    accuracy_figure(rows, title).savefig(path)
+    return path
+
+
+def accuracy_figure(rows: list[dict], title: str = ""):
+    """The figure of :func:`plot_accuracy_vs_sparsity` (a matplotlib ``Figure`` on an Agg canvas), not
+    saved: one errorbar line per sparse method over equally spaced sparsities, dense as a dashed line
+    with its ± std band, the legend beside the axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(8, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     sparsities = sorted({r["sparsity"] for r in rows if r["method"] != "dense"})
@@ -52,13 +61,12 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> 
     ax.set_xlabel("sparsity (fraction of zero weights)")
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    # beside the axes: inside, it covered the points wherever the methods crowd (one column, say)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return fig
 
 
-__all__ = ["plot_accuracy_vs_sparsity"]
+__all__ = ["accuracy_figure", "plot_accuracy_vs_sparsity"]
