@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..training.checkpoint import CheckpointError, atomic_write, read_meta
+from ..training.checkpoint_file import CheckpointError, atomic_write, read_meta
 from ..errors import PureriglError
 from .provenance import describe_code, run_code
 
