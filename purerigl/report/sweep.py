@@ -26,7 +26,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 from ..training.checkpoint_file import CheckpointError, atomic_write, read_meta
 from ..errors import PureriglError
 from .provenance import describe_code, run_code
