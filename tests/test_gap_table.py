@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from benchmark_scripts import BENCHMARKS, load_benchmark
 from click.testing import CliRunner
+from scipy import stats
 
 
 @pytest.fixture
@@ -49,6 +50,29 @@ def test_rows_hold_the_mean_the_gap_to_dense_and_the_seeds_within(gap):
     assert static["gap"] == pytest.approx(0.15) and (static["seeds_within"], static["seeds_compared"]) == (1, 1)
 
 
+@pytest.mark.parametrize("dense, method, level", [
+    ([0.9935, 0.9943, 0.9934], [0.9902, 0.9909, 0.9905], 0.95),
+    ([0.9935, 0.9943, 0.9934], [0.9916, 0.9891, 0.9892, 0.9900], 0.90),
+    ([0.9940, 0.9930], [0.9915, 0.9895], 0.99),
+])
+def test_the_gap_interval_is_where_welchs_test_reaches_its_level(gap, dense, method, level):
+    """Oracle by another route: shifting the method's accuracies by an end of the interval makes the
+    difference of means exactly that end's distance, where SciPy's Welch t-test has p = 1 - level."""
+    low, high = gap.gap_interval(dense, method, level)
+    centre = 100 * (sum(dense) / len(dense) - sum(method) / len(method))
+    assert low < centre < high and centre - low == pytest.approx(high - centre)
+    for end in (low, high):
+        shifted = [a + end / 100 for a in method]
+        p = stats.ttest_ind(dense, shifted, equal_var=False).pvalue
+        assert p == pytest.approx(1 - level, rel=1e-6)
+
+
+def test_the_gap_interval_needs_two_seeds_a_side_and_is_a_point_without_spread(gap):
+    assert gap.gap_interval([0.99], [0.98, 0.97]) is None
+    assert gap.gap_interval([0.99, 0.98], [0.97]) is None
+    assert gap.gap_interval([0.99, 0.99], [0.98, 0.98]) == pytest.approx((1.0, 1.0))
+
+
 def test_the_table_counts_the_grid_and_names_empty_sparsities(gap, tmp_path):
     result = CliRunner().invoke(gap.main, [str(_write(tmp_path / "r.json", CELLS)), "--sparsities", "0.9,0.95"])
     assert result.exit_code == 0, result.output
@@ -56,8 +80,9 @@ def test_the_table_counts_the_grid_and_names_empty_sparsities(gap, tmp_path):
     # dense 2 seeds + 3 sparse methods x 2 sparsities x 2 seeds = 14
     assert lines[0] == "6 of 14 cells done (3 sparse methods at 2 sparsities and dense, seeds 0, 1)."
     assert lines[1] == "Dense: 0: 0.9940, 1: 0.9930; mean 0.9935 ± 0.0007."
-    assert "| rigl | 0: 0.9915, 1: 0.9895 | 0.9905 ± 0.0014 | 0.30 | yes | 1 of 2 |" in lines
-    assert "| set | 0: 0.9900 | 0.9900 | 0.35 | no | 0 of 1 |" in lines
+    low, high = gap.gap_interval([0.9940, 0.9930], [0.9915, 0.9895])
+    assert f"| rigl | 0: 0.9915, 1: 0.9895 | 0.9905 ± 0.0014 | 0.30 | {low:.2f} to {high:.2f} | yes | 1 of 2 |" in lines
+    assert "| set | 0: 0.9900 | 0.9900 | 0.35 | - | no | 0 of 1 |" in lines  # one seed: no interval
     assert lines[lines.index("**95%**") + 2] == "No cell yet."
 
 
@@ -65,7 +90,7 @@ def test_without_dense_the_gaps_read_a_dash(gap, tmp_path):
     f = _write(tmp_path / "r.json", [_cell("rigl", 0.9, 0, 0.99)])
     result = CliRunner().invoke(gap.main, [str(f)])
     assert result.exit_code == 0, result.output
-    assert "| rigl | 0: 0.9900 | 0.9900 | - | - | 0 of 0 |" in result.output.splitlines()
+    assert "| rigl | 0: 0.9900 | 0.9900 | - | - | - | 0 of 0 |" in result.output.splitlines()
 
 
 @pytest.mark.parametrize("value", ["0.9,x", "0.9,1.0", "0"])
