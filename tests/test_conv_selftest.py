@@ -108,9 +108,9 @@ def test_a_fault_in_one_operation_fails_what_depends_on_it():
 
 
 def test_a_crashing_layer_fails_every_check_of_its_case_with_the_message():
-    def im2col_t_raises(*args, **kwargs):
-        raise RuntimeError("planted failure")
+    def fm_to_nchw_raises(*args, **kwargs):  # every sparse convolution's forward reorders its output
+        raise RuntimeError("planted failure")  # (the patch matrix itself is not built on cpu at stride 1)
 
-    results = run_conv_selftest(broken_backend(im2col_t=im2col_t_raises), seed=0)
+    results = run_conv_selftest(broken_backend(fm_to_nchw=fm_to_nchw_raises), seed=0)
     assert results and not any(r.passed for r in results)
     assert all("planted failure" in r.note for r in results)

@@ -208,6 +208,7 @@ def _tour_objects() -> dict:
     from purerigl.dst.updater import DSTUpdater
     from purerigl.formats import CSR, Condensed, Diagonal
     from purerigl.formats.triples import triples
+    from purerigl.kernels.patch_operand import Patches
     from purerigl.nn import MLP, GatedDiagonalLinear, SparseConv2d, SparseLinear, build_mlp, softmax_cross_entropy
     from purerigl.optim import SGD, Adam, AdamW, make_optimizer
     from purerigl.training.loop import Trainer, TrainConfig
@@ -223,7 +224,7 @@ def _tour_objects() -> dict:
         "optimizer": make_optimizer("sgd", layer.parameters(), 0.1, momentum=0.9),
     }
     names.update((cls.__name__, cls) for cls in (Trainer, MLP, SparseLinear, SparseConv2d, GatedDiagonalLinear,
-                                                  DSTUpdater, SGD, Adam, AdamW, CSR, Condensed, Diagonal))
+                                                  DSTUpdater, SGD, Adam, AdamW, CSR, Condensed, Diagonal, Patches))
     functions = dict(iterate_batches=iterate_batches, softmax_cross_entropy=softmax_cross_entropy,
                      apply_structure=topology.apply_structure, triples=triples)
     return names, functions, (layer, trainer)

@@ -127,6 +127,33 @@ def sddmm_fm_operands(W, XT, dYT, out):
     return XT, dYT, check_out(out, W.values.shape, {"XT": XT, "dYT": dYT, "W.values": W.values})
 
 
+def patches_operand(W, PT):
+    """The input of a :class:`~purerigl.kernels.patch_operand.Patches` P^T, checked against W: a
+    float32 (B, C, H, W) array whose patch matrix has W's n_in rows."""
+    check_format(W)
+    X = PT.X
+    if not isinstance(X, np.ndarray) or X.dtype != np.float32:
+        raise DTypeError(f"the patches' X must be a numpy float32 array, got {getattr(X, 'dtype', type(X).__name__)}")
+    if X.ndim != 4:
+        raise ShapeError(f"the patches' X must be (B, C, H, W), got shape {X.shape}")
+    if PT.shape[0] != W.n_in:
+        raise ShapeError(f"the patch matrix has {PT.shape[0]} rows (C kh kw), expected n_in = {W.n_in}")
+    return X
+
+
+def matmul_patches_operands(W, PT, out):
+    X = patches_operand(W, PT)
+    return check_out(out, (W.n_out, PT.shape[1]), {"the patches' X": X, "W.values": W.values})
+
+
+def sddmm_patches_operands(W, PT, dYT, out):
+    X = patches_operand(W, PT)
+    dYT = check_dense_fm("dYT", dYT, W.n_out, "n_out")
+    if PT.shape[1] != dYT.shape[1]:
+        raise ShapeError(f"the patch matrix has batch {PT.shape[1]} (B Ho Wo) but dYT has batch {dYT.shape[1]}")
+    return dYT, check_out(out, W.values.shape, {"the patches' X": X, "dYT": dYT, "W.values": W.values})
+
+
 def grad_at_operands(X, dY, rows, cols, out):
     X = check_dense("X", X)
     dY = check_dense("dY", dY)

@@ -44,7 +44,7 @@ from . import _checks
 __all__ = [
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
     "conv_input_grad_fm", "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
-    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw",
+    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw", "takes_patches",
 ]
 
 
@@ -180,6 +180,13 @@ def conv_input_grad_operands(W, dYT, X_shape, kh: int, kw: int, stride: int, pad
     dYT = _checks.check_dense_fm("dYT", dYT, W.n_out, "n_out")
     _, _, _, _, Ho, Wo = check_conv_input_grad(W, dYT, X_shape, kh, kw, stride, padding)
     return dYT, Ho, Wo
+
+
+def takes_patches(W, stride: int, dtype) -> bool:
+    """Whether ``matmul_fm`` / ``sddmm_fm`` take a convolution's patch matrix as its input X
+    (:class:`purerigl.kernels.patch_operand.Patches`): never here. The specification multiplies by the
+    patch matrix itself, ``im2col_t(X)``, which a convolution then builds (so does the cuda backend)."""
+    return False
 
 
 def conv_input_grad_fm(W, dYT, X_shape, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:

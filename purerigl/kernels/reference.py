@@ -61,7 +61,7 @@ from .reference_growth import diag_grad_norms, topk_grad, topk_grad_rows, topk_g
 from .host_conv import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers' specification
     avgpool_backward, avgpool_forward, batchnorm_backward, batchnorm_forward, col2im, col2im_t, conv_input_grad_fm,
     fm_to_nchw, global_avgpool_backward, global_avgpool_forward, im2col, im2col_t, maxpool_backward, maxpool_forward,
-    nchw_to_fm, nchw_to_rows, rows_to_nchw,
+    nchw_to_fm, nchw_to_rows, rows_to_nchw, takes_patches,
 )
 
 __all__ = [
@@ -85,7 +85,7 @@ __all__ = [
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
     "conv_input_grad_fm",
     "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
-    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw",
+    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw", "takes_patches",
     # the transformer's array operations, on host arrays (registry.ARRAY_OPS)
     "add", "first_token", "first_token_backward", "gelu_backward", "gelu_forward", "layer_norm_backward",
     "layer_norm_forward", "patchify", "prepend_token", "prepend_token_backward", "self_attention_backward",

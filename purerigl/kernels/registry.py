@@ -65,13 +65,16 @@ ARRAY_OPS = ARRAY_OPS + TRANSFORMER_OPS
 #: reorders of a convolution, pooling and batch normalisation (a residual block adds with ``add``),
 #: and one operation with a sparse filter matrix: a convolution's input gradient ``conv_input_grad_fm``
 #: (col2im of W^T dY^T, which the cpu and cuda backends compute without the patch-sized product in between).
+#: ``takes_patches(W, stride, dtype)`` says whether the backend's ``matmul_fm`` and ``sddmm_fm`` take a
+#: convolution's patch matrix as its input X (:class:`purerigl.kernels.patch_operand.Patches`) and
+#: compute without building it (the cpu backend at stride 1, :mod:`purerigl.kernels.cpu.conv_direct`).
 #: Specification: :mod:`purerigl.kernels.host_conv` (the reference backend); cpu:
 #: :mod:`purerigl.kernels.cpu.conv_ops`; cuda: :mod:`purerigl.kernels.cuda.patches`,
 #: :mod:`~purerigl.kernels.cuda.pooling`, :mod:`~purerigl.kernels.cuda.batchnorm`.
 CONV_OPS = (
     "im2col", "col2im", "im2col_t", "col2im_t", "conv_input_grad_fm", "fm_to_nchw", "nchw_to_fm", "rows_to_nchw", "nchw_to_rows",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward", "global_avgpool_forward",
-    "global_avgpool_backward", "batchnorm_forward", "batchnorm_backward",
+    "global_avgpool_backward", "batchnorm_forward", "batchnorm_backward", "takes_patches",
 )
 ARRAY_OPS = ARRAY_OPS + CONV_OPS
 

@@ -31,6 +31,14 @@ input gradient, :mod:`purerigl.kernels.cpu.conv_products`), the cuda backend as 
 the other way (:func:`nchw_to_fm`): arrays c_in * kh * kw / c_out times smaller than the patch matrix,
 and moved in runs of Ho * Wo contiguous floats. :class:`Conv2d` (dense, BLAS) keeps the row layout.
 
+No patch matrix in a step (cpu, stride 1, CSR and Condensed filters). Where the backend says it
+computes the linear's products from the convolution's input (``backend.takes_patches``), the layer
+hands the linear a :class:`~purerigl.kernels.patch_operand.Patches`, X and the geometry, in place of
+P^T: ``matmul_fm`` and ``sddmm_fm`` read every stored weight's input plane, shifted by its kernel
+offset, from X (:mod:`purerigl.kernels.cpu.conv_direct`), and P is built only when a topology update
+asks the linear for its saved batch. A linear with a feature-major step of its own (the gated
+diagonal layer) always gets the built P^T.
+
 Tiling: when the patch matrix of the whole batch would exceed ``max_tile_bytes`` (default 64 MiB), the
 batch is processed in chunks of samples (:func:`~purerigl.nn.patches.sample_tiles`): the forward keeps
 the input X and the last chunk's patches; the backward rebuilds the patches of the other chunks and
@@ -50,6 +58,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..formats import SparseFormat
+from ..kernels.patch_operand import Patches
 from ..kernels.host_conv import fm_to_nchw, nchw_to_fm  # noqa: F401  (the specifications, re-exported)
 from ..kernels.host_conv import nchw_to_rows as to_rows  # noqa: F401
 from ..kernels.host_conv import rows_to_nchw as to_nchw  # noqa: F401
@@ -63,6 +72,13 @@ def _check_stride_padding(stride, padding) -> tuple[int, int]:
     if stride < 1 or padding < 0:
         raise ShapeError(f"need stride >= 1 and padding >= 0, got stride={stride}, padding={padding}")
     return stride, padding
+
+
+def _overrides_fm_step(cls) -> bool:
+    """Whether a SparseLinear class computes its feature-major step with code of its own (the gated
+    diagonal layer does), which may read the patch matrix as an array."""
+    return any(getattr(cls, name) is not getattr(SparseLinear, name)
+               for name in ("forward_fm", "backward_fm", "gradients_fm", "saved_batch", "_row_layout"))
 
 
 def _accumulate(backend, target, part) -> None:
@@ -85,7 +101,8 @@ class SparseConv2d:
     col2im_t(W2^T dY2^T) (see the module docstring for the maths and the layout).
 
     DST: the linear's saved batch (:meth:`SparseLinear.saved_batch`, in the row layout: the layer
-    transposes its kept P^T and dY2^T on first use after a step) is then the patch matrix P
+    transposes its kept P^T and dY2^T on first use after a step, or builds P from the kept input where
+    the products read it from X) is then the patch matrix P
     (B * Ho * Wo, c_in * kh * kw) and the output gradient dY2 (B * Ho * Wo, c_out), whose dY2^T P is
     the gradient of the filter matrix. That is exactly what the streamed growth kernels read, so every
     DST method updates ``linear`` unchanged (``linear.set_structure``): a filter is a row, i.e. a
@@ -224,13 +241,25 @@ class SparseConv2d:
         bias = self.linear.bias.value
         if len(self._tiles) == 1:
             self._X = None
-            YT = self.linear.forward_fm(be.im2col_t(X, *conv))  # (c_out, B*Ho*Wo)
+            YT = self.linear.forward_fm(self._patches(X))  # (c_out, B*Ho*Wo)
             return be.fm_to_nchw(YT, bias, B, Ho, Wo)
         self._X = X
         Y = be.zeros((B, self.c_out, Ho, Wo), np.float32)  # (B, c_out, Ho, Wo)
         for a, b in self._tiles:  # the linear keeps the last chunk's patches
-            Y[a:b] = be.fm_to_nchw(self.linear.forward_fm(be.im2col_t(X[a:b], *conv)), bias, b - a, Ho, Wo)
+            Y[a:b] = be.fm_to_nchw(self.linear.forward_fm(self._patches(X[a:b])), bias, b - a, Ho, Wo)
         return Y
+
+    def _patches(self, X):
+        """The transposed patch matrix P^T (c_in kh kw, n Ho Wo) of X (n, c_in, H, W) that the linear
+        multiplies by: held as X itself (:class:`~purerigl.kernels.patch_operand.Patches`) where the
+        backend computes the linear's products from it (``backend.takes_patches``: the cpu backend at
+        stride 1, CSR and Condensed) and the linear runs :class:`SparseLinear`'s own feature-major
+        step, else built (``backend.im2col_t``)."""
+        conv = (self.kh, self.kw, self.stride, self.padding)
+        lin, be = self.linear, self.backend
+        if be.takes_patches(lin.matrix, self.stride, X.dtype) and not _overrides_fm_step(type(lin)):
+            return Patches(X, *conv)
+        return be.im2col_t(X, *conv)
 
     def backward(self, dY):
         """dY (B, c_out, Ho, Wo) -> dX (B, c_in, H, W) (None if not ``needs_input_grad``); fills
@@ -253,7 +282,7 @@ class SparseConv2d:
         gb = be.zeros_like(lin.bias.grad)
         dX = be.zeros(self._X_shape, np.float32) if self.needs_input_grad else None
         for a, b in self._tiles[:-1]:  # rebuild these chunks' patches
-            PT = be.im2col_t(self._X[a:b], *conv)  # (c_in*kh*kw, n*Ho*Wo)
+            PT = self._patches(self._X[a:b])  # (c_in*kh*kw, n*Ho*Wo), or held as the chunk's X
             dYTc = be.nchw_to_fm(dY[a:b])  # (c_out, n*Ho*Wo)
             grads, _ = lin.gradients_fm(PT, dYTc)  # no input gradient from the linear (see `linear`)
             for key, g in grads.items():

@@ -44,6 +44,10 @@ convolution's operand is its patch matrix, and this layout is the one the cpu ke
 no patch-sized transpose happens in a step. The layer then keeps X^T and dY^T; :meth:`saved_batch`
 (what the growth rules read, once per topology update) still returns the row layout, transposed on
 first use after each step (``backend.transpose``, one copy of each, released at the next step).
+Where the backend computes the products from the convolution's input itself
+(``backend.takes_patches``), X^T is a :class:`~purerigl.kernels.patch_operand.Patches`, the input
+and the convolution's geometry, and :meth:`saved_batch` builds the patch matrix in the row layout
+then (``Patches.rows``), so it exists only during a topology update.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import numpy as np
 
 from ..formats import SparseFormat
 from ..kernels import get_backend
+from ..kernels.patch_operand import Patches
 from .parameter import Parameter
 
 
@@ -161,6 +166,8 @@ class SparseLinear:
         if not feature_major:
             return X, dY
         T = self.backend.transpose
+        if isinstance(X, Patches):  # a convolution's patch matrix held as its input: built now, in rows
+            return X.rows(self.backend), (None if dY is None else T(dY))
         return (None if X is None else T(X)), (None if dY is None else T(dY))
 
     @property

@@ -20,6 +20,8 @@ run. Kernels compile on first use and are cached on disk (``cache=True``).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ...errors import FormatTypeError
@@ -43,7 +45,9 @@ from ..host_arrays import (  # the array operations of a training step (registry
     fill_zeros, row_dots, scale_rows, sgd_step, softmax_cross_entropy, to_device,
     to_host, zeros, zeros_like,
 )
-from . import _layout, condensed, conv_products, csr, diagonal, diagonal_fm, growth, host_heap, pairs
+from .conv_direct import takes_patches  # registry.CONV_OPS: whether matmul_fm / sddmm_fm read Patches from X
+from . import _layout, condensed, conv_direct, conv_products, csr, diagonal, diagonal_fm, growth, host_heap, pairs
+from ..patch_operand import Patches
 from ._layout import transpose  # the array op: the spec's result, by NumPy or the blocked kernel by shape
 from .elementwise import gelu_backward, gelu_forward, relu_backward, relu_forward  # Numba loops of the specs
 from .conv_ops import (  # registry.CONV_OPS (part of ARRAY_OPS): the convolutional layers', Numba kernels
@@ -67,7 +71,7 @@ __all__ = [
     # the convolutional layers' array operations, on host arrays (registry.CONV_OPS)
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
     "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
-    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw",
+    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw", "takes_patches",
     # the transformer's array operations, on host arrays (registry.ARRAY_OPS)
     "add", "first_token", "first_token_backward", "gelu_backward", "gelu_forward", "layer_norm_backward",
     "layer_norm_forward", "patchify", "prepend_token", "prepend_token_backward", "self_attention_backward",
@@ -197,6 +201,10 @@ def matmul_fm(W, XT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     -------
     YT : float32 ndarray, shape (n_out, B). Rows of W that store nothing give 0.
     """
+    if isinstance(XT, Patches):  # a convolution's patch matrix, held as its input (conv_direct)
+        if XT.shape[1] >= ROW_KERNEL_BATCH and takes_patches(W, XT.stride, XT.dtype):
+            return conv_direct.matmul_patches(W, XT, _checks.matmul_patches_operands(W, XT, out))
+        XT = XT.array(sys.modules[__name__])
     XT, out = _checks.matmul_fm_operands(W, XT, out)
     if XT.shape[1] < ROW_KERNEL_BATCH:  # the row kernels' regime: X^T (n_in, 1) is X (1, n_in) as it lies
         return _layout.transpose(_module_for(W).matmul(W, _layout.transpose(XT), _zeros(XT.shape[1], W.n_out)), out)
@@ -280,6 +288,11 @@ def sddmm_fm(W, XT: np.ndarray, dYT: np.ndarray, out: np.ndarray | None = None) 
     -------
     dW : float32 ndarray shaped like ``W.values``
     """
+    if isinstance(XT, Patches):  # a convolution's patch matrix, held as its input (conv_direct)
+        if takes_patches(W, XT.stride, XT.dtype):
+            dYT, out = _checks.sddmm_patches_operands(W, XT, dYT, out)
+            return conv_direct.sddmm_patches(W, XT, dYT, out)
+        XT = XT.array(sys.modules[__name__])
     XT, dYT, out = _checks.sddmm_fm_operands(W, XT, dYT, out)
     return _fm_module_for(W).sddmm_fm(W, XT, dYT, out)
 

@@ -49,6 +49,7 @@ from ...errors import DTypeError, FormatTypeError, ShapeError
 from ...formats import CSR, Condensed, Diagonal
 from .. import _checks
 from ..host_conv import check_conv_input_grad
+from ..host_conv import takes_patches  # registry.CONV_OPS: False, a convolution builds its patch matrix here
 from . import _launch, condensed, conv_products, csr, diagonal, pairs
 from .arrays import (
     adam_step, add_bias, add_bias_fm, bias_grad, bias_grad_fm, dense_grad, dense_matmul, dense_matmul_t, fill_zeros,
@@ -108,7 +109,7 @@ __all__ = [
     # the convolutional layers' array operations (registry.CONV_OPS)
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
     "conv_input_grad_fm", "fm_to_nchw", "global_avgpool_backward", "global_avgpool_forward", "im2col", "im2col_t", "maxpool_backward",
-    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw",
+    "maxpool_forward", "nchw_to_fm", "nchw_to_rows", "rows_to_nchw", "takes_patches",
     # the transformer's array operations (registry.ARRAY_OPS)
     "add", "first_token", "first_token_backward", "gelu_backward", "gelu_forward", "layer_norm_backward",
     "layer_norm_forward", "patchify", "prepend_token", "prepend_token_backward", "self_attention_backward",
