@@ -24,10 +24,12 @@ def test_rows_cover_every_stride_one_sparse_convolution_and_a_step_per_row(tmp_p
     layers, steps = report["layers"], report["steps"]
     assert [(r["method"], r["format"]) for r in layers] == list(cd.ROWS)  # LeNet-5: one sparse convolution
     for r in layers:
-        assert r["layer"] == "conv1" and r["input"] == [4, 6, 14, 14] and r["forward_same_bits"]
+        assert r["layer"] == "conv1" and r["input"] == [4, 6, 14, 14]
+        assert r["forward_same_bits"] or r["format"] not in cd.SAME_BITS
+        assert r["forward_relative_difference"] < cd.TOLERANCE
         assert r["forward_direct_ms"] > 0 and r["forward_built_ms"] > 0 and r["grad_direct_ms"] > 0
         assert r["grad_relative_difference"] < cd.TOLERANCE
-    assert [(r["model"], r["method"]) for r in steps] == [("lenet5", "rigl"), ("lenet5", "srigl")]
+    assert [(r["model"], r["method"]) for r in steps] == [("lenet5", m) for m, _ in cd.ROWS]
     assert all(r["step_direct_ms"] > 0 and r["step_built_ms"] > 0 for r in steps)
     assert "| lenet5 | csr | conv1 | 16x150 |" in result.output
 

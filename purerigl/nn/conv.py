@@ -31,13 +31,13 @@ input gradient, :mod:`purerigl.kernels.cpu.conv_products`), the cuda backend as 
 the other way (:func:`nchw_to_fm`): arrays c_in * kh * kw / c_out times smaller than the patch matrix,
 and moved in runs of Ho * Wo contiguous floats. :class:`Conv2d` (dense, BLAS) keeps the row layout.
 
-No patch matrix in a step (cpu, stride 1, CSR and Condensed filters). Where the backend says it
+No patch matrix in a step (cpu, stride 1). Where the backend says it
 computes the linear's products from the convolution's input (``backend.takes_patches``), the layer
 hands the linear a :class:`~purerigl.kernels.patch_operand.Patches`, X and the geometry, in place of
 P^T: ``matmul_fm`` and ``sddmm_fm`` read every stored weight's input plane, shifted by its kernel
 offset, from X (:mod:`purerigl.kernels.cpu.conv_direct`), and P is built only when a topology update
 asks the linear for its saved batch. A linear with a feature-major step of its own (the gated
-diagonal layer) always gets the built P^T.
+diagonal layer while soft) gets the built P^T (:attr:`SparseLinear.accepts_patches`).
 
 Tiling: when the patch matrix of the whole batch would exceed ``max_tile_bytes`` (default 64 MiB), the
 batch is processed in chunks of samples (:func:`~purerigl.nn.patches.sample_tiles`): the forward keeps
@@ -72,13 +72,6 @@ def _check_stride_padding(stride, padding) -> tuple[int, int]:
     if stride < 1 or padding < 0:
         raise ShapeError(f"need stride >= 1 and padding >= 0, got stride={stride}, padding={padding}")
     return stride, padding
-
-
-def _overrides_fm_step(cls) -> bool:
-    """Whether a SparseLinear class computes its feature-major step with code of its own (the gated
-    diagonal layer does), which may read the patch matrix as an array."""
-    return any(getattr(cls, name) is not getattr(SparseLinear, name)
-               for name in ("forward_fm", "backward_fm", "gradients_fm", "saved_batch", "_row_layout"))
 
 
 def _accumulate(backend, target, part) -> None:
@@ -253,11 +246,11 @@ class SparseConv2d:
         """The transposed patch matrix P^T (c_in kh kw, n Ho Wo) of X (n, c_in, H, W) that the linear
         multiplies by: held as X itself (:class:`~purerigl.kernels.patch_operand.Patches`) where the
         backend computes the linear's products from it (``backend.takes_patches``: the cpu backend at
-        stride 1, CSR and Condensed) and the linear runs :class:`SparseLinear`'s own feature-major
-        step, else built (``backend.im2col_t``)."""
+        stride 1) and the linear's step takes it (:attr:`SparseLinear.accepts_patches`: SparseLinear's
+        own step, or a gated diagonal layer once frozen), else built (``backend.im2col_t``)."""
         conv = (self.kh, self.kw, self.stride, self.padding)
         lin, be = self.linear, self.backend
-        if be.takes_patches(lin.matrix, self.stride, X.dtype) and not _overrides_fm_step(type(lin)):
+        if lin.accepts_patches and be.takes_patches(lin.matrix, self.stride, X.dtype):
             return Patches(X, *conv)
         return be.im2col_t(X, *conv)
 

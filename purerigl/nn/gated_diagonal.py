@@ -209,6 +209,12 @@ class GatedDiagonalLinear(SparseLinear):
         return {"weight": G, "alpha": d_alpha}, dXT
 
     @property
+    def accepts_patches(self) -> bool:
+        """Once frozen, the step is SparseLinear's own (:attr:`SparseLinear.accepts_patches`); while
+        soft, the gated products read X^T themselves."""
+        return self.frozen
+
+    @property
     def forward_matrix(self):
         """The matrix the last forward multiplied by: the gated W_eff while soft, the stored matrix
         once frozen (:meth:`SparseLinear.forward_matrix`)."""

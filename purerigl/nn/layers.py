@@ -135,6 +135,15 @@ class SparseLinear:
         convolution's input gradient is ``backend.conv_input_grad_fm`` of it."""
         return self._matrix
 
+    @property
+    def accepts_patches(self) -> bool:
+        """Whether :meth:`forward_fm` may be given a convolution's patch matrix held as its input (a
+        :class:`~purerigl.kernels.patch_operand.Patches`) in place of X^T: True when the layer's
+        feature-major step is SparseLinear's own, which only hands X^T to the backend's ``matmul_fm``
+        and ``sddmm_fm`` and builds the rows in :meth:`saved_batch`. A subclass with a step of its own
+        says when it is safe (the gated diagonal layer: once frozen)."""
+        return not any(getattr(type(self), name) is not getattr(SparseLinear, name) for name in FM_STEP)
+
     def saved_batch(self):
         """(X, dY): the input of the last forward and the output gradient of the last backward, as
         arrays of the backend (device arrays on cuda; ``None`` before the first forward / backward).
@@ -382,6 +391,10 @@ class SparseLinear:
 #: what its row-layout twin does, and ``forward_matrix`` names the matrix ``forward_fm`` multiplied by.
 FM_COUNTERPARTS = (("forward", "forward_fm"), ("backward", "backward_fm"), ("backward", "gradients_fm"),
                    ("forward_fm", "forward_matrix"))
+
+
+#: The methods of the feature-major step that may read X^T (:attr:`SparseLinear.accepts_patches`).
+FM_STEP = ("forward_fm", "backward_fm", "gradients_fm", "saved_batch", "_row_layout", "kept_batches")
 
 
 def missing_fm_overrides(cls) -> list[tuple[str, str]]:

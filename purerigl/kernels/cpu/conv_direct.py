@@ -1,7 +1,7 @@
 """A sparse convolution's forward and value gradient read from its input, without the patch matrix.
 
 Specification: ``matmul_fm(W, im2col_t(X))`` and ``sddmm_fm(W, im2col_t(X), dY^T)``
-(:mod:`purerigl.kernels.reference`), for W in CSR or Condensed storage and a stride of 1:
+(:mod:`purerigl.kernels.reference`), for W in any storage (CSR, Condensed, Diagonal) and a stride of 1:
 
 .. math:: Y^T[o, (b, h_o, w_o)] = \\sum_{e \\in \\mathrm{row}\\ o} w_e \\, X_p[b, c_e, h_o + i_e, w_o + j_e],
           \\qquad dW_e = \\sum_{(b, h_o, w_o)} dY^T[o_e, (b, h_o, w_o)] \\, X_p[b, c_e, h_o + i_e, w_o + j_e]
@@ -19,7 +19,9 @@ and again by the backward, it went through main memory three times a step. Here 
   contiguous axpy of n = (Ho - 1) Wp + Wo values from offset a_e (the pitch columns beyond Wo
   receive values of no output and are dropped). The entries of a row are added eight per pass as the
   batch-transposed product adds them (:func:`._gather.axpy8`, the same tree), each pixel starting at
-  0: **the same bits as** ``matmul_fm(W, im2col_t(X))``.
+  0: for CSR and Condensed, **the same bits as** ``matmul_fm(W, im2col_t(X))``. A Diagonal W is walked
+  row by row (its entries sorted by row, then column; its product through P^T, :mod:`.diagonal_fm`,
+  gathers diagonal by diagonal), so there the two agree to float32 rounding.
 - **Value gradient, pitched rows.** For one sample, copy output row o's gradient plane into rows of
   the same pitch Wp, zeros in the pitch columns (S[o], n values); entry e's share of the sample is the
   dot product of S[o_e] with the n values of the padded sample from a_e (the zeros drop the values
@@ -31,8 +33,8 @@ and again by the backward, it went through main memory three times a step. Here 
   :mod:`.conv_products`, an infinite or NaN input value also reaches the entries through the pitch
   zeros (0 x inf = NaN), where the specification leaves them as the other terms make them.
 
-Other strides, Diagonal storage and other dtypes take the route through the patch matrix
-(:func:`takes_patches` says which; :mod:`purerigl.kernels.patch_operand`).
+Other strides and dtypes take the route through the patch matrix (:func:`takes_patches` says which;
+:mod:`purerigl.kernels.patch_operand`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ...formats import CSR, Condensed
+from ...formats import CSR, Condensed, Diagonal
+from ...formats.triples import triples
 from ..patch_operand import Patches
 from ._cache import CACHE
 from ._gather import UNROLL, axpy, axpy4, axpy8, dot, dots8
@@ -53,18 +56,25 @@ MAX_BLOCKS = 16
 
 def takes_patches(W, stride: int, dtype) -> bool:
     """Whether :func:`matmul_patches` and :func:`sddmm_patches` compute from X itself for this filter
-    matrix and convolution: CSR or Condensed storage, stride 1, float32."""
-    return isinstance(W, (CSR, Condensed)) and stride == 1 and np.dtype(dtype) == np.float32
+    matrix and convolution: a host format (CSR, Condensed, Diagonal), stride 1, float32."""
+    return isinstance(W, (CSR, Condensed, Diagonal)) and stride == 1 and np.dtype(dtype) == np.float32
 
 
 def _rows(W):
-    """(ptr, cols, vals, out_rows): W's stored rows as one flat list, row r's entries at
-    ptr[r]:ptr[r + 1] of ``cols`` / ``vals`` and written to output row ``out_rows[r]`` (views of W's
-    arrays where the storage allows)."""
+    """(ptr, cols, vals, out_rows, order): W's stored rows as one flat list, row r's entries at
+    ptr[r]:ptr[r + 1] of ``cols`` / ``vals`` and written to output row ``out_rows[r]``; ``order`` maps
+    that list to ``W.values.ravel()`` (``vals = W.values.ravel()[order]``), None where it is the
+    values' own order (CSR and Condensed: views of W's arrays)."""
     if isinstance(W, CSR):
-        return W.indptr, W.indices, W.values, np.arange(W.n_out, dtype=np.int64)
-    ptr = np.arange(W.rows.shape[0] + 1, dtype=np.int64) * W.indices.shape[1]
-    return ptr, W.indices.reshape(-1), W.values.reshape(-1), W.rows.astype(np.int64)
+        return W.indptr, W.indices, W.values, np.arange(W.n_out, dtype=np.int64), None
+    if isinstance(W, Condensed):
+        ptr = np.arange(W.rows.shape[0] + 1, dtype=np.int64) * W.indices.shape[1]
+        return ptr, W.indices.reshape(-1), W.values.reshape(-1), W.rows.astype(np.int64), None
+    rows, cols, vals = triples(W)  # a Diagonal's entries, diagonal by diagonal
+    order = np.lexsort((cols, rows))  # (nnz,) by row, then column
+    ptr = np.zeros(W.n_out + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=W.n_out), out=ptr[1:])
+    return ptr, cols[order], vals[order], np.arange(W.n_out, dtype=np.int64), order
 
 
 def _offsets(cols: np.ndarray, kh: int, kw: int, padded_shape) -> np.ndarray:
@@ -175,7 +185,7 @@ def matmul_patches(W, PT: Patches, out: np.ndarray) -> np.ndarray:
     Ho, Wo = PT.out_hw
     if not (W.nnz and B and Ho * Wo):
         return out
-    ptr, cols, vals, out_rows = _rows(W)
+    ptr, cols, vals, out_rows, _ = _rows(W)
     Xp = _padded(X, PT.padding, 0.0)  # (B, C, Hp, Wp)
     by_work(_forward_pitched, W.nnz * B * Ho * Wo, B * Ho * Wo)(
         ptr, _offsets(cols, PT.kh, PT.kw, Xp.shape), vals, out_rows, Xp, out, Ho, Wo, min(B, MAX_BLOCKS))
@@ -191,8 +201,11 @@ def sddmm_patches(W, PT: Patches, dYT: np.ndarray, out: np.ndarray) -> np.ndarra
     Ho, Wo = PT.out_hw
     if not (W.nnz and B and Ho * Wo):
         return out
-    ptr, cols, _, out_rows = _rows(W)
+    ptr, cols, _, out_rows, order = _rows(W)
     Xp = _padded(X, PT.padding, 0.0)  # (B, C, Hp, Wp)
+    flat = out.reshape(-1) if order is None else np.zeros(W.nnz, dtype=out.dtype)  # (nnz,) in row order
     by_work(_sddmm_pitched, W.nnz * B * Ho * Wo, B * Ho * Wo)(
-        ptr, _offsets(cols, PT.kh, PT.kw, Xp.shape), out_rows, Xp, dYT, Ho, Wo, out.reshape(-1))
+        ptr, _offsets(cols, PT.kh, PT.kw, Xp.shape), out_rows, Xp, dYT, Ho, Wo, flat)
+    if order is not None:
+        out.reshape(-1)[order] = flat  # back to the values' order
     return out
