@@ -26,7 +26,8 @@ and again by the backward, it went through main memory three times a step. Here 
   the same pitch Wp, zeros in the pitch columns (S[o], n values); entry e's share of the sample is the
   dot product of S[o_e] with the n values of the padded sample from a_e (the zeros drop the values
   of no output). The samples are added in order, each entry's eight at a time per pass over S[o]
-  (:func:`._gather.dots8`, compiled with ``fastmath={"reassoc"}`` like the product's value gradient).
+  (:func:`._gather.dots8`, compiled with ``fastmath={"reassoc"}`` like the product's value gradient);
+  in parallel over fixed blocks of W's rows.
   The sum over the batch is grouped by sample where ``sddmm_fm`` groups it in chunks of 1,024 columns
   of P^T, so the two agree to float32 rounding, not bit for bit; on every run and thread count the
   bits are the same (samples in order, rows in parallel with private outputs). As in
@@ -50,7 +51,8 @@ from ._gather import UNROLL, axpy, axpy4, axpy8, dot, dots8
 from ._serial import by_work
 from .patches import _padded
 
-#: Most blocks of samples the forward is split into (one padded-sample scratch per block).
+#: Most blocks the kernels split their work into: of samples in the forward, of W's rows in the value
+#: gradient (one scratch row of Ho x Wp floats per block).
 MAX_BLOCKS = 16
 
 
@@ -152,34 +154,35 @@ def _dots_rows(out, g, offs, xf, n):
 
 
 @njit(parallel=True, cache=CACHE, fastmath={"reassoc"})
-def _sddmm_pitched(ptr, offs, out_rows, Xp, dYT, Ho, Wo, dW):
+def _sddmm_pitched(ptr, offs, out_rows, Xp, dYT, Ho, Wo, dW, n_blocks):
     """dW[e] = sum over samples b, in order, of S_b[o_e] . Xp[b].flat[offs[e]:offs[e] + n], S_b[o] the
     sample's output-gradient plane of row o in rows of pitch Wp with zeros beyond Wo (module
-    docstring); dW arrives zeroed. Samples in order, parallel over W's stored rows within a sample."""
+    docstring); dW arrives zeroed. Parallel over ``n_blocks`` fixed blocks of W's stored rows, each
+    with one pitched scratch row; within a block, sample by sample, the block's rows in order."""
     B, C, Hp, Wp = Xp.shape
     HW = Ho * Wo
     n = (Ho - 1) * Wp + Wo
     Xf = Xp.reshape(B, C * Hp * Wp)  # (B, C*Hp*Wp), each sample's padded planes flat
     n_rows = out_rows.shape[0]
-    S = np.zeros((n_rows, n), dtype=dYT.dtype)  # row r's pitched dY of the current sample; pitch columns stay 0
-    for b in range(B):
-        xf = Xf[b]
-        for r in prange(n_rows):
-            e0 = ptr[r]
-            e1 = ptr[r + 1]
-            if e0 == e1:
-                continue
-            g = S[r]
-            src = dYT[out_rows[r], b * HW:(b + 1) * HW]
-            for ho in range(Ho):
-                for wo in range(Wo):
-                    g[ho * Wp + wo] = src[ho * Wo + wo]
-            _dots_rows(dW[e0:e1], g, offs[e0:e1], xf, n)
+    for blk in prange(n_blocks):
+        g = np.zeros(n, dtype=dYT.dtype)  # one row's pitched dY of one sample; the pitch columns stay 0
+        for b in range(B):
+            xf = Xf[b]
+            for r in range(blk * n_rows // n_blocks, (blk + 1) * n_rows // n_blocks):
+                e0 = ptr[r]
+                e1 = ptr[r + 1]
+                if e0 == e1:
+                    continue
+                src = dYT[out_rows[r], b * HW:(b + 1) * HW]
+                for ho in range(Ho):
+                    for wo in range(Wo):
+                        g[ho * Wp + wo] = src[ho * Wo + wo]
+                _dots_rows(dW[e0:e1], g, offs[e0:e1], xf, n)
 
 
 def matmul_patches(W, PT: Patches, out: np.ndarray) -> np.ndarray:
-    """Y^T = W P^T into the zeroed ``out`` (n_out, B Ho Wo), P^T read from ``PT.X`` (stride 1, CSR or
-    Condensed, float32; :func:`takes_patches`): the same values as ``matmul_fm(W, PT.array(cpu))``."""
+    """Y^T = W P^T into the zeroed ``out`` (n_out, B Ho Wo), P^T read from ``PT.X`` (stride 1, float32;
+    :func:`takes_patches`): ``matmul_fm(W, PT.array(cpu))``, bit for bit for CSR and Condensed."""
     X = PT.X
     B = int(X.shape[0])
     Ho, Wo = PT.out_hw
@@ -205,7 +208,8 @@ def sddmm_patches(W, PT: Patches, dYT: np.ndarray, out: np.ndarray) -> np.ndarra
     Xp = _padded(X, PT.padding, 0.0)  # (B, C, Hp, Wp)
     flat = out.reshape(-1) if order is None else np.zeros(W.nnz, dtype=out.dtype)  # (nnz,) in row order
     by_work(_sddmm_pitched, W.nnz * B * Ho * Wo, B * Ho * Wo)(
-        ptr, _offsets(cols, PT.kh, PT.kw, Xp.shape), out_rows, Xp, dYT, Ho, Wo, flat)
+        ptr, _offsets(cols, PT.kh, PT.kw, Xp.shape), out_rows, Xp, dYT, Ho, Wo, flat,
+        max(1, min(out_rows.shape[0], MAX_BLOCKS)))
     if order is not None:
         out.reshape(-1)[order] = flat  # back to the values' order
     return out
