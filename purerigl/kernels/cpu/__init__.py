@@ -20,8 +20,6 @@ run. Kernels compile on first use and are cached on disk (``cache=True``).
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from ...errors import FormatTypeError
@@ -204,7 +202,7 @@ def matmul_fm(W, XT: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if isinstance(XT, Patches):  # a convolution's patch matrix, held as its input (conv_direct)
         if XT.shape[1] >= ROW_KERNEL_BATCH and takes_patches(W, XT.stride, XT.dtype):
             return conv_direct.matmul_patches(W, XT, _checks.matmul_patches_operands(W, XT, out))
-        XT = XT.array(sys.modules[__name__])
+        XT = im2col_t(XT.X, XT.kh, XT.kw, XT.stride, XT.padding)  # built: the product through P^T
     XT, out = _checks.matmul_fm_operands(W, XT, out)
     if XT.shape[1] < ROW_KERNEL_BATCH:  # the row kernels' regime: X^T (n_in, 1) is X (1, n_in) as it lies
         return _layout.transpose(_module_for(W).matmul(W, _layout.transpose(XT), _zeros(XT.shape[1], W.n_out)), out)
@@ -292,7 +290,7 @@ def sddmm_fm(W, XT: np.ndarray, dYT: np.ndarray, out: np.ndarray | None = None) 
         if takes_patches(W, XT.stride, XT.dtype):
             dYT, out = _checks.sddmm_patches_operands(W, XT, dYT, out)
             return conv_direct.sddmm_patches(W, XT, dYT, out)
-        XT = XT.array(sys.modules[__name__])
+        XT = im2col_t(XT.X, XT.kh, XT.kw, XT.stride, XT.padding)  # built: the product through P^T
     XT, dYT, out = _checks.sddmm_fm_operands(W, XT, dYT, out)
     return _fm_module_for(W).sddmm_fm(W, XT, dYT, out)
 
