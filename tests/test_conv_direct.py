@@ -109,6 +109,9 @@ def test_forward_from_the_input_equals_the_oracle_and_the_patch_product_bit_for_
         assert np.array_equal(got, through)
     want, _ = _oracle(*problem)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=tol)
+    spec = reference.matmul_fm(Wm, Patches(X, kh, kw, 1, padding))  # the specification builds P^T
+    assert np.array_equal(spec, reference.matmul_fm(Wm, reference.im2col_t(X, kh, kw, 1, padding)))
+    np.testing.assert_allclose(got, spec, rtol=1e-5, atol=tol)
 
 
 @settings(max_examples=80, deadline=None)
@@ -122,6 +125,7 @@ def test_value_gradient_from_the_input_equals_the_oracle_and_the_specification(p
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=tol)
     spec = reference.sddmm_fm(Wm, reference.im2col_t(X, kh, kw, 1, padding), dYT)
     np.testing.assert_allclose(got, spec, rtol=1e-5, atol=tol)
+    assert np.array_equal(reference.sddmm_fm(Wm, Patches(X, kh, kw, 1, padding), dYT), spec)  # the spec builds P^T
 
 
 def _vgg_like(fmt, seed=3, B=5, c_in=6, c_out=8, H=9, W_=7, k=3, padding=1, density=0.3):

@@ -9,7 +9,8 @@ value kh kw times: 58 MB for VGG-small's second convolution at batch 64, written
 forward and read back by the product and by the backward's value gradient. ``Patches`` stands for
 P^T without building it: the input X and the convolution's geometry. A backend whose products can
 read the patches straight from X (the cpu backend at stride 1, :mod:`purerigl.kernels.cpu.conv_direct`)
-takes it in ``matmul_fm`` and ``sddmm_fm`` and says so in ``takes_patches``; what needs the matrix
+takes it in ``matmul_fm`` and ``sddmm_fm`` and says so in ``takes_patches``. The reference backend's
+products take it too and build P^T from it: that is what they mean. What else needs the matrix
 itself builds it then: the growth selections, which read the batch in the row layout once per
 topology update (:meth:`Patches.rows`, through :meth:`purerigl.nn.SparseLinear.saved_batch`), and a
 product the backend cannot compute from X (:meth:`Patches.array`).

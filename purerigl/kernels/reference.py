@@ -40,6 +40,7 @@ import numpy as np
 from ..formats import CSR, Condensed, Diagonal
 from ..formats.triples import triples
 from . import _checks
+from .patch_operand import Patches
 from .host_topology import (  # the operations a DST update is written with (registry.UPDATE_OPS)
     count_kept, csr_from_positions, exclusion_of, flat_positions, keep_by_magnitude, remap_by_source, source_of,
 )
@@ -170,6 +171,14 @@ def sddmm(W, X, dY, out=None):
     return out
 
 
+def _built(XT):
+    """``XT`` itself, or the patch matrix ``im2col_t(X)`` a :class:`~purerigl.kernels.patch_operand.Patches`
+    stands for: what the products with a Patches mean (the cpu backend computes them from X)."""
+    if isinstance(XT, Patches):
+        return im2col_t(XT.X, XT.kh, XT.kw, XT.stride, XT.padding)
+    return XT
+
+
 def matmul_fm(W, XT, out=None):
     """Forward product in the feature-major layout, ``Y^T = W X^T``.
 
@@ -178,14 +187,15 @@ def matmul_fm(W, XT, out=None):
     Parameters
     ----------
     W : Condensed | Diagonal | CSR, shape (n_out, n_in)
-    XT : float32 ndarray, shape (n_in, B)
+    XT : float32 ndarray, shape (n_in, B), or a convolution's
+        :class:`~purerigl.kernels.patch_operand.Patches`, which stands for ``im2col_t(X)`` (built here)
     out : float32 ndarray, shape (n_out, B), optional
 
     Returns
     -------
     YT : float32 ndarray, shape (n_out, B). Rows of W that store nothing give 0.
     """
-    XT, out = _checks.matmul_fm_operands(W, XT, out)
+    XT, out = _checks.matmul_fm_operands(W, _built(XT), out)
     rows, cols, vals = triples(W)
     YT = np.zeros(out.shape, dtype=np.float64)
     contrib = XT[cols].astype(np.float64) * vals[:, None]  # (nnz, B): row e is w_e X^T[col_e]
@@ -226,7 +236,8 @@ def sddmm_fm(W, XT, dYT, out=None):
     Parameters
     ----------
     W : Condensed | Diagonal | CSR, shape (n_out, n_in); only its structure is read
-    XT : float32 ndarray, shape (n_in, B)
+    XT : float32 ndarray, shape (n_in, B), or a convolution's
+        :class:`~purerigl.kernels.patch_operand.Patches` (built here, as in :func:`matmul_fm`)
     dYT : float32 ndarray, shape (n_out, B)
     out : float32 ndarray shaped like ``W.values``, optional
 
@@ -234,7 +245,7 @@ def sddmm_fm(W, XT, dYT, out=None):
     -------
     dW : float32 ndarray shaped like ``W.values``
     """
-    XT, dYT, out = _checks.sddmm_fm_operands(W, XT, dYT, out)
+    XT, dYT, out = _checks.sddmm_fm_operands(W, _built(XT), dYT, out)
     rows, cols, _ = triples(W)
     g = np.einsum("mb,mb->m", dYT[rows].astype(np.float64), XT[cols].astype(np.float64))  # (nnz,)
     out[...] = g.reshape(out.shape)
