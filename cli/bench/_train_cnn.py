@@ -55,10 +55,12 @@ def patch_timer():
     """Seconds and calls spent in patch extraction and its adjoint (the convolutions' patch work) while
     active: ``im2col`` / ``col2im`` (dense Conv2d, row layout) and ``im2col_t`` / ``col2im_t`` (SparseConv2d,
     feature-major layout). A SparseConv2d's input gradient is one operation, ``conv_input_grad_fm``:
-    on the cpu backend at stride 1 it builds no patch matrix (col2im fused into the product), so only
-    its forward's ``im2col_t`` counts; at other strides the ``col2im_t`` it calls counts (the cpu
-    backend looks it up in its module, where the wrapper sits; the reference backend's specification
-    calls its own and is not counted).
+    on the cpu backend at stride 1 it builds no patch matrix (col2im fused into the product), and
+    neither do its forward and value gradient there (they read X, :mod:`purerigl.kernels.cpu.conv_direct`),
+    so such a convolution counts nothing but the ``im2col`` of a topology update's growth scores, which
+    a step does not run; at other strides its forward's ``im2col_t`` and the ``col2im_t`` of its input
+    gradient count (the cpu backend looks them up in its module, where the wrappers sit; the reference
+    backend's specification calls its own and is not counted).
 
     The layers call them as backend operations (``layer.backend.im2col_t``), which a backend looks up
     in its implementing module on every call; the wrappers are installed in those modules (every
