@@ -180,18 +180,28 @@ def _sddmm_pitched(ptr, offs, out_rows, Xp, dYT, Ho, Wo, dW, n_blocks):
                 _dots_rows(dW[e0:e1], g, offs[e0:e1], xf, n)
 
 
+def _operands(W, PT: Patches):
+    """What both products read, or None when there is nothing to compute (no entry, sample or output
+    pixel): (rows, Xp, offs, Ho, Wo) with ``rows`` = :func:`_rows` (W), Xp the zero-padded input
+    (B, C, Hp, Wp) and offs the entries' offsets in a sample's padded planes (:func:`_offsets`)."""
+    Ho, Wo = PT.out_hw
+    if not (W.nnz and PT.X.shape[0] and Ho * Wo):
+        return None
+    rows = _rows(W)
+    Xp = _padded(PT.X, PT.padding, 0.0)  # (B, C, Hp, Wp)
+    return rows, Xp, _offsets(rows[1], PT.kh, PT.kw, Xp.shape), Ho, Wo
+
+
 def matmul_patches(W, PT: Patches, out: np.ndarray) -> np.ndarray:
     """Y^T = W P^T into the zeroed ``out`` (n_out, B Ho Wo), P^T read from ``PT.X`` (stride 1, float32;
     :func:`takes_patches`): ``matmul_fm(W, PT.array(cpu))``, bit for bit for CSR and Condensed."""
-    X = PT.X
-    B = int(X.shape[0])
-    Ho, Wo = PT.out_hw
-    if not (W.nnz and B and Ho * Wo):
+    ops = _operands(W, PT)
+    if ops is None:
         return out
-    ptr, cols, vals, out_rows, _ = _rows(W)
-    Xp = _padded(X, PT.padding, 0.0)  # (B, C, Hp, Wp)
+    (ptr, _, vals, out_rows, _), Xp, offs, Ho, Wo = ops
+    B = Xp.shape[0]
     by_work(_forward_pitched, W.nnz * B * Ho * Wo, B * Ho * Wo)(
-        ptr, _offsets(cols, PT.kh, PT.kw, Xp.shape), vals, out_rows, Xp, out, Ho, Wo, min(B, MAX_BLOCKS))
+        ptr, offs, vals, out_rows, Xp, out, Ho, Wo, min(B, MAX_BLOCKS))
     return out
 
 
@@ -199,17 +209,14 @@ def sddmm_patches(W, PT: Patches, dYT: np.ndarray, out: np.ndarray) -> np.ndarra
     """dW at the stored entries, P^T read from ``PT.X``, into the zeroed ``out`` (shaped like
     ``W.values``): ``sddmm_fm(W, PT.array(cpu), dYT)`` to float32 rounding (the sum over the batch runs
     sample by sample)."""
-    X = PT.X
-    B = int(X.shape[0])
-    Ho, Wo = PT.out_hw
-    if not (W.nnz and B and Ho * Wo):
+    ops = _operands(W, PT)
+    if ops is None:
         return out
-    ptr, cols, _, out_rows, order = _rows(W)
-    Xp = _padded(X, PT.padding, 0.0)  # (B, C, Hp, Wp)
+    (ptr, _, _, out_rows, order), Xp, offs, Ho, Wo = ops
+    B = Xp.shape[0]
     flat = out.reshape(-1) if order is None else np.zeros(W.nnz, dtype=out.dtype)  # (nnz,) in row order
     by_work(_sddmm_pitched, W.nnz * B * Ho * Wo, B * Ho * Wo)(
-        ptr, _offsets(cols, PT.kh, PT.kw, Xp.shape), out_rows, Xp, dYT, Ho, Wo, flat,
-        max(1, min(out_rows.shape[0], MAX_BLOCKS)))
+        ptr, offs, out_rows, Xp, dYT, Ho, Wo, flat, max(1, min(out_rows.shape[0], MAX_BLOCKS)))
     if order is not None:
         out.reshape(-1)[order] = flat  # back to the values' order
     return out
