@@ -227,3 +227,55 @@ def test_a_slow_call_is_repeated_until_compilation_is_over(monkeypatch):
 
     t = _shared.measure(fn, budget_s=0.1, max_call_s=0.5)
     assert t.runs == 1 and t.median_s == pytest.approx(0.95)  # 5.0, 3.0 and 1.0 were still falling by more than 20%
+
+
+def _clocked_calls(monkeypatch, module, *durations):
+    """Callables whose n-th call advances a fake ``perf_counter`` by ``durations[i][n]`` (then by the
+    last value), and the list of how often each was called."""
+    clock = [0.0]
+    monkeypatch.setattr(module.time, "perf_counter", lambda: clock[0])
+    counts = [0] * len(durations)
+
+    def make(i):
+        def fn():
+            seq = durations[i]
+            clock[0] += seq[min(counts[i], len(seq) - 1)]
+            counts[i] += 1
+        return fn
+
+    return [make(i) for i in range(len(durations))], counts
+
+
+def test_alternated_timing_is_not_cut_to_one_round_by_a_compiling_warm_up(monkeypatch):
+    """A warm-up call that compiles (5 s for a 10 ms step) no longer makes the row a single pair: the
+    warm-up round is repeated until it settles, then the rounds are timed as usual."""
+    from purerigl.cli.bench import _train_common
+
+    (a, b), counts = _clocked_calls(monkeypatch, _train_common, [5.0, 0.010], [0.020])
+    t_a, t_b = _train_common.paired_times(a, b, budget_s=0.1, max_call_s=2.0)
+    assert t_a.runs == t_b.runs >= 5
+    assert t_a.median_s == pytest.approx(0.010) and t_b.median_s == pytest.approx(0.020)
+    assert counts == [t_a.runs + 2, t_b.runs + 2]  # two warm-up rounds, then the timed ones
+
+
+def test_alternated_timing_of_a_slow_call_is_one_settled_round(monkeypatch):
+    """A call that stays slower than max_call_s is timed once, from the first round that is no more
+    than 20% faster than the one before it, and no round after that is run."""
+    from purerigl.cli.bench import _train_common
+
+    (a, b), counts = _clocked_calls(monkeypatch, _train_common, [9.0, 4.0, 3.0, 2.9], [0.5])
+    t_a, t_b = _train_common.paired_times(a, b, budget_s=0.1, max_call_s=2.0)
+    assert (t_a.runs, t_b.runs) == (1, 1)
+    assert t_a.median_s == pytest.approx(2.9) and t_b.median_s == pytest.approx(0.5)  # 9 -> 4 -> 3: still falling
+    assert counts == [4, 4]
+
+
+def test_alternated_timing_stops_settling_after_settle_calls_rounds(monkeypatch):
+    """A call that keeps getting faster by more than 20% is given SETTLE_CALLS more rounds at most."""
+    from purerigl.cli.bench import _shared, _train_common
+
+    falling = [100.0 * 0.5 ** n for n in range(20)]  # 100, 50, 25, ...: always 2x faster than before
+    (a,), counts = _clocked_calls(monkeypatch, _train_common, falling)
+    (t_a,) = _train_common.interleaved_times((a,), budget_s=0.1, max_call_s=2.0)
+    assert t_a.runs == 1 and counts == [1 + _shared.SETTLE_CALLS]
+    assert t_a.median_s == pytest.approx(falling[_shared.SETTLE_CALLS])
