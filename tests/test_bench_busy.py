@@ -279,3 +279,14 @@ def test_alternated_timing_stops_settling_after_settle_calls_rounds(monkeypatch)
     (t_a,) = _train_common.interleaved_times((a,), budget_s=0.1, max_call_s=2.0)
     assert t_a.runs == 1 and counts == [1 + _shared.SETTLE_CALLS]
     assert t_a.median_s == pytest.approx(falling[_shared.SETTLE_CALLS])
+
+
+def test_a_call_slow_only_while_it_compiles_is_timed_as_usual(monkeypatch):
+    """A first call slowed by compilation (3 s for a 10 ms call) does not make the timing a single
+    call: once the calls settle below max_call_s they are timed by time_call (several runs)."""
+    from purerigl.cli.bench import _shared
+
+    (fn,), counts = _clocked_calls(monkeypatch, _shared, [3.0, 0.010])
+    t = _shared.measure(fn, budget_s=0.1, max_call_s=0.5)
+    assert t.runs >= 5 and t.median_s == pytest.approx(0.010)
+    assert counts == [t.runs + 2]  # the slow first call, the settling one, then the timed ones

@@ -77,8 +77,10 @@ def measure(fn, *, budget_s: float, max_call_s: float, compiled: bool = False, r
     on a later call (a serial twin the first time the machine's load selects it, a path only a
     second step takes), and a call timed while Numba compiled once reported 0.02x for a step that
     runs at 1.2x. So a slow call is repeated until it is no more than 20% faster than the call before
-    it (at most :data:`SETTLE_CALLS` more calls), and the last is reported. Otherwise
-    :func:`time_call` runs one more warm-up and the timed calls. After a baseline (``compiled``) it
+    it (at most :data:`SETTLE_CALLS` more calls) or no slower than ``max_call_s``; if the last is
+    still slower than ``max_call_s`` it is reported, else (the first call was slow only because it
+    compiled or loaded compiled kernels) the calls are timed by :func:`time_call` as for a fast one. Otherwise :func:`time_call` runs one
+    more warm-up and the timed calls. After a baseline (``compiled``) it
     pauses :data:`BLAS_SPIN_S`, so that BLAS's spinning threads do not slow the next measurement.
     """
     if compiled:
@@ -107,10 +109,12 @@ def _measure(fn, *, budget_s: float, max_call_s: float, compiled: bool, repeat: 
             t0 = time.perf_counter()
             fn()
             last = time.perf_counter() - t0
-            if last >= 0.8 * previous:
+            if last <= max_call_s or last >= 0.8 * previous:
                 break
             previous = last
-        return Timing(last, last, last, 1)
+        if last > max_call_s:
+            return Timing(last, last, last, 1)
+        return time_call(fn, budget_s=budget_s, warmup=0, repeat=repeat)  # it settled below max_call_s
     return time_call(fn, budget_s=budget_s, warmup=1, repeat=repeat)
 
 
