@@ -370,31 +370,40 @@ def test_a_network_step_matches_the_built_route_and_growth_reads_the_same_patche
             _same(a, b, fmt)
 
 
-def test_a_gated_diagonal_layer_takes_patches_once_frozen(built_route):
-    """DynaDiag's gated layer computes its soft products with the gates, on the built P^T; frozen, its
-    step is SparseLinear's, so it takes the patches held as X, with the built route's results."""
+@pytest.mark.parametrize("frozen", [False, True], ids=["soft", "frozen"])
+def test_a_gated_diagonal_layer_takes_patches_soft_and_frozen(frozen, built_route):
+    """DynaDiag's gated layer takes the patches held as X in both phases: soft, its products with
+    the gated W_eff (a Diagonal) read X through matmul_fm / sddmm_fm, and the gradients of the values
+    and of the scores alpha match the built route's to float32 rounding; frozen, its step is
+    SparseLinear's. What growth reads (the saved batch) is the same patch matrix either way."""
     from purerigl.nn import GatedDiagonalLinear, SparseConv2d as Conv
 
     rng = np.random.default_rng(13)
     X = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
     dY = rng.standard_normal((2, 6, 6, 6)).astype(np.float32)
 
-    def frozen_layer():
+    def gated_layer():
         W = Diagonal.random((6, 36), None, rng=np.random.default_rng(2), K=12)
         layer = Conv(W, 4, 3, padding=1, backend="cpu", name="g")
-        layer.linear = GatedDiagonalLinear(W, k=6, backend="cpu", name="g")
+        layer.linear = GatedDiagonalLinear(W, k=6, backend="cpu", name="g", temperature=0.7,
+                                           alpha=np.random.default_rng(3).standard_normal(36))
+        layer.linear.frozen = frozen  # what DynaDiag's freeze sets (dst/dynadiag.py)
         return layer
 
-    soft = frozen_layer()
-    assert not soft.linear.accepts_patches
-    assert isinstance(soft._patches(X), np.ndarray)
-    layer = frozen_layer()
-    layer.linear.frozen = True  # what DynaDiag's freeze sets (dst/dynadiag.py)
+    def step(layer):
+        Y, dX, dW, db = _layer_step(layer, X, dY)
+        X_rows, dY_rows = layer.linear.saved_batch()
+        return Y, dX, dW, db, layer.linear.alpha.grad.copy(), X_rows, dY_rows
+
+    layer = gated_layer()
     assert layer.linear.accepts_patches and isinstance(layer._patches(X), Patches)
-    direct = _layer_step(layer, X, dY)
+    direct = step(layer)
     built_route(True)
-    built = frozen_layer()
-    built.linear.frozen = True
+    built = gated_layer()
     assert isinstance(built._patches(X), np.ndarray)
-    for got, want in zip(direct, _layer_step(built, X, dY)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    want = step(built)
+    if not frozen:
+        assert np.abs(want[4]).max() > 0  # the scores learn from this step
+    for got, ref in zip(direct, want):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * (1 + np.abs(ref).max()))
+    np.testing.assert_array_equal(direct[5], want[5])  # the saved patches: the same rows, bit for bit

@@ -36,8 +36,9 @@ computes the linear's products from the convolution's input (``backend.takes_pat
 hands the linear a :class:`~purerigl.kernels.patch_operand.Patches`, X and the geometry, in place of
 P^T: ``matmul_fm`` and ``sddmm_fm`` read every stored weight's input plane, shifted by its kernel
 offset, from X (:mod:`purerigl.kernels.cpu.conv_direct`), and P is built only when a topology update
-asks the linear for its saved batch. A linear with a feature-major step of its own (the gated
-diagonal layer while soft) gets the built P^T (:attr:`SparseLinear.accepts_patches`).
+asks the linear for its saved batch. A linear with a feature-major step of its own gets the built
+P^T unless it says it takes the operand (:attr:`SparseLinear.accepts_patches`; DynaDiag's gated
+layer does, soft and frozen).
 
 Tiling: when the patch matrix of the whole batch would exceed ``max_tile_bytes`` (default 64 MiB), the
 batch is processed in chunks of samples (:func:`~purerigl.nn.patches.sample_tiles`): the forward keeps
@@ -247,7 +248,7 @@ class SparseConv2d:
         multiplies by: held as X itself (:class:`~purerigl.kernels.patch_operand.Patches`) where the
         backend computes the linear's products from it (``backend.takes_patches``: the cpu backend at
         stride 1) and the linear's step takes it (:attr:`SparseLinear.accepts_patches`: SparseLinear's
-        own step, or a gated diagonal layer once frozen), else built (``backend.im2col_t``)."""
+        own step, or DynaDiag's gated diagonal layer), else built (``backend.im2col_t``)."""
         conv = (self.kh, self.kw, self.stride, self.padding)
         lin, be = self.linear, self.backend
         if lin.accepts_patches and be.takes_patches(lin.matrix, self.stride, X.dtype):

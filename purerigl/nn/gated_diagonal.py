@@ -210,9 +210,12 @@ class GatedDiagonalLinear(SparseLinear):
 
     @property
     def accepts_patches(self) -> bool:
-        """Once frozen, the step is SparseLinear's own (:attr:`SparseLinear.accepts_patches`); while
-        soft, the gated products read X^T themselves."""
-        return self.frozen
+        """True in both phases (:attr:`SparseLinear.accepts_patches`): frozen, the step is
+        SparseLinear's own; soft, :meth:`forward_fm`, :meth:`backward_fm` and :meth:`gradients_fm`
+        hand X^T only to the backend's ``matmul_fm`` and ``sddmm_fm`` (with the gated W_eff, a
+        Diagonal like the stored matrix) and keep it for :meth:`SparseLinear.saved_batch`, which
+        builds the rows from a held patch operand; the gates themselves never read X^T."""
+        return True
 
     @property
     def forward_matrix(self):

@@ -141,7 +141,8 @@ class SparseLinear:
         :class:`~purerigl.kernels.patch_operand.Patches`) in place of X^T: True when the layer's
         feature-major step is SparseLinear's own, which only hands X^T to the backend's ``matmul_fm``
         and ``sddmm_fm`` and builds the rows in :meth:`saved_batch`. A subclass with a step of its own
-        says when it is safe (the gated diagonal layer: once frozen)."""
+        says when it is safe (the gated diagonal layer: always, its products with the gates are
+        ``matmul_fm`` and ``sddmm_fm`` too)."""
         return not any(getattr(type(self), name) is not getattr(SparseLinear, name) for name in FM_STEP)
 
     def saved_batch(self):
