@@ -9,7 +9,8 @@ from X (:mod:`purerigl.kernels.cpu.conv_direct`), so a training step builds no p
 This script times, alternating the two routes (:func:`~purerigl.cli.bench._train_common.paired_times`),
 for every stride-1 sparse convolution of the built-in networks at their bench input shapes (MNIST
 1x28x28 for LeNet-5 and VGG-small, CIFAR 3x32x32 for ResNet-20; batch 64) with the filter matrices of
-``bench train``'s RigL (CSR), SRigL (Condensed) and diag-rigl (Diagonal) rows:
+``bench train``'s RigL (CSR), SRigL (Condensed) and diag-rigl (Diagonal) rows (and, as a whole step
+only, DynaDiag's soft phase, whose gated layers take the patches too):
 
 - the forward product: ``matmul_fm(W, im2col_t(X))`` against ``matmul_fm(W, Patches(X))`` (the
   same bits for CSR and Condensed, the script fails if not; Diagonal to float32 rounding);
@@ -39,7 +40,7 @@ import numpy as np
 import purerigl.kernels.cpu as cpu_module
 from purerigl.cli.bench._shared import CNN_INPUT_SHAPES, machine_meta
 from purerigl.cli.bench._train_cnn import conv_inputs
-from purerigl.cli.bench._train_common import loadavg, paired_times, train_step_fn
+from purerigl.cli.bench._train_common import loadavg, method_calls, paired_times, train_step_fn
 from purerigl.kernels import get_backend
 from purerigl.kernels.patch_operand import Patches
 from purerigl.nn import build_model
@@ -47,9 +48,13 @@ from purerigl.nn.conv import SparseConv2d
 from purerigl.optim import SGD
 from purerigl.report.provenance import describe_code
 
-#: The rows timed: (method, format) of ``purerigl bench train`` whose products take Patches (DynaDiag's
-#: gated layers take them once frozen, and then compute as diag-rigl's Diagonal filters do).
+#: The rows timed: (method, format) of ``purerigl bench train`` whose products take Patches.
 ROWS = (("rigl", "csr"), ("srigl", "condensed"), ("diag-rigl", "diagonal"))
+
+#: Rows timed as a whole step only: DynaDiag's soft phase (:func:`~purerigl.cli.bench._train_common.method_calls`
+#: gates the diagonal layers: 2K stored diagonals, each scaled by its gate), whose products are those of
+#: diag-rigl's rows on a gated copy of the values; frozen, a DynaDiag network is diag-rigl's.
+STEP_ONLY_ROWS = (("dynadiag", "diagonal"),)
 
 #: The formats whose forward from X has the bits of the product through P^T (the others: to rounding).
 SAME_BITS = ("csr", "condensed")
@@ -115,7 +120,10 @@ def step_row(model_name, method, fmt, sparsity, batch, budget_s, seed) -> dict:
     for route in ("direct", "built"):
         model = build_model(model_name, shape, 10, fmt=fmt, sparsity=sparsity, backend="cpu",
                             rng=np.random.default_rng(seed))
-        step = train_step_fn(model, SGD(model.parameters(), lr=1e-3, momentum=0.9), X, y)
+        if method == "dynadiag":  # gated as purerigl train gates it; the step adds alpha's Adam step
+            step, _ = method_calls(model, method, fmt, sparsity, X, y, seed)
+        else:
+            step = train_step_fn(model, SGD(model.parameters(), lr=1e-3, momentum=0.9), X, y)
         if route == "built":
             def step(inner=step):
                 with built_route():
@@ -164,6 +172,8 @@ def main(model_names, sparsity, batch, budget, threads, seed, json_path):
     for model_name in model_names:
         for method, fmt in ROWS:
             layers += layer_rows(model_name, method, fmt, sparsity, batch, budget, seed)
+            steps.append(step_row(model_name, method, fmt, sparsity, batch, 4 * budget, seed))
+        for method, fmt in STEP_ONLY_ROWS:
             steps.append(step_row(model_name, method, fmt, sparsity, batch, 4 * budget, seed))
     meta.update({"command": shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "loadavg_end": loadavg(),
                  "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"), "models": list(model_names),

@@ -1,7 +1,8 @@
 """benchmarks/conv_direct.py: a convolution's products from its input against through the patch matrix.
 
-Pins down that the script times every stride-1 sparse convolution of a network for its CSR and
-Condensed rows, and a whole step by each route, and writes its JSON; and that it refuses to report when
+Pins down that the script times every stride-1 sparse convolution of a network for its CSR,
+Condensed and Diagonal rows, and a whole step by each route (DynaDiag's soft phase too), and writes
+its JSON; and that it refuses to report when
 the routes disagree (a forward from the input with one value off exits non-zero).
 """
 
@@ -29,7 +30,7 @@ def test_rows_cover_every_stride_one_sparse_convolution_and_a_step_per_row(tmp_p
         assert r["forward_relative_difference"] < cd.TOLERANCE
         assert r["forward_direct_ms"] > 0 and r["forward_built_ms"] > 0 and r["grad_direct_ms"] > 0
         assert r["grad_relative_difference"] < cd.TOLERANCE
-    assert [(r["model"], r["method"]) for r in steps] == [("lenet5", m) for m, _ in cd.ROWS]
+    assert [(r["model"], r["method"]) for r in steps] == [("lenet5", m) for m, _ in cd.ROWS + cd.STEP_ONLY_ROWS]
     assert all(r["step_direct_ms"] > 0 and r["step_built_ms"] > 0 for r in steps)
     assert "| lenet5 | csr | conv1 | 16x150 |" in result.output
 
