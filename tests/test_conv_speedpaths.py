@@ -329,3 +329,39 @@ def test_vgg_small_step_matches_the_specifications():
     np.testing.assert_allclose(logits, logits_r, rtol=1e-4, atol=1e-5)
     for k in grads:
         np.testing.assert_allclose(grads[k], grads_r[k], rtol=1e-3, atol=1e-4 * (1 + np.abs(grads_r[k]).max()))
+
+
+@st.composite
+def pools_2x2(draw):
+    """(B, C, H, W), padding, dtype, seed for the 2 x 2 window at stride 2 (odd sizes drop a row or
+    a column, as the window walk does)."""
+    p = draw(st.integers(0, 1))
+    H = draw(st.integers(max(1, 2 - 2 * p), 11))
+    W = draw(st.integers(max(1, 2 - 2 * p), 11))
+    B = draw(st.sampled_from([1, 2, 3]))
+    C = draw(st.integers(1, 3))
+    return (B, C, H, W), p, draw(st.sampled_from([np.float32, np.float64])), draw(st.integers(0, 2**32 - 1))
+
+
+@FEW
+@given(pools_2x2(), st.booleans())
+def test_maxpool_2x2_stride_2_kernels_equal_the_reference(problem, special):
+    """The written-out 2 x 2 / stride 2 kernels (the built-in networks' pooling) give the reference's
+    maxima, offsets (ties to the first, a NaN winning) and input gradient bit for bit, serial and
+    parallel; the general kernels are not called (they are removed for the test)."""
+    shape, p, dtype, seed = problem
+    rng = np.random.default_rng(seed)
+    X = pool_input(shape, dtype, rng, special)
+    Ho, Wo = patches.output_hw(shape, 2, 2, 2, p)
+    dY = rng.standard_normal((shape[0], shape[1], Ho, Wo)).astype(dtype)
+    dY.reshape(-1)[::3] = -0.0  # 0 + (-0.0) is 0.0: the same bits as the reference's accumulation
+    Yr, argr = maxpool_reference(X, 2, 2, p)
+    dXr = maxpool_backward_reference(dY, argr, shape, 2, 2, p)
+    for mode in ("parallel", "serial"):
+        with kernels_run(mode), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pk, "_maxpool", None)  # only the 2 x 2 / stride 2 kernels can run
+            mp.setattr(pk, "_maxpool_backward", None)
+            Y, arg = pk.maxpool_forward(X, 2, 2, p, Ho, Wo)
+            dX = pk.maxpool_backward(dY, arg, shape, 2, 2, p)
+        assert same_bits(Y, Yr) and np.array_equal(arg, argr)
+        assert same_bits(dX, dXr)
