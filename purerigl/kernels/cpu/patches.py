@@ -295,9 +295,10 @@ def _maxpool_2x2(Xp, Y, arg):
     """:func:`_maxpool` for the 2 x 2 window at stride 2 (the built-in networks' pooling), written out:
     the four values of a window compared in window order with the same rule (a value replaces the
     maximum so far when that is no NaN and the value is larger or a NaN), as selects rather than
-    branches. With the window and the stride known to the compiler the loop over w_o vectorises:
-    8-11x faster than :func:`_maxpool` on VGG-small's first pooling (64 x 32 x 28 x 28), the same
-    maxima and offsets."""
+    branches. With the window and the stride known to the compiler the parallel kernel's loop over
+    w_o vectorises (its serial twin's does not): the same maxima and offsets, 2.5-5.7x faster than
+    :func:`_maxpool` on the built-in networks' poolings (serial twin 1.2-1.6x;
+    benchmarks/results/maxpool-2x2-2core.md)."""
     B, C, Hp, Wp = Xp.shape
     Ho, Wo = Y.shape[2], Y.shape[3]
     Xf = Xp.reshape(-1)
@@ -359,7 +360,8 @@ def _maxpool_backward_2x2(dY, arg, dXp):
     """:func:`_maxpool_backward` for the 2 x 2 window at stride 2: the windows do not overlap, so each
     input position receives at most one dY value and the order of the additions does not matter
     (0 + dY: the same bits, -0.0 becoming 0.0 as there); the offset's row and column by shift and
-    mask instead of a division by a run-time k (8-10x faster on VGG-small's poolings)."""
+    mask instead of a division by a run-time k (2.0-2.8x faster with the zeroing of the buffer,
+    benchmarks/results/maxpool-2x2-2core.md)."""
     B, C, Hp, Wp = dXp.shape
     Ho, Wo = dY.shape[2], dY.shape[3]
     Xf = dXp.reshape(-1)
