@@ -79,9 +79,10 @@ def measure(fn, *, budget_s: float, max_call_s: float, compiled: bool = False, r
     runs at 1.2x. So a slow call is repeated until it is no more than 20% faster than the call before
     it (at most :data:`SETTLE_CALLS` more calls) or no slower than ``max_call_s``; if the last is
     still slower than ``max_call_s`` it is reported, else (the first call was slow only because it
-    compiled or loaded compiled kernels) the calls are timed by :func:`time_call` as for a fast one. Otherwise :func:`time_call` runs one
-    more warm-up and the timed calls. After a baseline (``compiled``) it
-    pauses :data:`BLAS_SPIN_S`, so that BLAS's spinning threads do not slow the next measurement.
+    compiled or loaded compiled kernels) the calls are timed by :func:`time_call` as for a fast one.
+    Otherwise :func:`time_call` runs one more warm-up and the timed calls. After a baseline
+    (``compiled``) it pauses :data:`BLAS_SPIN_S`, so that BLAS's spinning threads do not slow the next
+    measurement.
     """
     if compiled:
         timing = _measure(fn, budget_s=budget_s, max_call_s=max_call_s, compiled=True, repeat=repeat)
