@@ -1,7 +1,7 @@
 """Max pooling over 2 x 2 windows at stride 2: the written-out kernels against the general ones, in one process.
 
 The built-in networks pool with 2 x 2 windows at stride 2 (LeNet-5 and VGG-small). The cpu backend's
-general kernels (:func:`purerigl.kernels.cpu.patches._maxpool` and ``_maxpool_backward``) walk a
+general kernels (:func:`purerigl.kernels.cpu.pooling._maxpool` and ``_maxpool_backward``) walk a
 k x k window with a branch per value and find the window's row and column by dividing by a run-time k;
 ``_maxpool_2x2`` and ``_maxpool_backward_2x2`` write the four values out, compare them with selects,
 and find the offset by shift and mask. This script times each pair alternately
@@ -25,7 +25,7 @@ import numpy as np
 
 from purerigl.cli.bench._shared import machine_meta
 from purerigl.cli.bench._train_common import loadavg, paired_times
-from purerigl.kernels.cpu import patches as pk
+from purerigl.kernels.cpu import pooling as pk
 from purerigl.kernels.cpu._serial import serial_twin
 from purerigl.report.provenance import describe_code
 

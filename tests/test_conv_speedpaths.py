@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from purerigl.kernels.cpu import _serial
 from purerigl.kernels.cpu import patches as pk
+from purerigl.kernels.cpu import pooling
 from purerigl.nn import norm, patches
 from purerigl.nn.models import build_model
 from purerigl.nn.norm import BatchNorm2d
@@ -50,6 +51,7 @@ def kernels_run(mode: str):
     pick = (lambda k, *a, **kw: k) if mode == "parallel" else (lambda k, *a, **kw: _serial.serial_twin(k))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pk, "by_work", pick)
+        mp.setattr(pooling, "by_work", pick)
         yield
 
 
@@ -189,8 +191,8 @@ def test_maxpool_kernels_parallel_equal_serial(problem):
     out = {}
     for mode in ("parallel", "serial"):
         with kernels_run(mode):
-            Y, arg = pk.maxpool_forward(X, k, s, p, Ho, Wo)
-            out[mode] = (Y, arg, pk.maxpool_backward(dY, arg, shape, k, s, p))
+            Y, arg = pooling.maxpool_forward(X, k, s, p, Ho, Wo)
+            out[mode] = (Y, arg, pooling.maxpool_backward(dY, arg, shape, k, s, p))
     Yr, argr = maxpool_reference(X, k, s, p)
     assert same_bits(out["parallel"][0], Yr) and np.array_equal(out["parallel"][1], argr)
     for a, b in zip(out["parallel"], out["serial"]):
@@ -359,9 +361,9 @@ def test_maxpool_2x2_stride_2_kernels_equal_the_reference(problem, special):
     dXr = maxpool_backward_reference(dY, argr, shape, 2, 2, p)
     for mode in ("parallel", "serial"):
         with kernels_run(mode), pytest.MonkeyPatch.context() as mp:
-            mp.setattr(pk, "_maxpool", None)  # only the 2 x 2 / stride 2 kernels can run
-            mp.setattr(pk, "_maxpool_backward", None)
-            Y, arg = pk.maxpool_forward(X, 2, 2, p, Ho, Wo)
-            dX = pk.maxpool_backward(dY, arg, shape, 2, 2, p)
+            mp.setattr(pooling, "_maxpool", None)  # only the 2 x 2 / stride 2 kernels can run
+            mp.setattr(pooling, "_maxpool_backward", None)
+            Y, arg = pooling.maxpool_forward(X, 2, 2, p, Ho, Wo)
+            dX = pooling.maxpool_backward(dY, arg, shape, 2, 2, p)
         assert same_bits(Y, Yr) and np.array_equal(arg, argr)
         assert same_bits(dX, dXr)

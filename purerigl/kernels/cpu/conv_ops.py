@@ -16,6 +16,7 @@ from ..host_conv import (  # noqa: F401  (re-exported: the cpu backend runs the 
     fm_to_nchw, global_avgpool_backward, global_avgpool_forward, nchw_to_fm, nchw_to_rows, rows_to_nchw,
 )
 from . import patches as kernels
+from . import pooling
 
 __all__ = [
     "avgpool_backward", "avgpool_forward", "batchnorm_backward", "batchnorm_forward", "col2im", "col2im_t",
@@ -88,7 +89,7 @@ def maxpool_forward(X: np.ndarray, k: int, stride: int, padding: int):
     if not fast_path(X):
         return host_conv.maxpool_forward(X, k, stride, padding)
     Ho, Wo = host_conv.output_hw(X.shape, k, k, stride, padding)
-    return kernels.maxpool_forward(np.ascontiguousarray(X), k, stride, padding, Ho, Wo)
+    return pooling.maxpool_forward(np.ascontiguousarray(X), k, stride, padding, Ho, Wo)
 
 
 def maxpool_backward(dY: np.ndarray, arg: np.ndarray, X_shape, k: int, stride: int, padding: int) -> np.ndarray:
@@ -99,7 +100,7 @@ def maxpool_backward(dY: np.ndarray, arg: np.ndarray, X_shape, k: int, stride: i
     """
     if not fast_path(dY):
         return host_conv.maxpool_backward(dY, arg, X_shape, k, stride, padding)
-    return kernels.maxpool_backward(np.ascontiguousarray(dY), arg, X_shape, k, stride, padding)
+    return pooling.maxpool_backward(np.ascontiguousarray(dY), arg, X_shape, k, stride, padding)
 
 
 def avgpool_forward(X: np.ndarray, k: int, stride: int, padding: int) -> np.ndarray:
