@@ -30,6 +30,12 @@ def run(args):
     return CliRunner().invoke(main, ["bench", "gpu", *args])
 
 
+#: The layer shape of the runs that include the growth part. The simulator starts a Python thread per
+#: GPU thread, and the growth selection sorts its pool of candidate keys (a bitonic sort over the next
+#: power of two): at --quick's 12x48 one selection took 25 s on a 2-core machine, at 6x16 1.5 s.
+GROWTH_SHAPE = "6x16"
+
+
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     """Fewer simulated threads per block: the simulator starts one Python thread per thread of a block."""
@@ -46,7 +52,8 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_launch, "THREADS_PER_BLOCK", 8)
-        result = run(["--quick", "--libraries", "none", "--json", str(out / "g.json"), "--out-md", str(out / "g.md")])
+        result = run(["--quick", "--shape", GROWTH_SHAPE, "--libraries", "none", "--json", str(out / "g.json"),
+                      "--out-md", str(out / "g.md")])
     assert result.exit_code == 0, result.output
     return result, json.loads((out / "g.json").read_text()), (out / "g.md").read_text()
 
@@ -140,7 +147,7 @@ def test_quick_run_has_a_checked_timed_row_per_format_sparsity_batch(quick_run):
 def test_quick_markdown_header_names_the_simulator_command_and_paper(quick_run):
     result, report, md = quick_run
     assert gpu_report.SIMULATOR_WARNING in md and gpu_report.PAPER_REFERENCE in md
-    assert "command: `purerigl bench gpu --part all --shape 12x48" in md and "--quick" in md
+    assert f"command: `purerigl bench gpu --part all --shape {GROWTH_SHAPE}" in md and "--quick" in md
     assert "- GPU: numba CUDA simulator" in md and "- libraries: none" in md
     assert "device-memory pool: not installed: the CUDA simulator has no device memory" in md
     assert report["meta"]["gpu"]["memory_pool"].startswith("not installed")
@@ -223,7 +230,7 @@ def test_growth_part_times_the_dense_route_and_checks_the_chosen_set(monkeypatch
     streamed selection, and the overlap of the chosen sets (all of them here: no equal scores)."""
     monkeypatch.setitem(devices.LOADERS, "torch", HostLibrary)
     path = tmp_path / "g.json"
-    result = run(["--quick", "--part", "growth", "--libraries", "torch", "--json", str(path)])
+    result = run(["--quick", "--part", "growth", "--shape", GROWTH_SHAPE, "--libraries", "torch", "--json", str(path)])
     assert result.exit_code == 0, result.output
     report = json.loads(path.read_text())
     assert report["kernels"] is None and report["train"] is None and report["errors"] == []
@@ -259,7 +266,7 @@ def test_a_growth_error_is_reported_not_raised(monkeypatch, tmp_path):
 
     monkeypatch.setitem(devices.LOADERS, "torch", Broken)
     path = tmp_path / "g.json"
-    result = run(["--quick", "--part", "growth", "--libraries", "torch", "--json", str(path)])
+    result = run(["--quick", "--part", "growth", "--shape", GROWTH_SHAPE, "--libraries", "torch", "--json", str(path)])
     report = json.loads(path.read_text())
     assert all("no top-k here" in r["baselines"]["torch"]["error"] for r in report["growth"])
     assert any("no top-k here" in e for e in report["errors"]) and "error" in result.output
