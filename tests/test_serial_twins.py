@@ -34,6 +34,34 @@ def test_by_work_picks_the_twin_below_the_threshold(monkeypatch):
     assert _serial.by_work(k, _serial.GROWTH_SERIAL_WORK, growth=True) is k
 
 
+def test_a_written_twin_is_the_one_serial_twin_returns():
+    """Max pooling's 2 x 2 kernel has its serial twin written out (its loop vectorises only that way):
+    serial_twin returns it, compiled serially, and it gives the parallel kernel's bits (NaN and ties
+    included; tests/test_conv_speedpaths.py holds both to the reference on drawn shapes)."""
+    from purerigl.kernels.cpu import pooling
+
+    twin = _serial.serial_twin(pooling._maxpool_2x2)
+    assert twin is pooling._maxpool_2x2_serial and not twin.targetoptions.get("parallel")
+    rng = np.random.default_rng(0)
+    X = rng.integers(-2, 3, (3, 2, 7, 9)).astype(np.float32)  # small integers: many tied windows
+    X[0, 0, :2, :2] = np.nan
+    out = []
+    for kernel in (pooling._maxpool_2x2, twin):
+        Y, arg = np.empty((3, 2, 3, 4), np.float32), np.empty((3, 2, 3, 4), np.intp)
+        kernel(X, Y, arg)
+        out.append((Y, arg))
+    assert np.array_equal(out[0][0].view(np.uint32), out[1][0].view(np.uint32))
+    assert np.array_equal(out[0][1], out[1][1])
+
+
+def test_a_parallel_kernel_cannot_be_registered_as_a_twin():
+    from purerigl.kernels.cpu import pooling
+
+    with pytest.raises(ValueError, match="without parallel=True"):
+        _serial.written_twin(pooling._maxpool)(pooling._maxpool_backward)
+    assert pooling._maxpool not in _serial._WRITTEN
+
+
 def test_busy_cores_pick_the_twin_whatever_the_work(monkeypatch):
     """Other runnable processes that leave fewer free cores than Numba threads: serial twins."""
     import numba

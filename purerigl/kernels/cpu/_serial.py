@@ -10,6 +10,11 @@ below :data:`SERIAL_WORK` multiply-adds or copied elements, :data:`VECTOR_SERIAL
 :data:`GROWTH_SERIAL_WORK` for a growth kernel) or while other processes hold the cores
 (:func:`cores_taken`).
 
+A kernel whose loop the compiler vectorises only inside a parallel region may have its twin written
+out instead (:func:`written_twin`): the same outputs in the same order, arranged so that the serial
+loop vectorises too (max pooling's 2 x 2 window, :mod:`.pooling`). The tests hold it to the parallel
+kernel bit for bit like every other twin.
+
 Determinism. The twin runs the same loop body over the same partition (the partitions depend on the
 shapes, never on the thread count) and every parallel loop writes disjoint outputs with private
 accumulators, so the twin computes every output with the same operations in the same order: the same
@@ -51,6 +56,7 @@ LOAD_CHECK_S = 0.25
 LOAD_CHECK = True
 
 _TWINS: dict = {}
+_WRITTEN: dict = {}  # parallel kernel -> its serial twin written out (written_twin)
 _LOAD = [0.0, False]  # [time of the next look, whether other processes hold the cores]
 
 
@@ -88,13 +94,29 @@ def cores_taken() -> bool:
     return _LOAD[1]
 
 
+def written_twin(kernel):
+    """Decorator: the decorated serial kernel (same arguments, same outputs bit for bit) is
+    ``kernel``'s twin, returned by :func:`serial_twin` instead of ``kernel`` compiled serially."""
+
+    def register(twin):
+        if twin.targetoptions.get("parallel"):
+            raise ValueError(f"the twin of {kernel.py_func.__name__} must be compiled without parallel=True")
+        _WRITTEN[kernel] = twin
+        return twin
+
+    return register
+
+
 def serial_twin(kernel):
-    """The kernel's Python function compiled with its own options but ``parallel=False``.
+    """The kernel's serial twin: the one written for it (:func:`written_twin`), else its Python
+    function compiled with its own options but ``parallel=False``.
 
     The copy gets its own qualified name (``<name>_serial``), so Numba caches it on disk apart from
     the parallel version.
     """
     twin = _TWINS.get(kernel)
+    if twin is None and kernel in _WRITTEN:
+        twin = _TWINS[kernel] = _WRITTEN[kernel]
     if twin is None:
         f = kernel.py_func
         g = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__, f.__closure__)

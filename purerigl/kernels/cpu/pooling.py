@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
-from ._serial import by_work
+from ._serial import by_work, written_twin
 from .patches import _padded
 
 
@@ -54,15 +54,32 @@ def _maxpool(Xp, Y, arg, k, s):
                 o += np.uint64(1)
 
 
+@njit(inline="always")
+def _first_max_of_4(v0, v1, v2, v3):
+    """(the maximum, its offset 0-3) of a 2 x 2 window's values in window order, by :func:`_maxpool`'s
+    rule (a value replaces the maximum so far when that is no NaN and the value is larger or a NaN),
+    as selects rather than branches, so that a loop over windows vectorises."""
+    best = v0
+    at = 0
+    take = (best == best) & ((v1 > best) | (v1 != v1))
+    best = v1 if take else best
+    at = 1 if take else at
+    take = (best == best) & ((v2 > best) | (v2 != v2))
+    best = v2 if take else best
+    at = 2 if take else at
+    take = (best == best) & ((v3 > best) | (v3 != v3))
+    best = v3 if take else best
+    at = 3 if take else at
+    return best, at
+
+
 @njit(parallel=True, cache=CACHE)
 def _maxpool_2x2(Xp, Y, arg):
-    """:func:`_maxpool` for the 2 x 2 window at stride 2 (the built-in networks' pooling), written out:
-    the four values of a window compared in window order with the same rule (a value replaces the
-    maximum so far when that is no NaN and the value is larger or a NaN), as selects rather than
-    branches. With the window and the stride known to the compiler the parallel kernel's loop over
-    w_o vectorises (its serial twin's does not): the same maxima and offsets, 2.5-5.7x faster than
-    :func:`_maxpool` on the built-in networks' poolings (serial twin 1.2-1.6x;
-    benchmarks/results/maxpool-2x2-2core.md)."""
+    """:func:`_maxpool` for the 2 x 2 window at stride 2 (the built-in networks' pooling), written out
+    (:func:`_first_max_of_4`). With the window and the stride known to the compiler the loop over
+    w_o vectorises: the same maxima and offsets, 2.5-5.7x faster than :func:`_maxpool` on the built-in
+    networks' poolings (benchmarks/results/maxpool-2x2-2core.md). Its serial twin is
+    :func:`_maxpool_2x2_serial`."""
     B, C, Hp, Wp = Xp.shape
     Ho, Wo = Y.shape[2], Y.shape[3]
     Xf = Xp.reshape(-1)
@@ -79,22 +96,44 @@ def _maxpool_2x2(Xp, Y, arg):
             o = o_plane + np.uint64(ho * Wo)
             for wo in range(Wo):
                 c = np.uint64(2 * wo)
-                best = Xf[r0 + c]
-                at = 0
-                v = Xf[r0 + c + one]
-                take = (best == best) & ((v > best) | (v != v))
-                best = v if take else best
-                at = 1 if take else at
-                v = Xf[r1 + c]
-                take = (best == best) & ((v > best) | (v != v))
-                best = v if take else best
-                at = 2 if take else at
-                v = Xf[r1 + c + one]
-                take = (best == best) & ((v > best) | (v != v))
-                best = v if take else best
-                at = 3 if take else at
+                best, at = _first_max_of_4(Xf[r0 + c], Xf[r0 + c + one], Xf[r1 + c], Xf[r1 + c + one])
                 Yf[o + np.uint64(wo)] = best
                 Af[o + np.uint64(wo)] = at
+
+
+@written_twin(_maxpool_2x2)
+@njit(cache=CACHE)
+def _maxpool_2x2_serial(Xp, Y, arg):
+    """The serial twin of :func:`_maxpool_2x2`, written out: the same windows in the same order, but
+    each output row first goes to two buffers of its own and is then copied out. Compiled without
+    ``parallel=True``, the parallel kernel's loop does not vectorise (the compiler cannot rule out
+    that Y and arg overlap Xp; the parallel loop's body is compiled apart, with its arrays as
+    arguments that do not alias); into buffers allocated here it does. The same bits, 2-11x faster
+    than the parallel kernel compiled serially (benchmarks/results/maxpool-2x2-2core.md)."""
+    B, C, Hp, Wp = Xp.shape
+    Ho, Wo = Y.shape[2], Y.shape[3]
+    Xf = Xp.reshape(-1)
+    Yf = Y.reshape(-1)
+    Af = arg.reshape(-1)
+    uWp = np.uint64(Wp)
+    one = np.uint64(1)
+    y_row = np.empty(Wo, dtype=Y.dtype)  # (Wo,): one output row, in memory no input can alias
+    arg_row = np.empty(Wo, dtype=arg.dtype)
+    for plane in range(B * C):
+        q_plane = np.uint64(plane * Hp * Wp)
+        o_plane = np.uint64(plane * Ho * Wo)
+        for ho in range(Ho):
+            r0 = q_plane + np.uint64(2 * ho) * uWp  # the window's top row
+            r1 = r0 + uWp  # and its bottom row
+            for wo in range(Wo):
+                c = np.uint64(2 * wo)
+                best, at = _first_max_of_4(Xf[r0 + c], Xf[r0 + c + one], Xf[r1 + c], Xf[r1 + c + one])
+                y_row[wo] = best
+                arg_row[wo] = at
+            o = o_plane + np.uint64(ho * Wo)
+            for wo in range(Wo):
+                Yf[o + np.uint64(wo)] = y_row[wo]
+                Af[o + np.uint64(wo)] = arg_row[wo]
 
 
 @njit(parallel=True, cache=CACHE)
