@@ -171,6 +171,23 @@ def test_serial_parallel_and_another_partition_give_the_same_bits(fmt, monkeypat
         assert np.array_equal(YT, runs[0][0]) and np.array_equal(dW, runs[0][1])
 
 
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_a_step_pads_its_input_once(fmt, monkeypatch):
+    """The forward and the value gradient of one operand pad X once (kept in ``Patches.derived``), and
+    give what a fresh operand for each gives, bit for bit."""
+    Wm, X, dYT, kh, kw, padding = _vgg_like(fmt)
+    fresh = (cpu.matmul_fm(Wm, Patches(X, kh, kw, 1, padding)),
+             cpu.sddmm_fm(Wm, Patches(X, kh, kw, 1, padding), dYT))
+    calls = []
+    real = conv_direct._padded
+    monkeypatch.setattr(conv_direct, "_padded", lambda *a: calls.append(a) or real(*a))
+    PT = Patches(X, kh, kw, 1, padding)
+    YT, dW = cpu.matmul_fm(Wm, PT), cpu.sddmm_fm(Wm, PT, dYT)
+    assert len(calls) == 1 and calls[0][0] is X
+    assert PT.derived["padded"].shape == (*X.shape[:2], X.shape[2] + 2 * padding, X.shape[3] + 2 * padding)
+    assert np.array_equal(YT, fresh[0]) and np.array_equal(dW, fresh[1])
+
+
 def test_a_wide_plane_and_a_kernel_wider_than_the_padding_wrap_exactly():
     """Wo = 40 and kw = 5 with padding 2: every entry's flat axpy and dot cross the pitch columns of
     every row; the dropped and zeroed pitch values keep the results exact."""

@@ -18,7 +18,7 @@ product the backend cannot compute from X (:meth:`Patches.array`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .host_conv import output_hw
 
@@ -33,6 +33,11 @@ class Patches:
         The convolution's input (kept by reference).
     kh, kw, stride, padding : int
         The convolution's geometry (zero padding).
+    derived : dict
+        Arrays a backend derived from X for this operand, by name, kept with it: the forward and the
+        backward's value gradient of a step read the same operand, so what both need is derived once
+        (the cpu backend: X zero-padded, :func:`purerigl.kernels.cpu.conv_direct.padded_input`). It
+        lives as long as the operand (a layer keeps its last forward's until the next forward).
     """
 
     X: object
@@ -40,6 +45,7 @@ class Patches:
     kw: int
     stride: int
     padding: int
+    derived: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def out_hw(self) -> tuple[int, int]:

@@ -11,8 +11,8 @@ input zero-padded by p. The patch matrix P^T (C kh kw, B Ho Wo) holds every inpu
 (58 MB for VGG-small's second convolution at batch 64); built by the forward, read by the product
 and again by the backward, it went through main memory three times a step. Here it is never built:
 
-- **Forward, pitched rows.** X is zero-padded once (B x C x Hp x Wp, the input's size, not kh kw
-  times it). For one sample, accumulate output row o in a plane of Ho rows of pitch Wp (in L1),
+- **Forward, pitched rows.** X is zero-padded once a step (B x C x Hp x Wp, the input's size, not
+  kh kw times it; kept with the operand for the value gradient, :func:`padded_input`). For one sample, accumulate output row o in a plane of Ho rows of pitch Wp (in L1),
   reading the sample's padded planes (C x Hp x Wp floats, in L2). Output pixel (h_o,
   w_o) meets entry e at padded flat index c_e Hp Wp + (h_o + i_e) Wp + w_o + j_e = a_e + (its index in
   the pitched plane), a_e = c_e Hp Wp + i_e Wp + j_e, so an entry's whole contribution is one
@@ -188,8 +188,18 @@ def _operands(W, PT: Patches):
     if not (W.nnz and PT.X.shape[0] and Ho * Wo):
         return None
     rows = _rows(W)
-    Xp = _padded(PT.X, PT.padding, 0.0)  # (B, C, Hp, Wp)
+    Xp = padded_input(PT)  # (B, C, Hp, Wp)
     return rows, Xp, _offsets(rows[1], PT.kh, PT.kw, Xp.shape), Ho, Wo
+
+
+def padded_input(PT: Patches) -> np.ndarray:
+    """X zero-padded by ``PT.padding`` (B, C, H + 2p, W + 2p), C-contiguous: built by the first product
+    that reads ``PT`` (the forward) and kept in ``PT.derived``, so the value gradient of the same step
+    reads it again instead of padding X a second time."""
+    Xp = PT.derived.get("padded")
+    if Xp is None:
+        Xp = PT.derived["padded"] = _padded(PT.X, PT.padding, 0.0)
+    return Xp
 
 
 def matmul_patches(W, PT: Patches, out: np.ndarray) -> np.ndarray:
