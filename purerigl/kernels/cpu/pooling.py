@@ -54,7 +54,7 @@ def _maxpool(Xp, Y, arg, k, s):
                 o += np.uint64(1)
 
 
-@njit(inline="always")
+@njit(cache=CACHE, inline="always")
 def _first_max_of_4(v0, v1, v2, v3):
     """(the maximum, its offset 0-3) of a 2 x 2 window's values in window order, by :func:`_maxpool`'s
     rule (a value replaces the maximum so far when that is no NaN and the value is larger or a NaN),
