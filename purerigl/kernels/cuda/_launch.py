@@ -104,9 +104,10 @@ def _install_memory_pool() -> str:
 MEMORY_POOL = _install_memory_pool()
 
 #: Threads per block of every launch: a multiple of the warp size (32) on a GPU. The simulator starts
-#: one Python thread per thread of a block, so there one warp per block is much faster for small
-#: inputs. Tests patch it smaller still (e.g. 4).
-THREADS_PER_BLOCK = 32 if SIMULATOR else 128
+#: one Python thread per thread of a block, idle or not, so there small blocks are faster for the small
+#: launches it is used for (8 against 32: tests/test_cuda_train.py 58-63 s -> 50-51 s on a quiet 2-core
+#: machine; 4 is no faster, 1 slower) and let tiny inputs span several blocks. Some tests patch it to 4.
+THREADS_PER_BLOCK = 8 if SIMULATOR else 128
 
 
 def unavailable_reason() -> str | None:
