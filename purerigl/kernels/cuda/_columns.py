@@ -47,8 +47,7 @@ def _walk_column(seg_ptr, seg_row, indices, j, col_entry, col_row, p, write):
 @cuda.jit
 def _count_kernel(seg_ptr, seg_row, indices, col_ptr):
     """col_ptr[j + 1] = number of stored entries in column j; one thread per column."""
-    j = cuda.grid(1)
-    if j < col_ptr.shape[0] - 1:
+    for j in range(cuda.grid(1), col_ptr.shape[0] - 1, cuda.gridsize(1)):
         col_ptr[j + 1] = _walk_column(seg_ptr, seg_row, indices, j, col_ptr, col_ptr, 0, False)
 
 
@@ -64,8 +63,7 @@ def _prefix_sum_kernel(col_ptr):
 @cuda.jit
 def _fill_kernel(seg_ptr, seg_row, indices, col_ptr, col_entry, col_row):
     """col_entry / col_row of column j at positions [col_ptr[j], col_ptr[j+1]); one thread per column."""
-    j = cuda.grid(1)
-    if j < col_ptr.shape[0] - 1:
+    for j in range(cuda.grid(1), col_ptr.shape[0] - 1, cuda.gridsize(1)):
         _walk_column(seg_ptr, seg_row, indices, j, col_entry, col_row, col_ptr[j], True)
 
 
@@ -75,9 +73,8 @@ def _matmul_t_kernel(col_ptr, col_entry, col_row, values, dY, dX):
 
     Implements :func:`purerigl.kernels.reference.matmul_t` on the column index.
     """
-    q = cuda.grid(1)
     B, n_in = dX.shape
-    if q < B * n_in:
+    for q in range(cuda.grid(1), B * n_in, cuda.gridsize(1)):
         b = q // n_in
         j = q % n_in
         s = np.float32(0.0)
@@ -89,8 +86,7 @@ def _matmul_t_kernel(col_ptr, col_entry, col_row, values, dY, dX):
 @cuda.jit
 def _arange_kernel(a, step):
     """a[i] = i * step; one thread per element."""
-    i = cuda.grid(1)
-    if i < a.shape[0]:
+    for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
         a[i] = i * step
 
 

@@ -10,9 +10,12 @@ kernels:
   (``NUMBA_ENABLE_CUDASIM=1``, which must be set before numba is first imported).
 - :func:`unavailable_reason` / :func:`require`: whether kernels can run here; :func:`require` raises
   one :class:`~purerigl.errors.BackendError` that names the fixes.
-- :data:`THREADS_PER_BLOCK`, :func:`blocks` and :func:`launch`: a 1-D grid of one thread per
-  independent output. Tests patch :data:`THREADS_PER_BLOCK` small (e.g. 4) so that tiny inputs span
-  several blocks; it is read at every launch.
+- :data:`THREADS_PER_BLOCK`, :func:`blocks`, :func:`grid_blocks` and :func:`launch`: every kernel
+  walks its independent outputs in a grid-stride loop (``for q in range(cuda.grid(1), n,
+  cuda.gridsize(1))``). On a GPU the grid covers the n outputs, one per thread; on the simulator it is
+  at most :data:`SIMULATOR_BLOCKS` blocks, whose threads walk them all. Tests patch
+  :data:`THREADS_PER_BLOCK` small (e.g. 4) so that tiny inputs span several blocks; it is read at
+  every launch.
 - :func:`to_device`, :func:`to_host`, :func:`empty` and :func:`is_device_array`: the few array helpers
   the drivers need. Every copy between host and device made by this backend's training path goes
   through :func:`to_device` and :func:`to_host` (and so through ``cuda.to_device``,
@@ -109,6 +112,13 @@ MEMORY_POOL = _install_memory_pool()
 #: machine; 4 is no faster, 1 slower) and let tiny inputs span several blocks. Some tests patch it to 4.
 THREADS_PER_BLOCK = 8 if SIMULATOR else 128
 
+#: Most blocks of a :func:`launch` on the simulator. A simulated thread costs a Python thread start,
+#: idle or not, so covering n outputs with n threads made the simulator's time grow with the outputs
+#: (an elementwise kernel over 512 entries: 64 blocks, about 0.9 s a launch beside two busy processes);
+#: two blocks that walk the outputs in the kernels' grid-stride loops take about 0.04 s there, and
+#: still exercise both the stride and more than one block.
+SIMULATOR_BLOCKS = 2
+
 
 def unavailable_reason() -> str | None:
     """Why numba.cuda cannot run kernels here, or None when it can (a GPU, or the simulator)."""
@@ -139,16 +149,26 @@ def blocks(n: int) -> int:
     return max(1, -(-int(n) // THREADS_PER_BLOCK))
 
 
-def launch(kernel, n: int, *args) -> None:
-    """Run ``kernel(*args)`` on a 1-D grid of at least ``n`` threads; nothing when ``n`` is 0.
+def grid_blocks(n: int) -> int:
+    """Blocks of a :func:`launch` over ``n`` work items: :func:`blocks` (n) on a GPU, one item per
+    thread; on the simulator at most :data:`SIMULATOR_BLOCKS`, whose threads walk the items."""
+    b = blocks(n)
+    return min(b, SIMULATOR_BLOCKS) if SIMULATOR else b
 
-    Every kernel of this backend starts with ``i = cuda.grid(1); if i < n: ...``, so the threads of
-    the last block beyond ``n`` do nothing. Numba's warning that a small grid under-uses the GPU is
-    off (:func:`_silence_low_occupancy_warnings`): small layers are a normal input.
+
+def launch(kernel, n: int, *args) -> None:
+    """Run the grid-stride ``kernel(*args)`` over ``n`` work items on :func:`grid_blocks` (n) blocks
+    of :data:`THREADS_PER_BLOCK` threads; nothing when ``n`` is 0.
+
+    Every kernel of this backend walks its items as ``for i in range(cuda.grid(1), n,
+    cuda.gridsize(1)): ...`` (or, for the few serial ones, runs on thread 0 only), so it is correct on
+    any grid: on a GPU each thread takes at most one item and those of the last block beyond ``n``
+    none. Numba's warning that a small grid under-uses the GPU is off
+    (:func:`_silence_low_occupancy_warnings`): small layers are a normal input.
     """
     if n <= 0:
         return
-    kernel[blocks(n), THREADS_PER_BLOCK](*args)
+    kernel[grid_blocks(n), THREADS_PER_BLOCK](*args)
 
 
 def is_device_array(a) -> bool:

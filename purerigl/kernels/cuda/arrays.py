@@ -36,8 +36,7 @@ __all__ = [
 @cuda.jit
 def _fill_zeros_kernel(a):
     """a[q] = 0 (flat view), one thread per element."""
-    q = cuda.grid(1)
-    if q < a.shape[0]:
+    for q in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
         a[q] = 0
 
 
@@ -45,9 +44,8 @@ def _fill_zeros_kernel(a):
 def _dense_matmul_kernel(W, X, Y):
     """Y[b, i] = sum_j W[i, j] X[b, j], ascending j in float32; one thread per output (W may be a
     transposed view: dense_matmul_t passes W^T)."""
-    q = cuda.grid(1)
     B, n_out = Y.shape
-    if q < B * n_out:
+    for q in range(cuda.grid(1), B * n_out, cuda.gridsize(1)):
         b = q // n_out
         i = q % n_out
         s = np.float32(0.0)
@@ -59,9 +57,8 @@ def _dense_matmul_kernel(W, X, Y):
 @cuda.jit
 def _dense_grad_kernel(X, dY, dW):
     """dW[i, j] = sum_b dY[b, i] X[b, j], ascending b in float32; one thread per output."""
-    q = cuda.grid(1)
     n_out, n_in = dW.shape
-    if q < n_out * n_in:
+    for q in range(cuda.grid(1), n_out * n_in, cuda.gridsize(1)):
         i = q // n_in
         j = q % n_in
         dW[i, j] = batch_dot(dY, i, X, j)
@@ -70,9 +67,8 @@ def _dense_grad_kernel(X, dY, dW):
 @cuda.jit
 def _transpose_kernel(A, AT):
     """AT[j, i] = A[i, j], one thread per element, consecutive threads writing consecutive AT[j, i]."""
-    q = cuda.grid(1)
     n, m = A.shape
-    if q < n * m:
+    for q in range(cuda.grid(1), n * m, cuda.gridsize(1)):
         j = q // n
         i = q % n
         AT[j, i] = A[i, j]
@@ -81,8 +77,7 @@ def _transpose_kernel(A, AT):
 @cuda.jit
 def _scale_rows_kernel(A, g, out):
     """out[k, t] = g[k] * A[k, t], one thread per element."""
-    q = cuda.grid(1)
-    if q < A.shape[0] * A.shape[1]:
+    for q in range(cuda.grid(1), A.shape[0] * A.shape[1], cuda.gridsize(1)):
         k = q // A.shape[1]
         t = q % A.shape[1]
         out[k, t] = g[k] * A[k, t]
@@ -91,8 +86,7 @@ def _scale_rows_kernel(A, g, out):
 @cuda.jit
 def _row_dots_kernel(A, B, out):
     """out[k] = sum_t A[k, t] B[k, t] in float64, ascending t; one thread per row."""
-    k = cuda.grid(1)
-    if k < A.shape[0]:
+    for k in range(cuda.grid(1), A.shape[0], cuda.gridsize(1)):
         s = np.float64(0.0)
         for t in range(A.shape[1]):
             s += np.float64(A[k, t]) * np.float64(B[k, t])

@@ -45,9 +45,8 @@ _NEG_INF = np.float32(-np.inf)
 @cuda.jit
 def _scores_softmax_kernel(QKV, heads, scale, A):
     """A[b, j, q, :] = softmax_k(s sum_c Q[b, q, j dh + c] K[b, k, j dh + c]); one thread per row."""
-    r = cuda.grid(1)
     B, h, T, _ = A.shape
-    if r < B * h * T:
+    for r in range(cuda.grid(1), B * h * T, cuda.gridsize(1)):
         b = r // (h * T)
         j = (r // T) % h
         q = r % T
@@ -76,9 +75,8 @@ def _scores_softmax_kernel(QKV, heads, scale, A):
 @cuda.jit
 def _weighted_values_kernel(QKV, A, O):
     """O[b, q, j dh + c] = sum_k A[b, j, q, k] V[b, k, j dh + c]; one thread per element of O."""
-    e = cuda.grid(1)
     B, T, d = O.shape
-    if e < B * T * d:
+    for e in range(cuda.grid(1), B * T * d, cuda.gridsize(1)):
         b = e // (T * d)
         q = (e // d) % T
         col = e % d
@@ -93,9 +91,8 @@ def _weighted_values_kernel(QKV, A, O):
 def _score_grad_kernel(dO, QKV, A, dS):
     """dS[b, j, q, k] = A (dA - sum_k' A dA), dA[q, k] = sum_c dO[b, q, j dh + c] V[b, k, j dh + c];
     one thread per row (b, j, q)."""
-    r = cuda.grid(1)
     B, h, T, _ = A.shape
-    if r < B * h * T:
+    for r in range(cuda.grid(1), B * h * T, cuda.gridsize(1)):
         b = r // (h * T)
         j = (r // T) % h
         q = r % T
@@ -117,9 +114,8 @@ def _score_grad_kernel(dO, QKV, A, dS):
 def _qkv_grad_kernel(dO, QKV, A, dS, scale, dQKV):
     """One thread per element of dQKV (B, T, 3d): column part * d + j dh + c of token t gets
     dQ = s sum_k dS[q=t, k] K[k], dK = s sum_q dS[q, k=t] Q[q] or dV = sum_q A[q, k=t] dO[q]."""
-    e = cuda.grid(1)
     B, T, d3 = dQKV.shape
-    if e < B * T * d3:
+    for e in range(cuda.grid(1), B * T * d3, cuda.gridsize(1)):
         b = e // (T * d3)
         t = (e // d3) % T
         col3 = e % d3

@@ -38,9 +38,8 @@ __all__ = ["batchnorm_backward", "batchnorm_forward"]
 def _plane_sums_kernel(A3, B3, center, part, mode):
     """part[b, c] = float64 sum over e of, by ``mode``: 0: A3[b, c, e]; 1: (A3[b, c, e] - center[c])^2,
     the difference in float32; 2: A3[b, c, e] * B3[b, c, e] rounded to float32. One thread per plane."""
-    q = cuda.grid(1)
     B, C, HW = A3.shape
-    if q < B * C:
+    for q in range(cuda.grid(1), B * C, cuda.gridsize(1)):
         b = q // C
         c = q % C
         acc = np.float64(0.0)
@@ -58,8 +57,7 @@ def _plane_sums_kernel(A3, B3, center, part, mode):
 @cuda.jit
 def _channel_sums_kernel(part, out, divisor):
     """out[c] = float32((sum_b part[b, c], ascending) / divisor); one thread per channel."""
-    c = cuda.grid(1)
-    if c < out.shape[0]:
+    for c in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         acc = np.float64(0.0)
         for b in range(part.shape[0]):
             acc += part[b, c]
@@ -70,8 +68,7 @@ def _channel_sums_kernel(part, out, divisor):
 def _running_kernel(mean, var, running_mean, running_var, keep, a, unbias):
     """running_mean = keep m + a mean, running_var = keep v + (a var) unbias, in float32, per channel
     (keep = 1 - a; unbias = N / (N - 1))."""
-    c = cuda.grid(1)
-    if c < mean.shape[0]:
+    for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         running_mean[c] = keep * running_mean[c] + a * mean[c]
         running_var[c] = keep * running_var[c] + a * var[c] * unbias
 
@@ -79,17 +76,15 @@ def _running_kernel(mean, var, running_mean, running_var, keep, a, unbias):
 @cuda.jit
 def _inv_kernel(var, eps, inv):
     """inv[c] = 1 / sqrt(var[c] + eps) in float32."""
-    c = cuda.grid(1)
-    if c < var.shape[0]:
+    for c in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         inv[c] = np.float32(1.0) / math.sqrt(var[c] + eps)
 
 
 @cuda.jit
 def _normalise_kernel(X3, mean, inv, gamma, beta, xhat3, Y3):
     """xhat = (X - mean[c]) * inv[c]; Y = xhat * gamma[c] + beta[c]; one thread per plane (b, c)."""
-    q = cuda.grid(1)
     B, C, HW = X3.shape
-    if q < B * C:
+    for q in range(cuda.grid(1), B * C, cuda.gridsize(1)):
         c = q % C
         b = q // C
         m, v, g, t = mean[c], inv[c], gamma[c], beta[c]
@@ -103,9 +98,8 @@ def _normalise_kernel(X3, mean, inv, gamma, beta, xhat3, Y3):
 def _input_grad_kernel(dY3, xhat3, gamma, inv, dgamma, dbeta, n, training, dX3):
     """dX = scale ((dY - dbeta / n) - xhat dgamma / n) (training) or scale dY (evaluation), with
     scale = gamma[c] inv[c]; one thread per plane (b, c)."""
-    q = cuda.grid(1)
     B, C, HW = dY3.shape
-    if q < B * C:
+    for q in range(cuda.grid(1), B * C, cuda.gridsize(1)):
         c = q % C
         b = q // C
         scale = gamma[c] * inv[c]

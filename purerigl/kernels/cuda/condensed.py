@@ -63,9 +63,8 @@ def _matmul_kernel(rows, indices, values, X, Y):
 
     ``indices`` and ``values`` are the flat (n_active * k,) views; Y (B, n_out) is fully written.
     """
-    q = cuda.grid(1)
     B, n_out = Y.shape
-    if q < B * n_out:
+    for q in range(cuda.grid(1), B * n_out, cuda.gridsize(1)):
         b = q // n_out
         i = q % n_out
         r = find_sorted(rows, 0, rows.shape[0], i)
@@ -84,9 +83,8 @@ def _sddmm_kernel(rows, indices, X, dY, dW):
 
     ``dW`` (n_active, k) is fully written.
     """
-    q = cuda.grid(1)
     n_active, k = dW.shape
-    if q < n_active * k:
+    for q in range(cuda.grid(1), n_active * k, cuda.gridsize(1)):
         r = q // k
         t = q % k
         dW[r, t] = batch_dot(dY, rows[r], X, indices[r, t])

@@ -43,9 +43,8 @@ def _output_index(b, y, x, i, j, s, p, Ho, Wo):
 @cuda.jit
 def _input_grad_columns(col_ptr, col_entry, col_row, values, dYT, dX, kh, kw, s, p, Ho, Wo):
     """Row-stored W (Condensed, CSR) through its column index; one thread per input row (b, c, y)."""
-    q = cuda.grid(1)
     B, C, H, W = dX.shape
-    if q < B * C * H:
+    for q in range(cuda.grid(1), B * C * H, cuda.gridsize(1)):
         y = q % H
         c = (q // H) % C
         b = q // (H * C)
@@ -64,10 +63,9 @@ def _input_grad_columns(col_ptr, col_entry, col_row, values, dYT, dX, kh, kw, s,
 @cuda.jit
 def _input_grad_diagonals(offsets, V, dYT, dX, kh, kw, s, p, Ho, Wo, n_out, n_in):
     """Diagonal W: column k's entries computed from the offsets; one thread per input row (b, c, y)."""
-    q = cuda.grid(1)
     B, C, H, W = dX.shape
     wide = n_out < n_in
-    if q < B * C * H:
+    for q in range(cuda.grid(1), B * C * H, cuda.gridsize(1)):
         y = q % H
         c = (q // H) % C
         b = q // (H * C)

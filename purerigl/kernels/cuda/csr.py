@@ -59,9 +59,8 @@ def _matmul_kernel(indptr, indices, values, X, Y):
 
     Y (B, n_out) is fully written.
     """
-    q = cuda.grid(1)
     B, n_out = Y.shape
-    if q < B * n_out:
+    for q in range(cuda.grid(1), B * n_out, cuda.gridsize(1)):
         b = q // n_out
         i = q % n_out
         Y[b, i] = row_dot(values, indices, indptr[i], indptr[i + 1], X, b)
@@ -75,8 +74,7 @@ def _sddmm_kernel(indptr, indices, X, dY, dW):
 
     ``dW`` (nnz,) is fully written.
     """
-    e = cuda.grid(1)
-    if e < dW.shape[0]:
+    for e in range(cuda.grid(1), dW.shape[0], cuda.gridsize(1)):
         dW[e] = batch_dot(dY, segment_of(indptr, e), X, indices[e])
 
 

@@ -68,10 +68,9 @@ def _gather_plus(offsets, V, S, out):
 
     .. math:: out[b, p] = \\sum_k V[k, p] \\, S[b, (p + d_k) \\bmod M]
     """
-    q = cuda.grid(1)
     B, L = out.shape
     M = S.shape[1]
-    if q < B * L:
+    for q in range(cuda.grid(1), B * L, cuda.gridsize(1)):
         b = q // L
         p = q % L
         s = np.float32(0.0)
@@ -92,10 +91,9 @@ def _gather_minus(offsets, V, S, out):
 
     .. math:: out[b, p] = \\sum_k [u_k < L] \\, V[k, u_k] \\, S[b, u_k], \\qquad u_k = (p - d_k) \\bmod M
     """
-    q = cuda.grid(1)
     B, M = out.shape
     L = S.shape[1]
-    if q < B * M:
+    for q in range(cuda.grid(1), B * M, cuda.gridsize(1)):
         b = q // M
         p = q % M
         s = np.float32(0.0)
@@ -117,10 +115,9 @@ def _sddmm_kernel(offsets, A, S, dV):
 
     .. math:: dV[k, t] = \\sum_b A[b, t] \\, S[b, (t + d_k) \\bmod M]
     """
-    q = cuda.grid(1)
     K, L = dV.shape
     M = S.shape[1]
-    if q < K * L:
+    for q in range(cuda.grid(1), K * L, cuda.gridsize(1)):
         k = q // L
         t = q % L
         c = t + offsets[k]

@@ -88,9 +88,8 @@ def flat(A):
 @cuda.jit
 def _add_bias_kernel(Y, bias):
     """Y[b, i] += bias[i], one thread per element of Y (B, n)."""
-    q = cuda.grid(1)
     B, n = Y.shape
-    if q < B * n:
+    for q in range(cuda.grid(1), B * n, cuda.gridsize(1)):
         b = q // n
         i = q % n
         Y[b, i] += bias[i]
@@ -99,9 +98,8 @@ def _add_bias_kernel(Y, bias):
 @cuda.jit
 def _add_bias_fm_kernel(YT, bias):
     """YT[i, b] += bias[i], one thread per element of YT (n, B), consecutive threads along b."""
-    q = cuda.grid(1)
     n, B = YT.shape
-    if q < n * B:
+    for q in range(cuda.grid(1), n * B, cuda.gridsize(1)):
         i = q // B
         b = q % B
         YT[i, b] += bias[i]
@@ -110,8 +108,7 @@ def _add_bias_fm_kernel(YT, bias):
 @cuda.jit
 def _relu_forward_kernel(X, Y, mask):
     """mask[q] = X[q] > 0; Y[q] = X[q] where mask else 0 (flat views)."""
-    q = cuda.grid(1)
-    if q < X.shape[0]:
+    for q in range(cuda.grid(1), X.shape[0], cuda.gridsize(1)):
         x = X[q]
         positive = x > np.float32(0.0)
         mask[q] = positive
@@ -121,16 +118,14 @@ def _relu_forward_kernel(X, Y, mask):
 @cuda.jit
 def _relu_backward_kernel(dY, mask, dX):
     """dX[q] = dY[q] where mask[q] else 0 (flat views)."""
-    q = cuda.grid(1)
-    if q < dY.shape[0]:
+    for q in range(cuda.grid(1), dY.shape[0], cuda.gridsize(1)):
         dX[q] = dY[q] if mask[q] else np.float32(0.0)
 
 
 @cuda.jit
 def _bias_grad_kernel(dY, out):
     """out[i] = sum_b dY[b, i] in float32, ascending b; one thread per column i."""
-    i = cuda.grid(1)
-    if i < out.shape[0]:
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         s = np.float32(0.0)
         for b in range(dY.shape[0]):
             s += dY[b, i]
@@ -140,8 +135,7 @@ def _bias_grad_kernel(dY, out):
 @cuda.jit
 def _bias_grad_fm_kernel(dYT, out):
     """out[i] = sum_b dYT[i, b] in float32, ascending b; one thread per row i."""
-    i = cuda.grid(1)
-    if i < out.shape[0]:
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         s = np.float32(0.0)
         for b in range(dYT.shape[1]):
             s += dYT[i, b]
@@ -151,8 +145,7 @@ def _bias_grad_fm_kernel(dYT, out):
 @cuda.jit
 def _sgd_kernel(w, g, buf, lr, mu, wd, use_wd, use_momentum, nesterov):
     """One SGD update per element (flat views); see :func:`sgd_step` for the equations."""
-    q = cuda.grid(1)
-    if q < w.shape[0]:
+    for q in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
         x = w[q]
         gq = g[q]
         if use_wd:
@@ -170,8 +163,7 @@ def _sgd_kernel(w, g, buf, lr, mu, wd, use_wd, use_momentum, nesterov):
 @cuda.jit
 def _adam_kernel(w, g, m, v, shrink, use_shrink, wd, use_wd, b1, c1, b2, c2, step_size, sqrt_bc2, eps):
     """One Adam / AdamW update per element (flat views); see :func:`adam_step` for the equations."""
-    q = cuda.grid(1)
-    if q < w.shape[0]:
+    for q in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
         x = w[q]
         gq = g[q]
         if use_shrink:

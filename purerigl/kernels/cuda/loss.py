@@ -37,9 +37,8 @@ def _rows_kernel(logits, labels, dlogits, log_prob, correct):
     Writes ``dlogits[b, :]`` (float32), ``log_prob[b] = float64(z[b, y] - max - log(sum_exp))`` and
     ``correct[b] = 1.0`` when the first maximal logit is the label's, else 0.0.
     """
-    b = cuda.grid(1)
     B, C = logits.shape
-    if b < B:
+    for b in range(cuda.grid(1), B, cuda.gridsize(1)):
         # row maximum and the first index holding it (np.max / np.argmax)
         zmax = logits[b, 0]
         arg = 0

@@ -23,8 +23,7 @@ def _grad_at_kernel(X, dY, rows, cols, g):
 
     .. math:: g[m] = \\sum_b dY[b, \\mathrm{rows}[m]] \\, X[b, \\mathrm{cols}[m]]
     """
-    m = cuda.grid(1)
-    if m < g.shape[0]:
+    for m in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
         g[m] = batch_dot(dY, rows[m], X, cols[m])
 
 
@@ -38,8 +37,7 @@ def grad_at(X, dY, rows, cols, out):
 def _row_scores_kernel(X, dY, indptr, cols, out):
     """out[e] = |sum_b dY[b, i] X[b, cols[e]]| for entry e of row i (indptr[i] <= e < indptr[i + 1]);
     one thread per entry, its row found by binary search in indptr."""
-    e = cuda.grid(1)
-    if e < out.shape[0]:
+    for e in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         lo = 0
         hi = indptr.shape[0] - 1  # indptr[lo] <= e < indptr[hi]
         while hi - lo > 1:

@@ -41,9 +41,8 @@ def _im2col_kernel(X, out, kh, kw, s, p, Ho, Wo, fill, transposed):
     """out[(b, ho, wo), (c, i, j)] = X_p[b, c, s ho + i, s wo + j] (``fill`` in the padding); with
     ``transposed`` the same into out[(c, i, j), (b, ho, wo)]. One thread per (c, i, j, b, ho): a run of
     Wo outputs (contiguous in the transposed layout)."""
-    q = cuda.grid(1)
     B, C, H, W = X.shape
-    if q < C * kh * kw * B * Ho:
+    for q in range(cuda.grid(1), C * kh * kw * B * Ho, cuda.gridsize(1)):
         ho = q % Ho
         b = (q // Ho) % B
         k = q // (Ho * B)  # (c, i, j)
@@ -68,9 +67,8 @@ def _col2im_kernel(cols, dX, kh, kw, s, p, Ho, Wo, transposed):
     """dX[b, c, y, x] = sum of the patch entries taken from (y, x): offsets (i, j) in row-major order,
     float32 from 0; cols is (B * Ho * Wo, C * kh * kw), or its transpose with ``transposed``. One thread
     per input row (b, c, y), pixel by pixel (a gather: no atomics)."""
-    q = cuda.grid(1)
     B, C, H, W = dX.shape
-    if q < B * C * H:
+    for q in range(cuda.grid(1), B * C * H, cuda.gridsize(1)):
         y = q % H
         c = (q // H) % C
         b = q // (H * C)
@@ -95,9 +93,8 @@ def _col2im_kernel(cols, dX, kh, kw, s, p, Ho, Wo, transposed):
 @cuda.jit
 def _fm_to_nchw_kernel(YT, bias, Y3):
     """Y3[b, o, e] = YT[o, b * HW + e] + bias[o] for Y3 (B, c, HW); one thread per plane (b, o)."""
-    q = cuda.grid(1)
     B, c, HW = Y3.shape
-    if q < B * c:
+    for q in range(cuda.grid(1), B * c, cuda.gridsize(1)):
         o = q % c
         b = q // c
         for e in range(HW):
@@ -107,9 +104,8 @@ def _fm_to_nchw_kernel(YT, bias, Y3):
 @cuda.jit
 def _nchw_to_fm_kernel(dY3, out):
     """out[o, b * HW + e] = dY3[b, o, e] for dY3 (B, c, HW); one thread per plane (b, o)."""
-    q = cuda.grid(1)
     B, c, HW = dY3.shape
-    if q < B * c:
+    for q in range(cuda.grid(1), B * c, cuda.gridsize(1)):
         o = q % c
         b = q // c
         for e in range(HW):
@@ -119,9 +115,8 @@ def _nchw_to_fm_kernel(dY3, out):
 @cuda.jit
 def _rows_to_nchw_kernel(Y2, Y3):
     """Y3[b, o, e] = Y2[b * HW + e, o] for Y3 (B, c, HW); one thread per plane (b, o)."""
-    q = cuda.grid(1)
     B, c, HW = Y3.shape
-    if q < B * c:
+    for q in range(cuda.grid(1), B * c, cuda.gridsize(1)):
         o = q % c
         b = q // c
         for e in range(HW):
@@ -131,9 +126,8 @@ def _rows_to_nchw_kernel(Y2, Y3):
 @cuda.jit
 def _nchw_to_rows_kernel(dY3, out):
     """out[b * HW + e, o] = dY3[b, o, e] for dY3 (B, c, HW); one thread per plane (b, o)."""
-    q = cuda.grid(1)
     B, c, HW = dY3.shape
-    if q < B * c:
+    for q in range(cuda.grid(1), B * c, cuda.gridsize(1)):
         o = q % c
         b = q // c
         for e in range(HW):

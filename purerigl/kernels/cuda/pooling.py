@@ -40,10 +40,9 @@ __all__ = ["avgpool_backward", "avgpool_forward", "global_avgpool_backward", "gl
 def _maxpool_kernel(X, Y, arg, k, s, p):
     """Y[b, c, ho, wo] = the first maximum of the window at (s ho - p, s wo - p), arg its offset; one
     thread per output row (b, c, ho)."""
-    q = cuda.grid(1)
     B, C, H, W = X.shape
     Ho, Wo = Y.shape[2], Y.shape[3]
-    if q < B * C * Ho:
+    for q in range(cuda.grid(1), B * C * Ho, cuda.gridsize(1)):
         ho = q % Ho
         c = (q // Ho) % C
         b = q // (Ho * C)
@@ -73,10 +72,9 @@ def _pool_backward_kernel(dY, arg, dX, k, s, p, divisor, use_arg):
     """dX[b, c, y, x] = sum over the windows covering (y, x), offsets (i, j) in row-major order, of
     dY / divisor (average: divisor k^2, NumPy's ``dY / k^2``) or, with ``use_arg`` (max), of dY where
     the window's ``arg`` is the pixel's offset. One thread per input row (b, c, y)."""
-    q = cuda.grid(1)
     B, C, H, W = dX.shape
     Ho, Wo = dY.shape[2], dY.shape[3]
-    if q < B * C * H:
+    for q in range(cuda.grid(1), B * C * H, cuda.gridsize(1)):
         y = q % H
         c = (q // H) % C
         b = q // (H * C)
@@ -102,10 +100,9 @@ def _pool_backward_kernel(dY, arg, dX, k, s, p, divisor, use_arg):
 def _avgpool_kernel(X, Y, k, s, p, kk):
     """Y[b, c, ho, wo] = (sum of the window, padding as 0, row-major order, float32) / kk; one thread
     per output row (b, c, ho)."""
-    q = cuda.grid(1)
     B, C, H, W = X.shape
     Ho, Wo = Y.shape[2], Y.shape[3]
-    if q < B * C * Ho:
+    for q in range(cuda.grid(1), B * C * Ho, cuda.gridsize(1)):
         ho = q % Ho
         c = (q // Ho) % C
         b = q // (Ho * C)
@@ -123,9 +120,8 @@ def _avgpool_kernel(X, Y, k, s, p, kk):
 @cuda.jit
 def _gap_kernel(X3, Y, hw):
     """Y[b, c] = (sum_e X3[b, c, e], ascending, float32) / hw; one thread per plane (b, c)."""
-    q = cuda.grid(1)
     B, C = Y.shape
-    if q < B * C:
+    for q in range(cuda.grid(1), B * C, cuda.gridsize(1)):
         b = q // C
         c = q % C
         acc = np.float32(0.0)
@@ -137,9 +133,8 @@ def _gap_kernel(X3, Y, hw):
 @cuda.jit
 def _gap_backward_kernel(dY, dX3, hw):
     """dX3[b, c, e] = dY[b, c] / hw; one thread per plane (b, c)."""
-    q = cuda.grid(1)
     B, C, HW = dX3.shape
-    if q < B * C:
+    for q in range(cuda.grid(1), B * C, cuda.gridsize(1)):
         b = q // C
         c = q % C
         v = dY[b, c] / hw

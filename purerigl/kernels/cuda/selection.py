@@ -73,8 +73,7 @@ LANES = 1 << 10
 @cuda.jit
 def _count_chunks(mask, keep, chunk, counts):
     """counts[l] = how many of mask[l * chunk : (l + 1) * chunk] equal keep."""
-    lane = cuda.grid(1)
-    if lane < counts.shape[0]:
+    for lane in range(cuda.grid(1), counts.shape[0], cuda.gridsize(1)):
         c = 0
         for e in range(lane * chunk, min(mask.shape[0], (lane + 1) * chunk)):
             if mask[e] == keep:
@@ -85,8 +84,7 @@ def _count_chunks(mask, keep, chunk, counts):
 @cuda.jit
 def _scatter_chunks(a, mask, keep, chunk, offsets, out):
     """Lane l writes the a[e] of its chunk with mask[e] == keep, in order, to out[offsets[l]:]."""
-    lane = cuda.grid(1)
-    if lane < offsets.shape[0]:
+    for lane in range(cuda.grid(1), offsets.shape[0], cuda.gridsize(1)):
         q = offsets[lane]
         for e in range(lane * chunk, min(mask.shape[0], (lane + 1) * chunk)):
             if mask[e] == keep:
@@ -97,32 +95,28 @@ def _scatter_chunks(a, mask, keep, chunk, offsets, out):
 @cuda.jit
 def _set_true(indices, mask):
     """mask[indices[e]] = True (threads with equal indices write the same value)."""
-    e = cuda.grid(1)
-    if e < indices.shape[0]:
+    for e in range(cuda.grid(1), indices.shape[0], cuda.gridsize(1)):
         mask[indices[e]] = True
 
 
 @cuda.jit
 def _in_sorted(values, sorted_array, out):
     """out[e] = whether values[e] occurs in the ascending sorted_array (a binary search)."""
-    e = cuda.grid(1)
-    if e < out.shape[0]:
+    for e in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[e] = find_sorted(sorted_array, 0, sorted_array.shape[0], values[e]) >= 0
 
 
 @cuda.jit
 def _in_rows(flat, row_mask, n_in, out):
     """out[e] = row_mask[flat[e] // n_in]."""
-    e = cuda.grid(1)
-    if e < out.shape[0]:
+    for e in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[e] = row_mask[flat[e] // n_in]
 
 
 @cuda.jit
 def _row_counts(flat, n_in, counts):
     """counts[r] = |{flat in [r n_in, (r + 1) n_in)}| for the ascending flat: two binary searches."""
-    r = cuda.grid(1)
-    if r < counts.shape[0]:
+    for r in range(cuda.grid(1), counts.shape[0], cuda.gridsize(1)):
         n = flat.shape[0]
         lo = lower_bound(flat, 0, n, np.int64(r) * n_in)
         counts[r] = lower_bound(flat, lo, n, np.int64(r + 1) * n_in) - lo
@@ -133,11 +127,10 @@ def _top_k_per_row(score_bits, tags, starts, counts, eligible, all_eligible, sal
     """chosen[e] = e eligible and fewer than counts[q] eligible entries of its row q outrank it:
     have a larger rank key (larger |score|, or equal |score| and smaller ``tie_rank(tag, salt)``).
     ``score_bits``: the int32 view of the float32 scores."""
-    e = cuda.grid(1)
-    if e < chosen.shape[0]:
+    for e in range(cuda.grid(1), chosen.shape[0], cuda.gridsize(1)):
         if not (all_eligible or eligible[e]):
             chosen[e] = False
-            return
+            continue
         q = segment_of(starts, e)
         c = counts[q]
         key = T.rank_key(np.int64(score_bits[e]), np.int64(tags[e]), salt)
@@ -154,8 +147,7 @@ def _top_k_per_row(score_bits, tags, starts, counts, eligible, all_eligible, sal
 @cuda.jit
 def _row_norms(values, out):
     """out[k] = float32(sqrt(sum_t float64(values[k, t])^2)), t ascending."""
-    k = cuda.grid(1)
-    if k < out.shape[0]:
+    for k in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         acc = np.float64(0.0)
         for t in range(values.shape[1]):
             v = np.float64(values[k, t])
@@ -167,8 +159,7 @@ def _row_norms(values, out):
 def _free_positions(kept, n_in, rows, ranks, out):
     """out[m] = rows[m] * n_in + ranks[m] + t, t = |{i : k_i - i <= ranks[m]}| over the kept columns
     k_0 < k_1 < ... of row rows[m] (found by binary search: k_i - i never decreases)."""
-    m = cuda.grid(1)
-    if m < out.shape[0]:
+    for m in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         r0 = np.int64(rows[m]) * n_in
         rank = ranks[m]
         n = kept.shape[0]

@@ -68,16 +68,14 @@ LANES = 1 << 10
 @cuda.jit
 def _csr_keys(indptr, indices, n_in, keys):
     """keys[e] = row(e) * n_in + indices[e]; the row by binary search of indptr."""
-    e = cuda.grid(1)
-    if e < keys.shape[0]:
+    for e in range(cuda.grid(1), keys.shape[0], cuda.gridsize(1)):
         keys[e] = np.int64(segment_of(indptr, e)) * n_in + indices[e]
 
 
 @cuda.jit
 def _condensed_keys(rows, indices, k, n_in, keys):
     """keys[e] = rows[e // k] * n_in + indices[e] (indices read flat)."""
-    e = cuda.grid(1)
-    if e < keys.shape[0]:
+    for e in range(cuda.grid(1), keys.shape[0], cuda.gridsize(1)):
         keys[e] = np.int64(rows[e // k]) * n_in + indices[e]
 
 
@@ -85,8 +83,7 @@ def _condensed_keys(rows, indices, k, n_in, keys):
 def _diagonal_keys(offsets, L, n_out, n_in, keys):
     """keys[k * L + t] = the flat position of element t of diagonal offsets[k]: ((t + d) mod n_out, t)
     when n_out >= n_in, else (t, (t + d) mod n_in) (DESIGN.md section 2)."""
-    e = cuda.grid(1)
-    if e < keys.shape[0]:
+    for e in range(cuda.grid(1), keys.shape[0], cuda.gridsize(1)):
         k = e // L
         t = e - k * L
         d = np.int64(offsets[k])
@@ -99,8 +96,7 @@ def _diagonal_keys(offsets, L, n_out, n_in, keys):
 @cuda.jit
 def _diagonal_source(old_offsets, new_offsets, L, source):
     """source[k * L + t] = j * L + t where old_offsets[j] == new_offsets[k], else -1."""
-    e = cuda.grid(1)
-    if e < source.shape[0]:
+    for e in range(cuda.grid(1), source.shape[0], cuda.gridsize(1)):
         k = e // L
         j = find_sorted(old_offsets, 0, old_offsets.shape[0], new_offsets[k])
         source[e] = np.int64(j) * L + (e - k * L) if j >= 0 else np.int64(-1)
@@ -122,8 +118,7 @@ def _count_nonnegative(source, lane_counts):
 def _magnitude_keys(value_bits, keys, n, salt, out):
     """out[e] = rank key of |w_e| at position keys[e] (ties: ``tie_rank(keys[e], salt)``) for e < n;
     NO_KEY (padding) up to out's width."""
-    e = cuda.grid(1)
-    if e < out.shape[1]:
+    for e in range(cuda.grid(1), out.shape[1], cuda.gridsize(1)):
         out[0, e] = T.rank_key(np.int64(value_bits[e]), np.int64(keys[e]), salt) if e < n else T.NO_KEY
 
 
@@ -131,32 +126,28 @@ def _magnitude_keys(value_bits, keys, n, salt, out):
 def _reversed_positions(sorted_keys, k, salt):
     """sorted_keys[0, t] <- 2^32 - 1 - p for t < k, p = index_of_key(key, salt) the position the key
     was made for; NO_KEY beyond (to sort again: descending, the positions come out ascending)."""
-    t = cuda.grid(1)
-    if t < sorted_keys.shape[1]:
+    for t in range(cuda.grid(1), sorted_keys.shape[1], cuda.gridsize(1)):
         sorted_keys[0, t] = T.INDEX_MASK - T.index_of_key(sorted_keys[0, t], salt) if t < k else T.NO_KEY
 
 
 @cuda.jit
 def _positions_from_reversed(sorted_reversed, out):
     """out[t] = 2^32 - 1 - sorted_reversed[0, t]: descending reversed positions give ascending ones."""
-    t = cuda.grid(1)
-    if t < out.shape[0]:
+    for t in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[t] = T.INDEX_MASK - sorted_reversed[0, t]
 
 
 @cuda.jit
 def _row_starts(positions, n, n_in, indptr):
     """indptr[r] = the number of positions < r * n_in, for r = 0 .. n_out (ascending positions)."""
-    r = cuda.grid(1)
-    if r < indptr.shape[0]:
+    for r in range(cuda.grid(1), indptr.shape[0], cuda.gridsize(1)):
         indptr[r] = lower_bound(positions, 0, n, np.int64(r) * n_in)
 
 
 @cuda.jit
 def _columns(positions, n_in, cols):
     """cols[e] = positions[e] mod n_in, as int32."""
-    e = cuda.grid(1)
-    if e < cols.shape[0]:
+    for e in range(cuda.grid(1), cols.shape[0], cuda.gridsize(1)):
         p = positions[e]
         cols[e] = np.int32(p - (p // n_in) * n_in)
 
@@ -164,8 +155,7 @@ def _columns(positions, n_in, cols):
 @cuda.jit
 def _flat_of(rows, cols, n_in, out):
     """out[e] = rows[e] * n_in + cols[e]."""
-    e = cuda.grid(1)
-    if e < out.shape[0]:
+    for e in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[e] = np.int64(rows[e]) * n_in + cols[e]
 
 
@@ -174,20 +164,19 @@ def _merge(a, b, out):
     """a[i] goes to i + |{b < a[i]}|, b[j] to j + |{a <= b[j]}|: the stable merge of a then b."""
     n_a = a.shape[0]
     n_b = b.shape[0]
-    e = cuda.grid(1)
-    if e < n_a:
-        out[e + lower_bound(b, 0, n_b, a[e])] = a[e]
-    elif e < n_a + n_b:
-        j = e - n_a
-        v = b[j]
-        out[j + lower_bound(a, 0, n_a, v + 1)] = v  # integers: a <= v  <=>  a < v + 1
+    for e in range(cuda.grid(1), n_a + n_b, cuda.gridsize(1)):
+        if e < n_a:
+            out[e + lower_bound(b, 0, n_b, a[e])] = a[e]
+        else:
+            j = e - n_a
+            v = b[j]
+            out[j + lower_bound(a, 0, n_a, v + 1)] = v  # integers: a <= v  <=>  a < v + 1
 
 
 @cuda.jit
 def _to_int32(a, out):
     """out[i] = int32(a[i])."""
-    i = cuda.grid(1)
-    if i < out.shape[0]:
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[i] = np.int32(a[i])
 
 

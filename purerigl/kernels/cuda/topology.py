@@ -32,8 +32,7 @@ __all__ = ["remap_by_position", "remap_by_source", "source_by_position"]
 @cuda.jit
 def _remap_kernel(old_keys, old_vals, new_keys, out):
     """out[e] = old_vals[j] where old_keys[j] == new_keys[e], else 0; one thread per new entry e."""
-    e = cuda.grid(1)
-    if e < new_keys.shape[0]:
+    for e in range(cuda.grid(1), new_keys.shape[0], cuda.gridsize(1)):
         j = find_sorted(old_keys, 0, old_keys.shape[0], new_keys[e])
         out[e] = old_vals[j] if j >= 0 else np.float32(0.0)
 
@@ -41,16 +40,14 @@ def _remap_kernel(old_keys, old_vals, new_keys, out):
 @cuda.jit
 def _source_kernel(old_keys, new_keys, source):
     """source[e] = j where old_keys[j] == new_keys[e], else -1; one thread per new entry e."""
-    e = cuda.grid(1)
-    if e < new_keys.shape[0]:
+    for e in range(cuda.grid(1), new_keys.shape[0], cuda.gridsize(1)):
         source[e] = find_sorted(old_keys, 0, old_keys.shape[0], new_keys[e])
 
 
 @cuda.jit
 def _gather_kernel(source, old_vals, out):
     """out[e] = old_vals[source[e]] if source[e] >= 0 else 0; one thread per new entry e."""
-    e = cuda.grid(1)
-    if e < source.shape[0]:
+    for e in range(cuda.grid(1), source.shape[0], cuda.gridsize(1)):
         j = source[e]
         out[e] = old_vals[j] if j >= 0 else np.float32(0.0)
 

@@ -41,16 +41,14 @@ _INV_SQRT_2PI = np.float32(1.0 / math.sqrt(2.0 * math.pi))
 @cuda.jit
 def _add_kernel(A, B, out):
     """out[q] = A[q] + B[q mod |B|] (flat views: B repeats over A's leading axes)."""
-    q = cuda.grid(1)
-    if q < out.shape[0]:
+    for q in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[q] = A[q] + B[q % B.shape[0]]
 
 
 @cuda.jit
 def _layer_norm_kernel(X, gamma, beta, eps, Y, xhat, inv):
     """One thread per token n of X (N, d): mean, variance, xhat and Y, features in ascending order."""
-    n = cuda.grid(1)
-    if n < X.shape[0]:
+    for n in range(cuda.grid(1), X.shape[0], cuda.gridsize(1)):
         d = X.shape[1]
         s = np.float32(0.0)
         for i in range(d):
@@ -71,8 +69,7 @@ def _layer_norm_kernel(X, gamma, beta, eps, Y, xhat, inv):
 @cuda.jit
 def _layer_norm_params_kernel(dY, xhat, dgamma, dbeta):
     """dgamma[i] = sum_n dY[n, i] xhat[n, i], dbeta[i] = sum_n dY[n, i]; one thread per feature."""
-    i = cuda.grid(1)
-    if i < dgamma.shape[0]:
+    for i in range(cuda.grid(1), dgamma.shape[0], cuda.gridsize(1)):
         sg = np.float32(0.0)
         sb = np.float32(0.0)
         for n in range(dY.shape[0]):
@@ -85,8 +82,7 @@ def _layer_norm_params_kernel(dY, xhat, dgamma, dbeta):
 @cuda.jit
 def _layer_norm_input_kernel(dY, xhat, inv, gamma, dX):
     """dX[n] = inv[n] (g - mean(g) - xhat mean(g xhat)), g = gamma dY[n]; one thread per token."""
-    n = cuda.grid(1)
-    if n < dY.shape[0]:
+    for n in range(cuda.grid(1), dY.shape[0], cuda.gridsize(1)):
         d = dY.shape[1]
         sg = np.float32(0.0)
         sgx = np.float32(0.0)
@@ -103,8 +99,7 @@ def _layer_norm_input_kernel(dY, xhat, inv, gamma, dX):
 @cuda.jit
 def _gelu_forward_kernel(X, Y):
     """Y[q] = X[q] Phi(X[q]) (flat views)."""
-    q = cuda.grid(1)
-    if q < X.shape[0]:
+    for q in range(cuda.grid(1), X.shape[0], cuda.gridsize(1)):
         x = X[q]
         Y[q] = x * (np.float32(0.5) * (np.float32(1.0) + math.erf(x * _SQRT_HALF)))
 
@@ -112,8 +107,7 @@ def _gelu_forward_kernel(X, Y):
 @cuda.jit
 def _gelu_backward_kernel(dY, X, dX):
     """dX[q] = dY[q] (Phi(x) + x phi(x)), x = X[q] (flat views)."""
-    q = cuda.grid(1)
-    if q < X.shape[0]:
+    for q in range(cuda.grid(1), X.shape[0], cuda.gridsize(1)):
         x = X[q]
         cdf = np.float32(0.5) * (np.float32(1.0) + math.erf(x * _SQRT_HALF))
         pdf = math.exp(np.float32(-0.5) * x * x) * _INV_SQRT_2PI
@@ -123,9 +117,8 @@ def _gelu_backward_kernel(dY, X, dX):
 @cuda.jit
 def _patchify_kernel(X, p, P):
     """P[b, t, c p^2 + i p + j] = X[b, c, p u + i, p v + j], t = u (W / p) + v; one thread per element of P."""
-    q = cuda.grid(1)
     B, T, width = P.shape
-    if q < B * T * width:
+    for q in range(cuda.grid(1), B * T * width, cuda.gridsize(1)):
         b = q // (T * width)
         t = (q // width) % T
         col = q % width
@@ -140,9 +133,8 @@ def _patchify_kernel(X, p, P):
 def _unpatchify_kernel(dP, p, dX):
     """dX[b, c, y, x] = dP[b, (y // p) (W / p) + x // p, c p^2 + (y % p) p + x % p]; one thread per
     element of dX (a gather: every pixel is in exactly one patch)."""
-    q = cuda.grid(1)
     B, C, H, W = dX.shape
-    if q < B * C * H * W:
+    for q in range(cuda.grid(1), B * C * H * W, cuda.gridsize(1)):
         b = q // (C * H * W)
         c = (q // (H * W)) % C
         y = (q // W) % H
@@ -153,9 +145,8 @@ def _unpatchify_kernel(dP, p, dX):
 @cuda.jit
 def _prepend_token_kernel(X, token, Y):
     """Y[b, 0, i] = token[i], Y[b, 1 + t, i] = X[b, t, i]; one thread per element of Y."""
-    q = cuda.grid(1)
     B, T1, d = Y.shape
-    if q < B * T1 * d:
+    for q in range(cuda.grid(1), B * T1 * d, cuda.gridsize(1)):
         b = q // (T1 * d)
         t = (q // d) % T1
         i = q % d
@@ -165,9 +156,8 @@ def _prepend_token_kernel(X, token, Y):
 @cuda.jit
 def _drop_first_token_kernel(dY, dX):
     """dX[b, t, i] = dY[b, t + 1, i]; one thread per element of dX."""
-    q = cuda.grid(1)
     B, T, d = dX.shape
-    if q < B * T * d:
+    for q in range(cuda.grid(1), B * T * d, cuda.gridsize(1)):
         b = q // (T * d)
         t = (q // d) % T
         i = q % d
@@ -177,8 +167,7 @@ def _drop_first_token_kernel(dY, dX):
 @cuda.jit
 def _first_token_sum_kernel(dY, out):
     """out[i] = sum_b dY[b, 0, i], ascending b; one thread per feature."""
-    i = cuda.grid(1)
-    if i < out.shape[0]:
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         s = np.float32(0.0)
         for b in range(dY.shape[0]):
             s += dY[b, 0, i]
@@ -188,18 +177,16 @@ def _first_token_sum_kernel(dY, out):
 @cuda.jit
 def _first_token_kernel(X, Y):
     """Y[b, i] = X[b, 0, i]; one thread per element of Y."""
-    q = cuda.grid(1)
     B, d = Y.shape
-    if q < B * d:
+    for q in range(cuda.grid(1), B * d, cuda.gridsize(1)):
         Y[q // d, q % d] = X[q // d, 0, q % d]
 
 
 @cuda.jit
 def _first_token_backward_kernel(dY, dX):
     """dX[b, t, i] = dY[b, i] at t = 0, else 0; one thread per element of dX."""
-    q = cuda.grid(1)
     B, T, d = dX.shape
-    if q < B * T * d:
+    for q in range(cuda.grid(1), B * T * d, cuda.gridsize(1)):
         b = q // (T * d)
         t = (q // d) % T
         i = q % d
