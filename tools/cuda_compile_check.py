@@ -32,8 +32,10 @@ import os
 import sys
 from pathlib import Path
 
-# every cuda test file, and the topology ops (whose cuda paths launch kernels too)
-DEFAULT_TESTS = sorted(str(p) for p in Path("tests").glob("test_cuda_*.py")) + ["tests/test_topology_ops.py"]
+# every cuda test file, the topology ops and the feature-major MLP (whose cuda paths launch kernels too:
+# the latter is the only one of these that launches the feature-major bias kernels)
+DEFAULT_TESTS = sorted(str(p) for p in Path("tests").glob("test_cuda_*.py")) + [
+    "tests/test_topology_ops.py", "tests/test_mlp_feature_major.py"]
 
 
 # --------------------------------------------------------------------------------------------------
