@@ -243,7 +243,8 @@ def test_batch_zero(cuda_backend):
 
 def test_inputs_span_several_blocks(cuda_backend, monkeypatch):
     """With THREADS_PER_BLOCK = 4, the launches of a 6 x 6 problem use several blocks, and on the
-    simulator's capped grid the threads walk more than one item each (the grid-stride loops run)."""
+    simulator's capped grid the threads walk more than one item each (the grid-stride loops run); on a
+    GPU the grid covers the items."""
     from purerigl.kernels.cuda import _launch
 
     seen = []
@@ -257,8 +258,11 @@ def test_inputs_span_several_blocks(cuda_backend, monkeypatch):
     cuda_backend.matmul_t(W, np.ones((2, W.n_out), np.float32))
     assert _launch.THREADS_PER_BLOCK == SMALL_BLOCK
     assert seen and max(_launch.blocks(n) for n in seen) >= 3
-    assert _launch.SIMULATOR and max(_launch.grid_blocks(n) for n in seen) == _launch.SIMULATOR_BLOCKS >= 2
-    assert max(n for n in seen) > _launch.SIMULATOR_BLOCKS * SMALL_BLOCK
+    if _launch.SIMULATOR:  # the grid is capped: two blocks, whose threads walk several items each
+        assert max(_launch.grid_blocks(n) for n in seen) == _launch.SIMULATOR_BLOCKS >= 2
+        assert max(n for n in seen) > _launch.SIMULATOR_BLOCKS * SMALL_BLOCK
+    else:  # PURERIGL_TEST_REAL_GPU=1: the grid covers the items, one per thread
+        assert all(_launch.grid_blocks(n) == _launch.blocks(n) for n in seen)
 
 
 
